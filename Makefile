@@ -1,0 +1,68 @@
+# Telemetry pipeline: local development entry points. See README.md "Running locally".
+#
+#   make run      install what is missing, start NATS + OpenSearch (profile dev), leave them running
+#   make stop     stop what `make run` started
+#   make status   what runs, pids, ports, health
+#   make test     the whole suite against real servers (profile test, other ports than dev)
+#   make lint     ruff + mypy
+#   make gen      regenerate gen/ from protos/ (the only way gen/ changes)
+#   make proto-check  buf lint + buf breaking + gen/ is up to date
+#
+# PROFILE=test selects the test profile for run/stop/status (e.g. `make stop PROFILE=test`).
+
+PYTHON ?= python3.11
+PROFILE ?= dev
+PYTEST_ARGS ?=
+
+VENV := .local/venv
+PY := $(VENV)/bin/python
+VENV_STAMP := $(VENV)/.installed-from-pyproject
+# scripts/local.py is stdlib-only: stop/status work before the venv exists (fresh clone).
+LOCAL_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+LOCAL := $(LOCAL_PY) scripts/local.py
+
+.DEFAULT_GOAL := help
+.PHONY: help venv install run stop status test lint gen proto-check
+
+help:
+	@sed -n 's/^#   //p' Makefile
+
+venv: $(VENV_STAMP)
+
+# Reinstall only when pyproject.toml changed since the last successful install.
+$(VENV_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: venv
+	$(PY) scripts/local.py install
+
+run: install
+	$(PY) scripts/local.py up --profile $(PROFILE)
+
+stop:
+	$(LOCAL) down --profile $(PROFILE)
+
+status:
+	$(LOCAL) status --profile $(PROFILE)
+
+# Starts what the test profile lacks, exports NATS_URL/OPENSEARCH_URL for it, runs pytest, then
+# stops only what it started; the exit code is pytest's (5, "no tests collected", fails too).
+test: install
+	$(PY) scripts/local.py exec --profile test -- $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+	$(PY) -m mypy --strict scripts/local.py
+
+# gen/ is generated from protos/ only, by this target; proto-check fails when it is stale.
+gen: venv
+	PYTHON=$(PY) scripts/gen_protos.sh gen
+
+# buf lint, buf breaking against the previous commit (PROTO_BASE=<ref> to choose), fresh gen/.
+proto-check: venv
+	PYTHON=$(PY) scripts/proto_check.sh

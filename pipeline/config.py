@@ -1,0 +1,139 @@
+"""Settings from environment variables, declared once on a frozen dataclass.
+
+Each service declares its settings as fields of a frozen dataclass, each with
+`setting(...)`: the environment variable, the default and a help text. `load()`
+reads and validates them all at start and raises `ConfigError` naming the
+variable; `describe()` lists them for `--help`.
+
+Supported field types: str, int, float, bool and tuple[str, ...] (comma-separated).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from pipeline.errors import ConfigError
+
+T = TypeVar("T")
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def setting(
+    env: str,
+    default: Any,
+    help: str,
+    *,
+    check: Callable[[Any], str | None] | None = None,
+) -> Any:
+    """Declares one setting: a dataclass field read from `env`.
+
+    `check` returns an error text (without the variable's name) or None.
+    """
+    meta = {"env": env, "help": help, "check": check}
+    if isinstance(default, list | dict | set):
+        raise TypeError("mutable defaults are not supported; use a tuple")
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def positive(value: float) -> str | None:
+    """Checks that a number is > 0."""
+    return None if value > 0 else "must be greater than 0"
+
+
+def non_negative(value: float) -> str | None:
+    """Checks that a number is >= 0."""
+    return None if value >= 0 else "must be 0 or greater"
+
+
+def port(value: int) -> str | None:
+    """Checks a TCP port number (0 lets the OS choose)."""
+    return None if 0 <= value <= 65535 else "must be a port number between 0 and 65535"
+
+
+def non_empty(value: str | tuple[str, ...]) -> str | None:
+    """Checks that a string or list is not empty."""
+    return None if value else "must not be empty"
+
+
+def _parse(raw: str, kind: Any, env: str) -> Any:
+    text = raw.strip()
+    if kind is str:
+        return text
+    if kind is bool:
+        low = text.lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise ConfigError(f"{env}={raw!r}: expected true or false")
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"{env}={raw!r}: expected an integer") from None
+    if kind is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"{env}={raw!r}: expected a number") from None
+    if typing.get_origin(kind) is tuple:
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+    raise TypeError(f"unsupported setting type {kind!r} for {env}")
+
+
+def _field_type(cls: type, field: dataclasses.Field[Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    kind = hints[field.name]
+    if isinstance(kind, types.UnionType):
+        raise TypeError(f"optional settings are not supported: {field.name}")
+    return kind
+
+
+def load(cls: type[T], environ: Mapping[str, str] | None = None) -> T:
+    """Builds the settings dataclass `cls` from the environment, validating every field."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        name = field.metadata.get("env")
+        if name is None:
+            continue
+        kind = _field_type(cls, field)
+        raw = env.get(name)
+        value = field.default if raw is None or raw.strip() == "" else _parse(raw, kind, name)
+        check = field.metadata.get("check")
+        if check is not None:
+            problem = check(value)
+            if problem:
+                raise ConfigError(f"{name}={value!r}: {problem}")
+        values[field.name] = value
+    return cls(**values)
+
+
+def describe(cls: type) -> list[tuple[str, str, str]]:
+    """Lists (environment variable, default, help) for every setting of `cls`."""
+    rows = []
+    for field in dataclasses.fields(cls):
+        name = field.metadata.get("env")
+        if name is None:
+            continue
+        default = field.default
+        shown = ",".join(default) if isinstance(default, tuple) else str(default)
+        rows.append((name, shown, field.metadata["help"]))
+    return rows
+
+
+def help_text(cls: type, title: str) -> str:
+    """Renders the settings of `cls` as a help section."""
+    rows = describe(cls)
+    width = max(len(name) for name, _, _ in rows)
+    lines = [f"{title} (environment variables):"]
+    for name, default, text in rows:
+        lines.append(f"  {name:<{width}}  {text} [default: {default or 'empty'}]")
+    return "\n".join(lines)

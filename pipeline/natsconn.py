@@ -1,0 +1,142 @@
+"""NATS connection and the pipeline's JetStream streams.
+
+Only adapter modules use `nats`; this one connects, creates the streams and
+publishes to the DLQ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import BadRequestError
+
+from pipeline import subjects
+from pipeline.settings import NatsSettings
+
+log = logging.getLogger(__name__)
+
+RECONNECT_WAIT_S = 1.0
+CONNECT_RETRY_MAX_S = 5.0
+
+
+async def connect(settings: NatsSettings, *, name: str) -> Client:
+    """Connects to NATS, trying again until it answers; reconnects forever afterwards.
+
+    A broker that is down at start is waited for (and logged), not a crash:
+    readiness stays false meanwhile.
+    """
+
+    async def on_disconnect() -> None:
+        log.warning("nats disconnected")
+
+    async def on_reconnect() -> None:
+        log.info("nats reconnected")
+
+    async def on_error(err: Exception) -> None:
+        log.warning("nats error: %s", err)
+
+    delay = RECONNECT_WAIT_S
+    while True:
+        try:
+            nc = await nats.connect(
+                servers=list(settings.nats_url),
+                name=name,
+                connect_timeout=settings.nats_connect_timeout_s,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=RECONNECT_WAIT_S,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+                error_cb=on_error,
+            )
+        except (OSError, TimeoutError, nats.errors.Error) as err:
+            log.warning("nats not reachable at %s: %s; retrying", ",".join(settings.nats_url), err)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, CONNECT_RETRY_MAX_S)
+            continue
+        log.info(
+            "nats connected", extra={"server": nc.connected_url.netloc if nc.connected_url else ""}
+        )
+        return nc
+
+
+def stream_configs(settings: NatsSettings) -> list[js_api.StreamConfig]:
+    """The pipeline's three streams: raw, enriched and dead letters, all on disk."""
+
+    def one(name: str, subject: str, description: str) -> js_api.StreamConfig:
+        return js_api.StreamConfig(
+            name=name,
+            description=description,
+            subjects=[subject],
+            storage=js_api.StorageType.FILE,
+            retention=js_api.RetentionPolicy.LIMITS,
+            num_replicas=settings.stream_replicas,
+            max_age=settings.stream_max_age_s,
+            duplicate_window=settings.duplicate_window_s,
+            discard=js_api.DiscardPolicy.OLD,
+        )
+
+    return [
+        one(subjects.RAW_STREAM, subjects.RAW_SUBJECTS, "accepted batches with ingest context"),
+        one(subjects.ENRICHED_STREAM, subjects.ENRICHED_SUBJECTS, "enriched batches"),
+        one(subjects.DLQ_STREAM, subjects.DLQ_SUBJECTS, "messages a stage gave up on"),
+    ]
+
+
+async def ensure_streams(js: JetStreamContext, settings: NatsSettings) -> None:
+    """Creates the streams, or updates them to the configuration (idempotent)."""
+    for config in stream_configs(settings):
+        try:
+            await js.add_stream(config)
+        except BadRequestError as err:
+            # 10058: a stream with this name exists with another configuration.
+            if err.err_code != 10058:
+                raise
+            await js.update_stream(config)
+
+
+async def streams_exist(js: JetStreamContext, names: tuple[str, ...]) -> bool:
+    """True when every named stream exists (a readiness check)."""
+    try:
+        for name in names:
+            await js.stream_info(name)
+    except Exception:
+        return False
+    return True
+
+
+async def publish_dlq(
+    js: JetStreamContext,
+    *,
+    stage: str,
+    reason: str,
+    data: bytes,
+    source_subject: str,
+    headers: Mapping[str, str] | None = None,
+    deliveries: int = 0,
+    msg_id: str = "",
+    timeout_s: float = 5.0,
+) -> None:
+    """Publishes the original bytes of a message a stage gives up on to the DLQ stream."""
+    out = dict(headers or {})
+    out.pop(subjects.MSG_ID_HEADER, None)
+    out[subjects.DLQ_STAGE_HEADER] = stage
+    # Header values must be one line.
+    out[subjects.DLQ_REASON_HEADER] = " ".join(reason.split())[:1000]
+    out[subjects.DLQ_SUBJECT_HEADER] = source_subject
+    out[subjects.DLQ_DELIVERIES_HEADER] = str(deliveries)
+    if msg_id:
+        out[subjects.MSG_ID_HEADER] = f"dlq:{stage}:{msg_id}"
+    await js.publish(
+        subjects.dlq_subject(stage),
+        data,
+        timeout=timeout_s,
+        stream=subjects.DLQ_STREAM,
+        headers=out,
+    )

@@ -1,0 +1,148 @@
+"""Start/stop lifecycle shared by the services, and their observability HTTP routes.
+
+A service implements `Service`. `run()` starts it under uvloop, serves
+`/healthz`, `/readyz` and `/metrics` (or the service's own ASGI app, which
+should include `ops_routes()`), and on SIGTERM/SIGINT stops it: stop intake,
+drain, flush, ack, close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Generator
+from typing import Protocol
+
+import uvicorn
+import uvloop
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GRACEFUL_STOP_S = 20.0
+
+
+class Service(Protocol):
+    """What `run()` drives. `start()` and `stop()` are idempotent."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def ready(self) -> tuple[bool, str]:
+        """(ready, reason): ready to do its work, or why not."""
+        ...
+
+
+def ops_routes(
+    ready: Callable[[], Awaitable[tuple[bool, str]]], registry: CollectorRegistry
+) -> list[BaseRoute]:
+    """The routes every service serves: liveness, readiness and Prometheus metrics."""
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_: Request) -> Response:
+        ok, reason = await ready()
+        body = {"status": "ready" if ok else "not ready", "reason": reason}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+
+
+def ops_app(service: Service, registry: CollectorRegistry) -> Starlette:
+    """A small app with only the observability routes (for services without their own HTTP API)."""
+    return Starlette(routes=ops_routes(service.ready, registry))
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: `run()` owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class HttpServer:
+    """An ASGI app served by uvicorn inside the running event loop."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        host: str,
+        port: int,
+        graceful_stop_s: float = DEFAULT_GRACEFUL_STOP_S,
+    ) -> None:
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=int(graceful_stop_s),
+            server_header=False,
+        )
+        self._server = _Server(config)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Starts serving; returns once the socket listens (raises if it cannot bind)."""
+        if self._task is not None:
+            return
+        self._task = asyncio.create_task(self._server.serve())
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+                raise OSError("HTTP server stopped during start")
+            await asyncio.sleep(0.02)
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when configured as 0)."""
+        for server in self._server.servers:
+            for sock in server.sockets:
+                return int(sock.getsockname()[1])
+        raise RuntimeError("not started")
+
+    async def stop(self) -> None:
+        """Stops accepting, lets in-flight requests finish, then returns."""
+        if self._task is None:
+            return
+        self._server.should_exit = True
+        await self._task
+        self._task = None
+
+
+async def serve_until_signal(service: Service, *, name: str) -> None:
+    """Starts `service`, waits for SIGTERM/SIGINT, then stops it gracefully."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await service.start()
+    log.info("%s started", name)
+    await stop.wait()
+    log.info("%s stopping", name)
+    await service.stop()
+    log.info("%s stopped", name)
+
+
+def run(make_service: Callable[[], Service], *, name: str) -> None:
+    """Runs a service in a fresh uvloop event loop until a signal stops it."""
+    uvloop.run(serve_until_signal(make_service(), name=name))

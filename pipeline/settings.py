@@ -1,0 +1,87 @@
+"""Settings more than one service has: where NATS and OpenSearch are, logging.
+
+Service configs inherit these dataclasses, so each variable is declared once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.config import non_empty, positive, setting
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+DEFAULT_OPENSEARCH_URL = "http://127.0.0.1:9200"
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+DEFAULT_DUPLICATE_WINDOW_S = 600.0
+DEFAULT_STREAM_MAX_AGE_S = 7 * 24 * 3600.0
+
+
+def _log_level(value: str) -> str | None:
+    ok = {"DEBUG", "INFO", "WARNING", "ERROR"}
+    return None if value.upper() in ok else f"must be one of {', '.join(sorted(ok))}"
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """Observability logging."""
+
+    log_level: str = setting("LOG_LEVEL", "INFO", "log level", check=_log_level)
+    log_format: str = setting(
+        "LOG_FORMAT",
+        "json",
+        "log format: json (one object a line) or text",
+        check=lambda v: None if v in ("json", "text") else "must be json or text",
+    )
+
+
+@dataclass(frozen=True)
+class NatsSettings(LogSettings):
+    """Where NATS JetStream is and how the pipeline's streams are set up."""
+
+    nats_url: tuple[str, ...] = setting(
+        "NATS_URL", (DEFAULT_NATS_URL,), "NATS server URLs, comma-separated", check=non_empty
+    )
+    nats_connect_timeout_s: float = setting(
+        "NATS_CONNECT_TIMEOUT_S",
+        DEFAULT_CONNECT_TIMEOUT_S,
+        "seconds per connect try",
+        check=positive,
+    )
+    stream_replicas: int = setting(
+        "STREAM_REPLICAS", 1, "replicas of each stream (3 on a JetStream cluster)", check=positive
+    )
+    stream_max_age_s: float = setting(
+        "STREAM_MAX_AGE_S",
+        DEFAULT_STREAM_MAX_AGE_S,
+        "seconds a message is kept in a stream",
+        check=positive,
+    )
+    duplicate_window_s: float = setting(
+        "STREAM_DUPLICATE_WINDOW_S",
+        DEFAULT_DUPLICATE_WINDOW_S,
+        "seconds JetStream remembers message ids to drop retried publishes",
+        check=positive,
+    )
+
+
+@dataclass(frozen=True)
+class OpenSearchSettings:
+    """Where OpenSearch is and how to authenticate."""
+
+    opensearch_url: tuple[str, ...] = setting(
+        "OPENSEARCH_URL",
+        (DEFAULT_OPENSEARCH_URL,),
+        "OpenSearch URLs, comma-separated",
+        check=non_empty,
+    )
+    opensearch_username: str = setting("OPENSEARCH_USERNAME", "", "basic-auth user name")
+    opensearch_password: str = setting("OPENSEARCH_PASSWORD", "", "basic-auth password")
+    opensearch_ca_certs: str = setting(
+        "OPENSEARCH_CA_CERTS", "", "path of a CA bundle to verify OpenSearch's TLS certificate"
+    )
+    opensearch_verify_certs: bool = setting(
+        "OPENSEARCH_VERIFY_CERTS", True, "verify OpenSearch's TLS certificate"
+    )
+    opensearch_timeout_s: float = setting(
+        "OPENSEARCH_TIMEOUT_S", 30.0, "seconds per OpenSearch request", check=positive
+    )

@@ -1,0 +1,58 @@
+"""Stream names, subjects and message headers: the JetStream side of the contract."""
+
+from __future__ import annotations
+
+import re
+
+RAW_STREAM = "TELEMETRY_RAW"
+ENRICHED_STREAM = "TELEMETRY_ENRICHED"
+DLQ_STREAM = "TELEMETRY_DLQ"
+
+RAW_SUBJECTS = "telemetry.raw.v1.>"
+ENRICHED_SUBJECTS = "telemetry.enriched.v1.>"
+DLQ_SUBJECTS = "telemetry.dlq.v1.>"
+
+# Headers set on pipeline messages.
+MSG_ID_HEADER = "Nats-Msg-Id"  # JetStream's deduplication id
+TRACEPARENT_HEADER = "traceparent"  # W3C trace context
+SCHEMA_HEADER = "Telemetry-Schema"  # fully qualified proto message name of the payload
+DLQ_STAGE_HEADER = "Telemetry-Dlq-Stage"  # the stage that gave up on the message
+DLQ_REASON_HEADER = "Telemetry-Dlq-Reason"  # why, for people
+DLQ_SUBJECT_HEADER = "Telemetry-Dlq-Subject"  # the subject the message came from
+DLQ_DELIVERIES_HEADER = "Telemetry-Dlq-Deliveries"  # how often it was delivered
+
+RAW_SCHEMA = "telemetry.v1.RawBatch"
+ENRICHED_SCHEMA = "telemetry.v1.EnrichedBatch"
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def valid_token(token: str) -> bool:
+    """True when `token` can be one subject token (an app id or a stage name)."""
+    return bool(_TOKEN.fullmatch(token))
+
+
+def _token(token: str) -> str:
+    if not valid_token(token):
+        raise ValueError(f"not a valid subject token: {token!r}")
+    return token
+
+
+def raw_subject(app_id: str) -> str:
+    """The subject raw batches of app `app_id` are published on."""
+    return f"telemetry.raw.v1.{_token(app_id)}"
+
+
+def enriched_subject(app_id: str) -> str:
+    """The subject enriched batches of app `app_id` are published on."""
+    return f"telemetry.enriched.v1.{_token(app_id)}"
+
+
+def dlq_subject(stage: str) -> str:
+    """The subject messages a stage gives up on are published on."""
+    return f"telemetry.dlq.v1.{_token(stage)}"
+
+
+def app_of(subject: str) -> str:
+    """The app id at the end of a raw or enriched subject."""
+    return subject.rsplit(".", 1)[-1]

@@ -1,0 +1,823 @@
+"""Local infrastructure for the telemetry pipeline: NATS JetStream and OpenSearch under `.local/`.
+
+    python scripts/local.py install          fetch/build nats-server and OpenSearch once
+    python scripts/local.py up [OPTIONS]     start what is not running, wait until ready
+    python scripts/local.py down [OPTIONS]   stop what `up` started (by pid)
+    python scripts/local.py status [OPTIONS] what runs, pids, ports, health
+    python scripts/local.py exec [OPTIONS] -- CMD...
+                                             start what is missing, run CMD with NATS_URL and
+                                             OPENSEARCH_URL set, then stop only what it started
+    OPTIONS: --profile dev|test (default dev), --only NAMES (e.g. nats,opensearch)
+
+Everything lives under `.local/`: downloads in `cache/`, and per profile `<profile>/run/*.pid`,
+`<profile>/logs/<name>.log` (each process's output) and `<profile>/{nats,opensearch}/` (data).
+The `dev` and `test` profiles use different ports and folders, so both can run at once.
+
+Standard library only: this runs before (and without) the project's dependencies. Linux only
+(process checks read /proc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+LOCAL = REPO / ".local"
+CACHE = LOCAL / "cache"
+# Stable names for installed tools (symlinks into CACHE), e.g. for tests that run their own NATS.
+BIN = LOCAL / "bin"
+
+HOST = "127.0.0.1"
+
+NATS_VERSION = "v2.15.2"
+NATS_MODULE = "github.com/nats-io/nats-server/v2"
+
+OPENSEARCH_VERSION = "2.19.6"
+OPENSEARCH_ARTIFACT = (
+    f"org.opensearch.distribution.integ-test-zip:opensearch:{OPENSEARCH_VERSION}:zip"
+)
+MAVEN_COPY_GOAL = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy"
+OPENSEARCH_HEAP_OPTS = "-Xms512m -Xmx1g"
+# OpenSearch refuses to run as root; when we are root it runs as this system user.
+OPENSEARCH_USER = "telemetry-os"
+# OpenSearch 2.19 needs the Java security manager, which Java 24 removed.
+JAVA_MIN_MAJOR = 17
+JAVA_MAX_MAJOR = 23
+
+NATS_READY_TIMEOUT_S = 30.0
+OPENSEARCH_READY_TIMEOUT_S = 120.0
+NATS_STOP_TIMEOUT_S = 15.0
+OPENSEARCH_STOP_TIMEOUT_S = 60.0
+POLL_INTERVAL_S = 0.5
+HTTP_PROBE_TIMEOUT_S = 2.0
+LOG_TAIL_LINES = 25
+# Set in the environment of every process we start: how `down` knows a pid is still ours.
+OWNER_ENV = "TELEMETRY_LOCAL_PROCESS"
+
+
+class InfraError(Exception):
+    """A failure whose message says what went wrong and what to do about it."""
+
+
+# --- profiles ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One isolated set of ports and folders; `dev` for `make run`, `test` for `make test`."""
+
+    name: str
+    nats_port: int
+    nats_monitor_port: int
+    opensearch_port: int
+    opensearch_transport_port: int
+
+    @property
+    def root(self) -> Path:
+        return LOCAL / self.name
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://{HOST}:{self.nats_port}"
+
+    @property
+    def opensearch_url(self) -> str:
+        return f"http://{HOST}:{self.opensearch_port}"
+
+    def client_env(self) -> dict[str, str]:
+        """The variables that point clients (tests, services) at this profile's servers."""
+        return {"NATS_URL": self.nats_url, "OPENSEARCH_URL": self.opensearch_url}
+
+
+PROFILES = {
+    "dev": Profile("dev", 4222, 8222, 9200, 9300),
+    "test": Profile("test", 14222, 18222, 19200, 19300),
+}
+
+
+# --- managed processes ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How to start a process: argv, extra environment, working directory."""
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: Path = REPO
+
+
+@dataclass(frozen=True)
+class ManagedProcess:
+    """A background process that `up` starts, `down` stops and `status` reports.
+
+    `prepare` checks prerequisites, creates folders and returns how to start the process; it
+    runs only on start, so `down` and `status` work even when prerequisites are missing.
+    Ready means `ready_url` answers HTTP 200.
+    """
+
+    name: str
+    title: str
+    profile: Profile
+    prepare: Callable[[], Launch]
+    ready_url: str
+    ports: tuple[int, ...]
+    endpoints: tuple[str, ...]
+    ready_timeout_s: float = 60.0
+    stop_timeout_s: float = 30.0
+
+    @property
+    def pid_file(self) -> Path:
+        return self.profile.run_dir / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.profile.logs_dir / f"{self.name}.log"
+
+    @property
+    def owner_tag(self) -> str:
+        return f"{REPO}:{self.profile.name}:{self.name}"
+
+
+def managed_processes(profile: Profile) -> list[ManagedProcess]:
+    """Everything `up` starts, in start order (`down` stops in reverse). Register new ones here."""
+    return [nats_process(profile), opensearch_process(profile)]
+
+
+# --- NATS -------------------------------------------------------------------------------------
+
+
+def nats_binary() -> Path:
+    return CACHE / f"nats-server-{NATS_VERSION}" / "nats-server"
+
+
+def nats_process(profile: Profile) -> ManagedProcess:
+    monitor_url = f"http://{HOST}:{profile.nats_monitor_port}"
+    return ManagedProcess(
+        name="nats",
+        title="NATS",
+        profile=profile,
+        prepare=lambda: prepare_nats(profile),
+        ready_url=f"{monitor_url}/healthz?js-enabled-only=true",
+        ports=(profile.nats_port, profile.nats_monitor_port),
+        endpoints=(profile.nats_url, f"{monitor_url} (monitoring)"),
+        ready_timeout_s=NATS_READY_TIMEOUT_S,
+        stop_timeout_s=NATS_STOP_TIMEOUT_S,
+    )
+
+
+def prepare_nats(profile: Profile) -> Launch:
+    binary = require_installed(nats_binary(), f"nats-server {NATS_VERSION}")
+    store_dir = profile.root / "nats" / "data"
+    store_dir.mkdir(parents=True, exist_ok=True)
+    argv = (
+        str(binary),
+        "--jetstream",
+        "--server_name", f"telemetry-{profile.name}",
+        "--addr", HOST,
+        "--port", str(profile.nats_port),
+        "--http_port", str(profile.nats_monitor_port),
+        "--store_dir", str(store_dir),
+    )  # fmt: skip
+    return Launch(argv=argv)
+
+
+def install_nats() -> None:
+    binary = nats_binary()
+    if binary.exists():
+        print(f"nats-server {NATS_VERSION}: present ({relative(binary)})")
+    else:
+        build_nats(binary)
+    link = BIN / "nats-server"
+    if not link.exists() or link.resolve() != binary:
+        BIN.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        link.symlink_to(os.path.relpath(binary, BIN))
+        print(f"nats-server {NATS_VERSION}: linked {relative(link)}")
+
+
+def build_nats(binary: Path) -> None:
+    go = find_go()
+    target = f"{NATS_MODULE}@{NATS_VERSION}"
+    print(f"nats-server {NATS_VERSION}: building `go install {target}` (about a minute)")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=CACHE) as gobin:
+        # GOTOOLCHAIN=auto lets Go 1.21+ fetch the Go version nats-server needs from the Go proxy.
+        run([go, "install", target], env={"GOBIN": gobin, "GOTOOLCHAIN": "auto"})
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(Path(gobin) / "nats-server", binary)
+    print(f"nats-server {NATS_VERSION}: installed ({relative(binary)})")
+
+
+def find_go() -> str:
+    # /usr/local/go is where the official Go tarball goes; it is often only on interactive PATHs.
+    go = shutil.which("go") or shutil.which("go", path="/usr/local/go/bin")
+    if go is None:
+        raise InfraError("Go not found: install Go 1.21+ (https://go.dev/doc/install)")
+    return go
+
+
+# --- OpenSearch -------------------------------------------------------------------------------
+
+
+def opensearch_home() -> Path:
+    return CACHE / f"opensearch-{OPENSEARCH_VERSION}"
+
+
+def opensearch_process(profile: Profile) -> ManagedProcess:
+    return ManagedProcess(
+        name="opensearch",
+        title="OpenSearch",
+        profile=profile,
+        prepare=lambda: prepare_opensearch(profile),
+        ready_url=f"{profile.opensearch_url}/_cluster/health?wait_for_status=yellow&timeout=1s",
+        ports=(profile.opensearch_port, profile.opensearch_transport_port),
+        endpoints=(profile.opensearch_url,),
+        ready_timeout_s=OPENSEARCH_READY_TIMEOUT_S,
+        stop_timeout_s=OPENSEARCH_STOP_TIMEOUT_S,
+    )
+
+
+def prepare_opensearch(profile: Profile) -> Launch:
+    home = require_installed(opensearch_home(), f"OpenSearch {OPENSEARCH_VERSION}")
+    java = java_home()
+    base = profile.root / "opensearch"
+    data, logs, tmp = base / "data", base / "logs", base / "tmp"
+    for folder in (data, logs, tmp):
+        folder.mkdir(parents=True, exist_ok=True)
+    config = write_opensearch_config(home, base / "config", data=data, logs=logs)
+    settings = {
+        "cluster.name": f"telemetry-{profile.name}",
+        "node.name": f"telemetry-{profile.name}",
+        "discovery.type": "single-node",
+        "network.host": HOST,
+        "http.port": str(profile.opensearch_port),
+        "transport.port": str(profile.opensearch_transport_port),
+        "path.data": str(data),
+        "path.logs": str(logs),
+        # A full-ish disk must not turn local indices read-only.
+        "cluster.routing.allocation.disk.threshold_enabled": "false",
+    }
+    argv = (str(home / "bin" / "opensearch"), *(f"-E{k}={v}" for k, v in settings.items()))
+    env = {
+        "JAVA_HOME": str(java),
+        "OPENSEARCH_JAVA_OPTS": OPENSEARCH_HEAP_OPTS,
+        "OPENSEARCH_PATH_CONF": str(config),
+        "OPENSEARCH_TMPDIR": str(tmp),  # else each start leaves a new folder in /tmp
+    }
+    if os.geteuid() != 0:
+        return Launch(argv=argv, env=env)
+    ensure_service_user()
+    chown_tree(base, OPENSEARCH_USER)
+    check_user_can_reach(OPENSEARCH_USER, home / "bin" / "opensearch", data)
+    as_user = ("runuser", "-u", OPENSEARCH_USER, "--", "env", *(f"{k}={v}" for k, v in env.items()))
+    return Launch(argv=(*as_user, *argv))
+
+
+def write_opensearch_config(home: Path, config: Path, *, data: Path, logs: Path) -> Path:
+    """A config folder per profile, so the OpenSearch home stays read-only and shared.
+
+    OpenSearch writes its keystore into the config folder. Its jvm.options names the gc log,
+    the JVM error file and heap dumps relative to the home; they go to the profile instead.
+    """
+    if not config.exists():
+        shutil.copytree(home / "config", config)
+    options = (home / "config" / "jvm.options").read_text()
+    options = re.sub(r"(?<=[=:])logs/", f"{logs}/", options)
+    options = options.replace("HeapDumpPath=data", f"HeapDumpPath={data}")
+    (config / "jvm.options").write_text(options)
+    return config
+
+
+def install_opensearch() -> None:
+    home = opensearch_home()
+    if (home / "bin" / "opensearch").exists():
+        print(f"OpenSearch {OPENSEARCH_VERSION}: present ({relative(home)})")
+        return
+    java_home()  # fail before a 56 MB download that could not run
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise InfraError("Maven (mvn) not found: install maven (apt-get install -y maven)")
+    print(f"OpenSearch {OPENSEARCH_VERSION}: fetching {OPENSEARCH_ARTIFACT} with mvn (~56 MB)")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        download, unpacked = Path(tmp) / "download", Path(tmp) / "unpacked"
+        maven = [mvn, "--batch-mode", "--quiet", "-Dstyle.color=never", MAVEN_COPY_GOAL]
+        artifact = [f"-Dartifact={OPENSEARCH_ARTIFACT}", f"-DoutputDirectory={download}"]
+        # Debian's Maven prints colour codes even in batch mode: keep its output for failures.
+        run([*maven, *artifact], cwd=Path(tmp), show_output=False)
+        print(f"OpenSearch {OPENSEARCH_VERSION}: unpacking")
+        extract_zip(download / f"opensearch-{OPENSEARCH_VERSION}.zip", unpacked)
+        os.replace(unpacked / f"opensearch-{OPENSEARCH_VERSION}", home)
+    print(f"OpenSearch {OPENSEARCH_VERSION}: installed ({relative(home)})")
+
+
+def extract_zip(archive: Path, dest: Path) -> None:
+    """Unzip keeping the Unix permission bits (zipfile drops them; bin/ must stay executable)."""
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            path = Path(zf.extract(info, dest))
+            mode = (info.external_attr >> 16) & 0o777
+            if mode:
+                path.chmod(mode)
+
+
+def java_home() -> Path:
+    """A Java home OpenSearch 2.19 runs on: $JAVA_HOME, the `java` on PATH, then /usr/lib/jvm."""
+    for home in java_candidates():
+        major = java_major(home)
+        if major is not None and JAVA_MIN_MAJOR <= major <= JAVA_MAX_MAJOR:
+            return home
+    raise InfraError(
+        f"Java {JAVA_MIN_MAJOR}+ not found: install openjdk-17-jre-headless "
+        f"(OpenSearch {OPENSEARCH_VERSION} runs on Java {JAVA_MIN_MAJOR} to {JAVA_MAX_MAJOR}; "
+        "set JAVA_HOME to pick one)"
+    )
+
+
+def java_candidates() -> list[Path]:
+    homes = []
+    if "JAVA_HOME" in os.environ:
+        homes.append(Path(os.environ["JAVA_HOME"]))
+    java_on_path = shutil.which("java")
+    if java_on_path:
+        homes.append(Path(java_on_path).resolve().parent.parent)
+    jvm_dir = Path("/usr/lib/jvm")
+    if jvm_dir.is_dir():
+        homes.extend(sorted(jvm_dir.iterdir()))
+    unique = {home.resolve(): None for home in homes}
+    return list(unique)
+
+
+def java_major(home: Path) -> int | None:
+    java = home / "bin" / "java"
+    if not java.is_file():
+        return None
+    result = subprocess.run([java, "-version"], capture_output=True, text=True, check=False)
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', result.stderr)
+    if match is None:
+        return None
+    major = int(match.group(1))
+    return int(match.group(2) or 0) if major == 1 else major
+
+
+def ensure_service_user() -> None:
+    try:
+        pwd.getpwnam(OPENSEARCH_USER)
+    except KeyError:
+        print(f"creating system user {OPENSEARCH_USER} (OpenSearch refuses to run as root)")
+        no_login = "/usr/sbin/nologin"
+        run(["useradd", "--system", "--no-create-home", "--shell", no_login, OPENSEARCH_USER])
+
+
+def chown_tree(root: Path, user: str) -> None:
+    entry = pwd.getpwnam(user)
+    uid, gid = entry.pw_uid, entry.pw_gid
+    os.chown(root, uid, gid)
+    for parent, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            os.chown(os.path.join(parent, name), uid, gid, follow_symlinks=False)
+
+
+def check_user_can_reach(user: str, executable: Path, writable: Path) -> None:
+    probe = ["runuser", "-u", user, "--", "test", "-x", str(executable), "-a", "-w", str(writable)]
+    if subprocess.run(probe, check=False).returncode != 0:
+        raise InfraError(
+            f"user {user} cannot reach {executable} or write {writable}: as root, OpenSearch "
+            f"runs as {user}, so every parent folder of {REPO} must be traversable "
+            "(chmod o+x), or clone the repository elsewhere (e.g. under /srv)"
+        )
+
+
+# --- starting, stopping, probing ---------------------------------------------------------------
+
+
+def start_all(procs: list[ManagedProcess], started: list[ManagedProcess]) -> None:
+    """Start `procs` in order, appending the ones this call launched to `started`.
+
+    Ports are checked for all of them first, so a conflict fails before anything starts.
+    """
+    for proc in procs:
+        if running_pid(proc) is None:
+            check_ports_free(proc)
+    for proc in procs:
+        if start(proc):
+            started.append(proc)
+
+
+def start(proc: ManagedProcess) -> bool:
+    """Start `proc` unless it runs already; wait until ready. True if this call started it."""
+    pid = running_pid(proc)
+    if pid is not None:
+        print(f"{proc.name}: already running (pid {pid}), checking it is ready")
+        wait_ready(proc, pid)
+        return False
+    proc.pid_file.unlink(missing_ok=True)
+    check_ports_free(proc)
+    launch = proc.prepare()
+    pid = spawn(proc, launch)
+    print(f"{proc.name}: started (pid {pid}), waiting up to {proc.ready_timeout_s:.0f} s")
+    try:
+        wait_ready(proc, pid)
+    except BaseException:
+        terminate(proc, pid)
+        raise
+    return True
+
+
+def spawn(proc: ManagedProcess, launch: Launch) -> int:
+    for folder in (proc.profile.run_dir, proc.profile.logs_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    with proc.log_file.open("wb") as log:
+        child = subprocess.Popen(
+            launch.argv,
+            cwd=launch.cwd,
+            env={**os.environ, **launch.env, OWNER_ENV: proc.owner_tag},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    proc.pid_file.write_text(f"{child.pid}\n")
+    return child.pid
+
+
+def wait_ready(proc: ManagedProcess, pid: int) -> None:
+    deadline = time.monotonic() + proc.ready_timeout_s
+    while time.monotonic() < deadline:
+        if probe(proc.ready_url) is not None:
+            return
+        if not group_alive(pid):
+            raise InfraError(f"{proc.title} exited while starting; {log_tail(proc)}")
+        time.sleep(POLL_INTERVAL_S)
+    raise InfraError(
+        f"{proc.title} did not become healthy in {proc.ready_timeout_s:.0f} s; {log_tail(proc)}"
+    )
+
+
+def stop(proc: ManagedProcess) -> None:
+    """Stop `proc` if it runs and remove its pid file; harmless when nothing runs."""
+    pid = running_pid(proc)
+    if pid is not None:
+        terminate(proc, pid)
+        return
+    state = "stale pid file removed" if proc.pid_file.exists() else "nothing to stop"
+    proc.pid_file.unlink(missing_ok=True)
+    print(f"{proc.name}: not running ({state})")
+
+
+def terminate(proc: ManagedProcess, pid: int) -> None:
+    """SIGTERM the process group, SIGKILL it after `stop_timeout_s`; remove the pid file."""
+    print(f"{proc.name}: stopping (pid {pid})")
+    signal_group(pid, signal.SIGTERM)
+    if not wait_group_exit(pid, proc.stop_timeout_s):
+        print(f"{proc.name}: still running after {proc.stop_timeout_s:.0f} s, sending SIGKILL")
+        signal_group(pid, signal.SIGKILL)
+        wait_group_exit(pid, proc.stop_timeout_s)
+    proc.pid_file.unlink(missing_ok=True)
+    print(f"{proc.name}: stopped")
+
+
+def check_ports_free(proc: ManagedProcess) -> None:
+    for port in proc.ports:
+        if port_in_use(port):
+            raise InfraError(
+                f"port {port} already in use by {port_owner(port)} (not ours): {proc.title} "
+                "needs it; stop that process or use another profile"
+            )
+
+
+def running_pid(proc: ManagedProcess) -> int | None:
+    """The pid from the pid file if that process still runs and is the one we started.
+
+    Ours means: a live session leader (we start each process in a new session) whose
+    environment carries our owner tag, so a pid reused by another process is never ours.
+    """
+    try:
+        pid = int(proc.pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    stat = proc_stat(pid)
+    if stat is None or stat.state == "Z" or stat.session != pid:
+        return None
+    return pid if owner_tag(pid) == proc.owner_tag else None
+
+
+def owner_tag(pid: int) -> str | None:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    prefix = f"{OWNER_ENV}=".encode()
+    tags = [item[len(prefix) :] for item in environ.split(b"\0") if item.startswith(prefix)]
+    return tags[0].decode(errors="replace") if tags else None
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    state: str
+    pgrp: int
+    session: int
+
+
+def proc_stat(pid: int) -> ProcStat | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The fields after the command name, which is in parentheses and may contain spaces.
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return ProcStat(state=fields[0], pgrp=int(fields[2]), session=int(fields[3]))
+
+
+def group_members(pgrp: int) -> list[int]:
+    """Live (non-zombie) processes in process group `pgrp`."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = proc_stat(int(entry.name))
+            if stat is not None and stat.pgrp == pgrp and stat.state != "Z":
+                members.append(int(entry.name))
+    return members
+
+
+def group_alive(pgrp: int) -> bool:
+    return bool(group_members(pgrp))
+
+
+def signal_group(pgrp: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgrp, sig)
+
+
+def wait_group_exit(pgrp: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while group_alive(pgrp):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL_INTERVAL_S / 2)
+    return True
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex((HOST, port)) == 0
+
+
+def port_owner(port: int) -> str:
+    owner = listener_pid(port)
+    return f"pid {owner}" if owner is not None else "another process"
+
+
+def listener_pid(port: int) -> int | None:
+    """The pid listening on TCP `port`, from /proc (None when it cannot be seen)."""
+    inodes = listening_inodes(port)
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            for fd in fd_dir.iterdir():
+                if os.readlink(fd) in inodes:
+                    return int(fd_dir.parent.name)
+        except OSError:
+            continue
+    return None
+
+
+def listening_inodes(port: int) -> set[str]:
+    listen_state = "0A"
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if int(cols[1].rsplit(":", 1)[1], 16) == port and cols[3] == listen_state:
+                inodes.add(f"socket:[{cols[9]}]")
+    return inodes
+
+
+def probe(url: str) -> str | None:
+    """The health word (`status` of a JSON body, else "ok") if `url` answers 200, else None."""
+    # Loopback must never go through an HTTP proxy taken from the environment.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=HTTP_PROBE_TIMEOUT_S) as response:
+            body = response.read()
+    except (urllib.error.URLError, OSError):
+        return None
+    try:
+        status = json.loads(body).get("status", "ok")
+    except (ValueError, AttributeError):
+        return "ok"
+    return str(status)
+
+
+def log_tail(proc: ManagedProcess) -> str:
+    try:
+        with proc.log_file.open("rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - 16_384))
+            lines = log.read().decode(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+    except FileNotFoundError:
+        lines = []
+    shown = "\n".join(f"    {line}" for line in lines) or "    (empty)"
+    return f"last log lines ({relative(proc.log_file)}):\n{shown}"
+
+
+# --- small helpers ----------------------------------------------------------------------------
+
+
+def require_installed(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise InfraError(f"{what} is not installed: run `make install`")
+    return path
+
+
+def run(
+    argv: Sequence[str | Path],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path = REPO,
+    show_output: bool = True,
+) -> None:
+    """Run a command, echoing it; its output is shown live, or only when it fails."""
+    shown = " ".join(str(arg) for arg in argv)
+    print(f"  $ {shown}", flush=True)
+    result = subprocess.run(
+        argv,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        stdout=None if show_output else subprocess.PIPE,
+        stderr=None if show_output else subprocess.STDOUT,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        output = f":\n{result.stdout}" if result.stdout else ""
+        raise InfraError(f"`{shown}` failed with exit code {result.returncode}{output}")
+
+
+def relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def cmd_install() -> int:
+    install_nats()
+    install_opensearch()
+    return 0
+
+
+def cmd_up(procs: list[ManagedProcess]) -> int:
+    start_all(procs, started=[])
+    print_running(procs)
+    return 0
+
+
+def cmd_down(procs: list[ManagedProcess]) -> int:
+    for proc in reversed(procs):
+        stop(proc)
+    return 0
+
+
+def cmd_status(profile: Profile, procs: list[ManagedProcess]) -> int:
+    print(f"profile {profile.name} ({relative(profile.root)})")
+    for proc in procs:
+        print(f"  {status_line(proc)}")
+    return 0
+
+
+def cmd_exec(profile: Profile, procs: list[ManagedProcess], command: list[str]) -> int:
+    if not command:
+        raise InfraError("exec needs a command after `--`, e.g. `exec -- pytest`")
+    # SIGTERM (a CI timeout) unwinds through `finally` like Ctrl-C, so the servers still stop.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    started: list[ManagedProcess] = []
+    try:
+        start_all(procs, started)
+        client_env = profile.client_env()
+        shown_env = " ".join(f"{key}={value}" for key, value in client_env.items())
+        print(f"\n$ {shown_env} {' '.join(command)}", flush=True)
+        return subprocess.run(command, env={**os.environ, **client_env}, check=False).returncode
+    finally:
+        print()
+        for proc in reversed(procs):
+            if proc in started:
+                stop(proc)
+            elif running_pid(proc) is not None:
+                print(f"{proc.name}: left running (it was running before)")
+
+
+def status_line(proc: ManagedProcess) -> str:
+    pid = running_pid(proc)
+    if pid is None:
+        busy = [port for port in proc.ports if port_in_use(port)]
+        notes = "".join(f"; port {port} in use by {port_owner(port)} (not ours)" for port in busy)
+        return f"{proc.name:<11} stopped{notes}"
+    health = probe(proc.ready_url) or "not ready"
+    ports = ",".join(str(port) for port in proc.ports)
+    where = proc.endpoints[0]
+    return f"{proc.name:<11} running  pid {pid:<7} ports {ports:<11} health {health:<9} {where}"
+
+
+def print_running(procs: list[ManagedProcess]) -> None:
+    profile = procs[0].profile
+    print(f"\nRunning (profile {profile.name}):")
+    for proc in procs:
+        print(f"  {proc.title:<11} pid {running_pid(proc)!s:<7} {'  '.join(proc.endpoints)}")
+    suffix = "" if profile.name == "dev" else f" PROFILE={profile.name}"
+    print(f"Data, logs, pids: {relative(profile.root)}/")
+    print(f"Status: make status{suffix}   Stop: make stop{suffix}")
+
+
+def select(profile: Profile, only: str | None) -> list[ManagedProcess]:
+    procs = managed_processes(profile)
+    if only is None:
+        return procs
+    names = [name.strip() for name in only.split(",") if name.strip()]
+    known = {proc.name for proc in procs}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise InfraError(f"unknown process {', '.join(unknown)}: choose from {', '.join(known)}")
+    return [proc for proc in procs if proc.name in names]
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="local.py", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--profile", choices=sorted(PROFILES), default="dev")
+    common.add_argument("--only", metavar="NAMES", help="comma-separated, e.g. nats,opensearch")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("install", help="fetch/build nats-server and OpenSearch if missing")
+    for name, text in [
+        ("up", "start what is not running and wait until ready"),
+        ("down", "stop what `up` started"),
+        ("status", "show what runs, pids, ports and health"),
+        ("exec", "up, run the command after `--`, then stop only what this started"),
+    ]:
+        sub = commands.add_parser(name, help=text, parents=[common])
+        if name == "exec":
+            sub.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        if args.command == "install":
+            return cmd_install()
+        profile = PROFILES[args.profile]
+        procs = select(profile, args.only)
+        if args.command == "up":
+            return cmd_up(procs)
+        if args.command == "down":
+            return cmd_down(procs)
+        if args.command == "status":
+            return cmd_status(profile, procs)
+        command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+        return cmd_exec(profile, procs, command)
+    except InfraError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Shared fixtures: where the real servers are.
+
+`make test` starts NATS and OpenSearch on the test profile's ports and exports NATS_URL and
+OPENSEARCH_URL. A server that cannot be reached fails the tests that need it, never skips them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from urllib.parse import urlsplit
+
+import pytest
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:14222"
+DEFAULT_OPENSEARCH_URL = "http://127.0.0.1:19200"
+CONNECT_TIMEOUT_S = 3.0
+
+
+def _require_reachable(what: str, env_var: str, default: str) -> str:
+    url = os.environ.get(env_var, default)
+    parts = urlsplit(url)
+    if parts.hostname is None or parts.port is None:
+        pytest.fail(f"{env_var}={url!r} is not a URL with a host and a port", pytrace=False)
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as error:
+        pytest.fail(
+            f"{what} is not reachable at {url} ({env_var}): {error}. "
+            "Run the suite with `make test`, which starts it, "
+            "or start it with `python scripts/local.py up --profile test`.",
+            pytrace=False,
+        )
+    return url
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> str:
+    """nats_url is the NATS server (JetStream enabled) the tests talk to."""
+    return _require_reachable("NATS", "NATS_URL", DEFAULT_NATS_URL)
+
+
+@pytest.fixture(scope="session")
+def opensearch_url() -> str:
+    """opensearch_url is the OpenSearch node the tests talk to."""
+    return _require_reachable("OpenSearch", "OPENSEARCH_URL", DEFAULT_OPENSEARCH_URL)

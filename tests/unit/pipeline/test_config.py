@@ -1,0 +1,86 @@
+"""Settings declared on dataclasses: parsing, defaults, validation messages and help."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from pipeline.config import help_text, load, port, positive, setting
+from pipeline.errors import ConfigError
+from pipeline.settings import NatsSettings, OpenSearchSettings
+from pipeline.subjects import dlq_subject, enriched_subject, raw_subject, valid_token
+
+DEFAULT_FLUSH_S = 0.5
+
+
+@dataclass(frozen=True)
+class Example:
+    flush_s: float = setting("EX_FLUSH_S", DEFAULT_FLUSH_S, "flush interval", check=positive)
+    port: int = setting("EX_PORT", 3000, "port", check=port)
+    verbose: bool = setting("EX_VERBOSE", False, "talk more")
+    urls: tuple[str, ...] = setting("EX_URLS", ("a",), "URLs")
+    name: str = setting("EX_NAME", "n", "name")
+
+
+def test_defaults_when_the_environment_is_empty() -> None:
+    assert load(Example, {}) == Example()
+
+
+def test_values_are_parsed_by_type() -> None:
+    env = {
+        "EX_FLUSH_S": "2.5",
+        "EX_PORT": " 8080 ",
+        "EX_VERBOSE": "yes",
+        "EX_URLS": "nats://a:1, nats://b:2,",
+        "EX_NAME": "x",
+    }
+    assert load(Example, env) == Example(2.5, 8080, True, ("nats://a:1", "nats://b:2"), "x")
+
+
+def test_blank_values_mean_the_default() -> None:
+    assert load(Example, {"EX_PORT": "  "}).port == 3000
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"EX_PORT": "abc"}, "EX_PORT='abc': expected an integer"),
+        ({"EX_PORT": "70000"}, "EX_PORT=70000: must be a port number"),
+        ({"EX_FLUSH_S": "0"}, "EX_FLUSH_S=0.0: must be greater than 0"),
+        ({"EX_FLUSH_S": "soon"}, "EX_FLUSH_S='soon': expected a number"),
+        ({"EX_VERBOSE": "maybe"}, "EX_VERBOSE='maybe': expected true or false"),
+    ],
+)
+def test_invalid_values_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(Example, env)
+    assert str(err.value).startswith(message)
+
+
+def test_help_lists_every_variable_with_its_default() -> None:
+    text = help_text(Example, "example")
+    for name in ("EX_FLUSH_S", "EX_PORT", "EX_VERBOSE", "EX_URLS", "EX_NAME"):
+        assert name in text
+    assert "[default: 0.5]" in text
+
+
+def test_shared_settings_keep_the_original_variable_names() -> None:
+    nats = load(NatsSettings, {"NATS_URL": "nats://h1:4222,nats://h2:4222"})
+    assert nats.nats_url == ("nats://h1:4222", "nats://h2:4222")
+    search = load(OpenSearchSettings, {"OPENSEARCH_URL": "https://os:9200"})
+    assert search.opensearch_url == ("https://os:9200",)
+    with pytest.raises(ConfigError, match="NATS_URL"):
+        load(NatsSettings, {"NATS_URL": " , "})
+    with pytest.raises(ConfigError, match="LOG_LEVEL"):
+        load(NatsSettings, {"LOG_LEVEL": "LOUD"})
+
+
+def test_subjects_follow_the_contract() -> None:
+    assert raw_subject("shop-ios") == "telemetry.raw.v1.shop-ios"
+    assert enriched_subject("shop_ios") == "telemetry.enriched.v1.shop_ios"
+    assert dlq_subject("enricher") == "telemetry.dlq.v1.enricher"
+    for bad in ("", "a.b", "a*", "a>", "a b", "x" * 65):
+        assert not valid_token(bad)
+        with pytest.raises(ValueError, match="subject token"):
+            raw_subject(bad)

@@ -1,0 +1,1 @@
+"""The `tpipe` command: one entry point that starts any of the services."""

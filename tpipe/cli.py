@@ -1,0 +1,40 @@
+"""`tpipe <service> [--help]`: starts the gateway, the enricher or the indexer.
+
+Each service reads its settings from environment variables; `tpipe <service> --help`
+lists them with their defaults.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+
+SERVICES = {
+    "gateway": "HTTP/JSON and gRPC ingest into JetStream, JSON query routes",
+    "enricher": "enriches raw batches (time, clock skew, geo, OS) into the enriched stream",
+    "indexer": "bulk-loads enriched events into OpenSearch and serves gRPC QueryService",
+}
+
+USAGE = "usage: tpipe <command> [--help]\n\ncommands:\n" + "\n".join(
+    f"  {name:<10} {text}" for name, text in SERVICES.items()
+)
+
+
+def _service_main(name: str) -> Callable[[list[str] | None], int]:
+    module = importlib.import_module(f"{name}.__main__")
+    entry: Callable[[list[str] | None], int] = module.main
+    return entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatches to a service's own `main`; returns the exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, rest = args[0], args[1:]
+    if command not in SERVICES:
+        print(f"tpipe: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    return _service_main(command)(rest)
