@@ -135,9 +135,18 @@ async def serve_until_signal(service: Service, *, name: str) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await service.start()
-    log.info("%s started", name)
-    await stop.wait()
+    # A signal during a slow start (a broker that is down) cancels the start.
+    starting = asyncio.create_task(service.start())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if starting.done():
+        starting.result()
+        log.info("%s started", name)
+        await stopping
+    else:
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
     log.info("%s stopping", name)
     await service.stop()
     log.info("%s stopped", name)

@@ -1,0 +1,109 @@
+"""gRPC EnrichService: the enrichment functions as a service, with health and reflection."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from telemetry.v1 import enrich_service_pb2, enrich_service_pb2_grpc
+
+from enricher._enrich import EnrichOptions, enrich_batch
+from enricher._geo import GeoLookup
+from enricher._metrics import Metrics
+from enricher.errors import SetupError
+from pipeline import subjects
+
+SERVICE_NAME = enrich_service_pb2.DESCRIPTOR.services_by_name["EnrichService"].full_name
+
+
+class EnrichServicer(enrich_service_pb2_grpc.EnrichServiceServicer):
+    """EnrichEvents: enriches a raw batch and returns the events; publishes nothing."""
+
+    def __init__(
+        self, *, geo: GeoLookup, options: EnrichOptions, max_events: int, metrics: Metrics
+    ) -> None:
+        self._geo = geo
+        self._options = options
+        self._max_events = max_events
+        self._metrics = metrics
+
+    async def EnrichEvents(  # the generated method name
+        self,
+        request: enrich_service_pb2.EnrichEventsRequest,
+        context: grpc.aio.ServicerContext[
+            enrich_service_pb2.EnrichEventsRequest, enrich_service_pb2.EnrichEventsResponse
+        ],
+    ) -> enrich_service_pb2.EnrichEventsResponse:
+        raw = request.batch
+        if len(raw.events) > self._max_events:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"batch.events: {len(raw.events)} events, at most {self._max_events} allowed",
+            )
+        app_id = raw.context.app_id
+        if app_id and not subjects.valid_token(app_id):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "batch.context.app_id: letters, digits, '_' or '-', at most 64",
+            )
+        now = time.time_ns()
+        batch = enrich_batch(
+            raw,
+            app_id=app_id,
+            fallback_received_ns=now,
+            now_ns=now,
+            geo=self._geo,
+            options=self._options,
+        )
+        self._metrics.grpc_events.inc(len(batch.events))
+        return enrich_service_pb2.EnrichEventsResponse(events=batch.events)
+
+
+class GrpcServer:
+    """The gRPC server: EnrichService, grpc.health.v1 and server reflection."""
+
+    def __init__(self, servicer: EnrichServicer, *, host: str, port: int) -> None:
+        self._servicer = servicer
+        self._address = f"{host}:{port}"
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self.port = 0
+
+    async def start(self) -> None:
+        """Binds and serves; raises SetupError when the address cannot be bound."""
+        if self._server is not None:
+            return
+        server = grpc.aio.server()
+        enrich_service_pb2_grpc.add_EnrichServiceServicer_to_server(self._servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        try:
+            self.port = server.add_insecure_port(self._address)
+        except RuntimeError as err:
+            raise SetupError(f"gRPC cannot listen on {self._address}: {err}") from err
+        if self.port == 0:
+            raise SetupError(f"gRPC cannot listen on {self._address}")
+        await server.start()
+        self._server = server
+
+    async def set_serving(self, serving: bool) -> None:
+        """Reports the service's health to grpc.health.v1 clients."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, status)
+
+    async def stop(self, *, grace_s: float) -> None:
+        """Stops accepting calls and lets running ones finish within `grace_s`."""
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        await self._health.enter_graceful_shutdown()
+        await server.stop(grace_s)

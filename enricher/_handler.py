@@ -1,0 +1,199 @@
+"""Handling fetched raw messages: enrich, publish, and only then ack.
+
+The handler speaks to the broker through two small ports, `Delivery` (a raw
+message as delivered) and `Sink` (where enriched batches and dead letters go),
+so tests drive it with fakes and the NATS adapter stays thin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from enricher import _policy
+from enricher._enrich import EnrichOptions, enrich_batch_bytes
+from enricher._geo import GeoLookup
+from enricher._metrics import (
+    OUTCOME_DEAD_LETTERED,
+    OUTCOME_ENRICHED,
+    OUTCOME_RETRIED,
+    Metrics,
+)
+from enricher._raw import app_id_of, decode_raw, enriched_msg_id
+from enricher.errors import BrokerError
+from pipeline import subjects
+
+
+class Delivery(Protocol):
+    """One raw message as the broker delivered it."""
+
+    @property
+    def data(self) -> bytes: ...
+
+    @property
+    def subject(self) -> str: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def stream_seq(self) -> int:
+        """The message's sequence in the raw stream (the same on every redelivery)."""
+        ...
+
+    @property
+    def deliveries(self) -> int:
+        """How often the message has been delivered, this time included."""
+        ...
+
+    @property
+    def stored_ns(self) -> int:
+        """When the broker stored the message, in nanoseconds since the epoch."""
+        ...
+
+    async def ack(self) -> None: ...
+
+    async def nak(self, delay_s: float) -> None: ...
+
+    async def term(self) -> None: ...
+
+
+class Sink(Protocol):
+    """Where the handler's output goes. Both methods raise BrokerError when NATS fails."""
+
+    async def publish(self, subject: str, data: bytes, *, headers: Mapping[str, str]) -> bool:
+        """Publishes; returns once the stream has acked, True when it was a duplicate.
+
+        A duplicate is a publish the stream dropped because a message with the
+        same Nats-Msg-Id is already stored: a redelivery of a raw message whose
+        first publish had landed.
+        """
+        ...
+
+    async def dead_letter(self, delivery: Delivery, *, reason: str, detail: str) -> None:
+        """Stores the original message in the DLQ stream with the reason."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Outgoing:
+    subject: str
+    data: bytes
+    headers: dict[str, str]
+    events: int
+
+
+_Prepared = _Outgoing | _policy.DeadLetter | Exception
+
+
+class Handler:
+    """Turns fetched raw messages into enriched batches, dead letters, or naks."""
+
+    def __init__(
+        self,
+        *,
+        sink: Sink,
+        geo: GeoLookup,
+        options: EnrichOptions,
+        retry: _policy.RetryPolicy,
+        metrics: Metrics,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._sink = sink
+        self._geo = geo
+        self._options = options
+        self._retry = retry
+        self._metrics = metrics
+        self._clock_ns = clock_ns
+
+    async def handle(self, deliveries: Sequence[Delivery]) -> None:
+        """Settles every delivery: acked after its publish, terminated, or nak'ed.
+
+        Enrichment runs first for the whole fetch (CPU); the publishes then wait
+        for their acks concurrently. Never raises for one bad message.
+        """
+        started = time.perf_counter()
+        prepared = [self._prepare(delivery) for delivery in deliveries]
+        await asyncio.gather(
+            *(
+                self._settle(delivery, item)
+                for delivery, item in zip(deliveries, prepared, strict=True)
+            )
+        )
+        self._metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    def _prepare(self, delivery: Delivery) -> _Prepared:
+        given_up = _policy.before_processing(deliveries=delivery.deliveries, policy=self._retry)
+        if given_up is not None:
+            return given_up
+        try:
+            headers = delivery.headers
+            raw = decode_raw(delivery.data, headers)
+            app_id = app_id_of(raw, delivery.subject)
+            data = enrich_batch_bytes(
+                raw,
+                app_id=app_id,
+                fallback_received_ns=delivery.stored_ns,
+                now_ns=self._clock_ns(),
+                geo=self._geo,
+                options=self._options,
+            )
+            out = {
+                subjects.MSG_ID_HEADER: enriched_msg_id(
+                    stream_seq=delivery.stream_seq,
+                    raw_msg_id=headers.get(subjects.MSG_ID_HEADER, ""),
+                ),
+                subjects.SCHEMA_HEADER: subjects.ENRICHED_SCHEMA,
+            }
+            traceparent = headers.get(subjects.TRACEPARENT_HEADER)
+            if traceparent:
+                out[subjects.TRACEPARENT_HEADER] = traceparent
+            return _Outgoing(subjects.enriched_subject(app_id), data, out, len(raw.events))
+        except Exception as err:  # classified by _policy.on_failure
+            return err
+
+    async def _settle(self, delivery: Delivery, item: _Prepared) -> None:
+        if isinstance(item, _Outgoing):
+            try:
+                duplicate = await self._sink.publish(item.subject, item.data, headers=item.headers)
+            except Exception as err:
+                item = err
+            else:
+                self._metrics.messages.labels(outcome=OUTCOME_ENRICHED).inc()
+                self._metrics.events.inc(item.events)
+                if duplicate:
+                    self._metrics.duplicates.inc()
+                await self._quietly(delivery.ack())
+                return
+        action = (
+            item
+            if isinstance(item, _policy.DeadLetter)
+            else _policy.on_failure(item, deliveries=delivery.deliveries, policy=self._retry)
+        )
+        if isinstance(action, _policy.DeadLetter):
+            try:
+                await self._sink.dead_letter(delivery, reason=action.reason, detail=action.detail)
+            except Exception:
+                # The DLQ is unreachable: keep the message, never term what is not stored.
+                action = _policy.on_failure(
+                    BrokerError("dead letter not stored"),
+                    deliveries=delivery.deliveries,
+                    policy=self._retry,
+                )
+            else:
+                self._metrics.messages.labels(outcome=OUTCOME_DEAD_LETTERED).inc()
+                self._metrics.dlq.labels(reason=action.reason).inc()
+                await self._quietly(delivery.term())
+                return
+        assert isinstance(action, _policy.Retry)
+        self._metrics.messages.labels(outcome=OUTCOME_RETRIED).inc()
+        await self._quietly(delivery.nak(action.delay_s))
+
+    async def _quietly(self, settle: Awaitable[None]) -> None:
+        try:
+            await settle
+        except Exception:  # the broker redelivers an unsettled message
+            self._metrics.ack_failures.inc()

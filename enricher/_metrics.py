@@ -1,0 +1,63 @@
+"""The enricher's own metrics, in a registry of its own."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+OUTCOME_ENRICHED = "enriched"
+OUTCOME_DEAD_LETTERED = "dead_lettered"
+OUTCOME_RETRIED = "retried"
+
+_BATCH_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """Counters for messages, events and dead letters; batch latency; consumer lag."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.messages = Counter(
+            "enricher_messages",
+            "Raw messages handled, by outcome (enriched, dead_lettered, retried)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.events = Counter(
+            "enricher_events",
+            "Events enriched and published (duplicates included)",
+            registry=self.registry,
+        )
+        self.dlq = Counter(
+            "enricher_dlq",
+            "Raw messages sent to the dead-letter stream, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.duplicates = Counter(
+            "enricher_duplicates",
+            "Enriched publishes JetStream dropped as duplicates (redeliveries already published)",
+            registry=self.registry,
+        )
+        self.ack_failures = Counter(
+            "enricher_ack_failures",
+            "Acks, naks or terms that could not be sent (the broker redelivers)",
+            registry=self.registry,
+        )
+        self.batch_seconds = Histogram(
+            "enricher_batch_seconds",
+            "Seconds from fetch to ack of one fetched batch of raw messages",
+            buckets=_BATCH_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.consumer_pending = Gauge(
+            "enricher_consumer_pending",
+            "Raw messages not yet delivered to the consumer (lag), refreshed periodically",
+            registry=self.registry,
+        )
+        self.grpc_events = Counter(
+            "enricher_grpc_events",
+            "Events enriched through gRPC EnrichEvents",
+            registry=self.registry,
+        )
+        for outcome in (OUTCOME_ENRICHED, OUTCOME_DEAD_LETTERED, OUTCOME_RETRIED):
+            self.messages.labels(outcome=outcome)

@@ -1,0 +1,286 @@
+"""The NATS adapter: the durable pull consumer, the fetch loop, and the publishing sink.
+
+The only module of the enricher that touches `nats`. NATS errors are
+translated here into BrokerError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import Error as JsError
+
+from enricher._clock import NANOS_PER_S
+from enricher._handler import Delivery, Handler
+from enricher.errors import BrokerError
+from pipeline import natsconn, subjects
+from pipeline.settings import NatsSettings
+
+log = logging.getLogger(__name__)
+
+STAGE = "enricher"
+CLIENT_NAME = "enricher"
+_STREAMS = (subjects.RAW_STREAM, subjects.ENRICHED_STREAM, subjects.DLQ_STREAM)
+_RETRY_FETCH_AFTER_ERROR_S = 0.5
+_NATS_ERRORS = (nats.errors.Error, JsError, OSError, asyncio.TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSettings:
+    """How the durable consumer on the raw stream is set up and read."""
+
+    name: str
+    ack_wait_s: float
+    max_ack_pending: int
+    fetch_batch: int
+    fetch_timeout_s: float
+
+
+class JsDelivery:
+    """A JetStream message seen through the `Delivery` port."""
+
+    __slots__ = ("_meta", "_msg")
+
+    def __init__(self, msg: Msg) -> None:
+        self._msg = msg
+        self._meta = msg.metadata
+
+    @property
+    def data(self) -> bytes:
+        return self._msg.data
+
+    @property
+    def subject(self) -> str:
+        return self._msg.subject
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._msg.headers or {}
+
+    @property
+    def stream_seq(self) -> int:
+        return int(self._meta.sequence.stream)
+
+    @property
+    def deliveries(self) -> int:
+        return int(self._meta.num_delivered)
+
+    @property
+    def stored_ns(self) -> int:
+        return int(self._meta.timestamp.timestamp() * NANOS_PER_S)
+
+    async def ack(self) -> None:
+        await self._msg.ack()
+
+    async def nak(self, delay_s: float) -> None:
+        await self._msg.nak(delay=delay_s)
+
+    async def term(self) -> None:
+        await self._msg.term()
+
+
+class JsSink:
+    """Publishes enriched batches and dead letters to JetStream, waiting for the PubAck."""
+
+    def __init__(self, js: JetStreamContext, *, timeout_s: float) -> None:
+        self._js = js
+        self._timeout_s = timeout_s
+
+    async def publish(self, subject: str, data: bytes, *, headers: Mapping[str, str]) -> bool:
+        try:
+            ack = await self._js.publish(
+                subject,
+                data,
+                timeout=self._timeout_s,
+                stream=subjects.ENRICHED_STREAM,
+                headers=dict(headers),
+            )
+        except _NATS_ERRORS as err:
+            raise BrokerError(f"publish to {subject}: {err!r}") from err
+        return bool(ack.duplicate)
+
+    async def dead_letter(self, delivery: Delivery, *, reason: str, detail: str) -> None:
+        try:
+            await natsconn.publish_dlq(
+                self._js,
+                stage=STAGE,
+                reason=f"{reason}: {detail}",
+                data=delivery.data,
+                source_subject=delivery.subject,
+                headers=delivery.headers,
+                deliveries=delivery.deliveries,
+                msg_id=str(delivery.stream_seq),
+                timeout_s=self._timeout_s,
+            )
+        except _NATS_ERRORS as err:
+            raise BrokerError(f"publish to the DLQ: {err!r}") from err
+
+
+def consumer_config(settings: ConsumerSettings) -> js_api.ConsumerConfig:
+    """The durable pull consumer the enricher processes share.
+
+    The broker redelivers without limit (max_deliver -1): the delivery limit is
+    the enricher's own, so a message past it goes to the DLQ instead of
+    silently stopping.
+    """
+    return js_api.ConsumerConfig(
+        name=settings.name,
+        durable_name=settings.name,
+        description="enricher: raw batches to enriched batches",
+        deliver_policy=js_api.DeliverPolicy.ALL,
+        ack_policy=js_api.AckPolicy.EXPLICIT,
+        ack_wait=settings.ack_wait_s,
+        max_deliver=-1,
+        max_ack_pending=settings.max_ack_pending,
+        filter_subject=subjects.RAW_SUBJECTS,
+        replay_policy=js_api.ReplayPolicy.INSTANT,
+    )
+
+
+async def bind_consumer(
+    js: JetStreamContext, settings: ConsumerSettings, *, subscriptions: int = 1
+) -> list[JetStreamContext.PullSubscription]:
+    """Creates or updates the durable consumer, then binds pull subscriptions to it.
+
+    One subscription per fetch loop: fetches that share a subscription share its
+    inbox, and one fetch would take the messages and status replies of another.
+    """
+    try:
+        await js.add_consumer(subjects.RAW_STREAM, consumer_config(settings))
+        return [
+            await js.pull_subscribe_bind(durable=settings.name, stream=subjects.RAW_STREAM)
+            for _ in range(subscriptions)
+        ]
+    except _NATS_ERRORS as err:
+        raise BrokerError(f"consumer {settings.name}: {err!r}") from err
+
+
+class FetchLoop:
+    """Fetches raw messages in batches and hands them to the handler, until stopped."""
+
+    def __init__(
+        self,
+        subscription: JetStreamContext.PullSubscription,
+        handler: Handler,
+        *,
+        settings: ConsumerSettings,
+    ) -> None:
+        self._sub = subscription
+        self._handler = handler
+        self._settings = settings
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Asks the loop to stop after the batch in hand (it ends within one fetch timeout)."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Runs until `stop()`; a NATS outage is waited out (logged once), not a crash."""
+        failing = False
+        while not self._stopping.is_set():
+            try:
+                msgs = await self._sub.fetch(
+                    self._settings.fetch_batch, timeout=self._settings.fetch_timeout_s
+                )
+            except nats.errors.TimeoutError:
+                continue
+            except Exception as err:  # an outage or a client bug: keep trying, never die
+                if not failing:
+                    log.warning("fetch failing: %r; retrying", err)
+                    failing = True
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), _RETRY_FETCH_AFTER_ERROR_S)
+                continue
+            if failing:
+                log.info("fetch recovered")
+                failing = False
+            await self._handler.handle([JsDelivery(msg) for msg in msgs])
+
+
+async def consumer_pending(subscription: JetStreamContext.PullSubscription) -> int:
+    """Raw messages not yet delivered to the consumer; raises BrokerError."""
+    try:
+        info = await subscription.consumer_info()
+    except _NATS_ERRORS as err:
+        raise BrokerError(f"consumer info: {err!r}") from err
+    return int(info.num_pending or 0)
+
+
+async def release(subscription: JetStreamContext.PullSubscription) -> None:
+    """Unsubscribes the pull subscription (the durable consumer stays).
+
+    Done before draining the connection: the subscription's queue keeps the
+    broker's status replies to expired pulls, and a drain would wait for them.
+    """
+    with contextlib.suppress(*_NATS_ERRORS):
+        await subscription.unsubscribe()
+
+
+class Broker:
+    """The enricher's side of NATS: the connection, the streams and the consumer's subscriptions."""
+
+    def __init__(
+        self, nc: Client, js: JetStreamContext, subs: list[JetStreamContext.PullSubscription]
+    ) -> None:
+        self._nc = nc
+        self._js = js
+        self.subscriptions = subs
+
+    @classmethod
+    async def open(
+        cls,
+        settings: NatsSettings,
+        consumer: ConsumerSettings,
+        *,
+        subscriptions: int,
+        timeout_s: float,
+    ) -> Broker:
+        """Connects (waiting for NATS), ensures the streams, binds the durable consumer."""
+        nc = await natsconn.connect(settings, name=CLIENT_NAME)
+        try:
+            js = nc.jetstream(timeout=timeout_s)
+            try:
+                await natsconn.ensure_streams(js, settings)
+            except _NATS_ERRORS as err:
+                raise BrokerError(f"streams: {err!r}") from err
+            subs = await bind_consumer(js, consumer, subscriptions=subscriptions)
+        except BaseException:
+            await nc.close()
+            raise
+        return cls(nc, js, subs)
+
+    def sink(self, *, timeout_s: float) -> JsSink:
+        """Where enriched batches and dead letters are published."""
+        return JsSink(self._js, timeout_s=timeout_s)
+
+    async def ready(self) -> tuple[bool, str]:
+        """Connected, the streams and the consumer exist; or why not."""
+        if not self._nc.is_connected:
+            return False, "nats not connected"
+        if not await natsconn.streams_exist(self._js, _STREAMS):
+            return False, "streams missing"
+        try:
+            await self.pending()
+        except BrokerError:
+            return False, "consumer missing"
+        return True, "ok"
+
+    async def pending(self) -> int:
+        """The consumer's lag; raises BrokerError."""
+        return await consumer_pending(self.subscriptions[0])
+
+    async def close(self) -> None:
+        """Releases the subscriptions, then drains the connection (flushing the last acks)."""
+        for sub in self.subscriptions:
+            await release(sub)
+        with contextlib.suppress(*_NATS_ERRORS):
+            await self._nc.drain()

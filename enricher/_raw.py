@@ -1,0 +1,56 @@
+"""Reading a raw message: its payload, its schema, the app it belongs to."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from google.protobuf.message import DecodeError
+from telemetry.v1 import event_pb2
+
+from enricher.errors import PoisonMessageError
+from pipeline import subjects
+
+REASON_UNDECODABLE = "undecodable"
+REASON_WRONG_SCHEMA = "wrong_schema"
+REASON_EMPTY_BATCH = "empty_batch"
+REASON_INVALID_APP_ID = "invalid_app_id"
+
+
+def decode_raw(data: bytes, headers: Mapping[str, str]) -> event_pb2.RawBatch:
+    """The RawBatch in `data`; raises PoisonMessageError when there is none.
+
+    A message without a Telemetry-Schema header is taken for a RawBatch (the
+    original pipeline's EventBatch decodes as one without context). A batch
+    without events is refused: the gateway never publishes one, so such bytes
+    are something else that happened to parse.
+    """
+    schema = headers.get(subjects.SCHEMA_HEADER, subjects.RAW_SCHEMA)
+    if schema != subjects.RAW_SCHEMA:
+        raise PoisonMessageError(
+            REASON_WRONG_SCHEMA, f"schema {schema!r}, expected {subjects.RAW_SCHEMA}"
+        )
+    try:
+        raw = event_pb2.RawBatch.FromString(data)
+    except DecodeError as err:
+        raise PoisonMessageError(REASON_UNDECODABLE, f"not a RawBatch: {err}") from None
+    if not raw.events:
+        raise PoisonMessageError(REASON_EMPTY_BATCH, "the batch has no events")
+    return raw
+
+
+def app_id_of(raw: event_pb2.RawBatch, subject: str) -> str:
+    """The app of a batch: from its context, else the last token of its subject."""
+    app_id = raw.context.app_id or subjects.app_of(subject)
+    if not subjects.valid_token(app_id):
+        raise PoisonMessageError(REASON_INVALID_APP_ID, f"app id {app_id[:80]!r}")
+    return app_id
+
+
+def enriched_msg_id(*, stream_seq: int, raw_msg_id: str) -> str:
+    """The Nats-Msg-Id of the enriched batch made from one raw message.
+
+    The raw message's stream sequence is the same on every redelivery, so a
+    retried publish is dropped by JetStream's duplicate window; the raw message
+    id, when there is one, keeps ids apart should the raw stream be recreated.
+    """
+    return f"enr:{stream_seq}:{raw_msg_id}" if raw_msg_id else f"enr:{stream_seq}"

@@ -1,0 +1,205 @@
+"""The enricher service: consumer, gRPC and observability HTTP, started and stopped together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from enricher import _nats
+from enricher._clock import NANOS_PER_S
+from enricher._enrich import EnrichOptions
+from enricher._geo import MaxMindGeo, OfflineGeo, open_geo
+from enricher._grpc import EnrichServicer, GrpcServer
+from enricher._handler import Handler
+from enricher._metrics import Metrics
+from enricher._policy import RetryPolicy
+from enricher.config import Config
+from enricher.errors import BrokerError
+from pipeline.service import HttpServer, ops_app
+
+log = logging.getLogger(__name__)
+
+NAME = "enricher"
+BROKER_RETRY_S = 1.0
+BROKER_RETRY_MAX_S = 30.0
+
+
+class Enricher:
+    """Consumes TELEMETRY_RAW, publishes TELEMETRY_ENRICHED, serves EnrichService.
+
+    `start()` and `stop()` are idempotent. Stop: stop fetching, finish the
+    batches in hand (publish, ack), drain the NATS connection, close.
+    """
+
+    def __init__(self, config: Config, *, metrics: Metrics | None = None) -> None:
+        self._config = config
+        self.metrics = metrics or Metrics()
+        self._options = EnrichOptions(
+            max_skew_ns=int(config.max_clock_skew_s * NANOS_PER_S),
+            event_message_max_chars=config.event_message_max_chars,
+        )
+        self._consumer = _nats.ConsumerSettings(
+            name=config.consumer_name,
+            ack_wait_s=config.ack_wait_s,
+            max_ack_pending=config.max_ack_pending,
+            fetch_batch=config.fetch_batch,
+            fetch_timeout_s=config.fetch_timeout_s,
+        )
+        self._retry = RetryPolicy(
+            max_deliver=config.max_deliver,
+            base_delay_s=config.nak_delay_s,
+            max_delay_s=config.nak_max_delay_s,
+        )
+        self._geo: OfflineGeo | MaxMindGeo | None = None
+        self._broker: _nats.Broker | None = None
+        self._loops: list[_nats.FetchLoop] = []
+        self._consumer_task: asyncio.Task[None] | None = None
+        self._grpc: GrpcServer | None = None
+        self._http: HttpServer | None = None
+        self._started = False
+
+    @property
+    def grpc_port(self) -> int:
+        """The bound gRPC port (useful when configured as 0)."""
+        return self._grpc.port if self._grpc else 0
+
+    @property
+    def http_port(self) -> int:
+        """The bound observability HTTP port (useful when configured as 0)."""
+        return self._http.port if self._http else 0
+
+    async def start(self) -> None:
+        """Opens the GeoIP data, serves HTTP and gRPC, then consumes in the background.
+
+        Returns once the servers listen; NATS is connected to (and waited for,
+        however long it is down) by the consumer task, so /healthz answers,
+        /readyz says why not, and a stop signal is honoured meanwhile.
+        """
+        if self._started:
+            return
+        self._started = True
+        try:
+            await self._serve()
+        except BaseException:
+            await self.stop()
+            raise
+        self._consumer_task = asyncio.create_task(self._consume())
+
+    async def _serve(self) -> None:
+        config = self._config
+        self._geo = open_geo(config.geoip_db)
+        self._http = HttpServer(
+            ops_app(self, self.metrics.registry),
+            host=config.http_host,
+            port=config.http_port,
+            graceful_stop_s=config.stop_timeout_s,
+        )
+        await self._http.start()
+        self._grpc = GrpcServer(
+            EnrichServicer(
+                geo=self._geo,
+                options=self._options,
+                max_events=config.grpc_max_events,
+                metrics=self.metrics,
+            ),
+            host=config.grpc_host,
+            port=config.grpc_port,
+        )
+        await self._grpc.start()
+        await self._grpc.set_serving(True)
+
+    async def _open_broker(self) -> _nats.Broker:
+        delay = BROKER_RETRY_S
+        while True:
+            try:
+                return await _nats.Broker.open(
+                    self._config,
+                    self._consumer,
+                    subscriptions=self._config.concurrency,
+                    timeout_s=self._config.publish_timeout_s,
+                )
+            except BrokerError as err:
+                log.warning("cannot set up the consumer: %s; retrying", err)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BROKER_RETRY_MAX_S)
+
+    async def _consume(self) -> None:
+        """Connects, binds the consumer and runs the fetch loops until they are stopped."""
+        config = self._config
+        assert self._geo is not None
+        self._broker = await self._open_broker()
+        handler = Handler(
+            sink=self._broker.sink(timeout_s=config.publish_timeout_s),
+            geo=self._geo,
+            options=self._options,
+            retry=self._retry,
+            metrics=self.metrics,
+        )
+        self._loops = [
+            _nats.FetchLoop(sub, handler, settings=self._consumer)
+            for sub in self._broker.subscriptions
+        ]
+        lag = asyncio.create_task(self._refresh_lag())
+        log.info(
+            "enricher consuming",
+            extra={
+                "consumer": config.consumer_name,
+                "grpc_port": self.grpc_port,
+                "http_port": self.http_port,
+            },
+        )
+        try:
+            await asyncio.gather(*(loop.run() for loop in self._loops))
+        finally:
+            lag.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lag
+
+    async def ready(self) -> tuple[bool, str]:
+        """Ready when NATS is connected, the streams exist and the consumer is bound."""
+        if self._broker is None or not self._loops:
+            return False, "nats not connected"
+        return await self._broker.ready()
+
+    async def stop(self) -> None:
+        """Stops fetching, lets the batches in hand finish (publish, ack), then closes."""
+        if not self._started:
+            return
+        self._started = False
+        task, self._consumer_task = self._consumer_task, None
+        if task is not None:
+            if not self._loops:
+                task.cancel()  # still waiting for NATS: nothing in hand
+            for loop in self._loops:
+                loop.stop()
+            _, pending = await asyncio.wait([task], timeout=self._config.stop_timeout_s)
+            for late in pending:
+                late.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._loops = []
+        if self._broker is not None:
+            await self._broker.close()
+            self._broker = None
+        if self._grpc is not None:
+            await self._grpc.stop(grace_s=self._config.stop_timeout_s)
+            self._grpc = None
+        if self._http is not None:
+            await self._http.stop()
+            self._http = None
+        if isinstance(self._geo, MaxMindGeo):
+            self._geo.close()
+        self._geo = None
+        log.info("enricher stopped")
+
+    async def _refresh_lag(self) -> None:
+        while True:
+            if self._broker is not None:
+                try:
+                    pending = await self._broker.pending()
+                except BrokerError:
+                    pass  # the gauge keeps its last value; readiness reports the outage
+                else:
+                    self.metrics.consumer_pending.set(pending)
+            await asyncio.sleep(self._config.lag_refresh_s)

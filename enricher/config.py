@@ -1,0 +1,167 @@
+"""The enricher's settings: environment variables with the prefix ENRICHER_ (plus NATS_*, LOG_*)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.config import non_empty, port, positive, setting
+from pipeline.errors import ConfigError
+from pipeline.settings import NatsSettings
+
+DEFAULT_CONSUMER_NAME = "enricher"
+DEFAULT_FETCH_BATCH = 32  # messages per fetch
+DEFAULT_FETCH_TIMEOUT_S = 1.0
+DEFAULT_CONCURRENCY = 2  # fetch loops per process
+DEFAULT_MAX_ACK_PENDING = 256  # messages delivered and not yet acked, over all processes
+DEFAULT_ACK_WAIT_S = 30.0
+DEFAULT_MAX_DELIVER = 5  # deliveries before a message goes to the DLQ
+DEFAULT_PUBLISH_TIMEOUT_S = 5.0
+DEFAULT_NAK_DELAY_S = 1.0  # first redelivery delay; doubles with each delivery
+DEFAULT_NAK_MAX_DELAY_S = 60.0
+DEFAULT_MAX_CLOCK_SKEW_S = 365 * 24 * 3600.0  # one year
+DEFAULT_EVENT_MESSAGE_MAX_CHARS = 4096
+DEFAULT_LAG_REFRESH_S = 5.0
+DEFAULT_GRPC_HOST = "127.0.0.1"
+DEFAULT_GRPC_PORT = 50052
+DEFAULT_GRPC_MAX_EVENTS = 10_000  # events per EnrichEvents request
+DEFAULT_HTTP_HOST = "127.0.0.1"
+DEFAULT_HTTP_PORT = 8081
+DEFAULT_STOP_TIMEOUT_S = 20.0
+
+_CONSUMER_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+def _consumer_name(value: str) -> str | None:
+    if not value or not set(value) <= _CONSUMER_NAME_CHARS:
+        return "must be letters, digits, '_' or '-'"
+    return None
+
+
+def _at_least_one(value: int) -> str | None:
+    return None if value >= 1 else "must be 1 or greater"
+
+
+@dataclass(frozen=True)
+class Config(NatsSettings):
+    """Everything the enricher reads from its environment."""
+
+    consumer_name: str = setting(
+        "ENRICHER_CONSUMER_NAME",
+        DEFAULT_CONSUMER_NAME,
+        "durable consumer on TELEMETRY_RAW shared by all enricher processes",
+        check=_consumer_name,
+    )
+    fetch_batch: int = setting(
+        "ENRICHER_FETCH_BATCH", DEFAULT_FETCH_BATCH, "raw messages per fetch", check=_at_least_one
+    )
+    fetch_timeout_s: float = setting(
+        "ENRICHER_FETCH_TIMEOUT_S",
+        DEFAULT_FETCH_TIMEOUT_S,
+        "seconds one fetch waits for messages (also bounds how long stop waits)",
+        check=positive,
+    )
+    concurrency: int = setting(
+        "ENRICHER_CONCURRENCY",
+        DEFAULT_CONCURRENCY,
+        "fetch loops per process (messages in flight = concurrency x fetch batch)",
+        check=_at_least_one,
+    )
+    max_ack_pending: int = setting(
+        "ENRICHER_MAX_ACK_PENDING",
+        DEFAULT_MAX_ACK_PENDING,
+        "raw messages delivered and not yet acked, over all enricher processes",
+        check=_at_least_one,
+    )
+    ack_wait_s: float = setting(
+        "ENRICHER_ACK_WAIT_S",
+        DEFAULT_ACK_WAIT_S,
+        "seconds before an unacked raw message is redelivered",
+        check=positive,
+    )
+    max_deliver: int = setting(
+        "ENRICHER_MAX_DELIVER",
+        DEFAULT_MAX_DELIVER,
+        "deliveries of a raw message before it goes to the DLQ",
+        check=_at_least_one,
+    )
+    publish_timeout_s: float = setting(
+        "ENRICHER_PUBLISH_TIMEOUT_S",
+        DEFAULT_PUBLISH_TIMEOUT_S,
+        "seconds to wait for JetStream to ack a publish",
+        check=positive,
+    )
+    nak_delay_s: float = setting(
+        "ENRICHER_NAK_DELAY_S",
+        DEFAULT_NAK_DELAY_S,
+        "seconds before the first redelivery after a NATS failure; doubles each time",
+        check=positive,
+    )
+    nak_max_delay_s: float = setting(
+        "ENRICHER_NAK_MAX_DELAY_S",
+        DEFAULT_NAK_MAX_DELAY_S,
+        "longest redelivery delay in seconds",
+        check=positive,
+    )
+    max_clock_skew_s: float = setting(
+        "ENRICHER_MAX_CLOCK_SKEW_S",
+        DEFAULT_MAX_CLOCK_SKEW_S,
+        "seconds of clock skew or correction beyond which a timestamp is absurd",
+        check=positive,
+    )
+    geoip_db: str = setting(
+        "ENRICHER_GEOIP_DB",
+        "",
+        "path of a MaxMind-format database (country+city); empty uses the embedded country table",
+    )
+    event_message_max_chars: int = setting(
+        "ENRICHER_EVENT_MESSAGE_MAX_CHARS",
+        DEFAULT_EVENT_MESSAGE_MAX_CHARS,
+        "characters of event_message at most",
+        check=_at_least_one,
+    )
+    lag_refresh_s: float = setting(
+        "ENRICHER_LAG_REFRESH_S",
+        DEFAULT_LAG_REFRESH_S,
+        "seconds between refreshes of the consumer lag metric",
+        check=positive,
+    )
+    grpc_host: str = setting(
+        "ENRICHER_GRPC_HOST", DEFAULT_GRPC_HOST, "gRPC EnrichService address", check=non_empty
+    )
+    grpc_port: int = setting(
+        "ENRICHER_GRPC_PORT", DEFAULT_GRPC_PORT, "gRPC EnrichService port", check=port
+    )
+    grpc_max_events: int = setting(
+        "ENRICHER_GRPC_MAX_EVENTS",
+        DEFAULT_GRPC_MAX_EVENTS,
+        "events per EnrichEvents request at most",
+        check=_at_least_one,
+    )
+    http_host: str = setting(
+        "ENRICHER_HTTP_HOST",
+        DEFAULT_HTTP_HOST,
+        "address of /healthz, /readyz, /metrics",
+        check=non_empty,
+    )
+    http_port: int = setting(
+        "ENRICHER_HTTP_PORT", DEFAULT_HTTP_PORT, "port of /healthz, /readyz, /metrics", check=port
+    )
+    stop_timeout_s: float = setting(
+        "ENRICHER_STOP_TIMEOUT_S",
+        DEFAULT_STOP_TIMEOUT_S,
+        "seconds a graceful stop may take",
+        check=positive,
+    )
+
+    def __post_init__(self) -> None:
+        in_flight = self.concurrency * self.fetch_batch
+        if in_flight > self.max_ack_pending:
+            raise ConfigError(
+                f"ENRICHER_MAX_ACK_PENDING={self.max_ack_pending}: must be at least "
+                f"ENRICHER_CONCURRENCY x ENRICHER_FETCH_BATCH = {in_flight}"
+            )
+        if self.nak_max_delay_s < self.nak_delay_s:
+            raise ConfigError(
+                f"ENRICHER_NAK_MAX_DELAY_S={self.nak_max_delay_s}: must be at least "
+                f"ENRICHER_NAK_DELAY_S={self.nak_delay_s}"
+            )

@@ -1,0 +1,145 @@
+"""gRPC QueryService over OpenSearch, with health checking and server reflection.
+
+Request validation and query building live in `queries`/`paging`; this module maps
+our errors to canonical gRPC codes: InvalidArgumentError -> INVALID_ARGUMENT (the
+message names the field), SearchUnavailableError -> UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Protocol
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from telemetry.v1 import query_service_pb2 as qs
+from telemetry.v1 import query_service_pb2_grpc as qs_grpc
+
+from indexer import queries
+from indexer.errors import InvalidArgumentError, SearchRequestError, SearchUnavailableError
+from indexer.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = qs.DESCRIPTOR.services_by_name["QueryService"].full_name
+
+
+class SearchPort(Protocol):
+    """Runs one `_search` over the event indices."""
+
+    async def search(self, body: dict[str, Any], *, filter_path: str = "") -> dict[str, Any]: ...
+
+
+class QueryServicer(qs_grpc.QueryServiceServicer):
+    """QueryEvents and AggregateEvents."""
+
+    def __init__(self, search: SearchPort, *, metrics: Metrics | None = None) -> None:
+        self._search = search
+        self._metrics = metrics or Metrics()
+
+    async def QueryEvents(
+        self, request: qs.QueryEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> qs.QueryEventsResponse:
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            body, size = queries.search_body(request)
+            answer = await self._search.search(body, filter_path=queries.EVENTS_FILTER_PATH)
+            return queries.events_response(answer, size=size, flt=request.filter)
+        except Exception as err:
+            code, detail = _status(err, paged=bool(request.page_token))
+            await context.abort(code, detail)
+            raise  # unreachable: abort raises
+        finally:
+            self._observe("QueryEvents", code, started)
+
+    async def AggregateEvents(
+        self, request: qs.AggregateEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> qs.AggregateEventsResponse:
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            answer = await self._search.search(
+                queries.aggregate_body(request), filter_path=queries.AGGREGATE_FILTER_PATH
+            )
+            return queries.aggregate_response(answer)
+        except Exception as err:
+            code, detail = _status(err, paged=False)
+            await context.abort(code, detail)
+            raise
+        finally:
+            self._observe("AggregateEvents", code, started)
+
+    def _observe(self, method: str, code: grpc.StatusCode, started: float) -> None:
+        self._metrics.query_seconds.labels(method=method, code=code.name).observe(
+            time.perf_counter() - started
+        )
+
+
+def _status(err: Exception, *, paged: bool) -> tuple[grpc.StatusCode, str]:
+    if isinstance(err, InvalidArgumentError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(err)
+    if isinstance(err, SearchUnavailableError):
+        return grpc.StatusCode.UNAVAILABLE, "the event store is unavailable; try again later"
+    if isinstance(err, SearchRequestError) and paged:
+        # Only a forged token can make our own query invalid.
+        return grpc.StatusCode.INVALID_ARGUMENT, "page_token: is not a valid page token"
+    log.exception("query failed", exc_info=err)
+    return grpc.StatusCode.INTERNAL, "internal error"
+
+
+class QueryServer:
+    """The gRPC server: QueryService, grpc.health.v1 and reflection."""
+
+    def __init__(
+        self, search: SearchPort, *, host: str, port: int, metrics: Metrics | None = None
+    ) -> None:
+        self._server: grpc.aio.Server | None = None
+        self._health = HealthServicer()
+        self._search = search
+        self._address = f"{host}:{port}"
+        self._metrics = metrics
+        self.port = port
+
+    async def start(self) -> None:
+        """Binds and starts serving (idempotent); raises when the port is taken."""
+        if self._server is not None:
+            return
+        server = grpc.aio.server()
+        qs_grpc.add_QueryServiceServicer_to_server(
+            QueryServicer(self._search, metrics=self._metrics), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        self.port = server.add_insecure_port(self._address)
+        await server.start()
+        self._server = server
+        await self.set_serving(False)
+
+    async def set_serving(self, serving: bool) -> None:
+        """Reports SERVING or NOT_SERVING through grpc.health.v1."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, status)
+
+    async def stop(self, grace_s: float) -> None:
+        """Stops accepting calls and lets running ones finish (idempotent)."""
+        if self._server is None:
+            return
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace_s)
+        self._server = None

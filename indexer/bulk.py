@@ -1,0 +1,254 @@
+"""Bulk writing: documents grouped by count and bytes, sent on size or timer, several in flight.
+
+`BulkWriter` knows nothing of NATS: it takes `BulkItem`s (a pre-rendered action and
+source) and calls each item's `on_done` once with its final outcome. Retryable
+failures are sent again after a capped exponential backoff, for as long as it takes;
+while OpenSearch is away the writer reports itself unhealthy so intake stops fetching.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from indexer.metrics import Metrics
+from indexer.outcomes import Outcome, backoff_s, failure_outcome, item_outcome, item_reason
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """OpenSearch's answer for one bulk item."""
+
+    status: int
+    error: Mapping[str, Any] | None = None
+
+
+class BulkPort(Protocol):
+    """Sends one `_bulk` body; answers one result per item, in order."""
+
+    async def bulk(self, body: bytes) -> Sequence[ItemResult]: ...
+
+
+DoneCallback = Callable[["BulkItem", Outcome, str], Awaitable[None]]
+
+
+@dataclass(eq=False)
+class BulkItem:
+    """One document to create: its two NDJSON lines and who to tell when it is done."""
+
+    payload: bytes
+    on_done: DoneCallback
+    attempts: int = 0
+    solo: bool = field(default=False)
+
+
+def render(*, index: str, doc_id: str, source: Mapping[str, Any]) -> bytes:
+    """The NDJSON lines of a `create` action."""
+    action = orjson.dumps({"create": {"_index": index, "_id": doc_id}})
+    return action + b"\n" + orjson.dumps(source) + b"\n"
+
+
+class BulkWriter:
+    """Groups items into bulk requests and sees each item through to a final outcome."""
+
+    def __init__(
+        self,
+        port: BulkPort,
+        *,
+        max_docs: int,
+        max_bytes: int,
+        flush_interval_s: float,
+        concurrency: int,
+        retry_base_s: float,
+        retry_max_s: float,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._port = port
+        self._max_docs = max_docs
+        self._max_bytes = max_bytes
+        self._interval_s = flush_interval_s
+        self._retry_base_s = retry_base_s
+        self._retry_max_s = retry_max_s
+        self._metrics = metrics or Metrics()
+        self._slots = asyncio.Semaphore(concurrency)
+        self._buffer: list[BulkItem] = []
+        self._buffer_bytes = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.Task[None] | None = None
+        self._failures = 0
+        self._healthy = asyncio.Event()
+        self._healthy.set()
+
+    @property
+    def healthy(self) -> bool:
+        """False while OpenSearch fails whole requests with retryable errors."""
+        return self._healthy.is_set()
+
+    async def wait_healthy(self) -> None:
+        """Returns once OpenSearch answers again."""
+        await self._healthy.wait()
+
+    def start(self) -> None:
+        """Starts the flush timer (idempotent)."""
+        if self._timer is None:
+            self._timer = asyncio.create_task(self._tick(), name="bulk-flush-timer")
+
+    async def add(self, item: BulkItem) -> None:
+        """Queues an item; sends a request when a size limit is reached (may wait for a slot)."""
+        self._buffer.append(item)
+        self._buffer_bytes += len(item.payload)
+        if len(self._buffer) >= self._max_docs or self._buffer_bytes >= self._max_bytes:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Sends what is buffered now, waiting for a free in-flight slot if needed."""
+        while self._buffer:
+            await self._slots.acquire()
+            batch = self._take()
+            if not batch:
+                self._slots.release()
+                return
+            self._spawn(self._send(batch))
+            if len(self._buffer) < self._max_docs and self._buffer_bytes < self._max_bytes:
+                return
+
+    async def drain(self) -> None:
+        """Sends everything and waits until every item has its final outcome."""
+        while self._buffer or self._tasks:
+            await self.flush()
+            if self._tasks:
+                await asyncio.wait(set(self._tasks))
+
+    async def close(self) -> None:
+        """Stops the timer and abandons unfinished work (its messages stay un-acked)."""
+        tasks = [t for t in (self._timer, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._timer = None
+        self._tasks.clear()
+        self._buffer.clear()
+        self._buffer_bytes = 0
+
+    def _take(self) -> list[BulkItem]:
+        if not self._buffer:
+            return []
+        if self._buffer[0].solo:
+            first = self._buffer.pop(0)
+            self._buffer_bytes -= len(first.payload)
+            return [first]
+        count = 0
+        size = 0
+        for item in self._buffer:
+            if item.solo or count >= self._max_docs:
+                break
+            if count and size + len(item.payload) > self._max_bytes:
+                break
+            count += 1
+            size += len(item.payload)
+        batch = self._buffer[:count]
+        del self._buffer[:count]
+        self._buffer_bytes -= size
+        return batch
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            if self._buffer:
+                await self.flush()
+
+    async def _send(self, batch: list[BulkItem]) -> None:
+        body = b"".join(item.payload for item in batch)
+        started = time.perf_counter()
+        self._metrics.bulk_in_flight.inc()
+        try:
+            results = await self._port.bulk(body)
+        except Exception as err:  # every failure is classified by outcomes.failure_outcome
+            self._slots.release()
+            await self._request_failed(batch, err)
+            return
+        else:
+            self._slots.release()
+        finally:
+            self._metrics.bulk_in_flight.dec()
+            self._metrics.bulk_seconds.observe(time.perf_counter() - started)
+        self._set_up()
+        if len(results) != len(batch):
+            log.warning(
+                "bulk answered %d items for %d sent; sending again", len(results), len(batch)
+            )
+            self._retry(batch)
+            return
+        retry: list[BulkItem] = []
+        for item, result in zip(batch, results, strict=True):
+            outcome = item_outcome(result.status)
+            if outcome is Outcome.RETRY:
+                retry.append(item)
+            else:
+                reason = item_reason(result.error) if outcome is Outcome.REJECTED else ""
+                await self._finish(item, outcome, reason)
+        if retry:
+            self._retry(retry)
+        else:
+            self._failures = 0
+
+    async def _request_failed(self, batch: list[BulkItem], err: Exception) -> None:
+        if failure_outcome(err) is Outcome.RETRY:
+            self._set_down(err)
+            self._retry(batch)
+            return
+        if len(batch) > 1:
+            # A whole request refused: find the culprit by sending each document alone.
+            for item in batch:
+                item.solo = True
+                self._buffer.append(item)
+                self._buffer_bytes += len(item.payload)
+            return
+        await self._finish(batch[0], Outcome.REJECTED, str(err))
+
+    async def _finish(self, item: BulkItem, outcome: Outcome, reason: str) -> None:
+        try:
+            await item.on_done(item, outcome, reason)
+        except Exception:
+            log.exception("bulk item callback failed")
+
+    def _retry(self, items: list[BulkItem]) -> None:
+        self._failures += 1
+        delay = backoff_s(self._failures, base_s=self._retry_base_s, max_s=self._retry_max_s)
+        delay *= random.uniform(0.8, 1.0)  # spread retries of concurrent requests
+        self._metrics.bulk_retries.inc(len(items))
+        self._spawn(self._requeue(items, delay))
+
+    async def _requeue(self, items: list[BulkItem], delay: float) -> None:
+        await asyncio.sleep(delay)
+        for item in items:
+            item.attempts += 1
+            await self.add(item)
+        await self.flush()
+
+    def _set_down(self, err: Exception) -> None:
+        if self._healthy.is_set():
+            log.warning("opensearch unavailable, holding intake: %s", err)
+        self._healthy.clear()
+
+    def _set_up(self) -> None:
+        if not self._healthy.is_set():
+            log.info("opensearch answers again, resuming intake")
+        self._healthy.set()

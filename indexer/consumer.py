@@ -1,0 +1,231 @@
+"""The NATS adapter: the durable pull consumer on TELEMETRY_ENRICHED, and the DLQ publisher.
+
+The only module of the indexer that touches `nats`. Fetching pauses while OpenSearch
+is away and while `max_ack_pending` messages are unsettled: backpressure, not memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+
+from indexer.bulk import BulkWriter
+from indexer.intake import Intake
+from indexer.metrics import Metrics
+from pipeline import natsconn, subjects
+
+log = logging.getLogger(__name__)
+
+STAGE = "indexer"
+FETCH_WAIT_S = 1.0
+NATS_RETRY_S = 1.0
+ROOM_POLL_S = 0.02
+STOP_FETCH_WAIT_S = 5.0
+
+
+class NatsDelivery:
+    """A JetStream message as intake sees it."""
+
+    __slots__ = ("_msg",)
+
+    def __init__(self, msg: Msg) -> None:
+        self._msg = msg
+
+    @property
+    def data(self) -> bytes:
+        return self._msg.data
+
+    @property
+    def subject(self) -> str:
+        return self._msg.subject
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._msg.headers or {}
+
+    @property
+    def num_delivered(self) -> int:
+        return int(self._msg.metadata.num_delivered or 1)
+
+    @property
+    def msg_id(self) -> str:
+        return f"{self._msg.metadata.stream}:{self._msg.metadata.sequence.stream}"
+
+    async def ack(self) -> None:
+        await self._msg.ack()
+
+    async def nak(self, delay_s: float) -> None:
+        await self._msg.nak(delay=delay_s)
+
+    async def term(self) -> None:
+        await self._msg.term()
+
+    async def in_progress(self) -> None:
+        await self._msg.in_progress()
+
+
+class NatsDeadLetters:
+    """Publishes to telemetry.dlq.v1.indexer through the shared helper."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+
+    async def publish(
+        self,
+        *,
+        reason: str,
+        data: bytes,
+        subject: str,
+        headers: Mapping[str, str],
+        deliveries: int,
+        msg_id: str,
+    ) -> None:
+        await natsconn.publish_dlq(
+            self._js,
+            stage=STAGE,
+            reason=reason,
+            data=data,
+            source_subject=subject,
+            headers=headers,
+            deliveries=deliveries,
+            msg_id=msg_id,
+        )
+
+
+def consumer_config(*, name: str, ack_wait_s: float, max_ack_pending: int) -> js_api.ConsumerConfig:
+    """The durable consumer: explicit acks, bounded unacked messages, unlimited deliveries.
+
+    Deliveries are not capped by JetStream: intake counts them and sends a message that
+    came too often to the DLQ itself, so nothing is dropped silently.
+    """
+    return js_api.ConsumerConfig(
+        durable_name=name,
+        name=name,
+        description="indexer: enriched batches into OpenSearch",
+        deliver_policy=js_api.DeliverPolicy.ALL,
+        ack_policy=js_api.AckPolicy.EXPLICIT,
+        ack_wait=ack_wait_s,
+        max_deliver=-1,
+        max_ack_pending=max_ack_pending,
+        filter_subject=subjects.ENRICHED_SUBJECTS,
+    )
+
+
+class EnrichedConsumer:
+    """Pulls enriched batches and hands them to intake, as fast as OpenSearch takes them."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        intake: Intake,
+        writer: BulkWriter,
+        *,
+        name: str,
+        fetch_batch: int,
+        max_ack_pending: int,
+        ack_wait_s: float,
+        pending_refresh_s: float,
+        metrics: Metrics,
+    ) -> None:
+        self._js = js
+        self._intake = intake
+        self._writer = writer
+        self._name = name
+        self._fetch_batch = fetch_batch
+        self._max_ack_pending = max_ack_pending
+        self._ack_wait_s = ack_wait_s
+        self._pending_refresh_s = pending_refresh_s
+        self._metrics = metrics
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self._fetching = False
+        self._fetch_task: asyncio.Task[None] | None = None
+        self._side_tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Creates (or updates) the durable consumer and starts fetching (idempotent)."""
+        if self._fetch_task is not None:
+            return
+        config = consumer_config(
+            name=self._name, ack_wait_s=self._ack_wait_s, max_ack_pending=self._max_ack_pending
+        )
+        await self._js.add_consumer(subjects.ENRICHED_STREAM, config=config)
+        self._sub = await self._js.pull_subscribe_bind(
+            durable=self._name, stream=subjects.ENRICHED_STREAM
+        )
+        self._fetching = True
+        self._fetch_task = asyncio.create_task(self._fetch_loop(self._sub), name="indexer-fetch")
+        self._side_tasks = [
+            asyncio.create_task(self._touch_loop(), name="indexer-in-progress"),
+            asyncio.create_task(self._pending_loop(self._sub), name="indexer-pending"),
+        ]
+
+    async def stop_fetching(self) -> None:
+        """Stops asking for messages; returns after the fetch in progress (idempotent).
+
+        A fetch loop stuck handing events to a writer that cannot send (OpenSearch away)
+        is cancelled after STOP_FETCH_WAIT_S: what it held is not acked and comes back.
+        """
+        self._fetching = False
+        task, self._fetch_task = self._fetch_task, None
+        if task is None:
+            return
+        done, _ = await asyncio.wait({task}, timeout=STOP_FETCH_WAIT_S)
+        if not done:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def close(self) -> None:
+        """Stops every task and unsubscribes (idempotent)."""
+        await self.stop_fetching()
+        for task in self._side_tasks:
+            task.cancel()
+        for task in self._side_tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._side_tasks = []
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+    async def _fetch_loop(self, sub: JetStreamContext.PullSubscription) -> None:
+        while self._fetching:
+            if not self._writer.healthy:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._writer.wait_healthy(), FETCH_WAIT_S)
+                continue
+            room = self._max_ack_pending - self._intake.in_progress
+            if room <= 0:
+                await asyncio.sleep(ROOM_POLL_S)
+                continue
+            try:
+                msgs = await sub.fetch(batch=min(self._fetch_batch, room), timeout=FETCH_WAIT_S)
+            except TimeoutError:
+                continue
+            except Exception as err:  # NATS away: the client reconnects by itself
+                log.warning("fetch failed: %s", err)
+                await asyncio.sleep(NATS_RETRY_S)
+                continue
+            for msg in msgs:
+                await self._intake.handle(NatsDelivery(msg))
+
+    async def _touch_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._ack_wait_s / 3)
+            await self._intake.touch()
+
+    async def _pending_loop(self, sub: JetStreamContext.PullSubscription) -> None:
+        while True:
+            try:
+                info = await sub.consumer_info()
+                self._metrics.consumer_pending.set(info.num_pending or 0)
+            except Exception as err:
+                log.debug("consumer info failed: %s", err)
+            await asyncio.sleep(self._pending_refresh_s)

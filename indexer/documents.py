@@ -1,0 +1,197 @@
+"""EnrichedEvent <-> OpenSearch document, and which daily index an event belongs to.
+
+The index rule (effectively-once indexing):
+
+- The document `_id` is the event's `event_id` and documents are written with
+  `op_type=create`, so a second write of the same event answers 409 and changes nothing.
+- The index is `<prefix>YYYY-MM-DD`, the UTC day of the event's own `client_timestamp`.
+  That value is the one thing that never changes between deliveries of the same event:
+  a device resends the same stored event, a redelivery or restart replays the same
+  bytes, while `received_at`, `corrected_timestamp` and `enriched_at` all differ from
+  one attempt to the next (a retry the next day would otherwise land in another index).
+- An unset client timestamp, or one before 2000-01-01 or from 2100-01-01 on (a device
+  with an absurd clock), goes to the fixed index `<prefix>undated`, just as stable.
+
+Queries search `<prefix>*` and filter on `corrected_timestamp`, so the index an event
+sits in does not decide whether it is found. Retention deletes whole daily indices by
+the date in their name, so an event from a device whose clock runs days behind is
+deleted early, and one whose clock runs ahead is kept longer; `<prefix>undated` is never
+deleted by retention.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from telemetry.v1 import event_pb2
+
+from indexer.errors import DocumentError
+
+UNDATED = "undated"
+EARLIEST_DATED = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST_DATED = datetime(2100, 1, 1, tzinfo=UTC)
+MAX_ID_BYTES = 512  # OpenSearch's limit on `_id`
+
+_EPOCH = datetime(1970, 1, 1)  # naive: isoformat() without an offset
+_DAY_S = 86400
+_MIN_TIMESTAMP_S = -62135596800  # 0001-01-01T00:00:00Z, protobuf Timestamp's range
+_MAX_TIMESTAMP_S = 253402300799  # 9999-12-31T23:59:59Z
+_EARLIEST_S = int(EARLIEST_DATED.timestamp())
+_LATEST_S = int(LATEST_DATED.timestamp())
+
+# Plain string fields, named alike in the message and the document.
+_EVENT_STRINGS = (
+    "event_id",
+    "session_id",
+    "user_id",
+    "event_name",
+    "app_version",
+    "device_os",
+)
+_ENRICHED_STRINGS = ("os_name", "os_version", "event_message", "app_id", "request_id")
+_ENRICHED_TIMES = {
+    "ingestion_timestamp": "received_at",
+    "enriched_at": "enriched_at",
+    "corrected_timestamp": "corrected_timestamp",
+}
+
+
+def index_name(event: event_pb2.EnrichedEvent, *, prefix: str) -> str:
+    """The daily index of `event`: `<prefix>YYYY-MM-DD` of its client timestamp, or undated."""
+    inner = event.event
+    if not inner.HasField("client_timestamp"):
+        return prefix + UNDATED
+    seconds = inner.client_timestamp.seconds
+    if not _EARLIEST_S <= seconds < _LATEST_S:
+        return prefix + UNDATED
+    return prefix + _day(seconds // _DAY_S)
+
+
+@functools.lru_cache(maxsize=4096)
+def _day(days: int) -> str:
+    return (_EPOCH + timedelta(days=days)).date().isoformat()
+
+
+@functools.lru_cache(maxsize=16384)
+def _second(seconds: int) -> str:
+    # Events of one batch share received_at and mostly enriched_at: worth a cache.
+    days, rest = divmod(seconds, _DAY_S)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{_day(days)}T{hours:02d}:{minutes:02d}:{secs:02d}"
+
+
+def _time_text(stamp: Timestamp, field: str) -> str:
+    """RFC 3339 in UTC with 0, 3, 6 or 9 fraction digits, as protobuf's JSON mapping writes it."""
+    seconds, nanos = stamp.seconds, stamp.nanos
+    if not _MIN_TIMESTAMP_S <= seconds <= _MAX_TIMESTAMP_S or not 0 <= nanos < 1_000_000_000:
+        raise DocumentError(f"{field} is out of range: {seconds} s {nanos} ns")
+    text = _second(seconds)
+    if not nanos:
+        return text + "Z"
+    if nanos % 1_000_000 == 0:
+        return f"{text}.{nanos // 1_000_000:03d}Z"
+    if nanos % 1000 == 0:
+        return f"{text}.{nanos // 1000:06d}Z"
+    return f"{text}.{nanos:09d}Z"
+
+
+def to_document(event: event_pb2.EnrichedEvent) -> dict[str, Any]:
+    """The OpenSearch `_source` of `event`; empty strings and unset times are left out.
+
+    Raises DocumentError when the event cannot be a document at all (no usable event_id,
+    a timestamp outside 0001-9999).
+    """
+    inner = event.event
+    size = len(inner.event_id.encode())
+    if size == 0:
+        raise DocumentError("event_id is empty")
+    if size > MAX_ID_BYTES:
+        raise DocumentError(f"event_id is {size} bytes, longer than {MAX_ID_BYTES}")
+    doc: dict[str, Any] = {}
+    for name in _EVENT_STRINGS:
+        value = getattr(inner, name)
+        if value:
+            doc[name] = value
+    if inner.HasField("client_timestamp"):
+        doc["client_timestamp"] = _time_text(inner.client_timestamp, "client_timestamp")
+    if inner.metadata:
+        doc["metadata"] = dict(inner.metadata)
+    for name in _ENRICHED_STRINGS:
+        value = getattr(event, name)
+        if value:
+            doc[name] = value
+    if event.HasField("received_at"):
+        doc["ingestion_timestamp"] = _time_text(event.received_at, "received_at")
+    if event.HasField("enriched_at"):
+        doc["enriched_at"] = _time_text(event.enriched_at, "enriched_at")
+    if event.HasField("corrected_timestamp"):
+        doc["corrected_timestamp"] = _time_text(event.corrected_timestamp, "corrected_timestamp")
+    doc["clock_skew_ms"] = event.clock_skew_ms
+    doc["clock_status"] = event_pb2.ClockStatus.Name(event.clock_status)
+    if event.geo.country_code:
+        doc["geo_country"] = event.geo.country_code
+    if event.geo.city:
+        doc["geo_city"] = event.geo.city
+    return doc
+
+
+_SECOND = timedelta(seconds=1)
+
+
+@functools.lru_cache(maxsize=16384)
+def _seconds_nanos(value: str) -> tuple[int, int]:
+    """(seconds, nanos) of what `_time_text` writes; anything else the slow, general way.
+
+    Cached: the events of one batch share received_at, and pages repeat across calls.
+    """
+    size = len(value)
+    # YYYY-MM-DDTHH:MM:SS[.f{3,6,9}]Z
+    if value[-1:] == "Z" and (size == 20 or (size in (24, 27, 30) and value[19] == ".")):
+        try:
+            seconds = (datetime.fromisoformat(value[:19]) - _EPOCH) // _SECOND
+            nanos = int(value[20:-1].ljust(9, "0")) if size > 20 else 0
+        except ValueError:
+            pass
+        else:
+            return seconds, nanos
+    stamp = Timestamp()
+    stamp.FromJsonString(value)
+    return stamp.seconds, stamp.nanos
+
+
+def _parse_time(text: Any) -> Timestamp:
+    seconds, nanos = _seconds_nanos(str(text))
+    return Timestamp(seconds=seconds, nanos=nanos)
+
+
+_CLOCK_STATUS = {value.name: value.number for value in event_pb2.ClockStatus.DESCRIPTOR.values}
+
+
+def from_document(source: Mapping[str, Any]) -> event_pb2.EnrichedEvent:
+    """The EnrichedEvent a document's `_source` was built from (inverse of `to_document`)."""
+    inner: dict[str, Any] = {
+        name: str(source[name]) for name in _EVENT_STRINGS if source.get(name) is not None
+    }
+    if "client_timestamp" in source:
+        inner["client_timestamp"] = _parse_time(source["client_timestamp"])
+    metadata = source.get("metadata")
+    if isinstance(metadata, Mapping):
+        inner["metadata"] = {str(key): str(value) for key, value in metadata.items()}
+    outer: dict[str, Any] = {
+        name: str(source[name]) for name in _ENRICHED_STRINGS if source.get(name) is not None
+    }
+    for name, target in _ENRICHED_TIMES.items():
+        if name in source:
+            outer[target] = _parse_time(source[name])
+    outer["clock_skew_ms"] = int(source.get("clock_skew_ms", 0))
+    outer["clock_status"] = _CLOCK_STATUS.get(str(source.get("clock_status", "")), 0)
+    if "geo_country" in source or "geo_city" in source:
+        outer["geo"] = event_pb2.Geo(
+            country_code=str(source.get("geo_country", "")), city=str(source.get("geo_city", ""))
+        )
+    return event_pb2.EnrichedEvent(event=event_pb2.Event(**inner), **outer)

@@ -1,0 +1,33 @@
+"""The exception root of the indexer, and the errors adapters translate third-party ones into."""
+
+from __future__ import annotations
+
+
+class IndexerError(Exception):
+    """Root of every error the indexer raises."""
+
+
+class DocumentError(IndexerError):
+    """An event cannot become an OpenSearch document (for example an empty event_id)."""
+
+
+class SearchUnavailableError(IndexerError):
+    """OpenSearch did not answer, timed out, or answered 429/5xx: worth trying again."""
+
+
+class SearchRequestError(IndexerError):
+    """OpenSearch refused a whole request with a client error (4xx other than 429)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status}: {reason}")
+        self.status = status
+        self.reason = reason
+
+
+class InvalidArgumentError(IndexerError):
+    """A query request is invalid; `field` names the offending request field."""
+
+    def __init__(self, field: str, description: str) -> None:
+        super().__init__(f"{field}: {description}")
+        self.field = field
+        self.description = description

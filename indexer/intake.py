@@ -1,0 +1,223 @@
+"""From NATS messages to bulk items and back: a message is acked once all its events are done.
+
+`Intake.handle()` takes one delivered message (through the `Delivery` port, so tests
+use fakes), turns each event of its `EnrichedBatch` into a bulk item and settles the
+message when the last item is done: ack, or nak when a dead letter could not be
+published. Undecodable messages and messages delivered too often go to the DLQ whole
+and are terminated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from google.protobuf.message import DecodeError
+from telemetry.v1 import event_pb2
+
+from indexer import documents
+from indexer.bulk import BulkItem, BulkWriter, render
+from indexer.errors import DocumentError
+from indexer.metrics import Metrics
+from indexer.outcomes import Outcome
+from pipeline import subjects
+
+log = logging.getLogger(__name__)
+
+NAK_DELAY_S = 5.0  # when a dead letter could not be published
+EVENT_SCHEMA = "telemetry.v1.EnrichedEvent"  # payload of a dead letter for one rejected event
+
+
+class Delivery(Protocol):
+    """One delivered JetStream message."""
+
+    @property
+    def data(self) -> bytes: ...
+
+    @property
+    def subject(self) -> str: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def num_delivered(self) -> int: ...
+
+    @property
+    def msg_id(self) -> str:
+        """A stable id of the message (its stream sequence)."""
+        ...
+
+    async def ack(self) -> None: ...
+
+    async def nak(self, delay_s: float) -> None: ...
+
+    async def term(self) -> None: ...
+
+    async def in_progress(self) -> None: ...
+
+
+class DeadLetters(Protocol):
+    """Publishes what the indexer gives up on to the DLQ stream."""
+
+    async def publish(
+        self,
+        *,
+        reason: str,
+        data: bytes,
+        subject: str,
+        headers: Mapping[str, str],
+        deliveries: int,
+        msg_id: str,
+    ) -> None: ...
+
+
+@dataclass(eq=False)
+class _Message:
+    delivery: Delivery
+    remaining: int
+    dlq_failed: bool = False
+
+
+class Intake:
+    """Feeds delivered messages to a `BulkWriter` and settles them."""
+
+    def __init__(
+        self,
+        writer: BulkWriter,
+        dead_letters: DeadLetters,
+        *,
+        index_prefix: str,
+        max_deliveries: int,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._writer = writer
+        self._dead_letters = dead_letters
+        self._prefix = index_prefix
+        self._max_deliveries = max_deliveries
+        self._metrics = metrics or Metrics()
+        self._counted = {
+            outcome: self._metrics.documents.labels(outcome=outcome.value)
+            for outcome in Outcome
+            if outcome.done
+        }
+        self._open: set[_Message] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def in_progress(self) -> int:
+        """Messages received and not yet settled."""
+        return len(self._open)
+
+    async def wait_idle(self) -> None:
+        """Returns once every received message is settled."""
+        await self._idle.wait()
+
+    async def touch(self) -> None:
+        """Tells JetStream the unsettled messages are still being worked on."""
+        for message in list(self._open):
+            try:
+                await message.delivery.in_progress()
+            except Exception as err:  # NATS away: the message may be redelivered, which is safe
+                log.debug("in_progress failed: %s", err)
+
+    async def handle(self, delivery: Delivery) -> None:
+        """Processes one message; returns once its events are queued (not yet written)."""
+        if delivery.num_delivered > self._max_deliveries:
+            reason = f"delivered {delivery.num_delivered} times, more than {self._max_deliveries}"
+            await self._give_up(delivery, reason, "max_deliveries")
+            return
+        try:
+            batch = event_pb2.EnrichedBatch.FromString(delivery.data)
+        except DecodeError as err:
+            await self._give_up(delivery, f"not an EnrichedBatch: {err}", "undecodable")
+            return
+        if not batch.events:
+            await self._settle(_Message(delivery, 0))
+            return
+        message = _Message(delivery, len(batch.events))
+        self._track(message)
+        for event in batch.events:
+            await self._add(message, event)
+
+    async def _add(self, message: _Message, event: event_pb2.EnrichedEvent) -> None:
+        async def on_done(_: BulkItem, outcome: Outcome, reason: str) -> None:
+            await self._done(message, event, outcome, reason)
+
+        try:
+            doc = documents.to_document(event)
+        except DocumentError as err:
+            await self._done(message, event, Outcome.REJECTED, str(err))
+            return
+        index = documents.index_name(event, prefix=self._prefix)
+        payload = render(index=index, doc_id=event.event.event_id, source=doc)
+        await self._writer.add(BulkItem(payload=payload, on_done=on_done))
+
+    async def _done(
+        self, message: _Message, event: event_pb2.EnrichedEvent, outcome: Outcome, reason: str
+    ) -> None:
+        if outcome is Outcome.REJECTED:
+            try:
+                await self._dead_letters.publish(
+                    reason=reason,
+                    data=event.SerializeToString(),
+                    subject=message.delivery.subject,
+                    headers={**message.delivery.headers, subjects.SCHEMA_HEADER: EVENT_SCHEMA},
+                    deliveries=message.delivery.num_delivered,
+                    msg_id=f"{message.delivery.msg_id}:{event.event.event_id}",
+                )
+            except Exception as err:  # NATS away: nak the message, the event comes back
+                log.warning("dead letter not published: %s", err)
+                message.dlq_failed = True
+            else:
+                self._metrics.dlq.labels(reason="rejected").inc()
+                self._counted[Outcome.REJECTED].inc()
+        else:
+            self._counted[outcome].inc()
+        message.remaining -= 1
+        if message.remaining == 0:
+            await self._settle(message)
+
+    async def _give_up(self, delivery: Delivery, reason: str, label: str) -> None:
+        try:
+            await self._dead_letters.publish(
+                reason=reason,
+                data=delivery.data,
+                subject=delivery.subject,
+                headers=delivery.headers,
+                deliveries=delivery.num_delivered,
+                msg_id=delivery.msg_id,
+            )
+        except Exception as err:
+            log.warning("dead letter not published, message left for redelivery: %s", err)
+            await self._quietly(delivery.nak(NAK_DELAY_S), "nakked")
+            return
+        self._metrics.dlq.labels(reason=label).inc()
+        await self._quietly(delivery.term(), "termed")
+
+    def _track(self, message: _Message) -> None:
+        self._open.add(message)
+        self._idle.clear()
+        self._metrics.messages_in_progress.set(len(self._open))
+
+    async def _settle(self, message: _Message) -> None:
+        self._open.discard(message)
+        self._metrics.messages_in_progress.set(len(self._open))
+        if not self._open:
+            self._idle.set()
+        if message.dlq_failed:
+            await self._quietly(message.delivery.nak(NAK_DELAY_S), "nakked")
+        else:
+            await self._quietly(message.delivery.ack(), "acked")
+
+    async def _quietly(self, settling: Awaitable[None], label: str) -> None:
+        try:
+            await settling
+        except Exception as err:  # NATS away: JetStream redelivers, documents answer 409
+            log.debug("message not %s: %s", label, err)
+            return
+        self._metrics.messages.labels(outcome=label).inc()

@@ -1,0 +1,73 @@
+"""The indexer's observability metrics, in its own registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_BULK_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_QUERY_BUCKETS_S = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    """Counters, gauges and histograms of one indexer instance."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.documents = Counter(
+            "indexer_documents",
+            "Documents by write outcome: created, duplicate (already indexed) or rejected.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.bulk_retries = Counter(
+            "indexer_bulk_retries",
+            "Documents sent again after a retryable failure (429, 5xx, timeout, no connection).",
+            registry=self.registry,
+        )
+        self.dlq = Counter(
+            "indexer_dlq",
+            "Messages or events published to the dead-letter stream.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.messages = Counter(
+            "indexer_messages",
+            "NATS messages by how they were settled: acked, termed or nakked.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.bulk_seconds = Histogram(
+            "indexer_bulk_seconds",
+            "Duration of bulk requests, in seconds.",
+            buckets=_BULK_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.bulk_in_flight = Gauge(
+            "indexer_bulk_in_flight",
+            "Bulk requests in flight.",
+            registry=self.registry,
+        )
+        self.consumer_pending = Gauge(
+            "indexer_consumer_pending",
+            "Messages in the stream the consumer has not received yet (lag).",
+            registry=self.registry,
+        )
+        self.messages_in_progress = Gauge(
+            "indexer_messages_in_progress",
+            "Messages received and not yet settled.",
+            registry=self.registry,
+        )
+        self.query_seconds = Histogram(
+            "indexer_query_seconds",
+            "Duration of QueryService calls, in seconds.",
+            ["method", "code"],
+            buckets=_QUERY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.retention_deleted = Counter(
+            "indexer_retention_deleted_indices",
+            "Daily indices deleted by retention.",
+            registry=self.registry,
+        )
+        for outcome in ("created", "duplicate", "rejected"):
+            self.documents.labels(outcome=outcome)

@@ -1,0 +1,71 @@
+"""The one place that decides what a write result means: done, retry or dead letter.
+
+Every bulk item result and every failed bulk request goes through here. Retryable:
+429, 5xx, timeouts and connection errors (OpenSearch is overloaded or away; the event
+stays un-acked and is sent again after a backoff). Permanent: any other 4xx item error
+(a mapping or parse rejection) and documents that cannot be built; they go to the DLQ
+with OpenSearch's reason and count as done.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any
+
+from indexer.errors import DocumentError, SearchRequestError, SearchUnavailableError
+
+
+class Outcome(enum.Enum):
+    """What to do with one document after a write attempt."""
+
+    CREATED = "created"
+    DUPLICATE = "duplicate"
+    RETRY = "retry"
+    REJECTED = "rejected"
+
+    @property
+    def done(self) -> bool:
+        """True when the document needs no further write."""
+        return self is not Outcome.RETRY
+
+
+def item_outcome(status: int) -> Outcome:
+    """The outcome of one bulk item from its HTTP status."""
+    if status in (200, 201):
+        return Outcome.CREATED
+    if status == 409:
+        return Outcome.DUPLICATE
+    if status == 429 or status >= 500:
+        return Outcome.RETRY
+    if 400 <= status < 500:
+        return Outcome.REJECTED
+    return Outcome.RETRY
+
+
+def item_reason(error: Mapping[str, Any] | None) -> str:
+    """OpenSearch's error type and reason for a failed item, for the DLQ."""
+    if not error:
+        return "unknown error"
+    text = f"{error.get('type', 'error')}: {error.get('reason', '')}".strip()
+    cause = error.get("caused_by")
+    if isinstance(cause, Mapping):
+        text += f" (caused by {cause.get('type', 'error')}: {cause.get('reason', '')})"
+    return text
+
+
+def failure_outcome(err: Exception) -> Outcome:
+    """The outcome for the documents of a request that failed as a whole."""
+    if isinstance(err, DocumentError | SearchRequestError):
+        return Outcome.REJECTED
+    if isinstance(err, SearchUnavailableError):
+        return Outcome.RETRY
+    # Anything unforeseen is retried: losing an event is worse than trying again.
+    return Outcome.RETRY
+
+
+def backoff_s(failures: int, *, base_s: float, max_s: float) -> float:
+    """Capped exponential backoff after `failures` consecutive failures (1 = first)."""
+    if failures <= 0:
+        return 0.0
+    return float(min(max_s, base_s * 2 ** min(failures - 1, 32)))

@@ -1,0 +1,178 @@
+"""QueryService requests -> OpenSearch search bodies, and search responses -> replies.
+
+Callers never send DSL: every clause is built here from typed fields. Free text uses
+a `match` query with operator `and` over event_message, which has no syntax at all.
+Results are newest first by corrected_timestamp with event_id as the tiebreak, paged
+with search_after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from telemetry.v1 import query_service_pb2 as qs
+
+from indexer import documents, paging
+from indexer.errors import InvalidArgumentError
+
+# What the response mappers below read; the rest of OpenSearch's answer is not sent.
+EVENTS_FILTER_PATH = "hits.total.value,hits.hits._source,hits.hits.sort"
+AGGREGATE_FILTER_PATH = (
+    "hits.total.value,aggregations.*.buckets.key,aggregations.*.buckets.doc_count"
+)
+DEFAULT_LIMIT = 10
+MAX_LIMIT = 1000
+MAX_FILTER_VALUES = 1000  # values per repeated filter field
+MAX_TEXT_CHARS = 1000
+
+_TERMS = (
+    ("user_ids", "user_id"),
+    ("session_ids", "session_id"),
+    ("event_names", "event_name"),
+    ("app_versions", "app_version"),
+    ("country_codes", "geo_country"),
+    ("app_ids", "app_id"),
+)
+SORT: list[dict[str, Any]] = [
+    {"corrected_timestamp": {"order": "desc", "missing": "_last"}},
+    {"event_id": {"order": "desc"}},
+]
+_GROUP_FIELDS = {
+    qs.AGGREGATION_FIELD_EVENT_NAME: "event_name",
+    qs.AGGREGATION_FIELD_USER_ID: "user_id",
+    qs.AGGREGATION_FIELD_SESSION_ID: "session_id",
+    qs.AGGREGATION_FIELD_APP_VERSION: "app_version",
+    qs.AGGREGATION_FIELD_DEVICE_OS: "device_os",
+    qs.AGGREGATION_FIELD_OS_NAME: "os_name",
+    qs.AGGREGATION_FIELD_GEO_COUNTRY: "geo_country",
+    qs.AGGREGATION_FIELD_APP_ID: "app_id",
+}
+_INTERVALS = {
+    qs.HISTOGRAM_INTERVAL_MINUTE: "minute",
+    qs.HISTOGRAM_INTERVAL_HOUR: "hour",
+    qs.HISTOGRAM_INTERVAL_DAY: "day",
+}
+
+
+def _millis(stamp: Timestamp) -> int:
+    return stamp.seconds * 1000 + stamp.nanos // 1_000_000
+
+
+def filter_query(flt: qs.EventFilter) -> dict[str, Any]:
+    """The bool query selecting what `flt` selects (everything when it is empty)."""
+    clauses: list[dict[str, Any]] = []
+    for name, field in (*_TERMS, ("device_os", "device_os")):
+        values = list(getattr(flt, name))
+        if len(values) > MAX_FILTER_VALUES:
+            raise InvalidArgumentError(
+                f"filter.{name}", f"has {len(values)} values, more than {MAX_FILTER_VALUES}"
+            )
+        if not values:
+            continue
+        if name == "device_os":
+            clauses.append(
+                {
+                    "bool": {
+                        "should": [
+                            {"terms": {"device_os": values}},
+                            {"terms": {"os_name": values}},
+                        ],
+                        "minimum_should_match": 1,
+                    }
+                }
+            )
+        else:
+            clauses.append({"terms": {field: values}})
+    has_start, has_end = flt.HasField("start_time"), flt.HasField("end_time")
+    if has_start and has_end and _millis(flt.end_time) < _millis(flt.start_time):
+        raise InvalidArgumentError("filter.end_time", "is before filter.start_time")
+    if has_start or has_end:
+        bounds: dict[str, Any] = {"format": "epoch_millis"}
+        if has_start:
+            bounds["gte"] = _millis(flt.start_time)
+        if has_end:
+            bounds["lt"] = _millis(flt.end_time)
+        clauses.append({"range": {"corrected_timestamp": bounds}})
+    query: dict[str, Any] = {"bool": {"filter": clauses}}
+    text = flt.text.strip()
+    if len(text) > MAX_TEXT_CHARS:
+        raise InvalidArgumentError("filter.text", f"is longer than {MAX_TEXT_CHARS} characters")
+    if text:
+        query["bool"]["must"] = [{"match": {"event_message": {"query": text, "operator": "and"}}}]
+    return query
+
+
+def search_body(request: qs.QueryEventsRequest) -> tuple[dict[str, Any], int]:
+    """The `_search` body for one page, and the page size; fetches one extra hit."""
+    size = paging.page_size(request.page_size)
+    body: dict[str, Any] = {
+        "query": filter_query(request.filter),
+        "sort": SORT,
+        "size": size + 1,
+        "track_total_hits": True,
+    }
+    if request.page_token:
+        body["search_after"] = paging.decode_token(request.page_token, request.filter)
+    return body, size
+
+
+def events_response(
+    response: Mapping[str, Any], *, size: int, flt: qs.EventFilter
+) -> qs.QueryEventsResponse:
+    """The page of events in a `_search` response made from `search_body`."""
+    hits = response.get("hits", {})
+    found = list(hits.get("hits", []))
+    page = found[:size]
+    reply = qs.QueryEventsResponse(total_size=int(hits.get("total", {}).get("value", 0)))
+    reply.events.extend(documents.from_document(hit["_source"]) for hit in page)
+    if len(found) > size and page:
+        reply.next_page_token = paging.encode_token(list(page[-1]["sort"]), flt)
+    return reply
+
+
+def aggregate_body(request: qs.AggregateEventsRequest) -> dict[str, Any]:
+    """The `_search` body counting events by a field and over time."""
+    if request.limit < 0:
+        raise InvalidArgumentError("limit", "must not be negative")
+    limit = min(request.limit or DEFAULT_LIMIT, MAX_LIMIT)
+    aggs: dict[str, Any] = {}
+    if request.group_by != qs.AGGREGATION_FIELD_UNSPECIFIED:
+        field = _GROUP_FIELDS.get(request.group_by)
+        if field is None:
+            raise InvalidArgumentError("group_by", f"unknown field {request.group_by}")
+        aggs["by_field"] = {"terms": {"field": field, "size": limit}}
+    if request.interval != qs.HISTOGRAM_INTERVAL_UNSPECIFIED:
+        interval = _INTERVALS.get(request.interval)
+        if interval is None:
+            raise InvalidArgumentError("interval", f"unknown interval {request.interval}")
+        aggs["over_time"] = {
+            "date_histogram": {
+                "field": "corrected_timestamp",
+                "calendar_interval": interval,
+                "time_zone": "UTC",
+            }
+        }
+    body: dict[str, Any] = {
+        "query": filter_query(request.filter),
+        "size": 0,
+        "track_total_hits": True,
+    }
+    if aggs:
+        body["aggs"] = aggs
+    return body
+
+
+def aggregate_response(response: Mapping[str, Any]) -> qs.AggregateEventsResponse:
+    """The counts in a `_search` response made from `aggregate_body`."""
+    reply = qs.AggregateEventsResponse(
+        total_count=int(response.get("hits", {}).get("total", {}).get("value", 0))
+    )
+    aggs = response.get("aggregations", {})
+    for bucket in aggs.get("by_field", {}).get("buckets", []):
+        reply.counts.add(value=str(bucket["key"]), count=int(bucket["doc_count"]))
+    for bucket in aggs.get("over_time", {}).get("buckets", []):
+        item = reply.histogram.add(count=int(bucket["doc_count"]))
+        item.start_time.FromMilliseconds(int(bucket["key"]))
+    return reply

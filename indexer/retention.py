@@ -1,0 +1,97 @@
+"""Retention: which daily indices are past their age (pure), and the periodic deleter.
+
+Only names of the exact form `<prefix>YYYY-MM-DD` with a real date are ever
+candidates; `<prefix>undated` and anything else matching `<prefix>*` is left alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable, Iterable
+from datetime import UTC, date, datetime, timedelta
+from typing import Protocol
+
+from indexer.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+def index_day(name: str, *, prefix: str) -> date | None:
+    """The day of a daily index name, None for any other name."""
+    match = re.fullmatch(re.escape(prefix) + r"(\d{4})-(\d{2})-(\d{2})", name)
+    if match is None:
+        return None
+    try:
+        return date(int(match[1]), int(match[2]), int(match[3]))
+    except ValueError:
+        return None
+
+
+def expired(names: Iterable[str], *, prefix: str, today: date, keep_days: int) -> list[str]:
+    """The daily indices older than `keep_days` days before `today`; none when keep_days is 0.
+
+    With keep_days = 1 only today's index is kept.
+    """
+    if keep_days <= 0:
+        return []
+    oldest_kept = today - timedelta(days=keep_days - 1)
+    out = []
+    for name in names:
+        day = index_day(name, prefix=prefix)
+        if day is not None and day < oldest_kept:
+            out.append(name)
+    return sorted(out)
+
+
+class IndexAdmin(Protocol):
+    """What retention needs from OpenSearch."""
+
+    async def index_names(self) -> list[str]: ...
+
+    async def delete_index(self, name: str) -> None: ...
+
+
+async def run_once(
+    admin: IndexAdmin,
+    *,
+    prefix: str,
+    keep_days: int,
+    today: date,
+    metrics: Metrics | None = None,
+) -> list[str]:
+    """Deletes the expired daily indices; returns their names."""
+    if keep_days <= 0:
+        return []
+    names = expired(await admin.index_names(), prefix=prefix, today=today, keep_days=keep_days)
+    for name in names:
+        await admin.delete_index(name)
+        log.info("retention deleted index", extra={"index": name, "keep_days": keep_days})
+        if metrics is not None:
+            metrics.retention_deleted.inc()
+    return names
+
+
+def _utc_today() -> date:
+    return datetime.now(UTC).date()
+
+
+async def run_forever(
+    admin: IndexAdmin,
+    *,
+    prefix: str,
+    keep_days: int,
+    interval_s: float,
+    metrics: Metrics | None = None,
+    today: Callable[[], date] = _utc_today,
+) -> None:
+    """Runs retention now and then every `interval_s` seconds, until cancelled."""
+    while True:
+        try:
+            await run_once(
+                admin, prefix=prefix, keep_days=keep_days, today=today(), metrics=metrics
+            )
+        except Exception as err:  # OpenSearch away: try again next round
+            log.warning("retention run failed: %s", err)
+        await asyncio.sleep(interval_s)

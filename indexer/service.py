@@ -1,0 +1,198 @@
+"""The indexer service: wires NATS, OpenSearch, bulk writing, QueryService and ops HTTP.
+
+start(): connect NATS (waits for it), ensure the streams, serve QueryService and the
+ops routes, install the index template (retried until OpenSearch answers), then
+consume. stop(): stop fetching, let in-flight events be indexed and their messages
+acked (up to the graceful stop time), then close everything. Both are idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from indexer import retention
+from indexer.api import QueryServer
+from indexer.bulk import BulkWriter
+from indexer.config import Config
+from indexer.consumer import EnrichedConsumer, NatsDeadLetters
+from indexer.intake import Intake
+from indexer.metrics import Metrics
+from indexer.store import OpenSearchStore
+from indexer.store import client as store_client
+from pipeline import natsconn, subjects
+from pipeline.service import HttpServer, ops_app
+
+log = logging.getLogger(__name__)
+
+TEMPLATE_RETRY_S = 2.0
+_STREAMS = (subjects.ENRICHED_STREAM, subjects.DLQ_STREAM)
+
+
+class Indexer:
+    """Consumes enriched batches into OpenSearch and answers QueryService."""
+
+    def __init__(self, config: Config, *, metrics: Metrics | None = None) -> None:
+        self._config = config
+        self.metrics = metrics or Metrics()
+        self._store = OpenSearchStore(
+            store_client(config),
+            prefix=config.index_prefix,
+            shards=config.index_shards,
+            replicas=config.index_replicas,
+            priority=config.template_priority,
+        )
+        self._writer = BulkWriter(
+            self._store,
+            max_docs=config.bulk_max_docs,
+            max_bytes=config.bulk_max_bytes,
+            flush_interval_s=config.flush_interval_s,
+            concurrency=config.bulk_concurrency,
+            retry_base_s=config.retry_base_s,
+            retry_max_s=config.retry_max_s,
+            metrics=self.metrics,
+        )
+        self._query = QueryServer(
+            self._store, host=config.grpc_host, port=config.grpc_port, metrics=self.metrics
+        )
+        self._http = HttpServer(
+            ops_app(self, self.metrics.registry),
+            host=config.http_host,
+            port=config.http_port,
+            graceful_stop_s=config.graceful_stop_s,
+        )
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._intake: Intake | None = None
+        self._consumer: EnrichedConsumer | None = None
+        self._template_ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
+
+    @property
+    def grpc_port(self) -> int:
+        """The port QueryService listens on (useful when configured as 0)."""
+        return self._query.port
+
+    @property
+    def http_port(self) -> int:
+        """The port of the ops routes (useful when configured as 0)."""
+        return self._http.port
+
+    async def start(self) -> None:
+        """Starts everything; consumption begins once the index template is installed."""
+        if self._started:
+            return
+        self._started = True
+        config = self._config
+        self._nc = await natsconn.connect(config, name="indexer")
+        self._js = self._nc.jetstream()
+        await natsconn.ensure_streams(self._js, config)
+        await self._query.start()
+        await self._http.start()
+        self._intake = Intake(
+            self._writer,
+            NatsDeadLetters(self._js),
+            index_prefix=config.index_prefix,
+            max_deliveries=config.max_deliveries,
+            metrics=self.metrics,
+        )
+        self._consumer = EnrichedConsumer(
+            self._js,
+            self._intake,
+            self._writer,
+            name=config.consumer_name,
+            fetch_batch=config.fetch_batch,
+            max_ack_pending=config.max_ack_pending,
+            ack_wait_s=config.ack_wait_s,
+            pending_refresh_s=config.pending_refresh_s,
+            metrics=self.metrics,
+        )
+        self._writer.start()
+        self._tasks.append(asyncio.create_task(self._begin(), name="indexer-begin"))
+        if config.retention_days > 0:
+            self._tasks.append(
+                asyncio.create_task(
+                    retention.run_forever(
+                        self._store,
+                        prefix=config.index_prefix,
+                        keep_days=config.retention_days,
+                        interval_s=config.retention_interval_s,
+                        metrics=self.metrics,
+                    ),
+                    name="indexer-retention",
+                )
+            )
+        log.info(
+            "indexer listening",
+            extra={"grpc_port": self.grpc_port, "http_port": self.http_port},
+        )
+
+    async def _begin(self) -> None:
+        while True:
+            try:
+                await self._store.install_template()
+                break
+            except Exception as err:  # OpenSearch not there yet: readiness says so
+                log.warning("index template not installed yet: %s", err)
+                await asyncio.sleep(TEMPLATE_RETRY_S)
+        self._template_ready.set()
+        await self._query.set_serving(True)
+        assert self._consumer is not None
+        await self._consumer.start()
+
+    async def stop(self) -> None:
+        """Stops intake, drains in-flight events, acks, closes (idempotent)."""
+        if not self._started:
+            return
+        self._started = False
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self._consumer is not None:
+            await self._consumer.stop_fetching()
+        await self._query.set_serving(False)
+        await self._drain()
+        if self._consumer is not None:
+            await self._consumer.close()
+        await self._writer.close()
+        await self._query.stop(grace_s=min(self._config.graceful_stop_s, 5.0))
+        await self._http.stop()
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.drain()
+            self._nc = None
+        await self._store.close()
+
+    async def _drain(self) -> None:
+        if self._intake is None:
+            return
+        try:
+            async with asyncio.timeout(self._config.graceful_stop_s):
+                await self._writer.drain()
+                await self._intake.wait_idle()
+        except TimeoutError:
+            log.warning(
+                "stopped with messages unsettled; JetStream will redeliver them",
+                extra={"messages": self._intake.in_progress},
+            )
+
+    async def ready(self) -> tuple[bool, str]:
+        """Ready when NATS is connected, the streams exist, OpenSearch answers and the
+        template is installed."""
+        if self._nc is None or not self._nc.is_connected or self._js is None:
+            return False, "nats not connected"
+        if not await natsconn.streams_exist(self._js, _STREAMS):
+            return False, "streams missing"
+        if not await self._store.ping():
+            return False, "opensearch not answering"
+        if not self._template_ready.is_set():
+            return False, "index template not installed"
+        return True, "ok"

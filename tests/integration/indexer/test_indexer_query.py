@@ -1,0 +1,214 @@
+"""QueryService over gRPC against the real OpenSearch: paging, filters, text, aggregations."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from indexer_support import IndexerFactory, enriched, publish_many, query_stub, stamp, wait_count
+from nats.aio.client import Client
+from opensearchpy import AsyncOpenSearch
+from telemetry.v1 import event_pb2
+from telemetry.v1 import query_service_pb2 as qs
+
+pytestmark = pytest.mark.integration
+
+BASE = datetime(2026, 5, 20, 12, tzinfo=UTC)
+
+
+async def _invalid(call: object) -> str:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call  # type: ignore[misc]
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    return str(caught.value.details())
+
+
+async def test_1234_events_paged_by_100_each_once_in_order(
+    start_indexer: IndexerFactory, nc: Client, os_client: AsyncOpenSearch, prefix: str
+) -> None:
+    # Groups of 3 events share a corrected timestamp: the event_id tiebreak decides.
+    events = [
+        enriched(
+            f"page-{n:05d}",
+            when=BASE + timedelta(seconds=n // 3),
+            user_id="pager" if n % 2 else "other",
+        )
+        for n in range(1234)
+    ]
+    indexer = await start_indexer()
+    await publish_many(nc, events, per_batch=100)
+    await wait_count(os_client, prefix, 1234)
+    channel, stub = query_stub(indexer)
+    seen: list[str] = []
+    token = ""
+    pages = 0
+    while True:
+        reply = await stub.QueryEvents(qs.QueryEventsRequest(page_size=100, page_token=token))
+        pages += 1
+        assert reply.total_size == 1234
+        seen.extend(e.event.event_id for e in reply.events)
+        token = reply.next_page_token
+        if not token:
+            break
+        if pages == 2:
+            second_token = token
+    assert pages == 13
+    assert len(seen) == len(set(seen)) == 1234
+    expected = sorted(
+        events,
+        key=lambda e: (e.corrected_timestamp.ToMilliseconds(), e.event.event_id),
+        reverse=True,
+    )
+    assert seen == [e.event.event_id for e in expected]
+    # A page holds whole EnrichedEvent messages.
+    first = await stub.QueryEvents(qs.QueryEventsRequest(page_size=1))
+    newest = next(e for e in events if e.event.event_id == first.events[0].event.event_id)
+    assert first.events[0] == newest
+
+    other = qs.EventFilter(user_ids=["pager"])
+    details = await _invalid(
+        stub.QueryEvents(
+            qs.QueryEventsRequest(filter=other, page_size=100, page_token=second_token)
+        )
+    )
+    assert "page_token" in details
+    await _invalid(stub.QueryEvents(qs.QueryEventsRequest(page_token="not-a-token!!")))
+    forged = base64.urlsafe_b64encode(b'{"v":1,"a":[1],"f":"x"}').decode()
+    await _invalid(stub.QueryEvents(qs.QueryEventsRequest(page_token=forged)))
+    assert "page_size" in await _invalid(stub.QueryEvents(qs.QueryEventsRequest(page_size=-1)))
+    # The same filter with its token keeps going; page_size may change between pages.
+    more = await stub.QueryEvents(qs.QueryEventsRequest(page_size=7, page_token=second_token))
+    assert [e.event.event_id for e in more.events] == seen[200:207]
+    clamped = await stub.QueryEvents(qs.QueryEventsRequest(page_size=5000))
+    assert len(clamped.events) == 1000
+    default = await stub.QueryEvents(qs.QueryEventsRequest())
+    assert len(default.events) == 50
+    await channel.close()
+
+
+def _dataset() -> list[event_pb2.EnrichedEvent]:
+    out = []
+    specs = [
+        # (user, name, os, os_name, country, version, message)
+        ("u1", "item_purchased", "iOS 17.2", "iOS", "GB", "2.0", "item_purchased sku red shoes"),
+        ("u1", "item_purchased", "iOS 16.0", "iOS", "GB", "2.0", "item_purchased sku blue shoes"),
+        ("u1", "app_opened", "iOS 17.2", "iOS", "FR", "2.0", "app_opened cold start"),
+        (
+            "u2",
+            "item_purchased",
+            "Android 14",
+            "Android",
+            "FR",
+            "1.9",
+            "item_purchased sku red hat",
+        ),
+        ("u2", "app_opened", "Android 14", "Android", "DE", "1.9", "app_opened warm start"),
+        ("u3", "search", "iPadOS 17.1", "iPadOS", "GB", "2.1", "search query red"),
+    ]
+    for n, (user, name, device, os_name, country, version, message) in enumerate(specs * 5):
+        out.append(
+            enriched(
+                f"k-{n:03d}",
+                when=BASE + timedelta(hours=n % 3, minutes=n),
+                user_id=user,
+                event_name=name,
+                device_os=device,
+                os_name=os_name,
+                country=country,
+                app_version=version,
+                message=message,
+            )
+        )
+    return out
+
+
+async def test_filters_text_and_aggregations_count_exactly(
+    start_indexer: IndexerFactory, nc: Client, os_client: AsyncOpenSearch, prefix: str
+) -> None:
+    events = _dataset()
+    indexer = await start_indexer()
+    await publish_many(nc, events, per_batch=7)
+    await wait_count(os_client, prefix, len(events))
+    channel, stub = query_stub(indexer)
+
+    async def total(**fields: object) -> int:
+        reply = await stub.QueryEvents(
+            qs.QueryEventsRequest(filter=qs.EventFilter(**fields), page_size=1000)  # type: ignore[arg-type]
+        )
+        assert len(reply.events) == reply.total_size
+        return int(reply.total_size)
+
+    assert await total() == 30
+    assert await total(user_ids=["u1"]) == 15
+    assert await total(user_ids=["u1", "u3"]) == 20
+    assert await total(event_names=["item_purchased"], user_ids=["u1"]) == 10
+    assert await total(device_os=["iOS"]) == 15  # by parsed OS name
+    assert await total(device_os=["iOS 17.2"]) == 10  # by exact device_os
+    assert await total(device_os=["Android", "iOS 16.0"]) == 15
+    assert await total(country_codes=["FR"]) == 10
+    assert await total(app_versions=["1.9"]) == 10
+    assert await total(session_ids=["nope"]) == 0
+    assert await total(app_ids=["shop"]) == 30
+    assert await total(text="red") == 15
+    assert await total(text="red shoes") == 5  # all words must match
+    assert await total(text="shoes OR hat") == 0  # not a query language: "OR" is a word
+    assert await total(text='red" AND *') == 0
+    # Time range on the corrected timestamp: [start, end).
+    start = BASE + timedelta(hours=1)
+    end = BASE + timedelta(hours=2)
+    in_range = [e for e in events if start <= e.corrected_timestamp.ToDatetime(tzinfo=UTC) < end]
+    assert await total(start_time=stamp(start), end_time=stamp(end)) == len(in_range)
+    assert 0 < len(in_range) < 30
+
+    counts = await stub.AggregateEvents(
+        qs.AggregateEventsRequest(
+            filter=qs.EventFilter(country_codes=["GB", "FR"]),
+            group_by=qs.AGGREGATION_FIELD_EVENT_NAME,
+            interval=qs.HISTOGRAM_INTERVAL_HOUR,
+        )
+    )
+    assert counts.total_count == 25
+    assert [(c.value, c.count) for c in counts.counts] == [
+        ("item_purchased", 15),
+        ("app_opened", 5),
+        ("search", 5),
+    ]
+    assert sum(b.count for b in counts.histogram) == 25
+    starts = [b.start_time.ToDatetime(tzinfo=UTC) for b in counts.histogram]
+    assert starts == sorted(starts)
+    assert all(s.minute == 0 and s.second == 0 for s in starts)
+    by_os = await stub.AggregateEvents(
+        qs.AggregateEventsRequest(group_by=qs.AGGREGATION_FIELD_OS_NAME, limit=2)
+    )
+    assert [(c.value, c.count) for c in by_os.counts] == [("iOS", 15), ("Android", 10)]
+    assert by_os.total_count == 30
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.AggregateEvents(qs.AggregateEventsRequest(limit=-1))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    await channel.close()
+
+
+async def test_no_indices_yet_is_an_empty_answer_and_health_serves(
+    start_indexer: IndexerFactory, prefix: str
+) -> None:
+    indexer = await start_indexer()
+    channel, stub = query_stub(indexer)
+    reply = await stub.QueryEvents(
+        qs.QueryEventsRequest(filter=qs.EventFilter(start_time=Timestamp(seconds=0)))
+    )
+    assert list(reply.events) == []
+    assert reply.next_page_token == ""
+    counts = await stub.AggregateEvents(
+        qs.AggregateEventsRequest(
+            group_by=qs.AGGREGATION_FIELD_USER_ID, interval=qs.HISTOGRAM_INTERVAL_DAY
+        )
+    )
+    assert counts.total_count == 0
+    health = health_pb2_grpc.HealthStub(channel)
+    answer = await health.Check(health_pb2.HealthCheckRequest(service="telemetry.v1.QueryService"))
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    await channel.close()

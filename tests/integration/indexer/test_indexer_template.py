@@ -1,0 +1,118 @@
+"""The index template on a real OpenSearch: idempotent, versioned, bounded mapping."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+from indexer_support import enriched
+from opensearchpy import AsyncOpenSearch
+
+from indexer import documents, retention, template
+from indexer.bulk import render
+from indexer.store import OpenSearchStore
+
+pytestmark = pytest.mark.integration
+
+
+def _store(client: AsyncOpenSearch, prefix: str) -> OpenSearchStore:
+    return OpenSearchStore(client, prefix=prefix, shards=1, replicas=0, priority=200)
+
+
+async def test_install_is_idempotent_and_versioned(os_client: AsyncOpenSearch, prefix: str) -> None:
+    store = _store(os_client, prefix)
+    assert await store.template_version() is None
+    assert await store.install_template() is True
+    assert await store.template_version() == template.TEMPLATE_VERSION
+    assert await store.install_template() is False
+    # An older version is replaced.
+    body = template.template_body(prefix=prefix, shards=1, replicas=0, priority=200)
+    body["version"] = template.TEMPLATE_VERSION - 1
+    await os_client.indices.put_index_template(name=template.template_name(prefix), body=body)
+    assert await store.install_template() is True
+    assert await store.template_version() == template.TEMPLATE_VERSION
+
+
+async def test_ten_thousand_metadata_keys_do_not_grow_the_mapping(
+    os_client: AsyncOpenSearch, prefix: str
+) -> None:
+    store = _store(os_client, prefix)
+    await store.install_template()
+    when = datetime(2026, 4, 1, 12, tzinfo=UTC)
+    body = b""
+    for n in range(1000):
+        meta = {f"key_{n}_{k}": f"value {k}" for k in range(10)}  # 10,000 distinct keys in all
+        event = enriched(f"e{n}", when=when, metadata=meta)
+        body += render(
+            index=documents.index_name(event, prefix=prefix),
+            doc_id=event.event.event_id,
+            source=documents.to_document(event),
+        )
+    results = await store.bulk(body)
+    assert {r.status for r in results} == {201}
+    index = f"{prefix}2026-04-01"
+    mapping = await os_client.indices.get_mapping(index=index)
+    properties = mapping[index]["mappings"]["properties"]
+    assert set(properties) == set(template.mappings()["properties"])
+    assert properties["metadata"] == {"type": "flat_object"}
+    await os_client.indices.refresh(index=index)
+    hit = await os_client.count(
+        index=index, body={"query": {"term": {"metadata.key_777_3": "value 3"}}}
+    )
+    assert hit["count"] == 1
+
+
+async def test_the_original_query_works_unchanged(os_client: AsyncOpenSearch, prefix: str) -> None:
+    store = _store(os_client, prefix)
+    await store.install_template()
+    now = datetime.now(UTC)
+    events = [
+        enriched("p1", when=now, user_id="user-123", event_name="item_purchased"),
+        enriched("p2", when=now - timedelta(hours=1), user_id="user-123", event_name="app_opened"),
+        enriched("p3", when=now, user_id="user-9", event_name="item_purchased"),
+        enriched(
+            "p4", when=now - timedelta(days=3), user_id="user-123", event_name="item_purchased"
+        ),
+    ]
+    body = b"".join(
+        render(
+            index=documents.index_name(e, prefix=prefix),
+            doc_id=e.event.event_id,
+            source=documents.to_document(e),
+        )
+        for e in events
+    )
+    assert {r.status for r in await store.bulk(body)} == {201}
+    await os_client.indices.refresh(index=f"{prefix}*")
+    original = {
+        "query": {
+            "bool": {
+                "must": [
+                    {"term": {"user_id": {"value": "user-123"}}},
+                    {"term": {"event_name": {"value": "item_purchased"}}},
+                ],
+                "filter": [{"range": {"client_timestamp": {"gte": "now-1d/d"}}}],
+            }
+        }
+    }
+    answer = await os_client.search(index=f"{prefix}*", body=original)
+    assert [hit["_id"] for hit in answer["hits"]["hits"]] == ["p1"]
+
+
+async def test_retention_deletes_only_old_daily_indices(
+    os_client: AsyncOpenSearch, prefix: str
+) -> None:
+    store = _store(os_client, prefix)
+    await store.install_template()
+    today = date(2026, 6, 10)
+    names = [
+        f"{prefix}2026-06-01",
+        f"{prefix}2026-06-09",
+        f"{prefix}2026-06-10",
+        f"{prefix}undated",
+    ]
+    for name in names:
+        await os_client.indices.create(index=name)
+    deleted = await retention.run_once(store, prefix=prefix, keep_days=2, today=today)
+    assert deleted == [f"{prefix}2026-06-01"]
+    assert await store.index_names() == sorted(names[1:])

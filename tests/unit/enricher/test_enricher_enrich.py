@@ -1,0 +1,222 @@
+"""enrich_batch: every field the enricher adds, over generated messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import wrappers_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from telemetry.v1 import event_pb2
+
+from enricher import EnrichOptions, enrich_batch
+from enricher._clock import correct_clock
+from enricher._device import parse_device_os
+from enricher._enrich import _varint, skew_ms, timestamp_ns, timestamp_of
+from enricher._geo import OfflineGeo, geo_of
+from enricher._message import event_message
+
+S = 1_000_000_000
+RECEIVED_S = 1_700_000_000
+NOW_NS = (RECEIVED_S + 2) * S
+
+
+def _raw(*, client_ip: str = "81.2.69.142", sent_offset_s: int | None = 30) -> event_pb2.RawBatch:
+    raw = event_pb2.RawBatch()
+    ctx = raw.context
+    ctx.received_at.seconds = RECEIVED_S
+    if sent_offset_s is not None:
+        ctx.sent_at.seconds = RECEIVED_S + sent_offset_s
+    ctx.client_ip = client_ip
+    ctx.app_id = "shop"
+    ctx.request_id = "req-1"
+    ctx.batch_id = "batch-1"
+    event = raw.events.add(
+        event_id="e1",
+        session_id="s1",
+        user_id="u1",
+        event_name="item_purchased",
+        app_version="1.2.3",
+        device_os="iOS 17.2",
+    )
+    event.client_timestamp.seconds = RECEIVED_S + 20
+    event.client_timestamp.nanos = 5
+    event.metadata["sku"] = "A-1"
+    raw.events.add(event_id="e2", event_name="app_open", device_os="Android 14")
+    return raw
+
+
+def _enrich(raw: event_pb2.RawBatch, fallback_ns: int = 0) -> event_pb2.EnrichedBatch:
+    return enrich_batch(
+        raw,
+        app_id="shop",
+        fallback_received_ns=fallback_ns,
+        now_ns=NOW_NS,
+        geo=OfflineGeo(),
+        options=EnrichOptions(),
+    )
+
+
+def test_every_added_field() -> None:
+    raw = _raw()
+    out = _enrich(raw)
+    assert (out.batch_id, out.app_id) == ("batch-1", "shop")
+    first = out.events[0]
+    assert first.event == raw.events[0]
+    assert first.received_at.seconds == RECEIVED_S
+    assert timestamp_ns(first.enriched_at) == NOW_NS
+    # Device 30 s ahead: the event at device time +20 s happened 10 s before receipt.
+    assert first.corrected_timestamp.seconds == RECEIVED_S - 10
+    assert first.corrected_timestamp.nanos == 5
+    assert first.clock_skew_ms == 30_000
+    assert first.clock_status == event_pb2.CLOCK_STATUS_CORRECTED
+    assert first.geo.country_code == "GB"
+    assert (first.os_name, first.os_version) == ("iOS", "17.2")
+    assert first.event_message == "item_purchased sku A-1"
+    assert (first.app_id, first.request_id) == ("shop", "req-1")
+
+
+def test_unset_client_time_is_absurd_and_uses_receipt() -> None:
+    second = _enrich(_raw()).events[1]
+    assert second.clock_status == event_pb2.CLOCK_STATUS_ABSURD
+    assert timestamp_ns(second.corrected_timestamp) == RECEIVED_S * S
+    assert (second.os_name, second.os_version) == ("Android", "14")
+
+
+def test_without_sent_at_client_time_is_kept() -> None:
+    first = _enrich(_raw(sent_offset_s=None)).events[0]
+    assert first.clock_status == event_pb2.CLOCK_STATUS_UNCORRECTED
+    assert first.clock_skew_ms == 0
+    assert first.corrected_timestamp == first.event.client_timestamp
+
+
+def test_private_ip_gets_no_geo() -> None:
+    out = _enrich(_raw(client_ip="127.0.0.1"))
+    assert not out.events[0].HasField("geo")
+
+
+def test_original_payload_uses_the_fallback_receipt_time() -> None:
+    legacy = event_pb2.EventBatch()
+    event = legacy.events.add(event_id="old", device_os="iOS 16.1", event_name="open")
+    event.client_timestamp.seconds = RECEIVED_S - 60
+    raw = event_pb2.RawBatch.FromString(legacy.SerializeToString())
+    stored_ns = RECEIVED_S * S + 123
+    out = _enrich(raw, fallback_ns=stored_ns)
+    only = out.events[0]
+    assert timestamp_ns(only.received_at) == stored_ns
+    assert only.clock_status == event_pb2.CLOCK_STATUS_UNCORRECTED
+    assert only.corrected_timestamp.seconds == RECEIVED_S - 60
+    assert not only.HasField("geo")
+    assert (only.os_name, only.os_version) == ("iOS", "16.1")
+
+
+def test_timestamps_round_trip_before_the_epoch() -> None:
+    for ns in (0, 1, -1, -S - 1, 1_700_000_000 * S + 999_999_999):
+        assert timestamp_ns(timestamp_of(ns)) == ns
+
+
+def _reference(
+    raw: event_pb2.RawBatch, *, app_id: str, now_ns: int, options: EnrichOptions
+) -> event_pb2.EnrichedBatch:
+    """The enriched batch built field by field with the message API, for comparison."""
+    ctx = raw.context
+    received = timestamp_ns(ctx.received_at)
+    skew = timestamp_ns(ctx.sent_at) - received if ctx.HasField("sent_at") else None
+    out = event_pb2.EnrichedBatch(batch_id=ctx.batch_id, app_id=app_id)
+    for event in raw.events:
+        fix = correct_clock(
+            client_ns=timestamp_ns(event.client_timestamp),
+            skew_ns=skew,
+            received_ns=received,
+            max_skew_ns=options.max_skew_ns,
+        )
+        name, version = parse_device_os(event.device_os)
+        enriched = out.events.add(
+            event=event,
+            received_at=timestamp_of(received),
+            enriched_at=timestamp_of(now_ns),
+            corrected_timestamp=timestamp_of(fix.corrected_ns),
+            clock_skew_ms=skew_ms(fix.skew_ns),
+            clock_status=fix.status,
+            os_name=name,
+            os_version=version,
+            event_message=event_message(
+                event.event_name, event.metadata, max_chars=options.event_message_max_chars
+            ),
+            app_id=app_id,
+            request_id=ctx.request_id,
+        )
+        location = geo_of(ctx.client_ip, OfflineGeo())
+        if location is not None:
+            enriched.geo.CopyFrom(location)
+    return out
+
+
+_text = st.text(max_size=12)
+_seconds = st.integers(min_value=1, max_value=4_000_000_000)
+_events = st.lists(
+    st.fixed_dictionaries(
+        {
+            "event_id": _text,
+            "event_name": _text,
+            "device_os": st.sampled_from(["iOS 17.2", "Android 14", "", "watchOS 10", "x"]),
+            "metadata": st.dictionaries(_text, _text, max_size=3),
+            "client_s": st.one_of(st.just(0), _seconds),
+            "client_nanos": st.integers(min_value=0, max_value=999_999_999),
+        }
+    ),
+    min_size=1,
+    max_size=5,
+)
+
+
+@given(
+    events=_events,
+    received_s=_seconds,
+    sent_offset_ms=st.one_of(st.none(), st.integers(min_value=-(10**12), max_value=10**12)),
+    client_ip=st.sampled_from(["81.2.69.142", "127.0.0.1", "8.8.8.8", "bogus", ""]),
+    request_id=_text,
+    batch_id=_text,
+)
+@settings(max_examples=200)
+def test_enrichment_matches_the_field_by_field_reference(
+    events: list[dict[str, Any]],
+    received_s: int,
+    sent_offset_ms: int | None,
+    client_ip: str,
+    request_id: str,
+    batch_id: str,
+) -> None:
+    raw = event_pb2.RawBatch()
+    ctx = raw.context
+    ctx.received_at.seconds = received_s
+    if sent_offset_ms is not None:
+        sent = received_s * S + sent_offset_ms * 1_000_000
+        ctx.sent_at.CopyFrom(timestamp_of(sent))
+    ctx.client_ip, ctx.request_id, ctx.batch_id = client_ip, request_id, batch_id
+    for spec in events:
+        event = raw.events.add(
+            event_id=spec["event_id"], event_name=spec["event_name"], device_os=spec["device_os"]
+        )
+        event.metadata.update(spec["metadata"])
+        if spec["client_s"]:
+            event.client_timestamp.seconds = spec["client_s"]
+            event.client_timestamp.nanos = spec["client_nanos"]
+    options = EnrichOptions()
+    got = enrich_batch(
+        raw, app_id="app", fallback_received_ns=0, now_ns=NOW_NS, geo=OfflineGeo(), options=options
+    )
+    assert got == _reference(raw, app_id="app", now_ns=NOW_NS, options=options)
+
+
+def test_negative_skew_is_truncated_toward_zero() -> None:
+    assert skew_ms(-1) == 0
+    assert skew_ms(-1_500_000) == -1
+    assert skew_ms(1_500_000) == 1
+
+
+@given(value=st.integers(min_value=0, max_value=2**64 - 1))
+def test_varint_matches_protobuf(value: int) -> None:
+    # UInt64Value encodes `value` as its tag (field 1, varint: 0x08) then the varint.
+    expected = wrappers_pb2.UInt64Value(value=value).SerializeToString()
+    assert (b"\x08" + _varint(value) if value else b"") == expected

@@ -1,0 +1,186 @@
+"""The handler with fake broker ports: publish before ack, DLQ for poison, nak for trouble."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import pytest
+from telemetry.v1 import event_pb2
+
+from enricher._enrich import EnrichOptions
+from enricher._geo import OfflineGeo
+from enricher._handler import Delivery, Handler
+from enricher._metrics import Metrics
+from enricher._policy import RetryPolicy
+from enricher.errors import BrokerError
+from pipeline import subjects
+
+S = 1_000_000_000
+
+
+@dataclass
+class FakeDelivery:
+    data: bytes
+    subject: str = "telemetry.raw.v1.shop"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    stream_seq: int = 7
+    deliveries: int = 1
+    stored_ns: int = 1_700_000_000 * S
+    log: list[str] = field(default_factory=list)
+
+    async def ack(self) -> None:
+        self.log.append("ack")
+
+    async def nak(self, delay_s: float) -> None:
+        self.log.append(f"nak {delay_s}")
+
+    async def term(self) -> None:
+        self.log.append("term")
+
+
+@dataclass
+class FakeSink:
+    fail_publish: bool = False
+    fail_dlq: bool = False
+    published: list[tuple[str, bytes, dict[str, str]]] = field(default_factory=list)
+    dead: list[tuple[bytes, str]] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
+
+    async def publish(self, subject: str, data: bytes, *, headers: Mapping[str, str]) -> bool:
+        if self.fail_publish:
+            raise BrokerError("no ack")
+        duplicate = any(h == dict(headers) for _, _, h in self.published)
+        self.published.append((subject, data, dict(headers)))
+        self.log.append("publish")
+        return duplicate
+
+    async def dead_letter(self, delivery: Delivery, *, reason: str, detail: str) -> None:
+        if self.fail_dlq:
+            raise BrokerError("dlq down")
+        self.dead.append((delivery.data, reason))
+        self.log.append("dlq")
+
+
+def _handler(sink: FakeSink, metrics: Metrics | None = None) -> Handler:
+    return Handler(
+        sink=sink,
+        geo=OfflineGeo(),
+        options=EnrichOptions(),
+        retry=RetryPolicy(max_deliver=3, base_delay_s=1.0, max_delay_s=8.0),
+        metrics=metrics or Metrics(),
+        clock_ns=lambda: 1_700_000_001 * S,
+    )
+
+
+def _good() -> bytes:
+    raw = event_pb2.RawBatch()
+    raw.context.app_id = "shop"
+    raw.context.client_ip = "81.2.69.142"
+    raw.events.add(event_id="e1", event_name="open", device_os="iOS 17.2")
+    raw.events.add(event_id="e2", event_name="close")
+    return raw.SerializeToString()
+
+
+def _sample(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels or None)
+    return 0.0 if value is None else value
+
+
+async def test_good_message_is_published_then_acked() -> None:
+    sink, metrics = FakeSink(), Metrics()
+    shared: list[str] = []
+    sink.log = shared
+    delivery = FakeDelivery(
+        _good(),
+        headers={subjects.MSG_ID_HEADER: "raw-1", subjects.TRACEPARENT_HEADER: "00-abc-def-01"},
+        log=shared,
+    )
+    await _handler(sink, metrics).handle([delivery])
+    assert shared == ["publish", "ack"]
+    subject, data, headers = sink.published[0]
+    assert subject == "telemetry.enriched.v1.shop"
+    assert headers == {
+        subjects.MSG_ID_HEADER: "enr:7:raw-1",
+        subjects.SCHEMA_HEADER: subjects.ENRICHED_SCHEMA,
+        subjects.TRACEPARENT_HEADER: "00-abc-def-01",
+    }
+    batch = event_pb2.EnrichedBatch.FromString(data)
+    assert [e.event.event_id for e in batch.events] == ["e1", "e2"]
+    assert batch.events[0].geo.country_code == "GB"
+    assert _sample(metrics, "enricher_messages_total", outcome="enriched") == 1
+    assert _sample(metrics, "enricher_events_total") == 2
+    assert _sample(metrics, "enricher_batch_seconds_count") == 1
+
+
+async def test_redelivery_publishes_with_the_same_msg_id() -> None:
+    sink, metrics = FakeSink(), Metrics()
+    handler = _handler(sink, metrics)
+    await handler.handle([FakeDelivery(_good(), deliveries=1)])
+    await handler.handle([FakeDelivery(_good(), deliveries=2)])
+    ids = {headers[subjects.MSG_ID_HEADER] for _, _, headers in sink.published}
+    assert ids == {"enr:7"}
+    assert _sample(metrics, "enricher_duplicates_total") == 1
+
+
+async def test_garbage_goes_to_the_dlq_and_is_terminated() -> None:
+    sink, metrics = FakeSink(), Metrics()
+    garbage = FakeDelivery(b"\xff\xfe garbage")
+    good = FakeDelivery(_good(), stream_seq=8)
+    await _handler(sink, metrics).handle([garbage, good])
+    assert sink.dead == [(b"\xff\xfe garbage", "undecodable")]
+    assert garbage.log == ["term"]
+    assert good.log == ["ack"]
+    assert len(sink.published) == 1
+    assert _sample(metrics, "enricher_dlq_total", reason="undecodable") == 1
+    assert _sample(metrics, "enricher_messages_total", outcome="dead_lettered") == 1
+
+
+async def test_publish_failure_naks_with_a_growing_delay() -> None:
+    sink, metrics = FakeSink(fail_publish=True), Metrics()
+    handler = _handler(sink, metrics)
+    first, third = FakeDelivery(_good(), deliveries=1), FakeDelivery(_good(), deliveries=3)
+    await handler.handle([first])
+    await handler.handle([third])
+    assert first.log == ["nak 1.0"]
+    assert third.log == ["nak 4.0"]
+    assert sink.dead == []
+    assert _sample(metrics, "enricher_messages_total", outcome="retried") == 2
+
+
+async def test_past_max_deliveries_goes_to_the_dlq_unprocessed() -> None:
+    sink = FakeSink()
+    delivery = FakeDelivery(_good(), deliveries=4)
+    await _handler(sink).handle([delivery])
+    assert sink.published == []
+    assert sink.dead == [(delivery.data, "max_deliveries")]
+    assert delivery.log == ["term"]
+
+
+async def test_dlq_failure_naks_and_never_terminates() -> None:
+    sink = FakeSink(fail_dlq=True)
+    delivery = FakeDelivery(b"\xff garbage", deliveries=2)
+    await _handler(sink).handle([delivery])
+    assert delivery.log == ["nak 2.0"]
+
+
+@pytest.mark.parametrize("failing", ["ack", "nak", "term"])
+async def test_a_failing_settle_is_counted_not_raised(failing: str) -> None:
+    class Broken(FakeDelivery):
+        async def ack(self) -> None:
+            if failing == "ack":
+                raise BrokerError("closed")
+
+        async def nak(self, delay_s: float) -> None:
+            if failing == "nak":
+                raise BrokerError("closed")
+
+        async def term(self) -> None:
+            if failing == "term":
+                raise BrokerError("closed")
+
+    metrics = Metrics()
+    data = {"ack": _good(), "nak": _good(), "term": b"\xff"}[failing]
+    sink = FakeSink(fail_publish=failing == "nak")
+    await _handler(sink, metrics).handle([Broken(data)])
+    assert _sample(metrics, "enricher_ack_failures_total") == 1

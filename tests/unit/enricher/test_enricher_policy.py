@@ -1,0 +1,39 @@
+"""The permanent-or-retryable decision."""
+
+from __future__ import annotations
+
+from enricher._policy import (
+    REASON_MAX_DELIVERIES,
+    DeadLetter,
+    Retry,
+    RetryPolicy,
+    before_processing,
+    nak_delay_s,
+    on_failure,
+)
+from enricher.errors import BrokerError, PoisonMessageError
+
+POLICY = RetryPolicy(max_deliver=3, base_delay_s=0.5, max_delay_s=3.0)
+
+
+def test_poison_is_permanent() -> None:
+    action = on_failure(PoisonMessageError("undecodable", "x"), deliveries=1, policy=POLICY)
+    assert action == DeadLetter("undecodable", "x")
+
+
+def test_broker_trouble_and_unknown_errors_are_retried() -> None:
+    assert on_failure(BrokerError("timeout"), deliveries=1, policy=POLICY) == Retry(0.5)
+    assert on_failure(RuntimeError("bug"), deliveries=2, policy=POLICY) == Retry(1.0)
+
+
+def test_delay_grows_and_is_capped() -> None:
+    delays = [nak_delay_s(deliveries=n, policy=POLICY) for n in range(1, 7)]
+    assert delays == [0.5, 1.0, 2.0, 3.0, 3.0, 3.0]
+    assert nak_delay_s(deliveries=10_000, policy=POLICY) == 3.0
+
+
+def test_past_the_delivery_limit_is_permanent() -> None:
+    assert before_processing(deliveries=3, policy=POLICY) is None
+    action = before_processing(deliveries=4, policy=POLICY)
+    assert isinstance(action, DeadLetter)
+    assert action.reason == REASON_MAX_DELIVERIES

@@ -1,0 +1,119 @@
+"""Fakes for the indexer's ports."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from indexer.bulk import ItemResult
+from indexer.errors import SearchRequestError, SearchUnavailableError
+
+
+def parse_bulk(body: bytes) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    lines = body.splitlines()
+    return [
+        (orjson.loads(lines[i])["create"], orjson.loads(lines[i + 1]))
+        for i in range(0, len(lines), 2)
+    ]
+
+
+class FakeStore:
+    """An in-memory `_bulk`: create-only documents by (index, id); failures on demand."""
+
+    def __init__(self) -> None:
+        self.docs: dict[tuple[str, str], dict[str, Any]] = {}
+        self.requests: list[int] = []
+        self.down = False
+        self.item_status: Callable[[dict[str, Any]], int | None] = lambda _: None
+        self.refuse_request_when: Callable[[list[dict[str, Any]]], bool] = lambda _: False
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.gate: asyncio.Event | None = None
+
+    async def bulk(self, body: bytes) -> Sequence[ItemResult]:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            await asyncio.sleep(0)
+            if self.down:
+                raise SearchUnavailableError("connection refused")
+            pairs = parse_bulk(body)
+            if self.refuse_request_when([doc for _, doc in pairs]):
+                raise SearchRequestError(400, "request refused")
+            self.requests.append(len(pairs))
+            results = []
+            for action, doc in pairs:
+                forced = self.item_status(doc)
+                if forced is not None:
+                    results.append(
+                        ItemResult(forced, {"type": "forced", "reason": f"status {forced}"})
+                    )
+                    continue
+                key = (action["_index"], action["_id"])
+                if key in self.docs:
+                    results.append(ItemResult(409, {"type": "version_conflict_engine_exception"}))
+                else:
+                    self.docs[key] = doc
+                    results.append(ItemResult(201))
+            return results
+        finally:
+            self.in_flight -= 1
+
+
+@dataclass
+class FakeDelivery:
+    data: bytes
+    subject: str = "telemetry.enriched.v1.shop"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    num_delivered: int = 1
+    msg_id: str = "TELEMETRY_ENRICHED:1"
+    settled: list[str] = field(default_factory=list)
+    touched: int = 0
+
+    async def ack(self) -> None:
+        self.settled.append("ack")
+
+    async def nak(self, delay_s: float) -> None:
+        self.settled.append("nak")
+
+    async def term(self) -> None:
+        self.settled.append("term")
+
+    async def in_progress(self) -> None:
+        self.touched += 1
+
+
+@dataclass
+class DeadLetter:
+    reason: str
+    data: bytes
+    subject: str
+    headers: Mapping[str, str]
+    deliveries: int
+    msg_id: str
+
+
+class FakeDeadLetters:
+    def __init__(self) -> None:
+        self.letters: list[DeadLetter] = []
+        self.fail = False
+
+    async def publish(
+        self,
+        *,
+        reason: str,
+        data: bytes,
+        subject: str,
+        headers: Mapping[str, str],
+        deliveries: int,
+        msg_id: str,
+    ) -> None:
+        if self.fail:
+            raise ConnectionError("nats away")
+        self.letters.append(DeadLetter(reason, data, subject, dict(headers), deliveries, msg_id))

@@ -1,0 +1,175 @@
+"""BulkWriter: sizing, timer, bounded concurrency, retries and request refusals."""
+
+from __future__ import annotations
+
+import asyncio
+
+from indexer_fakes import FakeStore
+
+from indexer.bulk import BulkItem, BulkWriter, render
+from indexer.outcomes import Outcome
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.outcomes: dict[str, Outcome] = {}
+        self.reasons: dict[str, str] = {}
+        self.all_done = asyncio.Event()
+        self.expected = 0
+
+    def item(self, doc_id: str, *, size: int = 10) -> BulkItem:
+        self.expected += 1
+
+        async def on_done(_: BulkItem, outcome: Outcome, reason: str) -> None:
+            self.outcomes[doc_id] = outcome
+            self.reasons[doc_id] = reason
+            if len(self.outcomes) == self.expected:
+                self.all_done.set()
+
+        payload = render(index="t-x", doc_id=doc_id, source={"event_id": doc_id, "pad": "p" * size})
+        return BulkItem(payload=payload, on_done=on_done)
+
+
+def writer(store: FakeStore, **options: float) -> BulkWriter:
+    settings: dict[str, float] = {
+        "max_docs": 10,
+        "max_bytes": 1_000_000,
+        "flush_interval_s": 0.01,
+        "concurrency": 2,
+        "retry_base_s": 0.001,
+        "retry_max_s": 0.01,
+    }
+    settings.update(options)
+    return BulkWriter(
+        store,
+        max_docs=int(settings["max_docs"]),
+        max_bytes=int(settings["max_bytes"]),
+        flush_interval_s=settings["flush_interval_s"],
+        concurrency=int(settings["concurrency"]),
+        retry_base_s=settings["retry_base_s"],
+        retry_max_s=settings["retry_max_s"],
+    )
+
+
+async def test_requests_are_sized_by_count() -> None:
+    store, rec = FakeStore(), Recorder()
+    bulk = writer(store, max_docs=10, flush_interval_s=60)
+    for n in range(25):
+        await bulk.add(rec.item(f"e{n}"))
+    await bulk.drain()
+    assert store.requests == [10, 10, 5]
+    assert set(rec.outcomes.values()) == {Outcome.CREATED}
+
+
+async def test_requests_are_sized_by_bytes() -> None:
+    store, rec = FakeStore(), Recorder()
+    bulk = writer(store, max_docs=1000, max_bytes=1000, flush_interval_s=60)
+    for n in range(10):
+        await bulk.add(rec.item(f"e{n}", size=300))
+    await bulk.drain()
+    assert max(store.requests) <= 3
+    assert sum(store.requests) == 10
+
+
+async def test_timer_flushes_a_partial_request() -> None:
+    store, rec = FakeStore(), Recorder()
+    bulk = writer(store, max_docs=100, flush_interval_s=0.01)
+    bulk.start()
+    await bulk.add(rec.item("lonely"))
+    await asyncio.wait_for(rec.all_done.wait(), 5)
+    assert rec.outcomes == {"lonely": Outcome.CREATED}
+    await bulk.close()
+
+
+async def test_in_flight_requests_are_bounded() -> None:
+    store, rec = FakeStore(), Recorder()
+    store.gate = asyncio.Event()
+    bulk = writer(store, max_docs=1, concurrency=3, flush_interval_s=60)
+
+    async def produce() -> None:
+        for n in range(10):
+            await bulk.add(rec.item(f"e{n}"))
+
+    producer = asyncio.create_task(produce())
+    await asyncio.sleep(0.05)
+    assert store.in_flight == 3
+    assert not producer.done()  # add() waits for a free slot: backpressure
+    store.gate.set()
+    await producer
+    await bulk.drain()
+    assert store.max_in_flight == 3
+    assert len(rec.outcomes) == 10
+
+
+async def test_duplicates_are_done() -> None:
+    store, rec = FakeStore(), Recorder()
+    bulk = writer(store)
+    await bulk.add(rec.item("e1"))
+    await bulk.drain()
+    again = Recorder()
+    await bulk.add(again.item("e1"))
+    await bulk.drain()
+    assert again.outcomes == {"e1": Outcome.DUPLICATE}
+
+
+async def test_retryable_items_are_retried_until_they_succeed() -> None:
+    store, rec = FakeStore(), Recorder()
+    failures = {"e1": 3, "e2": 1}
+
+    def status(doc: dict[str, object]) -> int | None:
+        left = failures.get(str(doc["event_id"]), 0)
+        if left:
+            failures[str(doc["event_id"])] = left - 1
+            return 429 if doc["event_id"] == "e1" else 503
+        return None
+
+    store.item_status = status
+    bulk = writer(store)
+    for n in range(3):
+        await bulk.add(rec.item(f"e{n}"))
+    await bulk.drain()
+    assert rec.outcomes == {n: Outcome.CREATED for n in ("e0", "e1", "e2")}
+    assert len(store.docs) == 3
+
+
+async def test_rejected_items_report_the_reason_and_others_are_indexed() -> None:
+    store, rec = FakeStore(), Recorder()
+    store.item_status = lambda doc: 400 if doc["event_id"] == "bad" else None
+    bulk = writer(store)
+    for doc_id in ("a", "bad", "b"):
+        await bulk.add(rec.item(doc_id))
+    await bulk.drain()
+    assert rec.outcomes == {"a": Outcome.CREATED, "bad": Outcome.REJECTED, "b": Outcome.CREATED}
+    assert rec.reasons["bad"] == "forced: status 400"
+
+
+async def test_an_outage_holds_intake_and_recovers_without_loss() -> None:
+    store, rec = FakeStore(), Recorder()
+    store.down = True
+    bulk = writer(store)
+    for n in range(5):
+        await bulk.add(rec.item(f"e{n}"))
+    await bulk.flush()
+    await asyncio.sleep(0.05)
+    assert not bulk.healthy
+    assert rec.outcomes == {}
+    store.down = False
+    await asyncio.wait_for(bulk.wait_healthy(), 5)
+    await bulk.drain()
+    assert bulk.healthy
+    assert rec.outcomes == {f"e{n}": Outcome.CREATED for n in range(5)}
+
+
+async def test_a_refused_request_is_split_to_find_the_culprit() -> None:
+    store, rec = FakeStore(), Recorder()
+    store.refuse_request_when = lambda docs: any(d["event_id"] == "poison" for d in docs)
+    bulk = writer(store)
+    for doc_id in ("a", "poison", "b"):
+        await bulk.add(rec.item(doc_id))
+    await bulk.drain()
+    assert rec.outcomes == {
+        "a": Outcome.CREATED,
+        "poison": Outcome.REJECTED,
+        "b": Outcome.CREATED,
+    }
+    assert "request refused" in rec.reasons["poison"]

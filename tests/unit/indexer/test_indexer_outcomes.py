@@ -1,0 +1,54 @@
+"""The one decision table: done, retry or dead letter."""
+
+from __future__ import annotations
+
+import pytest
+
+from indexer.errors import DocumentError, SearchRequestError, SearchUnavailableError
+from indexer.outcomes import Outcome, backoff_s, failure_outcome, item_outcome, item_reason
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [
+        (201, Outcome.CREATED),
+        (200, Outcome.CREATED),
+        (409, Outcome.DUPLICATE),
+        (429, Outcome.RETRY),
+        (500, Outcome.RETRY),
+        (503, Outcome.RETRY),
+        (400, Outcome.REJECTED),
+        (404, Outcome.REJECTED),
+    ],
+)
+def test_item_outcome(status: int, outcome: Outcome) -> None:
+    assert item_outcome(status) is outcome
+
+
+def test_only_retry_is_not_done() -> None:
+    assert [o for o in Outcome if not o.done] == [Outcome.RETRY]
+
+
+def test_failure_outcome() -> None:
+    assert failure_outcome(SearchUnavailableError("down")) is Outcome.RETRY
+    assert failure_outcome(SearchRequestError(400, "bad")) is Outcome.REJECTED
+    assert failure_outcome(DocumentError("no id")) is Outcome.REJECTED
+    assert failure_outcome(RuntimeError("surprise")) is Outcome.RETRY
+
+
+def test_reason_includes_type_and_cause() -> None:
+    reason = item_reason(
+        {
+            "type": "mapper_parsing_exception",
+            "reason": "failed to parse field [client_timestamp]",
+            "caused_by": {"type": "illegal_argument_exception", "reason": "bad date"},
+        }
+    )
+    assert reason.startswith("mapper_parsing_exception: failed to parse field [client_timestamp]")
+    assert "illegal_argument_exception: bad date" in reason
+
+
+def test_backoff_is_exponential_and_capped() -> None:
+    delays = [backoff_s(n, base_s=0.1, max_s=1.0) for n in range(6)]
+    assert delays == pytest.approx([0.0, 0.1, 0.2, 0.4, 0.8, 1.0])
+    assert backoff_s(10_000, base_s=0.1, max_s=1.0) == 1.0

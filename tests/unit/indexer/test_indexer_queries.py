@@ -1,0 +1,162 @@
+"""Query building, page tokens and response mapping, without a server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from hypothesis import given
+from hypothesis import strategies as st
+from telemetry.v1 import query_service_pb2 as qs
+
+from indexer import paging, queries
+from indexer.errors import InvalidArgumentError
+
+
+def _filter(**fields: Any) -> qs.EventFilter:
+    return qs.EventFilter(**fields)
+
+
+@pytest.mark.parametrize(("requested", "used"), [(0, 50), (1, 1), (1000, 1000), (5000, 1000)])
+def test_page_size(requested: int, used: int) -> None:
+    body, size = queries.search_body(qs.QueryEventsRequest(page_size=requested))
+    assert size == used
+    assert body["size"] == used + 1  # one more, to know whether a next page exists
+
+
+def test_negative_page_size_names_the_field() -> None:
+    with pytest.raises(InvalidArgumentError) as caught:
+        queries.search_body(qs.QueryEventsRequest(page_size=-1))
+    assert caught.value.field == "page_size"
+
+
+def test_empty_filter_matches_everything_newest_first() -> None:
+    body, _ = queries.search_body(qs.QueryEventsRequest())
+    assert body["query"] == {"bool": {"filter": []}}
+    assert [next(iter(s)) for s in body["sort"]] == ["corrected_timestamp", "event_id"]
+    assert body["track_total_hits"] is True
+
+
+def test_filters_become_terms_and_a_range() -> None:
+    start, end = Timestamp(seconds=1000), Timestamp(seconds=2000, nanos=5_000_000)
+    flt = _filter(
+        user_ids=["u1", "u2"],
+        event_names=["buy"],
+        country_codes=["GB"],
+        device_os=["iOS"],
+        start_time=start,
+        end_time=end,
+    )
+    clauses = queries.filter_query(flt)["bool"]["filter"]
+    assert {"terms": {"user_id": ["u1", "u2"]}} in clauses
+    assert {"terms": {"event_name": ["buy"]}} in clauses
+    assert {"terms": {"geo_country": ["GB"]}} in clauses
+    os_clause = next(c for c in clauses if "bool" in c)
+    assert {"terms": {"os_name": ["iOS"]}} in os_clause["bool"]["should"]
+    assert {"terms": {"device_os": ["iOS"]}} in os_clause["bool"]["should"]
+    assert {
+        "range": {
+            "corrected_timestamp": {"format": "epoch_millis", "gte": 1_000_000, "lt": 2_000_005}
+        }
+    } in clauses
+
+
+def test_free_text_is_a_match_query_with_operator_and() -> None:
+    query = queries.filter_query(_filter(text='  item_purchased OR "x" AND *  '))
+    assert query["bool"]["must"] == [
+        {"match": {"event_message": {"query": 'item_purchased OR "x" AND *', "operator": "and"}}}
+    ]
+
+
+def test_end_before_start_is_invalid() -> None:
+    with pytest.raises(InvalidArgumentError, match="end_time"):
+        queries.filter_query(
+            _filter(start_time=Timestamp(seconds=10), end_time=Timestamp(seconds=5))
+        )
+
+
+def test_page_token_round_trip_and_binding() -> None:
+    flt = _filter(user_ids=["a", "b"], text="buy")
+    token = paging.encode_token([1700000000000, "e-9"], flt)
+    assert paging.decode_token(token, flt) == [1700000000000, "e-9"]
+    # Order and duplicates of list values do not change the filter.
+    assert paging.decode_token(token, _filter(user_ids=["b", "a", "a"], text="buy")) == [
+        1700000000000,
+        "e-9",
+    ]
+    with pytest.raises(InvalidArgumentError, match="another filter"):
+        paging.decode_token(token, _filter(user_ids=["a"], text="buy"))
+    with pytest.raises(InvalidArgumentError, match="another filter"):
+        paging.decode_token(token, _filter(user_ids=["a", "b"], text="sell"))
+
+
+@given(st.text(max_size=60))
+def test_garbage_tokens_are_invalid_argument(token: str) -> None:
+    flt = _filter()
+    if token == "":
+        return
+    with pytest.raises(InvalidArgumentError) as caught:
+        paging.decode_token(token, flt)
+    assert caught.value.field == "page_token"
+
+
+def _hit(event_id: str, millis: int) -> dict[str, Any]:
+    return {
+        "_source": {"event_id": event_id, "corrected_timestamp": "2026-01-01T00:00:00Z"},
+        "sort": [millis, event_id],
+    }
+
+
+def test_next_page_token_only_when_there_is_more() -> None:
+    flt = _filter()
+    full = {"hits": {"total": {"value": 3}, "hits": [_hit("c", 3), _hit("b", 2), _hit("a", 1)]}}
+    page = queries.events_response(full, size=2, flt=flt)
+    assert [e.event.event_id for e in page.events] == ["c", "b"]
+    assert page.total_size == 3
+    assert paging.decode_token(page.next_page_token, flt) == [2, "b"]
+    last = queries.events_response(
+        {"hits": {"total": {"value": 3}, "hits": [_hit("a", 1)]}}, size=2, flt=flt
+    )
+    assert last.next_page_token == ""
+    exact = queries.events_response(
+        {"hits": {"total": {"value": 2}, "hits": [_hit("b", 2), _hit("a", 1)]}}, size=2, flt=flt
+    )
+    assert exact.next_page_token == ""
+
+
+def test_aggregate_body_and_limits() -> None:
+    body = queries.aggregate_body(
+        qs.AggregateEventsRequest(
+            group_by=qs.AGGREGATION_FIELD_OS_NAME, interval=qs.HISTOGRAM_INTERVAL_HOUR
+        )
+    )
+    assert body["size"] == 0
+    assert body["aggs"]["by_field"] == {"terms": {"field": "os_name", "size": 10}}
+    assert body["aggs"]["over_time"]["date_histogram"]["calendar_interval"] == "hour"
+    clamped = queries.aggregate_body(
+        qs.AggregateEventsRequest(group_by=qs.AGGREGATION_FIELD_USER_ID, limit=5000)
+    )
+    assert clamped["aggs"]["by_field"]["terms"]["size"] == 1000
+    assert "aggs" not in queries.aggregate_body(qs.AggregateEventsRequest())
+    with pytest.raises(InvalidArgumentError) as caught:
+        queries.aggregate_body(qs.AggregateEventsRequest(limit=-1))
+    assert caught.value.field == "limit"
+
+
+def test_aggregate_response() -> None:
+    reply = queries.aggregate_response(
+        {
+            "hits": {"total": {"value": 7}},
+            "aggregations": {
+                "by_field": {
+                    "buckets": [{"key": "buy", "doc_count": 5}, {"key": "x", "doc_count": 2}]
+                },
+                "over_time": {"buckets": [{"key": 3_600_000, "doc_count": 7}]},
+            },
+        }
+    )
+    assert reply.total_count == 7
+    assert [(c.value, c.count) for c in reply.counts] == [("buy", 5), ("x", 2)]
+    assert reply.histogram[0].start_time.seconds == 3600
+    assert reply.histogram[0].count == 7

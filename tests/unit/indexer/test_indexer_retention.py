@@ -1,0 +1,57 @@
+"""Retention picks only old daily indices of its own prefix."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from indexer import retention
+
+NAMES = [
+    "t-2026-01-01",
+    "t-2026-01-30",
+    "t-2026-01-31",
+    "t-2026-02-01",
+    "t-undated",
+    "t-2026-02-30",  # not a date
+    "t-2026-01-01-copy",
+    "tx-2020-01-01",
+    "other-2020-01-01",
+]
+
+
+def test_expired_keeps_the_last_n_days_and_foreign_names() -> None:
+    today = date(2026, 2, 1)
+    assert retention.expired(NAMES, prefix="t-", today=today, keep_days=2) == [
+        "t-2026-01-01",
+        "t-2026-01-30",
+    ]
+    assert retention.expired(NAMES, prefix="t-", today=today, keep_days=1) == [
+        "t-2026-01-01",
+        "t-2026-01-30",
+        "t-2026-01-31",
+    ]
+
+
+def test_zero_keeps_forever() -> None:
+    assert retention.expired(NAMES, prefix="t-", today=date(2030, 1, 1), keep_days=0) == []
+
+
+class FakeAdmin:
+    def __init__(self, names: list[str]) -> None:
+        self.names = list(names)
+        self.deleted: list[str] = []
+
+    async def index_names(self) -> list[str]:
+        return list(self.names)
+
+    async def delete_index(self, name: str) -> None:
+        self.deleted.append(name)
+        self.names.remove(name)
+
+
+async def test_run_once_deletes_only_expired() -> None:
+    admin = FakeAdmin(NAMES)
+    deleted = await retention.run_once(admin, prefix="t-", keep_days=2, today=date(2026, 2, 1))
+    assert deleted == admin.deleted == ["t-2026-01-01", "t-2026-01-30"]
+    assert "t-undated" in admin.names
+    assert "tx-2020-01-01" in admin.names

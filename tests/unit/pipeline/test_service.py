@@ -1,0 +1,68 @@
+"""The shared lifecycle: signals stop a service, even one still starting; ops routes answer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import httpx
+from prometheus_client import CollectorRegistry, Counter
+
+from pipeline.service import HttpServer, ops_app, serve_until_signal
+
+
+class FakeService:
+    def __init__(self, *, start_forever: bool = False) -> None:
+        self.start_forever = start_forever
+        self.calls: list[str] = []
+
+    async def start(self) -> None:
+        self.calls.append("start")
+        if self.start_forever:
+            await asyncio.Event().wait()
+
+    async def stop(self) -> None:
+        self.calls.append("stop")
+
+    async def ready(self) -> tuple[bool, str]:
+        return ("start" in self.calls, "starting")
+
+
+async def _terminate_soon() -> None:
+    await asyncio.sleep(0.1)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+async def test_sigterm_stops_a_started_service() -> None:
+    service = FakeService()
+    asyncio.get_running_loop().create_task(_terminate_soon())
+    await asyncio.wait_for(serve_until_signal(service, name="fake"), 5)
+    assert service.calls == ["start", "stop"]
+
+
+async def test_sigterm_during_a_start_that_waits_forever_still_stops() -> None:
+    service = FakeService(start_forever=True)
+    asyncio.get_running_loop().create_task(_terminate_soon())
+    await asyncio.wait_for(serve_until_signal(service, name="fake"), 5)
+    assert service.calls == ["start", "stop"]
+
+
+async def test_ops_routes_report_health_readiness_and_metrics() -> None:
+    registry = CollectorRegistry()
+    Counter("fake_things", "things done", registry=registry).inc(3)
+    service = FakeService()
+    server = HttpServer(ops_app(service, registry), host="127.0.0.1", port=0)
+    await server.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
+            assert (await client.get("/healthz")).status_code == 200
+            not_ready = await client.get("/readyz")
+            assert not_ready.status_code == 503
+            assert not_ready.json() == {"status": "not ready", "reason": "starting"}
+            await service.start()
+            assert (await client.get("/readyz")).status_code == 200
+            assert "fake_things_total 3.0" in (await client.get("/metrics")).text
+    finally:
+        await server.stop()
+        await server.stop()  # idempotent
