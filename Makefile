@@ -51,7 +51,7 @@ status:
 # Starts what the test profile lacks, exports NATS_URL/OPENSEARCH_URL for it, runs pytest, then
 # stops only what it started; the exit code is pytest's (5, "no tests collected", fails too).
 test: install
-	$(PY) scripts/local.py exec --profile test -- $(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) scripts/local.py exec --profile test --only nats,opensearch -- $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: venv
 	$(PY) -m ruff check .

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Generator
 from typing import Protocol
 
@@ -78,7 +79,11 @@ class _Server(uvicorn.Server):
 
 
 class HttpServer:
-    """An ASGI app served by uvicorn inside the running event loop."""
+    """An ASGI app served by uvicorn inside the running event loop.
+
+    With `reuse_port`, the socket is bound with SO_REUSEPORT so several processes can
+    share the port and the kernel spreads connections over them.
+    """
 
     def __init__(
         self,
@@ -87,6 +92,7 @@ class HttpServer:
         host: str,
         port: int,
         graceful_stop_s: float = DEFAULT_GRACEFUL_STOP_S,
+        reuse_port: bool = False,
     ) -> None:
         config = uvicorn.Config(
             app,
@@ -99,22 +105,38 @@ class HttpServer:
             server_header=False,
         )
         self._server = _Server(config)
+        self._host, self._port, self._reuse_port = host, port, reuse_port
+        self._socket: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None
+
+    def _bind_shared(self) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((self._host, self._port))
+        return sock
 
     async def start(self) -> None:
         """Starts serving; returns once the socket listens (raises if it cannot bind)."""
         if self._task is not None:
             return
-        self._task = asyncio.create_task(self._server.serve())
+        if self._reuse_port:
+            self._socket = self._bind_shared()
+            self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
+        else:
+            self._task = asyncio.create_task(self._server.serve())
         while not self._server.started:
             if self._task.done():
                 self._task.result()
-                raise OSError("HTTP server stopped during start")
+                raise OSError(f"HTTP server could not listen on {self._host}:{self._port}")
             await asyncio.sleep(0.02)
 
     @property
     def port(self) -> int:
         """The bound port (useful when configured as 0)."""
+        if self._socket is not None:
+            return int(self._socket.getsockname()[1])
         for server in self._server.servers:
             for sock in server.sockets:
                 return int(sock.getsockname()[1])
@@ -127,6 +149,9 @@ class HttpServer:
         self._server.should_exit = True
         await self._task
         self._task = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
 
 
 async def serve_until_signal(service: Service, *, name: str) -> None:

@@ -25,6 +25,7 @@ import json
 import os
 import pwd
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -34,6 +35,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -66,6 +68,8 @@ NATS_READY_TIMEOUT_S = 30.0
 OPENSEARCH_READY_TIMEOUT_S = 120.0
 NATS_STOP_TIMEOUT_S = 15.0
 OPENSEARCH_STOP_TIMEOUT_S = 60.0
+SERVICE_READY_TIMEOUT_S = 60.0
+SERVICE_STOP_TIMEOUT_S = 30.0
 POLL_INTERVAL_S = 0.5
 HTTP_PROBE_TIMEOUT_S = 2.0
 LOG_TAIL_LINES = 25
@@ -89,6 +93,10 @@ class Profile:
     nats_monitor_port: int
     opensearch_port: int
     opensearch_transport_port: int
+    # (HTTP port, gRPC port) of each service.
+    gateway_ports: tuple[int, int]
+    enricher_ports: tuple[int, int]
+    indexer_ports: tuple[int, int]
 
     @property
     def root(self) -> Path:
@@ -116,8 +124,10 @@ class Profile:
 
 
 PROFILES = {
-    "dev": Profile("dev", 4222, 8222, 9200, 9300),
-    "test": Profile("test", 14222, 18222, 19200, 19300),
+    "dev": Profile("dev", 4222, 8222, 9200, 9300, (3000, 50051), (8081, 50052), (8082, 50053)),
+    "test": Profile(
+        "test", 14222, 18222, 19200, 19300, (13000, 15051), (18081, 15052), (18082, 15053)
+    ),
 }
 
 
@@ -167,7 +177,104 @@ class ManagedProcess:
 
 def managed_processes(profile: Profile) -> list[ManagedProcess]:
     """Everything `up` starts, in start order (`down` stops in reverse). Register new ones here."""
-    return [nats_process(profile), opensearch_process(profile)]
+    return [
+        nats_process(profile),
+        opensearch_process(profile),
+        *(service_process(profile, name) for name in SERVICES),
+    ]
+
+
+# --- the pipeline's services ------------------------------------------------------------------
+
+SERVICES = ("indexer", "enricher", "gateway")  # start order: the query backend before the gateway
+DEV_APP_ID = "demo-app"
+
+
+def service_ports(profile: Profile, name: str) -> tuple[int, int]:
+    ports: dict[str, tuple[int, int]] = {
+        "gateway": profile.gateway_ports,
+        "enricher": profile.enricher_ports,
+        "indexer": profile.indexer_ports,
+    }
+    return ports[name]
+
+
+def keys_file(profile: Profile) -> Path:
+    return profile.root / "keys.json"
+
+
+def dev_keys(profile: Profile) -> dict[str, dict[str, str]]:
+    """The profile's write and read keys, created once (random) in an ignored file."""
+    path = keys_file(profile)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        keys = {
+            "write_keys": {f"wk_{secrets.token_urlsafe(18)}": DEV_APP_ID},
+            "read_keys": {f"rk_{secrets.token_urlsafe(18)}": "dev-reader"},
+        }
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(keys, indent=2) + "\n")
+    loaded: dict[str, dict[str, str]] = json.loads(path.read_text())
+    return loaded
+
+
+def service_env(profile: Profile, name: str) -> dict[str, str]:
+    http_port, grpc_port = service_ports(profile, name)
+    prefix = name.upper()
+    env = {
+        **profile.client_env(),
+        f"{prefix}_HTTP_PORT": str(http_port),
+        f"{prefix}_GRPC_PORT": str(grpc_port),
+    }
+    if name == "gateway":
+        dev_keys(profile)
+        env["GATEWAY_KEYS_FILE"] = str(keys_file(profile))
+        env["GATEWAY_QUERY_TARGET"] = f"{HOST}:{profile.indexer_ports[1]}"
+    return env
+
+
+def service_process(profile: Profile, name: str) -> ManagedProcess:
+    http_port, grpc_port = service_ports(profile, name)
+    base = f"http://{HOST}:{http_port}"
+    return ManagedProcess(
+        name=name,
+        title=name.capitalize(),
+        profile=profile,
+        prepare=lambda: Launch(
+            argv=(sys.executable, "-m", "tpipe", name), env=service_env(profile, name)
+        ),
+        ready_url=f"{base}/readyz",
+        ports=(http_port, grpc_port),
+        endpoints=(base, f"grpc {HOST}:{grpc_port}"),
+        ready_timeout_s=SERVICE_READY_TIMEOUT_S,
+        stop_timeout_s=SERVICE_STOP_TIMEOUT_S,
+    )
+
+
+def print_usage(profile: Profile) -> None:
+    """How to send a batch and query it back, with the profile's own keys and ports."""
+    keys = dev_keys(profile)
+    write_key, read_key = next(iter(keys["write_keys"])), next(iter(keys["read_keys"]))
+    gateway = f"http://{HOST}:{profile.gateway_ports[0]}"
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    event = {
+        "event_id": str(uuid.uuid4()),
+        "session_id": "sess-42",
+        "user_id": "user-123",
+        "event_name": "item_purchased",
+        "client_timestamp": now,
+        "app_version": "2.3.1",
+        "device_os": "iOS 17.2",
+        "metadata": {"item_id": "sku-991", "price": "19.99"},
+    }
+    print(f"\nKeys ({relative(keys_file(profile))}): write {write_key}  read {read_key}")
+    print("\nSend a batch (as the Swift client does):")
+    print(f"  curl -sS -X POST {gateway}/v1/track -H 'Authorization: Bearer {write_key}' \\")
+    print(f"    -H 'Content-Type: application/json' -d '{json.dumps([event])}'")
+    print("Query it back (searchable within a second or two):")
+    query = f"{gateway}/v1/events?user_id=user-123"
+    print(f"  curl -sS '{query}' -H 'Authorization: Bearer {read_key}'")
+    print(f"OpenAPI: {gateway}/openapi.json   gRPC QueryService: {HOST}:{profile.indexer_ports[1]}")
 
 
 # --- NATS -------------------------------------------------------------------------------------
@@ -704,6 +811,8 @@ def cmd_install() -> int:
 def cmd_up(procs: list[ManagedProcess]) -> int:
     start_all(procs, started=[])
     print_running(procs)
+    if any(proc.name == "gateway" for proc in procs):
+        print_usage(procs[0].profile)
     return 0
 
 

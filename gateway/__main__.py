@@ -1,0 +1,49 @@
+"""`python -m gateway`: runs the gateway until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import sys
+
+from gateway._auth import KeyStore
+from gateway._service import Gateway
+from gateway._workers import supervise
+from gateway.config import GatewayConfig
+from pipeline import logs, service
+from pipeline.config import help_text, load
+from pipeline.errors import ConfigError
+
+USAGE = "usage: python -m gateway [--help]"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the gateway; 0 on a clean stop, 2 on bad settings."""
+    args = sys.argv[1:] if argv is None else argv
+    if any(arg in ("-h", "--help") for arg in args):
+        print(USAGE)
+        print("Telemetry gateway: POST /v1/track, gRPC/Connect IngestService, GET /v1/events.")
+        print()
+        print(help_text(GatewayConfig, "Settings"))
+        return 0
+    if args:
+        print(f"unexpected arguments: {' '.join(args)}\n{USAGE}", file=sys.stderr)
+        return 2
+    try:
+        config = load(GatewayConfig)
+        keys = KeyStore.from_config(config)
+    except ConfigError as err:
+        print(f"gateway: {err}", file=sys.stderr)
+        return 2
+    logs.configure("gateway", level=config.log_level, fmt=config.log_format)
+    if not len(keys):
+        print(
+            "gateway: no keys configured (GATEWAY_WRITE_KEYS / GATEWAY_KEYS_FILE)", file=sys.stderr
+        )
+        return 2
+    if config.workers > 1:
+        return supervise(config.workers)
+    service.run(lambda: Gateway(config, keys=keys), name="gateway")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Request bodies with bounds: declared length, streamed length and decompressed length.
+
+A gzip bomb is stopped after `max_decompressed + 1` bytes of output, never inflated whole.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import AsyncIterator
+
+from gateway.errors import InvalidRequest, TooLarge, UnsupportedMedia
+
+
+def media_type(content_type: str | None) -> str:
+    """The lower-case media type of a Content-Type header ('' when absent)."""
+    if not content_type:
+        return ""
+    media, _, params = content_type.partition(";")
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in (
+            "utf-8",
+            "utf8",
+        ):
+            raise UnsupportedMedia("only UTF-8 bodies are accepted")
+    return media.strip().lower()
+
+
+def check_encoding(content_encoding: str | None) -> bool:
+    """True for gzip, False for identity; raises for any other Content-Encoding."""
+    if not content_encoding:
+        return False
+    value = content_encoding.strip().lower()
+    if value == "gzip":
+        return True
+    if value in ("identity", ""):
+        return False
+    raise UnsupportedMedia("Content-Encoding must be gzip or identity")
+
+
+async def read_body(
+    chunks: AsyncIterator[bytes],
+    *,
+    content_length: str | None,
+    gzip: bool,
+    max_body: int,
+    max_decompressed: int,
+) -> bytes:
+    """The whole body, decompressed when `gzip`, within the limits."""
+    if content_length is not None:
+        try:
+            declared = int(content_length)
+        except ValueError:
+            raise InvalidRequest("Content-Length is not a number") from None
+        if declared > max_body:
+            raise TooLarge(f"the body is larger than {max_body} bytes")
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > max_body:
+            raise TooLarge(f"the body is larger than {max_body} bytes")
+        parts.append(chunk)
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    if gzip:
+        return gunzip(data, limit=max_decompressed)
+    if len(data) > max_decompressed:
+        raise TooLarge(f"the body is larger than {max_decompressed} bytes")
+    return data
+
+
+def gunzip(data: bytes, *, limit: int) -> bytes:
+    """Decompresses one gzip member, producing at most `limit` bytes or raising TooLarge."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error:
+        raise InvalidRequest("the body is not valid gzip") from None
+    if len(out) > limit:
+        raise TooLarge(f"the body decompresses to more than {limit} bytes")
+    if not inflater.eof:
+        raise InvalidRequest("the gzip body is truncated")
+    if inflater.unused_data:
+        raise InvalidRequest("the body has data after its gzip stream")
+    return out

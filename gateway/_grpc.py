@@ -1,0 +1,141 @@
+"""The gRPC server: IngestService on the shared core, plus health checking and reflection."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from telemetry.v1 import event_pb2, ingest_service_pb2, ingest_service_pb2_grpc
+
+from gateway._auth import KeyStore, Kind, presented_key
+from gateway._clientinfo import grpc_peer_ip, request_id
+from gateway._ingest import IngestCore, Origin
+from gateway._metrics import Metrics
+from gateway._ratelimit import RateLimiter
+from gateway._status import code_of
+from gateway.errors import GatewayError
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
+
+
+class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
+    """IngestService.IngestEvents: the JSON route's validation and publishing over gRPC."""
+
+    def __init__(
+        self,
+        *,
+        core: IngestCore,
+        keys: KeyStore,
+        metrics: Metrics,
+        retry_after_s: int,
+        limiter: RateLimiter,
+    ) -> None:
+        self._core = core
+        self._keys = keys
+        self._limiter = limiter
+        self._metrics = metrics
+        self._retry_after_s = retry_after_s
+
+    async def IngestEvents(
+        self,
+        request: ingest_service_pb2.IngestEventsRequest,
+        context: grpc.aio.ServicerContext[
+            ingest_service_pb2.IngestEventsRequest, ingest_service_pb2.IngestEventsResponse
+        ],
+    ) -> ingest_service_pb2.IngestEventsResponse:
+        received = time.time()
+        metadata = {
+            key: value
+            for key, value in (context.invocation_metadata() or ())
+            if isinstance(value, str)
+        }
+        try:
+            key = presented_key(metadata.get("authorization"), metadata.get("x-api-key"))
+            principal = self._keys.require(key, Kind.WRITE)
+            self._limiter.take(principal)
+            with self._core.admit():
+                origin = Origin(
+                    app_id=principal.name,
+                    client_ip=grpc_peer_ip(context.peer() or ""),
+                    user_agent=metadata.get("user-agent", "")[:512],
+                    request_id=request_id(metadata.get("x-request-id")),
+                    protocol=event_pb2.INGEST_PROTOCOL_GRPC,
+                    received_at=received,
+                    idempotency_key=metadata.get("idempotency-key", ""),
+                )
+                receipt = await self._core.ingest_proto(request, origin)
+        except GatewayError as err:
+            code = code_of(err)
+            self._metrics.grpc_requests.labels(method="IngestEvents", code=code.name).inc()
+            if err.retryable:
+                context.set_trailing_metadata((("retry-after", str(self._retry_after_s)),))
+            await context.abort(code, str(err))
+        self._metrics.grpc_requests.labels(method="IngestEvents", code="OK").inc()
+        return receipt.to_proto()
+
+
+class GrpcServer:
+    """grpc.aio server with IngestService, grpc.health.v1 and server reflection."""
+
+    def __init__(
+        self,
+        servicer: IngestServicer,
+        *,
+        host: str,
+        port: int,
+        max_message_bytes: int,
+        graceful_stop_s: float,
+        reuse_port: bool = False,
+    ) -> None:
+        self._servicer = servicer
+        self._address = f"{host}:{port}"
+        self._max_message = max_message_bytes
+        self._grace = graceful_stop_s
+        self._reuse_port = reuse_port
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self.port = 0
+
+    async def start(self) -> None:
+        """Binds and starts serving (health NOT_SERVING until `set_serving(True)`)."""
+        if self._server is not None:
+            return
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", self._max_message),
+                # Off unless asked: a second gateway must not silently share the port.
+                ("grpc.so_reuseport", 1 if self._reuse_port else 0),
+            ]
+        )
+        ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(self._servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        self.port = server.add_insecure_port(self._address)
+        await server.start()
+        self._server = server
+        await self.set_serving(False)
+
+    async def set_serving(self, serving: bool) -> None:
+        """Publishes the health of the whole server and of IngestService."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, status)
+
+    async def stop(self) -> None:
+        """Stops accepting calls and lets those in flight finish within the grace period."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        await self._health.enter_graceful_shutdown()
+        await server.stop(self._grace)

@@ -1,0 +1,228 @@
+"""The HTTP app: POST /v1/track, Connect IngestEvents, GET /v1/events(/aggregate), ops, OpenAPI."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from telemetry.v1 import event_pb2
+
+from gateway import _connect, _query
+from gateway._auth import KeyStore, Kind, Principal, presented_key
+from gateway._body import check_encoding, media_type, read_body
+from gateway._clientinfo import ClientIpResolver, request_id
+from gateway._ingest import IngestCore, Origin
+from gateway._metrics import Metrics
+from gateway._openapi import document
+from gateway._ratelimit import RateLimiter
+from gateway._responses import error_response, internal_error, json_response
+from gateway.errors import GatewayError, InvalidRequest, UnsupportedMedia
+from pipeline.service import ops_routes
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    """Body bounds and the Retry-After value."""
+
+    max_body_bytes: int
+    max_decompressed_bytes: int
+    retry_after_s: int
+
+
+class _RequestIds:
+    """ASGI middleware: request id in and out, and requests counted by route and status."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, routes: frozenset[str]) -> None:
+        self._app = app
+        self._metrics = metrics
+        self._routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        rid = request_id(Headers(scope=scope).get("x-request-id"))
+        scope.setdefault("state", {})["request_id"] = rid
+        path = scope["path"]
+        route = path if path in self._routes else "other"
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)["X-Request-Id"] = rid
+            await send(message)
+
+        try:
+            await self._app(scope, receive, send_with_id)
+        finally:
+            self._metrics.http_requests.labels(route=route, status=str(status)).inc()
+
+
+def _guarded(handler: Handler, retry_after_s: int) -> Handler:
+    async def guarded(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except GatewayError as err:
+            return error_response(err, retry_after_s=retry_after_s)
+        except ClientDisconnect:
+            return error_response(InvalidRequest("client disconnected"), retry_after_s=0)
+        except Exception:
+            log.exception("unexpected error in %s", request.url.path)
+            return internal_error()
+
+    return guarded
+
+
+class _Routes:
+    def __init__(
+        self,
+        *,
+        core: IngestCore,
+        keys: KeyStore,
+        resolver: ClientIpResolver,
+        query: _query.QueryPort,
+        limits: HttpLimits,
+        limiter: RateLimiter,
+    ) -> None:
+        self._core = core
+        self._keys = keys
+        self._limiter = limiter
+        self._resolver = resolver
+        self._query = query
+        self._limits = limits
+
+    def _principal(self, request: Request, kind: Kind) -> Principal:
+        headers = request.headers
+        key = presented_key(headers.get("authorization"), headers.get("x-api-key"))
+        principal = self._keys.require(key, kind)
+        self._limiter.take(principal)
+        return principal
+
+    def _origin(self, request: Request, app_id: str, received: float, protocol: int) -> Origin:
+        headers = request.headers
+        peer = request.client.host if request.client else ""
+        return Origin(
+            app_id=app_id,
+            client_ip=self._resolver.resolve(peer, headers.get("x-forwarded-for")),
+            user_agent=headers.get("user-agent", "")[:512],
+            request_id=request.state.request_id,
+            protocol=protocol,
+            received_at=received,
+            idempotency_key=headers.get("idempotency-key", ""),
+        )
+
+    async def _body(self, request: Request) -> bytes:
+        headers = request.headers
+        return await read_body(
+            request.stream(),
+            content_length=headers.get("content-length"),
+            gzip=check_encoding(headers.get("content-encoding")),
+            max_body=self._limits.max_body_bytes,
+            max_decompressed=self._limits.max_decompressed_bytes,
+        )
+
+    async def track(self, request: Request) -> Response:
+        received = time.time()
+        principal = self._principal(request, Kind.WRITE)
+        if media_type(request.headers.get("content-type")) not in ("", "application/json"):
+            raise UnsupportedMedia("Content-Type must be application/json")
+        check_encoding(request.headers.get("content-encoding"))
+        with self._core.admit():
+            body = await self._body(request)
+            origin = self._origin(
+                request, principal.name, received, event_pb2.INGEST_PROTOCOL_HTTP_JSON
+            )
+            receipt = await self._core.ingest_json(body, origin)
+        return json_response(receipt.to_json(), status=202)
+
+    async def connect_ingest(self, request: Request) -> Response:
+        received = time.time()
+        try:
+            headers = request.headers
+            codec = _connect.codec(
+                media_type(headers.get("content-type")), headers.get("connect-protocol-version")
+            )
+            principal = self._principal(request, Kind.WRITE)
+            check_encoding(headers.get("content-encoding"))
+            with self._core.admit():
+                message = _connect.decode(await self._body(request), codec)
+                origin = self._origin(
+                    request, principal.name, received, event_pb2.INGEST_PROTOCOL_CONNECT
+                )
+                receipt = await self._core.ingest_proto(message, origin)
+        except UnsupportedMedia as err:
+            return error_response(err, retry_after_s=0)
+        except GatewayError as err:
+            return error_response(err, retry_after_s=self._limits.retry_after_s, refined=False)
+        body = _connect.encode(receipt.to_proto(), codec)
+        return Response(body, status_code=200, media_type=codec)
+
+    async def events(self, request: Request) -> Response:
+        self._principal(request, Kind.READ)
+        _reject_unknown(request, _query.EVENTS_PARAMS)
+        response = await self._query.query_events(_query.events_request(request.query_params))
+        return json_response(_query.events_json(response))
+
+    async def aggregate(self, request: Request) -> Response:
+        self._principal(request, Kind.READ)
+        _reject_unknown(request, _query.AGGREGATE_PARAMS)
+        response = await self._query.aggregate_events(
+            _query.aggregate_request(request.query_params)
+        )
+        return json_response(_query.aggregate_json(response))
+
+
+def _reject_unknown(request: Request, allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(request.query_params.keys()) - set(allowed))
+    if unknown:
+        raise InvalidRequest(f"unknown query parameters: {', '.join(unknown)[:200]}")
+
+
+def build_app(
+    *,
+    core: IngestCore,
+    keys: KeyStore,
+    resolver: ClientIpResolver,
+    query: _query.QueryPort,
+    metrics: Metrics,
+    limits: HttpLimits,
+    ready: Callable[[], Awaitable[tuple[bool, str]]],
+    registry: CollectorRegistry,
+    limiter: RateLimiter,
+) -> ASGIApp:
+    """The gateway's ASGI app."""
+    routes = _Routes(
+        core=core, keys=keys, resolver=resolver, query=query, limits=limits, limiter=limiter
+    )
+    retry = limits.retry_after_s
+
+    async def openapi(_: Request) -> Response:
+        return json_response(document())
+
+    app = Starlette(
+        routes=[
+            Route("/v1/track", _guarded(routes.track, retry), methods=["POST"]),
+            Route(_connect.PATH, _guarded(routes.connect_ingest, retry), methods=["POST"]),
+            Route("/v1/events", _guarded(routes.events, retry), methods=["GET"]),
+            Route("/v1/events/aggregate", _guarded(routes.aggregate, retry), methods=["GET"]),
+            Route("/openapi.json", openapi, methods=["GET"]),
+            *ops_routes(ready, registry),
+        ]
+    )
+    paths = frozenset(route.path for route in app.routes if isinstance(route, Route))
+    return _RequestIds(app, metrics=metrics, routes=paths)

@@ -1,0 +1,285 @@
+"""The ingest core every protocol shares: admit, validate, stamp the context, publish, receipt."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+import orjson
+from google.protobuf.timestamp_pb2 import Timestamp
+from telemetry.v1 import event_pb2, ingest_service_pb2
+
+from gateway._metrics import Metrics
+from gateway._validate import (
+    Limits,
+    check_count,
+    parse_envelope,
+    read_json_events,
+    read_proto_events,
+)
+from gateway.errors import InvalidRequest, Overloaded, TooLarge, Unavailable
+from pipeline.subjects import raw_subject
+
+# Room left in a message for its headers and framing, below the broker's max_payload.
+PAYLOAD_HEADROOM_BYTES = 4096
+MAX_IDEMPOTENCY_KEY_CHARS = 256
+
+
+class Publisher(Protocol):
+    """The port to the broker (JetStream in production, a fake in unit tests)."""
+
+    @property
+    def max_payload(self) -> int:
+        """Largest message the broker takes, bytes."""
+        ...
+
+    async def publish(self, subject: str, payload: bytes, *, msg_id: str) -> bool:
+        """Publishes and waits for the ack; True when the broker already had `msg_id`.
+
+        Raises Unavailable when the message may not be stored.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """What the transport knows about a request."""
+
+    app_id: str
+    client_ip: str
+    user_agent: str
+    request_id: str
+    protocol: int
+    received_at: float
+    idempotency_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What happened to a batch."""
+
+    accepted: int
+    rejected: list[event_pb2.EventRejection]
+    duplicate: bool
+    batch_id: str
+
+    def to_json(self) -> dict[str, object]:
+        """The JSON receipt of POST /v1/track."""
+        return {
+            "accepted": self.accepted,
+            "rejected": [
+                {
+                    "index": r.index,
+                    "event_id": r.event_id,
+                    "reason": event_pb2.RejectionReason.Name(r.reason),
+                    "detail": r.detail,
+                }
+                for r in self.rejected
+            ],
+            "duplicate": self.duplicate,
+            "batch_id": self.batch_id,
+        }
+
+    def to_proto(self) -> ingest_service_pb2.IngestEventsResponse:
+        """The receipt as IngestEventsResponse."""
+        return ingest_service_pb2.IngestEventsResponse(
+            accepted=self.accepted,
+            rejected=self.rejected,
+            duplicate=self.duplicate,
+            batch_id=self.batch_id,
+        )
+
+
+def batch_id(app_id: str, *, idempotency_key: str, content: bytes) -> str:
+    """The batch's id: from the client's idempotency key, else from the content; per app."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(app_id.encode())
+    if idempotency_key:
+        digest.update(b"\x00key\x00" + idempotency_key.encode("utf-8", "surrogateescape"))
+    else:
+        digest.update(b"\x00body\x00" + content)
+    return digest.hexdigest()
+
+
+def check_idempotency_key(key: str) -> None:
+    """Raises for a key that is too long or not printable."""
+    if len(key) > MAX_IDEMPOTENCY_KEY_CHARS or not key.isprintable():
+        raise InvalidRequest(
+            f"Idempotency-Key must be printable and at most {MAX_IDEMPOTENCY_KEY_CHARS} characters"
+        )
+
+
+def split(batch: event_pb2.RawBatch, limit: int) -> list[bytes]:
+    """The batch as several payloads of at most `limit` bytes, each with the context."""
+    context_size = batch.context.ByteSize() + 8
+    parts: list[bytes] = []
+    start, size = 0, context_size
+    events = batch.events
+    for index, event in enumerate(events):
+        one = event.ByteSize() + 8
+        if context_size + one > limit:
+            raise TooLarge("an event is larger than the broker's largest message")
+        if size + one > limit:
+            parts.append(_part(batch, start, index))
+            start, size = index, context_size
+        size += one
+    parts.append(_part(batch, start, len(events)))
+    return parts
+
+
+def _part(batch: event_pb2.RawBatch, start: int, end: int) -> bytes:
+    return event_pb2.RawBatch(
+        events=batch.events[start:end], context=batch.context
+    ).SerializeToString()
+
+
+def _timestamp(at: float) -> Timestamp:
+    frac, whole = math.modf(at)
+    return Timestamp(seconds=int(whole), nanos=int(frac * 1e9))
+
+
+class IngestCore:
+    """Validates batches, publishes the valid events and answers with a receipt."""
+
+    def __init__(
+        self,
+        *,
+        publisher: Publisher,
+        limits: Limits,
+        metrics: Metrics,
+        max_in_flight: int,
+        max_in_flight_bytes: int = 0,
+    ) -> None:
+        self._publisher = publisher
+        self._limits = limits
+        self._metrics = metrics
+        self._max_in_flight = max_in_flight
+        self._max_bytes = max_in_flight_bytes
+        self._in_flight = 0
+        self._bytes = 0
+        self._closed = False
+
+    @property
+    def in_flight(self) -> int:
+        """Ingest requests being handled now."""
+        return self._in_flight
+
+    def close(self) -> None:
+        """Refuses new batches (503) from now on; those in flight finish."""
+        self._closed = True
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        """Holds one in-flight slot for a request; raises Overloaded when none is free."""
+        if self._closed:
+            raise Unavailable("the gateway is stopping")
+        if self._in_flight >= self._max_in_flight:
+            raise Overloaded("too many requests in flight")
+        self._in_flight += 1
+        self._metrics.in_flight.inc()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            self._metrics.in_flight.dec()
+
+    @contextmanager
+    def _hold(self, size: int) -> Iterator[None]:
+        """Holds `size` bytes of the in-flight budget (one request always fits when idle)."""
+        if self._max_bytes and self._bytes and self._bytes + size > self._max_bytes:
+            raise Overloaded("too many bytes in flight")
+        self._bytes += size
+        try:
+            yield
+        finally:
+            self._bytes -= size
+
+    async def ingest_json(self, body: bytes, origin: Origin) -> Receipt:
+        """Ingests a POST /v1/track body (already decompressed)."""
+        with self._hold(len(body)):
+            return await self._ingest_json(body, origin)
+
+    async def _ingest_json(self, body: bytes, origin: Origin) -> Receipt:
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise InvalidRequest("the body is not valid JSON (UTF-8)") from None
+        items, sent_at = parse_envelope(doc, max_events=self._limits.max_events)
+        batch = event_pb2.RawBatch()
+        rejections = read_json_events(items, self._limits, batch.events)
+        if sent_at is not None:
+            batch.context.sent_at.seconds, batch.context.sent_at.nanos = sent_at
+        if origin.idempotency_key:
+            check_idempotency_key(origin.idempotency_key)
+        bid = batch_id(origin.app_id, idempotency_key=origin.idempotency_key, content=body)
+        return await self._finish(batch, rejections, origin, bid)
+
+    async def ingest_proto(
+        self, request: ingest_service_pb2.IngestEventsRequest, origin: Origin
+    ) -> Receipt:
+        """Ingests an IngestEventsRequest (gRPC or Connect)."""
+        with self._hold(request.ByteSize()):
+            return await self._ingest_proto(request, origin)
+
+    async def _ingest_proto(
+        self, request: ingest_service_pb2.IngestEventsRequest, origin: Origin
+    ) -> Receipt:
+        check_count(len(request.events), max_events=self._limits.max_events)
+        batch = event_pb2.RawBatch()
+        rejections = read_proto_events(request.events, self._limits, batch.events)
+        if request.HasField("sent_at"):
+            batch.context.sent_at.CopyFrom(request.sent_at)
+        key = request.idempotency_key or origin.idempotency_key
+        if key:
+            check_idempotency_key(key)
+            content = b""
+        else:
+            content = request.SerializeToString(deterministic=True)
+        bid = batch_id(origin.app_id, idempotency_key=key, content=content)
+        return await self._finish(batch, rejections, origin, bid)
+
+    async def _finish(
+        self,
+        batch: event_pb2.RawBatch,
+        rejections: list[event_pb2.EventRejection],
+        origin: Origin,
+        bid: str,
+    ) -> Receipt:
+        if rejections:
+            self._metrics.rejected(rejections)
+        accepted = len(batch.events)
+        if accepted == 0:
+            # Nothing to store: the receipt says so, and a retry would be rejected the same way.
+            return Receipt(accepted=0, rejected=rejections, duplicate=False, batch_id=bid)
+        context = batch.context
+        context.received_at.CopyFrom(_timestamp(origin.received_at))
+        context.client_ip = origin.client_ip
+        context.user_agent = origin.user_agent
+        context.app_id = origin.app_id
+        context.request_id = origin.request_id
+        context.batch_id = bid
+        context.protocol = origin.protocol  # type: ignore[assignment]
+        duplicate = await self._publish(batch, raw_subject(origin.app_id), bid)
+        self._metrics.accepted(accepted)
+        if duplicate:
+            self._metrics.duplicate_batches.inc()
+        return Receipt(accepted=accepted, rejected=rejections, duplicate=duplicate, batch_id=bid)
+
+    async def _publish(self, batch: event_pb2.RawBatch, subject: str, bid: str) -> bool:
+        limit = self._publisher.max_payload - PAYLOAD_HEADROOM_BYTES
+        payload = batch.SerializeToString()
+        started = time.perf_counter()
+        if len(payload) <= limit:
+            duplicate = await self._publisher.publish(subject, payload, msg_id=bid)
+        else:
+            duplicate = True
+            for number, part in enumerate(split(batch, limit)):
+                one = await self._publisher.publish(subject, part, msg_id=f"{bid}:{number}")
+                duplicate = duplicate and one
+        self._metrics.publish_seconds.observe(time.perf_counter() - started)
+        return duplicate

@@ -1,0 +1,65 @@
+"""The gateway's observability metrics, in its own registry."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from telemetry.v1 import event_pb2
+
+_PUBLISH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    """Counters, gauges and histograms of one gateway."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.http_requests = Counter(
+            "gateway_http_requests_total",
+            "HTTP requests answered, by route template and status",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.grpc_requests = Counter(
+            "gateway_grpc_requests_total",
+            "gRPC calls answered, by method and canonical code",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self.events = Counter(
+            "gateway_events_total",
+            "events judged: accepted (durable) or rejected, by rejection reason",
+            ["outcome", "reason"],
+            registry=self.registry,
+        )
+        self.duplicate_batches = Counter(
+            "gateway_duplicate_batches_total",
+            "batches JetStream recognised as retries of stored ones",
+            registry=self.registry,
+        )
+        self.publish_seconds = Histogram(
+            "gateway_publish_seconds",
+            "time from publishing a batch to JetStream's ack, seconds",
+            buckets=_PUBLISH_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "gateway_in_flight_requests",
+            "ingest requests being handled now",
+            registry=self.registry,
+        )
+        self._accepted = self.events.labels(outcome="accepted", reason="")
+
+    def accepted(self, count: int) -> None:
+        """Counts events made durable."""
+        self._accepted.inc(count)
+
+    def rejected(self, rejections: Iterable[event_pb2.EventRejection]) -> None:
+        """Counts rejected events by reason (one increment per reason, not per event)."""
+        tally: dict[int, int] = {}
+        for rejection in rejections:
+            tally[rejection.reason] = tally.get(rejection.reason, 0) + 1
+        for reason, count in tally.items():
+            name = event_pb2.RejectionReason.Name(reason)  # type: ignore[arg-type]
+            self.events.labels(outcome="rejected", reason=name).inc(count)

@@ -1,0 +1,271 @@
+"""The OpenAPI 3.1 document of the gateway's HTTP routes (hand-written, checked by a test)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway import _query
+
+_REASONS = [
+    "REJECTION_REASON_NOT_AN_OBJECT",
+    "REJECTION_REASON_MISSING_FIELD",
+    "REJECTION_REASON_INVALID_TYPE",
+    "REJECTION_REASON_FIELD_TOO_LONG",
+    "REJECTION_REASON_INVALID_TIMESTAMP",
+    "REJECTION_REASON_INVALID_METADATA",
+    "REJECTION_REASON_METADATA_TOO_LARGE",
+    "REJECTION_REASON_DUPLICATE_EVENT_ID",
+    "REJECTION_REASON_INVALID_EVENT_ID",
+]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _error(description: str, *, retry: bool = False) -> dict[str, Any]:
+    answer: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": _ref("Error")}},
+    }
+    if retry:
+        answer["headers"] = {
+            "Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}
+        }
+    return answer
+
+
+_AUTH_ERRORS = {
+    "401": _error("no key, or an unknown key"),
+    "403": _error("a key of the other kind (write vs read)"),
+}
+
+_SCHEMAS: dict[str, Any] = {
+    "Event": {
+        "type": "object",
+        "required": ["event_id", "session_id", "user_id", "event_name", "client_timestamp"],
+        "properties": {
+            "event_id": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:-]*$"},
+            "session_id": {"type": "string"},
+            "user_id": {"type": "string"},
+            "event_name": {"type": "string"},
+            "client_timestamp": {"type": "string", "format": "date-time"},
+            "app_version": {"type": "string"},
+            "device_os": {"type": "string"},
+            "metadata": {
+                "type": "object",
+                "description": "numbers and booleans are stored as strings; "
+                "nested values and null reject the event",
+                "additionalProperties": {"type": ["string", "number", "boolean"]},
+            },
+        },
+    },
+    "Batch": {
+        "oneOf": [
+            {"type": "array", "items": _ref("Event"), "minItems": 1},
+            {
+                "type": "object",
+                "required": ["events"],
+                "properties": {
+                    "sent_at": {"type": "string", "format": "date-time"},
+                    "events": {"type": "array", "items": _ref("Event"), "minItems": 1},
+                },
+            },
+        ]
+    },
+    "Receipt": {
+        "type": "object",
+        "required": ["accepted", "rejected", "duplicate", "batch_id"],
+        "properties": {
+            "accepted": {"type": "integer", "description": "events made durable"},
+            "rejected": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["index", "event_id", "reason", "detail"],
+                    "properties": {
+                        "index": {"type": "integer"},
+                        "event_id": {"type": "string"},
+                        "reason": {"type": "string", "enum": _REASONS},
+                        "detail": {"type": "string"},
+                    },
+                },
+            },
+            "duplicate": {
+                "type": "boolean",
+                "description": "true when the batch had been stored before (a retry)",
+            },
+            "batch_id": {"type": "string"},
+        },
+    },
+    "Error": {
+        "type": "object",
+        "required": ["code", "message"],
+        "properties": {
+            "code": {"type": "string", "description": "Connect/gRPC code name"},
+            "message": {"type": "string"},
+        },
+    },
+    "EnrichedEvent": {"type": "object", "additionalProperties": True},
+    "Events": {
+        "type": "object",
+        "properties": {
+            "events": {"type": "array", "items": _ref("EnrichedEvent")},
+            "next_page_token": {"type": "string"},
+            "total_size": {"type": "integer"},
+        },
+    },
+    "Aggregate": {
+        "type": "object",
+        "properties": {
+            "total_count": {"type": "integer"},
+            "counts": {"type": "array", "items": {"type": "object"}},
+            "histogram": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+}
+
+
+def _param(name: str, kind: dict[str, Any], *, repeat: bool = False) -> dict[str, Any]:
+    schema = {"type": "array", "items": kind} if repeat else kind
+    return {"name": name, "in": "query", "required": False, "schema": schema, "explode": True}
+
+
+def _filter_params() -> list[dict[str, Any]]:
+    params = [_param(name, {"type": "string"}, repeat=True) for name in _query.FILTER_PARAMS]
+    params.append(_param("start", {"type": "string", "format": "date-time"}))
+    params.append(_param("end", {"type": "string", "format": "date-time"}))
+    params.append(_param("q", {"type": "string"}))
+    return params
+
+
+def _query_errors() -> dict[str, Any]:
+    return {
+        "400": _error("a bad parameter (or INVALID_ARGUMENT from the query service)"),
+        **_AUTH_ERRORS,
+        "429": _error("this key is past its request rate", retry=True),
+        "503": _error("the query service is unavailable", retry=True),
+        "504": _error("the query service missed its deadline"),
+    }
+
+
+def _ops(summary: str) -> dict[str, Any]:
+    return {"get": {"summary": summary, "responses": {"200": {"description": "ok"}}}}
+
+
+def document() -> dict[str, Any]:
+    """The OpenAPI document."""
+    write: list[dict[str, list[str]]] = [{"writeKey": []}, {"writeKeyHeader": []}]
+    read: list[dict[str, list[str]]] = [{"readKey": []}, {"readKeyHeader": []}]
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Telemetry gateway", "version": "1"},
+        "components": {
+            "schemas": _SCHEMAS,
+            "securitySchemes": {
+                "writeKey": {"type": "http", "scheme": "bearer"},
+                "writeKeyHeader": {"type": "apiKey", "in": "header", "name": "X-Api-Key"},
+                "readKey": {"type": "http", "scheme": "bearer"},
+                "readKeyHeader": {"type": "apiKey", "in": "header", "name": "X-Api-Key"},
+            },
+        },
+        "paths": {
+            "/v1/track": {
+                "post": {
+                    "summary": "Ingest a batch of events; 202 once durable in JetStream",
+                    "security": write,
+                    "parameters": [
+                        {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}},
+                        {"name": "X-Request-Id", "in": "header", "schema": {"type": "string"}},
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("Batch")}},
+                    },
+                    "responses": {
+                        "202": {
+                            "description": "receipt; a batch where every event is invalid "
+                            "also gets 202 with accepted 0 (do not retry it)",
+                            "content": {"application/json": {"schema": _ref("Receipt")}},
+                        },
+                        "400": _error("not JSON, not a batch, empty"),
+                        **_AUTH_ERRORS,
+                        "413": _error("body, decompressed body or event count past a limit"),
+                        "415": _error("unsupported Content-Type or Content-Encoding"),
+                        "429": _error(
+                            "too many requests or bytes in flight, or this key is past its rate",
+                            retry=True,
+                        ),
+                        "503": _error("the broker is down or slow; nothing stored", retry=True),
+                    },
+                }
+            },
+            "/telemetry.v1.IngestService/IngestEvents": {
+                "post": {
+                    "summary": "IngestService.IngestEvents over the Connect protocol",
+                    "security": write,
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": {"type": "object"}},
+                            "application/proto": {"schema": {}},
+                        },
+                    },
+                    "responses": {
+                        "200": {"description": "IngestEventsResponse"},
+                        "400": _error("invalid_argument"),
+                        **_AUTH_ERRORS,
+                        "415": _error("unsupported Content-Type"),
+                        "429": _error("resource_exhausted", retry=True),
+                        "503": _error("unavailable", retry=True),
+                    },
+                }
+            },
+            "/v1/events": {
+                "get": {
+                    "summary": "List events, newest first (QueryService.QueryEvents)",
+                    "security": read,
+                    "parameters": [
+                        *_filter_params(),
+                        _param("page_size", {"type": "integer"}),
+                        _param("page_token", {"type": "string"}),
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "one page",
+                            "content": {"application/json": {"schema": _ref("Events")}},
+                        },
+                        **_query_errors(),
+                    },
+                }
+            },
+            "/v1/events/aggregate": {
+                "get": {
+                    "summary": "Count events by a field and over time (AggregateEvents)",
+                    "security": read,
+                    "parameters": [
+                        *_filter_params(),
+                        _param("group_by", {"type": "string", "enum": list(_query.GROUP_BY)}),
+                        _param("interval", {"type": "string", "enum": list(_query.INTERVALS)}),
+                        _param("limit", {"type": "integer"}),
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "counts",
+                            "content": {"application/json": {"schema": _ref("Aggregate")}},
+                        },
+                        **_query_errors(),
+                    },
+                }
+            },
+            "/openapi.json": _ops("this document"),
+            "/healthz": _ops("liveness"),
+            "/readyz": {
+                "get": {
+                    "summary": "readiness: NATS connected and streams present",
+                    "responses": {"200": {"description": "ready"}, "503": {"description": "not"}},
+                }
+            },
+            "/metrics": _ops("Prometheus metrics"),
+        },
+    }

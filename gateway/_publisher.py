@@ -1,0 +1,112 @@
+"""The JetStream adapter: connects, ensures the streams, publishes raw batches and waits for acks.
+
+The only gateway module that touches `nats`. Every broker failure becomes `Unavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import nats.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from gateway.errors import Unavailable
+from pipeline import natsconn, subjects
+from pipeline.settings import NatsSettings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+STREAM_RETRY_S = 1.0
+DRAIN_TIMEOUT_S = 10.0
+
+
+class JetStreamPublisher:
+    """Publishes to TELEMETRY_RAW; `start()` returns at once and connects in the background."""
+
+    def __init__(self, settings: NatsSettings, *, publish_timeout_s: float) -> None:
+        self._settings = settings
+        self._timeout = publish_timeout_s
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._streams_ready = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Starts connecting (and creating the streams) in the background."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        nc = await natsconn.connect(self._settings, name="gateway")
+        self._nc, self._js = nc, nc.jetstream(timeout=self._timeout)
+        await self._ensure_streams(self._js)
+
+    async def _ensure_streams(self, js: JetStreamContext) -> None:
+        while True:
+            try:
+                await natsconn.ensure_streams(js, self._settings)
+            except Exception as err:  # whatever it is: log, retry, stay not ready
+                log.warning("cannot ensure streams yet: %s", err)
+                await asyncio.sleep(STREAM_RETRY_S)
+                continue
+            self._streams_ready = True
+            log.info("streams ensured")
+            return
+
+    async def stop(self) -> None:
+        """Drains the connection (pending publishes are flushed) and closes it."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        nc, self._nc, self._js = self._nc, None, None
+        self._streams_ready = False
+        if nc is not None and not nc.is_closed:
+            try:
+                await asyncio.wait_for(nc.drain(), DRAIN_TIMEOUT_S)
+            except Exception as err:  # closing anyway
+                log.warning("nats drain failed: %s", err)
+                await nc.close()
+
+    @property
+    def max_payload(self) -> int:
+        """The broker's max_payload (1 MiB until connected)."""
+        nc = self._nc
+        return (
+            int(nc.max_payload) if nc is not None and nc.max_payload else DEFAULT_MAX_PAYLOAD_BYTES
+        )
+
+    async def publish(self, subject: str, payload: bytes, *, msg_id: str) -> bool:
+        """Publishes a raw batch and waits for the PubAck; True when it was a duplicate."""
+        nc, js = self._nc, self._js
+        if nc is None or js is None or not nc.is_connected or not self._streams_ready:
+            raise Unavailable("the broker is not connected")
+        headers = {subjects.MSG_ID_HEADER: msg_id, subjects.SCHEMA_HEADER: subjects.RAW_SCHEMA}
+        try:
+            ack = await js.publish(
+                subject, payload, timeout=self._timeout, stream=subjects.RAW_STREAM, headers=headers
+            )
+        except (nats.errors.Error, TimeoutError, OSError) as err:
+            raise Unavailable(f"the broker did not store the batch: {type(err).__name__}") from err
+        return bool(ack.duplicate)
+
+    async def ready(self) -> tuple[bool, str]:
+        """Ready when connected and the raw stream exists."""
+        nc, js = self._nc, self._js
+        if nc is None or js is None or not nc.is_connected:
+            return False, "nats not connected"
+        if not self._streams_ready:
+            return False, "streams not ensured yet"
+        if not await natsconn.streams_exist(js, (subjects.RAW_STREAM,)):
+            # The broker lost its store (or someone deleted the stream): create it again.
+            if self._task is None or self._task.done():
+                self._streams_ready = False
+                log.warning("stream %s missing; ensuring the streams again", subjects.RAW_STREAM)
+                self._task = asyncio.create_task(self._ensure_streams(js))
+            return False, f"stream {subjects.RAW_STREAM} missing"
+        return True, "ok"

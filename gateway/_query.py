@@ -1,0 +1,242 @@
+"""GET /v1/events and /v1/events/aggregate: query parameters to QueryService requests and back.
+
+The mapping functions are plain; `GrpcQueryClient` is the adapter to the gRPC QueryService.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from telemetry.v1 import event_pb2, query_service_pb2, query_service_pb2_grpc
+
+from gateway import _rfc3339
+from gateway.errors import InvalidRequest, Unavailable, UpstreamError
+
+
+class Params(Protocol):
+    """A multi-valued query string (starlette's QueryParams fits)."""
+
+    def getlist(self, key: str) -> list[str]: ...
+
+
+class QueryPort(Protocol):
+    """The port to the QueryService."""
+
+    async def query_events(
+        self, request: query_service_pb2.QueryEventsRequest
+    ) -> query_service_pb2.QueryEventsResponse: ...
+
+    async def aggregate_events(
+        self, request: query_service_pb2.AggregateEventsRequest
+    ) -> query_service_pb2.AggregateEventsResponse: ...
+
+
+# query parameter -> EventFilter field (repeatable)
+FILTER_PARAMS = {
+    "user_id": "user_ids",
+    "session_id": "session_ids",
+    "event_name": "event_names",
+    "app_version": "app_versions",
+    "device_os": "device_os",
+    "country": "country_codes",
+    "app_id": "app_ids",
+}
+GROUP_BY = {
+    "event_name": query_service_pb2.AGGREGATION_FIELD_EVENT_NAME,
+    "user_id": query_service_pb2.AGGREGATION_FIELD_USER_ID,
+    "session_id": query_service_pb2.AGGREGATION_FIELD_SESSION_ID,
+    "app_version": query_service_pb2.AGGREGATION_FIELD_APP_VERSION,
+    "device_os": query_service_pb2.AGGREGATION_FIELD_DEVICE_OS,
+    "os_name": query_service_pb2.AGGREGATION_FIELD_OS_NAME,
+    "country": query_service_pb2.AGGREGATION_FIELD_GEO_COUNTRY,
+    "app_id": query_service_pb2.AGGREGATION_FIELD_APP_ID,
+}
+INTERVALS = {
+    "minute": query_service_pb2.HISTOGRAM_INTERVAL_MINUTE,
+    "hour": query_service_pb2.HISTOGRAM_INTERVAL_HOUR,
+    "day": query_service_pb2.HISTOGRAM_INTERVAL_DAY,
+}
+EVENTS_PARAMS = (*FILTER_PARAMS, "start", "end", "q", "page_size", "page_token")
+AGGREGATE_PARAMS = (*FILTER_PARAMS, "start", "end", "q", "group_by", "interval", "limit")
+MAX_PARAM_CHARS = 1024
+
+
+def _one(params: Params, name: str) -> str:
+    values = params.getlist(name)
+    if len(values) > 1:
+        raise InvalidRequest(f"{name} may be given once")
+    value = values[0] if values else ""
+    if len(value) > MAX_PARAM_CHARS:
+        raise InvalidRequest(f"{name} is longer than {MAX_PARAM_CHARS} characters")
+    return value
+
+
+def _int(params: Params, name: str) -> int:
+    text = _one(params, name)
+    if not text:
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be an integer") from None
+    if not -(2**31) <= value < 2**31:
+        raise InvalidRequest(f"{name} is out of range")
+    return value
+
+
+def _time(params: Params, name: str) -> Timestamp | None:
+    text = _one(params, name)
+    if not text:
+        return None
+    parsed = _rfc3339.parse(text)
+    if parsed is None:
+        raise InvalidRequest(f"{name} is not an RFC 3339 date-time")
+    return Timestamp(seconds=parsed[0], nanos=parsed[1])
+
+
+def _filter(params: Params) -> query_service_pb2.EventFilter:
+    fields: dict[str, Any] = {}
+    for param, field in FILTER_PARAMS.items():
+        values = [v for v in params.getlist(param) if v]
+        if any(len(v) > MAX_PARAM_CHARS for v in values):
+            raise InvalidRequest(f"{param} is longer than {MAX_PARAM_CHARS} characters")
+        if values:
+            fields[field] = values
+    start, end = _time(params, "start"), _time(params, "end")
+    if start is not None:
+        fields["start_time"] = start
+    if end is not None:
+        fields["end_time"] = end
+    text = _one(params, "q")
+    if text:
+        fields["text"] = text
+    return query_service_pb2.EventFilter(**fields)
+
+
+def _choice(params: Params, name: str, choices: dict[str, Any]) -> Any:
+    text = _one(params, name)
+    if not text:
+        return 0
+    if text not in choices:
+        raise InvalidRequest(f"{name} must be one of {', '.join(choices)}")
+    return choices[text]
+
+
+def events_request(params: Params) -> query_service_pb2.QueryEventsRequest:
+    """The QueryEventsRequest for GET /v1/events."""
+    return query_service_pb2.QueryEventsRequest(
+        filter=_filter(params),
+        page_size=_int(params, "page_size"),
+        page_token=_one(params, "page_token"),
+    )
+
+
+def aggregate_request(params: Params) -> query_service_pb2.AggregateEventsRequest:
+    """The AggregateEventsRequest for GET /v1/events/aggregate."""
+    return query_service_pb2.AggregateEventsRequest(
+        filter=_filter(params),
+        group_by=_choice(params, "group_by", GROUP_BY),
+        limit=_int(params, "limit"),
+        interval=_choice(params, "interval", INTERVALS),
+    )
+
+
+def _stamp(value: Timestamp, present: bool) -> str | None:
+    return _rfc3339.format_utc(value.seconds, value.nanos) if present else None
+
+
+def event_json(item: event_pb2.EnrichedEvent) -> dict[str, Any]:
+    """One enriched event as JSON, with the index's field names."""
+    event = item.event
+    return {
+        "event_id": event.event_id,
+        "session_id": event.session_id,
+        "user_id": event.user_id,
+        "event_name": event.event_name,
+        "client_timestamp": _stamp(event.client_timestamp, event.HasField("client_timestamp")),
+        "app_version": event.app_version,
+        "device_os": event.device_os,
+        "metadata": dict(event.metadata),
+        "ingestion_timestamp": _stamp(item.received_at, item.HasField("received_at")),
+        "corrected_timestamp": _stamp(
+            item.corrected_timestamp, item.HasField("corrected_timestamp")
+        ),
+        "clock_skew_ms": item.clock_skew_ms,
+        "clock_status": event_pb2.ClockStatus.Name(item.clock_status),
+        "geo_country": item.geo.country_code,
+        "geo_city": item.geo.city,
+        "os_name": item.os_name,
+        "os_version": item.os_version,
+        "event_message": item.event_message,
+        "app_id": item.app_id,
+        "request_id": item.request_id,
+    }
+
+
+def events_json(response: query_service_pb2.QueryEventsResponse) -> dict[str, Any]:
+    """The JSON answer of GET /v1/events."""
+    return {
+        "events": [event_json(item) for item in response.events],
+        "next_page_token": response.next_page_token,
+        "total_size": response.total_size,
+    }
+
+
+def aggregate_json(response: query_service_pb2.AggregateEventsResponse) -> dict[str, Any]:
+    """The JSON answer of GET /v1/events/aggregate."""
+    return {
+        "total_count": response.total_count,
+        "counts": [{"value": c.value, "count": c.count} for c in response.counts],
+        "histogram": [
+            {"start_time": _stamp(b.start_time, True), "count": b.count} for b in response.histogram
+        ],
+    }
+
+
+class GrpcQueryClient:
+    """Calls the gRPC QueryService with a deadline; errors keep their canonical code."""
+
+    def __init__(self, target: str, *, timeout_s: float) -> None:
+        self._target = target
+        self._timeout = timeout_s
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: query_service_pb2_grpc.QueryServiceAsyncStub | None = None
+
+    def _connected(self) -> query_service_pb2_grpc.QueryServiceAsyncStub:
+        if self._stub is None:
+            self._channel = grpc.aio.insecure_channel(self._target)
+            self._stub = query_service_pb2_grpc.QueryServiceStub(self._channel)
+        return self._stub
+
+    async def close(self) -> None:
+        """Closes the channel."""
+        channel, self._channel, self._stub = self._channel, None, None
+        if channel is not None:
+            await channel.close()
+
+    async def query_events(
+        self, request: query_service_pb2.QueryEventsRequest
+    ) -> query_service_pb2.QueryEventsResponse:
+        """QueryService.QueryEvents."""
+        try:
+            return await self._connected().QueryEvents(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as err:
+            raise _translate(err) from None
+
+    async def aggregate_events(
+        self, request: query_service_pb2.AggregateEventsRequest
+    ) -> query_service_pb2.AggregateEventsResponse:
+        """QueryService.AggregateEvents."""
+        try:
+            return await self._connected().AggregateEvents(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as err:
+            raise _translate(err) from None
+
+
+def _translate(err: grpc.aio.AioRpcError) -> Exception:
+    code = err.code()
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return Unavailable("the query service is unavailable")
+    return UpstreamError(code, err.details() or code.name.lower())

@@ -1,0 +1,34 @@
+"""Requests per second per key: a token bucket per principal (off when the rate is 0)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from gateway._auth import Principal
+from gateway.errors import Overloaded
+
+
+class RateLimiter:
+    """Allows `rate` requests/s per principal with bursts of up to `burst`."""
+
+    def __init__(
+        self, *, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._rate = rate
+        self._burst = float(max(burst, 1))
+        self._clock = clock
+        # principal -> (tokens, time of the last refill); bounded by the configured keys.
+        self._buckets: dict[Principal, tuple[float, float]] = {}
+
+    def take(self, principal: Principal) -> None:
+        """Takes one token for `principal`; raises Overloaded when its bucket is empty."""
+        if self._rate <= 0:
+            return
+        now = self._clock()
+        tokens, last = self._buckets.get(principal, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - last) * self._rate)
+        if tokens < 1.0:
+            self._buckets[principal] = (tokens, now)
+            raise Overloaded("this key is past its request rate")
+        self._buckets[principal] = (tokens - 1.0, now)

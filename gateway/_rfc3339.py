@@ -1,0 +1,93 @@
+"""RFC 3339 date-times to (seconds, nanos) since the epoch and back, without datetime."""
+
+from __future__ import annotations
+
+import re
+
+_PATTERN = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})"
+    r"(?:\.([0-9]{1,9}))?(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))"
+)
+_DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+# google.protobuf.Timestamp's range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
+MIN_SECONDS = -62135596800
+MAX_SECONDS = 253402300799
+
+
+def _days_from_civil(year: int, month: int, day: int) -> int:
+    """Days since 1970-01-01 of a proleptic Gregorian date."""
+    year -= month <= 2
+    era = year // 400
+    yoe = year - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+def _leap(year: int) -> bool:
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+
+
+# Days since the epoch of recently seen dates ("YYYY-MM-DD"), or None for impossible ones.
+_DAYS_CACHE: dict[str, int | None] = {}
+_DAYS_CACHE_SIZE = 4096
+
+
+def _days(text: str, year: str, month: str, day: str) -> int | None:
+    key = text[:10]
+    days = _DAYS_CACHE.get(key, -1)
+    if days != -1:
+        return days
+    y, mo, d = int(year), int(month), int(day)
+    valid = (
+        1 <= mo <= 12 and y > 0 and 1 <= d <= (29 if mo == 2 and _leap(y) else _DAYS_IN_MONTH[mo])
+    )
+    days = _days_from_civil(y, mo, d) if valid else None
+    if len(_DAYS_CACHE) >= _DAYS_CACHE_SIZE:
+        _DAYS_CACHE.clear()
+    _DAYS_CACHE[key] = days
+    return days
+
+
+def parse(text: str) -> tuple[int, int] | None:
+    """(seconds, nanos) of an RFC 3339 date-time, or None when it is not one or out of range."""
+    match = _PATTERN.fullmatch(text)
+    if match is None:
+        return None
+    year, month, day, hour, minute, second, frac, zulu, sign, off_h, off_m = match.groups()
+    days = _days(text, year, month, day)
+    h, mi, s = int(hour), int(minute), int(second)
+    if days is None or h > 23 or mi > 59 or s > 59:
+        return None
+    seconds = days * 86400 + h * 3600 + mi * 60 + s
+    if zulu is None:
+        oh, om = int(off_h), int(off_m)
+        if oh > 23 or om > 59:
+            return None
+        offset = oh * 3600 + om * 60
+        seconds -= offset if sign == "+" else -offset
+    if not MIN_SECONDS <= seconds <= MAX_SECONDS:
+        return None
+    nanos = int(frac.ljust(9, "0")) if frac else 0
+    return seconds, nanos
+
+
+def format_utc(seconds: int, nanos: int) -> str:
+    """An RFC 3339 text in UTC with 'Z' (fractional digits only when there are any)."""
+    days, rest = divmod(seconds, 86400)
+    # civil_from_days
+    z = days + 719468
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = mp + (3 if mp < 10 else -9)
+    year = yoe + era * 400 + (month <= 2)
+    hour, rest = divmod(rest, 3600)
+    minute, second = divmod(rest, 60)
+    text = f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}"
+    if nanos:
+        text += "." + f"{nanos:09d}".rstrip("0")
+    return text + "Z"

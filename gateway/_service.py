@@ -1,0 +1,163 @@
+"""The gateway as a Service: HTTP and gRPC servers over one ingest core and one broker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Protocol
+
+from gateway import _query
+from gateway._auth import KeyStore
+from gateway._clientinfo import ClientIpResolver
+from gateway._grpc import GrpcServer, IngestServicer
+from gateway._http import HttpLimits, build_app
+from gateway._ingest import IngestCore, Publisher
+from gateway._metrics import Metrics
+from gateway._publisher import JetStreamPublisher
+from gateway._ratelimit import RateLimiter
+from gateway._validate import Limits
+from gateway.config import GatewayConfig
+from pipeline.service import HttpServer
+
+log = logging.getLogger(__name__)
+
+HEALTH_POLL_S = 1.0
+
+
+class Broker(Publisher, Protocol):
+    """The publisher with its lifecycle and readiness."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def ready(self) -> tuple[bool, str]: ...
+
+
+class QueryClient(_query.QueryPort, Protocol):
+    """The query port with its lifecycle."""
+
+    async def close(self) -> None: ...
+
+
+class Gateway:
+    """HTTP (JSON, Connect, ops) and gRPC front door; publishes raw batches to JetStream."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        keys: KeyStore | None = None,
+        broker: Broker | None = None,
+        query: QueryClient | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self._broker: Broker = broker or JetStreamPublisher(
+            config, publish_timeout_s=config.publish_timeout_s
+        )
+        self._query: QueryClient = query or _query.GrpcQueryClient(
+            config.query_target, timeout_s=config.query_timeout_s
+        )
+        keys = keys or KeyStore.from_config(config)
+        limiter = RateLimiter(rate=config.rate_limit_rps, burst=config.rate_limit_burst)
+        self.core = IngestCore(
+            publisher=self._broker,
+            limits=Limits.from_config(config),
+            metrics=self.metrics,
+            max_in_flight=config.max_in_flight,
+            max_in_flight_bytes=config.max_in_flight_bytes,
+        )
+        self.app = build_app(
+            core=self.core,
+            keys=keys,
+            resolver=ClientIpResolver(config.trusted_proxies),
+            query=self._query,
+            metrics=self.metrics,
+            limits=HttpLimits(
+                max_body_bytes=config.max_body_bytes,
+                max_decompressed_bytes=config.max_decompressed_bytes,
+                retry_after_s=config.retry_after_s,
+            ),
+            ready=self.ready,
+            registry=self.metrics.registry,
+            limiter=limiter,
+        )
+        self._http = HttpServer(
+            self.app,
+            host=config.host,
+            port=config.http_port,
+            graceful_stop_s=config.graceful_stop_s,
+            reuse_port=config.reuse_port,
+        )
+        self._grpc = GrpcServer(
+            IngestServicer(
+                core=self.core,
+                keys=keys,
+                metrics=self.metrics,
+                retry_after_s=config.retry_after_s,
+                limiter=limiter,
+            ),
+            host=config.host,
+            port=config.grpc_port,
+            max_message_bytes=config.max_decompressed_bytes,
+            graceful_stop_s=config.graceful_stop_s,
+            reuse_port=config.reuse_port,
+        )
+        self._health_task: asyncio.Task[None] | None = None
+        self._started = False
+
+    @property
+    def http_port(self) -> int:
+        """The bound HTTP port."""
+        return self._http.port
+
+    @property
+    def grpc_port(self) -> int:
+        """The bound gRPC port."""
+        return self._grpc.port
+
+    async def start(self) -> None:
+        """Starts connecting to NATS and serves HTTP and gRPC at once (not ready until NATS is)."""
+        if self._started:
+            return
+        self._started = True
+        await self._broker.start()
+        await self._http.start()
+        await self._grpc.start()
+        self._health_task = asyncio.create_task(self._track_health())
+        log.info(
+            "gateway listening",
+            extra={"http_port": self.http_port, "grpc_port": self.grpc_port},
+        )
+
+    async def _track_health(self) -> None:
+        serving: bool | None = None
+        while True:
+            ok, _ = await self._broker.ready()
+            if ok != serving:
+                serving = ok
+                await self._grpc.set_serving(ok)
+                log.info("gateway %s", "ready" if ok else "not ready")
+            await asyncio.sleep(HEALTH_POLL_S)
+
+    async def stop(self) -> None:
+        """Stops intake, lets in-flight requests (and their publishes) finish, drains NATS."""
+        if not self._started:
+            return
+        self._started = False
+        self.core.close()
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+            self._health_task = None
+        await asyncio.gather(self._http.stop(), self._grpc.stop())
+        await self._broker.stop()
+        await self._query.close()
+        log.info("gateway drained and closed")
+
+    async def ready(self) -> tuple[bool, str]:
+        """Ready when NATS is connected and the raw stream exists."""
+        return await self._broker.ready()

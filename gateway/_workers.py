@@ -1,0 +1,63 @@
+"""Several gateway processes sharing the HTTP and gRPC ports (SO_REUSEPORT).
+
+`GATEWAY_WORKERS=N` makes `python -m gateway` a small supervisor: it starts N worker
+processes with `GATEWAY_REUSE_PORT=true`, passes SIGTERM/SIGINT on to them, and exits
+when they have all stopped (non-zero when one stopped on its own). The kernel spreads
+connections over the workers. Each worker has its own /metrics; scrape them one by one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+log = logging.getLogger(__name__)
+
+WORKER_POLL_S = 0.2
+_PR_SET_PDEATHSIG = 1
+WORKER_STOP_TIMEOUT_S = 60.0
+
+
+def _stop_with_parent() -> None:
+    """In a worker, before exec: SIGTERM when the supervisor dies, even by SIGKILL (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def supervise(workers: int) -> int:
+    """Runs `workers` gateway processes sharing the ports until a signal stops them."""
+    env = {**os.environ, "GATEWAY_WORKERS": "1", "GATEWAY_REUSE_PORT": "true"}
+    procs = [
+        subprocess.Popen(  # the supervisor is single-threaded here, so preexec_fn is safe
+            [sys.executable, "-m", "gateway"], env=env, preexec_fn=_stop_with_parent
+        )
+        for _ in range(workers)
+    ]
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    log.info("gateway supervisor started %d workers", workers)
+    failed = False
+    while any(proc.poll() is None for proc in procs):
+        if not stopping and any(proc.poll() is not None for proc in procs):
+            # A worker stopped on its own: stop the rest and let the process manager restart us.
+            failed = True
+            forward(signal.SIGTERM, None)
+        time.sleep(WORKER_POLL_S)
+    codes = [proc.wait(timeout=WORKER_STOP_TIMEOUT_S) for proc in procs]
+    log.info("gateway workers stopped", extra={"exit_codes": codes})
+    return 1 if failed or any(codes) else 0

@@ -1,0 +1,188 @@
+"""The gateway's settings: environment variables GATEWAY_* (plus the shared NATS_* and LOG_*)."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from pipeline.config import non_negative, port, positive, setting
+from pipeline.settings import NatsSettings
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_HTTP_PORT = 3000
+DEFAULT_GRPC_PORT = 50051
+DEFAULT_QUERY_TARGET = "127.0.0.1:50053"
+DEFAULT_QUERY_TIMEOUT_S = 10.0
+DEFAULT_PUBLISH_TIMEOUT_S = 5.0
+DEFAULT_MAX_IN_FLIGHT = 512
+DEFAULT_RETRY_AFTER_S = 1
+DEFAULT_RATE_LIMIT_BURST = 100
+DEFAULT_MAX_IN_FLIGHT_BYTES = 256 * 1024 * 1024
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_MAX_DECOMPRESSED_BYTES = 8 * 1024 * 1024
+DEFAULT_MAX_EVENTS_PER_BATCH = 1000
+DEFAULT_MAX_FIELD_CHARS = 256
+DEFAULT_MAX_EVENT_ID_CHARS = 128
+DEFAULT_MAX_METADATA_ENTRIES = 64
+DEFAULT_MAX_METADATA_KEY_CHARS = 128
+DEFAULT_MAX_METADATA_VALUE_CHARS = 2048
+DEFAULT_GRACEFUL_STOP_S = 20.0
+
+
+def _cidrs(value: tuple[str, ...]) -> str | None:
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            return f"{item!r} is not an IP network (CIDR)"
+    return None
+
+
+def _key_pairs(value: tuple[str, ...]) -> str | None:
+    for item in value:
+        key, sep, owner = item.partition(":")
+        if not sep or not key or not owner:
+            return "each entry must be <key>:<id>"
+    return None
+
+
+@dataclass(frozen=True)
+class GatewayConfig(NatsSettings):
+    """Everything the gateway reads at start."""
+
+    host: str = setting("GATEWAY_HOST", DEFAULT_HOST, "address the HTTP and gRPC servers bind to")
+    http_port: int = setting("GATEWAY_HTTP_PORT", DEFAULT_HTTP_PORT, "HTTP port", check=port)
+    grpc_port: int = setting("GATEWAY_GRPC_PORT", DEFAULT_GRPC_PORT, "gRPC port", check=port)
+    write_keys: tuple[str, ...] = setting(
+        "GATEWAY_WRITE_KEYS",
+        (),
+        "write keys as <key>:<app_id>, comma-separated (the app id becomes the subject token)",
+        check=_key_pairs,
+    )
+    read_keys: tuple[str, ...] = setting(
+        "GATEWAY_READ_KEYS", (), "read keys as <key>:<name>, comma-separated", check=_key_pairs
+    )
+    keys_file: str = setting(
+        "GATEWAY_KEYS_FILE",
+        "",
+        'JSON file {"write_keys": {"<key>": "<app_id>"}, "read_keys": {"<key>": "<name>"}}',
+    )
+    workers: int = setting(
+        "GATEWAY_WORKERS",
+        1,
+        "gateway processes sharing the HTTP and gRPC ports (SO_REUSEPORT)",
+        check=positive,
+    )
+    reuse_port: bool = setting(
+        "GATEWAY_REUSE_PORT",
+        False,
+        "bind with SO_REUSEPORT so several gateways share the ports (set for workers)",
+    )
+    trusted_proxies: tuple[str, ...] = setting(
+        "GATEWAY_TRUSTED_PROXIES",
+        (),
+        "CIDRs whose X-Forwarded-For is believed, comma-separated",
+        check=_cidrs,
+    )
+    publish_timeout_s: float = setting(
+        "GATEWAY_PUBLISH_TIMEOUT_S",
+        DEFAULT_PUBLISH_TIMEOUT_S,
+        "seconds to wait for JetStream's ack before answering 503",
+        check=positive,
+    )
+    max_in_flight: int = setting(
+        "GATEWAY_MAX_IN_FLIGHT",
+        DEFAULT_MAX_IN_FLIGHT,
+        "ingest requests handled at once; more get 429",
+        check=positive,
+    )
+    max_in_flight_bytes: int = setting(
+        "GATEWAY_MAX_IN_FLIGHT_BYTES",
+        DEFAULT_MAX_IN_FLIGHT_BYTES,
+        "decompressed body bytes handled at once; more gets 429 (bounds memory)",
+        check=positive,
+    )
+    rate_limit_rps: float = setting(
+        "GATEWAY_RATE_LIMIT_RPS",
+        0.0,
+        "requests per second allowed per key (0: no limit); more gets 429",
+        check=non_negative,
+    )
+    rate_limit_burst: int = setting(
+        "GATEWAY_RATE_LIMIT_BURST",
+        DEFAULT_RATE_LIMIT_BURST,
+        "requests a key may send at once above its rate",
+        check=positive,
+    )
+    retry_after_s: int = setting(
+        "GATEWAY_RETRY_AFTER_S",
+        DEFAULT_RETRY_AFTER_S,
+        "seconds sent in Retry-After with 429 and 503",
+        check=non_negative,
+    )
+    max_body_bytes: int = setting(
+        "GATEWAY_MAX_BODY_BYTES",
+        DEFAULT_MAX_BODY_BYTES,
+        "largest request body as sent (compressed), bytes",
+        check=positive,
+    )
+    max_decompressed_bytes: int = setting(
+        "GATEWAY_MAX_DECOMPRESSED_BYTES",
+        DEFAULT_MAX_DECOMPRESSED_BYTES,
+        "largest request body after gzip decompression, bytes",
+        check=positive,
+    )
+    max_events_per_batch: int = setting(
+        "GATEWAY_MAX_EVENTS_PER_BATCH",
+        DEFAULT_MAX_EVENTS_PER_BATCH,
+        "most events in one batch; more gets 413",
+        check=positive,
+    )
+    max_field_chars: int = setting(
+        "GATEWAY_MAX_FIELD_CHARS",
+        DEFAULT_MAX_FIELD_CHARS,
+        "longest session_id, user_id, event_name, app_version or device_os, characters",
+        check=positive,
+    )
+    max_event_id_chars: int = setting(
+        "GATEWAY_MAX_EVENT_ID_CHARS",
+        DEFAULT_MAX_EVENT_ID_CHARS,
+        "longest event_id, characters",
+        check=positive,
+    )
+    max_metadata_entries: int = setting(
+        "GATEWAY_MAX_METADATA_ENTRIES",
+        DEFAULT_MAX_METADATA_ENTRIES,
+        "most metadata entries per event",
+        check=non_negative,
+    )
+    max_metadata_key_chars: int = setting(
+        "GATEWAY_MAX_METADATA_KEY_CHARS",
+        DEFAULT_MAX_METADATA_KEY_CHARS,
+        "longest metadata key, characters",
+        check=positive,
+    )
+    max_metadata_value_chars: int = setting(
+        "GATEWAY_MAX_METADATA_VALUE_CHARS",
+        DEFAULT_MAX_METADATA_VALUE_CHARS,
+        "longest metadata value, characters",
+        check=positive,
+    )
+    query_target: str = setting(
+        "GATEWAY_QUERY_TARGET",
+        DEFAULT_QUERY_TARGET,
+        "host:port of the gRPC QueryService",
+        check=lambda v: None if v.strip() else "must not be empty",
+    )
+    query_timeout_s: float = setting(
+        "GATEWAY_QUERY_TIMEOUT_S",
+        DEFAULT_QUERY_TIMEOUT_S,
+        "deadline of a QueryService call, seconds",
+        check=positive,
+    )
+    graceful_stop_s: float = setting(
+        "GATEWAY_GRACEFUL_STOP_S",
+        DEFAULT_GRACEFUL_STOP_S,
+        "seconds in-flight requests get to finish on stop",
+        check=positive,
+    )

@@ -1,0 +1,75 @@
+"""The gateway's exceptions. Each carries its canonical gRPC code; `_status` maps codes to HTTP.
+
+Retryable versus permanent is decided here, once: `Unavailable` and `Overloaded` are the
+retryable ones (the answer carries Retry-After); every other error is the caller's mistake
+and is never retried as it is.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import grpc
+
+
+class GatewayError(Exception):
+    """Root of every error the gateway raises."""
+
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+    retryable: ClassVar[bool] = False
+    # A more specific HTTP status than the code's, for the JSON routes only (413, 415).
+    http_status: ClassVar[int | None] = None
+
+
+class InvalidRequest(GatewayError):
+    """The request is not a batch: not JSON, wrong shape, empty, bad parameter."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class TooLarge(GatewayError):
+    """The body, its decompressed size or its number of events is past a limit."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    http_status = 413
+
+
+class UnsupportedMedia(GatewayError):
+    """The Content-Type or Content-Encoding is not one the route speaks."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    http_status = 415
+
+
+class Unauthenticated(GatewayError):
+    """No key, or a key nobody configured."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(GatewayError):
+    """A valid key of the wrong kind (a read key on a write route or the reverse)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Overloaded(GatewayError):
+    """Too many requests in flight; try again shortly."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    retryable = True
+
+
+class Unavailable(GatewayError):
+    """The broker (or the query service) is down, slow or did not ack; nothing was accepted."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    retryable = True
+
+
+class UpstreamError(GatewayError):
+    """The query service answered with an error code; it is passed on through the table."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.upstream_code = code

@@ -1,0 +1,117 @@
+"""Keys: lookup by kind, the keys file, and constant-time comparison against every key."""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+
+import orjson
+import pytest
+
+from gateway._auth import KeyStore, Kind, Principal, presented_key
+from gateway.config import GatewayConfig
+from gateway.errors import PermissionDenied, Unauthenticated
+from pipeline.config import load
+from pipeline.errors import ConfigError
+
+STORE = KeyStore(write={"w1": "app-a", "w2": "app-b"}, read={"r1": "ops"})
+
+
+def test_keys_map_to_their_principal() -> None:
+    assert STORE.lookup("w2") == Principal(Kind.WRITE, "app-b")
+    assert STORE.lookup("r1") == Principal(Kind.READ, "ops")
+    assert STORE.lookup("w") is None
+    assert STORE.lookup("") is None
+    assert STORE.lookup(None) is None
+
+
+def test_require_distinguishes_unknown_from_wrong_kind() -> None:
+    assert STORE.require("w1", Kind.WRITE).name == "app-a"
+    with pytest.raises(Unauthenticated):
+        STORE.require("nope", Kind.WRITE)
+    with pytest.raises(PermissionDenied):
+        STORE.require("r1", Kind.WRITE)
+    with pytest.raises(PermissionDenied):
+        STORE.require("w1", Kind.READ)
+
+
+def test_every_key_is_compared_even_after_a_match(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[bytes] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append(b)
+        return real(a, b)
+
+    monkeypatch.setattr("gateway._auth.hmac.compare_digest", spy)
+
+    STORE.lookup("w1")
+
+    assert calls == [b"w1", b"w2", b"r1"]
+
+
+@pytest.mark.parametrize(
+    ("authorization", "api_key", "expected"),
+    [
+        ("Bearer abc", None, "abc"),
+        ("bearer  abc ", None, "abc"),
+        ("Basic abc", None, None),
+        ("Basic abc", "k", "k"),
+        (None, " k ", "k"),
+        ("Bearer", None, None),
+        (None, None, None),
+    ],
+)
+def test_presented_key(
+    authorization: str | None, api_key: str | None, expected: str | None
+) -> None:
+    assert presented_key(authorization, api_key) == expected
+
+
+def test_keys_file_adds_to_the_environment_keys(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    path.write_bytes(
+        orjson.dumps({"write_keys": {"fw": "file-app"}, "read_keys": {"fr": "file-reader"}})
+    )
+    config = load(
+        GatewayConfig, {"GATEWAY_WRITE_KEYS": "ew:env-app", "GATEWAY_KEYS_FILE": str(path)}
+    )
+
+    store = KeyStore.from_config(config)
+
+    assert store.lookup("fw") == Principal(Kind.WRITE, "file-app")
+    assert store.lookup("fr") == Principal(Kind.READ, "file-reader")
+    assert store.lookup("ew") == Principal(Kind.WRITE, "env-app")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"not json",
+        b"[]",
+        b'{"write_keys": {"k": 3}}',
+        b'{"read_keys": []}',
+        b'{"write_keys": {"": "a"}}',
+    ],
+)
+def test_bad_keys_file_is_a_config_error(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "keys.json"
+    path.write_bytes(content)
+    config = load(GatewayConfig, {"GATEWAY_KEYS_FILE": str(path)})
+
+    with pytest.raises(ConfigError, match="GATEWAY_KEYS_FILE"):
+        KeyStore.from_config(config)
+
+
+def test_missing_keys_file_is_a_config_error(tmp_path: Path) -> None:
+    config = load(GatewayConfig, {"GATEWAY_KEYS_FILE": str(tmp_path / "absent.json")})
+
+    with pytest.raises(ConfigError, match="GATEWAY_KEYS_FILE"):
+        KeyStore.from_config(config)
+
+
+def test_app_ids_must_be_subject_tokens_and_keys_of_one_kind() -> None:
+    with pytest.raises(ConfigError, match="app id"):
+        KeyStore(write={"k": "app.x"}, read={})
+    with pytest.raises(ConfigError, match="both"):
+        KeyStore(write={"k": "app"}, read={"k": "ops"})

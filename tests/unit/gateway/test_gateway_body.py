@@ -1,0 +1,97 @@
+"""Body bounds: declared, streamed and decompressed sizes; content types and encodings."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway._body import check_encoding, gunzip, media_type, read_body
+from gateway.errors import InvalidRequest, TooLarge, UnsupportedMedia
+
+
+async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+async def read(*parts: bytes, length: str | None = None, gz: bool = False) -> bytes:
+    return await read_body(
+        chunks(*parts), content_length=length, gzip=gz, max_body=100, max_decompressed=1000
+    )
+
+
+async def test_plain_body_within_limits() -> None:
+    assert await read(b"[1,", b"2]", length="5") == b"[1,2]"
+
+
+async def test_declared_length_past_the_limit_is_refused_before_reading() -> None:
+    async def exploding() -> AsyncIterator[bytes]:
+        raise AssertionError("must not be read")
+        yield b""
+
+    with pytest.raises(TooLarge):
+        await read_body(
+            exploding(), content_length="101", gzip=False, max_body=100, max_decompressed=1
+        )
+
+
+async def test_streamed_body_past_the_limit() -> None:
+    with pytest.raises(TooLarge):
+        await read(b"x" * 60, b"x" * 60)
+
+
+async def test_bad_content_length() -> None:
+    with pytest.raises(InvalidRequest):
+        await read(b"x", length="ten")
+
+
+async def test_gzip_within_limits() -> None:
+    assert await read(gzip.compress(b"a" * 1000), gz=True) == b"a" * 1000
+
+
+def test_gzip_bomb_stops_after_the_limit() -> None:
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    bomb = b"".join(packer.compress(b"\0" * 1_000_000) for _ in range(100)) + packer.flush()
+
+    with pytest.raises(TooLarge):
+        gunzip(bomb, limit=1_000_000)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"plain", gzip.compress(b"[1]")[:-4], gzip.compress(b"[1]") + b"junk", b""],
+)
+def test_broken_gzip_is_invalid(data: bytes) -> None:
+    with pytest.raises(InvalidRequest):
+        gunzip(data, limit=100)
+
+
+@pytest.mark.parametrize(
+    ("header", "media"),
+    [
+        (None, ""),
+        ("application/json", "application/json"),
+        ("Application/JSON; charset=UTF-8", "application/json"),
+        ('application/json; charset="utf-8"', "application/json"),
+        ("text/plain", "text/plain"),
+    ],
+)
+def test_media_type(header: str | None, media: str) -> None:
+    assert media_type(header) == media
+
+
+def test_non_utf8_charset_is_unsupported() -> None:
+    with pytest.raises(UnsupportedMedia):
+        media_type("application/json; charset=iso-8859-1")
+
+
+def test_encodings() -> None:
+    assert check_encoding(None) is False
+    assert check_encoding("identity") is False
+    assert check_encoding(" GZIP ") is True
+    for other in ("br", "deflate", "gzip, br"):
+        with pytest.raises(UnsupportedMedia):
+            check_encoding(other)

@@ -1,0 +1,122 @@
+"""GatewayConfig: defaults, every validation error, --help and exit codes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from gateway import config as cfg
+from gateway.__main__ import main
+from gateway.config import GatewayConfig
+from pipeline.config import load
+from pipeline.errors import ConfigError
+
+
+def test_defaults() -> None:
+    config = load(GatewayConfig, {})
+
+    assert (config.host, config.http_port, config.grpc_port) == ("127.0.0.1", 3000, 50051)
+    assert config.query_target == cfg.DEFAULT_QUERY_TARGET == "127.0.0.1:50053"
+    assert config.publish_timeout_s == cfg.DEFAULT_PUBLISH_TIMEOUT_S
+    assert config.max_in_flight == cfg.DEFAULT_MAX_IN_FLIGHT
+    assert config.max_in_flight_bytes == cfg.DEFAULT_MAX_IN_FLIGHT_BYTES
+    assert config.max_body_bytes == cfg.DEFAULT_MAX_BODY_BYTES
+    assert config.max_decompressed_bytes == cfg.DEFAULT_MAX_DECOMPRESSED_BYTES
+    assert config.max_events_per_batch == cfg.DEFAULT_MAX_EVENTS_PER_BATCH
+    assert config.write_keys == ()
+    assert config.read_keys == ()
+    assert config.keys_file == ""
+    assert config.trusted_proxies == ()
+    assert config.rate_limit_rps == 0.0
+    assert config.rate_limit_burst == cfg.DEFAULT_RATE_LIMIT_BURST
+    assert config.nats_url == ("nats://127.0.0.1:4222",)
+
+
+def test_values_are_read_from_the_environment() -> None:
+    config = load(
+        GatewayConfig,
+        {
+            "GATEWAY_HTTP_PORT": "8080",
+            "GATEWAY_WRITE_KEYS": "k1:app-a, k2:app-b",
+            "GATEWAY_TRUSTED_PROXIES": "10.0.0.0/8,::1",
+            "GATEWAY_MAX_IN_FLIGHT": "7",
+        },
+    )
+
+    assert config.http_port == 8080
+    assert config.write_keys == ("k1:app-a", "k2:app-b")
+    assert config.trusted_proxies == ("10.0.0.0/8", "::1")
+    assert config.max_in_flight == 7
+
+
+@pytest.mark.parametrize(
+    ("env", "value"),
+    [
+        ("GATEWAY_HTTP_PORT", "70000"),
+        ("GATEWAY_GRPC_PORT", "-1"),
+        ("GATEWAY_HTTP_PORT", "http"),
+        ("GATEWAY_WRITE_KEYS", "just-a-key"),
+        ("GATEWAY_READ_KEYS", ":name"),
+        ("GATEWAY_TRUSTED_PROXIES", "10.0.0.0/33"),
+        ("GATEWAY_PUBLISH_TIMEOUT_S", "0"),
+        ("GATEWAY_MAX_IN_FLIGHT", "0"),
+        ("GATEWAY_MAX_IN_FLIGHT_BYTES", "0"),
+        ("GATEWAY_RETRY_AFTER_S", "-1"),
+        ("GATEWAY_RATE_LIMIT_RPS", "-1"),
+        ("GATEWAY_RATE_LIMIT_BURST", "0"),
+        ("GATEWAY_MAX_BODY_BYTES", "0"),
+        ("GATEWAY_MAX_DECOMPRESSED_BYTES", "0"),
+        ("GATEWAY_MAX_EVENTS_PER_BATCH", "0"),
+        ("GATEWAY_MAX_FIELD_CHARS", "0"),
+        ("GATEWAY_MAX_EVENT_ID_CHARS", "0"),
+        ("GATEWAY_MAX_METADATA_ENTRIES", "-1"),
+        ("GATEWAY_MAX_METADATA_KEY_CHARS", "0"),
+        ("GATEWAY_MAX_METADATA_VALUE_CHARS", "0"),
+        ("GATEWAY_QUERY_TIMEOUT_S", "-2"),
+        ("GATEWAY_GRACEFUL_STOP_S", "0"),
+    ],
+)
+def test_each_invalid_setting_names_its_variable(env: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=env):
+        load(GatewayConfig, {env: value})
+
+
+def test_help_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m gateway")
+    for field in dataclasses.fields(GatewayConfig):
+        assert field.metadata["env"] in out
+
+
+def test_bad_setting_exits_2_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("GATEWAY_HTTP_PORT", "99999")
+
+    assert main([]) == 2
+
+    err = capsys.readouterr().err
+    assert "GATEWAY_HTTP_PORT" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_no_keys_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("GATEWAY_WRITE_KEYS", "GATEWAY_READ_KEYS", "GATEWAY_KEYS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+
+    assert main([]) == 2
+    assert "no keys" in capsys.readouterr().err
+
+
+def test_bad_app_id_in_keys_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("GATEWAY_WRITE_KEYS", "k1:app.with.dots")
+
+    assert main([]) == 2
+    assert "app.with.dots" in capsys.readouterr().err

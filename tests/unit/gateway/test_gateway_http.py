@@ -1,0 +1,105 @@
+"""The HTTP app in process with a fake broker: statuses, Retry-After, OpenAPI, hostile input."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from hypothesis import HealthCheck, given, settings
+from starlette.routing import Route
+
+from gateway import Gateway
+from gateway._openapi import document
+from gateway.errors import Unavailable
+from tests.unit.gateway.conftest import (
+    WRITE_KEY,
+    FakeBroker,
+    FakeQuery,
+    asgi_client,
+    unit_config,
+)
+from tests.unit.gateway.strategies import requests
+
+AUTH = {"X-Api-Key": WRITE_KEY}
+ONE = (
+    b'[{"event_id":"e-1","session_id":"s","user_id":"u","event_name":"n",'
+    b'"client_timestamp":"2024-01-01T00:00:00Z"}]'
+)
+
+
+async def test_too_many_in_flight_is_429_with_retry_after(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    gateway.core._in_flight = gateway.config.max_in_flight
+
+    response = await client.post("/v1/track", content=ONE, headers=AUTH)
+
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == str(gateway.config.retry_after_s)
+    assert response.json()["code"] == "resource_exhausted"
+
+
+async def test_broker_down_is_503_with_retry_after(
+    broker: FakeBroker, client: httpx.AsyncClient
+) -> None:
+    broker.fail = Unavailable("down")
+
+    response = await client.post("/v1/track", content=ONE, headers=AUTH)
+
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+
+
+async def test_stopping_gateway_answers_503(gateway: Gateway, client: httpx.AsyncClient) -> None:
+    gateway.core.close()
+
+    response = await client.post("/v1/track", content=ONE, headers=AUTH)
+
+    assert response.status_code == 503
+
+
+async def test_every_route_is_in_the_openapi_document(
+    gateway: Gateway, client: httpx.AsyncClient
+) -> None:
+    starlette_app = gateway.app._app  # type: ignore[attr-defined]
+    routes = {
+        (route.path, method.lower())
+        for route in starlette_app.routes
+        if isinstance(route, Route)
+        for method in (route.methods or set()) - {"HEAD"}
+    }
+    served = (await client.get("/openapi.json")).json()
+
+    documented = {(path, method) for path, item in served["paths"].items() for method in item}
+    assert documented == routes
+    assert served == document()
+    assert served["openapi"].startswith("3.1")
+
+
+async def test_unknown_paths_are_404_and_counted_as_other(client: httpx.AsyncClient) -> None:
+    response = await client.get("/nope")
+    metrics = (await client.get("/metrics")).text
+
+    assert response.status_code == 404
+    assert 'gateway_http_requests_total{route="other",status="404"} 1.0' in metrics
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=requests())
+def test_hostile_requests_never_get_a_5xx_in_process(
+    case: tuple[str, bytes, dict[str, str]],
+) -> None:
+    path, body, headers = case
+    gateway = Gateway(
+        unit_config(GATEWAY_MAX_BODY_BYTES="2048", GATEWAY_MAX_EVENTS_PER_BATCH="5"),
+        broker=FakeBroker(),
+        query=FakeQuery(),
+    )
+
+    async def call() -> httpx.Response:
+        async with asgi_client(gateway) as http:
+            return await http.post(path, content=body, headers={**headers, **AUTH})
+
+    response = asyncio.run(call())
+
+    assert response.status_code < 500, response.text

@@ -1,0 +1,193 @@
+"""The ingest core with a fake broker: batch ids, splitting, duplicates, admission."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from telemetry.v1 import event_pb2, ingest_service_pb2
+
+from gateway._ingest import IngestCore, Origin, batch_id
+from gateway._metrics import Metrics
+from gateway._validate import Limits
+from gateway.errors import InvalidRequest, Overloaded, Unavailable
+from tests.unit.gateway.conftest import FakeBroker
+
+LIMITS = Limits(
+    max_events=1000,
+    max_field_chars=256,
+    max_event_id_chars=128,
+    max_metadata_entries=64,
+    max_metadata_key_chars=128,
+    max_metadata_value_chars=2048,
+)
+
+
+def origin(**overrides: object) -> Origin:
+    values: dict[str, object] = {
+        "app_id": "app-1",
+        "client_ip": "192.0.2.1",
+        "user_agent": "ua",
+        "request_id": "r-1",
+        "protocol": event_pb2.INGEST_PROTOCOL_HTTP_JSON,
+        "received_at": time.time(),
+    }
+    values.update(overrides)
+    return Origin(**values)  # type: ignore[arg-type]
+
+
+def body(count: int, *, blob: str = "") -> bytes:
+    events = [
+        {
+            "event_id": f"e-{n}",
+            "session_id": "s",
+            "user_id": "u",
+            "event_name": "tap",
+            "client_timestamp": "2024-01-01T00:00:00Z",
+            "metadata": {"blob": blob} if blob else {},
+        }
+        for n in range(count)
+    ]
+    return orjson.dumps(events)
+
+
+def core(broker: FakeBroker, *, max_in_flight: int = 10) -> IngestCore:
+    return IngestCore(
+        publisher=broker, limits=LIMITS, metrics=Metrics(), max_in_flight=max_in_flight
+    )
+
+
+def test_batch_ids_are_per_app_and_per_key_or_content() -> None:
+    a = batch_id("app-1", idempotency_key="", content=b"x")
+    assert a == batch_id("app-1", idempotency_key="", content=b"x")
+    assert a != batch_id("app-2", idempotency_key="", content=b"x")
+    assert a != batch_id("app-1", idempotency_key="", content=b"y")
+    keyed = batch_id("app-1", idempotency_key="k", content=b"x")
+    assert keyed == batch_id("app-1", idempotency_key="k", content=b"other")
+    assert keyed != batch_id("app-2", idempotency_key="k", content=b"x")
+
+
+async def test_batch_past_max_payload_is_split_with_derived_ids() -> None:
+    broker = FakeBroker(max_payload=4096 + 20_000)
+    receipt = await core(broker).ingest_json(body(60, blob="v" * 1000), origin())
+
+    assert receipt.accepted == 60
+    assert sorted(broker.stored) == sorted(
+        f"{receipt.batch_id}:{n}" for n in range(len(broker.stored))
+    )
+    assert len(broker.stored) >= 3
+    batches = broker.batches()
+    assert [e.event_id for b in batches for e in b.events] == [f"e-{n}" for n in range(60)]
+    assert all(b.context.batch_id == receipt.batch_id for b in batches)
+
+
+async def test_a_retry_after_a_partial_failure_stores_only_the_missing_parts() -> None:
+    broker = FakeBroker(max_payload=4096 + 20_000)
+    ingest = core(broker)
+    data = body(60, blob="v" * 1000)
+    first = await ingest.ingest_json(data, origin())
+    stored = dict(broker.stored)
+    missing = sorted(broker.stored)[-1]
+    del broker.stored[missing]
+
+    again = await ingest.ingest_json(data, origin())
+
+    assert again.duplicate is False  # one part was new
+    assert again.batch_id == first.batch_id
+    assert broker.stored.keys() == stored.keys()
+
+
+async def test_a_full_retry_is_a_duplicate() -> None:
+    broker = FakeBroker()
+    ingest = core(broker)
+    first = await ingest.ingest_json(body(3), origin(idempotency_key="key-1"))
+    second = await ingest.ingest_json(body(2), origin(idempotency_key="key-1"))
+
+    assert (first.duplicate, second.duplicate) == (False, True)
+    assert len(broker.stored) == 1
+
+
+async def test_nothing_is_published_when_every_event_is_invalid() -> None:
+    broker = FakeBroker()
+    receipt = await core(broker).ingest_json(b'[{"event_id": "x"}, 3]', origin())
+
+    assert receipt.accepted == 0
+    assert len(receipt.rejected) == 2
+    assert broker.calls == 0
+
+
+async def test_broker_failure_propagates_as_unavailable() -> None:
+    broker = FakeBroker()
+    broker.fail = Unavailable("down")
+
+    with pytest.raises(Unavailable):
+        await core(broker).ingest_json(body(1), origin())
+
+
+async def test_bad_idempotency_key_is_invalid() -> None:
+    with pytest.raises(InvalidRequest):
+        await core(FakeBroker()).ingest_json(body(1), origin(idempotency_key="x" * 300))
+
+
+async def test_proto_batches_get_content_ids_unless_keyed() -> None:
+    broker = FakeBroker()
+    ingest = core(broker)
+    events = [
+        event_pb2.Event(
+            event_id="e-1",
+            session_id="s",
+            user_id="u",
+            event_name="n",
+            client_timestamp=Timestamp(seconds=1),
+        )
+    ]
+    plain = ingest_service_pb2.IngestEventsRequest(events=events)
+    keyed = ingest_service_pb2.IngestEventsRequest(events=events, idempotency_key="k")
+
+    one = await ingest.ingest_proto(plain, origin())
+    two = await ingest.ingest_proto(plain, origin())
+    three = await ingest.ingest_proto(keyed, origin())
+
+    assert (one.duplicate, two.duplicate, three.duplicate) == (False, True, False)
+    assert three.batch_id == batch_id("app-1", idempotency_key="k", content=b"")
+
+
+async def test_bytes_in_flight_are_bounded() -> None:
+    class Held(FakeBroker):
+        async def publish(self, subject: str, payload: bytes, *, msg_id: str) -> bool:
+            await release.wait()
+            return await super().publish(subject, payload, msg_id=msg_id)
+
+    release = asyncio.Event()
+    data = body(5)
+    ingest = IngestCore(
+        publisher=Held(),
+        limits=LIMITS,
+        metrics=Metrics(),
+        max_in_flight=10,
+        max_in_flight_bytes=len(data) + 10,
+    )
+    first = asyncio.create_task(ingest.ingest_json(data, origin()))
+    await asyncio.sleep(0)
+
+    with pytest.raises(Overloaded):
+        await ingest.ingest_json(data, origin(idempotency_key="other"))
+
+    release.set()
+    assert (await first).accepted == 5
+    assert (await ingest.ingest_json(data, origin(idempotency_key="later"))).accepted == 5
+
+
+def test_admission_is_bounded_and_closes() -> None:
+    ingest = core(FakeBroker(), max_in_flight=2)
+    with ingest.admit(), ingest.admit():
+        assert ingest.in_flight == 2
+        with pytest.raises(Overloaded), ingest.admit():
+            pass
+    assert ingest.in_flight == 0
+    ingest.close()
+    with pytest.raises(Unavailable), ingest.admit():
+        pass

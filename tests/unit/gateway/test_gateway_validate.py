@@ -1,0 +1,241 @@
+"""Per-event validation, Go-style metadata numbers, RFC 3339, and the JSON -> Event mapping."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any
+
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from telemetry.v1 import event_pb2
+
+from gateway import _rfc3339
+from gateway._validate import Limits, go_float, parse_envelope, read_json_events, read_proto_events
+from gateway.errors import InvalidRequest, TooLarge
+from tests.unit.gateway.strategies import event_like
+
+LIMITS = Limits(
+    max_events=100,
+    max_field_chars=32,
+    max_event_id_chars=40,
+    max_metadata_entries=3,
+    max_metadata_key_chars=8,
+    max_metadata_value_chars=16,
+)
+R = event_pb2.RejectionReason
+
+
+def good(**overrides: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "event_id": "e-1",
+        "session_id": "s",
+        "user_id": "u",
+        "event_name": "tap",
+        "client_timestamp": "2024-01-01T00:00:00Z",
+    }
+    doc.update(overrides)
+    return {k: v for k, v in doc.items() if v is not ...}
+
+
+def judge(
+    *items: object, limits: Limits = LIMITS
+) -> tuple[event_pb2.RawBatch, list[event_pb2.EventRejection]]:
+    batch = event_pb2.RawBatch()
+    return batch, read_json_events(list(items), limits, batch.events)
+
+
+@pytest.mark.parametrize(
+    ("item", "reason"),
+    [
+        ([1, 2], R.REJECTION_REASON_NOT_AN_OBJECT),
+        (good(event_id=...), R.REJECTION_REASON_MISSING_FIELD),
+        (good(user_id=""), R.REJECTION_REASON_MISSING_FIELD),
+        (good(session_id=None), R.REJECTION_REASON_MISSING_FIELD),
+        (good(client_timestamp=...), R.REJECTION_REASON_MISSING_FIELD),
+        (good(event_name=5), R.REJECTION_REASON_INVALID_TYPE),
+        (good(app_version=2.3), R.REJECTION_REASON_INVALID_TYPE),
+        (good(client_timestamp=1698314400), R.REJECTION_REASON_INVALID_TYPE),
+        (good(metadata=[1]), R.REJECTION_REASON_INVALID_TYPE),
+        (good(user_id="u" * 33), R.REJECTION_REASON_FIELD_TOO_LONG),
+        (good(event_id="e" * 41), R.REJECTION_REASON_FIELD_TOO_LONG),
+        (good(client_timestamp="2024-01-01 00:00:00"), R.REJECTION_REASON_INVALID_TIMESTAMP),
+        (good(client_timestamp="2024-02-30T00:00:00Z"), R.REJECTION_REASON_INVALID_TIMESTAMP),
+        (good(client_timestamp="2024-01-01T00:00:00"), R.REJECTION_REASON_INVALID_TIMESTAMP),
+        (good(metadata={"a": {"b": 1}}), R.REJECTION_REASON_INVALID_METADATA),
+        (good(metadata={"a": [1]}), R.REJECTION_REASON_INVALID_METADATA),
+        (good(metadata={"a": None}), R.REJECTION_REASON_INVALID_METADATA),
+        (good(metadata={"": "x"}), R.REJECTION_REASON_INVALID_METADATA),
+        (
+            good(metadata={"a": "1", "b": "2", "c": "3", "d": "4"}),
+            R.REJECTION_REASON_METADATA_TOO_LARGE,
+        ),
+        (good(metadata={"k" * 9: "v"}), R.REJECTION_REASON_METADATA_TOO_LARGE),
+        (good(metadata={"k": "v" * 17}), R.REJECTION_REASON_METADATA_TOO_LARGE),
+        (good(event_id="a/b"), R.REJECTION_REASON_INVALID_EVENT_ID),
+        (good(event_id="-leading"), R.REJECTION_REASON_INVALID_EVENT_ID),
+    ],
+)
+def test_each_problem_has_its_reason(item: object, reason: int) -> None:
+    batch, rejections = judge(item)
+
+    assert len(batch.events) == 0
+    (rejection,) = rejections
+    assert (rejection.index, rejection.reason) == (0, reason)
+    assert rejection.detail
+
+
+def test_valid_event_maps_field_by_field() -> None:
+    batch, rejections = judge(
+        good(
+            client_timestamp="2023-10-26T12:00:05.25+02:00",
+            app_version="2.3.1",
+            device_os="iOS 17.2",
+            metadata={"price": 2.5, "qty": 3, "ok": True, "no": False, "s": "x"},
+            unknown_field="ignored",
+        ),
+        limits=dataclasses.replace(LIMITS, max_metadata_entries=5),
+    )
+
+    assert rejections == []
+    (event,) = batch.events
+    assert event == event_pb2.Event(
+        event_id="e-1",
+        session_id="s",
+        user_id="u",
+        event_name="tap",
+        client_timestamp=Timestamp(seconds=1698314405, nanos=250_000_000),
+        app_version="2.3.1",
+        device_os="iOS 17.2",
+        metadata={"price": "2.5", "qty": "3", "ok": "true", "no": "false", "s": "x"},
+    )
+
+
+def test_later_duplicates_are_rejected_and_the_first_kept() -> None:
+    batch, rejections = judge(good(), good(user_id="other"), good(event_id="e-2"))
+
+    assert [e.user_id for e in batch.events] == ["u", "u"]
+    assert [(r.index, r.reason) for r in rejections] == [(1, R.REJECTION_REASON_DUPLICATE_EVENT_ID)]
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (2.5, "2.5"),
+        (3.0, "3"),
+        (-0.0, "-0"),
+        (0.0, "0"),
+        (19.99, "19.99"),
+        (100.0, "100"),
+        (123456.0, "123456"),
+        (1e6, "1e+06"),
+        (1234567.0, "1.234567e+06"),
+        (1e21, "1e+21"),
+        (0.0001, "0.0001"),
+        (0.00001, "1e-05"),
+        (-2.5e-7, "-2.5e-07"),
+        (1.7976931348623157e308, "1.7976931348623157e+308"),
+    ],
+)
+def test_floats_print_like_go_percent_v(value: float, text: str) -> None:
+    assert go_float(value) == text
+
+
+def test_envelope_shapes() -> None:
+    assert parse_envelope([{}], max_events=5) == ([{}], None)
+    assert parse_envelope({"events": [{}], "sent_at": "1970-01-01T00:00:01Z"}, max_events=5) == (
+        [{}],
+        (1, 0),
+    )
+    bad: object
+    for bad in ([], {"events": {}}, {"sent_at": "x", "events": [{}]}, "text", 3, None):
+        with pytest.raises(InvalidRequest):
+            parse_envelope(bad, max_events=5)
+    with pytest.raises(TooLarge):
+        parse_envelope([{}] * 6, max_events=5)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "0000-01-01T00:00:00Z",
+        "2024-13-01T00:00:00Z",
+        "2024-01-01T24:00:00Z",
+        "2024-01-01T00:00:60Z",
+        "2024-01-01T00:00:00.Z",
+        "2024-01-01T00:00:00.1234567890Z",
+        "2024-01-01T00:00:00+24:00",
+        "\uff12\uff10\uff12\uff14-01-01T00:00:00Z",  # full-width digits
+        "0001-01-01T00:00:00+00:01",
+    ],
+)
+def test_rfc3339_rejects(text: str) -> None:
+    assert _rfc3339.parse(text) is None
+
+
+@given(
+    moment=st.datetimes(min_value=dt.datetime(1, 1, 2), max_value=dt.datetime(9999, 12, 30)),
+    offset_min=st.integers(min_value=-23 * 60 - 59, max_value=23 * 60 + 59),
+)
+def test_rfc3339_agrees_with_datetime(moment: dt.datetime, offset_min: int) -> None:
+    zone = dt.timezone(dt.timedelta(minutes=offset_min))
+    aware = moment.replace(tzinfo=zone)
+    text = aware.isoformat()
+    expected = aware - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+    parsed = _rfc3339.parse(text)
+
+    assert parsed == (
+        expected.days * 86400 + expected.seconds,
+        moment.microsecond * 1000,
+    )
+    seconds, nanos = parsed
+    assert _rfc3339.parse(_rfc3339.format_utc(seconds, nanos)) == parsed
+
+
+@settings(max_examples=500)
+@given(items=st.lists(event_like, max_size=10))
+def test_every_event_is_either_added_or_rejected(items: list[dict[str, Any]]) -> None:
+    batch, rejections = judge(*items)
+
+    assert len(batch.events) + len(rejections) == len(items)
+    assert [r.index for r in rejections] == sorted({r.index for r in rejections})
+    assert all(r.reason != R.REJECTION_REASON_UNSPECIFIED for r in rejections)
+    # What JSON accepts, the proto path accepts unchanged.
+    again = event_pb2.RawBatch()
+    assert read_proto_events(batch.events, LIMITS, again.events) == []
+    assert list(again.events) == list(batch.events)
+
+
+text = st.text(alphabet=st.characters(codec="utf-8"), min_size=1, max_size=32)
+
+
+@given(
+    event_id=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,39}", fullmatch=True),
+    session_id=text,
+    metadata=st.dictionaries(st.text(min_size=1, max_size=8), st.text(max_size=16), max_size=3),
+    moment=st.datetimes(
+        min_value=dt.datetime(1970, 1, 1),
+        max_value=dt.datetime(2100, 1, 1),
+        timezones=st.just(dt.UTC),
+    ),
+)
+def test_valid_json_events_round_trip(
+    event_id: str, session_id: str, metadata: dict[str, str], moment: dt.datetime
+) -> None:
+    stamp = moment.isoformat().replace("+00:00", "Z")
+
+    batch, rejections = judge(
+        good(event_id=event_id, session_id=session_id, metadata=metadata, client_timestamp=stamp)
+    )
+
+    assert rejections == []
+    (event,) = batch.events
+    assert (event.event_id, event.session_id, dict(event.metadata)) == (
+        event_id,
+        session_id,
+        metadata,
+    )
+    assert event.client_timestamp.ToDatetime(tzinfo=dt.UTC) == moment
