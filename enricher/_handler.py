@@ -8,6 +8,7 @@ so tests drive it with fakes and the NATS adapter stays thin.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,9 @@ from enricher._metrics import (
 )
 from enricher._raw import app_id_of, decode_raw, enriched_msg_id
 from enricher.errors import BrokerError
-from pipeline import subjects
+from pipeline import subjects, tracing
+
+log = logging.getLogger(__name__)
 
 
 class Delivery(Protocol):
@@ -101,7 +104,9 @@ class Handler:
         retry: _policy.RetryPolicy,
         metrics: Metrics,
         clock_ns: Callable[[], int] = time.time_ns,
+        tracer: tracing.Tracing | None = None,
     ) -> None:
+        self._tracing = tracer or tracing.Tracing.disabled()
         self._sink = sink
         self._geo = geo
         self._options = options
@@ -116,16 +121,46 @@ class Handler:
         for their acks concurrently. Never raises for one bad message.
         """
         started = time.perf_counter()
-        prepared = [self._prepare(delivery) for delivery in deliveries]
-        await asyncio.gather(
-            *(
-                self._settle(delivery, item)
-                for delivery, item in zip(deliveries, prepared, strict=True)
+        self._metrics.messages_in_progress.inc(len(deliveries))
+        try:
+            spans = [self._span(delivery) for delivery in deliveries]
+            prepared = [
+                self._prepare(delivery, span)
+                for delivery, span in zip(deliveries, spans, strict=True)
+            ]
+            await asyncio.gather(
+                *(
+                    self._settle_traced(delivery, item, span)
+                    for delivery, item, span in zip(deliveries, prepared, spans, strict=True)
+                )
             )
-        )
+        finally:
+            self._metrics.messages_in_progress.dec(len(deliveries))
         self._metrics.batch_seconds.observe(time.perf_counter() - started)
 
-    def _prepare(self, delivery: Delivery) -> _Prepared:
+    def _span(self, delivery: Delivery) -> tracing.Span:
+        """One span per raw message, a child of the gateway's publish (no-op when disabled)."""
+        if not self._tracing.enabled:
+            return tracing.INVALID_SPAN
+        return self._tracing.start(
+            f"enrich {subjects.RAW_STREAM}",
+            kind=tracing.SpanKind.CONSUMER,
+            parent=self._tracing.incoming(delivery.headers),
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": delivery.subject,
+                "pipeline.stream_sequence": delivery.stream_seq,
+                "pipeline.deliveries": delivery.deliveries,
+            },
+        )
+
+    async def _settle_traced(self, delivery: Delivery, item: _Prepared, span: tracing.Span) -> None:
+        try:
+            await self._settle(delivery, item, span)
+        finally:
+            span.end()
+
+    def _prepare(self, delivery: Delivery, span: tracing.Span) -> _Prepared:
         given_up = _policy.before_processing(deliveries=delivery.deliveries, policy=self._retry)
         if given_up is not None:
             return given_up
@@ -148,20 +183,26 @@ class Handler:
                 ),
                 subjects.SCHEMA_HEADER: subjects.ENRICHED_SCHEMA,
             }
-            traceparent = headers.get(subjects.TRACEPARENT_HEADER)
-            if traceparent:
-                out[subjects.TRACEPARENT_HEADER] = traceparent
+            span.set_attribute("pipeline.app_id", app_id)
+            span.set_attribute("pipeline.events", len(raw.events))
+            # The enriched message continues this span's trace; untraced, the raw one's.
+            if not tracing.inject(out, span):
+                traceparent = headers.get(subjects.TRACEPARENT_HEADER)
+                if traceparent:
+                    out[subjects.TRACEPARENT_HEADER] = traceparent
             return _Outgoing(subjects.enriched_subject(app_id), data, out, len(raw.events))
         except Exception as err:  # classified by _policy.on_failure
             return err
 
-    async def _settle(self, delivery: Delivery, item: _Prepared) -> None:
+    async def _settle(self, delivery: Delivery, item: _Prepared, span: tracing.Span) -> None:
         if isinstance(item, _Outgoing):
             try:
                 duplicate = await self._sink.publish(item.subject, item.data, headers=item.headers)
             except Exception as err:
                 item = err
             else:
+                span.set_attribute("pipeline.outcome", OUTCOME_ENRICHED)
+                span.set_attribute("pipeline.duplicate", duplicate)
                 self._metrics.messages.labels(outcome=OUTCOME_ENRICHED).inc()
                 self._metrics.events.inc(item.events)
                 if duplicate:
@@ -184,11 +225,23 @@ class Handler:
                     policy=self._retry,
                 )
             else:
+                tracing.failed(span, action.reason)
+                span.set_attribute("pipeline.outcome", OUTCOME_DEAD_LETTERED)
+                log.warning(
+                    "raw message dead-lettered",
+                    extra={
+                        "reason": action.reason,
+                        "subject": delivery.subject,
+                        "stream_sequence": delivery.stream_seq,
+                        "deliveries": delivery.deliveries,
+                    },
+                )
                 self._metrics.messages.labels(outcome=OUTCOME_DEAD_LETTERED).inc()
                 self._metrics.dlq.labels(reason=action.reason).inc()
                 await self._quietly(delivery.term())
                 return
         assert isinstance(action, _policy.Retry)
+        span.set_attribute("pipeline.outcome", OUTCOME_RETRIED)
         self._metrics.messages.labels(outcome=OUTCOME_RETRIED).inc()
         await self._quietly(delivery.nak(action.delay_s))
 

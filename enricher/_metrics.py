@@ -54,6 +54,11 @@ class Metrics:
             "Raw messages not yet delivered to the consumer (lag), refreshed periodically",
             registry=self.registry,
         )
+        self.messages_in_progress = Gauge(
+            "enricher_messages_in_progress",
+            "Raw messages fetched and not yet settled (acked, nak'ed or terminated)",
+            registry=self.registry,
+        )
         self.grpc_events = Counter(
             "enricher_grpc_events",
             "Events enriched through gRPC EnrichEvents",

@@ -194,7 +194,7 @@ class FetchLoop:
             except nats.errors.TimeoutError:
                 continue
             except Exception as err:  # an outage or a client bug: keep trying, never die
-                if not failing:
+                if not failing and not self._stopping.is_set():  # a stop interrupts a fetch
                     log.warning("fetch failing: %r; retrying", err)
                     failing = True
                 with contextlib.suppress(asyncio.TimeoutError):

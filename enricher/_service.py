@@ -16,6 +16,7 @@ from enricher._metrics import Metrics
 from enricher._policy import RetryPolicy
 from enricher.config import Config
 from enricher.errors import BrokerError
+from pipeline import tracing
 from pipeline.service import HttpServer, ops_app
 
 log = logging.getLogger(__name__)
@@ -32,9 +33,17 @@ class Enricher:
     batches in hand (publish, ack), drain the NATS connection, close.
     """
 
-    def __init__(self, config: Config, *, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        metrics: Metrics | None = None,
+        tracer: tracing.Tracing | None = None,
+    ) -> None:
         self._config = config
         self.metrics = metrics or Metrics()
+        self._owns_tracing = tracer is None
+        self.tracing = tracer or tracing.setup(NAME, config)
         self._options = EnrichOptions(
             max_skew_ns=int(config.max_clock_skew_s * NANOS_PER_S),
             event_message_max_chars=config.event_message_max_chars,
@@ -135,6 +144,7 @@ class Enricher:
             options=self._options,
             retry=self._retry,
             metrics=self.metrics,
+            tracer=self.tracing,
         )
         self._loops = [
             _nats.FetchLoop(sub, handler, settings=self._consumer)
@@ -191,6 +201,8 @@ class Enricher:
         if isinstance(self._geo, MaxMindGeo):
             self._geo.close()
         self._geo = None
+        if self._owns_tracing:
+            self.tracing.shutdown()
         log.info("enricher stopped")
 
     async def _refresh_lag(self) -> None:

@@ -1,4 +1,4 @@
-"""The enricher's settings: environment variables with the prefix ENRICHER_ (plus NATS_*, LOG_*)."""
+"""The enricher's settings: prefix ENRICHER_ (plus the shared NATS_*, LOG_* and OTEL_*)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from pipeline.config import non_empty, port, positive, setting
 from pipeline.errors import ConfigError
-from pipeline.settings import NatsSettings
+from pipeline.settings import NatsSettings, TracingSettings
 
 DEFAULT_CONSUMER_NAME = "enricher"
 DEFAULT_FETCH_BATCH = 32  # messages per fetch
@@ -42,7 +42,7 @@ def _at_least_one(value: int) -> str | None:
 
 
 @dataclass(frozen=True)
-class Config(NatsSettings):
+class Config(NatsSettings, TracingSettings):
     """Everything the enricher reads from its environment."""
 
     consumer_name: str = setting(

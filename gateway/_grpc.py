@@ -12,11 +12,12 @@ from telemetry.v1 import event_pb2, ingest_service_pb2, ingest_service_pb2_grpc
 
 from gateway._auth import KeyStore, Kind, presented_key
 from gateway._clientinfo import grpc_peer_ip, request_id
-from gateway._ingest import IngestCore, Origin
+from gateway._ingest import IngestCore, Origin, annotate
 from gateway._metrics import Metrics
 from gateway._ratelimit import RateLimiter
 from gateway._status import code_of
 from gateway.errors import GatewayError
+from pipeline import tracing
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,9 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         metrics: Metrics,
         retry_after_s: int,
         limiter: RateLimiter,
+        tracer: tracing.Tracing | None = None,
     ) -> None:
+        self._tracing = tracer or tracing.Tracing.disabled()
         self._core = core
         self._keys = keys
         self._limiter = limiter
@@ -54,10 +57,29 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             for key, value in (context.invocation_metadata() or ())
             if isinstance(value, str)
         }
+        with self._tracing.span(
+            f"{SERVICE_NAME}/IngestEvents",
+            kind=tracing.SpanKind.SERVER,
+            parent=self._tracing.incoming(metadata),
+            attributes={"rpc.system": "grpc", "rpc.method": "IngestEvents"},
+        ) as span:
+            return await self._ingest(request, context, metadata, received, span)
+
+    async def _ingest(
+        self,
+        request: ingest_service_pb2.IngestEventsRequest,
+        context: grpc.aio.ServicerContext[
+            ingest_service_pb2.IngestEventsRequest, ingest_service_pb2.IngestEventsResponse
+        ],
+        metadata: dict[str, str],
+        received: float,
+        span: tracing.Span,
+    ) -> ingest_service_pb2.IngestEventsResponse:
         try:
             key = presented_key(metadata.get("authorization"), metadata.get("x-api-key"))
             principal = self._keys.require(key, Kind.WRITE)
             self._limiter.take(principal)
+            span.set_attribute("pipeline.app_id", principal.name)
             with self._core.admit():
                 origin = Origin(
                     app_id=principal.name,
@@ -72,10 +94,14 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         except GatewayError as err:
             code = code_of(err)
             self._metrics.grpc_requests.labels(method="IngestEvents", code=code.name).inc()
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            tracing.failed(span, type(err).__name__)
             if err.retryable:
                 context.set_trailing_metadata((("retry-after", str(self._retry_after_s)),))
             await context.abort(code, str(err))
         self._metrics.grpc_requests.labels(method="IngestEvents", code="OK").inc()
+        span.set_attribute("rpc.grpc.status_code", 0)
+        annotate(span, receipt)
         return receipt.to_proto()
 
 

@@ -20,12 +20,13 @@ from gateway import _connect, _query
 from gateway._auth import KeyStore, Kind, Principal, presented_key
 from gateway._body import check_encoding, media_type, read_body
 from gateway._clientinfo import ClientIpResolver, request_id
-from gateway._ingest import IngestCore, Origin
+from gateway._ingest import IngestCore, Origin, annotate
 from gateway._metrics import Metrics
 from gateway._openapi import document
 from gateway._ratelimit import RateLimiter
 from gateway._responses import error_response, internal_error, json_response
 from gateway.errors import GatewayError, InvalidRequest, UnsupportedMedia
+from pipeline import tracing
 from pipeline.service import ops_routes
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,9 @@ class _Routes:
         query: _query.QueryPort,
         limits: HttpLimits,
         limiter: RateLimiter,
+        tracer: tracing.Tracing,
     ) -> None:
+        self._tracing = tracer
         self._core = core
         self._keys = keys
         self._limiter = limiter
@@ -138,19 +141,36 @@ class _Routes:
 
     async def track(self, request: Request) -> Response:
         received = time.time()
-        principal = self._principal(request, Kind.WRITE)
-        if media_type(request.headers.get("content-type")) not in ("", "application/json"):
-            raise UnsupportedMedia("Content-Type must be application/json")
-        check_encoding(request.headers.get("content-encoding"))
-        with self._core.admit():
-            body = await self._body(request)
-            origin = self._origin(
-                request, principal.name, received, event_pb2.INGEST_PROTOCOL_HTTP_JSON
-            )
-            receipt = await self._core.ingest_json(body, origin)
+        with self._tracing.span(
+            "POST /v1/track",
+            kind=tracing.SpanKind.SERVER,
+            parent=self._tracing.incoming(request.headers),
+            attributes={"pipeline.request_id": request.state.request_id},
+        ) as span:
+            principal = self._principal(request, Kind.WRITE)
+            span.set_attribute("pipeline.app_id", principal.name)
+            if media_type(request.headers.get("content-type")) not in ("", "application/json"):
+                raise UnsupportedMedia("Content-Type must be application/json")
+            check_encoding(request.headers.get("content-encoding"))
+            with self._core.admit():
+                body = await self._body(request)
+                origin = self._origin(
+                    request, principal.name, received, event_pb2.INGEST_PROTOCOL_HTTP_JSON
+                )
+                receipt = await self._core.ingest_json(body, origin)
+            annotate(span, receipt)
         return json_response(receipt.to_json(), status=202)
 
     async def connect_ingest(self, request: Request) -> Response:
+        with self._tracing.span(
+            _connect.PATH,
+            kind=tracing.SpanKind.SERVER,
+            parent=self._tracing.incoming(request.headers),
+            attributes={"pipeline.request_id": request.state.request_id},
+        ) as span:
+            return await self._connect_ingest(request, span)
+
+    async def _connect_ingest(self, request: Request, span: tracing.Span) -> Response:
         received = time.time()
         try:
             headers = request.headers
@@ -158,6 +178,7 @@ class _Routes:
                 media_type(headers.get("content-type")), headers.get("connect-protocol-version")
             )
             principal = self._principal(request, Kind.WRITE)
+            span.set_attribute("pipeline.app_id", principal.name)
             check_encoding(headers.get("content-encoding"))
             with self._core.admit():
                 message = _connect.decode(await self._body(request), codec)
@@ -166,9 +187,12 @@ class _Routes:
                 )
                 receipt = await self._core.ingest_proto(message, origin)
         except UnsupportedMedia as err:
+            tracing.failed(span, type(err).__name__)
             return error_response(err, retry_after_s=0)
         except GatewayError as err:
+            tracing.failed(span, type(err).__name__)
             return error_response(err, retry_after_s=self._limits.retry_after_s, refined=False)
+        annotate(span, receipt)
         body = _connect.encode(receipt.to_proto(), codec)
         return Response(body, status_code=200, media_type=codec)
 
@@ -204,10 +228,17 @@ def build_app(
     ready: Callable[[], Awaitable[tuple[bool, str]]],
     registry: CollectorRegistry,
     limiter: RateLimiter,
+    tracer: tracing.Tracing | None = None,
 ) -> ASGIApp:
     """The gateway's ASGI app."""
     routes = _Routes(
-        core=core, keys=keys, resolver=resolver, query=query, limits=limits, limiter=limiter
+        core=core,
+        keys=keys,
+        resolver=resolver,
+        query=query,
+        limits=limits,
+        limiter=limiter,
+        tracer=tracer or tracing.Tracing.disabled(),
     )
     retry = limits.retry_after_s
 

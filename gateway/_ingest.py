@@ -23,7 +23,8 @@ from gateway._validate import (
     read_proto_events,
 )
 from gateway.errors import InvalidRequest, Overloaded, TooLarge, Unavailable
-from pipeline.subjects import raw_subject
+from pipeline import tracing
+from pipeline.subjects import RAW_STREAM, raw_subject
 
 # Room left in a message for its headers and framing, below the broker's max_payload.
 PAYLOAD_HEADROOM_BYTES = 4096
@@ -95,6 +96,14 @@ class Receipt:
         )
 
 
+def annotate(span: tracing.Span, receipt: Receipt) -> None:
+    """Puts what happened to a batch on its request span (counts, never content)."""
+    span.set_attribute("pipeline.events.accepted", receipt.accepted)
+    span.set_attribute("pipeline.events.rejected", len(receipt.rejected))
+    span.set_attribute("pipeline.duplicate", receipt.duplicate)
+    span.set_attribute("pipeline.batch_id", receipt.batch_id)
+
+
 def batch_id(app_id: str, *, idempotency_key: str, content: bytes) -> str:
     """The batch's id: from the client's idempotency key, else from the content; per app."""
     digest = hashlib.blake2b(digest_size=16)
@@ -154,7 +163,9 @@ class IngestCore:
         metrics: Metrics,
         max_in_flight: int,
         max_in_flight_bytes: int = 0,
+        tracer: tracing.Tracing | None = None,
     ) -> None:
+        self._tracing = tracer or tracing.Tracing.disabled()
         self._publisher = publisher
         self._limits = limits
         self._metrics = metrics
@@ -274,12 +285,28 @@ class IngestCore:
         limit = self._publisher.max_payload - PAYLOAD_HEADROOM_BYTES
         payload = batch.SerializeToString()
         started = time.perf_counter()
-        if len(payload) <= limit:
-            duplicate = await self._publisher.publish(subject, payload, msg_id=bid)
-        else:
-            duplicate = True
-            for number, part in enumerate(split(batch, limit)):
-                one = await self._publisher.publish(subject, part, msg_id=f"{bid}:{number}")
-                duplicate = duplicate and one
+        # The publisher writes this span's traceparent into the messages' headers.
+        with self._tracing.span(
+            f"publish {RAW_STREAM}",
+            kind=tracing.SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": subject,
+                "pipeline.app_id": batch.context.app_id,
+                "pipeline.events": len(batch.events),
+            },
+        ) as span:
+            if len(payload) <= limit:
+                parts = 1
+                duplicate = await self._publisher.publish(subject, payload, msg_id=bid)
+            else:
+                duplicate = True
+                pieces = split(batch, limit)
+                parts = len(pieces)
+                for number, part in enumerate(pieces):
+                    one = await self._publisher.publish(subject, part, msg_id=f"{bid}:{number}")
+                    duplicate = duplicate and one
+            span.set_attribute("pipeline.messages", parts)
+            span.set_attribute("pipeline.duplicate", duplicate)
         self._metrics.publish_seconds.observe(time.perf_counter() - started)
         return duplicate

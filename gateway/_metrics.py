@@ -45,7 +45,7 @@ class Metrics:
             registry=self.registry,
         )
         self.in_flight = Gauge(
-            "gateway_in_flight_requests",
+            "gateway_requests_in_flight",
             "ingest requests being handled now",
             registry=self.registry,
         )

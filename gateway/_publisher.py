@@ -14,7 +14,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from gateway.errors import Unavailable
-from pipeline import natsconn, subjects
+from pipeline import natsconn, subjects, tracing
 from pipeline.settings import NatsSettings
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ class JetStreamPublisher:
         if nc is None or js is None or not nc.is_connected or not self._streams_ready:
             raise Unavailable("the broker is not connected")
         headers = {subjects.MSG_ID_HEADER: msg_id, subjects.SCHEMA_HEADER: subjects.RAW_SCHEMA}
+        tracing.inject(headers)  # the current publish span, when traces are recorded
         try:
             ack = await js.publish(
                 subject, payload, timeout=self._timeout, stream=subjects.RAW_STREAM, headers=headers

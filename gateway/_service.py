@@ -18,6 +18,7 @@ from gateway._publisher import JetStreamPublisher
 from gateway._ratelimit import RateLimiter
 from gateway._validate import Limits
 from gateway.config import GatewayConfig
+from pipeline import tracing
 from pipeline.service import HttpServer
 
 log = logging.getLogger(__name__)
@@ -51,9 +52,12 @@ class Gateway:
         keys: KeyStore | None = None,
         broker: Broker | None = None,
         query: QueryClient | None = None,
+        tracer: tracing.Tracing | None = None,
     ) -> None:
         self.config = config
         self.metrics = Metrics()
+        self._owns_tracing = tracer is None
+        self.tracing = tracer or tracing.setup("gateway", config)
         self._broker: Broker = broker or JetStreamPublisher(
             config, publish_timeout_s=config.publish_timeout_s
         )
@@ -68,6 +72,7 @@ class Gateway:
             metrics=self.metrics,
             max_in_flight=config.max_in_flight,
             max_in_flight_bytes=config.max_in_flight_bytes,
+            tracer=self.tracing,
         )
         self.app = build_app(
             core=self.core,
@@ -83,6 +88,7 @@ class Gateway:
             ready=self.ready,
             registry=self.metrics.registry,
             limiter=limiter,
+            tracer=self.tracing,
         )
         self._http = HttpServer(
             self.app,
@@ -98,6 +104,7 @@ class Gateway:
                 metrics=self.metrics,
                 retry_after_s=config.retry_after_s,
                 limiter=limiter,
+                tracer=self.tracing,
             ),
             host=config.host,
             port=config.grpc_port,
@@ -135,11 +142,15 @@ class Gateway:
     async def _track_health(self) -> None:
         serving: bool | None = None
         while True:
-            ok, _ = await self._broker.ready()
+            ok, reason = await self._broker.ready()
             if ok != serving:
-                serving = ok
+                was_ready, serving = serving, ok
                 await self._grpc.set_serving(ok)
-                log.info("gateway %s", "ready" if ok else "not ready")
+                if ok:
+                    log.info("gateway ready")
+                else:  # a warning when it was ready; at start, waiting for NATS is normal
+                    level = logging.WARNING if was_ready else logging.INFO
+                    log.log(level, "gateway not ready", extra={"reason": reason})
             await asyncio.sleep(HEALTH_POLL_S)
 
     async def stop(self) -> None:
@@ -156,6 +167,8 @@ class Gateway:
         await asyncio.gather(self._http.stop(), self._grpc.stop())
         await self._broker.stop()
         await self._query.close()
+        if self._owns_tracing:
+            self.tracing.shutdown()
         log.info("gateway drained and closed")
 
     async def ready(self) -> tuple[bool, str]:

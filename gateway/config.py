@@ -1,4 +1,4 @@
-"""The gateway's settings: environment variables GATEWAY_* (plus the shared NATS_* and LOG_*)."""
+"""The gateway's settings: GATEWAY_* (plus the shared NATS_*, LOG_* and OTEL_*)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from pipeline.config import non_negative, port, positive, setting
-from pipeline.settings import NatsSettings
+from pipeline.settings import NatsSettings, TracingSettings
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_HTTP_PORT = 3000
@@ -47,7 +47,7 @@ def _key_pairs(value: tuple[str, ...]) -> str | None:
 
 
 @dataclass(frozen=True)
-class GatewayConfig(NatsSettings):
+class GatewayConfig(NatsSettings, TracingSettings):
     """Everything the gateway reads at start."""
 
     host: str = setting("GATEWAY_HOST", DEFAULT_HOST, "address the HTTP and gRPC servers bind to")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 import grpc
@@ -21,6 +22,7 @@ from telemetry.v1 import query_service_pb2_grpc as qs_grpc
 from indexer import queries
 from indexer.errors import InvalidArgumentError, SearchRequestError, SearchUnavailableError
 from indexer.metrics import Metrics
+from pipeline import tracing
 
 log = logging.getLogger(__name__)
 
@@ -36,42 +38,76 @@ class SearchPort(Protocol):
 class QueryServicer(qs_grpc.QueryServiceServicer):
     """QueryEvents and AggregateEvents."""
 
-    def __init__(self, search: SearchPort, *, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        search: SearchPort,
+        *,
+        metrics: Metrics | None = None,
+        tracer: tracing.Tracing | None = None,
+    ) -> None:
         self._search = search
         self._metrics = metrics or Metrics()
+        self._tracing = tracer or tracing.Tracing.disabled()
 
     async def QueryEvents(
         self, request: qs.QueryEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> qs.QueryEventsResponse:
         started = time.perf_counter()
         code = grpc.StatusCode.OK
-        try:
-            body, size = queries.search_body(request)
-            answer = await self._search.search(body, filter_path=queries.EVENTS_FILTER_PATH)
-            return queries.events_response(answer, size=size, flt=request.filter)
-        except Exception as err:
-            code, detail = _status(err, paged=bool(request.page_token))
-            await context.abort(code, detail)
-            raise  # unreachable: abort raises
-        finally:
-            self._observe("QueryEvents", code, started)
+        with self._span("QueryEvents", context) as span:
+            try:
+                body, size = queries.search_body(request)
+                answer = await self._search.search(body, filter_path=queries.EVENTS_FILTER_PATH)
+                response = queries.events_response(answer, size=size, flt=request.filter)
+                span.set_attribute("pipeline.events", len(response.events))
+                return response
+            except Exception as err:
+                code, detail = _status(err, paged=bool(request.page_token))
+                tracing.failed(span, type(err).__name__)
+                await context.abort(code, detail)
+                raise  # unreachable: abort raises
+            finally:
+                span.set_attribute("rpc.grpc.status_code", code.value[0])
+                self._observe("QueryEvents", code, started)
 
     async def AggregateEvents(
         self, request: qs.AggregateEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> qs.AggregateEventsResponse:
         started = time.perf_counter()
         code = grpc.StatusCode.OK
-        try:
-            answer = await self._search.search(
-                queries.aggregate_body(request), filter_path=queries.AGGREGATE_FILTER_PATH
-            )
-            return queries.aggregate_response(answer)
-        except Exception as err:
-            code, detail = _status(err, paged=False)
-            await context.abort(code, detail)
-            raise
-        finally:
-            self._observe("AggregateEvents", code, started)
+        with self._span("AggregateEvents", context) as span:
+            try:
+                answer = await self._search.search(
+                    queries.aggregate_body(request), filter_path=queries.AGGREGATE_FILTER_PATH
+                )
+                return queries.aggregate_response(answer)
+            except Exception as err:
+                code, detail = _status(err, paged=False)
+                tracing.failed(span, type(err).__name__)
+                await context.abort(code, detail)
+                raise
+            finally:
+                span.set_attribute("rpc.grpc.status_code", code.value[0])
+                self._observe("AggregateEvents", code, started)
+
+    def _span(
+        self, method: str, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AbstractContextManager[tracing.Span]:
+        """One span per call, continuing the caller's trace when it sent a traceparent."""
+        parent = None
+        if self._tracing.enabled:
+            metadata = {
+                key: value
+                for key, value in (context.invocation_metadata() or ())
+                if isinstance(value, str)
+            }
+            parent = self._tracing.incoming(metadata)
+        return self._tracing.span(
+            f"{SERVICE_NAME}/{method}",
+            kind=tracing.SpanKind.SERVER,
+            parent=parent,
+            attributes={"rpc.system": "grpc", "rpc.method": method},
+        )
 
     def _observe(self, method: str, code: grpc.StatusCode, started: float) -> None:
         self._metrics.query_seconds.labels(method=method, code=code.name).observe(
@@ -83,6 +119,8 @@ def _status(err: Exception, *, paged: bool) -> tuple[grpc.StatusCode, str]:
     if isinstance(err, InvalidArgumentError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(err)
     if isinstance(err, SearchUnavailableError):
+        # The caller only learns "retry"; the operator needs the cause.
+        log.warning("query answered UNAVAILABLE: %s", err)
         return grpc.StatusCode.UNAVAILABLE, "the event store is unavailable; try again later"
     if isinstance(err, SearchRequestError) and paged:
         # Only a forged token can make our own query invalid.
@@ -95,8 +133,15 @@ class QueryServer:
     """The gRPC server: QueryService, grpc.health.v1 and reflection."""
 
     def __init__(
-        self, search: SearchPort, *, host: str, port: int, metrics: Metrics | None = None
+        self,
+        search: SearchPort,
+        *,
+        host: str,
+        port: int,
+        metrics: Metrics | None = None,
+        tracer: tracing.Tracing | None = None,
     ) -> None:
+        self._tracing = tracer
         self._server: grpc.aio.Server | None = None
         self._health = HealthServicer()
         self._search = search
@@ -110,7 +155,7 @@ class QueryServer:
             return
         server = grpc.aio.server()
         qs_grpc.add_QueryServiceServicer_to_server(
-            QueryServicer(self._search, metrics=self._metrics), server
+            QueryServicer(self._search, metrics=self._metrics, tracer=self._tracing), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

@@ -21,6 +21,7 @@ import orjson
 
 from indexer.metrics import Metrics
 from indexer.outcomes import Outcome, backoff_s, failure_outcome, item_outcome, item_reason
+from pipeline import tracing
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class BulkItem:
     on_done: DoneCallback
     attempts: int = 0
     solo: bool = field(default=False)
+    link: tracing.SpanContext | None = None  # the trace of the message the document came in
 
 
 def render(*, index: str, doc_id: str, source: Mapping[str, Any]) -> bytes:
@@ -72,7 +74,9 @@ class BulkWriter:
         retry_base_s: float,
         retry_max_s: float,
         metrics: Metrics | None = None,
+        tracer: tracing.Tracing | None = None,
     ) -> None:
+        self._tracing = tracer or tracing.Tracing.disabled()
         self._port = port
         self._max_docs = max_docs
         self._max_bytes = max_bytes
@@ -175,6 +179,29 @@ class BulkWriter:
                 await self.flush()
 
     async def _send(self, batch: list[BulkItem]) -> None:
+        if not self._tracing.enabled:
+            await self._send_batch(batch, tracing.INVALID_SPAN)
+            return
+        # One span per bulk request, linked to the trace of every message it carries.
+        contexts = {
+            (item.link.trace_id, item.link.span_id): item.link
+            for item in batch
+            if item.link is not None
+        }
+        with self._tracing.span(
+            "bulk",
+            kind=tracing.SpanKind.CLIENT,
+            links=[tracing.Link(context) for context in contexts.values()],
+            attributes={
+                "db.system": "opensearch",
+                "db.operation.name": "bulk",
+                "pipeline.documents": len(batch),
+                "pipeline.messages": len(contexts),
+            },
+        ) as span:
+            await self._send_batch(batch, span)
+
+    async def _send_batch(self, batch: list[BulkItem], span: tracing.Span) -> None:
         body = b"".join(item.payload for item in batch)
         started = time.perf_counter()
         self._metrics.bulk_in_flight.inc()
@@ -182,6 +209,7 @@ class BulkWriter:
             results = await self._port.bulk(body)
         except Exception as err:  # every failure is classified by outcomes.failure_outcome
             self._slots.release()
+            tracing.failed(span, type(err).__name__)
             await self._request_failed(batch, err)
             return
         else:
@@ -197,13 +225,23 @@ class BulkWriter:
             self._retry(batch)
             return
         retry: list[BulkItem] = []
+        tally: dict[Outcome, int] = {}
         for item, result in zip(batch, results, strict=True):
             outcome = item_outcome(result.status)
+            tally[outcome] = tally.get(outcome, 0) + 1
             if outcome is Outcome.RETRY:
                 retry.append(item)
             else:
                 reason = item_reason(result.error) if outcome is Outcome.REJECTED else ""
                 await self._finish(item, outcome, reason)
+        for outcome, count in tally.items():
+            span.set_attribute(f"pipeline.documents.{outcome.value}", count)
+        if Outcome.REJECTED in tally:
+            # One line per request, not per document; the reasons travel with the dead letters.
+            log.warning(
+                "bulk request rejected documents; they go to the DLQ",
+                extra={"rejected": tally[Outcome.REJECTED]},
+            )
         if retry:
             self._retry(retry)
         else:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from pipeline.config import non_negative, port, positive, setting
 from pipeline.errors import ConfigError
-from pipeline.settings import NatsSettings, OpenSearchSettings
+from pipeline.settings import NatsSettings, OpenSearchSettings, TracingSettings
 
 DEFAULT_INDEX_PREFIX = "telemetry-"
 DEFAULT_INDEX_SHARDS = 1
@@ -49,7 +49,7 @@ def _consumer_name(value: str) -> str | None:
 
 
 @dataclass(frozen=True)
-class Config(NatsSettings, OpenSearchSettings):
+class Config(NatsSettings, OpenSearchSettings, TracingSettings):
     """Everything the indexer reads from its environment."""
 
     index_prefix: str = setting(

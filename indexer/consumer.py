@@ -196,6 +196,7 @@ class EnrichedConsumer:
             self._sub = None
 
     async def _fetch_loop(self, sub: JetStreamContext.PullSubscription) -> None:
+        failing = False  # logged when fetching starts failing and when it recovers, not each try
         while self._fetching:
             if not self._writer.healthy:
                 with contextlib.suppress(TimeoutError):
@@ -210,9 +211,14 @@ class EnrichedConsumer:
             except TimeoutError:
                 continue
             except Exception as err:  # NATS away: the client reconnects by itself
-                log.warning("fetch failed: %s", err)
+                if not failing:
+                    log.warning("fetch failing: %r; retrying", err)
+                    failing = True
                 await asyncio.sleep(NATS_RETRY_S)
                 continue
+            if failing:
+                log.info("fetch recovered")
+                failing = False
             for msg in msgs:
                 await self._intake.handle(NatsDelivery(msg))
 

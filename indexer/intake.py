@@ -23,7 +23,7 @@ from indexer.bulk import BulkItem, BulkWriter, render
 from indexer.errors import DocumentError
 from indexer.metrics import Metrics
 from indexer.outcomes import Outcome
-from pipeline import subjects
+from pipeline import subjects, tracing
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,9 @@ class Intake:
         index_prefix: str,
         max_deliveries: int,
         metrics: Metrics | None = None,
+        tracer: tracing.Tracing | None = None,
     ) -> None:
+        self._tracing = tracer or tracing.Tracing.disabled()
         self._writer = writer
         self._dead_letters = dead_letters
         self._prefix = index_prefix
@@ -141,10 +143,16 @@ class Intake:
             return
         message = _Message(delivery, len(batch.events))
         self._track(message)
+        link = self._tracing.incoming_link(delivery.headers)
         for event in batch.events:
-            await self._add(message, event)
+            await self._add(message, event, link)
 
-    async def _add(self, message: _Message, event: event_pb2.EnrichedEvent) -> None:
+    async def _add(
+        self,
+        message: _Message,
+        event: event_pb2.EnrichedEvent,
+        link: tracing.SpanContext | None,
+    ) -> None:
         async def on_done(_: BulkItem, outcome: Outcome, reason: str) -> None:
             await self._done(message, event, outcome, reason)
 
@@ -155,7 +163,7 @@ class Intake:
             return
         index = documents.index_name(event, prefix=self._prefix)
         payload = render(index=index, doc_id=event.event.event_id, source=doc)
-        await self._writer.add(BulkItem(payload=payload, on_done=on_done))
+        await self._writer.add(BulkItem(payload=payload, on_done=on_done, link=link))
 
     async def _done(
         self, message: _Message, event: event_pb2.EnrichedEvent, outcome: Outcome, reason: str
@@ -196,6 +204,15 @@ class Intake:
             log.warning("dead letter not published, message left for redelivery: %s", err)
             await self._quietly(delivery.nak(NAK_DELAY_S), "nakked")
             return
+        log.warning(
+            "message dead-lettered",
+            extra={
+                "reason": label,
+                "subject": delivery.subject,
+                "message_id": delivery.msg_id,
+                "deliveries": delivery.num_delivered,
+            },
+        )
         self._metrics.dlq.labels(reason=label).inc()
         await self._quietly(delivery.term(), "termed")
 

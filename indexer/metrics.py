@@ -43,7 +43,7 @@ class Metrics:
             registry=self.registry,
         )
         self.bulk_in_flight = Gauge(
-            "indexer_bulk_in_flight",
+            "indexer_bulk_requests_in_flight",
             "Bulk requests in flight.",
             registry=self.registry,
         )

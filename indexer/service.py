@@ -24,7 +24,7 @@ from indexer.intake import Intake
 from indexer.metrics import Metrics
 from indexer.store import OpenSearchStore
 from indexer.store import client as store_client
-from pipeline import natsconn, subjects
+from pipeline import natsconn, subjects, tracing
 from pipeline.service import HttpServer, ops_app
 
 log = logging.getLogger(__name__)
@@ -36,9 +36,17 @@ _STREAMS = (subjects.ENRICHED_STREAM, subjects.DLQ_STREAM)
 class Indexer:
     """Consumes enriched batches into OpenSearch and answers QueryService."""
 
-    def __init__(self, config: Config, *, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        metrics: Metrics | None = None,
+        tracer: tracing.Tracing | None = None,
+    ) -> None:
         self._config = config
         self.metrics = metrics or Metrics()
+        self._owns_tracing = tracer is None
+        self.tracing = tracer or tracing.setup("indexer", config)
         self._store = OpenSearchStore(
             store_client(config),
             prefix=config.index_prefix,
@@ -55,9 +63,14 @@ class Indexer:
             retry_base_s=config.retry_base_s,
             retry_max_s=config.retry_max_s,
             metrics=self.metrics,
+            tracer=self.tracing,
         )
         self._query = QueryServer(
-            self._store, host=config.grpc_host, port=config.grpc_port, metrics=self.metrics
+            self._store,
+            host=config.grpc_host,
+            port=config.grpc_port,
+            metrics=self.metrics,
+            tracer=self.tracing,
         )
         self._http = HttpServer(
             ops_app(self, self.metrics.registry),
@@ -100,6 +113,7 @@ class Indexer:
             index_prefix=config.index_prefix,
             max_deliveries=config.max_deliveries,
             metrics=self.metrics,
+            tracer=self.tracing,
         )
         self._consumer = EnrichedConsumer(
             self._js,
@@ -170,6 +184,8 @@ class Indexer:
                 await self._nc.drain()
             self._nc = None
         await self._store.close()
+        if self._owns_tracing:
+            self.tracing.shutdown()
 
     async def _drain(self) -> None:
         if self._intake is None:

@@ -9,11 +9,17 @@ from typing import Any
 
 import orjson
 
+from pipeline.tracing import current_ids
+
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
 
 
 class JsonFormatter(logging.Formatter):
-    """Formats a record as one JSON object; `extra=` fields are kept as keys."""
+    """Formats a record as one JSON object; `extra=` fields are kept as keys.
+
+    Inside a recorded span the line carries `trace_id` and `span_id`, so a log line
+    can be found from a trace and the other way round.
+    """
 
     def __init__(self, service: str) -> None:
         super().__init__()
@@ -28,6 +34,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        ids = current_ids()
+        if ids is not None:
+            doc["trace_id"], doc["span_id"] = ids
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 doc[key] = value

@@ -32,14 +32,21 @@ async def connect(settings: NatsSettings, *, name: str) -> Client:
     readiness stays false meanwhile.
     """
 
+    context = {"connection": name}
+    connected: list[Client] = []  # the client, once connected
+
     async def on_disconnect() -> None:
-        log.warning("nats disconnected")
+        if connected and (connected[0].is_draining or connected[0].is_closed):
+            log.info("nats connection closed", extra=context)  # our own stop, not an outage
+            return
+        log.warning("nats disconnected", extra=context)
 
     async def on_reconnect() -> None:
-        log.info("nats reconnected")
+        server = connected[0].connected_url if connected else None
+        log.info("nats reconnected", extra={**context, "server": server.netloc if server else ""})
 
     async def on_error(err: Exception) -> None:
-        log.warning("nats error: %s", err)
+        log.warning("nats error: %s", err, extra=context)
 
     delay = RECONNECT_WAIT_S
     while True:
@@ -60,8 +67,10 @@ async def connect(settings: NatsSettings, *, name: str) -> Client:
             await asyncio.sleep(delay)
             delay = min(delay * 2, CONNECT_RETRY_MAX_S)
             continue
+        connected.append(nc)
         log.info(
-            "nats connected", extra={"server": nc.connected_url.netloc if nc.connected_url else ""}
+            "nats connected",
+            extra={**context, "server": nc.connected_url.netloc if nc.connected_url else ""},
         )
         return nc
 

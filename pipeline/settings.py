@@ -1,4 +1,4 @@
-"""Settings more than one service has: where NATS and OpenSearch are, logging.
+"""Settings more than one service has: where NATS and OpenSearch are, logging, tracing.
 
 Service configs inherit these dataclasses, so each variable is declared once.
 """
@@ -14,6 +14,8 @@ DEFAULT_OPENSEARCH_URL = "http://127.0.0.1:9200"
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_DUPLICATE_WINDOW_S = 600.0
 DEFAULT_STREAM_MAX_AGE_S = 7 * 24 * 3600.0
+DEFAULT_OTLP_ENDPOINT = "http://127.0.0.1:4317"
+TRACES_EXPORTERS = ("none", "console", "otlp")
 
 
 def _log_level(value: str) -> str | None:
@@ -31,6 +33,28 @@ class LogSettings:
         "json",
         "log format: json (one object a line) or text",
         check=lambda v: None if v in ("json", "text") else "must be json or text",
+    )
+
+
+def _traces_exporter(value: str) -> str | None:
+    return None if value in TRACES_EXPORTERS else f"must be one of {', '.join(TRACES_EXPORTERS)}"
+
+
+@dataclass(frozen=True)
+class TracingSettings:
+    """Observability traces (OpenTelemetry), under the standard OTEL_* names."""
+
+    traces_exporter: str = setting(
+        "OTEL_TRACES_EXPORTER",
+        "none",
+        "where the pipeline's own traces go: none, console (stdout) or otlp (OTLP/gRPC)",
+        check=_traces_exporter,
+    )
+    otlp_endpoint: str = setting(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        DEFAULT_OTLP_ENDPOINT,
+        "OTLP/gRPC collector for OTEL_TRACES_EXPORTER=otlp (http:// means no TLS)",
+        check=non_empty,
     )
 
 

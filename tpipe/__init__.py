@@ -1,1 +1,1 @@
-"""The `tpipe` command: one entry point that starts any of the services."""
+"""The `tpipe` command and client: service entry points, people commands, `tpipe.client`."""

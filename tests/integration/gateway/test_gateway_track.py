@@ -309,7 +309,7 @@ async def test_ops_routes_report_readiness_and_metrics(http: httpx.AsyncClient) 
     )
     assert 'gateway_http_requests_total{route="/v1/track",status="202"} 1.0' in metrics
     assert "gateway_publish_seconds_count 1.0" in metrics
-    assert "gateway_in_flight_requests 0.0" in metrics
+    assert "gateway_requests_in_flight 0.0" in metrics
 
 
 async def test_a_lost_stream_is_created_again(

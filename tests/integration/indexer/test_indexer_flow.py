@@ -203,7 +203,7 @@ async def test_ops_routes_and_metrics(
         text = (await http.get("/metrics")).text
         for name in (
             "indexer_bulk_seconds_bucket",
-            "indexer_bulk_in_flight",
+            "indexer_bulk_requests_in_flight",
             "indexer_consumer_pending",
             "indexer_bulk_retries_total",
             "indexer_dlq_total",

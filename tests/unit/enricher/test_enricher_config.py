@@ -36,7 +36,7 @@ def test_defaults() -> None:
 
 
 def test_every_setting_has_the_prefix_or_is_shared() -> None:
-    shared = {"LOG_", "NATS_", "STREAM_"}
+    shared = {"LOG_", "NATS_", "STREAM_", "OTEL_"}
     for field in dataclasses.fields(Config):
         env = field.metadata["env"]
         assert env.startswith("ENRICHER_") or any(env.startswith(p) for p in shared), env

@@ -1,0 +1,194 @@
+"""Observability traces: OpenTelemetry per service, W3C trace context in NATS headers.
+
+Each service gets its own `Tracing` (its own tracer provider, named after the service),
+so several services can run in one process, as the tests do. With the exporter `none`
+(the default) the tracer is OpenTelemetry's no-op one and `span()` does nothing at all.
+
+Spans are made per request, per NATS message or per bulk request, never per event. The
+trace context travels from stage to stage in the `traceparent` header of the messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from contextlib import contextmanager
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+)
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import Attributes
+
+from pipeline.settings import TracingSettings
+
+__all__ = [
+    "INVALID_SPAN",
+    "Link",
+    "Span",
+    "SpanContext",
+    "SpanKind",
+    "Tracing",
+    "current_ids",
+    "extract",
+    "inject",
+    "link_of",
+    "setup",
+]
+
+INSTRUMENTATION_NAME = "telemetry-pipeline"
+INVALID_SPAN = trace.INVALID_SPAN  # what a disabled `Tracing` hands out: every call a no-op
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+class Tracing:
+    """One service's tracer; `shutdown()` flushes and closes what the service owns."""
+
+    def __init__(self, tracer: trace.Tracer, provider: TracerProvider | None = None) -> None:
+        self.tracer = tracer
+        self._provider = provider
+
+    @classmethod
+    def disabled(cls) -> Tracing:
+        """No spans at all (the exporter `none`)."""
+        return cls(trace.NoOpTracer())
+
+    @classmethod
+    def exporting(cls, service: str, exporter: SpanExporter, *, batch: bool = True) -> Tracing:
+        """Spans of `service` sent to `exporter` (batched, or one by one for tests)."""
+        provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service}))
+        processor = BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter)
+        provider.add_span_processor(processor)
+        return cls(provider.get_tracer(INSTRUMENTATION_NAME), provider)
+
+    @property
+    def enabled(self) -> bool:
+        """True when spans are recorded and exported."""
+        return self._provider is not None
+
+    def incoming(self, headers: Mapping[str, str] | None) -> Context | None:
+        """The caller's trace context from request or message headers (None when disabled)."""
+        return extract(headers) if self._provider is not None else None
+
+    def incoming_link(self, headers: Mapping[str, str] | None) -> SpanContext | None:
+        """The span context of a message's headers, to link to (None when disabled)."""
+        return link_of(headers) if self._provider is not None else None
+
+    @contextmanager
+    def span(
+        self,
+        name: str,
+        *,
+        kind: SpanKind = SpanKind.INTERNAL,
+        parent: Context | None = None,
+        links: Sequence[Link] = (),
+        attributes: Attributes = None,
+    ) -> Iterator[Span]:
+        """A span made current for the block; an exception marks it failed with its type.
+
+        Only the exception's type is recorded: messages may carry what a client sent.
+        """
+        if self._provider is None:
+            yield INVALID_SPAN
+            return
+        with self.tracer.start_as_current_span(
+            name,
+            context=parent,
+            kind=kind,
+            links=links,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                yield span
+            except Exception as err:
+                status = getattr(span, "status", None)
+                if status is None or status.is_unset:  # keep what the code already said
+                    failed(span, type(err).__name__)
+                raise
+
+    def start(
+        self,
+        name: str,
+        *,
+        kind: SpanKind = SpanKind.INTERNAL,
+        parent: Context | None = None,
+        attributes: Attributes = None,
+    ) -> Span:
+        """A span the caller ends (not made current): for work that is not one block."""
+        if self._provider is None:
+            return INVALID_SPAN
+        return self.tracer.start_span(name, context=parent, kind=kind, attributes=attributes)
+
+    def shutdown(self) -> None:
+        """Exports what is buffered and closes the exporter (idempotent)."""
+        provider, self._provider = self._provider, None
+        if provider is not None:
+            provider.shutdown()
+
+
+def failed(span: Span, error_type: str) -> None:
+    """Marks a span failed, naming the kind of error (never its message)."""
+    span.set_attribute("error.type", error_type)
+    span.set_status(Status(StatusCode.ERROR))
+
+
+def setup(service: str, settings: TracingSettings) -> Tracing:
+    """The tracing the settings ask for; `none` costs nothing."""
+    exporter: SpanExporter
+    if settings.traces_exporter == "console":
+        exporter = ConsoleSpanExporter(service_name=service)
+    elif settings.traces_exporter == "otlp":
+        # Imported here: the gRPC exporter is heavy and most runs do not export.
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter(endpoint=settings.otlp_endpoint)
+    else:
+        return Tracing.disabled()
+    return Tracing.exporting(service, exporter)
+
+
+def inject(headers: MutableMapping[str, str], span: Span | None = None) -> bool:
+    """Writes the W3C `traceparent` of `span` (default: the current one) into `headers`.
+
+    Returns False, writing nothing, when there is no valid span.
+    """
+    context = trace.set_span_in_context(span) if span is not None else None
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier, context=context)
+    headers.update(carrier)
+    return bool(carrier)
+
+
+def extract(headers: Mapping[str, str] | None) -> Context | None:
+    """The trace context carried by `headers` (a `traceparent`), or None."""
+    if not headers:
+        return None
+    context = _PROPAGATOR.extract(headers)
+    if not trace.get_current_span(context).get_span_context().is_valid:
+        return None
+    return context
+
+
+def link_of(headers: Mapping[str, str] | None) -> SpanContext | None:
+    """The span context carried by `headers`, to link a span covering many messages to it."""
+    context = extract(headers)
+    if context is None:
+        return None
+    return trace.get_current_span(context).get_span_context()
+
+
+def current_ids() -> tuple[str, str] | None:
+    """(trace id, span id) in hex of the current span, or None outside a recorded span."""
+    span_context = trace.get_current_span().get_span_context()
+    if not span_context.is_valid:
+        return None
+    return trace.format_trace_id(span_context.trace_id), trace.format_span_id(span_context.span_id)

@@ -1,0 +1,321 @@
+"""pipeline.tracing and its use by the stages, with an in-memory span exporter and fake ports."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import orjson
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, format_span_id, format_trace_id
+from telemetry.v1 import event_pb2
+
+from enricher._enrich import EnrichOptions
+from enricher._geo import OfflineGeo
+from enricher._handler import Delivery, Handler
+from enricher._metrics import Metrics as EnricherMetrics
+from enricher._policy import RetryPolicy
+from indexer.bulk import BulkItem, BulkWriter, ItemResult, render
+from indexer.outcomes import Outcome
+from pipeline import subjects, tracing
+from pipeline.config import load
+from pipeline.errors import ConfigError
+from pipeline.logs import JsonFormatter
+from pipeline.settings import TracingSettings
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
+
+
+@pytest.fixture
+def exporter() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+def _tracing(exporter: InMemorySpanExporter, service: str = "test") -> tracing.Tracing:
+    return tracing.Tracing.exporting(service, exporter, batch=False)
+
+
+# --- settings and setup -------------------------------------------------------------------
+
+
+def test_tracing_is_off_by_default() -> None:
+    settings = load(TracingSettings, {})
+    assert settings.traces_exporter == "none"
+    assert not tracing.setup("gateway", settings).enabled
+
+
+def test_an_unknown_exporter_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="OTEL_TRACES_EXPORTER"):
+        load(TracingSettings, {"OTEL_TRACES_EXPORTER": "jaeger"})
+
+
+@pytest.mark.parametrize("exporter_name", ["console", "otlp"])
+def test_console_and_otlp_record_spans(exporter_name: str) -> None:
+    settings = load(
+        TracingSettings,
+        {
+            "OTEL_TRACES_EXPORTER": exporter_name,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1",
+        },
+    )
+    made = tracing.setup("indexer", settings)
+    try:
+        assert made.enabled
+        with made.span("work") as span:
+            assert span.is_recording()
+    finally:
+        made.shutdown()
+    assert not made.enabled
+
+
+def test_disabled_tracing_records_nothing_and_injects_nothing() -> None:
+    off = tracing.Tracing.disabled()
+    headers: dict[str, str] = {}
+    with off.span("request") as span:
+        assert not span.is_recording()
+        assert tracing.inject(headers) is False
+    assert headers == {}
+    assert off.incoming({"traceparent": TRACEPARENT}) is None
+    assert off.incoming_link({"traceparent": TRACEPARENT}) is None
+
+
+# --- propagation --------------------------------------------------------------------------
+
+
+def test_a_span_continues_the_trace_of_incoming_headers(exporter: InMemorySpanExporter) -> None:
+    on = _tracing(exporter)
+    out: dict[str, str] = {}
+    with on.span("child", parent=on.incoming({subjects.TRACEPARENT_HEADER: TRACEPARENT})) as span:
+        assert tracing.inject(out) is True
+    (finished,) = exporter.get_finished_spans()
+    assert format_trace_id(finished.context.trace_id) == TRACE_ID
+    assert finished.parent is not None
+    assert format_span_id(finished.parent.span_id) == PARENT_ID
+    # The outgoing header names the child, in the same trace.
+    version, trace_id, span_id, flags = out[subjects.TRACEPARENT_HEADER].split("-")
+    assert (version, trace_id, flags) == ("00", TRACE_ID, "01")
+    assert span_id == format_span_id(span.get_span_context().span_id)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [None, {}, {"traceparent": "garbage"}, {"traceparent": f"00-{'0' * 32}-{'0' * 16}-01"}],
+)
+def test_missing_or_invalid_traceparent_starts_no_trace(headers: Mapping[str, str] | None) -> None:
+    assert tracing.extract(headers) is None
+    assert tracing.link_of(headers) is None
+
+
+def test_a_failing_block_marks_the_span_with_the_error_type_only(
+    exporter: InMemorySpanExporter,
+) -> None:
+    on = _tracing(exporter)
+    with pytest.raises(ValueError, match="secret-key"), on.span("request"):
+        raise ValueError("secret-key")
+    (finished,) = exporter.get_finished_spans()
+    assert finished.attributes is not None
+    assert finished.attributes["error.type"] == "ValueError"
+    assert not finished.status.is_ok
+    assert "secret-key" not in str(finished.to_json())
+
+
+# --- logs ---------------------------------------------------------------------------------
+
+
+def _log_line(formatter: logging.Formatter) -> dict[str, object]:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    logger = logging.getLogger("observability-test")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.warning("nats disconnected", extra={"server": "127.0.0.1:4222"})
+    line: dict[str, object] = orjson.loads(stream.getvalue())
+    return line
+
+
+def test_json_logs_carry_trace_and_span_ids_inside_a_span(exporter: InMemorySpanExporter) -> None:
+    with _tracing(exporter).span("request") as span:
+        line = _log_line(JsonFormatter("gateway"))
+    context = span.get_span_context()
+    assert line["trace_id"] == format_trace_id(context.trace_id)
+    assert line["span_id"] == format_span_id(context.span_id)
+    assert line["server"] == "127.0.0.1:4222"
+
+
+def test_json_logs_outside_a_span_have_no_trace_ids() -> None:
+    line = _log_line(JsonFormatter("gateway"))
+    assert "trace_id" not in line
+    assert "span_id" not in line
+
+
+# --- enricher: one span per raw message, its traceparent onto the enriched message -------
+
+
+@dataclass
+class _Delivery:
+    data: bytes
+    headers: Mapping[str, str]
+    subject: str = "telemetry.raw.v1.shop"
+    stream_seq: int = 41
+    deliveries: int = 1
+    stored_ns: int = 1_700_000_000_000_000_000
+
+    async def ack(self) -> None:
+        return None
+
+    async def nak(self, delay_s: float) -> None:
+        return None
+
+    async def term(self) -> None:
+        return None
+
+
+@dataclass
+class _Sink:
+    published: list[dict[str, str]] = field(default_factory=list)
+    dead: int = 0
+
+    async def publish(self, subject: str, data: bytes, *, headers: Mapping[str, str]) -> bool:
+        self.published.append(dict(headers))
+        return False
+
+    async def dead_letter(self, delivery: Delivery, *, reason: str, detail: str) -> None:
+        self.dead += 1
+
+
+def _handler(sink: _Sink, tracer: tracing.Tracing) -> Handler:
+    return Handler(
+        sink=sink,
+        geo=OfflineGeo(),
+        options=EnrichOptions(),
+        retry=RetryPolicy(max_deliver=3, base_delay_s=1.0, max_delay_s=8.0),
+        metrics=EnricherMetrics(),
+        tracer=tracer,
+    )
+
+
+def _raw(events: int) -> bytes:
+    raw = event_pb2.RawBatch()
+    raw.context.app_id = "shop"
+    raw.context.client_ip = "81.2.69.142"
+    for n in range(events):
+        raw.events.add(event_id=f"e{n}", event_name="open")
+    return raw.SerializeToString()
+
+
+async def test_enricher_makes_one_child_span_per_message_not_per_event(
+    exporter: InMemorySpanExporter,
+) -> None:
+    sink = _Sink()
+    headers = {subjects.TRACEPARENT_HEADER: TRACEPARENT, subjects.MSG_ID_HEADER: "raw-1"}
+    await _handler(sink, _tracing(exporter, "enricher")).handle(
+        [_Delivery(_raw(5), headers), _Delivery(b"\xff not a batch", {}, stream_seq=42)]
+    )
+    spans = {span.attributes["pipeline.stream_sequence"]: span for span in _attributed(exporter)}
+    assert sorted(spans) == [41, 42]
+    good = spans[41]
+    assert good.kind is SpanKind.CONSUMER
+    assert format_trace_id(good.context.trace_id) == TRACE_ID
+    assert good.parent is not None
+    assert format_span_id(good.parent.span_id) == PARENT_ID
+    assert good.attributes is not None
+    assert good.attributes["pipeline.events"] == 5
+    assert good.attributes["pipeline.outcome"] == "enriched"
+    assert "81.2.69.142" not in str(good.to_json())
+    # The enriched message carries the enricher's span, no longer the gateway's.
+    (out,) = sink.published
+    assert out[subjects.TRACEPARENT_HEADER] == (
+        f"00-{TRACE_ID}-{format_span_id(good.context.span_id)}-01"
+    )
+    bad = spans[42]
+    assert sink.dead == 1
+    assert bad.attributes is not None
+    assert bad.attributes["pipeline.outcome"] == "dead_lettered"
+    assert not bad.status.is_ok
+
+
+async def test_untraced_enricher_passes_the_raw_traceparent_on() -> None:
+    sink = _Sink()
+    headers = {subjects.TRACEPARENT_HEADER: TRACEPARENT}
+    await _handler(sink, tracing.Tracing.disabled()).handle([_Delivery(_raw(1), headers)])
+    assert sink.published[0][subjects.TRACEPARENT_HEADER] == TRACEPARENT
+
+
+def _attributed(exporter: InMemorySpanExporter) -> Sequence[ReadableSpan]:
+    spans = exporter.get_finished_spans()
+    assert all(span.attributes is not None for span in spans)
+    return spans
+
+
+# --- indexer: one bulk span linked to every message it carries ----------------------------
+
+
+class _Store:
+    def __init__(self) -> None:
+        self.requests = 0
+
+    async def bulk(self, body: bytes) -> Sequence[ItemResult]:
+        self.requests += 1
+        lines = body.count(b"\n") // 2
+        return [ItemResult(201 if n else 409) for n in range(lines)]
+
+
+async def test_bulk_span_links_each_message_once(exporter: InMemorySpanExporter) -> None:
+    store = _Store()
+    writer = BulkWriter(
+        store,
+        max_docs=100,
+        max_bytes=1_000_000,
+        flush_interval_s=60,
+        concurrency=1,
+        retry_base_s=0.01,
+        retry_max_s=0.01,
+        tracer=_tracing(exporter, "indexer"),
+    )
+    done: list[Outcome] = []
+
+    async def on_done(_: BulkItem, outcome: Outcome, reason: str) -> None:
+        done.append(outcome)
+
+    parents = [f"00-{n:032x}-{n:016x}-01" for n in (1, 2)]
+    for number in range(6):
+        link = tracing.link_of({"traceparent": parents[number % 2]})
+        payload = render(index="t-x", doc_id=f"e{number}", source={"n": number})
+        await writer.add(BulkItem(payload=payload, on_done=on_done, link=link))
+    await writer.drain()
+    assert store.requests == 1
+    (span,) = exporter.get_finished_spans()
+    assert span.kind is SpanKind.CLIENT
+    assert sorted(link.context.trace_id for link in span.links) == [1, 2]
+    assert span.attributes is not None
+    assert span.attributes["pipeline.documents"] == 6
+    assert span.attributes["pipeline.messages"] == 2
+    assert span.attributes["pipeline.documents.created"] == 5
+    assert span.attributes["pipeline.documents.duplicate"] == 1
+    assert sorted(done, key=lambda o: o.value) == [Outcome.CREATED] * 5 + [Outcome.DUPLICATE]
+
+
+async def test_untraced_bulk_makes_no_span(exporter: InMemorySpanExporter) -> None:
+    writer = BulkWriter(
+        _Store(),
+        max_docs=100,
+        max_bytes=1_000_000,
+        flush_interval_s=60,
+        concurrency=1,
+        retry_base_s=0.01,
+        retry_max_s=0.01,
+    )
+
+    async def on_done(_: BulkItem, outcome: Outcome, reason: str) -> None:
+        return None
+
+    await writer.add(BulkItem(payload=render(index="t", doc_id="a", source={}), on_done=on_done))
+    await writer.drain()
+    assert exporter.get_finished_spans() == ()

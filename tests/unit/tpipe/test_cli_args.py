@@ -1,0 +1,160 @@
+"""Argument parsing, help, usage errors and the service dispatch of `tpipe`."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+
+import pytest
+
+from tpipe import _commands, cli
+from tpipe._args import Parser, add_filter_options, build_filter
+from tpipe._events_file import parse_events
+from tpipe.errors import UsageError
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def filter_args(*argv: str) -> argparse.Namespace:
+    parser = Parser(prog="t")
+    add_filter_options(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_filter_options_fill_the_event_filter() -> None:
+    args = filter_args(
+        "--user", "u1", "--user", "u2", "--event", "open", "--app-version", "2.0",
+        "--os", "iOS", "--country", "GB", "--app", "shop", "--session", "s1",
+        "--since", "1h", "--until", "2026-03-01T11:30:00Z", "--text", "checkout",
+    )  # fmt: skip
+
+    flt = build_filter(args, now=NOW)
+
+    assert list(flt.user_ids) == ["u1", "u2"]
+    assert list(flt.event_names) == ["open"]
+    assert list(flt.app_versions) == ["2.0"]
+    assert list(flt.device_os) == ["iOS"]
+    assert list(flt.country_codes) == ["GB"]
+    assert list(flt.app_ids) == ["shop"]
+    assert list(flt.session_ids) == ["s1"]
+    assert flt.start_time.ToDatetime(tzinfo=UTC) == datetime(2026, 3, 1, 11, 0, tzinfo=UTC)
+    assert flt.end_time.ToDatetime(tzinfo=UTC) == datetime(2026, 3, 1, 11, 30, tzinfo=UTC)
+    assert flt.text == "checkout"
+
+
+def test_no_options_is_an_empty_filter() -> None:
+    flt = build_filter(filter_args(), now=NOW)
+    assert not flt.HasField("start_time")
+    assert not flt.user_ids
+    assert flt.text == ""
+
+
+def test_since_after_until_is_refused() -> None:
+    with pytest.raises(UsageError, match="--since must be before --until"):
+        build_filter(filter_args("--since", "1h", "--until", "2h"), now=NOW)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["query", "--page-size", "0"],
+        ["query", "--format", "xml"],
+        ["query", "--nope"],
+        ["aggregate", "--by", "color"],
+        ["tail", "--count", "-1"],
+        ["send"],
+        ["loadgen", "--duration", "0"],
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"tpipe {argv[0]}: ")
+
+
+def test_bad_input_found_while_running_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["query", "--since", "last tuesday"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "last tuesday" in err
+
+
+def test_loadgen_refuses_remote_targets_unless_allowed(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["loadgen", "--target-url", "http://10.1.2.3:3000", "--key", "k"]) == 2
+    assert "--allow-remote" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", sorted(_commands.COMMANDS))
+def test_every_command_has_help_with_examples(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert f"usage: tpipe {command}" in out
+    assert "examples:\n" in out
+    assert f"  tpipe {command}" in out.split("examples:\n", 1)[1]
+
+
+def test_top_level_help_lists_services_commands_and_exit_codes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in ("gateway", "enricher", "indexer", "query", "aggregate", "tail", "send", "loadgen"):
+        assert f"\n  {name} " in out
+    assert "exit codes:" in out
+    assert "  3  a server" in out
+
+
+def test_unknown_command_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["frobnicate"]) == 2
+    assert "unknown command 'frobnicate'" in capsys.readouterr().err
+
+
+def test_services_are_still_dispatched_to_their_own_main(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[tuple[str, list[str] | None]] = []
+
+    def fake(name: str):  # type: ignore[no-untyped-def]
+        return lambda argv: seen.append((name, argv)) or 7
+
+    monkeypatch.setattr(cli, "_service_main", fake)
+    assert cli.main(["indexer", "--x"]) == 7
+    assert seen == [("indexer", ["--x"])]
+
+
+def test_gateway_help_is_the_services_own(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["gateway", "--help"]) == 0
+    assert "GATEWAY_HTTP_PORT" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'[{"event_id": "a"}, {"event_id": "b"}]',
+        b'{"sent_at": "2026-01-01T00:00:00Z", "events": [{"event_id": "a"}, {"event_id": "b"}]}',
+        b'{"event_id": "a"}\n\n{"event_id": "b"}\n',
+        b'  \n[{"event_id": "a"},\n {"event_id": "b"}]\n',
+    ],
+)
+def test_events_files_in_every_accepted_shape(data: bytes) -> None:
+    assert [e["event_id"] for e in parse_events(data, source="f")] == ["a", "b"]
+
+
+def test_single_event_object_is_one_ndjson_line() -> None:
+    assert parse_events(b'{"event_id": "a"}', source="f") == [{"event_id": "a"}]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [(b"", "empty"), (b"  \n", "empty"), (b'{"event_id": "a"}\n{oops\n', "f:2: not JSON")],
+)
+def test_bad_events_files_name_the_problem(data: bytes, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        parse_events(data, source="f")

@@ -1,0 +1,88 @@
+"""Tables, JSON lines and bars as the commands print them."""
+
+from __future__ import annotations
+
+import orjson
+from google.protobuf.timestamp_pb2 import Timestamp
+from telemetry.v1 import event_pb2, query_service_pb2
+
+from tpipe import _render
+from tpipe._cmd_tail import EventMatch, line
+
+
+def enriched(event_id: str, *, user: str = "u1", name: str = "screen_view", app: str = "shop"):
+    return event_pb2.EnrichedEvent(
+        event=event_pb2.Event(
+            event_id=event_id, user_id=user, event_name=name, session_id="s1", device_os="iOS 17.2"
+        ),
+        corrected_timestamp=Timestamp(seconds=1_767_225_600, nanos=5_000_000),
+        app_id=app,
+    )
+
+
+def test_table_aligns_columns_and_drops_empty_ones() -> None:
+    lines = _render.table([enriched("e-1"), enriched("e-22", user="a-much-longer-user")])
+
+    header, first, second = lines
+    assert header.split() == ["TIME", "EVENT", "USER", "SESSION", "APP", "OS", "EVENT", "ID"]
+    assert "VERSION" not in header
+    assert "CC" not in header
+    assert first.startswith("2026-01-01T00:00:00.005Z  screen_view")
+    # Every column starts at the same offset in every line.
+    assert header.index("USER") == first.index("u1") == second.index("a-much-longer-user")
+    assert first.endswith("e-1")
+    assert second.endswith("e-22")
+
+
+def test_long_cells_are_clipped_but_event_ids_never() -> None:
+    long_id = "x" * 60
+    lines = _render.table([enriched(long_id, name="n" * 50)])
+    assert lines[1].endswith(long_id)
+    assert "n" * 31 + "…" in lines[1]
+    assert "n" * 32 not in lines[1]
+
+
+def test_event_json_is_one_object_with_proto_field_names() -> None:
+    data = orjson.loads(_render.event_json(enriched("e-1")))
+    assert data["event"]["event_id"] == "e-1"
+    assert data["corrected_timestamp"] == "2026-01-01T00:00:00.005Z"
+    assert data["app_id"] == "shop"
+
+
+def test_bars_scale_to_the_largest_count_and_show_small_ones() -> None:
+    lines = _render.bars([("a", 100), ("bb", 50), ("c", 1), ("d", 0)], width=10)
+    assert lines == [
+        "a   100  " + "█" * 10,
+        "bb   50  " + "█" * 5,
+        "c     1  █",
+        "d     0",
+    ]
+
+
+def test_aggregate_prints_total_counts_and_histogram() -> None:
+    response = query_service_pb2.AggregateEventsResponse(
+        total_count=3,
+        counts=[query_service_pb2.TermCount(value="open", count=2)],
+        histogram=[query_service_pb2.HistogramBucket(start_time=Timestamp(seconds=0), count=3)],
+    )
+    lines = _render.aggregate(response, by="event_name", interval="hour")
+    assert lines[0] == "total: 3"
+    assert "by event_name:" in lines
+    assert "per hour:" in lines
+    assert any(text.startswith("  open  2  ") and "█" in text for text in lines)
+    assert any(text.startswith("  1970-01-01T00:00:00.000Z  3  ") for text in lines)
+
+
+def test_tail_filter_and_line() -> None:
+    match = EventMatch(users=["u1"], apps=["shop"])
+    assert match(enriched("e", user="u1"))
+    assert not match(enriched("e", user="u2"))
+    assert not match(enriched("e", app="other"))
+    assert EventMatch()(enriched("e", user="anyone"))
+    assert line(enriched("e-9")).split() == [
+        "2026-01-01T00:00:00.005Z",
+        "shop",
+        "screen_view",
+        "u1",
+        "e-9",
+    ]

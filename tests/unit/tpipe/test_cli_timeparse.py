@@ -1,0 +1,46 @@
+"""--since/--until values: ages, RFC 3339, and what is refused."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from tpipe._timeparse import parse_time, rfc3339, to_timestamp
+from tpipe.errors import UsageError
+
+NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("text", "age"),
+    [
+        ("90s", timedelta(seconds=90)),
+        ("15m", timedelta(minutes=15)),
+        ("1h", timedelta(hours=1)),
+        ("2d", timedelta(days=2)),
+        ("1w", timedelta(days=7)),
+        ("now", timedelta(0)),
+    ],
+)
+def test_ages_count_back_from_now(text: str, age: timedelta) -> None:
+    assert parse_time(text, now=NOW) == NOW - age
+
+
+def test_rfc3339_with_offset_is_converted_to_utc() -> None:
+    got = parse_time("2026-01-31T14:00:00+02:00", now=NOW)
+    assert got == datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
+    assert parse_time("2026-01-31T12:00:00.250Z", now=NOW).microsecond == 250000
+
+
+@pytest.mark.parametrize(
+    "text", ["yesterday", "1y", "-1h", "2026-01-31T12:00:00", "2026-01-31", "1.5h", ""]
+)
+def test_other_values_are_usage_errors(text: str) -> None:
+    with pytest.raises(UsageError):
+        parse_time(text, now=NOW)
+
+
+def test_timestamps_round_trip_as_rfc3339_utc() -> None:
+    moment = datetime(2026, 1, 31, 13, 0, 0, 123000, tzinfo=timezone(timedelta(hours=1)))
+    assert rfc3339(to_timestamp(moment)) == "2026-01-31T12:00:00.123Z"

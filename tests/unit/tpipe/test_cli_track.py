@@ -1,0 +1,192 @@
+"""The /v1/track poster against a small in-process HTTP server: gzip, key, retries, receipts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+from aiohttp import web
+
+from tests.servers import free_port
+from tpipe import errors
+from tpipe._backoff import Backoff
+from tpipe._cmd_send import summary
+from tpipe._track import (
+    Receipt,
+    Rejection,
+    Tally,
+    TrackPoster,
+    check_gateway_url,
+    retry_after_s,
+)
+
+RECEIPT = {
+    "accepted": 1,
+    "rejected": [{"index": 1, "event_id": "b", "reason": "R_MISSING", "detail": "user_id"}],
+    "duplicate": False,
+    "batch_id": "batch-1",
+}
+
+
+class Gateway:
+    """Answers POST /v1/track with the queued (status, headers) answers, then 202 RECEIPT."""
+
+    def __init__(self) -> None:
+        self.answers: list[tuple[int, dict[str, str]]] = []
+        self.bodies: list[object] = []
+        self.headers: list[dict[str, str]] = []
+        self.raw_sizes: list[int] = []
+
+    async def track(self, request: web.Request) -> web.Response:
+        # aiohttp's server undoes Content-Encoding: gzip; the raw size shows it was compressed.
+        body = await request.read()
+        self.headers.append(dict(request.headers))
+        self.raw_sizes.append(int(request.headers["Content-Length"]))
+        self.bodies.append(orjson.loads(body))
+        if self.answers:
+            status, headers = self.answers.pop(0)
+            return web.json_response({"message": "busy"}, status=status, headers=headers)
+        return web.json_response(RECEIPT, status=202)
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[tuple[Gateway, str]]:
+    fake = Gateway()
+    app = web.Application()
+    app.router.add_post("/v1/track", fake.track)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield fake, f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+class Sleeps:
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+
+
+def poster(url: str, sleeps: Sleeps, *, retries: int = 3) -> TrackPoster:
+    return TrackPoster(
+        url,
+        write_key="wk",
+        max_retries=retries,
+        backoff=Backoff(initial_s=0.1, max_s=1.0, rand=lambda: 1.0),
+        sleep=sleeps,
+    )
+
+
+async def test_posts_gzip_with_the_key_and_reads_the_receipt(gateway: tuple[Gateway, str]) -> None:
+    fake, url = gateway
+    events = [{"event_id": "a", "metadata": {"k": "v" * 500}}, {"event_id": "b"}]
+    async with poster(url, Sleeps()) as send:
+        receipt = await send.post(events, sent_at="2026-01-01T00:00:00Z")
+
+    assert receipt == Receipt(
+        accepted=1,
+        rejected=(Rejection(index=1, event_id="b", reason="R_MISSING", detail="user_id"),),
+        duplicate=False,
+        batch_id="batch-1",
+    )
+    assert fake.bodies == [{"sent_at": "2026-01-01T00:00:00Z", "events": events}]
+    assert fake.raw_sizes[0] < len(orjson.dumps(events))
+    assert fake.headers[0]["Authorization"] == "Bearer wk"
+    assert fake.headers[0]["Content-Encoding"] == "gzip"
+
+
+async def test_429_and_503_are_retried_no_sooner_than_retry_after(
+    gateway: tuple[Gateway, str],
+) -> None:
+    fake, url = gateway
+    fake.answers = [(503, {"Retry-After": "2"}), (429, {})]
+    sleeps = Sleeps()
+    async with poster(url, sleeps) as send:
+        receipt = await send.post([{"event_id": "a"}])
+
+    assert receipt.retries == 2
+    assert sleeps.delays == [2.0, 0.2]
+    assert len(fake.bodies) == 3
+
+
+async def test_overload_that_lasts_raises_after_the_retries(gateway: tuple[Gateway, str]) -> None:
+    fake, url = gateway
+    fake.answers = [(503, {"Retry-After": "1"})] * 5
+    async with poster(url, Sleeps(), retries=2) as send:
+        with pytest.raises(errors.Unavailable, match="HTTP 503: busy"):
+            await send.post([{"event_id": "a"}])
+    assert len(fake.bodies) == 3
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [(401, errors.Unauthenticated), (403, errors.PermissionDenied), (413, errors.InvalidArgument)],
+)
+async def test_client_mistakes_are_not_retried(
+    gateway: tuple[Gateway, str], status: int, kind: type[errors.ClientError]
+) -> None:
+    fake, url = gateway
+    fake.answers = [(status, {})]
+    sleeps = Sleeps()
+    async with poster(url, sleeps) as send:
+        with pytest.raises(kind):
+            await send.post([{"event_id": "a"}])
+    assert sleeps.delays == []
+
+
+async def test_an_unreachable_gateway_is_unavailable_after_retries() -> None:
+    sleeps = Sleeps()
+    async with poster(f"http://127.0.0.1:{free_port()}", sleeps, retries=2) as send:
+        with pytest.raises(errors.Unavailable):
+            await send.post([{"event_id": "a"}])
+    assert len(sleeps.delays) == 2
+
+
+def test_gateway_urls_are_loopback_only_unless_allowed() -> None:
+    assert (
+        check_gateway_url("http://127.0.0.1:3000/", allow_remote=False) == "http://127.0.0.1:3000"
+    )
+    assert check_gateway_url("http://localhost:3000", allow_remote=False)
+    assert check_gateway_url("http://[::1]:3000", allow_remote=False)
+    with pytest.raises(errors.UsageError, match="--allow-remote"):
+        check_gateway_url("https://gw.example.com", allow_remote=False)
+    assert check_gateway_url("https://gw.example.com", allow_remote=True)
+    with pytest.raises(errors.UsageError):
+        check_gateway_url("ftp://127.0.0.1", allow_remote=True)
+
+
+def test_retry_after_values() -> None:
+    assert retry_after_s("3") == 3.0
+    assert retry_after_s(" 0.5 ") == 0.5
+    assert retry_after_s(None) is None
+    assert retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT") is None
+
+
+def test_summary_counts_rejections_by_reason_with_input_positions() -> None:
+    tally = Tally()
+    reject = Rejection(index=1, event_id="b", reason="R_MISSING", detail="user_id is required")
+    tally.add(Receipt(accepted=1, rejected=(reject,), duplicate=False, batch_id="1"), size=2)
+    tally.add(Receipt(accepted=2, rejected=(), duplicate=True, batch_id="2"), size=2, offset=2)
+    tally.add(
+        Receipt(accepted=1, rejected=(reject,), duplicate=False, batch_id="3", retries=2),
+        size=2,
+        offset=4,
+    )
+    tally.fail(size=3)
+
+    lines = summary(tally, url="http://gw/v1/track")
+
+    assert lines[0] == "sent 9 events in 4 batches to http://gw/v1/track"
+    assert "accepted: 4" in lines
+    assert "rejected: 2" in lines
+    assert "  R_MISSING: 2" in lines
+    assert "  event #5 (b): user_id is required" in lines
+    assert "duplicate batches: 1" in lines
+    assert "retries: 2" in lines
+    assert "failed batches: 1 (3 events)" in lines

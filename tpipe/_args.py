@@ -1,0 +1,117 @@
+"""argparse pieces the people commands share: one-line errors, typed options, filter options."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import NoReturn, TypeAlias
+
+from telemetry.v1 import query_service_pb2
+
+from tpipe._timeparse import parse_time, to_timestamp
+from tpipe.errors import EXIT_USAGE, UsageError
+
+Runner = Callable[[argparse.Namespace], Awaitable[int]]
+# argparse's type for add_subparsers() (unexported, generic only for type checkers)
+Subparsers: TypeAlias = "argparse._SubParsersAction[Parser]"
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: {message} (see {self.prog} --help)\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def add_command(
+    sub: Subparsers, name: str, *, summary: str, description: str, examples: str, run: Runner
+) -> Parser:
+    """Adds one subcommand whose --help ends with its examples."""
+    parser = sub.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog="examples:\n" + examples.strip("\n"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(run=run)
+    assert isinstance(parser, Parser)
+    return parser
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer > 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+    return value
+
+
+def env_default(name: str, default: str) -> str:
+    """The environment variable's value, or `default` when it is unset or empty."""
+    return os.environ.get(name, "").strip() or default
+
+
+# option -> (EventFilter field, help)
+FILTER_OPTIONS: dict[str, tuple[str, str]] = {
+    "--user": ("user_ids", "user_id"),
+    "--session": ("session_ids", "session_id"),
+    "--event": ("event_names", "event_name"),
+    "--app-version": ("app_versions", "app_version"),
+    "--os": ("device_os", 'device_os or OS name ("iOS 17.2" or "iOS")'),
+    "--country": ("country_codes", "ISO country code of the client (GB)"),
+    "--app": ("app_ids", "app id (the write key's app)"),
+}
+
+
+def add_filter_options(parser: argparse.ArgumentParser) -> None:
+    """The EventFilter options: repeatable field matches, a time range and free text."""
+    group = parser.add_argument_group("filter (an option given twice matches either value)")
+    for option, (field, text) in FILTER_OPTIONS.items():
+        group.add_argument(
+            option,
+            dest=field,
+            metavar=option[2:].upper().replace("-", "_"),
+            action="append",
+            default=[],
+            help=f"match {text}",
+        )
+    group.add_argument(
+        "--since", help="events at or after: RFC 3339 (2026-01-31T12:00:00Z) or an age (15m, 2d)"
+    )
+    group.add_argument("--until", help="events before: RFC 3339 or an age")
+    group.add_argument("--text", default="", help="free text: all words must match")
+
+
+def build_filter(args: argparse.Namespace, *, now: datetime) -> query_service_pb2.EventFilter:
+    """The EventFilter the options describe; UsageError for a bad time or range."""
+    flt = query_service_pb2.EventFilter(text=args.text)
+    for field, _ in FILTER_OPTIONS.values():
+        getattr(flt, field).extend(value for value in getattr(args, field) if value)
+    since = parse_time(args.since, now=now) if args.since else None
+    until = parse_time(args.until, now=now) if args.until else None
+    if since is not None and until is not None and since >= until:
+        raise UsageError("--since must be before --until")
+    if since is not None:
+        flt.start_time.CopyFrom(to_timestamp(since))
+    if until is not None:
+        flt.end_time.CopyFrom(to_timestamp(until))
+    return flt

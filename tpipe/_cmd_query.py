@@ -1,0 +1,181 @@
+"""`tpipe query` and `tpipe aggregate`: QueryService from a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+
+from telemetry.v1 import event_pb2, query_service_pb2
+
+from tpipe import _render
+from tpipe._args import (
+    Subparsers,
+    add_command,
+    add_filter_options,
+    build_filter,
+    env_default,
+    positive_float,
+    positive_int,
+)
+from tpipe.client import DEFAULT_MAX_RETRIES, DEFAULT_QUERY_TARGET, ClientSettings, TelemetryClient
+from tpipe.errors import EXIT_OK
+
+QUERY_TARGET_ENV = "TPIPE_QUERY_TARGET"
+DEFAULT_TABLE_PAGE = 50
+MAX_PAGE_SIZE = 1000
+
+GROUP_BY = {
+    "event_name": query_service_pb2.AGGREGATION_FIELD_EVENT_NAME,
+    "user_id": query_service_pb2.AGGREGATION_FIELD_USER_ID,
+    "session_id": query_service_pb2.AGGREGATION_FIELD_SESSION_ID,
+    "app_version": query_service_pb2.AGGREGATION_FIELD_APP_VERSION,
+    "device_os": query_service_pb2.AGGREGATION_FIELD_DEVICE_OS,
+    "os_name": query_service_pb2.AGGREGATION_FIELD_OS_NAME,
+    "country": query_service_pb2.AGGREGATION_FIELD_GEO_COUNTRY,
+    "app_id": query_service_pb2.AGGREGATION_FIELD_APP_ID,
+}
+INTERVALS = {
+    "minute": query_service_pb2.HISTOGRAM_INTERVAL_MINUTE,
+    "hour": query_service_pb2.HISTOGRAM_INTERVAL_HOUR,
+    "day": query_service_pb2.HISTOGRAM_INTERVAL_DAY,
+}
+
+QUERY_EXAMPLES = """
+  tpipe query --user user-123 --since 1h
+  tpipe query --event item_purchased --event screen_view --country GB --format jsonl
+  tpipe query --text checkout --all --format jsonl > events.jsonl
+  tpipe query --app ios-shop --since 2026-01-31T00:00:00Z --until 2026-02-01T00:00:00Z --limit 500
+"""
+
+AGGREGATE_EXAMPLES = """
+  tpipe aggregate --by event_name --since 1d
+  tpipe aggregate --by country --interval hour --since 12h --user user-123
+  tpipe aggregate --interval day --since 7d --format json
+"""
+
+
+def _add_connection(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("connection")
+    group.add_argument(
+        "--target",
+        default=env_default(QUERY_TARGET_ENV, DEFAULT_QUERY_TARGET),
+        help=f"QueryService host:port (env {QUERY_TARGET_ENV}; default {DEFAULT_QUERY_TARGET})",
+    )
+    group.add_argument(
+        "--deadline", type=positive_float, default=10.0, help="seconds per call (default 10)"
+    )
+    group.add_argument(
+        "--retries",
+        type=int,
+        default=DEFAULT_MAX_RETRIES,
+        help=f"retries on UNAVAILABLE (default {DEFAULT_MAX_RETRIES})",
+    )
+
+
+def _client(args: argparse.Namespace) -> TelemetryClient:
+    return TelemetryClient(
+        ClientSettings(
+            query_target=args.target, deadline_s=args.deadline, max_retries=max(0, args.retries)
+        )
+    )
+
+
+def register(sub: Subparsers, name: str) -> None:
+    """Adds `query` or `aggregate`."""
+    if name == "query":
+        parser = add_command(
+            sub,
+            "query",
+            summary="list events matching a filter (QueryEvents), newest first",
+            description="Lists indexed events matching a filter, newest first, "
+            "as a table or as JSON lines. One page unless --all or --limit asks for more.",
+            examples=QUERY_EXAMPLES,
+            run=run_query,
+        )
+        add_filter_options(parser)
+        out = parser.add_argument_group("output")
+        out.add_argument(
+            "--page-size",
+            type=positive_int,
+            default=DEFAULT_TABLE_PAGE,
+            help=f"events per call (default {DEFAULT_TABLE_PAGE}, at most {MAX_PAGE_SIZE})",
+        )
+        out.add_argument("--all", action="store_true", help="fetch every page")
+        out.add_argument(
+            "--limit", type=positive_int, help="at most this many events (pages as needed)"
+        )
+        out.add_argument("--format", choices=("table", "jsonl"), default="table")
+        _add_connection(parser)
+    else:
+        parser = add_command(
+            sub,
+            "aggregate",
+            summary="count events by a field and/or over time (AggregateEvents)",
+            description="Counts events matching a filter, by the values of a field and/or "
+            "per time bucket, with a text histogram.",
+            examples=AGGREGATE_EXAMPLES,
+            run=run_aggregate,
+        )
+        add_filter_options(parser)
+        out = parser.add_argument_group("output")
+        out.add_argument("--by", choices=tuple(GROUP_BY), help="count by this field")
+        out.add_argument("--interval", choices=tuple(INTERVALS), help="histogram bucket width")
+        out.add_argument(
+            "--limit", type=positive_int, default=10, help="most values of --by (default 10)"
+        )
+        out.add_argument("--format", choices=("text", "json"), default="text")
+        _add_connection(parser)
+
+
+async def run_query(args: argparse.Namespace) -> int:
+    """Prints the events; the table's footer (on stderr) says how many matched."""
+    flt = build_filter(args, now=datetime.now(UTC))
+    page_size = min(args.page_size, MAX_PAGE_SIZE, args.limit or MAX_PAGE_SIZE)
+    out = sys.stdout
+    async with _client(args) as client:
+        if not args.all and args.limit is None:
+            page = await client.query_page(flt, page_size=page_size)
+            events = list(page.events)
+            total, more = page.total_size, bool(page.next_page_token)
+        else:
+            events = []
+            async for event in client.query_events(flt, page_size=page_size, limit=args.limit):
+                if args.format == "jsonl":
+                    out.write(_render.event_json(event).decode() + "\n")
+                else:
+                    events.append(event)
+            total, more = -1, False
+    if args.format == "jsonl":
+        for event in events:
+            out.write(_render.event_json(event).decode() + "\n")
+        out.flush()
+        return EXIT_OK
+    _print_table(events, total=total, more=more)
+    return EXIT_OK
+
+
+def _print_table(events: list[event_pb2.EnrichedEvent], *, total: int, more: bool) -> None:
+    if events:
+        print("\n".join(_render.table(events)))
+    shown = f"{len(events)} event" + ("" if len(events) == 1 else "s")
+    if total >= 0 and more:
+        shown += f" of {total} (more with --all or --limit)"
+    print(shown, file=sys.stderr)
+
+
+async def run_aggregate(args: argparse.Namespace) -> int:
+    """Prints the total, the counts by field and the histogram."""
+    flt = build_filter(args, now=datetime.now(UTC))
+    group_by = GROUP_BY.get(args.by or "", query_service_pb2.AGGREGATION_FIELD_UNSPECIFIED)
+    interval = INTERVALS.get(args.interval or "", query_service_pb2.HISTOGRAM_INTERVAL_UNSPECIFIED)
+    async with _client(args) as client:
+        response = await client.aggregate(
+            flt, group_by=group_by, interval=interval, limit=args.limit
+        )
+    if args.format == "json":
+        print(_render.aggregate_json(response).decode())
+    else:
+        lines = _render.aggregate(response, by=args.by or "", interval=args.interval or "")
+        print("\n".join(lines))
+    return EXIT_OK

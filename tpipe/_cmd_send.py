@@ -1,0 +1,147 @@
+"""`tpipe send`: post events from a file through the gateway and sum up the receipts."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from tpipe._args import Subparsers, add_command, env_default, positive_int
+from tpipe._events_file import parse_events
+from tpipe._progress import Progress
+from tpipe._track import (
+    DEFAULT_GATEWAY_URL,
+    DEFAULT_MAX_RETRIES,
+    Tally,
+    TrackPoster,
+    check_gateway_url,
+)
+from tpipe.errors import EXIT_FAILURE, EXIT_OK, ClientError, InvalidArgument, UsageError
+
+GATEWAY_URL_ENV = "TPIPE_GATEWAY_URL"
+WRITE_KEY_ENV = "TPIPE_WRITE_KEY"
+DEFAULT_BATCH_SIZE = 100
+MAX_LISTED_REJECTIONS = 10
+
+EXAMPLES = """
+  tpipe send events.json --key $TPIPE_WRITE_KEY
+  tpipe send events.ndjson --batch-size 500 --gateway http://127.0.0.1:3000
+  tpipe query --user user-123 --all --format jsonl | jq -c .event | tpipe send -
+"""
+
+
+def add_gateway_options(parser: argparse.ArgumentParser) -> None:
+    """--gateway, --key, --allow-remote, --retries: where and as whom to post."""
+    group = parser.add_argument_group("gateway")
+    group.add_argument(
+        "--gateway",
+        "--target-url",
+        dest="gateway",
+        default=env_default(GATEWAY_URL_ENV, DEFAULT_GATEWAY_URL),
+        help=f"gateway base URL (env {GATEWAY_URL_ENV}; default {DEFAULT_GATEWAY_URL})",
+    )
+    group.add_argument(
+        "--key",
+        default=env_default(WRITE_KEY_ENV, ""),
+        help=f"write key (env {WRITE_KEY_ENV})",
+    )
+    group.add_argument(
+        "--retries",
+        type=int,
+        default=DEFAULT_MAX_RETRIES,
+        help=f"retries per batch on 429/503/connection errors (default {DEFAULT_MAX_RETRIES})",
+    )
+    group.add_argument(
+        "--allow-remote", action="store_true", help="allow a gateway that is not on loopback"
+    )
+
+
+def register(sub: Subparsers, name: str) -> None:
+    """Adds `send`."""
+    parser = add_command(
+        sub,
+        name,
+        summary="post events from a JSON or NDJSON file through the gateway",
+        description="Posts events (a JSON array, or one JSON event per line) to POST /v1/track "
+        "in gzip batches, retrying 429/503 after Retry-After, and sums up the receipts. "
+        "Exit code 1 when any event was rejected or any batch failed.",
+        examples=EXAMPLES,
+        run=run,
+    )
+    parser.add_argument("file", help="the events file, or - for standard input")
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=DEFAULT_BATCH_SIZE,
+        help=f"events per request (default {DEFAULT_BATCH_SIZE})",
+    )
+    parser.add_argument(
+        "--progress", action="store_true", help="show the progress line even when not a terminal"
+    )
+    add_gateway_options(parser)
+
+
+def _read(path: str) -> tuple[bytes, str]:
+    if path == "-":
+        return sys.stdin.buffer.read(), "stdin"
+    try:
+        return Path(path).read_bytes(), path
+    except OSError as err:
+        raise UsageError(f"cannot read {path}: {err.strerror or err}") from None
+
+
+def summary(tally: Tally, *, url: str) -> list[str]:
+    """The receipts summed up, for people (stdout)."""
+    lines = [
+        f"sent {tally.events} events in {tally.batches} batches to {url}",
+        f"accepted: {tally.accepted}",
+        f"rejected: {len(tally.rejections)}",
+    ]
+    lines += [f"  {reason}: {count}" for reason, count in tally.by_reason().items()]
+    for index, rejection in tally.rejections[:MAX_LISTED_REJECTIONS]:
+        ident = f" ({rejection.event_id})" if rejection.event_id else ""
+        lines.append(f"  event #{index}{ident}: {rejection.detail or rejection.reason}")
+    if len(tally.rejections) > MAX_LISTED_REJECTIONS:
+        lines.append(f"  ... and {len(tally.rejections) - MAX_LISTED_REJECTIONS} more")
+    lines.append(f"duplicate batches: {tally.duplicates}")
+    lines.append(f"retries: {tally.retries}")
+    lines.append(f"failed batches: {tally.failed_batches} ({tally.failed_events} events)")
+    return lines
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Sends the file batch by batch; prints the summary; 1 when anything was not accepted."""
+    base = check_gateway_url(args.gateway, allow_remote=args.allow_remote)
+    data, source = _read(args.file)
+    events: list[Any] = parse_events(data, source=source)
+    progress = Progress(enabled=True if args.progress else None)
+    tally = Tally()
+    failures: list[str] = []
+    poster = TrackPoster(base, write_key=args.key, max_retries=max(0, args.retries))
+    try:
+        async with poster:
+            for offset in range(0, len(events), args.batch_size):
+                batch = events[offset : offset + args.batch_size]
+                try:
+                    receipt = await poster.post(batch)
+                except InvalidArgument as err:
+                    # This batch was refused as a whole (too large, ...); the others may pass.
+                    tally.fail(size=len(batch))
+                    failures.append(str(err))
+                else:
+                    tally.add(receipt, size=len(batch), offset=offset)
+                progress.update(
+                    f"sending: {tally.events}/{len(events)} events, "
+                    f"accepted {tally.accepted}, rejected {len(tally.rejections)}"
+                )
+    except ClientError:
+        progress.done()
+        if tally.batches:
+            print("\n".join(summary(tally, url=poster.url)))
+        raise
+    progress.done()
+    print("\n".join(summary(tally, url=poster.url)))
+    for failure in failures[:MAX_LISTED_REJECTIONS]:
+        print(f"tpipe send: batch failed: {failure}", file=sys.stderr)
+    return EXIT_FAILURE if tally.failed_batches or tally.rejections else EXIT_OK

@@ -1,0 +1,446 @@
+"""`tpipe status`: one screen on the running pipeline, refreshed every few seconds.
+
+Per stage it shows the event rate and total (from each service's `/metrics`, scraped
+twice), the consumer lag and the work in flight, the dead-letter rate and readiness;
+then the size of the DLQ stream (from NATS) and OpenSearch's cluster health. It reads
+only: nothing is created on any server.
+
+`--once` prints one snapshot and exits: 0 when every part answers and is ready (and
+OpenSearch is not red), 3 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+import aiohttp
+import nats
+import orjson
+from prometheus_client.parser import text_string_to_metric_families
+
+from pipeline import subjects
+from tpipe._args import Subparsers, add_command, env_default, positive_float
+from tpipe.errors import EXIT_OK, EXIT_UNAVAILABLE
+
+# Defaults match `make run`.
+DEFAULT_GATEWAY_URL = "http://127.0.0.1:3000"
+DEFAULT_ENRICHER_URL = "http://127.0.0.1:8081"
+DEFAULT_INDEXER_URL = "http://127.0.0.1:8082"
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+DEFAULT_OPENSEARCH_URL = "http://127.0.0.1:9200"
+DEFAULT_INTERVAL_S = 2.0
+DEFAULT_SAMPLE_S = 1.0  # --once: seconds between the two scrapes a rate is made of
+REQUEST_TIMEOUT_S = 3.0
+CLEAR_SCREEN = "\x1b[H\x1b[2J"
+
+EXAMPLES = """
+  tpipe status
+  tpipe status --once
+  tpipe status --once --format json | jq .stages
+  tpipe status --interval 5 --nats nats://10.0.0.5:4222 --opensearch http://10.0.0.6:9200
+"""
+
+
+@dataclass(frozen=True)
+class StageMetrics:
+    """Which samples of a service's /metrics make its row (sums over the label matches)."""
+
+    events: tuple[tuple[str, Mapping[str, str]], ...]
+    rejected: tuple[tuple[str, Mapping[str, str]], ...] = ()
+    dead_lettered: tuple[tuple[str, Mapping[str, str]], ...] = ()
+    lag: str = ""
+    in_flight: str = ""
+
+
+STAGES: dict[str, StageMetrics] = {
+    "gateway": StageMetrics(
+        events=(("gateway_events_total", {"outcome": "accepted"}),),
+        rejected=(("gateway_events_total", {"outcome": "rejected"}),),
+        in_flight="gateway_requests_in_flight",
+    ),
+    "enricher": StageMetrics(
+        events=(("enricher_events_total", {}),),
+        dead_lettered=(("enricher_dlq_total", {}),),
+        lag="enricher_consumer_pending",
+        in_flight="enricher_messages_in_progress",
+    ),
+    "indexer": StageMetrics(
+        events=(
+            ("indexer_documents_total", {"outcome": "created"}),
+            ("indexer_documents_total", {"outcome": "duplicate"}),
+        ),
+        rejected=(("indexer_documents_total", {"outcome": "rejected"}),),
+        dead_lettered=(("indexer_dlq_total", {}),),
+        lag="indexer_consumer_pending",
+        in_flight="indexer_messages_in_progress",
+    ),
+}
+
+
+@dataclass
+class Scrape:
+    """One service's readiness and /metrics samples at one moment."""
+
+    at: float
+    ready: bool = False
+    reason: str = ""
+    samples: list[tuple[str, dict[str, str], float]] = field(default_factory=list)
+
+    def total(self, wanted: Iterable[tuple[str, Mapping[str, str]]]) -> float:
+        """The sum of the samples named, whose labels include the given ones."""
+        result = 0.0
+        for name, labels in wanted:
+            for found, found_labels, value in self.samples:
+                if found == name and all(found_labels.get(k) == v for k, v in labels.items()):
+                    result += value
+        return result
+
+    def gauge(self, name: str) -> float | None:
+        """A gauge's value, or None when the service does not expose it."""
+        for found, _, value in self.samples:
+            if found == name:
+                return value
+        return None
+
+
+@dataclass
+class StageRow:
+    """One line of the table."""
+
+    stage: str
+    state: str
+    events_per_s: float | None = None
+    events_total: float | None = None
+    rejected_per_s: float | None = None
+    dead_lettered_per_s: float | None = None
+    lag: float | None = None
+    in_flight: float | None = None
+
+
+@dataclass
+class Snapshot:
+    """What one refresh shows."""
+
+    at: str
+    window_s: float
+    stages: list[StageRow]
+    dlq: dict[str, object]
+    opensearch: dict[str, object]
+
+    @property
+    def healthy(self) -> bool:
+        """Every service ready, NATS and OpenSearch answering, OpenSearch not red."""
+        return (
+            all(row.state == "ready" for row in self.stages)
+            and "error" not in self.dlq
+            and "error" not in self.opensearch
+            and self.opensearch.get("status") != "red"
+        )
+
+
+def parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """Prometheus text as (sample name, labels, value)."""
+    return [
+        (sample.name, dict(sample.labels), float(sample.value))
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    ]
+
+
+def stage_row(stage: str, before: Scrape, after: Scrape) -> StageRow:
+    """A stage's line from two scrapes: rates over the time between them, gauges from the last."""
+    if after.at <= before.at or not after.samples or not before.samples:
+        return StageRow(stage, _state(after))
+    spec = STAGES[stage]
+    elapsed = after.at - before.at
+
+    def rate(wanted: Sequence[tuple[str, Mapping[str, str]]]) -> float | None:
+        if not wanted:
+            return None
+        return max(after.total(wanted) - before.total(wanted), 0.0) / elapsed
+
+    return StageRow(
+        stage=stage,
+        state=_state(after),
+        events_per_s=rate(spec.events),
+        events_total=after.total(spec.events),
+        rejected_per_s=rate(spec.rejected),
+        dead_lettered_per_s=rate(spec.dead_lettered),
+        lag=after.gauge(spec.lag) if spec.lag else None,
+        in_flight=after.gauge(spec.in_flight) if spec.in_flight else None,
+    )
+
+
+def _state(scrape: Scrape) -> str:
+    if scrape.ready:
+        return "ready"
+    return scrape.reason or "not ready"
+
+
+async def _get(client: aiohttp.ClientSession, url: str) -> tuple[int, bytes]:
+    async with client.get(url) as answer:
+        return answer.status, await answer.read()
+
+
+async def scrape(client: aiohttp.ClientSession, base_url: str) -> Scrape:
+    """Readiness and metrics of one service; an unreachable one says so."""
+    at = time.monotonic()
+    try:
+        ready_status, ready_body = await _get(client, f"{base_url}/readyz")
+        metrics_status, metrics_body = await _get(client, f"{base_url}/metrics")
+    except (aiohttp.ClientError, TimeoutError) as err:
+        return Scrape(at, reason=f"unreachable ({type(err).__name__})")
+    if metrics_status != 200:
+        return Scrape(at, reason=f"unreachable (metrics answered {metrics_status})")
+    reason = ""
+    if ready_status != 200:
+        with contextlib.suppress(ValueError, AttributeError):
+            reason = f"not ready: {orjson.loads(ready_body).get('reason', '')}".rstrip(": ")
+    return Scrape(
+        at,
+        ready=ready_status == 200,
+        reason=reason,
+        samples=parse_metrics(metrics_body.decode(errors="replace")),
+    )
+
+
+async def dlq_info(nats_urls: Sequence[str]) -> dict[str, object]:
+    """Messages and bytes in the DLQ stream, or the error."""
+    try:
+        nc = await nats.connect(
+            servers=list(nats_urls),
+            connect_timeout=REQUEST_TIMEOUT_S,
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+        )
+    except Exception as err:  # any connect failure is shown, not raised
+        return {"error": f"nats unreachable ({type(err).__name__})"}
+    try:
+        info = await nc.jetstream(timeout=REQUEST_TIMEOUT_S).stream_info(subjects.DLQ_STREAM)
+    except Exception as err:  # a missing stream or a timeout is shown, not raised
+        return {"error": f"{subjects.DLQ_STREAM}: {type(err).__name__}"}
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.close()
+    return {
+        "stream": subjects.DLQ_STREAM,
+        "messages": int(info.state.messages),
+        "bytes": int(info.state.bytes),
+    }
+
+
+async def opensearch_health(client: aiohttp.ClientSession, url: str) -> dict[str, object]:
+    """OpenSearch's cluster health (status, nodes, shards), or the error."""
+    auth = None
+    user = os.environ.get("OPENSEARCH_USERNAME", "")
+    if user:
+        auth = aiohttp.BasicAuth(user, os.environ.get("OPENSEARCH_PASSWORD", ""))
+    try:
+        async with client.get(f"{url.rstrip('/')}/_cluster/health", auth=auth) as answer:
+            answer.raise_for_status()
+            doc = orjson.loads(await answer.read())
+    except (aiohttp.ClientError, TimeoutError, ValueError) as err:
+        return {"error": f"opensearch unreachable ({type(err).__name__})"}
+    keys = ("status", "number_of_nodes", "active_shards", "unassigned_shards")
+    return {key: doc.get(key) for key in keys}
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Where each part of the pipeline is."""
+
+    services: dict[str, str]
+    nats: tuple[str, ...]
+    opensearch: str
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Targets:
+        return cls(
+            services={
+                "gateway": args.gateway.rstrip("/"),
+                "enricher": args.enricher.rstrip("/"),
+                "indexer": args.indexer.rstrip("/"),
+            },
+            nats=tuple(url.strip() for url in args.nats.split(",") if url.strip()),
+            # OPENSEARCH_URL may list several nodes: any one tells the cluster's health.
+            opensearch=args.opensearch.split(",")[0].strip(),
+        )
+
+
+class Monitor:
+    """Scrapes the services; each refresh compares with the scrape before it."""
+
+    def __init__(self, targets: Targets, client: aiohttp.ClientSession) -> None:
+        self._targets = targets
+        self._client = client
+        self._last: dict[str, Scrape] = {}
+
+    async def _scrape_all(self) -> dict[str, Scrape]:
+        names = list(self._targets.services)
+        scrapes = await asyncio.gather(
+            *(scrape(self._client, self._targets.services[name]) for name in names)
+        )
+        return dict(zip(names, scrapes, strict=True))
+
+    async def prime(self) -> None:
+        """Takes the first scrape the next snapshot's rates start from."""
+        self._last = await self._scrape_all()
+
+    async def snapshot(self) -> Snapshot:
+        """Scrapes again and makes the snapshot (rates since the previous scrape)."""
+        current, dlq, health = await asyncio.gather(
+            self._scrape_all(),
+            dlq_info(self._targets.nats),
+            opensearch_health(self._client, self._targets.opensearch),
+        )
+        before = self._last or current
+        rows = [stage_row(name, before[name], current[name]) for name in current]
+        windows = [current[n].at - before[n].at for n in current if current[n].at > before[n].at]
+        self._last = current
+        return Snapshot(
+            at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            window_s=round(max(windows, default=0.0), 3),
+            stages=rows,
+            dlq=dlq,
+            opensearch=health,
+        )
+
+
+def _number(value: float | None, *, rate: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.1f}" if rate else f"{value:,.0f}"
+
+
+def render(snapshot: Snapshot) -> list[str]:
+    """The snapshot as the screen's lines."""
+    header = ("STAGE", "STATE", "EVENTS/S", "EVENTS", "REJECTED/S", "DLQ/S", "LAG", "IN FLIGHT")
+    rows = [header] + [
+        (
+            row.stage,
+            row.state,
+            _number(row.events_per_s, rate=True),
+            _number(row.events_total),
+            _number(row.rejected_per_s, rate=True),
+            _number(row.dead_lettered_per_s, rate=True),
+            _number(row.lag),
+            _number(row.in_flight),
+        )
+        for row in snapshot.stages
+    ]
+    widths = [max(len(row[col]) for row in rows) for col in range(len(header))]
+    lines = [
+        f"telemetry pipeline status at {snapshot.at} (rates over {snapshot.window_s:.1f} s)",
+        "",
+    ]
+    for row in rows:
+        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
+        cells += [cell.rjust(width) for cell, width in zip(row[2:], widths[2:], strict=True)]
+        lines.append("  ".join(cells).rstrip())
+    lines.append("")
+    dlq = snapshot.dlq
+    if "error" in dlq:
+        lines.append(f"DLQ: {dlq['error']}")
+    else:
+        lines.append(f"DLQ {dlq['stream']}: {dlq['messages']:,} messages, {dlq['bytes']:,} bytes")
+    health = snapshot.opensearch
+    if "error" in health:
+        lines.append(f"OpenSearch: {health['error']}")
+    else:
+        lines.append(
+            f"OpenSearch: {health['status']}, {health['number_of_nodes']} nodes, "
+            f"{health['active_shards']} active shards, {health['unassigned_shards']} unassigned"
+        )
+    return lines
+
+
+def _print(snapshot: Snapshot, fmt: str, *, clear: bool) -> None:
+    if fmt == "json":
+        doc = {**asdict(snapshot), "healthy": snapshot.healthy}
+        sys.stdout.write(orjson.dumps(doc).decode() + "\n")
+    else:
+        text = "\n".join(render(snapshot)) + "\n"
+        sys.stdout.write((CLEAR_SCREEN if clear else "") + text)
+    sys.stdout.flush()
+
+
+async def status(args: argparse.Namespace) -> int:
+    """Runs the command: one snapshot with --once, else a refresh every --interval seconds."""
+    targets = Targets.from_args(args)
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+    async with aiohttp.ClientSession(timeout=timeout) as client:
+        monitor = Monitor(targets, client)
+        await monitor.prime()
+        if args.once:
+            await asyncio.sleep(args.sample)
+            snapshot = await monitor.snapshot()
+            _print(snapshot, args.format, clear=False)
+            return EXIT_OK if snapshot.healthy else EXIT_UNAVAILABLE
+        clear = args.format == "table" and sys.stdout.isatty()
+        while True:
+            await asyncio.sleep(args.interval)
+            _print(await monitor.snapshot(), args.format, clear=clear)
+
+
+def register(sub: Subparsers, name: str) -> None:
+    """Adds `status` (the people commands' registration)."""
+    parser = add_command(
+        sub,
+        name,
+        summary="live one-screen status: rates per stage, lag, DLQ size, OpenSearch health",
+        description="Shows, per stage, events per second and in total, rejections and dead "
+        "letters per second, consumer lag and work in flight (from each service's /metrics), "
+        "the DLQ stream's size and OpenSearch's health. Refreshes until Ctrl-C; --once prints "
+        "one snapshot and exits 0 when all is ready, 3 otherwise.",
+        examples=EXAMPLES,
+        run=status,
+    )
+    when = parser.add_argument_group("refresh")
+    when.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    when.add_argument(
+        "--interval",
+        type=positive_float,
+        default=DEFAULT_INTERVAL_S,
+        help=f"seconds between refreshes (default {DEFAULT_INTERVAL_S})",
+    )
+    when.add_argument(
+        "--sample",
+        type=positive_float,
+        default=DEFAULT_SAMPLE_S,
+        help=f"--once: seconds between the two scrapes (default {DEFAULT_SAMPLE_S})",
+    )
+    parser.add_argument("--format", choices=("table", "json"), default="table")
+    where = parser.add_argument_group("where the pipeline is")
+    for option, env, default, what in (
+        ("--gateway", "TPIPE_GATEWAY_URL", DEFAULT_GATEWAY_URL, "gateway base URL"),
+        ("--enricher", "TPIPE_ENRICHER_URL", DEFAULT_ENRICHER_URL, "enricher /metrics base URL"),
+        ("--indexer", "TPIPE_INDEXER_URL", DEFAULT_INDEXER_URL, "indexer /metrics base URL"),
+        ("--nats", "NATS_URL", DEFAULT_NATS_URL, "NATS URLs, comma-separated"),
+        ("--opensearch", "OPENSEARCH_URL", DEFAULT_OPENSEARCH_URL, "OpenSearch URL"),
+    ):
+        where.add_argument(
+            option,
+            default=env_default(env, default),
+            help=f"{what} (env {env}; default {default})",
+        )
+
+
+def add_parser(subparsers: Subparsers) -> None:
+    """Adds the `status` subcommand to `subparsers`."""
+    register(subparsers, "status")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs `tpipe status` with parsed arguments; returns the exit code."""
+    try:
+        return asyncio.run(status(args))
+    except KeyboardInterrupt:
+        return EXIT_OK

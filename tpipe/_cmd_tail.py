@@ -1,0 +1,171 @@
+"""`tpipe tail`: enriched events live from JetStream, filtered on the client side.
+
+It reads TELEMETRY_ENRICHED through an ephemeral ordered consumer that starts at new
+messages: nothing durable is created on the server, and the pipeline's own consumers are
+not disturbed. It stops on Ctrl-C, SIGTERM, or after --count events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+
+import nats
+import nats.errors
+import nats.js.errors
+from google.protobuf.message import DecodeError
+from nats.aio.client import Client
+from nats.js import api as js_api
+from telemetry.v1 import event_pb2
+
+from pipeline import subjects
+from tpipe import _render
+from tpipe._args import Subparsers, add_command, env_default, positive_int
+from tpipe._timeparse import rfc3339
+from tpipe.errors import EXIT_OK, Unavailable
+
+NATS_URL_ENV = "NATS_URL"
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+CONNECT_TIMEOUT_S = 2.0
+# Tries per connect and per reconnect, POLL_S apart: rides out a broker restart of a few
+# seconds, and reports an unreachable broker within about as long.
+CONNECT_ATTEMPTS = 10
+POLL_S = 0.5
+
+EXAMPLES = """
+  tpipe tail
+  tpipe tail --user user-123 --event item_purchased
+  tpipe tail --app ios-shop --format jsonl | jq .event.event_name
+  tpipe tail --count 10 --nats nats://10.0.0.5:4222
+"""
+
+
+def register(sub: Subparsers, name: str) -> None:
+    """Adds `tail`."""
+    parser = add_command(
+        sub,
+        name,
+        summary="follow enriched events live from NATS",
+        description="Prints enriched events as the enricher publishes them (new ones only), "
+        "filtered on user, event name and app. Stops on Ctrl-C, SIGTERM or after --count.",
+        examples=EXAMPLES,
+        run=run,
+    )
+    group = parser.add_argument_group("filter (an option given twice matches either value)")
+    group.add_argument("--user", action="append", default=[], help="match user_id")
+    group.add_argument("--event", action="append", default=[], help="match event_name")
+    group.add_argument("--app", action="append", default=[], help="match app id")
+    out = parser.add_argument_group("output")
+    out.add_argument("--format", choices=("table", "jsonl"), default="table")
+    out.add_argument("--count", type=positive_int, help="stop after this many events")
+    conn = parser.add_argument_group("connection")
+    conn.add_argument(
+        "--nats",
+        default=env_default(NATS_URL_ENV, DEFAULT_NATS_URL).split(",")[0],
+        help=f"NATS URL (env {NATS_URL_ENV}; default {DEFAULT_NATS_URL})",
+    )
+
+
+class EventMatch:
+    """The client-side filter: every non-empty set must contain the event's value."""
+
+    def __init__(
+        self, *, users: Sequence[str] = (), events: Sequence[str] = (), apps: Sequence[str] = ()
+    ) -> None:
+        self._users = frozenset(users)
+        self._events = frozenset(events)
+        self._apps = frozenset(apps)
+
+    def __call__(self, item: event_pb2.EnrichedEvent) -> bool:
+        return (
+            (not self._users or item.event.user_id in self._users)
+            and (not self._events or item.event.event_name in self._events)
+            and (not self._apps or item.app_id in self._apps)
+        )
+
+
+def line(item: event_pb2.EnrichedEvent) -> str:
+    """One event on one line with fixed-width columns: time, app, event, user, event id."""
+    stamp = rfc3339(item.corrected_timestamp) if item.HasField("corrected_timestamp") else "-"
+    base = item.event
+    return (
+        f"{stamp:<24}  {item.app_id[:16]:<16}  {base.event_name[:24]:<24}  "
+        f"{base.user_id[:24]:<24}  {base.event_id}"
+    )
+
+
+async def _connect(url: str) -> Client:
+    async def quiet(_: Exception) -> None:
+        return None
+
+    try:
+        return await nats.connect(
+            servers=[url],
+            name="tpipe-tail",
+            connect_timeout=CONNECT_TIMEOUT_S,
+            max_reconnect_attempts=CONNECT_ATTEMPTS,
+            reconnect_time_wait=POLL_S,
+            error_cb=quiet,
+        )
+    except (OSError, nats.errors.Error) as err:
+        raise Unavailable(f"NATS is not reachable at {url}: {err or type(err).__name__}") from None
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Subscribes, prints matching events until stopped; 0 on a clean stop."""
+    match = EventMatch(users=args.user, events=args.event, apps=args.app)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    nc = await _connect(args.nats)
+    try:
+        js = nc.jetstream()
+        try:
+            sub = await js.subscribe(
+                subjects.ENRICHED_SUBJECTS,
+                stream=subjects.ENRICHED_STREAM,
+                ordered_consumer=True,
+                deliver_policy=js_api.DeliverPolicy.NEW,
+            )
+        except nats.js.errors.NotFoundError:
+            raise Unavailable(
+                f"stream {subjects.ENRICHED_STREAM} not found at {args.nats}: is the pipeline up?"
+            ) from None
+        print(
+            f"tpipe tail: following {subjects.ENRICHED_SUBJECTS} on {args.nats} (Ctrl-C to stop)",
+            file=sys.stderr,
+            flush=True,
+        )
+        shown = 0
+        while not stop.is_set() and (args.count is None or shown < args.count):
+            try:
+                msg = await sub.next_msg(timeout=POLL_S)
+            except nats.errors.TimeoutError:
+                continue
+            except nats.errors.Error as err:
+                raise Unavailable(
+                    f"lost NATS at {args.nats}: {err or type(err).__name__}"
+                ) from None
+            try:
+                batch = event_pb2.EnrichedBatch.FromString(msg.data)
+            except DecodeError:
+                continue
+            for item in batch.events:
+                if not match(item):
+                    continue
+                text = _render.event_json(item).decode() if args.format == "jsonl" else line(item)
+                sys.stdout.write(text + "\n")
+                shown += 1
+                if args.count is not None and shown >= args.count:
+                    break
+            sys.stdout.flush()
+        await sub.unsubscribe()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await nc.close()
+    return EXIT_OK

@@ -1,0 +1,119 @@
+"""What the people commands print: event tables, JSON lines, counts with text bars."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import orjson
+from google.protobuf.json_format import MessageToDict
+from telemetry.v1 import event_pb2, query_service_pb2
+
+from tpipe._timeparse import rfc3339
+
+BAR = "█"
+BAR_WIDTH = 40
+MAX_CELL = 32
+
+# (header, getter) of the table columns, left to right.
+_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("TIME", "time"),
+    ("EVENT", "event_name"),
+    ("USER", "user_id"),
+    ("SESSION", "session_id"),
+    ("APP", "app_id"),
+    ("VERSION", "app_version"),
+    ("OS", "device_os"),
+    ("CC", "country"),
+    ("EVENT ID", "event_id"),
+)
+
+
+def event_json(event: event_pb2.EnrichedEvent) -> bytes:
+    """One event as a JSON object (proto field names, RFC 3339 times), without a newline."""
+    data = MessageToDict(event, preserving_proto_field_name=True)
+    return orjson.dumps(data)
+
+
+def _cell(event: event_pb2.EnrichedEvent, key: str) -> str:
+    base = event.event
+    if key == "time":
+        stamp = event.corrected_timestamp if event.HasField("corrected_timestamp") else None
+        if stamp is None and base.HasField("client_timestamp"):
+            stamp = base.client_timestamp
+        return rfc3339(stamp) if stamp is not None else ""
+    if key == "app_id":
+        return event.app_id
+    if key == "country":
+        return event.geo.country_code
+    value: str = getattr(base, key)
+    return value
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def table(events: Sequence[event_pb2.EnrichedEvent]) -> list[str]:
+    """Events as an aligned text table: a header line, then one line per event.
+
+    Long cells are clipped (with …) except the event id, which stays whole so it can be
+    copied; columns empty in every row are left out.
+    """
+    rows = [[_cell(event, key) for _, key in _COLUMNS] for event in events]
+    keep = [
+        i
+        for i, (_, key) in enumerate(_COLUMNS)
+        if key in ("time", "event_name", "event_id") or any(row[i] for row in rows)
+    ]
+    header = [_COLUMNS[i][0] for i in keep]
+    body = [
+        [row[i] if _COLUMNS[i][1] == "event_id" else _clip(row[i], MAX_CELL) for i in keep]
+        for row in rows
+    ]
+    widths = [max(len(line[j]) for line in [header, *body]) for j in range(len(keep))]
+    return [
+        "  ".join(cell.ljust(widths[j]) for j, cell in enumerate(line)).rstrip()
+        for line in [header, *body]
+    ]
+
+
+def bars(items: Iterable[tuple[str, int]], *, width: int = BAR_WIDTH) -> list[str]:
+    """`label  count  ████` lines, bars scaled to the largest count; a count above 0 shows a bar."""
+    pairs = list(items)
+    if not pairs:
+        return []
+    top = max(count for _, count in pairs) or 1
+    label_w = max(len(label) for label, _ in pairs)
+    count_w = max(len(str(count)) for _, count in pairs)
+    lines = []
+    for label, count in pairs:
+        size = round(count / top * width)
+        if count and not size:
+            size = 1
+        lines.append(f"{label.ljust(label_w)}  {str(count).rjust(count_w)}  {BAR * size}".rstrip())
+    return lines
+
+
+def aggregate(
+    response: query_service_pb2.AggregateEventsResponse, *, by: str, interval: str
+) -> list[str]:
+    """The aggregate answer: total, counts by field, histogram."""
+    lines = [f"total: {response.total_count}"]
+    if by:
+        lines += ["", f"by {by}:"]
+        counts = [(term.value or "(empty)", term.count) for term in response.counts]
+        lines += ["  " + line for line in bars(counts)] or ["  (none)"]
+    if interval:
+        lines += ["", f"per {interval}:"]
+        buckets = [(rfc3339(b.start_time), b.count) for b in response.histogram]
+        lines += ["  " + line for line in bars(buckets)] or ["  (none)"]
+    return lines
+
+
+def aggregate_json(response: query_service_pb2.AggregateEventsResponse) -> bytes:
+    """The aggregate answer as one JSON object."""
+    return orjson.dumps(
+        MessageToDict(
+            response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+    )

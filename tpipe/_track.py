@@ -1,0 +1,265 @@
+"""POST /v1/track as the Swift client does it: gzip, write key, retries honouring Retry-After.
+
+`TrackPoster.post` sends one batch and returns its receipt; it retries 429/503 and
+connection failures with capped exponential backoff (never sooner than Retry-After) and
+raises `tpipe.errors` types for what retrying cannot fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import ipaddress
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+
+from tpipe._backoff import Backoff
+from tpipe.errors import (
+    ClientError,
+    InvalidArgument,
+    PermissionDenied,
+    ResourceExhausted,
+    ServerError,
+    Unauthenticated,
+    Unavailable,
+    UsageError,
+)
+
+TRACK_PATH = "/v1/track"
+DEFAULT_GATEWAY_URL = "http://127.0.0.1:3000"
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_MAX_RETRIES = 5
+USER_AGENT = "tpipe"
+_RETRY_STATUSES = frozenset({429, 503})
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """One event of a batch the gateway did not accept."""
+
+    index: int
+    event_id: str
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """The gateway's 202 answer for one batch, plus how many retries it took."""
+
+    accepted: int
+    rejected: tuple[Rejection, ...]
+    duplicate: bool
+    batch_id: str
+    retries: int = 0
+
+
+@dataclass(slots=True)
+class Tally:
+    """Receipts summed over many batches."""
+
+    events: int = 0
+    batches: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    retries: int = 0
+    failed_batches: int = 0
+    failed_events: int = 0
+    rejections: list[tuple[int, Rejection]] = field(default_factory=list)
+
+    def add(self, receipt: Receipt, *, size: int, offset: int = 0) -> None:
+        """Counts one batch of `size` events that started at `offset` of the input."""
+        self.events += size
+        self.batches += 1
+        self.accepted += receipt.accepted
+        self.duplicates += int(receipt.duplicate)
+        self.retries += receipt.retries
+        self.rejections.extend((offset + r.index, r) for r in receipt.rejected)
+
+    def fail(self, *, size: int) -> None:
+        """Counts one batch that could not be delivered."""
+        self.events += size
+        self.batches += 1
+        self.failed_batches += 1
+        self.failed_events += size
+
+    def by_reason(self) -> dict[str, int]:
+        """Rejected events per reason, most frequent first."""
+        counts: dict[str, int] = {}
+        for _, rejection in self.rejections:
+            counts[rejection.reason] = counts.get(rejection.reason, 0) + 1
+        return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def check_gateway_url(url: str, *, allow_remote: bool) -> str:
+    """The base URL without a trailing slash; refuses non-loopback hosts unless allowed."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"{url!r} is not an http(s) URL with a host")
+    if not allow_remote and not _loopback(parts.hostname):
+        raise UsageError(
+            f"{parts.hostname!r} is not a loopback host; pass --allow-remote to send there"
+        )
+    return url.rstrip("/")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds); None when absent or not a number."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value.strip()))
+    except ValueError:
+        return None
+
+
+def _receipt(data: Any, retries: int) -> Receipt:
+    if not isinstance(data, dict) or not isinstance(data.get("accepted"), int):
+        raise ServerError("the gateway answered 202 without a receipt")
+    rejected = tuple(
+        Rejection(
+            index=int(item.get("index", -1)),
+            event_id=str(item.get("event_id", "")),
+            reason=str(item.get("reason", "")),
+            detail=str(item.get("detail", "")),
+        )
+        for item in data.get("rejected") or []
+        if isinstance(item, dict)
+    )
+    return Receipt(
+        accepted=data["accepted"],
+        rejected=rejected,
+        duplicate=bool(data.get("duplicate", False)),
+        batch_id=str(data.get("batch_id", "")),
+        retries=retries,
+    )
+
+
+def _message(body: bytes) -> str:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body[:200].decode(errors="replace").strip()
+    if isinstance(data, dict) and "message" in data:
+        return str(data["message"])
+    return str(data)[:200]
+
+
+def _status_error(status: int, message: str, url: str) -> ClientError:
+    text = f"{url}: HTTP {status}: {message}"
+    if status == 401:
+        return Unauthenticated(text)
+    if status == 403:
+        return PermissionDenied(text)
+    if status in (400, 413, 415, 422):
+        return InvalidArgument(text)
+    if status == 429:
+        return ResourceExhausted(text)
+    if status in (502, 503, 504):
+        return Unavailable(text)
+    return ServerError(text)
+
+
+def rfc3339_now() -> str:
+    """Now in UTC as RFC 3339 with milliseconds."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class TrackPoster:
+    """Sends batches to one gateway with one write key over a shared aiohttp session."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        write_key: str,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        backoff: Backoff | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        on_retry: Callable[[], None] | None = None,
+    ) -> None:
+        if not write_key:
+            raise UsageError("a write key is needed: --key or TPIPE_WRITE_KEY")
+        self.url = base_url.rstrip("/") + TRACK_PATH
+        self._key = write_key
+        self._max_retries = max_retries
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._backoff = backoff or Backoff()
+        self._sleep = sleep
+        self._on_retry = on_retry
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> TrackPoster:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Closes the HTTP session (idempotent)."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session
+
+    async def post(
+        self, events: Sequence[Mapping[str, Any]], *, sent_at: str | None = None
+    ) -> Receipt:
+        """Posts one batch (gzip); retries 429/503 and connection failures; returns the receipt."""
+        payload: Any = list(events) if sent_at is None else {"sent_at": sent_at, "events": events}
+        body = gzip.compress(orjson.dumps(payload), compresslevel=5)
+        headers = {
+            "Authorization": f"Bearer {self._key}",
+            "Content-Type": "application/json",
+            "Content-Encoding": "gzip",
+            "User-Agent": USER_AGENT,
+        }
+        retries = 0
+        while True:
+            wait_floor: float | None = None
+            try:
+                async with self._client().post(self.url, data=body, headers=headers) as resp:
+                    raw = await resp.read()
+                    if resp.status == 202:
+                        try:
+                            return _receipt(orjson.loads(raw), retries)
+                        except orjson.JSONDecodeError:
+                            raise ServerError(f"{self.url}: a 202 that is not JSON") from None
+                    failure = _status_error(resp.status, _message(raw), self.url)
+                    if resp.status not in _RETRY_STATUSES:
+                        raise failure
+                    wait_floor = retry_after_s(resp.headers.get("Retry-After"))
+            except (aiohttp.ClientConnectionError, TimeoutError) as err:
+                failure = Unavailable(f"{self.url}: {err or type(err).__name__}")
+            if retries >= self._max_retries:
+                raise failure
+            retries += 1
+            if self._on_retry is not None:
+                self._on_retry()
+            await self._sleep(self._backoff.delay(retries, retry_after_s=wait_floor))
