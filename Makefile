@@ -7,12 +7,14 @@
 #   make lint     ruff + mypy
 #   make gen      regenerate gen/ from protos/ (the only way gen/ changes)
 #   make proto-check  buf lint + buf breaking + gen/ is up to date
+#   make bench    the end-to-end benchmark (bench/README.md); e.g. BENCH_ARGS="--rounds 1 --skip-query"
 #
 # PROFILE=test selects the test profile for run/stop/status (e.g. `make stop PROFILE=test`).
 
 PYTHON ?= python3.11
 PROFILE ?= dev
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 VENV := .local/venv
 PY := $(VENV)/bin/python
@@ -22,7 +24,7 @@ LOCAL_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 LOCAL := $(LOCAL_PY) scripts/local.py
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install run stop status test lint gen proto-check
+.PHONY: help venv install run stop status test lint gen proto-check bench
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -66,3 +68,8 @@ gen: venv
 # buf lint, buf breaking against the previous commit (PROTO_BASE=<ref> to choose), fresh gen/.
 proto-check: venv
 	PYTHON=$(PY) scripts/proto_check.sh
+
+# NATS and the three services are the bench's own; OpenSearch is the profile's, started when not
+# running and stopped again afterwards. A table on stdout, JSON in .local/bench/.
+bench: install
+	$(PY) scripts/local.py exec --profile $(PROFILE) --only opensearch -- $(PY) bench/pipeline/run.py $(BENCH_ARGS)

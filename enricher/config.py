@@ -10,7 +10,9 @@ from pipeline.settings import NatsSettings, TracingSettings
 
 DEFAULT_CONSUMER_NAME = "enricher"
 DEFAULT_FETCH_BATCH = 32  # messages per fetch
-DEFAULT_FETCH_TIMEOUT_S = 1.0
+# A fetch returns what it got only when its batch is full or this runs out, so it bounds the
+# latency added when traffic is light (measured: 1.0 s added ~1 s to accept -> searchable).
+DEFAULT_FETCH_TIMEOUT_S = 0.1
 DEFAULT_CONCURRENCY = 2  # fetch loops per process
 DEFAULT_MAX_ACK_PENDING = 256  # messages delivered and not yet acked, over all processes
 DEFAULT_ACK_WAIT_S = 30.0

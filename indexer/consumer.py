@@ -23,7 +23,10 @@ from pipeline import natsconn, subjects
 log = logging.getLogger(__name__)
 
 STAGE = "indexer"
-FETCH_WAIT_S = 1.0
+FETCH_WAIT_S = 1.0  # waiting for OpenSearch to come back before fetching again
+# A fetch returns what it got only when its batch is full or this runs out: it bounds the
+# latency added when traffic is light.
+FETCH_TIMEOUT_S = 0.1
 NATS_RETRY_S = 1.0
 ROOM_POLL_S = 0.02
 STOP_FETCH_WAIT_S = 5.0
@@ -207,7 +210,7 @@ class EnrichedConsumer:
                 await asyncio.sleep(ROOM_POLL_S)
                 continue
             try:
-                msgs = await sub.fetch(batch=min(self._fetch_batch, room), timeout=FETCH_WAIT_S)
+                msgs = await sub.fetch(batch=min(self._fetch_batch, room), timeout=FETCH_TIMEOUT_S)
             except TimeoutError:
                 continue
             except Exception as err:  # NATS away: the client reconnects by itself
