@@ -29,12 +29,26 @@ APP_ID = "e2e-app"
 class ServiceProcess:
     """One service process: start, wait until ready, terminate or kill, restart."""
 
-    def __init__(self, name: str, env: dict[str, str], *, http_port: int, log_dir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        env: dict[str, str],
+        *,
+        http_port: int,
+        log_dir: Path,
+        label: str = "",
+    ) -> None:
         self.name = name
+        self.label = label or name
         self.env = env
         self.http_port = http_port
-        self.log_file = log_dir / f"{name}.log"
+        self.log_file = log_dir / f"{self.label}.log"
         self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The process id while it runs."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
 
     @property
     def base_url(self) -> str:
@@ -116,12 +130,17 @@ class Pipeline:
     indexer_grpc_port: int = field(default_factory=free_port)
     enricher_grpc_port: int = field(default_factory=free_port)
     services: dict[str, ServiceProcess] = field(default_factory=dict)
+    # Extra environment for every service, and per service name (applied last).
+    env: dict[str, str] = field(default_factory=dict)
+    overrides: dict[str, dict[str, str]] = field(default_factory=dict)
+    replicas: list[ServiceProcess] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         common = {
             "NATS_URL": self.nats_url,
             "OPENSEARCH_URL": self.opensearch_url,
             "LOG_LEVEL": "INFO",
+            **self.env,
         }
         gateway_port, enricher_port, indexer_port = free_port(), free_port(), free_port()
         self.services["indexer"] = ServiceProcess(
@@ -159,6 +178,8 @@ class Pipeline:
             http_port=gateway_port,
             log_dir=self.log_dir,
         )
+        for name, extra in self.overrides.items():
+            self.services[name].env.update(extra)
 
     @property
     def gateway(self) -> ServiceProcess:
@@ -175,14 +196,41 @@ class Pipeline:
         """The indexer process."""
         return self.services["indexer"]
 
+    def add_replica(self, name: str) -> ServiceProcess:
+        """One more enricher or indexer with the same settings (and so the same durable
+        consumer) on ports of its own; started with `start()` or on its own."""
+        base = self.services[name]
+        number = sum(1 for r in self.replicas if r.name == name) + 2
+        http_port, grpc_port = free_port(), free_port()
+        prefix = name.upper()
+        env = {
+            **base.env,
+            f"{prefix}_HTTP_PORT": str(http_port),
+            f"{prefix}_GRPC_PORT": str(grpc_port),
+        }
+        replica = ServiceProcess(
+            name, env, http_port=http_port, log_dir=self.log_dir, label=f"{name}-{number}"
+        )
+        self.replicas.append(replica)
+        return replica
+
+    @property
+    def log_files(self) -> list[Path]:
+        """Every service's log file (replicas included)."""
+        return [s.log_file for s in [*self.services.values(), *self.replicas]]
+
     def start(self) -> None:
         """Starts all three (indexer first, so the query route has its backend)."""
-        for service in self.services.values():
+        everything = [*self.services.values(), *self.replicas]
+        for service in everything:
             service.start(wait=False)
-        for service in self.services.values():
+        for service in everything:
             service.wait_ready()
 
     def stop(self) -> None:
-        """Stops all three gracefully (gateway first: intake stops before the rest drains)."""
+        """Stops all gracefully (gateway first: intake stops before the rest drains)."""
         for name in ("gateway", "enricher", "indexer"):
             self.services[name].terminate()
+            for replica in self.replicas:
+                if replica.name == name:
+                    replica.terminate()

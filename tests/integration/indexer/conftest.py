@@ -14,13 +14,13 @@ import nats
 import pytest
 from indexer_support import IndexerFactory, indexer_config, wait_ready
 from nats.aio.client import Client
-from opensearch_node import OpenSearchNode
 from opensearchpy import AsyncOpenSearch
 
 from indexer import Indexer
 from pipeline import natsconn
 from pipeline.config import load
 from pipeline.settings import NatsSettings
+from tests.opensearch_node import OpenSearchNode
 from tests.servers import NatsProcess
 
 

@@ -17,11 +17,11 @@ from indexer_support import (
     wait_for,
 )
 from nats.aio.client import Client
-from opensearch_node import OpenSearchNode
 from opensearchpy import AsyncOpenSearch
 from telemetry.v1 import query_service_pb2 as qs
 
 from pipeline import subjects
+from tests.opensearch_node import OpenSearchNode
 
 pytestmark = pytest.mark.integration
 

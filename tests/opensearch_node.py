@@ -55,7 +55,7 @@ class OpenSearchNode:
     def __init__(self) -> None:
         self.port = free_port()
         self.transport_port = free_port()
-        self.base = Path(tempfile.mkdtemp(prefix="indexer-os-"))
+        self.base = Path(tempfile.mkdtemp(prefix="tpipe-os-"))
         self._proc: subprocess.Popen[bytes] | None = None
         home = opensearch_home()
         config = self.base / "config"

@@ -1,0 +1,423 @@
+"""`tpipe dlq list|replay`: the dead letters, and sending them back after a fix.
+
+A stage that gives up on a message stores its original bytes in TELEMETRY_DLQ on
+`telemetry.dlq.v1.<stage>`, with the stage, the reason, the subject it came from and
+how often it was delivered in headers. `list` shows them; `replay` publishes each one's
+original bytes to its source subject again (original headers without the DLQ ones,
+and a new Nats-Msg-Id), then deletes it from the DLQ.
+
+Replay is idempotent: the new message id is derived from the DLQ entry's sequence, so
+an entry published again after an interruption (published, not yet deleted) is dropped
+by JetStream's duplicate window; the events themselves are stored once in OpenSearch
+whatever happens, as their document id is their event id. A replayed message carries
+`Telemetry-Dlq-Replay-Of: <DLQ sequence>`, kept if it fails again, so `replay --wait`
+can tell which replayed entries came back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import nats
+import nats.errors
+import nats.js.errors
+from google.protobuf.message import DecodeError
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from telemetry.v1 import event_pb2
+
+from pipeline import subjects
+
+NATS_URL_ENV = "NATS_URL"
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+CONNECT_TIMEOUT_S = 2.0
+CONNECT_ATTEMPTS = 3
+RECONNECT_WAIT_S = 0.5
+PUBLISH_TIMEOUT_S = 5.0
+DEFAULT_LIMIT = 100
+DEFAULT_WAIT_S = 5.0
+PROGRESS_EVERY = 100  # entries between progress lines when stderr is not a terminal
+REPLAY_OF_HEADER = "Telemetry-Dlq-Replay-Of"
+# The payload of an indexer dead letter holding one rejected event (not a batch).
+ENRICHED_EVENT_SCHEMA = "telemetry.v1.EnrichedEvent"
+REPLAY_MSG_ID_PREFIX = "dlq-replay"
+# Where a replayed message may go: the pipeline's own input subjects, nothing else.
+REPLAYABLE_PREFIXES = ("telemetry.raw.v1.", "telemetry.enriched.v1.")
+DLQ_HEADERS = frozenset(
+    {
+        subjects.DLQ_STAGE_HEADER,
+        subjects.DLQ_REASON_HEADER,
+        subjects.DLQ_SUBJECT_HEADER,
+        subjects.DLQ_DELIVERIES_HEADER,
+        subjects.MSG_ID_HEADER,
+        REPLAY_OF_HEADER,
+    }
+)
+
+# JetStream's own headers (Nats-Expected-Stream, ...) were meant for the DLQ publish.
+NATS_HEADER_PREFIX = "nats-"
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+
+EXAMPLES = """
+  tpipe dlq list
+  tpipe dlq list --stage enricher --limit 20
+  tpipe dlq list --format jsonl | jq .reason
+  tpipe dlq replay --stage indexer --dry-run
+  tpipe dlq replay --stage indexer
+"""
+
+
+class DlqError(Exception):
+    """The DLQ could not be read or written (NATS away, stream missing)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One dead letter."""
+
+    seq: int
+    stage: str
+    reason: str
+    source_subject: str
+    deliveries: int
+    time: str
+    size: int
+    headers: Mapping[str, str]
+    data: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry as one JSON line (without the payload bytes)."""
+        return {
+            "seq": self.seq,
+            "stage": self.stage,
+            "reason": self.reason,
+            "source_subject": self.source_subject,
+            "deliveries": self.deliveries,
+            "time": self.time,
+            "size": self.size,
+            "replay_of": self.headers.get(REPLAY_OF_HEADER, ""),
+        }
+
+
+@dataclass(slots=True)
+class Summary:
+    """What a replay did."""
+
+    replayed: int = 0
+    skipped: int = 0
+    failed: int = 0
+    failed_again: int = 0
+
+    def line(self, *, dry_run: bool) -> str:
+        """One line for stderr."""
+        verb = "would replay" if dry_run else "replayed"
+        return (
+            f"{verb} {self.replayed}, skipped {self.skipped}, "
+            f"failed to publish {self.failed}, failed again {self.failed_again}"
+        )
+
+
+def add_parser(subparsers: Any) -> None:
+    """Adds `dlq` with its `list` and `replay` subcommands to `tpipe`'s subparsers."""
+    parser = subparsers.add_parser(
+        "dlq",
+        help="list and replay dead letters",
+        description="Lists the messages a stage gave up on, with their reasons, and replays "
+        "them to their source subjects after a fix.",
+        epilog="examples:\n" + EXAMPLES.strip("\n"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    nats_help = f"NATS URLs, comma-separated (env {NATS_URL_ENV}, default {DEFAULT_NATS_URL})"
+    parser.add_argument(
+        "--nats",
+        default=os.environ.get(NATS_URL_ENV, "").strip() or DEFAULT_NATS_URL,
+        help=nats_help,
+    )
+    commands = parser.add_subparsers(dest="dlq_command", metavar="{list,replay}")
+    commands.required = True
+    listing = commands.add_parser("list", help="show dead letters, oldest first")
+    listing.add_argument("--stage", help="only this stage's (enricher, indexer)")
+    listing.add_argument(
+        "--limit", type=_positive_int, default=DEFAULT_LIMIT, help="at most this many"
+    )
+    listing.add_argument("--format", choices=("table", "jsonl"), default="table")
+    listing.add_argument("--nats", default=argparse.SUPPRESS, help=nats_help)
+    replay = commands.add_parser("replay", help="send dead letters back to their subjects")
+    replay.add_argument("--stage", help="only this stage's (enricher, indexer)")
+    replay.add_argument(
+        "--dry-run", action="store_true", help="show what would be replayed, change nothing"
+    )
+    replay.add_argument(
+        "--wait",
+        type=float,
+        default=DEFAULT_WAIT_S,
+        help="seconds to watch the DLQ afterwards for replayed entries failing again "
+        f"(default {DEFAULT_WAIT_S:g}; 0 to not wait)",
+    )
+    replay.add_argument("--nats", default=argparse.SUPPRESS, help=nats_help)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs `dlq list` or `dlq replay`; returns the exit code."""
+    stage = getattr(args, "stage", None)
+    if stage is not None and not subjects.valid_token(stage):
+        print(f"tpipe dlq: --stage {stage!r} is not a stage name", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.dlq_command == "list":
+            return asyncio.run(_list(args.nats, stage, args.limit, args.format, sys.stdout))
+        return asyncio.run(_replay(args.nats, stage, args.dry_run, args.wait, sys.stderr))
+    except DlqError as err:
+        print(f"tpipe dlq: {err}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except KeyboardInterrupt:
+        print("tpipe dlq: interrupted (run replay again to finish)", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+    return value
+
+
+async def _connect(url: str) -> Client:
+    servers = [u.strip() for u in url.split(",") if u.strip()]
+
+    async def quiet(_: Exception) -> None:
+        return None  # the failure is reported once, below
+
+    try:
+        return await nats.connect(
+            servers=servers,
+            name="tpipe-dlq",
+            connect_timeout=CONNECT_TIMEOUT_S,
+            max_reconnect_attempts=CONNECT_ATTEMPTS,
+            reconnect_time_wait=RECONNECT_WAIT_S,
+            error_cb=quiet,
+        )
+    except (OSError, TimeoutError, nats.errors.Error) as err:
+        raise DlqError(f"NATS not reachable at {url}: {err}") from err
+
+
+def _filter_subject(stage: str | None) -> str:
+    return subjects.dlq_subject(stage) if stage else subjects.DLQ_SUBJECTS
+
+
+async def entries(js: JetStreamContext, stage: str | None) -> list[Entry]:
+    """Every dead letter (of `stage`, or all), oldest first."""
+    found: list[Entry] = []
+    seq = 1
+    subject = _filter_subject(stage)
+    while True:
+        try:
+            raw = await js.get_msg(subjects.DLQ_STREAM, seq=seq, subject=subject, next=True)
+        except nats.js.errors.NotFoundError:
+            return found
+        except nats.js.errors.Error as err:
+            raise DlqError(f"reading {subjects.DLQ_STREAM}: {err}") from err
+        except (TimeoutError, nats.errors.Error) as err:
+            raise DlqError(f"reading {subjects.DLQ_STREAM}: {err!r}") from err
+        if raw.seq is None:
+            return found
+        found.append(_entry(raw.seq, raw.subject or "", raw.headers or {}, raw.data, raw.time))
+        seq = raw.seq + 1
+
+
+def _entry(
+    seq: int, subject: str, headers: Mapping[str, str], data: bytes | None, stamp: object
+) -> Entry:
+    try:
+        deliveries = int(headers.get(subjects.DLQ_DELIVERIES_HEADER, "0"))
+    except ValueError:
+        deliveries = 0
+    if isinstance(stamp, datetime):
+        when = stamp.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    else:
+        when = str(stamp or "")[:20]
+    return Entry(
+        seq=seq,
+        stage=headers.get(subjects.DLQ_STAGE_HEADER, subject.rsplit(".", 1)[-1]),
+        reason=headers.get(subjects.DLQ_REASON_HEADER, ""),
+        source_subject=headers.get(subjects.DLQ_SUBJECT_HEADER, ""),
+        deliveries=deliveries,
+        time=when,
+        size=len(data or b""),
+        headers=dict(headers),
+        data=data or b"",
+    )
+
+
+async def _list(url: str, stage: str | None, limit: int, fmt: str, out: TextIO) -> int:
+    nc = await _connect(url)
+    try:
+        found = (await entries(nc.jetstream(), stage))[:limit]
+    finally:
+        await nc.close()
+    if fmt == "jsonl":
+        for entry in found:
+            out.write(json.dumps(entry.to_json(), ensure_ascii=False) + "\n")
+        return EXIT_OK
+    out.write(_table(found))
+    return EXIT_OK
+
+
+def _table(found: Sequence[Entry]) -> str:
+    if not found:
+        return "no dead letters\n"
+    rows = [("SEQ", "TIME", "STAGE", "SOURCE SUBJECT", "DELIV", "BYTES", "REASON")]
+    rows += [
+        (
+            str(e.seq),
+            e.time,
+            e.stage,
+            e.source_subject,
+            str(e.deliveries),
+            str(e.size),
+            e.reason[:100],
+        )
+        for e in found
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
+        for row in rows
+    ]
+    return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+def replay_headers(entry: Entry) -> dict[str, str]:
+    """The headers a replayed message carries: the original ones (without the DLQ's and
+    JetStream's own), a new message id, and the DLQ entry it comes from."""
+    out = {
+        k: v
+        for k, v in entry.headers.items()
+        if k not in DLQ_HEADERS and not k.lower().startswith(NATS_HEADER_PREFIX)
+    }
+    out[subjects.MSG_ID_HEADER] = f"{REPLAY_MSG_ID_PREFIX}:{entry.stage}:{entry.seq}"
+    out[REPLAY_OF_HEADER] = str(entry.seq)
+    if out.get(subjects.SCHEMA_HEADER) == ENRICHED_EVENT_SCHEMA:
+        out[subjects.SCHEMA_HEADER] = subjects.ENRICHED_SCHEMA
+    return out
+
+
+def replay_payload(entry: Entry) -> bytes:
+    """The bytes to publish: the original ones, except that one event the indexer
+    rejected (stored alone) goes back as a batch of one, the enriched subject's schema.
+
+    Raises DecodeError when such an event's bytes are not an EnrichedEvent.
+    """
+    if entry.headers.get(subjects.SCHEMA_HEADER) != ENRICHED_EVENT_SCHEMA:
+        return entry.data
+    event = event_pb2.EnrichedEvent.FromString(entry.data)
+    return event_pb2.EnrichedBatch(events=[event]).SerializeToString()
+
+
+def replayable(entry: Entry) -> bool:
+    """True when the entry knows a pipeline subject to go back to."""
+    return entry.source_subject.startswith(REPLAYABLE_PREFIXES) and subjects.valid_token(
+        subjects.app_of(entry.source_subject)
+    )
+
+
+async def _replay(url: str, stage: str | None, dry_run: bool, wait_s: float, err: TextIO) -> int:
+    nc = await _connect(url)
+    summary = Summary()
+    replayed: set[str] = set()
+    try:
+        js = nc.jetstream()
+        found = await entries(js, stage)
+        last_seq = max((e.seq for e in found), default=0)
+        total = len(found)
+        for number, entry in enumerate(found, start=1):
+            if not replayable(entry):
+                summary.skipped += 1
+                err.write(
+                    f"skip seq {entry.seq}: source subject {entry.source_subject!r} "
+                    "is not a pipeline subject\n"
+                )
+            elif dry_run:
+                summary.replayed += 1
+            elif await _replay_one(js, entry, err):
+                summary.replayed += 1
+                replayed.add(str(entry.seq))
+            else:
+                summary.failed += 1
+            _progress(err, number, total, summary.line(dry_run=dry_run))
+        if total and err.isatty():
+            err.write("\n")
+        if replayed and wait_s > 0:
+            summary.failed_again = await _watch_again(js, stage, last_seq, replayed, wait_s)
+    finally:
+        await nc.close()
+    err.write(summary.line(dry_run=dry_run) + "\n")
+    return EXIT_OK if summary.failed == 0 and summary.failed_again == 0 else EXIT_FAILURE
+
+
+def _progress(err: TextIO, number: int, total: int, line: str) -> None:
+    """Redraws one line on a terminal; elsewhere a line every PROGRESS_EVERY and the last."""
+    if err.isatty():
+        err.write(f"\r{number}/{total} {line}")
+        err.flush()
+    elif number % PROGRESS_EVERY == 0 or number == total:
+        err.write(f"{number}/{total} {line}\n")
+
+
+async def _replay_one(js: JetStreamContext, entry: Entry, err: TextIO) -> bool:
+    try:
+        payload = replay_payload(entry)
+    except DecodeError as error:
+        err.write(f"\nseq {entry.seq}: not an EnrichedEvent: {error}\n")
+        return False
+    try:
+        await js.publish(
+            entry.source_subject,
+            payload,
+            timeout=PUBLISH_TIMEOUT_S,
+            headers=replay_headers(entry),
+        )
+    except (TimeoutError, nats.errors.Error) as error:
+        err.write(f"\nseq {entry.seq}: publish to {entry.source_subject} failed: {error!r}\n")
+        return False
+    try:
+        await js.delete_msg(subjects.DLQ_STREAM, entry.seq)
+    except nats.js.errors.NotFoundError:
+        pass  # already gone: a concurrent replay deleted it
+    except (TimeoutError, nats.errors.Error) as error:
+        # Published but still listed: a later replay republishes it under the same id,
+        # which JetStream drops as a duplicate.
+        err.write(f"\nseq {entry.seq}: replayed, but not deleted from the DLQ: {error!r}\n")
+    return True
+
+
+async def _watch_again(
+    js: JetStreamContext, stage: str | None, after_seq: int, replayed: set[str], wait_s: float
+) -> int:
+    """Counts replayed entries that came back to the DLQ within `wait_s` seconds."""
+    deadline = time.monotonic() + wait_s
+    again: set[str] = set()
+    while True:
+        for entry in await entries(js, stage):
+            origin = entry.headers.get(REPLAY_OF_HEADER, "")
+            if entry.seq > after_seq and origin in replayed:
+                again.add(origin)
+        if time.monotonic() >= deadline or again == replayed:
+            return len(again)
+        await asyncio.sleep(0.5)
