@@ -5,15 +5,13 @@ from __future__ import annotations
 import time
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from telemetry.v1 import enrich_service_pb2, enrich_service_pb2_grpc
 
 from enricher._enrich import EnrichOptions, enrich_batch
 from enricher._geo import GeoLookup
 from enricher._metrics import Metrics
 from enricher.errors import SetupError
-from pipeline import subjects
+from pipeline import grpcserver, subjects
 
 SERVICE_NAME = enrich_service_pb2.DESCRIPTOR.services_by_name["EnrichService"].full_name
 
@@ -61,49 +59,19 @@ class EnrichServicer(enrich_service_pb2_grpc.EnrichServiceServicer):
         return enrich_service_pb2.EnrichEventsResponse(events=batch.events)
 
 
-class GrpcServer:
+class GrpcServer(grpcserver.GrpcServer):
     """The gRPC server: EnrichService, grpc.health.v1 and server reflection."""
 
     def __init__(self, servicer: EnrichServicer, *, host: str, port: int) -> None:
+        super().__init__(service_name=SERVICE_NAME, host=host, port=port)
         self._servicer = servicer
-        self._address = f"{host}:{port}"
-        self._server: grpc.aio.Server | None = None
-        self._health = health.aio.HealthServicer()
-        self.port = 0
+
+    def register(self, server: grpc.aio.Server) -> None:
+        enrich_service_pb2_grpc.add_EnrichServiceServicer_to_server(self._servicer, server)
 
     async def start(self) -> None:
         """Binds and serves; raises SetupError when the address cannot be bound."""
-        if self._server is not None:
-            return
-        server = grpc.aio.server()
-        enrich_service_pb2_grpc.add_EnrichServiceServicer_to_server(self._servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
         try:
-            self.port = server.add_insecure_port(self._address)
-        except RuntimeError as err:
-            raise SetupError(f"gRPC cannot listen on {self._address}: {err}") from err
-        if self.port == 0:
-            raise SetupError(f"gRPC cannot listen on {self._address}")
-        await server.start()
-        self._server = server
-
-    async def set_serving(self, serving: bool) -> None:
-        """Reports the service's health to grpc.health.v1 clients."""
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        for name in ("", SERVICE_NAME):
-            await self._health.set(name, status)
-
-    async def stop(self, *, grace_s: float) -> None:
-        """Stops accepting calls and lets running ones finish within `grace_s`."""
-        if self._server is None:
-            return
-        server, self._server = self._server, None
-        await self._health.enter_graceful_shutdown()
-        await server.stop(grace_s)
+            await super().start()
+        except grpcserver.ListenError as err:
+            raise SetupError(str(err)) from err

@@ -6,8 +6,6 @@ import logging
 import time
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from telemetry.v1 import event_pb2, ingest_service_pb2, ingest_service_pb2_grpc
 
 from gateway._auth import KeyStore, Kind, presented_key
@@ -17,7 +15,7 @@ from gateway._metrics import Metrics
 from gateway._ratelimit import RateLimiter
 from gateway._status import code_of
 from gateway.errors import GatewayError
-from pipeline import tracing
+from pipeline import grpcserver, tracing
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +103,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         return receipt.to_proto()
 
 
-class GrpcServer:
+class GrpcServer(grpcserver.GrpcServer):
     """grpc.aio server with IngestService, grpc.health.v1 and server reflection."""
 
     def __init__(
@@ -118,50 +116,18 @@ class GrpcServer:
         graceful_stop_s: float,
         reuse_port: bool = False,
     ) -> None:
-        self._servicer = servicer
-        self._address = f"{host}:{port}"
-        self._max_message = max_message_bytes
-        self._grace = graceful_stop_s
-        self._reuse_port = reuse_port
-        self._server: grpc.aio.Server | None = None
-        self._health = health.aio.HealthServicer()
-        self.port = 0
-
-    async def start(self) -> None:
-        """Binds and starts serving (health NOT_SERVING until `set_serving(True)`)."""
-        if self._server is not None:
-            return
-        server = grpc.aio.server(
+        super().__init__(
+            service_name=SERVICE_NAME,
+            host=host,
+            port=port,
             options=[
-                ("grpc.max_receive_message_length", self._max_message),
+                ("grpc.max_receive_message_length", max_message_bytes),
                 # Off unless asked: a second gateway must not silently share the port.
-                ("grpc.so_reuseport", 1 if self._reuse_port else 0),
-            ]
+                ("grpc.so_reuseport", 1 if reuse_port else 0),
+            ],
+            grace_s=graceful_stop_s,
         )
+        self._servicer = servicer
+
+    def register(self, server: grpc.aio.Server) -> None:
         ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(self._servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
-        self.port = server.add_insecure_port(self._address)
-        await server.start()
-        self._server = server
-        await self.set_serving(False)
-
-    async def set_serving(self, serving: bool) -> None:
-        """Publishes the health of the whole server and of IngestService."""
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        for name in ("", SERVICE_NAME):
-            await self._health.set(name, status)
-
-    async def stop(self) -> None:
-        """Stops accepting calls and lets those in flight finish within the grace period."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        await self._health.enter_graceful_shutdown()
-        await server.stop(self._grace)

@@ -13,16 +13,13 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 from telemetry.v1 import query_service_pb2 as qs
 from telemetry.v1 import query_service_pb2_grpc as qs_grpc
 
 from indexer import queries
 from indexer.errors import InvalidArgumentError, SearchRequestError, SearchUnavailableError
 from indexer.metrics import Metrics
-from pipeline import tracing
+from pipeline import grpcserver, tracing
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +126,7 @@ def _status(err: Exception, *, paged: bool) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "internal error"
 
 
-class QueryServer:
+class QueryServer(grpcserver.GrpcServer):
     """The gRPC server: QueryService, grpc.health.v1 and reflection."""
 
     def __init__(
@@ -141,50 +138,12 @@ class QueryServer:
         metrics: Metrics | None = None,
         tracer: tracing.Tracing | None = None,
     ) -> None:
-        self._tracing = tracer
-        self._server: grpc.aio.Server | None = None
-        self._health = HealthServicer()
+        super().__init__(service_name=SERVICE_NAME, host=host, port=port)
         self._search = search
-        self._address = f"{host}:{port}"
         self._metrics = metrics
-        self.port = port
+        self._tracing = tracer
 
-    async def start(self) -> None:
-        """Binds and starts serving (idempotent); raises when the port is taken."""
-        if self._server is not None:
-            return
-        server = grpc.aio.server()
+    def register(self, server: grpc.aio.Server) -> None:
         qs_grpc.add_QueryServiceServicer_to_server(
             QueryServicer(self._search, metrics=self._metrics, tracer=self._tracing), server
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
-        )
-        self.port = server.add_insecure_port(self._address)
-        await server.start()
-        self._server = server
-        await self.set_serving(False)
-
-    async def set_serving(self, serving: bool) -> None:
-        """Reports SERVING or NOT_SERVING through grpc.health.v1."""
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        for name in ("", SERVICE_NAME):
-            await self._health.set(name, status)
-
-    async def stop(self, grace_s: float) -> None:
-        """Stops accepting calls and lets running ones finish (idempotent)."""
-        if self._server is None:
-            return
-        await self._health.enter_graceful_shutdown()
-        await self._server.stop(grace_s)
-        self._server = None
