@@ -14,12 +14,10 @@ from dataclasses import dataclass
 
 import nats.errors
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import Error as JsError
 
-from enricher._clock import NANOS_PER_S
 from enricher._handler import Delivery, Handler
 from enricher.errors import BrokerError
 from pipeline import natsconn, subjects
@@ -43,49 +41,6 @@ class ConsumerSettings:
     max_ack_pending: int
     fetch_batch: int
     fetch_timeout_s: float
-
-
-class JsDelivery:
-    """A JetStream message seen through the `Delivery` port."""
-
-    __slots__ = ("_meta", "_msg")
-
-    def __init__(self, msg: Msg) -> None:
-        self._msg = msg
-        self._meta = msg.metadata
-
-    @property
-    def data(self) -> bytes:
-        return self._msg.data
-
-    @property
-    def subject(self) -> str:
-        return self._msg.subject
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return self._msg.headers or {}
-
-    @property
-    def stream_seq(self) -> int:
-        return int(self._meta.sequence.stream)
-
-    @property
-    def deliveries(self) -> int:
-        return int(self._meta.num_delivered)
-
-    @property
-    def stored_ns(self) -> int:
-        return int(self._meta.timestamp.timestamp() * NANOS_PER_S)
-
-    async def ack(self) -> None:
-        await self._msg.ack()
-
-    async def nak(self, delay_s: float) -> None:
-        await self._msg.nak(delay=delay_s)
-
-    async def term(self) -> None:
-        await self._msg.term()
 
 
 class JsSink:
@@ -203,7 +158,7 @@ class FetchLoop:
             if failing:
                 log.info("fetch recovered")
                 failing = False
-            await self._handler.handle([JsDelivery(msg) for msg in msgs])
+            await self._handler.handle([natsconn.JetStreamDelivery(msg) for msg in msgs])
 
 
 async def consumer_pending(subscription: JetStreamContext.PullSubscription) -> int:

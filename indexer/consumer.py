@@ -11,7 +11,6 @@ import contextlib
 import logging
 from collections.abc import Mapping
 
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 
@@ -30,47 +29,6 @@ FETCH_TIMEOUT_S = 0.1
 NATS_RETRY_S = 1.0
 ROOM_POLL_S = 0.02
 STOP_FETCH_WAIT_S = 5.0
-
-
-class NatsDelivery:
-    """A JetStream message as intake sees it."""
-
-    __slots__ = ("_msg",)
-
-    def __init__(self, msg: Msg) -> None:
-        self._msg = msg
-
-    @property
-    def data(self) -> bytes:
-        return self._msg.data
-
-    @property
-    def subject(self) -> str:
-        return self._msg.subject
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return self._msg.headers or {}
-
-    @property
-    def num_delivered(self) -> int:
-        return int(self._msg.metadata.num_delivered or 1)
-
-    @property
-    def msg_id(self) -> str:
-        return f"{self._msg.metadata.stream}:{self._msg.metadata.sequence.stream}"
-
-    async def ack(self) -> None:
-        await self._msg.ack()
-
-    async def nak(self, delay_s: float) -> None:
-        await self._msg.nak(delay=delay_s)
-
-    async def term(self) -> None:
-        await self._msg.term()
-
-    async def in_progress(self) -> None:
-        await self._msg.in_progress()
 
 
 class NatsDeadLetters:
@@ -223,7 +181,7 @@ class EnrichedConsumer:
                 log.info("fetch recovered")
                 failing = False
             for msg in msgs:
-                await self._intake.handle(NatsDelivery(msg))
+                await self._intake.handle(natsconn.JetStreamDelivery(msg))
 
     async def _touch_loop(self) -> None:
         while True:

@@ -44,7 +44,7 @@ class Delivery(Protocol):
     def headers(self) -> Mapping[str, str]: ...
 
     @property
-    def num_delivered(self) -> int: ...
+    def deliveries(self) -> int: ...
 
     @property
     def msg_id(self) -> str:
@@ -129,8 +129,8 @@ class Intake:
 
     async def handle(self, delivery: Delivery) -> None:
         """Processes one message; returns once its events are queued (not yet written)."""
-        if delivery.num_delivered > self._max_deliveries:
-            reason = f"delivered {delivery.num_delivered} times, more than {self._max_deliveries}"
+        if delivery.deliveries > self._max_deliveries:
+            reason = f"delivered {delivery.deliveries} times, more than {self._max_deliveries}"
             await self._give_up(delivery, reason, "max_deliveries")
             return
         try:
@@ -175,7 +175,7 @@ class Intake:
                     data=event.SerializeToString(),
                     subject=message.delivery.subject,
                     headers={**message.delivery.headers, subjects.SCHEMA_HEADER: EVENT_SCHEMA},
-                    deliveries=message.delivery.num_delivered,
+                    deliveries=message.delivery.deliveries,
                     msg_id=f"{message.delivery.msg_id}:{event.event.event_id}",
                 )
             except Exception as err:  # NATS away: nak the message, the event comes back
@@ -197,7 +197,7 @@ class Intake:
                 data=delivery.data,
                 subject=delivery.subject,
                 headers=delivery.headers,
-                deliveries=delivery.num_delivered,
+                deliveries=delivery.deliveries,
                 msg_id=delivery.msg_id,
             )
         except Exception as err:
@@ -210,7 +210,7 @@ class Intake:
                 "reason": label,
                 "subject": delivery.subject,
                 "message_id": delivery.msg_id,
-                "deliveries": delivery.num_delivered,
+                "deliveries": delivery.deliveries,
             },
         )
         self._metrics.dlq.labels(reason=label).inc()

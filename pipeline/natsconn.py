@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import nats
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import BadRequestError
@@ -149,3 +150,67 @@ async def publish_dlq(
         stream=subjects.DLQ_STREAM,
         headers=out,
     )
+
+
+_NANOS_PER_S = 1_000_000_000
+
+
+class JetStreamDelivery:
+    """A JetStream message as the consumers' domain code sees it (their `Delivery` ports)."""
+
+    __slots__ = ("_meta", "_msg")
+
+    def __init__(self, msg: Msg) -> None:
+        self._msg = msg
+        self._meta = msg.metadata  # parsed from the reply subject once
+
+    @property
+    def data(self) -> bytes:
+        """The payload."""
+        return self._msg.data
+
+    @property
+    def subject(self) -> str:
+        """The subject it was published on."""
+        return self._msg.subject
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Its headers (empty when it has none)."""
+        return self._msg.headers or {}
+
+    @property
+    def stream_seq(self) -> int:
+        """Its sequence in the stream: the same on every redelivery."""
+        return int(self._meta.sequence.stream)
+
+    @property
+    def msg_id(self) -> str:
+        """`<stream>:<sequence>`, a stable id of this stream message."""
+        return f"{self._meta.stream}:{self._meta.sequence.stream}"
+
+    @property
+    def deliveries(self) -> int:
+        """How often it has been delivered, this time included."""
+        return int(self._meta.num_delivered or 1)
+
+    @property
+    def stored_ns(self) -> int:
+        """When the stream stored it, in ns since the epoch."""
+        return int(self._meta.timestamp.timestamp() * _NANOS_PER_S)
+
+    async def ack(self) -> None:
+        """Done: never deliver it again."""
+        await self._msg.ack()
+
+    async def nak(self, delay_s: float) -> None:
+        """Failed for now: deliver it again after `delay_s`."""
+        await self._msg.nak(delay=delay_s)
+
+    async def term(self) -> None:
+        """Given up on (after it went to the DLQ): never deliver it again."""
+        await self._msg.term()
+
+    async def in_progress(self) -> None:
+        """Still working on it: restart its ack-wait timer."""
+        await self._msg.in_progress()

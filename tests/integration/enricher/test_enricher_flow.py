@@ -17,9 +17,10 @@ from enricher._enrich import EnrichOptions, timestamp_ns
 from enricher._geo import OfflineGeo
 from enricher._handler import Handler
 from enricher._metrics import Metrics
-from enricher._nats import ConsumerSettings, JsDelivery, JsSink, bind_consumer, consumer_pending
+from enricher._nats import ConsumerSettings, JsSink, bind_consumer, consumer_pending
 from enricher._policy import RetryPolicy
 from pipeline import subjects
+from pipeline.natsconn import JetStreamDelivery
 from tests.integration.enricher.helpers import (
     enricher_config,
     publish_raw,
@@ -149,7 +150,7 @@ async def test_a_lost_ack_is_redelivered_and_deduplicated(js: JetStreamContext) 
         metrics=metrics,
     )
 
-    class AckLost(JsDelivery):
+    class AckLost(JetStreamDelivery):
         async def ack(self) -> None:
             return None
 
@@ -161,7 +162,7 @@ async def test_a_lost_ack_is_redelivered_and_deduplicated(js: JetStreamContext) 
 
     again = await sub.fetch(1, timeout=10)  # after ack_wait
     assert again[0].metadata.num_delivered == 2
-    await handler.handle([JsDelivery(again[0])])
+    await handler.handle([JetStreamDelivery(again[0])])
     info = await settle(js)
     assert info.num_ack_pending == 0
     assert metrics.registry.get_sample_value("enricher_events_total") == 6

@@ -71,7 +71,7 @@ class FakeDelivery:
     data: bytes
     subject: str = "telemetry.enriched.v1.shop"
     headers: Mapping[str, str] = field(default_factory=dict)
-    num_delivered: int = 1
+    deliveries: int = 1
     msg_id: str = "TELEMETRY_ENRICHED:1"
     settled: list[str] = field(default_factory=list)
     touched: int = 0

@@ -55,7 +55,7 @@ async def test_ack_only_after_every_event_is_written() -> None:
 async def test_redelivery_is_acked_as_duplicates() -> None:
     store, _, writer, intake = _setup()
     data = _batch(_event("a"), _event("b"))
-    first, second = FakeDelivery(data), FakeDelivery(data, num_delivered=2)
+    first, second = FakeDelivery(data), FakeDelivery(data, deliveries=2)
     await intake.handle(first)
     await writer.drain()
     await intake.handle(second)
@@ -100,7 +100,7 @@ async def test_undecodable_message_is_dead_lettered_and_terminated() -> None:
 
 async def test_too_many_deliveries_is_dead_lettered_and_terminated() -> None:
     store, dead, _, intake = _setup()
-    delivery = FakeDelivery(_batch(_event("a")), num_delivered=4)
+    delivery = FakeDelivery(_batch(_event("a")), deliveries=4)
     await intake.handle(delivery)
     assert delivery.settled == ["term"]
     assert "delivered 4 times" in dead.letters[0].reason
