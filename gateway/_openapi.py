@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway import _query
+from pipeline.query_names import GROUP_BY, INTERVALS
 
 _REASONS = [
     "REJECTION_REASON_NOT_AN_OBJECT",
@@ -245,8 +246,8 @@ def document() -> dict[str, Any]:
                     "security": read,
                     "parameters": [
                         *_filter_params(),
-                        _param("group_by", {"type": "string", "enum": list(_query.GROUP_BY)}),
-                        _param("interval", {"type": "string", "enum": list(_query.INTERVALS)}),
+                        _param("group_by", {"type": "string", "enum": list(GROUP_BY)}),
+                        _param("interval", {"type": "string", "enum": list(INTERVALS)}),
                         _param("limit", {"type": "integer"}),
                     ],
                     "responses": {

@@ -13,6 +13,7 @@ from telemetry.v1 import event_pb2, query_service_pb2, query_service_pb2_grpc
 
 from gateway import _rfc3339
 from gateway.errors import InvalidRequest, Unavailable, UpstreamError
+from pipeline.query_names import GROUP_BY, INTERVALS
 
 
 class Params(Protocol):
@@ -42,21 +43,6 @@ FILTER_PARAMS = {
     "device_os": "device_os",
     "country": "country_codes",
     "app_id": "app_ids",
-}
-GROUP_BY = {
-    "event_name": query_service_pb2.AGGREGATION_FIELD_EVENT_NAME,
-    "user_id": query_service_pb2.AGGREGATION_FIELD_USER_ID,
-    "session_id": query_service_pb2.AGGREGATION_FIELD_SESSION_ID,
-    "app_version": query_service_pb2.AGGREGATION_FIELD_APP_VERSION,
-    "device_os": query_service_pb2.AGGREGATION_FIELD_DEVICE_OS,
-    "os_name": query_service_pb2.AGGREGATION_FIELD_OS_NAME,
-    "country": query_service_pb2.AGGREGATION_FIELD_GEO_COUNTRY,
-    "app_id": query_service_pb2.AGGREGATION_FIELD_APP_ID,
-}
-INTERVALS = {
-    "minute": query_service_pb2.HISTOGRAM_INTERVAL_MINUTE,
-    "hour": query_service_pb2.HISTOGRAM_INTERVAL_HOUR,
-    "day": query_service_pb2.HISTOGRAM_INTERVAL_DAY,
 }
 EVENTS_PARAMS = (*FILTER_PARAMS, "start", "end", "q", "page_size", "page_token")
 AGGREGATE_PARAMS = (*FILTER_PARAMS, "start", "end", "q", "group_by", "interval", "limit")

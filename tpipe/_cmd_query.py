@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from telemetry.v1 import event_pb2, query_service_pb2
 
+from pipeline.query_names import GROUP_BY, INTERVALS
 from tpipe import _render
 from tpipe._args import (
     Subparsers,
@@ -25,21 +26,6 @@ QUERY_TARGET_ENV = "TPIPE_QUERY_TARGET"
 DEFAULT_TABLE_PAGE = 50
 MAX_PAGE_SIZE = 1000
 
-GROUP_BY = {
-    "event_name": query_service_pb2.AGGREGATION_FIELD_EVENT_NAME,
-    "user_id": query_service_pb2.AGGREGATION_FIELD_USER_ID,
-    "session_id": query_service_pb2.AGGREGATION_FIELD_SESSION_ID,
-    "app_version": query_service_pb2.AGGREGATION_FIELD_APP_VERSION,
-    "device_os": query_service_pb2.AGGREGATION_FIELD_DEVICE_OS,
-    "os_name": query_service_pb2.AGGREGATION_FIELD_OS_NAME,
-    "country": query_service_pb2.AGGREGATION_FIELD_GEO_COUNTRY,
-    "app_id": query_service_pb2.AGGREGATION_FIELD_APP_ID,
-}
-INTERVALS = {
-    "minute": query_service_pb2.HISTOGRAM_INTERVAL_MINUTE,
-    "hour": query_service_pb2.HISTOGRAM_INTERVAL_HOUR,
-    "day": query_service_pb2.HISTOGRAM_INTERVAL_DAY,
-}
 
 QUERY_EXAMPLES = """
   tpipe query --user user-123 --since 1h
