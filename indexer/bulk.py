@@ -14,8 +14,8 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
@@ -26,8 +26,7 @@ from pipeline import tracing
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ItemResult:
+class ItemResult(NamedTuple):
     """OpenSearch's answer for one bulk item."""
 
     status: int
@@ -40,24 +39,38 @@ class BulkPort(Protocol):
     async def bulk(self, body: bytes) -> Sequence[ItemResult]: ...
 
 
-DoneCallback = Callable[["BulkItem", Outcome, str], Awaitable[None]]
+# Told once of an item's final outcome. It may do its work at once and return None, or
+# return an awaitable the writer awaits before it goes on (e.g. settling a message).
+DoneCallback = Callable[["BulkItem", Outcome, str], Awaitable[None] | None]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class BulkItem:
     """One document to create: its two NDJSON lines and who to tell when it is done."""
 
     payload: bytes
     on_done: DoneCallback
-    attempts: int = 0
-    solo: bool = field(default=False)
+    tag: Any = None  # the caller's, e.g. where the document came from
     link: tracing.SpanContext | None = None  # the trace of the message the document came in
+    attempts: int = 0
+    solo: bool = False
+
+
+_ACTION_HEADS: dict[str, bytes] = {}  # index name -> the action line up to the `_id` value
 
 
 def render(*, index: str, doc_id: str, source: Mapping[str, Any]) -> bytes:
     """The NDJSON lines of a `create` action."""
-    action = orjson.dumps({"create": {"_index": index, "_id": doc_id}})
-    return action + b"\n" + orjson.dumps(source) + b"\n"
+    head = _ACTION_HEADS.get(index)
+    if head is None:
+        head = b'{"create":{"_index":' + orjson.dumps(index) + b',"_id":'
+        if len(_ACTION_HEADS) >= 1024:  # one per daily index in practice
+            _ACTION_HEADS.clear()
+        _ACTION_HEADS[index] = head
+    return b"".join((head, orjson.dumps(doc_id), b"}}\n", orjson.dumps(source), b"\n"))
+
+
+_OUTCOMES = {200: Outcome.CREATED, 201: Outcome.CREATED, 409: Outcome.DUPLICATE}
 
 
 class BulkWriter:
@@ -111,6 +124,13 @@ class BulkWriter:
         """Queues an item; sends a request when a size limit is reached (may wait for a slot)."""
         self._buffer.append(item)
         self._buffer_bytes += len(item.payload)
+        if len(self._buffer) >= self._max_docs or self._buffer_bytes >= self._max_bytes:
+            await self.flush()
+
+    async def add_all(self, items: Sequence[BulkItem]) -> None:
+        """Queues items in order, as `add` each would, with one check of the limits."""
+        self._buffer.extend(items)
+        self._buffer_bytes += sum(len(item.payload) for item in items)
         if len(self._buffer) >= self._max_docs or self._buffer_bytes >= self._max_bytes:
             await self.flush()
 
@@ -226,16 +246,18 @@ class BulkWriter:
             return
         retry: list[BulkItem] = []
         tally: dict[Outcome, int] = {}
-        for item, result in zip(batch, results, strict=True):
-            outcome = item_outcome(result.status)
+        known = _OUTCOMES
+        for item, (status, error) in zip(batch, results, strict=True):
+            outcome = known.get(status) or item_outcome(status)
             tally[outcome] = tally.get(outcome, 0) + 1
             if outcome is Outcome.RETRY:
                 retry.append(item)
             else:
-                reason = item_reason(result.error) if outcome is Outcome.REJECTED else ""
+                reason = item_reason(error) if outcome is Outcome.REJECTED else ""
                 await self._finish(item, outcome, reason)
-        for outcome, count in tally.items():
-            span.set_attribute(f"pipeline.documents.{outcome.value}", count)
+        if span.is_recording():
+            for outcome, count in tally.items():
+                span.set_attribute(f"pipeline.documents.{outcome.value}", count)
         if Outcome.REJECTED in tally:
             # One line per request, not per document; the reasons travel with the dead letters.
             log.warning(
@@ -263,7 +285,9 @@ class BulkWriter:
 
     async def _finish(self, item: BulkItem, outcome: Outcome, reason: str) -> None:
         try:
-            await item.on_done(item, outcome, reason)
+            pending = item.on_done(item, outcome, reason)
+            if pending is not None:
+                await pending
         except Exception:
             log.exception("bulk item callback failed")
 

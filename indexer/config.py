@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from indexer.template import DEFAULT_REFRESH_INTERVAL
 from pipeline.config import non_negative, port, positive, setting
 from pipeline.errors import ConfigError
 from pipeline.settings import NatsSettings, OpenSearchSettings, TracingSettings
@@ -43,6 +44,15 @@ def _index_prefix(value: str) -> str | None:
     return None
 
 
+_TIME_VALUE = re.compile(r"^(-1|[1-9][0-9]{0,6}(nanos|micros|ms|s|m|h|d))$")
+
+
+def _time_value(value: str) -> str | None:
+    if not _TIME_VALUE.fullmatch(value):
+        return "must be a positive OpenSearch time value such as 200ms, 1s or 1m, or -1 for off"
+    return None
+
+
 def _consumer_name(value: str) -> str | None:
     ok = re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value)
     return None if ok else "must be 1-64 letters, digits, '_' or '-'"
@@ -66,6 +76,13 @@ class Config(NatsSettings, OpenSearchSettings, TracingSettings):
         DEFAULT_INDEX_REPLICAS,
         "replicas per shard (0 on a single node keeps the cluster green)",
         check=non_negative,
+    )
+    refresh_interval: str = setting(
+        "INDEXER_REFRESH_INTERVAL",
+        DEFAULT_REFRESH_INTERVAL,
+        "how often OpenSearch makes new documents searchable (a time value such as 200ms or"
+        " 1s; -1 turns periodic refresh off); applied to existing indices when it changes",
+        check=_time_value,
     )
     template_priority: int = setting(
         "INDEXER_TEMPLATE_PRIORITY",

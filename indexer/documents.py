@@ -76,18 +76,15 @@ def _day(days: int) -> str:
     return (_EPOCH + timedelta(days=days)).date().isoformat()
 
 
-@functools.lru_cache(maxsize=16384)
 def _second(seconds: int) -> str:
-    # Events of one batch share received_at and mostly enriched_at: worth a cache.
     days, rest = divmod(seconds, _DAY_S)
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{_day(days)}T{hours:02d}:{minutes:02d}:{secs:02d}"
 
 
-def _time_text(stamp: Timestamp, field: str) -> str:
+def _format_time(seconds: int, nanos: int, field: str) -> str:
     """RFC 3339 in UTC with 0, 3, 6 or 9 fraction digits, as protobuf's JSON mapping writes it."""
-    seconds, nanos = stamp.seconds, stamp.nanos
     if not _MIN_TIMESTAMP_S <= seconds <= _MAX_TIMESTAMP_S or not 0 <= nanos < 1_000_000_000:
         raise DocumentError(f"{field} is out of range: {seconds} s {nanos} ns")
     text = _second(seconds)
@@ -100,31 +97,70 @@ def _time_text(stamp: Timestamp, field: str) -> str:
     return f"{text}.{nanos:09d}Z"
 
 
+# Texts of recent timestamps by (seconds, nanos). The events of one batch share
+# received_at and enriched_at, and a device's events often share a second: most
+# lookups hit. Cleared whole when full, which keeps it bounded and cheap.
+_TIME_TEXTS: dict[tuple[int, int], str] = {}
+_TIME_TEXTS_MAX = 65536
+
+
+def _time_text(stamp: Timestamp, field: str) -> str:
+    key = (stamp.seconds, stamp.nanos)
+    text = _TIME_TEXTS.get(key)
+    if text is None:
+        text = _format_time(key[0], key[1], field)
+        if len(_TIME_TEXTS) >= _TIME_TEXTS_MAX:
+            _TIME_TEXTS.clear()
+        _TIME_TEXTS[key] = text
+    return text
+
+
+_CLOCK_STATUS_NAMES = {
+    value.number: value.name for value in event_pb2.ClockStatus.DESCRIPTOR.values
+}
+
+
 def to_document(event: event_pb2.EnrichedEvent) -> dict[str, Any]:
     """The OpenSearch `_source` of `event`; empty strings and unset times are left out.
 
     Raises DocumentError when the event cannot be a document at all (no usable event_id,
     a timestamp outside 0001-9999).
     """
+    # Written out field by field: this runs once per event and is the indexer's hot path.
     inner = event.event
-    size = len(inner.event_id.encode())
-    if size == 0:
+    event_id = inner.event_id
+    if not event_id:
         raise DocumentError("event_id is empty")
-    if size > MAX_ID_BYTES:
-        raise DocumentError(f"event_id is {size} bytes, longer than {MAX_ID_BYTES}")
-    doc: dict[str, Any] = {}
-    for name in _EVENT_STRINGS:
-        value = getattr(inner, name)
-        if value:
-            doc[name] = value
+    if len(event_id) > MAX_ID_BYTES // 4:  # only then can its UTF-8 form be too long
+        size = len(event_id.encode())
+        if size > MAX_ID_BYTES:
+            raise DocumentError(f"event_id is {size} bytes, longer than {MAX_ID_BYTES}")
+    doc: dict[str, Any] = {"event_id": event_id}
+    if value := inner.session_id:
+        doc["session_id"] = value
+    if value := inner.user_id:
+        doc["user_id"] = value
+    if value := inner.event_name:
+        doc["event_name"] = value
+    if value := inner.app_version:
+        doc["app_version"] = value
+    if value := inner.device_os:
+        doc["device_os"] = value
     if inner.HasField("client_timestamp"):
         doc["client_timestamp"] = _time_text(inner.client_timestamp, "client_timestamp")
-    if inner.metadata:
-        doc["metadata"] = dict(inner.metadata)
-    for name in _ENRICHED_STRINGS:
-        value = getattr(event, name)
-        if value:
-            doc[name] = value
+    if metadata := inner.metadata:
+        # Iterating the map's keys runs in C; dict(map) and items() go through Python.
+        doc["metadata"] = {key: metadata[key] for key in metadata}
+    if value := event.os_name:
+        doc["os_name"] = value
+    if value := event.os_version:
+        doc["os_version"] = value
+    if value := event.event_message:
+        doc["event_message"] = value
+    if value := event.app_id:
+        doc["app_id"] = value
+    if value := event.request_id:
+        doc["request_id"] = value
     if event.HasField("received_at"):
         doc["ingestion_timestamp"] = _time_text(event.received_at, "received_at")
     if event.HasField("enriched_at"):
@@ -132,11 +168,14 @@ def to_document(event: event_pb2.EnrichedEvent) -> dict[str, Any]:
     if event.HasField("corrected_timestamp"):
         doc["corrected_timestamp"] = _time_text(event.corrected_timestamp, "corrected_timestamp")
     doc["clock_skew_ms"] = event.clock_skew_ms
-    doc["clock_status"] = event_pb2.ClockStatus.Name(event.clock_status)
-    if event.geo.country_code:
-        doc["geo_country"] = event.geo.country_code
-    if event.geo.city:
-        doc["geo_city"] = event.geo.city
+    # A status this build does not know (a newer enricher) is kept as its number.
+    status = event.clock_status
+    doc["clock_status"] = _CLOCK_STATUS_NAMES.get(status) or str(status)
+    geo = event.geo
+    if value := geo.country_code:
+        doc["geo_country"] = value
+    if value := geo.city:
+        doc["geo_city"] = value
     return doc
 
 
@@ -164,34 +203,59 @@ def _seconds_nanos(value: str) -> tuple[int, int]:
     return stamp.seconds, stamp.nanos
 
 
-def _parse_time(text: Any) -> Timestamp:
-    seconds, nanos = _seconds_nanos(str(text))
-    return Timestamp(seconds=seconds, nanos=nanos)
+def _time_fields(text: Any) -> dict[str, int]:
+    # A Timestamp as constructor keywords: protobuf builds a nested message from a dict
+    # several times faster than it copies a Timestamp object in.
+    seconds, nanos = _seconds_nanos(text if type(text) is str else str(text))
+    return {"seconds": seconds, "nanos": nanos}
 
 
 _CLOCK_STATUS = {value.name: value.number for value in event_pb2.ClockStatus.DESCRIPTOR.values}
 
 
+def _clock_status(value: Any) -> int:
+    text = str(value or "")
+    number = _CLOCK_STATUS.get(text)
+    if number is not None:
+        return number
+    return int(text) if text.isdigit() else 0
+
+
 def from_document(source: Mapping[str, Any]) -> event_pb2.EnrichedEvent:
     """The EnrichedEvent a document's `_source` was built from (inverse of `to_document`)."""
-    inner: dict[str, Any] = {
-        name: str(source[name]) for name in _EVENT_STRINGS if source.get(name) is not None
-    }
-    if "client_timestamp" in source:
-        inner["client_timestamp"] = _parse_time(source["client_timestamp"])
-    metadata = source.get("metadata")
+    return event_pb2.EnrichedEvent(**event_fields(source))
+
+
+def event_fields(source: Mapping[str, Any]) -> dict[str, Any]:
+    """`from_document` as the EnrichedEvent's constructor keywords (nested as dicts), so a
+    reply can build many events in one constructor call."""
+    get = source.get
+    inner: dict[str, Any] = {}
+    for name in _EVENT_STRINGS:
+        value = get(name)
+        if value is not None:
+            inner[name] = value if type(value) is str else str(value)
+    value = get("client_timestamp")
+    if value is not None:
+        inner["client_timestamp"] = _time_fields(value)
+    metadata = get("metadata")
     if isinstance(metadata, Mapping):
-        inner["metadata"] = {str(key): str(value) for key, value in metadata.items()}
-    outer: dict[str, Any] = {
-        name: str(source[name]) for name in _ENRICHED_STRINGS if source.get(name) is not None
-    }
+        if all(type(key) is str and type(item) is str for key, item in metadata.items()):
+            inner["metadata"] = metadata
+        else:
+            inner["metadata"] = {str(key): str(item) for key, item in metadata.items()}
+    outer: dict[str, Any] = {"event": inner}
+    for name in _ENRICHED_STRINGS:
+        value = get(name)
+        if value is not None:
+            outer[name] = value if type(value) is str else str(value)
     for name, target in _ENRICHED_TIMES.items():
-        if name in source:
-            outer[target] = _parse_time(source[name])
-    outer["clock_skew_ms"] = int(source.get("clock_skew_ms", 0))
-    outer["clock_status"] = _CLOCK_STATUS.get(str(source.get("clock_status", "")), 0)
-    if "geo_country" in source or "geo_city" in source:
-        outer["geo"] = event_pb2.Geo(
-            country_code=str(source.get("geo_country", "")), city=str(source.get("geo_city", ""))
-        )
-    return event_pb2.EnrichedEvent(event=event_pb2.Event(**inner), **outer)
+        value = get(name)
+        if value is not None:
+            outer[target] = _time_fields(value)
+    outer["clock_skew_ms"] = int(get("clock_skew_ms", 0))
+    outer["clock_status"] = _clock_status(get("clock_status"))
+    country, city = get("geo_country"), get("geo_city")
+    if country is not None or city is not None:
+        outer["geo"] = {"country_code": str(country or ""), "city": str(city or "")}
+    return outer

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from google.protobuf.message import DecodeError
@@ -75,11 +75,30 @@ class DeadLetters(Protocol):
     ) -> None: ...
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Message:
+    """A message being indexed: how many of its events are still open, and their outcomes."""
+
+    intake: Intake
     delivery: Delivery
+    events: Sequence[event_pb2.EnrichedEvent]
     remaining: int
-    dlq_failed: bool = False
+    created: int = 0
+    duplicates: int = 0
+    rejected: list[tuple[int, str]] = field(default_factory=list)  # (position, reason)
+
+    def done(self, item: BulkItem, outcome: Outcome, reason: str) -> Awaitable[None] | None:
+        """The bulk writer's callback: one event is done; the last one settles the message."""
+        if outcome is Outcome.CREATED:
+            self.created += 1
+        elif outcome is Outcome.DUPLICATE:
+            self.duplicates += 1
+        else:
+            self.rejected.append((item.tag, reason))
+        self.remaining -= 1
+        if self.remaining:
+            return None
+        return self.intake._settle(self)
 
 
 class Intake:
@@ -138,56 +157,32 @@ class Intake:
         except DecodeError as err:
             await self._give_up(delivery, f"not an EnrichedBatch: {err}", "undecodable")
             return
-        if not batch.events:
-            await self._settle(_Message(delivery, 0))
+        events = batch.events
+        message = _Message(self, delivery, events, len(events))
+        if not events:
+            await self._settle(message)
             return
-        message = _Message(delivery, len(batch.events))
         self._track(message)
         link = self._tracing.incoming_link(delivery.headers)
-        for event in batch.events:
-            await self._add(message, event, link)
-
-    async def _add(
-        self,
-        message: _Message,
-        event: event_pb2.EnrichedEvent,
-        link: tracing.SpanContext | None,
-    ) -> None:
-        async def on_done(_: BulkItem, outcome: Outcome, reason: str) -> None:
-            await self._done(message, event, outcome, reason)
-
-        try:
-            doc = documents.to_document(event)
-        except DocumentError as err:
-            await self._done(message, event, Outcome.REJECTED, str(err))
-            return
-        index = documents.index_name(event, prefix=self._prefix)
-        payload = render(index=index, doc_id=event.event.event_id, source=doc)
-        await self._writer.add(BulkItem(payload=payload, on_done=on_done, link=link))
-
-    async def _done(
-        self, message: _Message, event: event_pb2.EnrichedEvent, outcome: Outcome, reason: str
-    ) -> None:
-        if outcome is Outcome.REJECTED:
+        done = message.done
+        prefix = self._prefix
+        to_document, index_name = documents.to_document, documents.index_name
+        items: list[BulkItem] = []
+        for position, event in enumerate(events):
             try:
-                await self._dead_letters.publish(
-                    reason=reason,
-                    data=event.SerializeToString(),
-                    subject=message.delivery.subject,
-                    headers={**message.delivery.headers, subjects.SCHEMA_HEADER: EVENT_SCHEMA},
-                    deliveries=message.delivery.deliveries,
-                    msg_id=f"{message.delivery.msg_id}:{event.event.event_id}",
-                )
-            except Exception as err:  # NATS away: nak the message, the event comes back
-                log.warning("dead letter not published: %s", err)
-                message.dlq_failed = True
-            else:
-                self._metrics.dlq.labels(reason="rejected").inc()
-                self._counted[Outcome.REJECTED].inc()
-        else:
-            self._counted[outcome].inc()
-        message.remaining -= 1
-        if message.remaining == 0:
+                doc = to_document(event)
+            except DocumentError as err:
+                # Not a document at all: dead-lettered with the others when the message settles.
+                message.rejected.append((position, str(err)))
+                message.remaining -= 1
+                continue
+            payload = render(
+                index=index_name(event, prefix=prefix), doc_id=doc["event_id"], source=doc
+            )
+            items.append(BulkItem(payload, done, position, link))
+        if items:
+            await self._writer.add_all(items)
+        else:  # every event was unusable: nothing to write
             await self._settle(message)
 
     async def _give_up(self, delivery: Delivery, reason: str, label: str) -> None:
@@ -222,14 +217,38 @@ class Intake:
         self._metrics.messages_in_progress.set(len(self._open))
 
     async def _settle(self, message: _Message) -> None:
+        """Dead-letters the message's rejected events, then acks it (naks it if the DLQ failed)."""
+        dlq_failed = False
+        delivery = message.delivery
+        for position, reason in message.rejected:
+            event = message.events[position]
+            try:
+                await self._dead_letters.publish(
+                    reason=reason,
+                    data=event.SerializeToString(),
+                    subject=delivery.subject,
+                    headers={**delivery.headers, subjects.SCHEMA_HEADER: EVENT_SCHEMA},
+                    deliveries=delivery.deliveries,
+                    msg_id=f"{delivery.msg_id}:{event.event.event_id}",
+                )
+            except Exception as err:  # NATS away: nak the message, the event comes back
+                log.warning("dead letter not published: %s", err)
+                dlq_failed = True
+            else:
+                self._metrics.dlq.labels(reason="rejected").inc()
+                self._counted[Outcome.REJECTED].inc()
+        if message.created:
+            self._counted[Outcome.CREATED].inc(message.created)
+        if message.duplicates:
+            self._counted[Outcome.DUPLICATE].inc(message.duplicates)
         self._open.discard(message)
         self._metrics.messages_in_progress.set(len(self._open))
         if not self._open:
             self._idle.set()
-        if message.dlq_failed:
-            await self._quietly(message.delivery.nak(NAK_DELAY_S), "nakked")
+        if dlq_failed:
+            await self._quietly(delivery.nak(NAK_DELAY_S), "nakked")
         else:
-            await self._quietly(message.delivery.ack(), "acked")
+            await self._quietly(delivery.ack(), "acked")
 
     async def _quietly(self, settling: Awaitable[None], label: str) -> None:
         try:

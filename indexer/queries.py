@@ -125,8 +125,11 @@ def events_response(
     hits = response.get("hits", {})
     found = list(hits.get("hits", []))
     page = found[:size]
-    reply = qs.QueryEventsResponse(total_size=int(hits.get("total", {}).get("value", 0)))
-    reply.events.extend(documents.from_document(hit["_source"]) for hit in page)
+    reply = qs.QueryEventsResponse(
+        total_size=int(hits.get("total", {}).get("value", 0)),
+        # Dicts, which protobuf builds into messages in place (the stubs only name messages).
+        events=[documents.event_fields(hit["_source"]) for hit in page],  # type: ignore[misc]
+    )
     if len(found) > size and page:
         reply.next_page_token = paging.encode_token(list(page[-1]["sort"]), flt)
     return reply

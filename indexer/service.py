@@ -53,6 +53,7 @@ class Indexer:
             shards=config.index_shards,
             replicas=config.index_replicas,
             priority=config.template_priority,
+            refresh_interval=config.refresh_interval,
         )
         self._writer = BulkWriter(
             self._store,

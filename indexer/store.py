@@ -17,7 +17,12 @@ from opensearchpy import exceptions as os_errors
 
 from indexer.bulk import ItemResult
 from indexer.errors import SearchRequestError, SearchUnavailableError
-from indexer.template import index_pattern, template_body, template_name
+from indexer.template import (
+    DEFAULT_REFRESH_INTERVAL,
+    index_pattern,
+    template_body,
+    template_name,
+)
 from pipeline import search as shared_search
 from pipeline.settings import OpenSearchSettings
 
@@ -27,6 +32,7 @@ T = TypeVar("T")
 
 _BULK_FILTER = "errors,items.*.status,items.*.error.type,items.*.error.reason"
 _NDJSON = {"content-type": "application/x-ndjson"}
+_PLAIN_RESULTS = {status: ItemResult(status) for status in (200, 201, 409)}  # shared, immutable
 
 
 class OrjsonSerializer(JSONSerializer):
@@ -83,12 +89,14 @@ class OpenSearchStore:
         shards: int = 1,
         replicas: int = 0,
         priority: int = 200,
+        refresh_interval: str = DEFAULT_REFRESH_INTERVAL,
     ) -> None:
         self._client = client
         self._prefix = prefix
         self._shards = shards
         self._replicas = replicas
         self._priority = priority
+        self._refresh_interval = refresh_interval
 
     @property
     def pattern(self) -> str:
@@ -107,9 +115,12 @@ class OpenSearchStore:
             return False
 
     async def install_template(self) -> bool:
-        """Installs the index template unless one of this or a later version is there.
+        """Installs the index template the settings call for, unless it is there already.
 
-        Returns True when it wrote the template.
+        A template of a later version is left alone (a newer indexer owns it). When the
+        template is written, the settings that can change on a live index (replicas,
+        refresh interval) are applied to the existing `<prefix>*` indices too; shard counts
+        apply to indices created from then on. Returns True when it wrote the template.
         """
         name = template_name(self._prefix)
         body = template_body(
@@ -117,19 +128,53 @@ class OpenSearchStore:
             shards=self._shards,
             replicas=self._replicas,
             priority=self._priority,
+            refresh_interval=self._refresh_interval,
         )
-        installed = await self.template_version()
-        if installed is not None and installed >= body["version"]:
-            return False
+        installed = await self._installed_template()
+        if installed is not None:
+            version = int(installed.get("version") or 0)
+            digest = (installed.get("_meta") or {}).get("digest")
+            if version > body["version"] or (
+                version == body["version"] and digest == body["_meta"]["digest"]
+            ):
+                return False
         await _call(lambda: self._client.indices.put_index_template(name=name, body=body))
         log.info(
             "index template installed",
-            extra={"template": name, "version": body["version"], "previous": installed},
+            extra={
+                "template": name,
+                "version": body["version"],
+                "previous": None if installed is None else installed.get("version"),
+                "refresh_interval": self._refresh_interval,
+                "replicas": self._replicas,
+                "shards": self._shards,
+            },
         )
+        if installed is not None:
+            await self._apply_live_settings()
         return True
+
+    async def _apply_live_settings(self) -> None:
+        live = {
+            "index": {
+                "number_of_replicas": self._replicas,
+                "refresh_interval": self._refresh_interval,
+            }
+        }
+        await _call(
+            lambda: self._client.indices.put_settings(
+                index=self.pattern, body=live, allow_no_indices=True, ignore_unavailable=True
+            )
+        )
 
     async def template_version(self) -> int | None:
         """The version of the installed template, None when there is none."""
+        installed = await self._installed_template()
+        if installed is None:
+            return None
+        return int(installed.get("version") or 0)
+
+    async def _installed_template(self) -> dict[str, Any] | None:
         name = template_name(self._prefix)
         # 404 (no such template) is an answer here, not an error to log.
         found = await _call(
@@ -137,8 +182,8 @@ class OpenSearchStore:
         )
         for entry in found.get("index_templates", []):
             if entry.get("name") == name:
-                version = entry.get("index_template", {}).get("version")
-                return int(version) if version is not None else 0
+                template: dict[str, Any] = entry.get("index_template", {})
+                return template
         return None
 
     async def bulk(self, body: bytes) -> Sequence[ItemResult]:
@@ -149,9 +194,16 @@ class OpenSearchStore:
             )
         )
         results: list[ItemResult] = []
-        for entry in answer.get("items", []):
+        append = results.append
+        plain = _PLAIN_RESULTS
+        for entry in answer.get("items", ()):
             outcome = next(iter(entry.values()))
-            results.append(ItemResult(status=int(outcome["status"]), error=outcome.get("error")))
+            status = outcome["status"]
+            error = outcome.get("error")
+            if error is None and status in plain:
+                append(plain[status])
+            else:
+                append(ItemResult(int(status), error))
         return results
 
     async def search(self, body: dict[str, Any], *, filter_path: str = "") -> dict[str, Any]:

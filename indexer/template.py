@@ -8,12 +8,16 @@ template does not name, so nothing grows the mapping behind our back.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
-# Bump when the body below changes; start() replaces an installed template with a
-# lower version and leaves a higher one alone.
-TEMPLATE_VERSION = 1
-REFRESH_INTERVAL = "1s"
+import orjson
+
+# Bump when the shape of the body below changes. start() leaves a template of a higher
+# version alone (a newer indexer owns it) and replaces one of a lower version, or of the
+# same version whose settings differ (a changed shard, replica or refresh setting).
+TEMPLATE_VERSION = 2
+DEFAULT_REFRESH_INTERVAL = "500ms"
 
 _KEYWORDS = (
     "event_id",
@@ -53,9 +57,20 @@ def mappings() -> dict[str, Any]:
     return {"dynamic": "strict", "properties": properties}
 
 
-def template_body(*, prefix: str, shards: int, replicas: int, priority: int) -> dict[str, Any]:
-    """The `_index_template` body for indices named `<prefix>*`."""
-    return {
+def template_body(
+    *,
+    prefix: str,
+    shards: int,
+    replicas: int,
+    priority: int,
+    refresh_interval: str = DEFAULT_REFRESH_INTERVAL,
+) -> dict[str, Any]:
+    """The `_index_template` body for indices named `<prefix>*`.
+
+    `_meta.digest` fingerprints everything else, so an installed template can be
+    compared with the one the current settings call for.
+    """
+    body: dict[str, Any] = {
         "index_patterns": [index_pattern(prefix)],
         "priority": priority,
         "version": TEMPLATE_VERSION,
@@ -63,9 +78,11 @@ def template_body(*, prefix: str, shards: int, replicas: int, priority: int) -> 
             "settings": {
                 "number_of_shards": shards,
                 "number_of_replicas": replicas,
-                "refresh_interval": REFRESH_INTERVAL,
+                "refresh_interval": refresh_interval,
             },
             "mappings": mappings(),
         },
-        "_meta": {"owner": "indexer"},
     }
+    digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+    body["_meta"] = {"owner": "indexer", "digest": digest}
+    return body

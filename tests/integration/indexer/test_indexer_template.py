@@ -31,6 +31,35 @@ async def test_install_is_idempotent_and_versioned(os_client: AsyncOpenSearch, p
     await os_client.indices.put_index_template(name=template.template_name(prefix), body=body)
     assert await store.install_template() is True
     assert await store.template_version() == template.TEMPLATE_VERSION
+    # A later version (a newer indexer) is left alone.
+    body["version"] = template.TEMPLATE_VERSION + 1
+    await os_client.indices.put_index_template(name=template.template_name(prefix), body=body)
+    assert await store.install_template() is False
+    assert await store.template_version() == template.TEMPLATE_VERSION + 1
+
+
+async def test_a_changed_refresh_interval_reaches_the_template_and_live_indices(
+    os_client: AsyncOpenSearch, prefix: str
+) -> None:
+    first = OpenSearchStore(os_client, prefix=prefix, refresh_interval="1s")
+    assert await first.install_template() is True
+    event = enriched("r1", when=datetime(2026, 4, 2, tzinfo=UTC))
+    index = documents.index_name(event, prefix=prefix)
+    body = render(index=index, doc_id="r1", source=documents.to_document(event))
+    assert [r.status for r in await first.bulk(body)] == [201]
+
+    async def interval(name: str) -> str:
+        found = await os_client.indices.get_settings(index=name, name="index.refresh_interval")
+        return str(found[name]["settings"]["index"]["refresh_interval"])
+
+    assert await interval(index) == "1s"
+    restarted = OpenSearchStore(os_client, prefix=prefix, refresh_interval="200ms")
+    assert await restarted.install_template() is True
+    assert await interval(index) == "200ms"  # the live index follows
+    assert await restarted.install_template() is False  # nothing changed since
+    installed = await os_client.indices.get_index_template(name=template.template_name(prefix))
+    settings = installed["index_templates"][0]["index_template"]["template"]["settings"]
+    assert settings["index"]["refresh_interval"] == "200ms"  # and so will new ones
 
 
 async def test_ten_thousand_metadata_keys_do_not_grow_the_mapping(

@@ -22,6 +22,7 @@ def test_defaults() -> None:
     assert config.bulk_concurrency == cfg.DEFAULT_BULK_CONCURRENCY
     assert config.max_ack_pending == cfg.DEFAULT_MAX_ACK_PENDING
     assert config.retention_days == 30
+    assert config.refresh_interval == "500ms"
     assert (config.grpc_host, config.grpc_port) == ("127.0.0.1", 50053)
     assert (config.http_host, config.http_port) == ("127.0.0.1", 8082)
     assert config.opensearch_url == ("http://127.0.0.1:9200",)
@@ -104,3 +105,14 @@ def test_bad_setting_exits_2_naming_the_variable(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert "INDEXER_BULK_MAX_DOCS" in err[0]
+
+
+@pytest.mark.parametrize("value", ["200ms", "1s", "30s", "2m", "-1"])
+def test_refresh_interval_takes_opensearch_time_values(value: str) -> None:
+    assert load(Config, {"INDEXER_REFRESH_INTERVAL": value}).refresh_interval == value
+
+
+@pytest.mark.parametrize("value", ["0s", "1", "fast", "1 s", "-2", "1.5s"])
+def test_refresh_interval_rejects_what_opensearch_would_not_take(value: str) -> None:
+    with pytest.raises(ConfigError, match="INDEXER_REFRESH_INTERVAL"):
+        load(Config, {"INDEXER_REFRESH_INTERVAL": value})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -134,3 +135,68 @@ async def test_empty_batch_is_acked_and_touch_reaches_open_messages() -> None:
     await writer.drain()
     await intake.wait_idle()
     assert waiting.settled == ["ack"]
+
+
+def _counted(intake: Intake) -> dict[str, float]:
+    registry = intake._metrics.registry
+    return {
+        outcome: registry.get_sample_value("indexer_documents_total", {"outcome": outcome}) or 0.0
+        for outcome in ("created", "duplicate", "rejected")
+    }
+
+
+async def test_outcomes_are_counted_once_per_event_across_messages_and_requests() -> None:
+    store = FakeStore()
+    store.item_status = lambda doc: 400 if doc["event_id"].startswith("bad") else None
+    _, dead, writer, intake = _setup(store)  # requests of at most 100 documents
+    first = FakeDelivery(_batch(*(_event(f"a{n}") for n in range(150)), _event("bad1")))
+    second = FakeDelivery(_batch(_event("a7"), _event(""), _event("b1"), _event("bad2")))
+    await intake.handle(first)
+    await intake.handle(second)
+    await writer.drain()
+    assert (first.settled, second.settled) == (["ack"], ["ack"])
+    assert _counted(intake) == {"created": 151.0, "duplicate": 1.0, "rejected": 3.0}
+    assert sorted(letter.reason for letter in dead.letters) == [
+        "event_id is empty",
+        "forced: status 400",
+        "forced: status 400",
+    ]
+    assert max(store.requests) == 100  # the first message spanned two requests
+
+
+async def test_a_message_of_only_unusable_events_is_dead_lettered_without_a_request() -> None:
+    store, dead, _, intake = _setup()
+    delivery = FakeDelivery(_batch(_event(""), _event("x" * 600)))
+    await intake.handle(delivery)
+    assert delivery.settled == ["ack"]
+    assert intake.in_progress == 0
+    assert store.requests == []
+    assert [letter.reason for letter in dead.letters] == [
+        "event_id is empty",
+        "event_id is 600 bytes, longer than 512",
+    ]
+    assert _counted(intake)["rejected"] == 2.0
+
+
+async def test_a_message_is_settled_only_when_its_retried_events_are_written() -> None:
+    store = FakeStore()
+    attempts: dict[str, int] = {}
+
+    def busy_once(doc: dict[str, str]) -> int | None:
+        attempts[doc["event_id"]] = attempts.get(doc["event_id"], 0) + 1
+        return 429 if doc["event_id"] == "slow" and attempts["slow"] == 1 else None
+
+    store.item_status = busy_once
+    _, _, writer, intake = _setup(store)
+    delivery = FakeDelivery(_batch(_event("a"), _event("slow"), _event("b")))
+    await intake.handle(delivery)
+    await writer.flush()
+    for _ in range(100):
+        await asyncio.sleep(0)
+        if store.requests:
+            break
+    assert delivery.settled == []  # "slow" still to be retried
+    await writer.drain()
+    assert delivery.settled == ["ack"]
+    assert attempts["slow"] == 2
+    assert _counted(intake)["created"] == 3.0
