@@ -13,7 +13,16 @@ from hypothesis import strategies as st
 from telemetry.v1 import event_pb2
 
 from gateway import _rfc3339
-from gateway._validate import Limits, go_float, parse_envelope, read_json_events, read_proto_events
+from gateway._validate import (
+    Limits,
+    _checked_fields,
+    _checked_timestamp,
+    _json_metadata,
+    go_float,
+    parse_envelope,
+    read_json_events,
+    read_proto_events,
+)
 from gateway.errors import InvalidRequest, TooLarge
 from tests.unit.gateway.strategies import event_like
 
@@ -239,3 +248,108 @@ def test_valid_json_events_round_trip(
         metadata,
     )
     assert event.client_timestamp.ToDatetime(tzinfo=dt.UTC) == moment
+
+
+def millis_text(moment: dt.datetime, *, fraction: bool) -> str:
+    """`moment` (naive, UTC) in the clients' usual shape, with or without milliseconds."""
+    text = f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment:%H:%M:%S}"
+    return text + (f".{moment.microsecond // 1000:03d}Z" if fraction else "Z")
+
+
+usual_stamps = st.builds(
+    millis_text,
+    st.datetimes(min_value=dt.datetime(1, 1, 1), max_value=dt.datetime(9999, 12, 31, 23, 59, 59)),
+    fraction=st.booleans(),
+)
+# What may replace a character of a usual timestamp: look-alikes of what belongs there.
+stamp_chars = st.sampled_from("0123456789:.-TtZz +x\u0663\u00b2\uff10")
+
+
+@given(
+    seen=usual_stamps,
+    edits=st.lists(
+        st.tuples(st.integers(min_value=0, max_value=25), stamp_chars | st.just("")), max_size=3
+    ),
+)
+def test_rfc3339_shortcut_agrees_with_the_full_parse(
+    seen: str, edits: list[tuple[int, str]]
+) -> None:
+    assert _rfc3339.parse(seen) == _rfc3339.parse_full(seen) is not None
+    # Its minute is cached now: texts that share or nearly share it take the shortcut.
+    text = seen
+    for position, char in edits:
+        text = text[:position] + char + text[position + 1 :]
+
+    assert _rfc3339.parse(text) == _rfc3339.parse_full(text)
+    assert _rfc3339.parse(seen) == _rfc3339.parse_full(seen)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2024-01-01T00:00:60Z",
+        "2024-01-01T00:00:5xZ",
+        "2024-01-01T00:00:0\u0663Z",
+        "2024-01-01T00:00:00.2\u00b25Z",
+        "2024-01-01T00:00:00.25 Z",
+        "2024-01-01T00:00:00.+25Z",
+        "2024-01-01T00:00:00_250Z",
+        "2024-01-01T00:00-00.250Z",
+    ],
+)
+def test_rfc3339_shortcut_rejects_a_bad_tail_in_a_seen_minute(text: str) -> None:
+    assert _rfc3339.parse("2024-01-01T00:00:00.250Z") == (1704067200, 250_000_000)
+
+    assert _rfc3339.parse(text) is None
+
+
+def test_epoch_timestamp_is_present_on_the_event() -> None:
+    batch, _ = judge(good(client_timestamp="1970-01-01T00:00:00Z"))
+
+    (event,) = batch.events
+    assert event.HasField("client_timestamp")
+    assert event.client_timestamp == Timestamp(seconds=0, nanos=0)
+
+
+metadata_scalars = st.one_of(
+    st.text(max_size=16), st.booleans(), st.integers(-(2**63), 2**63), st.floats(allow_nan=False)
+)
+valid_like = st.fixed_dictionaries(
+    {
+        "event_id": st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,39}", fullmatch=True),
+        "session_id": st.text(min_size=1, max_size=32),
+        "user_id": st.sampled_from(["u", "user-1", "\u00fcser"]),
+        "event_name": st.sampled_from(["tap", "screen_view"]),
+        "client_timestamp": usual_stamps | st.sampled_from(["2024-02-29T23:59:59.999999999+01:30"]),
+    },
+    optional={
+        "app_version": st.text(max_size=8) | st.none(),
+        "device_os": st.text(max_size=8) | st.none(),
+        "metadata": st.dictionaries(st.text(max_size=8), metadata_scalars, max_size=3) | st.none(),
+    },
+)
+
+
+def plain_event(item: dict[str, Any]) -> event_pb2.Event:
+    """The event the gateway built before: the general checks and one constructor call."""
+    seconds, nanos = _checked_timestamp(item["client_timestamp"])
+    return event_pb2.Event(
+        **_checked_fields(item, LIMITS),
+        client_timestamp=Timestamp(seconds=seconds, nanos=nanos),
+        metadata=_json_metadata(item.get("metadata"), LIMITS) or {},
+    )
+
+
+@settings(max_examples=300)
+@given(items=st.lists(valid_like | event_like, max_size=8))
+def test_events_are_built_as_one_constructor_call_would(items: list[dict[str, Any]]) -> None:
+    batch, rejections = judge(*items)
+
+    rejected = {r.index for r in rejections}
+    expected = event_pb2.RawBatch(
+        events=[plain_event(item) for n, item in enumerate(items) if n not in rejected]
+    )
+    assert batch == expected
+    assert batch.SerializeToString(deterministic=True) == expected.SerializeToString(
+        deterministic=True
+    )
