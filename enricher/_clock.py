@@ -39,20 +39,46 @@ def measure_skew(*, sent_ns: int | None, received_ns: int) -> int | None:
     return sent_ns - received_ns
 
 
-def correct_clock(
-    *, client_ns: int, skew_ns: int | None, received_ns: int, max_skew_ns: int
-) -> ClockFix:
-    """Corrects a client timestamp by the measured skew of its batch.
+class BatchClock:
+    """The clock correction of one batch: its skew is measured once, applied to each event.
 
     corrected = client_timestamp - skew. Without a skew the client time is used
     as it is (UNCORRECTED). An unset (epoch) client time, a skew beyond
     `max_skew_ns` or a result farther than `max_skew_ns` from `received_ns` is
     ABSURD, and the corrected time falls back to `received_ns`.
     """
-    skew = 0 if skew_ns is None else skew_ns
-    if client_ns == 0 or abs(skew) > max_skew_ns:
-        return ClockFix(received_ns, skew, ABSURD)
-    corrected = client_ns - skew
-    if abs(corrected - received_ns) > max_skew_ns:
-        return ClockFix(received_ns, skew, ABSURD)
-    return ClockFix(corrected, skew, UNCORRECTED if skew_ns is None else CORRECTED)
+
+    __slots__ = ("_highest", "_lowest", "received_ns", "skew_ns", "status")
+
+    def __init__(self, *, skew_ns: int | None, received_ns: int, max_skew_ns: int) -> None:
+        self.received_ns = received_ns
+        self.skew_ns = 0 if skew_ns is None else skew_ns
+        """skew_ns is the skew of every event's fix (0 unknown)."""
+        self.status: event_pb2.ClockStatus.ValueType = UNCORRECTED if skew_ns is None else CORRECTED
+        """status is the status of every event's fix that is not ABSURD."""
+        # The client times whose correction lies within max_skew_ns of the receipt.
+        self._lowest = received_ns + self.skew_ns - max_skew_ns
+        self._highest = received_ns + self.skew_ns + max_skew_ns
+        if abs(self.skew_ns) > max_skew_ns:
+            self._lowest, self._highest = 1, 0  # none
+
+    def corrected(self, client_ns: int) -> int | None:
+        """The corrected time of a client time, or None when the clock is ABSURD."""
+        if client_ns and self._lowest <= client_ns <= self._highest:
+            return client_ns - self.skew_ns
+        return None
+
+    def fix(self, client_ns: int) -> ClockFix:
+        """The outcome for one event's client time."""
+        corrected = self.corrected(client_ns)
+        if corrected is None:
+            return ClockFix(self.received_ns, self.skew_ns, ABSURD)
+        return ClockFix(corrected, self.skew_ns, self.status)
+
+
+def correct_clock(
+    *, client_ns: int, skew_ns: int | None, received_ns: int, max_skew_ns: int
+) -> ClockFix:
+    """Corrects a client timestamp by the measured skew of its batch (see `BatchClock`)."""
+    clock = BatchClock(skew_ns=skew_ns, received_ns=received_ns, max_skew_ns=max_skew_ns)
+    return clock.fix(client_ns)

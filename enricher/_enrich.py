@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from google.protobuf import timestamp_pb2
 from telemetry.v1 import event_pb2
 
-from enricher._clock import NANOS_PER_MS, NANOS_PER_S, correct_clock, measure_skew
+from enricher import _wire as wire
+from enricher._clock import (
+    ABSURD,
+    NANOS_PER_MS,
+    NANOS_PER_S,
+    BatchClock,
+    measure_skew,
+)
 from enricher._device import parse_device_os
 from enricher._geo import GeoLookup, geo_of
 from enricher._message import DEFAULT_MAX_CHARS, event_message
@@ -48,34 +56,67 @@ def received_ns(raw: event_pb2.RawBatch, *, fallback_ns: int) -> int:
     return fallback_ns
 
 
-def _varint(value: int) -> bytes:
-    """A non-negative int in protobuf's base-128 varint encoding."""
-    if value < 0x80:
-        return bytes((value,))
-    if value < 0x4000:  # the usual length of an event: two bytes
-        return bytes(((value & 0x7F) | 0x80, value >> 7))
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+_EVENTS = wire.tag(event_pb2.EnrichedBatch, "events", wire.WIRE_LEN)
+_EVENT = wire.tag(event_pb2.EnrichedEvent, "event", wire.WIRE_LEN)
+_BATCH_ID = wire.tag(event_pb2.EnrichedBatch, "batch_id", wire.WIRE_LEN)
+_BATCH_APP_ID = wire.tag(event_pb2.EnrichedBatch, "app_id", wire.WIRE_LEN)
+_RECEIVED_AT = wire.tag(event_pb2.EnrichedEvent, "received_at", wire.WIRE_LEN)
+_ENRICHED_AT = wire.tag(event_pb2.EnrichedEvent, "enriched_at", wire.WIRE_LEN)
+_GEO = wire.tag(event_pb2.EnrichedEvent, "geo", wire.WIRE_LEN)
+_APP_ID = wire.tag(event_pb2.EnrichedEvent, "app_id", wire.WIRE_LEN)
+_REQUEST_ID = wire.tag(event_pb2.EnrichedEvent, "request_id", wire.WIRE_LEN)
+_CORRECTED_TIMESTAMP = wire.tag(event_pb2.EnrichedEvent, "corrected_timestamp", wire.WIRE_LEN)
+_CLOCK_SKEW_MS = wire.tag(event_pb2.EnrichedEvent, "clock_skew_ms", wire.WIRE_VARINT)
+_CLOCK_STATUS = wire.tag(event_pb2.EnrichedEvent, "clock_status", wire.WIRE_VARINT)
+_OS_NAME = wire.tag(event_pb2.EnrichedEvent, "os_name", wire.WIRE_LEN)
+_OS_VERSION = wire.tag(event_pb2.EnrichedEvent, "os_version", wire.WIRE_LEN)
+_EVENT_MESSAGE = wire.tag(event_pb2.EnrichedEvent, "event_message", wire.WIRE_LEN)
+_SECONDS = wire.tag(timestamp_pb2.Timestamp, "seconds", wire.WIRE_VARINT)
+_NANOS = wire.tag(timestamp_pb2.Timestamp, "nanos", wire.WIRE_VARINT)
+
+# Bounds of the caches of encoded values that recur from event to event.
+_CACHE_SIZE = 4096
 
 
-def _length_delimited_tag(
-    message: type[event_pb2.EnrichedEvent | event_pb2.EnrichedBatch], name: str
-) -> bytes:
-    number = message.DESCRIPTOR.fields_by_name[name].number
-    return _varint((number << 3) | 2)
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _seconds_field(seconds: int) -> bytes:
+    """Timestamp.seconds; the events of a while share their seconds."""
+    return wire.int_field(_SECONDS, seconds)
 
 
-_EVENT_TAG = _length_delimited_tag(event_pb2.EnrichedEvent, "event")
-_EVENTS_TAG = _length_delimited_tag(event_pb2.EnrichedBatch, "events")
+def _timestamp_field(key: bytes, ns: int) -> bytes:
+    """A Timestamp field of `ns` nanoseconds since the epoch."""
+    seconds, nanos = divmod(ns, NANOS_PER_S)
+    return wire.message_field(key, _seconds_field(seconds) + wire.int_field(_NANOS, nanos))
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _os_fields(device_os: str) -> bytes:
+    """os_name and os_version of a device_os text, encoded."""
+    name, version = parse_device_os(device_os)
+    return wire.string_field(_OS_NAME, name) + wire.string_field(_OS_VERSION, version)
 
 
 def skew_ms(skew_ns: int) -> int:
     """Nanoseconds to whole milliseconds, truncated toward zero."""
     return skew_ns // NANOS_PER_MS if skew_ns >= 0 else -(-skew_ns // NANOS_PER_MS)
+
+
+def _common_fields(
+    raw: event_pb2.RawBatch, *, app_id: str, received_ns: int, now_ns: int, geo: GeoLookup
+) -> bytes:
+    """The EnrichedEvent fields that are the same for every event of the batch, encoded."""
+    context = raw.context
+    location = geo_of(context.client_ip, geo)
+    return b"".join(
+        (
+            _timestamp_field(_RECEIVED_AT, received_ns),
+            _timestamp_field(_ENRICHED_AT, now_ns),
+            b"" if location is None else wire.message_field(_GEO, location.SerializeToString()),
+            wire.string_field(_APP_ID, app_id),
+            wire.string_field(_REQUEST_ID, context.request_id),
+        )
+    )
 
 
 def enrich_batch_bytes(
@@ -89,57 +130,71 @@ def enrich_batch_bytes(
 ) -> bytes:
     """Enriches every event of `raw`, in order; returns the serialised EnrichedBatch.
 
-    What is the same for the whole batch (times, geo, ids) is computed and
-    serialised once; per event there remain the clock correction, the OS parse
-    (cached) and the event_message. Each EnrichedEvent is assembled from three
-    serialised parts, the event, the batch's common fields and the event's own
-    fields, which protobuf decodes as one message because their fields are
-    disjoint (concatenated encodings merge). That avoids building and copying
-    one message tree per event, the bulk of the cost otherwise.
+    The output is encoded here field by field (`enricher._wire`) instead of
+    building one message tree per event and serialising it, the bulk of the
+    cost otherwise. What is the same for the whole batch (times, geo, ids, the
+    clock skew) is encoded once; per event there remain the clock correction,
+    the OS fields (cached per device_os) and the event_message. Each
+    EnrichedEvent is the event, the batch's common fields, then the event's own.
     """
     context = raw.context
     received = received_ns(raw, fallback_ns=fallback_received_ns)
     sent = timestamp_ns(context.sent_at) if context.HasField("sent_at") else None
-    skew = measure_skew(sent_ns=sent, received_ns=received)
-    common = event_pb2.EnrichedEvent(
-        received_at=timestamp_of(received),
-        enriched_at=timestamp_of(now_ns),
-        geo=geo_of(context.client_ip, geo),
-        app_id=app_id,
-        request_id=context.request_id,
-    ).SerializeToString()
-    max_skew = options.max_skew_ns
+    clock = BatchClock(
+        skew_ns=measure_skew(sent_ns=sent, received_ns=received),
+        received_ns=received,
+        max_skew_ns=options.max_skew_ns,
+    )
+    common = _common_fields(raw, app_id=app_id, received_ns=received, now_ns=now_ns, geo=geo)
     max_chars = options.event_message_max_chars
-    enriched_event = event_pb2.EnrichedEvent
-    timestamp = timestamp_pb2.Timestamp
+    # Every event of the batch has its skew and, unless its clock is absurd, its
+    # status; an absurd clock also takes the receipt time. So clock_skew_ms and
+    # clock_status are encoded once, and the three clock fields of absurd events too.
+    skew_field = wire.int_field(_CLOCK_SKEW_MS, skew_ms(clock.skew_ns))
+    status_fields = skew_field + wire.int_field(_CLOCK_STATUS, clock.status)
+    absurd_fields = b"".join(
+        (
+            _timestamp_field(_CORRECTED_TIMESTAMP, received),
+            skew_field,
+            wire.int_field(_CLOCK_STATUS, ABSURD),
+        )
+    )
+    fixed_length = len(_EVENT) + len(common)
+    corrected_ns = clock.corrected
 
     parts: list[bytes] = []
+    append = parts.append
     for event in raw.events:
         client = event.client_timestamp
-        fix = correct_clock(
-            client_ns=client.seconds * NANOS_PER_S + client.nanos,
-            skew_ns=skew,
-            received_ns=received,
-            max_skew_ns=max_skew,
-        )
-        os_name, os_version = parse_device_os(event.device_os)
-        seconds, nanos = divmod(fix.corrected_ns, NANOS_PER_S)
-        own = enriched_event(
-            corrected_timestamp=timestamp(seconds=seconds, nanos=nanos),
-            clock_skew_ms=skew_ms(fix.skew_ns),
-            clock_status=fix.status,
-            os_name=os_name,
-            os_version=os_version,
-            event_message=event_message(event.event_name, event.metadata, max_chars=max_chars),
-        ).SerializeToString()
+        corrected = corrected_ns(client.seconds * NANOS_PER_S + client.nanos)
+        if corrected is None:
+            clock_fields = absurd_fields
+        else:
+            clock_fields = _timestamp_field(_CORRECTED_TIMESTAMP, corrected) + status_fields
+        os_fields = _os_fields(event.device_os)
+        message = event_message(event.event_name, event.metadata, max_chars=max_chars)
+        message_field = wire.string_field(_EVENT_MESSAGE, message)
         event_bytes = event.SerializeToString()
-        body = b"".join((_EVENT_TAG, _varint(len(event_bytes)), event_bytes, common, own))
-        parts.append(_EVENTS_TAG)
-        parts.append(_varint(len(body)))
-        parts.append(body)
-    parts.append(
-        event_pb2.EnrichedBatch(batch_id=context.batch_id, app_id=app_id).SerializeToString()
-    )
+        event_length = wire.varint(len(event_bytes))
+        length = (
+            fixed_length
+            + len(event_length)
+            + len(event_bytes)
+            + len(clock_fields)
+            + len(os_fields)
+            + len(message_field)
+        )
+        append(_EVENTS)
+        append(wire.varint(length))
+        append(_EVENT)
+        append(event_length)
+        append(event_bytes)
+        append(common)
+        append(clock_fields)
+        append(os_fields)
+        append(message_field)
+    append(wire.string_field(_BATCH_ID, context.batch_id))
+    append(wire.string_field(_BATCH_APP_ID, app_id))
     return b"".join(parts)
 
 

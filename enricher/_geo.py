@@ -8,6 +8,7 @@ multicast) and strings that are no address get no geo at all.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -19,6 +20,8 @@ from telemetry.v1 import event_pb2
 from enricher.errors import SetupError
 
 _IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# Bounds the cache of public_address: a client sends many batches from one address.
+_CACHE_SIZE = 4096
 
 
 class GeoLookup(Protocol):
@@ -27,6 +30,7 @@ class GeoLookup(Protocol):
     def lookup(self, ip: str) -> event_pb2.Geo | None: ...
 
 
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def public_address(text: str) -> str | None:
     """The normalised address when `text` is a public IP address, else None."""
     try:

@@ -10,6 +10,8 @@ from enricher._clock import (
     CORRECTED,
     NANOS_PER_S,
     UNCORRECTED,
+    BatchClock,
+    ClockFix,
     correct_clock,
     measure_skew,
 )
@@ -130,3 +132,45 @@ def test_a_device_clock_shift_cancels_out(shift: int, client: int) -> None:
     )
     assert shifted.corrected_ns == honest.corrected_ns
     assert shifted.status == CORRECTED
+
+
+def _rule(*, client_ns: int, skew_ns: int | None, received_ns: int, max_skew_ns: int) -> ClockFix:
+    """The correction rule written out step by step, one event at a time."""
+    skew = 0 if skew_ns is None else skew_ns
+    if client_ns == 0 or abs(skew) > max_skew_ns:
+        return ClockFix(received_ns, skew, ABSURD)
+    corrected = client_ns - skew
+    if abs(corrected - received_ns) > max_skew_ns:
+        return ClockFix(received_ns, skew, ABSURD)
+    return ClockFix(corrected, skew, UNCORRECTED if skew_ns is None else CORRECTED)
+
+
+_any_ns = st.integers(min_value=-(10**19), max_value=10**19)
+
+
+@given(
+    clients=st.lists(st.one_of(st.just(0), _any_ns, times), min_size=1, max_size=20),
+    skew=st.one_of(st.none(), _any_ns, st.integers(min_value=-YEAR_NS, max_value=YEAR_NS)),
+    received=st.one_of(_any_ns, times),
+    bound=st.one_of(st.just(0), bounds),
+)
+def test_one_batch_clock_fixes_every_event_as_the_rule_does(
+    clients: list[int], skew: int | None, received: int, bound: int
+) -> None:
+    clock = BatchClock(skew_ns=skew, received_ns=received, max_skew_ns=bound)
+    for client in clients:
+        expected = _rule(client_ns=client, skew_ns=skew, received_ns=received, max_skew_ns=bound)
+        assert clock.fix(client) == expected
+        absurd = expected.status == ABSURD
+        assert clock.corrected(client) == (None if absurd else expected.corrected_ns)
+        assert clock.skew_ns == expected.skew_ns
+
+
+@given(skew=st.integers(min_value=-YEAR_NS, max_value=YEAR_NS), bound=bounds)
+def test_the_window_edges_are_inside(skew: int, bound: int) -> None:
+    clock = BatchClock(skew_ns=skew, received_ns=RECEIVED, max_skew_ns=bound)
+    for edge in (-bound, bound):
+        fix = clock.fix(RECEIVED + skew + edge)
+        expected_status = CORRECTED if abs(skew) <= bound else ABSURD
+        assert fix.status == expected_status
+        assert clock.fix(RECEIVED + skew + edge + (1 if edge > 0 else -1)).status == ABSURD

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import wrappers_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from telemetry.v1 import event_pb2
@@ -12,9 +11,18 @@ from telemetry.v1 import event_pb2
 from enricher import EnrichOptions, enrich_batch
 from enricher._clock import correct_clock
 from enricher._device import parse_device_os
-from enricher._enrich import _varint, skew_ms, timestamp_ns, timestamp_of
+from enricher._enrich import (
+    _CACHE_SIZE,
+    _os_fields,
+    _seconds_field,
+    enrich_batch_bytes,
+    skew_ms,
+    timestamp_ns,
+    timestamp_of,
+)
 from enricher._geo import OfflineGeo, geo_of
 from enricher._message import event_message
+from enricher._wire import varint as _varint
 
 S = 1_000_000_000
 RECEIVED_S = 1_700_000_000
@@ -215,8 +223,140 @@ def test_negative_skew_is_truncated_toward_zero() -> None:
     assert skew_ms(1_500_000) == 1
 
 
-@given(value=st.integers(min_value=0, max_value=2**64 - 1))
-def test_varint_matches_protobuf(value: int) -> None:
-    # UInt64Value encodes `value` as its tag (field 1, varint: 0x08) then the varint.
-    expected = wrappers_pb2.UInt64Value(value=value).SerializeToString()
-    assert (b"\x08" + _varint(value) if value else b"") == expected
+# The key of EnrichedBatch.events and of EnrichedEvent.event: field 1, length-delimited.
+_FIELD_1_LEN = b"\x0a"
+
+
+class _FixedGeo:
+    """Answers every public address with one Geo (None: unknown)."""
+
+    def __init__(self, geo: event_pb2.Geo | None) -> None:
+        self._geo = geo
+
+    def lookup(self, ip: str) -> event_pb2.Geo | None:
+        return self._geo
+
+
+def _assembled_reference(
+    raw: event_pb2.RawBatch,
+    *,
+    app_id: str,
+    fallback_received_ns: int,
+    now_ns: int,
+    geo: _FixedGeo,
+    options: EnrichOptions,
+) -> bytes:
+    """The batch as serialised messages put together: the event, the common fields, its own.
+
+    The layout the enricher publishes; each part is serialised by protobuf here.
+    """
+    ctx = raw.context
+    received = (
+        timestamp_ns(ctx.received_at) if ctx.HasField("received_at") else fallback_received_ns
+    )
+    skew = timestamp_ns(ctx.sent_at) - received if ctx.HasField("sent_at") else None
+    common = event_pb2.EnrichedEvent(
+        received_at=timestamp_of(received),
+        enriched_at=timestamp_of(now_ns),
+        geo=geo_of(ctx.client_ip, geo),
+        app_id=app_id,
+        request_id=ctx.request_id,
+    ).SerializeToString()
+    out = b""
+    for event in raw.events:
+        fix = correct_clock(
+            client_ns=timestamp_ns(event.client_timestamp),
+            skew_ns=skew,
+            received_ns=received,
+            max_skew_ns=options.max_skew_ns,
+        )
+        name, version = parse_device_os(event.device_os)
+        own = event_pb2.EnrichedEvent(
+            corrected_timestamp=timestamp_of(fix.corrected_ns),
+            clock_skew_ms=skew_ms(fix.skew_ns),
+            clock_status=fix.status,
+            os_name=name,
+            os_version=version,
+            event_message=event_message(
+                event.event_name, event.metadata, max_chars=options.event_message_max_chars
+            ),
+        ).SerializeToString()
+        # Serialised as it is: a copy may order its metadata map differently.
+        event_bytes = event.SerializeToString()
+        wrapped = _FIELD_1_LEN + _varint(len(event_bytes)) + event_bytes
+        out += (
+            _FIELD_1_LEN + _varint(len(wrapped) + len(common) + len(own)) + wrapped + common + own
+        )
+    return out + event_pb2.EnrichedBatch(batch_id=ctx.batch_id, app_id=app_id).SerializeToString()
+
+
+_any_text = st.text(max_size=20)
+_ns = st.integers(min_value=-(10**18), max_value=4 * 10**18)
+
+
+@given(
+    events=st.lists(
+        st.fixed_dictionaries(
+            {
+                "event": st.fixed_dictionaries(
+                    {"event_id": _any_text, "event_name": _any_text, "device_os": _any_text}
+                ),
+                "metadata": st.dictionaries(_any_text, _any_text, max_size=4),
+                "client_ns": st.one_of(st.just(0), _ns),
+            }
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    received_ns=st.one_of(st.none(), _ns),
+    sent_ns=st.one_of(st.none(), _ns),
+    fallback_ns=_ns,
+    now_ns=_ns,
+    max_skew_s=st.integers(min_value=0, max_value=3 * 365 * 24 * 3600),
+    max_chars=st.integers(min_value=0, max_value=40),
+    location=st.sampled_from(
+        [None, event_pb2.Geo(), event_pb2.Geo(country_code="GB", city="Zürich")]
+    ),
+    ids=st.tuples(_any_text, _any_text, st.sampled_from(["a", "shop", "ä" * 3])),
+)
+@settings(max_examples=300)
+def test_bytes_equal_the_serialised_parts_put_together(
+    events: list[dict[str, Any]],
+    received_ns: int | None,
+    sent_ns: int | None,
+    fallback_ns: int,
+    now_ns: int,
+    max_skew_s: int,
+    max_chars: int,
+    location: event_pb2.Geo | None,
+    ids: tuple[str, str, str],
+) -> None:
+    raw = event_pb2.RawBatch()
+    ctx = raw.context
+    if received_ns is not None:
+        ctx.received_at.CopyFrom(timestamp_of(received_ns))
+    if sent_ns is not None:
+        ctx.sent_at.CopyFrom(timestamp_of(sent_ns))
+    ctx.client_ip = "81.2.69.142"
+    ctx.request_id, ctx.batch_id, app_id = ids
+    for spec in events:
+        event = raw.events.add(**spec["event"])
+        event.metadata.update(spec["metadata"])
+        if spec["client_ns"]:
+            event.client_timestamp.CopyFrom(timestamp_of(spec["client_ns"]))
+    given_args: dict[str, Any] = {
+        "app_id": app_id,
+        "fallback_received_ns": fallback_ns,
+        "now_ns": now_ns,
+        "geo": _FixedGeo(location),
+        "options": EnrichOptions(max_skew_ns=max_skew_s * S, event_message_max_chars=max_chars),
+    }
+    assert enrich_batch_bytes(raw, **given_args) == _assembled_reference(raw, **given_args)
+
+
+def test_caches_of_encoded_values_are_bounded() -> None:
+    for cached in (_os_fields, _seconds_field):
+        assert cached.cache_info().maxsize == _CACHE_SIZE
+    for n in range(_CACHE_SIZE + 10):
+        _seconds_field(n)
+    assert _seconds_field.cache_info().currsize == _CACHE_SIZE

@@ -7,7 +7,14 @@ from typing import Any
 
 import pytest
 
-from enricher._geo import MaxMindGeo, OfflineGeo, geo_of, open_geo, public_address
+from enricher._geo import (
+    _CACHE_SIZE,
+    MaxMindGeo,
+    OfflineGeo,
+    geo_of,
+    open_geo,
+    public_address,
+)
 from enricher.errors import SetupError
 from tests.unit.enricher.mmdb_writer import write_mmdb
 
@@ -140,3 +147,13 @@ def test_maxmind_database_file_gives_country_and_city(tmp_path: Path) -> None:
         assert geo_of("2a00:1450:4009:81f::200e", geo) is None  # IPv6 in an IPv4 database
     finally:
         geo.close()
+
+
+def test_public_address_cache_is_bounded_and_answers_alike() -> None:
+    assert public_address.cache_info().maxsize == _CACHE_SIZE
+    for n in range(_CACHE_SIZE + 10):
+        public_address(f"10.{n // 256 % 256}.{n % 256}.1")
+    assert public_address.cache_info().currsize == _CACHE_SIZE
+    # A cached answer is the one computed afresh.
+    for text in ("81.2.69.142", "10.0.0.1", "::ffff:81.2.69.142", "bogus"):
+        assert public_address(text) == public_address.__wrapped__(text)
