@@ -103,6 +103,9 @@ class HttpServer:
             lifespan="off",
             timeout_graceful_shutdown=int(graceful_stop_s),
             server_header=False,
+            # The gateway resolves X-Forwarded-For itself, against GATEWAY_TRUSTED_PROXIES;
+            # uvicorn's own rewriting would believe any loopback peer.
+            proxy_headers=False,
         )
         self._server = _Server(config)
         self._host, self._port, self._reuse_port = host, port, reuse_port

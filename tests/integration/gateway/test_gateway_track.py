@@ -323,3 +323,18 @@ async def test_a_lost_stream_is_created_again(
 
     assert response.status_code == 202
     assert len(await raw_messages(nc)) == 1
+
+
+async def test_forwarded_for_from_an_untrusted_peer_is_ignored(
+    http: httpx.AsyncClient, nc: Client
+) -> None:
+    # No trusted proxies are configured: a loopback peer is a client like any other, and
+    # only the gateway's own resolver may read X-Forwarded-For (not the HTTP server's).
+    response = await http.post(
+        "/v1/track",
+        content=orjson.dumps(SAMPLE_BATCH),
+        headers={**AUTH, "X-Forwarded-For": "203.0.113.9"},
+    )
+    assert response.status_code == 202
+    [(_, batch)] = await raw_messages(nc)
+    assert batch.context.client_ip == "127.0.0.1"
