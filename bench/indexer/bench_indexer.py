@@ -236,7 +236,7 @@ class _Settled:
 
     subject = subjects.enriched_subject(APP_ID)
     headers: ClassVar[dict[str, str]] = {}
-    num_delivered = 1
+    deliveries = 1
     msg_id = "bench"
 
     def __init__(self, data: bytes) -> None:

@@ -39,9 +39,12 @@ def _rfc3339(when: float) -> str:
     return datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
-def make_batches(tag: str, label: str, events: int, batch: int) -> list[Batch]:
-    """`events` events in batches of `batch`, client time now (so today's daily index)."""
-    now = time.time()
+def make_batches(
+    tag: str, label: str, events: int, batch: int, *, days_ago: int = 0
+) -> list[Batch]:
+    """`events` events in batches of `batch`, client time now minus `days_ago` days (so
+    the daily index of that day)."""
+    now = time.time() - days_ago * 86400
     stamp = _rfc3339(now)
     out: list[Batch] = []
     for start in range(0, events, batch):

@@ -122,18 +122,12 @@ class Search:
                 return out
             after = hits[-1]["sort"]
 
-    async def install_template(self, prefix: str) -> None:
+    async def install_template(self, prefix: str, refresh_interval: str) -> None:
         """The indexer's own index template for `prefix`, so raw indices map alike."""
-        body = template_body(prefix=prefix, shards=1, replicas=0, priority=200)
+        body = template_body(
+            prefix=prefix, shards=1, replicas=0, priority=200, refresh_interval=refresh_interval
+        )
         await self.call("PUT", f"/_index_template/{template_name(prefix)}", orjson.dumps(body))
-
-    async def override_refresh(self, prefix: str, interval: str) -> None:
-        """A copy of the indexer's template for `prefix` with another refresh interval and a
-        higher priority, so the indices the indexer creates take it (named `<prefix>refresh`,
-        deleted with the run's other templates)."""
-        body = template_body(prefix=prefix, shards=1, replicas=0, priority=201)
-        body["template"]["settings"]["refresh_interval"] = interval
-        await self.call("PUT", f"/_index_template/{prefix}refresh", orjson.dumps(body))
 
     async def bulk(self, bodies: Sequence[bytes], concurrency: int) -> None:
         """Sends pre-rendered `_bulk` bodies, `concurrency` in flight; fails on item errors."""

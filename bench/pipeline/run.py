@@ -61,6 +61,7 @@ from telemetry.v1 import query_service_pb2_grpc as qs_grpc  # noqa: E402
 
 from indexer import queries  # noqa: E402
 from indexer.config import DEFAULT_BULK_CONCURRENCY, DEFAULT_BULK_MAX_DOCS  # noqa: E402
+from indexer.template import DEFAULT_REFRESH_INTERVAL  # noqa: E402
 from tests.procs import APP_ID, WRITE_KEY, Pipeline  # noqa: E402
 from tests.servers import NatsProcess  # noqa: E402
 
@@ -71,6 +72,7 @@ VISIBLE_TIMEOUT_S = 300.0
 POLL_S = 0.05
 WARMUP_S = 1.0  # gateway answers in the first second of a flood are not in its rate
 QUERY_WARMUP = 10
+FLOOD_DAYS_AGO = 1  # flood round n writes the daily index of n + 1 days ago
 
 
 @dataclass
@@ -94,6 +96,10 @@ class Run:
     @property
     def pattern(self) -> str:
         return f"{self.prefix}*"
+
+    @property
+    def refresh_interval(self) -> str:
+        return str(self.args.refresh_interval or DEFAULT_REFRESH_INTERVAL)
 
     def pids(self) -> dict[str, int]:
         return pids(self.pipeline)
@@ -183,7 +189,11 @@ def pct(values: list[float], q: float) -> float:
 async def flood_round(run: Run, sender: _load.Sender, number: int) -> dict[str, Any]:
     args = run.args
     meter = CpuMeter(run)
-    batches = _load.make_batches(run.tag, f"f{number}", args.events, args.batch)
+    # Each round writes a day of its own: the pipeline, like the raw baseline, fills a
+    # fresh index rather than one that earlier rounds have grown.
+    batches = _load.make_batches(
+        run.tag, f"f{number}", args.events, args.batch, days_ago=FLOOD_DAYS_AGO + number
+    )
     bulk_before = await indexer_bulk_stats(run.session, run.pipeline)
     before = await meter.snap()
     load = await sender.flood(batches, args.connections)
@@ -203,7 +213,7 @@ async def flood_round(run: Run, sender: _load.Sender, number: int) -> dict[str, 
     if len(docs) != load.accepted:
         raise RuntimeError(f"read back {len(docs)} documents, {load.accepted} accepted")
     raw_prefix = f"bench-{run.tag}-raw{number}-"
-    await run.search.install_template(raw_prefix)
+    await run.search.install_template(raw_prefix, run.refresh_interval)
     bodies = bulk_bodies(docs, run.prefix, raw_prefix, DEFAULT_BULK_MAX_DOCS)
     raw_before = await meter.snap()
     started = time.perf_counter()
@@ -419,8 +429,6 @@ async def phases(
             opensearch_pid=_system.local_process(await search.node_pid(), "opensearch"),
             nats_pid=_system.find_process("nats-server", f"{nats_port}"),
         )
-        if args.refresh_interval:
-            await search.override_refresh(run.prefix, args.refresh_interval)
         floods = []
         for number in range(args.rounds):
             row = await flood_round(run, sender, number)
@@ -498,9 +506,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--refresh-interval",
         default="",
-        help="index.refresh_interval of the pipeline's indices from the start, through a "
-        "higher-priority copy of the indexer's template (default: the template's own; the raw "
-        "baseline always uses the template's own)",
+        help="index.refresh_interval of the pipeline's indices (the indexer's "
+        "INDEXER_REFRESH_INTERVAL) and of the raw baseline's (default: the indexer's default)",
     )
     parser.add_argument("--skip-query", action="store_true")
     parser.add_argument(
@@ -558,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides: dict[str, dict[str, str]] = {
             "gateway": {"GATEWAY_TRUSTED_PROXIES": "127.0.0.1/32"},
         }
+        if args.refresh_interval:
+            overrides.setdefault("indexer", {})["INDEXER_REFRESH_INTERVAL"] = args.refresh_interval
         for item in args.set:
             service, _, setting = item.partition(":")
             name, _, value = setting.partition("=")
