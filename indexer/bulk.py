@@ -246,15 +246,21 @@ class BulkWriter:
             return
         retry: list[BulkItem] = []
         tally: dict[Outcome, int] = {}
-        known = _OUTCOMES
+        known, retry_, rejected = _OUTCOMES, Outcome.RETRY, Outcome.REJECTED
         for item, (status, error) in zip(batch, results, strict=True):
             outcome = known.get(status) or item_outcome(status)
             tally[outcome] = tally.get(outcome, 0) + 1
-            if outcome is Outcome.RETRY:
+            if outcome is retry_:
                 retry.append(item)
-            else:
-                reason = item_reason(error) if outcome is Outcome.REJECTED else ""
-                await self._finish(item, outcome, reason)
+                continue
+            reason = item_reason(error) if outcome is rejected else ""
+            # _finish, inlined: this runs once per document.
+            try:
+                pending = item.on_done(item, outcome, reason)
+                if pending is not None:
+                    await pending
+            except Exception:
+                log.exception("bulk item callback failed")
         if span.is_recording():
             for outcome, count in tally.items():
                 span.set_attribute(f"pipeline.documents.{outcome.value}", count)

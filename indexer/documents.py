@@ -126,7 +126,13 @@ def to_document(event: event_pb2.EnrichedEvent) -> dict[str, Any]:
     Raises DocumentError when the event cannot be a document at all (no usable event_id,
     a timestamp outside 0001-9999).
     """
+    return placed_document(event, prefix="")[1]
+
+
+def placed_document(event: event_pb2.EnrichedEvent, *, prefix: str) -> tuple[str, dict[str, Any]]:
+    """`index_name` and `to_document` of `event` at once (they share the client timestamp)."""
     # Written out field by field: this runs once per event and is the indexer's hot path.
+    index = prefix + UNDATED
     inner = event.event
     event_id = inner.event_id
     if not event_id:
@@ -147,7 +153,11 @@ def to_document(event: event_pb2.EnrichedEvent) -> dict[str, Any]:
     if value := inner.device_os:
         doc["device_os"] = value
     if inner.HasField("client_timestamp"):
-        doc["client_timestamp"] = _time_text(inner.client_timestamp, "client_timestamp")
+        stamp = inner.client_timestamp
+        doc["client_timestamp"] = _time_text(stamp, "client_timestamp")
+        seconds = stamp.seconds
+        if _EARLIEST_S <= seconds < _LATEST_S:
+            index = prefix + _day(seconds // _DAY_S)
     if metadata := inner.metadata:
         # Iterating the map's keys runs in C; dict(map) and items() go through Python.
         doc["metadata"] = {key: metadata[key] for key in metadata}
@@ -176,7 +186,7 @@ def to_document(event: event_pb2.EnrichedEvent) -> dict[str, Any]:
         doc["geo_country"] = value
     if value := geo.city:
         doc["geo_city"] = value
-    return doc
+    return index, doc
 
 
 _SECOND = timedelta(seconds=1)

@@ -166,19 +166,17 @@ class Intake:
         link = self._tracing.incoming_link(delivery.headers)
         done = message.done
         prefix = self._prefix
-        to_document, index_name = documents.to_document, documents.index_name
+        placed_document = documents.placed_document
         items: list[BulkItem] = []
         for position, event in enumerate(events):
             try:
-                doc = to_document(event)
+                index, doc = placed_document(event, prefix=prefix)
             except DocumentError as err:
                 # Not a document at all: dead-lettered with the others when the message settles.
                 message.rejected.append((position, str(err)))
                 message.remaining -= 1
                 continue
-            payload = render(
-                index=index_name(event, prefix=prefix), doc_id=doc["event_id"], source=doc
-            )
+            payload = render(index=index, doc_id=doc["event_id"], source=doc)
             items.append(BulkItem(payload, done, position, link))
         if items:
             await self._writer.add_all(items)

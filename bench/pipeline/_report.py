@@ -35,8 +35,6 @@ def _header(results: dict[str, Any]) -> list[str]:
     variant = ""
     if opts.get("set") not in (None, "[]"):
         variant += f"; settings {opts['set']}"
-    if opts.get("refresh_interval"):
-        variant += f"; refresh_interval {opts['refresh_interval']}"
     if opts.get("profile"):
         variant += f"; profiled: {opts['profile']} (figures carry the profiler's cost)"
     return [
@@ -44,7 +42,9 @@ def _header(results: dict[str, Any]) -> list[str]:
         f"{m0['mem_total_mb']:,} MB RAM, Python {m0['python']}, kernel {m0['kernel']}",
         f"load average at start {load0}, at end {load1}; rounds {opts['rounds']}, "
         f"{opts['events']} events/flood, batch {opts['batch']}, "
-        f"{opts['connections']} connections{variant}",
+        f"{opts['connections']} connections, refresh interval "
+        f"{opts.get('refresh_interval') or 'default'}, warm-up {opts.get('warmup', '0')} events"
+        f"{variant}",
         f"code: {results['code']['head']} with "
         f"{len(results['code']['service_files_changed'])} service files changed in the tree; "
         "figures are median (min..max) over the rounds",

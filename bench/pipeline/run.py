@@ -186,13 +186,22 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
-async def flood_round(run: Run, sender: _load.Sender, number: int) -> dict[str, Any]:
+async def flood_round(
+    run: Run, sender: _load.Sender, number: int, *, events: int = 0
+) -> dict[str, Any]:
+    """One flood and its raw baseline; `events` (default `--events`) events; number -1 is
+    the warm-up."""
     args = run.args
     meter = CpuMeter(run)
     # Each round writes a day of its own: the pipeline, like the raw baseline, fills a
     # fresh index rather than one that earlier rounds have grown.
+    label = f"f{number}" if number >= 0 else "warm"
     batches = _load.make_batches(
-        run.tag, f"f{number}", args.events, args.batch, days_ago=FLOOD_DAYS_AGO + number
+        run.tag,
+        label,
+        events or args.events,
+        args.batch,
+        days_ago=FLOOD_DAYS_AGO + (number if number >= 0 else args.rounds),
     )
     bulk_before = await indexer_bulk_stats(run.session, run.pipeline)
     before = await meter.snap()
@@ -209,10 +218,10 @@ async def flood_round(run: Run, sender: _load.Sender, number: int) -> dict[str, 
     bulk = {k: bulk_after[k] - bulk_before[k] for k in bulk_after}
 
     # The baseline: the same documents, straight to `_bulk` from here.
-    docs = await run.search.documents(run.pattern, f"{run.tag}-f{number}-")
+    docs = await run.search.documents(run.pattern, f"{run.tag}-{label}-")
     if len(docs) != load.accepted:
         raise RuntimeError(f"read back {len(docs)} documents, {load.accepted} accepted")
-    raw_prefix = f"bench-{run.tag}-raw{number}-"
+    raw_prefix = f"bench-{run.tag}-raw{label}-"
     await run.search.install_template(raw_prefix, run.refresh_interval)
     bodies = bulk_bodies(docs, run.prefix, raw_prefix, DEFAULT_BULK_MAX_DOCS)
     raw_before = await meter.snap()
@@ -429,6 +438,10 @@ async def phases(
             opensearch_pid=_system.local_process(await search.node_pid(), "opensearch"),
             nats_pid=_system.find_process("nats-server", f"{nats_port}"),
         )
+        if args.warmup:
+            # A fresh OpenSearch compiles its hot paths during the first flood: not measured.
+            row = await flood_round(run, sender, -1, events=args.warmup)
+            _progress("warm-up flood (not reported)", row, "e2e_events_per_s")
         floods = []
         for number in range(args.rounds):
             row = await flood_round(run, sender, number)
@@ -497,6 +510,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="repeats of each phase")
     parser.add_argument("--events", type=int, default=100_000, help="events per flood round")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=30_000,
+        help="events of an unreported first flood that warms OpenSearch and the services (0: none)",
+    )
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per half-load round")
     parser.add_argument("--half-rate", type=float, default=0.0, help="events/s (0: measured)")
     parser.add_argument("--connections", type=int, default=64)

@@ -163,3 +163,18 @@ def _normalised(event: event_pb2.EnrichedEvent) -> event_pb2.EnrichedEvent:
 def test_round_trip_through_json_is_lossless(event: event_pb2.EnrichedEvent) -> None:
     source = orjson.loads(orjson.dumps(documents.to_document(event)))
     assert documents.from_document(source) == _normalised(event)
+
+
+@given(_events)
+def test_the_placed_document_goes_where_index_name_says(event: event_pb2.EnrichedEvent) -> None:
+    index, doc = documents.placed_document(event, prefix="t-")
+    assert index == documents.index_name(event, prefix="t-")
+    assert doc == documents.to_document(event)
+
+
+def test_a_clock_status_this_build_does_not_know_is_kept_as_its_number() -> None:
+    event = sample()
+    event.clock_status = 7  # type: ignore[assignment]  # from a newer enricher
+    doc = documents.to_document(event)
+    assert doc["clock_status"] == "7"
+    assert documents.from_document(doc).clock_status == 7
