@@ -339,6 +339,9 @@ async def main_async(args: argparse.Namespace) -> None:
         indexer: IndexerProcess | None = None
         try:
             await preload(server.url, events, args.per_message)
+            # A freshly started node compiles its indexing path during the first run.
+            _, warm = await run_raw(client, events, config)
+            prefixes.append(warm)
             raw_before, prefix = await run_raw(client, events, config)
             prefixes.append(prefix)
             seconds, cpu, prefix, indexer = await run_indexer(server.url, opensearch_url)

@@ -96,13 +96,15 @@ class Search:
         return {doc["_id"] for doc in answer.get("docs", []) if doc.get("found")}
 
     async def documents(self, pattern: str, id_prefix: str) -> list[tuple[str, str, bytes]]:
-        """(index, _id, _source JSON) of every document whose id starts with `id_prefix`."""
+        """(index, _id, _source JSON) of every document whose id starts with `id_prefix`, in
+        the order the pipeline received them (receipt time, then id): a raw `_bulk` of them in
+        id order would be kinder to OpenSearch's id lookups than what the indexer sent."""
         out: list[tuple[str, str, bytes]] = []
         after: list[Any] | None = None
         while True:
             body: dict[str, Any] = {
                 "query": {"prefix": {"event_id": id_prefix}},
-                "sort": [{"event_id": "asc"}],
+                "sort": [{"ingestion_timestamp": "asc"}, {"event_id": "asc"}],
                 "size": FETCH_PAGE,
             }
             if after is not None:
