@@ -161,11 +161,19 @@ class OpenSearchStore:
                 "refresh_interval": self._refresh_interval,
             }
         }
-        await _call(
-            lambda: self._client.indices.put_settings(
-                index=self.pattern, body=live, allow_no_indices=True, ignore_unavailable=True
+        try:
+            await _call(
+                lambda: self._client.indices.put_settings(
+                    index=self.pattern, body=live, allow_no_indices=True, ignore_unavailable=True
+                )
             )
-        )
+        except (SearchRequestError, SearchUnavailableError) as err:
+            # The template is in place, so new indices get the settings; say the old ones don't.
+            log.warning(
+                "settings not applied to existing indices; new indices have them: %s",
+                err,
+                extra={"pattern": self.pattern, **live["index"]},
+            )
 
     async def template_version(self) -> int | None:
         """The version of the installed template, None when there is none."""

@@ -1,0 +1,75 @@
+"""Template installation decisions, against a fake OpenSearch client."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from opensearchpy import exceptions as os_errors
+
+from indexer import template
+from indexer.store import OpenSearchStore
+
+
+class _Indices:
+    def __init__(self) -> None:
+        self.installed: dict[str, Any] | None = None
+        self.puts = 0
+        self.live: list[dict[str, Any]] = []
+        self.refuse_settings = False
+
+    async def get_index_template(self, *, name: str, ignore: list[int]) -> dict[str, Any]:
+        if self.installed is None:
+            return {}
+        return {"index_templates": [{"name": name, "index_template": self.installed}]}
+
+    async def put_index_template(self, *, name: str, body: dict[str, Any]) -> None:
+        self.installed = body
+        self.puts += 1
+
+    async def put_settings(self, *, index: str, body: dict[str, Any], **_: Any) -> None:
+        if self.refuse_settings:
+            raise os_errors.TransportError(400, "illegal_argument_exception", {})
+        self.live.append(body["index"])
+
+
+class _Client:
+    def __init__(self) -> None:
+        self.indices = _Indices()
+
+
+def _store(client: _Client, **settings: Any) -> OpenSearchStore:
+    return OpenSearchStore(client, prefix="t-", **settings)  # type: ignore[arg-type]
+
+
+async def test_only_a_changed_setting_rewrites_the_template_and_reaches_live_indices() -> None:
+    client = _Client()
+    assert await _store(client, refresh_interval="1s").install_template() is True
+    assert client.indices.live == []  # first install: no older indices to update
+    assert await _store(client, refresh_interval="1s").install_template() is False
+    assert await _store(client, refresh_interval="200ms", replicas=1).install_template() is True
+    assert client.indices.live == [{"number_of_replicas": 1, "refresh_interval": "200ms"}]
+    assert client.indices.puts == 2
+
+
+async def test_a_later_template_version_is_left_alone() -> None:
+    client = _Client()
+    newer = template.template_body(prefix="t-", shards=3, replicas=2, priority=200)
+    newer["version"] = template.TEMPLATE_VERSION + 1
+    client.indices.installed = newer
+    assert await _store(client).install_template() is False
+    assert client.indices.puts == 0
+
+
+async def test_refused_live_settings_are_logged_and_the_template_stays(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = _Client()
+    await _store(client, refresh_interval="1s").install_template()
+    client.indices.refuse_settings = True
+    with caplog.at_level(logging.WARNING, logger="indexer.store"):
+        assert await _store(client, refresh_interval="2s").install_template() is True
+    assert "not applied to existing indices" in caplog.text
+    assert client.indices.installed is not None
+    assert client.indices.installed["template"]["settings"]["refresh_interval"] == "2s"
