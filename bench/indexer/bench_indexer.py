@@ -21,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -175,17 +177,20 @@ class IndexerProcess:
         }
         self._proc = subprocess.Popen([sys.executable, "-m", "indexer"], env=env, cwd=ROOT)
 
-    async def wait_listening(self) -> None:
+    async def wait_ready(self) -> None:
+        """Returns once /readyz answers 200: the template is in place and consuming starts,
+        so the clock starts where the raw load's does, at the first write."""
+        url = f"http://127.0.0.1:{self.http_port}/readyz"
         while True:
             if self._proc.poll() is not None:
                 raise RuntimeError("indexer exited")
             try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.http_port)
+                status = await asyncio.to_thread(_status, url)
             except OSError:
-                await asyncio.sleep(0.01)
-                continue
-            writer.close()
-            return
+                status = 0
+            if status == 200:
+                return
+            await asyncio.sleep(0.01)
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the indexer process has used so far."""
@@ -200,14 +205,14 @@ class IndexerProcess:
 async def run_indexer(
     nats_url: str, opensearch_url: str
 ) -> tuple[float, float, str, IndexerProcess]:
-    """Seconds (and indexer CPU seconds) from the indexer listening until every message of
+    """Seconds (and indexer CPU seconds) from the indexer being ready until every message of
     the stream is acked."""
     prefix = f"bidx{uuid.uuid4().hex[:8]}-"
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
     total = (await js.stream_info(subjects.ENRICHED_STREAM)).state.messages
     process = IndexerProcess(nats_url, opensearch_url, prefix)
-    await process.wait_listening()
+    await process.wait_ready()
     started = time.perf_counter()
     cpu_before = process.cpu_seconds()
     while True:
@@ -284,6 +289,14 @@ async def pipeline_alone(
     await writer.drain()
     await intake.wait_idle()
     return len(events) / (time.perf_counter() - started)
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as err:
+        return int(err.code)
 
 
 def p50_ms(samples: list[float]) -> float:
