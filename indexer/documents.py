@@ -65,7 +65,11 @@ def index_name(event: event_pb2.EnrichedEvent, *, prefix: str) -> str:
     inner = event.event
     if not inner.HasField("client_timestamp"):
         return prefix + UNDATED
-    seconds = inner.client_timestamp.seconds
+    return _dated_index(inner.client_timestamp.seconds, prefix)
+
+
+def _dated_index(seconds: int, prefix: str) -> str:
+    """The index rule for a set client timestamp of `seconds`."""
     if not _EARLIEST_S <= seconds < _LATEST_S:
         return prefix + UNDATED
     return prefix + _day(seconds // _DAY_S)
@@ -155,9 +159,7 @@ def placed_document(event: event_pb2.EnrichedEvent, *, prefix: str) -> tuple[str
     if inner.HasField("client_timestamp"):
         stamp = inner.client_timestamp
         doc["client_timestamp"] = _time_text(stamp, "client_timestamp")
-        seconds = stamp.seconds
-        if _EARLIEST_S <= seconds < _LATEST_S:
-            index = prefix + _day(seconds // _DAY_S)
+        index = _dated_index(stamp.seconds, prefix)
     if metadata := inner.metadata:
         # Iterating the map's keys runs in C; dict(map) and items() go through Python.
         doc["metadata"] = {key: metadata[key] for key in metadata}
