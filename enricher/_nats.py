@@ -221,8 +221,9 @@ class Broker:
         """Connected, the streams and the consumer exist; or why not."""
         if not self._nc.is_connected:
             return False, "nats not connected"
-        if not await natsconn.streams_exist(self._js, _STREAMS):
-            return False, "streams missing"
+        problem = await natsconn.stream_problem(self._js, _STREAMS)
+        if problem is not None:
+            return False, problem.reason
         try:
             await self.pending()
         except BrokerError:

@@ -103,11 +103,12 @@ class JetStreamPublisher:
             return False, "nats not connected"
         if not self._streams_ready:
             return False, "streams not ensured yet"
-        if not await natsconn.streams_exist(js, (subjects.RAW_STREAM,)):
+        problem = await natsconn.stream_problem(js, (subjects.RAW_STREAM,))
+        if problem is None:
+            return True, "ok"
+        if problem.missing and (self._task is None or self._task.done()):
             # The broker lost its store (or someone deleted the stream): create it again.
-            if self._task is None or self._task.done():
-                self._streams_ready = False
-                log.warning("stream %s missing; ensuring the streams again", subjects.RAW_STREAM)
-                self._task = asyncio.create_task(self._ensure_streams(js))
-            return False, f"stream {subjects.RAW_STREAM} missing"
-        return True, "ok"
+            self._streams_ready = False
+            log.warning("%s; ensuring the streams again", problem.reason)
+            self._task = asyncio.create_task(self._ensure_streams(js))
+        return False, problem.reason

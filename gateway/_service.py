@@ -113,6 +113,8 @@ class Gateway:
             reuse_port=config.reuse_port,
         )
         self._health_task: asyncio.Task[None] | None = None
+        self._serving: bool | None = None
+        self._serving_lock = asyncio.Lock()
         self._started = False
 
     @property
@@ -140,18 +142,22 @@ class Gateway:
         )
 
     async def _track_health(self) -> None:
-        serving: bool | None = None
         while True:
-            ok, reason = await self._broker.ready()
-            if ok != serving:
-                was_ready, serving = serving, ok
-                await self._grpc.set_serving(ok)
-                if ok:
-                    log.info("gateway ready")
-                else:  # a warning when it was ready; at start, waiting for NATS is normal
-                    level = logging.WARNING if was_ready else logging.INFO
-                    log.log(level, "gateway not ready", extra={"reason": reason})
+            await self.ready()
             await asyncio.sleep(HEALTH_POLL_S)
+
+    async def _record(self, ok: bool, reason: str) -> None:
+        """Puts a readiness answer into gRPC health, so /readyz and gRPC never disagree."""
+        async with self._serving_lock:
+            if ok == self._serving:
+                return
+            was_ready, self._serving = self._serving, ok
+            await self._grpc.set_serving(ok)
+        if ok:
+            log.info("gateway ready")
+        else:  # a warning when it was ready; at start, waiting for NATS is normal
+            level = logging.WARNING if was_ready else logging.INFO
+            log.log(level, "gateway not ready", extra={"reason": reason})
 
     async def stop(self) -> None:
         """Stops intake, lets in-flight requests (and their publishes) finish, drains NATS."""
@@ -172,5 +178,12 @@ class Gateway:
         log.info("gateway drained and closed")
 
     async def ready(self) -> tuple[bool, str]:
-        """Ready when NATS is connected and the raw stream exists."""
-        return await self._broker.ready()
+        """Ready when NATS is connected and the raw stream exists.
+
+        Every answer (a /readyz probe or the health poll) also sets gRPC health, so a caller
+        who saw /readyz say ready finds the gRPC port SERVING too.
+        """
+        ok, reason = await self._broker.ready()
+        if self._started:
+            await self._record(ok, reason)
+        return ok, reason

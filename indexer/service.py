@@ -206,8 +206,9 @@ class Indexer:
         template is installed."""
         if self._nc is None or not self._nc.is_connected or self._js is None:
             return False, "nats not connected"
-        if not await natsconn.streams_exist(self._js, _STREAMS):
-            return False, "streams missing"
+        problem = await natsconn.stream_problem(self._js, _STREAMS)
+        if problem is not None:
+            return False, problem.reason
         if not await self._store.ping():
             return False, "opensearch not answering"
         if not self._template_ready.is_set():

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from pipeline import subjects
 from pipeline.settings import NatsSettings
@@ -111,14 +112,30 @@ async def ensure_streams(js: JetStreamContext, settings: NatsSettings) -> None:
             await js.update_stream(config)
 
 
-async def streams_exist(js: JetStreamContext, names: tuple[str, ...]) -> bool:
-    """True when every named stream exists (a readiness check)."""
-    try:
-        for name in names:
+@dataclass(frozen=True)
+class StreamProblem:
+    """Why the pipeline's streams are not usable: `missing` only when JetStream said so."""
+
+    reason: str
+    missing: bool
+
+
+async def stream_problem(js: JetStreamContext, names: tuple[str, ...]) -> StreamProblem | None:
+    """None when every named stream answers (a readiness check), else what is wrong.
+
+    A slow or failed answer (a timeout, a reconnect in progress) is not "missing", so
+    callers do not go re-creating streams that exist.
+    """
+    for name in names:
+        try:
             await js.stream_info(name)
-    except Exception:
-        return False
-    return True
+        except NotFoundError:
+            return StreamProblem(f"stream {name} missing", missing=True)
+        except Exception as err:
+            return StreamProblem(
+                f"stream {name} not answering ({type(err).__name__})", missing=False
+            )
+    return None
 
 
 async def publish_dlq(

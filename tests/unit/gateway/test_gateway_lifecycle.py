@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
 import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway import Gateway
 from tests.unit.gateway.conftest import WRITE_KEY, FakeBroker, FakeQuery, unit_config
@@ -58,3 +60,44 @@ async def test_stop_lets_in_flight_publishes_finish_before_closing_the_broker() 
     assert len(broker.stored) == 1
     assert broker.stopped
     await gateway.stop()  # idempotent
+
+
+class LateBroker(FakeBroker):
+    """Not ready until `up` is set, like NATS still starting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = False
+
+    async def ready(self) -> tuple[bool, str]:
+        return (True, "ok") if self.up else (False, "nats not connected")
+
+
+async def test_grpc_health_is_serving_as_soon_as_readyz_says_ready() -> None:
+    broker = LateBroker()
+    gateway = Gateway(
+        unit_config(GATEWAY_HTTP_PORT="0", GATEWAY_GRPC_PORT="0"), broker=broker, query=FakeQuery()
+    )
+    await gateway.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}")
+    health = health_pb2_grpc.HealthStub(channel)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.http_port}") as http:
+            assert (await http.get("/readyz")).status_code == 503
+            for name in ("", "telemetry.v1.IngestService"):
+                answer = await health.Check(health_pb2.HealthCheckRequest(service=name))
+                assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+            broker.up = True  # the health poll sleeps a second; /readyz must not run ahead
+            assert (await http.get("/readyz")).status_code == 200
+            for name in ("", "telemetry.v1.IngestService"):
+                answer = await health.Check(health_pb2.HealthCheckRequest(service=name))
+                assert answer.status == health_pb2.HealthCheckResponse.SERVING, name
+
+            broker.up = False
+            assert (await http.get("/readyz")).status_code == 503
+            answer = await health.Check(health_pb2.HealthCheckRequest(service=""))
+            assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        await channel.close()
+        await gateway.stop()
