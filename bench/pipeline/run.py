@@ -517,8 +517,8 @@ async def phases(
 
 
 async def _top_up(run: Run, sender: _load.Sender) -> None:
-    """Floods more events until the index holds MIN_QUERY_EVENTS (queries need a real size)."""
-    missing = MIN_QUERY_EVENTS - run.expected
+    """Floods more events until the index holds `--query-events` (queries need a real size)."""
+    missing = run.args.query_events - run.expected
     if missing <= 0:
         return
     batches = _load.make_batches(run.tag, "q", missing, run.args.batch)
@@ -546,6 +546,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--batch", type=int, default=100, help="events per request")
     parser.add_argument("--queries", type=int, default=200, help="calls per query kind")
+    parser.add_argument(
+        "--query-events",
+        type=int,
+        default=MIN_QUERY_EVENTS,
+        help="events indexed before the query phase (topped up when the floods made fewer)",
+    )
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument(
         "--refresh-interval",
