@@ -1,11 +1,20 @@
-"""The gateway's observability metrics, in its own registry."""
+"""The gateway's observability metrics, in its own registry.
+
+Under `GATEWAY_WORKERS=N` the supervisor gives its workers a shared
+PROMETHEUS_MULTIPROC_DIR: each worker then writes its values to files there, and whichever
+worker answers /metrics reports the sum over all of them (the kernel picks the worker, so
+a per-worker answer would be a random share).
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from telemetry.v1 import event_pb2
+
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 _PUBLISH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -48,8 +57,10 @@ class Metrics:
             "gateway_requests_in_flight",
             "ingest requests being handled now",
             registry=self.registry,
+            multiprocess_mode="livesum",  # workers' gauges add up; a stopped one's go away
         )
         self._accepted = self.events.labels(outcome="accepted", reason="")
+        self.exposed = _exposed(self.registry)
 
     def accepted(self, count: int) -> None:
         """Counts events made durable."""
@@ -63,3 +74,13 @@ class Metrics:
         for reason, count in tally.items():
             name = event_pb2.RejectionReason.Name(reason)  # type: ignore[arg-type]
             self.events.labels(outcome="rejected", reason=name).inc(count)
+
+
+def _exposed(own: CollectorRegistry) -> CollectorRegistry:
+    """What /metrics renders: this process's registry, or every worker's values summed."""
+    shared = os.environ.get(MULTIPROC_DIR_ENV)
+    if not shared:
+        return own
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=shared)  # type: ignore[no-untyped-call]
+    return registry

@@ -86,7 +86,7 @@ class Gateway:
                 retry_after_s=config.retry_after_s,
             ),
             ready=self.ready,
-            registry=self.metrics.registry,
+            registry=self.metrics.exposed,
             limiter=limiter,
             tracer=self.tracing,
         )

@@ -3,7 +3,9 @@
 `GATEWAY_WORKERS=N` makes `python -m gateway` a small supervisor: it starts N worker
 processes with `GATEWAY_REUSE_PORT=true`, passes SIGTERM/SIGINT on to them, and exits
 when they have all stopped (non-zero when one stopped on its own). The kernel spreads
-connections over the workers. Each worker has its own /metrics; scrape them one by one.
+connections over the workers. The workers share a metrics folder of the supervisor's
+(PROMETHEUS_MULTIPROC_DIR, removed when they stop), so /metrics on the shared port
+reports the whole gateway, whichever worker answers.
 """
 
 from __future__ import annotations
@@ -12,10 +14,14 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+
+from gateway._metrics import MULTIPROC_DIR_ENV
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +38,20 @@ def _stop_with_parent() -> None:
 
 def supervise(workers: int) -> int:
     """Runs `workers` gateway processes sharing the ports until a signal stops them."""
-    env = {**os.environ, "GATEWAY_WORKERS": "1", "GATEWAY_REUSE_PORT": "true"}
+    shared_metrics = tempfile.mkdtemp(prefix="gateway-metrics-")
+    try:
+        return _supervise(workers, shared_metrics)
+    finally:
+        shutil.rmtree(shared_metrics, ignore_errors=True)
+
+
+def _supervise(workers: int, shared_metrics: str) -> int:
+    env = {
+        **os.environ,
+        "GATEWAY_WORKERS": "1",
+        "GATEWAY_REUSE_PORT": "true",
+        MULTIPROC_DIR_ENV: shared_metrics,
+    }
     procs = [
         subprocess.Popen(  # the supervisor is single-threaded here, so preexec_fn is safe
             [sys.executable, "-m", "gateway"], env=env, preexec_fn=_stop_with_parent
