@@ -13,7 +13,10 @@ from telemetry.v1 import event_pb2, query_service_pb2, query_service_pb2_grpc
 
 from gateway import _rfc3339
 from gateway.errors import InvalidRequest, Unavailable, UpstreamError
+from pipeline import tracing
 from pipeline.query_names import GROUP_BY, INTERVALS
+
+SERVICE = "telemetry.v1.QueryService"
 
 
 class Params(Protocol):
@@ -207,7 +210,9 @@ class GrpcQueryClient:
     ) -> query_service_pb2.QueryEventsResponse:
         """QueryService.QueryEvents."""
         try:
-            return await self._connected().QueryEvents(request, timeout=self._timeout)
+            return await self._connected().QueryEvents(
+                request, timeout=self._timeout, metadata=_trace_metadata()
+            )
         except grpc.aio.AioRpcError as err:
             raise _translate(err) from None
 
@@ -216,9 +221,19 @@ class GrpcQueryClient:
     ) -> query_service_pb2.AggregateEventsResponse:
         """QueryService.AggregateEvents."""
         try:
-            return await self._connected().AggregateEvents(request, timeout=self._timeout)
+            return await self._connected().AggregateEvents(
+                request, timeout=self._timeout, metadata=_trace_metadata()
+            )
         except grpc.aio.AioRpcError as err:
             raise _translate(err) from None
+
+
+def _trace_metadata() -> tuple[tuple[str, str], ...] | None:
+    """The current span as `traceparent` metadata (None when nothing is traced)."""
+    carrier: dict[str, str] = {}
+    if not tracing.inject(carrier):
+        return None
+    return tuple(carrier.items())
 
 
 def _translate(err: grpc.aio.AioRpcError) -> Exception:

@@ -38,6 +38,7 @@ from tests.servers import NatsProcess
 pytestmark = pytest.mark.integration
 
 WRITE_KEY = "wk-observability-0123456789"
+READ_KEY = "rk-observability-0123456789"
 APP_ID = "obs-app"
 WAIT_TIMEOUT_S = 60.0
 
@@ -88,23 +89,27 @@ async def running(tmp_path: Path, opensearch_url: str) -> AsyncIterator[Running]
         ),
         tracer=tracers["enricher"],
     )
-    gateway = Gateway(
-        load(
-            GatewayConfig,
-            {
-                "NATS_URL": nats.url,
-                "GATEWAY_HTTP_PORT": "0",
-                "GATEWAY_GRPC_PORT": "0",
-                "GATEWAY_WRITE_KEYS": f"{WRITE_KEY}:{APP_ID}",
-            },
-        ),
-        tracer=tracers["gateway"],
-    )
     started: list[Gateway | Enricher | Indexer] = []
     try:
-        for service in (indexer, enricher, gateway):
+        for service in (indexer, enricher):
             await service.start()
             started.append(service)
+        gateway = Gateway(
+            load(
+                GatewayConfig,
+                {
+                    "NATS_URL": nats.url,
+                    "GATEWAY_HTTP_PORT": "0",
+                    "GATEWAY_GRPC_PORT": "0",
+                    "GATEWAY_WRITE_KEYS": f"{WRITE_KEY}:{APP_ID}",
+                    "GATEWAY_READ_KEYS": f"{READ_KEY}:obs-reader",
+                    "GATEWAY_QUERY_TARGET": f"127.0.0.1:{indexer.grpc_port}",
+                },
+            ),
+            tracer=tracers["gateway"],
+        )
+        await gateway.start()
+        started.append(gateway)
         await _until_ready(indexer, enricher, gateway)
         yield Running(gateway, enricher, indexer, exporter)
     finally:
@@ -246,3 +251,45 @@ async def test_grpc_callers_continue_their_own_trace(running: Running) -> None:
     assert _service(query) == "indexer"
     assert format_trace_id(query.context.trace_id) == CALLER_TRACE_ID
     assert _attr(query, "rpc.grpc.status_code") == 0
+
+
+def _child_of(span: ReadableSpan, parent: ReadableSpan) -> bool:
+    return span.parent is not None and span.parent.span_id == parent.context.span_id
+
+
+async def test_a_query_over_http_is_one_trace_down_to_the_indexer(running: Running) -> None:
+    """GET /v1/events and /v1/events/aggregate: the gateway's server span continues the
+    caller's traceparent, its client span is the parent of the indexer's QueryService span."""
+    base = f"http://127.0.0.1:{running.gateway.http_port}"
+    headers = {"X-Api-Key": READ_KEY, "traceparent": f"00-{CALLER_TRACE_ID}-{CALLER_SPAN_ID}-01"}
+    async with httpx.AsyncClient(base_url=base, timeout=10.0) as http:
+        listed = await http.get("/v1/events", params={"page_size": "5"}, headers=headers)
+        counted = await http.get(
+            "/v1/events/aggregate", params={"group_by": "event_name"}, headers=headers
+        )
+        refused = await http.get("/v1/events", params={"page_size": "-1"}, headers=headers)
+    assert listed.status_code == 200, listed.text
+    assert counted.status_code == 200, counted.text
+    assert refused.status_code == 400, refused.text
+
+    spans = running.exporter.get_finished_spans()
+    for route, method in (
+        ("GET /v1/events", "QueryEvents"),
+        ("GET /v1/events/aggregate", "AggregateEvents"),
+    ):
+        server = next(s for s in spans if s.name == route and s.status.is_ok)
+        assert _service(server) == "gateway"
+        assert server.kind == SpanKind.SERVER
+        assert format_trace_id(server.context.trace_id) == CALLER_TRACE_ID
+        assert server.parent is not None
+        assert format_span_id(server.parent.span_id) == CALLER_SPAN_ID
+        assert _attr(server, "pipeline.reader") == "obs-reader"
+        name = f"telemetry.v1.QueryService/{method}"
+        (client,) = [s for s in spans if s.name == name and _child_of(s, server)]
+        assert _service(client) == "gateway"
+        assert client.kind == SpanKind.CLIENT
+        (indexer,) = [s for s in spans if s.name == name and _child_of(s, client)]
+        assert _service(indexer) == "indexer"
+        assert indexer.kind == SpanKind.SERVER
+    (bad,) = [s for s in spans if s.name == "GET /v1/events" and not s.status.is_ok]
+    assert _attr(bad, "error.type") == "UpstreamError"
