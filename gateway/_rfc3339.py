@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from pipeline.rfc3339 import fraction_z
+
 _PATTERN = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})"
     r"(?:\.([0-9]{1,9}))?(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))"
@@ -106,7 +108,8 @@ def parse_full(text: str) -> tuple[int, int] | None:
 
 
 def format_utc(seconds: int, nanos: int) -> str:
-    """An RFC 3339 text in UTC with 'Z' (fractional digits only when there are any)."""
+    """An RFC 3339 text in UTC with 'Z' and 0, 3, 6 or 9 fractional digits, as protobuf's
+    JSON mapping and the indexed documents write it (clients parsing fixed widths cope)."""
     days, rest = divmod(seconds, 86400)
     # civil_from_days
     z = days + 719468
@@ -121,6 +124,4 @@ def format_utc(seconds: int, nanos: int) -> str:
     hour, rest = divmod(rest, 3600)
     minute, second = divmod(rest, 60)
     text = f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}"
-    if nanos:
-        text += "." + f"{nanos:09d}".rstrip("0")
-    return text + "Z"
+    return text + fraction_z(nanos)

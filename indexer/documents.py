@@ -30,6 +30,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from telemetry.v1 import event_pb2
 
 from indexer.errors import DocumentError
+from pipeline.rfc3339 import fraction_z
 
 UNDATED = "undated"
 EARLIEST_DATED = datetime(2000, 1, 1, tzinfo=UTC)
@@ -91,14 +92,7 @@ def _format_time(seconds: int, nanos: int, field: str) -> str:
     """RFC 3339 in UTC with 0, 3, 6 or 9 fraction digits, as protobuf's JSON mapping writes it."""
     if not _MIN_TIMESTAMP_S <= seconds <= _MAX_TIMESTAMP_S or not 0 <= nanos < 1_000_000_000:
         raise DocumentError(f"{field} is out of range: {seconds} s {nanos} ns")
-    text = _second(seconds)
-    if not nanos:
-        return text + "Z"
-    if nanos % 1_000_000 == 0:
-        return f"{text}.{nanos // 1_000_000:03d}Z"
-    if nanos % 1000 == 0:
-        return f"{text}.{nanos // 1000:06d}Z"
-    return f"{text}.{nanos:09d}Z"
+    return _second(seconds) + fraction_z(nanos)
 
 
 # Texts of recent timestamps by (seconds, nanos). The events of one batch share
