@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import pwd
@@ -40,6 +41,7 @@ import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 REPO = Path(__file__).resolve().parent.parent
 LOCAL = REPO / ".local"
@@ -829,11 +831,32 @@ def cmd_status(profile: Profile, procs: list[ManagedProcess]) -> int:
     return 0
 
 
+class _OutputOrNothing(io.TextIOBase):
+    """Standard output that turns into /dev/null once its reader has gone (`make test |
+    head`), so the status lines printed while stopping the servers cannot stop the stopping."""
+
+    def __init__(self, real: TextIO) -> None:
+        self._real = real
+
+    def write(self, text: str) -> int:
+        try:
+            self._real.write(text)
+            self._real.flush()
+        except BrokenPipeError:
+            self._real = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+        return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(BrokenPipeError):
+            self._real.flush()
+
+
 def cmd_exec(profile: Profile, procs: list[ManagedProcess], command: list[str]) -> int:
     if not command:
         raise InfraError("exec needs a command after `--`, e.g. `exec -- pytest`")
     # SIGTERM (a CI timeout) unwinds through `finally` like Ctrl-C, so the servers still stop.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    sys.stdout = _OutputOrNothing(sys.stdout)
     started: list[ManagedProcess] = []
     try:
         start_all(procs, started)
