@@ -55,6 +55,7 @@ class QueryServicer(qs_grpc.QueryServiceServicer):
             try:
                 body, size = queries.search_body(request)
                 answer = await self._search.search(body, filter_path=queries.EVENTS_FILTER_PATH)
+                self._check_shards("QueryEvents", answer, span)
                 response = queries.events_response(answer, size=size, flt=request.filter)
                 span.set_attribute("pipeline.events", len(response.events))
                 return response
@@ -77,6 +78,7 @@ class QueryServicer(qs_grpc.QueryServiceServicer):
                 answer = await self._search.search(
                     queries.aggregate_body(request), filter_path=queries.AGGREGATE_FILTER_PATH
                 )
+                self._check_shards("AggregateEvents", answer, span)
                 return queries.aggregate_response(answer)
             except Exception as err:
                 code, detail = _status(err, paged=False)
@@ -105,6 +107,18 @@ class QueryServicer(qs_grpc.QueryServiceServicer):
             parent=parent,
             attributes={"rpc.system": "grpc", "rpc.method": method},
         )
+
+    def _check_shards(self, method: str, answer: dict[str, Any], span: tracing.Span) -> None:
+        """Counts and logs an answer some shards did not contribute to; it is still returned
+        (OpenSearch's default), as with a shard that is starting or has been lost."""
+        failed = queries.failed_shards(answer)
+        if failed:
+            self._metrics.query_partial.labels(method=method).inc()
+            span.set_attribute("pipeline.shards.failed", failed)
+            log.warning(
+                "query answered without some shards; events in them are missing",
+                extra={"method": method, "failed_shards": failed},
+            )
 
     def _observe(self, method: str, code: grpc.StatusCode, started: float) -> None:
         self._metrics.query_seconds.labels(method=method, code=code.name).observe(

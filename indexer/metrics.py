@@ -64,6 +64,12 @@ class Metrics:
             buckets=_QUERY_BUCKETS_S,
             registry=self.registry,
         )
+        self.query_partial = Counter(
+            "indexer_query_partial",
+            "QueryService answers OpenSearch made without some shards (events may be missing).",
+            ["method"],
+            registry=self.registry,
+        )
         self.retention_deleted = Counter(
             "indexer_retention_deleted_indices",
             "Daily indices deleted by retention.",

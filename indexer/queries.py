@@ -18,9 +18,9 @@ from indexer import documents, paging
 from indexer.errors import InvalidArgumentError
 
 # What the response mappers below read; the rest of OpenSearch's answer is not sent.
-EVENTS_FILTER_PATH = "hits.total.value,hits.hits._source,hits.hits.sort"
+EVENTS_FILTER_PATH = "_shards.failed,hits.total.value,hits.hits._source,hits.hits.sort"
 AGGREGATE_FILTER_PATH = (
-    "hits.total.value,aggregations.*.buckets.key,aggregations.*.buckets.doc_count"
+    "_shards.failed,hits.total.value,aggregations.*.buckets.key,aggregations.*.buckets.doc_count"
 )
 DEFAULT_LIMIT = 10
 MAX_LIMIT = 1000
@@ -179,3 +179,8 @@ def aggregate_response(response: Mapping[str, Any]) -> qs.AggregateEventsRespons
         item = reply.histogram.add(count=int(bucket["doc_count"]))
         item.start_time.FromMilliseconds(int(bucket["key"]))
     return reply
+
+
+def failed_shards(response: Mapping[str, Any]) -> int:
+    """How many shards did not answer: OpenSearch then answers from the others (partial)."""
+    return int(response.get("_shards", {}).get("failed", 0))

@@ -14,6 +14,7 @@ from telemetry.v1 import query_service_pb2_grpc as qs_grpc
 from indexer import paging
 from indexer.api import QueryServer
 from indexer.errors import SearchRequestError, SearchUnavailableError
+from indexer.metrics import Metrics
 
 
 class FakeSearch:
@@ -96,3 +97,32 @@ async def test_reflection_lists_query_and_health_services() -> None:
         assert {"telemetry.v1.QueryService", "grpc.health.v1.Health"} <= names
     finally:
         await server.stop(grace_s=1)
+
+
+class PartialSearch(FakeSearch):
+    """Answers like OpenSearch when one shard failed: what the others found, and the count."""
+
+    async def search(self, body: dict[str, Any], *, filter_path: str = "") -> dict[str, Any]:
+        await super().search(body, filter_path=filter_path)
+        assert "_shards.failed" in filter_path.split(",")
+        return {"_shards": {"failed": 1}, "hits": {"total": {"value": 0}, "hits": []}}
+
+
+async def test_an_answer_without_some_shards_is_counted_and_still_returned() -> None:
+    metrics = Metrics()
+    server = QueryServer(PartialSearch(), host="127.0.0.1", port=0, metrics=metrics)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = qs_grpc.QueryServiceStub(channel)
+            page = await stub.QueryEvents(qs.QueryEventsRequest())
+            counts = await stub.AggregateEvents(qs.AggregateEventsRequest())
+    finally:
+        await server.stop(grace_s=1)
+    assert page.total_size == 0
+    assert counts.total_count == 0
+    for method in ("QueryEvents", "AggregateEvents"):
+        partial = metrics.registry.get_sample_value(
+            "indexer_query_partial_total", {"method": method}
+        )
+        assert partial == 1, method
