@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import ssl
 import subprocess
 import uuid
@@ -105,12 +104,14 @@ class TlsRelay:
         self._tasks.add(task)
         try:
             up_reader, up_writer = await asyncio.open_connection(*self._upstream)
-            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            try:
                 head = await reader.readuntil(b"\r\n\r\n")
                 self.heads.append(head)
                 up_writer.write(head)
                 await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
-        except (ConnectionError, ssl.SSLError):
+            finally:
+                up_writer.close()
+        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
             pass
         finally:
             writer.close()
