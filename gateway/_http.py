@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractContextManager
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
@@ -198,9 +198,7 @@ class _Routes:
         return Response(body, status_code=200, media_type=codec)
 
     async def events(self, request: Request) -> Response:
-        with self._query_span(request, "GET /v1/events") as span:
-            self._read_principal(request, span)
-            _reject_unknown(request, _query.EVENTS_PARAMS)
+        with self._query_route(request, "GET /v1/events", _query.EVENTS_PARAMS) as span:
             query = _query.events_request(request.query_params)
             with self._rpc_span("QueryEvents"):
                 response = await self._query.query_events(query)
@@ -208,25 +206,27 @@ class _Routes:
         return json_response(_query.events_json(response))
 
     async def aggregate(self, request: Request) -> Response:
-        with self._query_span(request, "GET /v1/events/aggregate") as span:
-            self._read_principal(request, span)
-            _reject_unknown(request, _query.AGGREGATE_PARAMS)
+        with self._query_route(request, "GET /v1/events/aggregate", _query.AGGREGATE_PARAMS):
             query = _query.aggregate_request(request.query_params)
             with self._rpc_span("AggregateEvents"):
                 response = await self._query.aggregate_events(query)
         return json_response(_query.aggregate_json(response))
 
-    def _query_span(self, request: Request, name: str) -> AbstractContextManager[tracing.Span]:
-        """The server span of a query route, continuing the caller's traceparent."""
-        return self._tracing.span(
+    @contextmanager
+    def _query_route(
+        self, request: Request, name: str, allowed: tuple[str, ...]
+    ) -> Iterator[tracing.Span]:
+        """A read route's server span (continuing the caller's traceparent), with the read key
+        and the query parameters checked inside it."""
+        with self._tracing.span(
             name,
             kind=tracing.SpanKind.SERVER,
             parent=self._tracing.incoming(request.headers),
             attributes={"pipeline.request_id": request.state.request_id},
-        )
-
-    def _read_principal(self, request: Request, span: tracing.Span) -> None:
-        span.set_attribute("pipeline.reader", self._principal(request, Kind.READ).name)
+        ) as span:
+            span.set_attribute("pipeline.reader", self._principal(request, Kind.READ).name)
+            _reject_unknown(request, allowed)
+            yield span
 
     def _rpc_span(self, method: str) -> AbstractContextManager[tracing.Span]:
         """The client span of a QueryService call; the query client sends it as traceparent."""
