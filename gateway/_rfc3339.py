@@ -1,19 +1,21 @@
-"""RFC 3339 date-times to (seconds, nanos) since the epoch and back, without datetime."""
+"""RFC 3339 date-times to (seconds, nanos) since the epoch, without datetime.
+
+The way back, `format_utc`, is shared with the indexer and lives in `pipeline.rfc3339`.
+"""
 
 from __future__ import annotations
 
 import re
 
-from pipeline.rfc3339 import fraction_z
+from pipeline.rfc3339 import MAX_SECONDS, MIN_SECONDS, format_utc
+
+__all__ = ["MAX_SECONDS", "MIN_SECONDS", "format_utc", "parse", "parse_full"]
 
 _PATTERN = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})"
     r"(?:\.([0-9]{1,9}))?(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))"
 )
 _DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
-# google.protobuf.Timestamp's range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
-MIN_SECONDS = -62135596800
-MAX_SECONDS = 253402300799
 
 
 def _days_from_civil(year: int, month: int, day: int) -> int:
@@ -105,23 +107,3 @@ def parse_full(text: str) -> tuple[int, int] | None:
         _MINUTES_CACHE[text[:16]] = seconds - s
     nanos = int(frac.ljust(9, "0")) if frac else 0
     return seconds, nanos
-
-
-def format_utc(seconds: int, nanos: int) -> str:
-    """An RFC 3339 text in UTC with 'Z' and 0, 3, 6 or 9 fractional digits, as protobuf's
-    JSON mapping and the indexed documents write it (clients parsing fixed widths cope)."""
-    days, rest = divmod(seconds, 86400)
-    # civil_from_days
-    z = days + 719468
-    era = z // 146097
-    doe = z - era * 146097
-    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
-    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
-    mp = (5 * doy + 2) // 153
-    day = doy - (153 * mp + 2) // 5 + 1
-    month = mp + (3 if mp < 10 else -9)
-    year = yoe + era * 400 + (month <= 2)
-    hour, rest = divmod(rest, 3600)
-    minute, second = divmod(rest, 60)
-    text = f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}"
-    return text + fraction_z(nanos)

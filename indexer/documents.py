@@ -30,7 +30,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from telemetry.v1 import event_pb2
 
 from indexer.errors import DocumentError
-from pipeline.rfc3339 import fraction_z
+from pipeline.rfc3339 import MAX_SECONDS, MIN_SECONDS, format_utc
 
 UNDATED = "undated"
 EARLIEST_DATED = datetime(2000, 1, 1, tzinfo=UTC)
@@ -39,8 +39,6 @@ MAX_ID_BYTES = 512  # OpenSearch's limit on `_id`
 
 _EPOCH = datetime(1970, 1, 1)  # naive: isoformat() without an offset
 _DAY_S = 86400
-_MIN_TIMESTAMP_S = -62135596800  # 0001-01-01T00:00:00Z, protobuf Timestamp's range
-_MAX_TIMESTAMP_S = 253402300799  # 9999-12-31T23:59:59Z
 _EARLIEST_S = int(EARLIEST_DATED.timestamp())
 _LATEST_S = int(LATEST_DATED.timestamp())
 
@@ -81,23 +79,16 @@ def _day(days: int) -> str:
     return (_EPOCH + timedelta(days=days)).date().isoformat()
 
 
-def _second(seconds: int) -> str:
-    days, rest = divmod(seconds, _DAY_S)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{_day(days)}T{hours:02d}:{minutes:02d}:{secs:02d}"
-
-
 def _format_time(seconds: int, nanos: int, field: str) -> str:
     """RFC 3339 in UTC with 0, 3, 6 or 9 fraction digits, as protobuf's JSON mapping writes it."""
-    if not _MIN_TIMESTAMP_S <= seconds <= _MAX_TIMESTAMP_S or not 0 <= nanos < 1_000_000_000:
+    if not MIN_SECONDS <= seconds <= MAX_SECONDS or not 0 <= nanos < 1_000_000_000:
         raise DocumentError(f"{field} is out of range: {seconds} s {nanos} ns")
-    return _second(seconds) + fraction_z(nanos)
+    return format_utc(seconds, nanos)
 
 
 # Texts of recent timestamps by (seconds, nanos). The events of one batch share
-# received_at and enriched_at, and a device's events often share a second: most
-# lookups hit. Cleared whole when full, which keeps it bounded and cheap.
+# received_at and enriched_at, and corrected_timestamp often equals client_timestamp:
+# many lookups hit. Cleared whole when full, which keeps it bounded and cheap.
 _TIME_TEXTS: dict[tuple[int, int], str] = {}
 _TIME_TEXTS_MAX = 65536
 

@@ -2,18 +2,27 @@
 QueryEvents p50 latency vs a raw `_search` of the same query.
 
     PYTHONPATH=.:gen OPENSEARCH_URL=http://127.0.0.1:19200 python bench/indexer/bench_indexer.py \
-        [--docs 100000] [--per-message 50] [--queries 200]
+        [--docs 100000] [--per-message 50] [--queries 200] [--profile]
 
 A private nats-server (tests/servers.py) holds the pre-loaded TELEMETRY_ENRICHED stream.
 The raw ceiling sends the same documents, pre-rendered, with the indexer's batch size and
 concurrency, straight to `_bulk`; it runs before and after the indexer and the ratio is
 taken against the mean of both. Every run writes to its own index prefix, deleted at the end.
+`--profile` runs the indexer under pyinstrument (its figures then carry the sampler's cost)
+and prints where its busy time went.
+
+By default OpenSearch shares every CPU with the indexer, NATS and this process, so what
+the indexer spends per document is CPU OpenSearch does not get. `--isolate` gives OpenSearch
+a CPU of its own (its threads' affinity, restored at the end) and the rest to this process
+and its children: the ratio then says whether the indexer keeps OpenSearch as busy as a
+client sending ready-made bodies does, as when OpenSearch runs on machines of its own.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import statistics
@@ -26,7 +35,7 @@ import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import grpc
 import nats
@@ -43,6 +52,8 @@ from indexer.store import OpenSearchStore
 from pipeline import natsconn, subjects
 from pipeline.config import load
 from tests.servers import ROOT, NatsProcess, free_port
+
+PROFILING = ROOT / "bench" / "pipeline" / "profiling"
 
 APP_ID = "bench"
 BASE = datetime(2026, 9, 1, tzinfo=UTC)
@@ -131,16 +142,49 @@ async def count(client: AsyncOpenSearch, prefix: str) -> int:
     return int((await client.count(index=f"{prefix}*", allow_no_indices=True))["count"])
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time process `pid` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Phase(NamedTuple):
+    """One load: documents per second, and OpenSearch's CPU while it ran."""
+
+    docs_per_s: float
+    seconds: float
+    opensearch_cpu_s: float
+    prefix: str
+
+    def describe(self, docs: int) -> str:
+        return (
+            f"{self.docs_per_s:8,.0f} docs/s, "
+            f"OpenSearch {self.opensearch_cpu_s / self.seconds:.2f} cores, "
+            f"{self.opensearch_cpu_s * 1e6 / docs:.0f} us/doc"
+        )
+
+
 async def run_raw(
-    client: AsyncOpenSearch, events: list[event_pb2.EnrichedEvent], config: Config
-) -> tuple[float, str]:
+    client: AsyncOpenSearch,
+    events: list[event_pb2.EnrichedEvent],
+    config: Config,
+    opensearch: int,
+) -> Phase:
     prefix = f"braw{uuid.uuid4().hex[:8]}-"
     store = OpenSearchStore(client, prefix=prefix)
     await store.install_template()
     bodies = bodies_for(events, prefix, config.bulk_max_docs)
+    cpu = cpu_seconds(opensearch)
     seconds = await raw_bulk(client, bodies, config.bulk_concurrency)
+    cpu = cpu_seconds(opensearch) - cpu
     assert await count(client, prefix) == len(events)
-    return len(events) / seconds, prefix
+    return Phase(len(events) / seconds, seconds, cpu, prefix)
+
+
+async def drop(client: AsyncOpenSearch, prefix: str) -> None:
+    """Deletes a run's indices and template: each load starts on a node of the same size."""
+    await client.indices.delete(index=f"{prefix}*", allow_no_indices=True)
+    await client.indices.delete_index_template(name=f"{prefix}events", ignore=[404])
 
 
 async def preload(nats_url: str, events: list[event_pb2.EnrichedEvent], per_message: int) -> None:
@@ -161,15 +205,28 @@ async def preload(nats_url: str, events: list[event_pb2.EnrichedEvent], per_mess
 class IndexerProcess:
     """`python -m indexer` in its own process, as it runs in production."""
 
-    def __init__(self, nats_url: str, opensearch_url: str, prefix: str) -> None:
+    def __init__(
+        self,
+        nats_url: str,
+        opensearch_url: str,
+        prefix: str,
+        *,
+        consumer: str,
+        profile_to: Path | None,
+    ) -> None:
         self.grpc_port = free_port()
         self.http_port = free_port()
+        path = [str(ROOT), str(ROOT / "gen")]
+        if profile_to is not None:  # bench/pipeline/profiling/sitecustomize.py starts it
+            path.insert(0, str(PROFILING))
         env = {
             **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "gen")]),
+            "PYTHONPATH": os.pathsep.join(path),
+            "BENCH_PYINSTRUMENT_OUT": str(profile_to or ""),
             "NATS_URL": nats_url,
             "OPENSEARCH_URL": opensearch_url,
             "INDEXER_INDEX_PREFIX": prefix,
+            "INDEXER_CONSUMER_NAME": consumer,
             "INDEXER_GRPC_PORT": str(self.grpc_port),
             "INDEXER_HTTP_PORT": str(self.http_port),
             "INDEXER_RETENTION_DAYS": "0",
@@ -194,8 +251,7 @@ class IndexerProcess:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the indexer process has used so far."""
-        fields = Path(f"/proc/{self._proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self._proc.pid)
 
     def stop(self) -> None:
         self._proc.send_signal(signal.SIGTERM)
@@ -203,21 +259,26 @@ class IndexerProcess:
 
 
 async def run_indexer(
-    nats_url: str, opensearch_url: str
-) -> tuple[float, float, str, IndexerProcess]:
-    """Seconds (and indexer CPU seconds) from the indexer being ready until every message of
-    the stream is acked."""
+    nats_url: str, opensearch_url: str, profile_to: Path | None, opensearch: int, docs: int
+) -> tuple[Phase, float, IndexerProcess]:
+    """The indexer's phase, from its being ready until every message of the stream is
+    acked, and the CPU seconds the indexer used in it. Each run has a consumer of its own,
+    so it reads the whole stream."""
     prefix = f"bidx{uuid.uuid4().hex[:8]}-"
+    consumer = prefix.rstrip("-")
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
     total = (await js.stream_info(subjects.ENRICHED_STREAM)).state.messages
-    process = IndexerProcess(nats_url, opensearch_url, prefix)
+    process = IndexerProcess(
+        nats_url, opensearch_url, prefix, consumer=consumer, profile_to=profile_to
+    )
     await process.wait_ready()
     started = time.perf_counter()
     cpu_before = process.cpu_seconds()
+    opensearch_before = cpu_seconds(opensearch)
     while True:
         try:
-            info = await js.consumer_info(subjects.ENRICHED_STREAM, "indexer")
+            info = await js.consumer_info(subjects.ENRICHED_STREAM, consumer)
             if info.ack_floor is not None and info.ack_floor.stream_seq >= total:
                 break
         except nats.js.errors.NotFoundError:
@@ -225,8 +286,9 @@ async def run_indexer(
         await asyncio.sleep(0.02)
     seconds = time.perf_counter() - started
     cpu = process.cpu_seconds() - cpu_before
+    opensearch_cpu = cpu_seconds(opensearch) - opensearch_before
     await nc.close()
-    return seconds, cpu, prefix, process
+    return Phase(docs / seconds, seconds, opensearch_cpu, prefix), cpu, process
 
 
 class _AllCreated:
@@ -340,11 +402,70 @@ async def query_latency(
     return out
 
 
+class CpuSplit:
+    """OpenSearch's threads on the first CPU, this process (and what it starts) on the others."""
+
+    def __init__(self, opensearch_pid: int) -> None:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            raise SystemExit("--isolate needs at least 2 CPUs")
+        self._pid = opensearch_pid
+        self._all = set(cpus)
+        self.server = {cpus[0]}
+        self.clients = set(cpus[1:])
+
+    def _pin_server(self, cpus: set[int]) -> None:
+        # Per thread: a process's affinity call sets one thread's; new threads inherit.
+        for tid in os.listdir(f"/proc/{self._pid}/task"):
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(int(tid), cpus)
+
+    def __enter__(self) -> CpuSplit:
+        self._pin_server(self.server)
+        os.sched_setaffinity(0, self.clients)  # before NATS and the indexer are started
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._pin_server(self._all)
+        os.sched_setaffinity(0, self._all)
+
+
+async def opensearch_pid(client: AsyncOpenSearch) -> int:
+    """The process id of the node, which must run on this machine (its CPU time is read)."""
+    answer = await client.nodes.info(node_id="_local", metric="process")
+    (node,) = answer["nodes"].values()
+    pid = int(node["process"]["id"])
+    if not _runs_here(pid):
+        raise SystemExit(f"OpenSearch (pid {pid}) does not run on this machine")
+    return pid
+
+
+def _runs_here(pid: int) -> bool:
+    return Path(f"/proc/{pid}/stat").exists()
+
+
 async def main_async(args: argparse.Namespace) -> None:
     opensearch_url = os.environ.get("OPENSEARCH_URL", "http://127.0.0.1:19200")
+    client = AsyncOpenSearch(hosts=[opensearch_url], timeout=120)
+    try:
+        opensearch = await opensearch_pid(client)
+    except BaseException:
+        await client.close()
+        raise
+    if not args.isolate:
+        await measure(args, client, opensearch_url, opensearch)
+        return
+    with CpuSplit(opensearch) as split:
+        print(f"OpenSearch on CPU {sorted(split.server)}, the rest on {sorted(split.clients)}")
+        await measure(args, client, opensearch_url, opensearch)
+
+
+async def measure(
+    args: argparse.Namespace, client: AsyncOpenSearch, opensearch_url: str, opensearch: int
+) -> None:
     config = load(Config, {})
     events = make_events(args.docs)
-    client = AsyncOpenSearch(hosts=[opensearch_url], timeout=120)
+    docs = len(events)
     prefixes: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         server = NatsProcess(Path(tmp) / "nats")
@@ -352,32 +473,54 @@ async def main_async(args: argparse.Namespace) -> None:
         indexer: IndexerProcess | None = None
         try:
             await preload(server.url, events, args.per_message)
-            # A freshly started node compiles its indexing path during the first run.
-            _, warm = await run_raw(client, events, config)
-            prefixes.append(warm)
-            raw_before, prefix = await run_raw(client, events, config)
-            prefixes.append(prefix)
-            seconds, cpu, prefix, indexer = await run_indexer(server.url, opensearch_url)
-            through = len(events) / seconds
-            prefixes.append(prefix)
-            raw_after, other = await run_raw(client, events, config)
-            prefixes.append(other)
-            assert await count(client, prefix) == len(events)
-            raw = (raw_before + raw_after) / 2
-            print(f"documents: {len(events)}, {args.per_message} events per NATS message")
+            # OpenSearch's cost per document keeps falling for a while after it starts (its
+            # JIT): warm it up, then alternate raw and indexer loads so each indexer round is
+            # compared with the raw loads just before and just after it.
+            for _ in range(args.warmup):
+                await drop(client, (await run_raw(client, events, config, opensearch)).prefix)
+            raws = [await run_raw(client, events, config, opensearch)]
+            await drop(client, raws[0].prefix)
+            print(f"documents: {docs}, {args.per_message} events per NATS message")
             print(f"bulk: {config.bulk_max_docs} docs/request, {config.bulk_concurrency} in flight")
-            print(f"raw _bulk ceiling: {raw_before:,.0f} docs/s before, {raw_after:,.0f} after")
             print(
-                f"indexer (NATS -> OpenSearch): {through:,.0f} docs/s, "
-                f"indexer process CPU {cpu / seconds:.2f} cores "
-                f"({cpu * 1e6 / len(events):.0f} us/doc) of {os.cpu_count()} shared with OpenSearch"
+                "CPUs: OpenSearch on one of its own"
+                if args.isolate
+                else "CPUs: all shared by OpenSearch, NATS, the indexer and this process"
             )
-            print(f"ratio indexer / raw ceiling: {through / raw:.2f} (target >= 0.90)")
+            ratios = []
+            for number in range(1, args.rounds + 1):
+                if indexer is not None:  # the last round's stays, for the queries
+                    indexer.stop()
+                    await drop(client, prefixes.pop())
+                profile_to = Path(tmp) / "indexer" if args.profile else None
+                through, cpu, indexer = await run_indexer(
+                    server.url, opensearch_url, profile_to, opensearch, docs
+                )
+                prefixes.append(through.prefix)
+                assert await count(client, through.prefix) == docs
+                raws.append(await run_raw(client, events, config, opensearch))
+                await drop(client, raws[-1].prefix)
+                before, after = raws[-2:]
+                ratio = through.docs_per_s / ((before.docs_per_s + after.docs_per_s) / 2)
+                ratios.append(ratio)
+                print(f"round {number}:")
+                print(f"  raw _bulk before {before.describe(docs)}")
+                print(
+                    f"  indexer          {through.describe(docs)}; the indexer "
+                    f"{cpu / through.seconds:.2f} cores, {cpu * 1e6 / docs:.0f} us/doc"
+                )
+                print(f"  raw _bulk after  {after.describe(docs)}")
+                print(f"  ratio {ratio:.2f}")
+            print(
+                f"ratio indexer / raw ceiling: median {statistics.median(ratios):.2f} of "
+                f"{len(ratios)} rounds ({', '.join(f'{r:.2f}' for r in ratios)}; target >= 0.90)"
+            )
             alone = await pipeline_alone(events, args.per_message, config)
             print(f"indexer pipeline alone (no NATS, no OpenSearch): {alone:,.0f} docs/s")
-            print(f"query latency over {len(events)} docs, p50 of {args.queries} calls:")
+            print(f"query latency over {docs} docs, p50 of {args.queries} calls:")
+            assert indexer is not None
             for label, grpc_ms, raw_ms in await query_latency(
-                indexer, client, prefix, args.queries
+                indexer, client, through.prefix, args.queries
             ):
                 print(
                     f"  {label:<22} QueryEvents {grpc_ms:6.2f} ms   raw _search {raw_ms:6.2f} ms"
@@ -388,9 +531,22 @@ async def main_async(args: argparse.Namespace) -> None:
                 indexer.stop()
             server.stop()
             for prefix in prefixes:
-                await client.indices.delete(index=f"{prefix}*", allow_no_indices=True)
-                await client.indices.delete_index_template(name=f"{prefix}events", ignore=[404])
+                await drop(client, prefix)
             await client.close()
+        if args.profile:
+            print_profile(Path(tmp) / "indexer.pyisession")
+
+
+def print_profile(session: Path) -> None:
+    """The indexer's busy time by area and by function (self time), from its whole run."""
+    sys.path.insert(0, str(ROOT / "bench" / "pipeline"))
+    import _profile  # bench/pipeline/_profile.py: also reads `run.py --profile` sessions
+
+    summary = _profile.summarise(session)
+    print(f"indexer profile: {summary['busy_s']} s busy, {summary['idle_s']} s idle")
+    for kind in ("areas", "functions"):
+        for row in summary[kind]:
+            print(f"  {row['share']:6.1%}  {row['name']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -398,6 +554,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", type=int, default=100_000)
     parser.add_argument("--per-message", type=int, default=50)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3, help="indexer runs, each between raw runs")
+    parser.add_argument("--warmup", type=int, default=2, help="raw runs before measuring")
+    parser.add_argument("--profile", action="store_true", help="run the indexer under pyinstrument")
+    parser.add_argument(
+        "--isolate", action="store_true", help="OpenSearch on one CPU, everything else on the rest"
+    )
     asyncio.run(main_async(parser.parse_args(argv)))
     return 0
 

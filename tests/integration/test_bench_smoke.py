@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -56,18 +57,53 @@ def test_enricher_bench_runs() -> None:
     assert len(_ratios(out)) == 4, out
 
 
+def _opensearch_threads_cpus(opensearch_url: str) -> set[frozenset[int]]:
+    """The distinct CPU sets OpenSearch's threads may run on."""
+    with urllib.request.urlopen(f"{opensearch_url}/_nodes/_local/process", timeout=10) as answer:
+        (node,) = json.load(answer)["nodes"].values()
+    pid = node["process"]["id"]
+    return {frozenset(os.sched_getaffinity(int(tid))) for tid in os.listdir(f"/proc/{pid}/task")}
+
+
 def test_indexer_bench_runs(opensearch_url: str) -> None:
     out = _bench(
         "indexer/bench_indexer.py",
         "--docs",
         "1500",
+        "--rounds",
+        "2",
+        "--warmup",
+        "0",
         "--queries",
         "5",
         opensearch_url=opensearch_url,
     )
     assert "documents: 1500" in out, out
-    # indexer / raw ceiling, then one line per query kind
-    assert len(_ratios(out)) == 4, out
+    assert re.search(r"indexer +\d[\d,]* docs/s, OpenSearch \d+\.\d\d cores", out), out
+    # each round's ratio, their median, then one line per query kind
+    assert len(_ratios(out)) == 2 + 1 + 3, out
+
+
+def test_indexer_bench_gives_opensearch_its_own_cpu_and_gives_it_back(opensearch_url: str) -> None:
+    everything = frozenset(os.sched_getaffinity(0))
+    assert _opensearch_threads_cpus(opensearch_url) == {everything}
+    out = _bench(
+        "indexer/bench_indexer.py",
+        "--isolate",
+        "--docs",
+        "1000",
+        "--rounds",
+        "1",
+        "--warmup",
+        "0",
+        "--queries",
+        "3",
+        opensearch_url=opensearch_url,
+    )
+    first = min(everything)
+    assert f"OpenSearch on CPU [{first}], the rest on {sorted(everything - {first})}" in out, out
+    assert len(_ratios(out)) == 1 + 1 + 3, out
+    assert _opensearch_threads_cpus(opensearch_url) == {everything}
 
 
 def test_pipeline_bench_runs_and_writes_its_results(opensearch_url: str, tmp_path: Path) -> None:

@@ -205,23 +205,6 @@ def test_rfc3339_agrees_with_datetime(moment: dt.datetime, offset_min: int) -> N
 
 
 @settings(max_examples=500)
-@given(
-    seconds=st.integers(min_value=-62135596800, max_value=253402300799),
-    nanos=st.one_of(
-        st.integers(min_value=0, max_value=999_999_999),
-        st.integers(min_value=0, max_value=999).map(lambda ms: ms * 1_000_000),
-        st.integers(min_value=0, max_value=999_999).map(lambda us: us * 1000),
-    ),
-)
-def test_format_utc_writes_what_protobuf_json_writes(seconds: int, nanos: int) -> None:
-    # 0, 3, 6 or 9 fraction digits: GET /v1/events matches the protobuf JSON of the same event
-    assert (
-        _rfc3339.format_utc(seconds, nanos)
-        == Timestamp(seconds=seconds, nanos=nanos).ToJsonString()
-    )
-
-
-@settings(max_examples=500)
 @given(items=st.lists(event_like, max_size=10))
 def test_every_event_is_either_added_or_rejected(items: list[dict[str, Any]]) -> None:
     batch, rejections = judge(*items)
