@@ -2,12 +2,14 @@
 QueryEvents p50 latency vs a raw `_search` of the same query.
 
     PYTHONPATH=.:gen OPENSEARCH_URL=http://127.0.0.1:19200 python bench/indexer/bench_indexer.py \
-        [--docs 100000] [--per-message 50] [--queries 200] [--profile]
+        [--docs 100000] [--per-message 50] [--rounds 3] [--warmup 2] [--queries 200] \
+        [--isolate] [--profile]
 
 A private nats-server (tests/servers.py) holds the pre-loaded TELEMETRY_ENRICHED stream.
 The raw ceiling sends the same documents, pre-rendered, with the indexer's batch size and
-concurrency, straight to `_bulk`; it runs before and after the indexer and the ratio is
-taken against the mean of both. Every run writes to its own index prefix, deleted at the end.
+concurrency, straight to `_bulk`; after warm-up loads it runs before and after each indexer
+round, and each round's ratio is taken against the mean of the two around it; the figure is
+the median of the rounds. Every load writes to its own index prefix, deleted once counted.
 `--profile` runs the indexer under pyinstrument (its figures then carry the sampler's cost)
 and prints where its busy time went.
 
@@ -538,7 +540,7 @@ async def measure(
 
 
 def print_profile(session: Path) -> None:
-    """The indexer's busy time by area and by function (self time), from its whole run."""
+    """The busy time of the last round's indexer, whole life, by area and by function."""
     sys.path.insert(0, str(ROOT / "bench" / "pipeline"))
     import _profile  # bench/pipeline/_profile.py: also reads `run.py --profile` sessions
 
@@ -560,7 +562,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--isolate", action="store_true", help="OpenSearch on one CPU, everything else on the rest"
     )
-    asyncio.run(main_async(parser.parse_args(argv)))
+    args = parser.parse_args(argv)
+    if min(args.rounds, args.docs, args.per_message, args.queries) < 1:
+        parser.error("--rounds, --docs, --per-message and --queries must be at least 1")
+    if args.warmup < 0:
+        parser.error("--warmup must not be negative")
+    asyncio.run(main_async(args))
     return 0
 
 
