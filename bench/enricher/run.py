@@ -47,11 +47,15 @@ IPS = ("81.2.69.142", "8.8.8.8", "2a00:1450:4009:81f::200e", "10.0.0.1", "203.0.
 
 
 def _raw(seed: int, events: int) -> bytes:
-    received = int(time.time())
+    # Times as the gateway and the Swift client write them: the receipt to the nanosecond,
+    # the client's times to the millisecond, each batch and event at its own instant.
+    received, received_nanos = divmod(time.time_ns(), 1_000_000_000)
     raw = event_pb2.RawBatch()
     ctx = raw.context
     ctx.received_at.seconds = received
+    ctx.received_at.nanos = received_nanos
     ctx.sent_at.seconds = received + (seed % 7) - 3
+    ctx.sent_at.nanos = (seed * 7919) % 1000 * 1_000_000
     ctx.client_ip = IPS[seed % len(IPS)]
     ctx.user_agent = "ShopApp/1.0 CFNetwork/1492 Darwin/23.2.0"
     ctx.app_id = "shop"
@@ -67,7 +71,7 @@ def _raw(seed: int, events: int) -> bytes:
             device_os=DEVICES[seed % len(DEVICES)],
         )
         event.client_timestamp.seconds = received - i
-        event.client_timestamp.nanos = 123_000_000
+        event.client_timestamp.nanos = (seed * 31 + i * 17) % 1000 * 1_000_000
         event.metadata["screen"] = "checkout"
         event.metadata["sku"] = f"SKU-{i}"
         event.metadata["price"] = "19.99"
