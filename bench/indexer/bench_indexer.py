@@ -55,6 +55,11 @@ from pipeline import natsconn, subjects
 from pipeline.config import load
 from tests.servers import ROOT, NatsProcess, free_port
 
+# bench/pipeline/'s helpers: processes read from /proc, and profiles as `run.py --profile`.
+sys.path.insert(0, str(ROOT / "bench" / "pipeline"))
+import _profile
+import _system
+
 PROFILING = ROOT / "bench" / "pipeline" / "profiling"
 
 APP_ID = "bench"
@@ -144,12 +149,6 @@ async def count(client: AsyncOpenSearch, prefix: str) -> int:
     return int((await client.count(index=f"{prefix}*", allow_no_indices=True))["count"])
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time process `pid` has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class Phase(NamedTuple):
     """One load: documents per second, and OpenSearch's CPU while it ran."""
 
@@ -176,9 +175,9 @@ async def run_raw(
     store = OpenSearchStore(client, prefix=prefix)
     await store.install_template()
     bodies = bodies_for(events, prefix, config.bulk_max_docs)
-    cpu = cpu_seconds(opensearch)
+    cpu = _system.cpu_s(opensearch)
     seconds = await raw_bulk(client, bodies, config.bulk_concurrency)
-    cpu = cpu_seconds(opensearch) - cpu
+    cpu = _system.cpu_s(opensearch) - cpu
     assert await count(client, prefix) == len(events)
     return Phase(len(events) / seconds, seconds, cpu, prefix)
 
@@ -253,7 +252,7 @@ class IndexerProcess:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the indexer process has used so far."""
-        return cpu_seconds(self._proc.pid)
+        return _system.cpu_s(self._proc.pid)
 
     def stop(self) -> None:
         self._proc.send_signal(signal.SIGTERM)
@@ -277,7 +276,7 @@ async def run_indexer(
     await process.wait_ready()
     started = time.perf_counter()
     cpu_before = process.cpu_seconds()
-    opensearch_before = cpu_seconds(opensearch)
+    opensearch_before = _system.cpu_s(opensearch)
     while True:
         try:
             info = await js.consumer_info(subjects.ENRICHED_STREAM, consumer)
@@ -288,7 +287,7 @@ async def run_indexer(
         await asyncio.sleep(0.02)
     seconds = time.perf_counter() - started
     cpu = process.cpu_seconds() - cpu_before
-    opensearch_cpu = cpu_seconds(opensearch) - opensearch_before
+    opensearch_cpu = _system.cpu_s(opensearch) - opensearch_before
     await nc.close()
     return Phase(docs / seconds, seconds, opensearch_cpu, prefix), cpu, process
 
@@ -437,13 +436,9 @@ async def opensearch_pid(client: AsyncOpenSearch) -> int:
     answer = await client.nodes.info(node_id="_local", metric="process")
     (node,) = answer["nodes"].values()
     pid = int(node["process"]["id"])
-    if not _runs_here(pid):
+    if _system.local_process(pid, "opensearch") is None:
         raise SystemExit(f"OpenSearch (pid {pid}) does not run on this machine")
     return pid
-
-
-def _runs_here(pid: int) -> bool:
-    return Path(f"/proc/{pid}/stat").exists()
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -541,9 +536,6 @@ async def measure(
 
 def print_profile(session: Path) -> None:
     """The busy time of the last round's indexer, whole life, by area and by function."""
-    sys.path.insert(0, str(ROOT / "bench" / "pipeline"))
-    import _profile  # bench/pipeline/_profile.py: also reads `run.py --profile` sessions
-
     summary = _profile.summarise(session)
     print(f"indexer profile: {summary['busy_s']} s busy, {summary['idle_s']} s idle")
     for kind in ("areas", "functions"):
