@@ -70,16 +70,27 @@ async def read_body(
 
 
 def gunzip(data: bytes, *, limit: int) -> bytes:
-    """Decompresses one gzip member, producing at most `limit` bytes or raising TooLarge."""
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(data, limit + 1)
-    except zlib.error:
-        raise InvalidRequest("the body is not valid gzip") from None
-    if len(out) > limit:
-        raise TooLarge(f"the body decompresses to more than {limit} bytes")
-    if not inflater.eof:
-        raise InvalidRequest("the gzip body is truncated")
-    if inflater.unused_data:
-        raise InvalidRequest("the body has data after its gzip stream")
-    return out
+    """Decompresses a gzip body, producing at most `limit` bytes or raising TooLarge.
+
+    A gzip file is a series of members (RFC 1952), as `cat a.gz b.gz` makes; all are read.
+    """
+    out: list[bytes] = []
+    size = 0
+    rest = data
+    while True:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            piece = inflater.decompress(rest, limit - size + 1)
+        except zlib.error:
+            if out:
+                raise InvalidRequest("the body has data after its gzip stream") from None
+            raise InvalidRequest("the body is not valid gzip") from None
+        size += len(piece)
+        if size > limit:
+            raise TooLarge(f"the body decompresses to more than {limit} bytes")
+        if not inflater.eof:
+            raise InvalidRequest("the gzip body is truncated")
+        out.append(piece)
+        rest = inflater.unused_data
+        if not rest:
+            return out[0] if len(out) == 1 else b"".join(out)

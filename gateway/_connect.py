@@ -41,11 +41,20 @@ def decode(body: bytes, media: str) -> ingest_service_pb2.IngestEventsRequest:
             json_format.Parse(body.decode("utf-8"), message, ignore_unknown_fields=True)
         else:
             message.ParseFromString(body)
-    except Exception as err:  # any decoding failure is the client's mistake
+    except UnicodeDecodeError:
+        raise InvalidRequest("the body is not UTF-8 JSON") from None
+    except json_format.ParseError as err:  # names the field and what is wrong with it
+        raise InvalidRequest(f"the body is not an IngestEventsRequest: {_brief(err)}") from None
+    except Exception as err:  # any other decoding failure is the client's mistake too
         raise InvalidRequest(
             f"the body is not an IngestEventsRequest: {type(err).__name__}"
         ) from None
     return message
+
+
+def _brief(err: Exception, limit: int = 300) -> str:
+    text = str(err).strip()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def encode(message: ingest_service_pb2.IngestEventsResponse, media: str) -> bytes:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -271,6 +272,29 @@ def build_app(
     async def openapi(_: Request) -> Response:
         return json_response(document())
 
+    async def no_route(request: Request, exc: Exception) -> Response:
+        # Starlette's own 404/405 answers, in the {"code", "message"} shape of every error.
+        assert isinstance(exc, HTTPException)
+        path = request.url.path[:200]
+        if exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            response = json_response(
+                {
+                    "code": "unimplemented",
+                    "message": f"{request.method} is not allowed on {path}; use {allowed}",
+                },
+                status=405,
+            )
+            response.headers["Allow"] = allowed
+            return response
+        if exc.status_code == 404:
+            return json_response(
+                {"code": "not_found", "message": f"no such route: {path}"}, status=404
+            )
+        return json_response(
+            {"code": "unknown", "message": str(exc.detail)}, status=exc.status_code
+        )
+
     app = Starlette(
         routes=[
             Route("/v1/track", _guarded(routes.track, retry), methods=["POST"]),
@@ -279,7 +303,8 @@ def build_app(
             Route("/v1/events/aggregate", _guarded(routes.aggregate, retry), methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
             *ops_routes(ready, registry),
-        ]
+        ],
+        exception_handlers={HTTPException: no_route},
     )
     paths = frozenset(route.path for route in app.routes if isinstance(route, Route))
     return _RequestIds(app, metrics=metrics, routes=paths)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -18,6 +18,7 @@ from gateway._metrics import Metrics
 from gateway._validate import (
     Limits,
     check_count,
+    check_sent_at,
     parse_envelope,
     read_json_events,
     read_proto_events,
@@ -104,12 +105,25 @@ def annotate(span: tracing.Span, receipt: Receipt) -> None:
     span.set_attribute("pipeline.batch_id", receipt.batch_id)
 
 
-def batch_id(app_id: str, *, idempotency_key: str, content: bytes) -> str:
-    """The batch's id: from the client's idempotency key, else from the content; per app."""
+def batch_id(
+    app_id: str,
+    *,
+    idempotency_key: str,
+    content: bytes,
+    events: Iterable[event_pb2.Event] = (),
+) -> str:
+    """The batch's id, per app: from the client's idempotency key and the ids of the events
+    it accepted, else from the content.
+
+    The event ids make a key reused for another batch (a client bug) name a new batch, stored
+    like any other, instead of a retry whose events would be dropped as already stored.
+    """
     digest = hashlib.blake2b(digest_size=16)
     digest.update(app_id.encode())
     if idempotency_key:
         digest.update(b"\x00key\x00" + idempotency_key.encode("utf-8", "surrogateescape"))
+        for event in events:
+            digest.update(b"\x00" + event.event_id.encode("utf-8", "surrogateescape"))
     else:
         digest.update(b"\x00body\x00" + content)
     return digest.hexdigest()
@@ -227,7 +241,12 @@ class IngestCore:
             batch.context.sent_at.seconds, batch.context.sent_at.nanos = sent_at
         if origin.idempotency_key:
             check_idempotency_key(origin.idempotency_key)
-        bid = batch_id(origin.app_id, idempotency_key=origin.idempotency_key, content=body)
+        bid = batch_id(
+            origin.app_id,
+            idempotency_key=origin.idempotency_key,
+            content=body,
+            events=batch.events,
+        )
         return await self._finish(batch, rejections, origin, bid)
 
     async def ingest_proto(
@@ -244,6 +263,7 @@ class IngestCore:
         batch = event_pb2.RawBatch()
         rejections = read_proto_events(request.events, self._limits, batch.events)
         if request.HasField("sent_at"):
+            check_sent_at(request.sent_at)
             batch.context.sent_at.CopyFrom(request.sent_at)
         key = request.idempotency_key or origin.idempotency_key
         if key:
@@ -251,7 +271,7 @@ class IngestCore:
             content = b""
         else:
             content = request.SerializeToString(deterministic=True)
-        bid = batch_id(origin.app_id, idempotency_key=key, content=content)
+        bid = batch_id(origin.app_id, idempotency_key=key, content=content, events=batch.events)
         return await self._finish(batch, rejections, origin, bid)
 
     async def _finish(
@@ -276,9 +296,10 @@ class IngestCore:
         context.batch_id = bid
         context.protocol = origin.protocol  # type: ignore[assignment]
         duplicate = await self._publish(batch, raw_subject(origin.app_id), bid)
-        self._metrics.accepted(accepted)
-        if duplicate:
+        if duplicate:  # its events were counted when first stored
             self._metrics.duplicate_batches.inc()
+        else:
+            self._metrics.accepted(accepted)
         return Receipt(accepted=accepted, rejected=rejections, duplicate=duplicate, batch_id=bid)
 
     async def _publish(self, batch: event_pb2.RawBatch, subject: str, bid: str) -> bool:

@@ -197,7 +197,9 @@ def document() -> dict[str, Any]:
                             "too many requests or bytes in flight, or this key is past its rate",
                             retry=True,
                         ),
-                        "503": _error("the broker is down or slow; nothing stored", retry=True),
+                        "503": _error(
+                            "the broker is down or slow; not accepted, retry", retry=True
+                        ),
                     },
                 }
             },

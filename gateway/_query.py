@@ -5,6 +5,7 @@ The mapping functions are plain; `GrpcQueryClient` is the adapter to the gRPC Qu
 
 from __future__ import annotations
 
+import re
 from typing import Any, Protocol
 
 import grpc
@@ -50,6 +51,7 @@ FILTER_PARAMS = {
 EVENTS_PARAMS = (*FILTER_PARAMS, "start", "end", "q", "page_size", "page_token")
 AGGREGATE_PARAMS = (*FILTER_PARAMS, "start", "end", "q", "group_by", "interval", "limit")
 MAX_PARAM_CHARS = 1024
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 def _one(params: Params, name: str) -> str:
@@ -66,13 +68,10 @@ def _int(params: Params, name: str) -> int:
     text = _one(params, name)
     if not text:
         return 0
-    try:
-        value = int(text)
-    except ValueError:
-        raise InvalidRequest(f"{name} must be an integer") from None
-    if not -(2**31) <= value < 2**31:
-        raise InvalidRequest(f"{name} is out of range")
-    return value
+    if _INTEGER.fullmatch(text) is None:  # int() would also take "1_0" and non-ASCII digits
+        raise InvalidRequest(f"{name} must be an integer")
+    # Past int32 is clamped like any value past the maximum (the sign still decides).
+    return max(-(2**31), min(int(text), 2**31 - 1))
 
 
 def _time(params: Params, name: str) -> Timestamp | None:
@@ -81,7 +80,8 @@ def _time(params: Params, name: str) -> Timestamp | None:
         return None
     parsed = _rfc3339.parse(text)
     if parsed is None:
-        raise InvalidRequest(f"{name} is not an RFC 3339 date-time")
+        hint = " (a '+' in a URL must be sent as %2B)" if " " in text else ""
+        raise InvalidRequest(f"{name} is not an RFC 3339 date-time{hint}")
     return Timestamp(seconds=parsed[0], nanos=parsed[1])
 
 

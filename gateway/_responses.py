@@ -26,6 +26,8 @@ def error_response(err: GatewayError, *, retry_after_s: int, refined: bool = Tru
     )
     if status in _status.RETRY_LATER:
         response.headers["Retry-After"] = str(retry_after_s)
+    elif status == 401:  # RFC 9110: a 401 names the scheme it wants
+        response.headers["WWW-Authenticate"] = "Bearer"
     return response
 
 

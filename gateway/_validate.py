@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from telemetry.v1 import event_pb2
 
 from gateway import _rfc3339
@@ -333,6 +334,20 @@ def read_json_events(
     return rejections
 
 
+def _in_range(stamp: Timestamp) -> bool:
+    """Whether a Timestamp is one RFC 3339 can write (0001-01-01 to 9999-12-31, valid nanos)."""
+    return (
+        _rfc3339.MIN_SECONDS <= stamp.seconds <= _rfc3339.MAX_SECONDS
+        and 0 <= stamp.nanos <= 999_999_999
+    )
+
+
+def check_sent_at(stamp: Timestamp) -> None:
+    """Raises for a batch's sent_at out of range, as the JSON route does for its sent_at."""
+    if not _in_range(stamp):
+        raise InvalidRequest("sent_at is out of range")
+
+
 def _proto_event(event: event_pb2.Event, limits: Limits) -> None:
     _event_id(event.event_id, limits)
     for name in _REQUIRED[1:]:
@@ -341,11 +356,7 @@ def _proto_event(event: event_pb2.Event, limits: Limits) -> None:
         _text(getattr(event, name), name, limits.max_field_chars, False)
     if not event.HasField("client_timestamp"):
         raise _Reject(R.REJECTION_REASON_MISSING_FIELD, "client_timestamp is required")
-    stamp = event.client_timestamp
-    if (
-        not _rfc3339.MIN_SECONDS <= stamp.seconds <= _rfc3339.MAX_SECONDS
-        or not 0 <= stamp.nanos <= 999_999_999
-    ):
+    if not _in_range(event.client_timestamp):
         raise _Reject(R.REJECTION_REASON_INVALID_TIMESTAMP, "client_timestamp is out of range")
     _metadata_bounds(len(event.metadata), limits)
     for key, value in event.metadata.items():

@@ -61,7 +61,7 @@ class Overloaded(GatewayError):
 
 
 class Unavailable(GatewayError):
-    """The broker (or the query service) is down, slow or did not ack; nothing was accepted."""
+    """The broker (or the query service) is down, slow or did not ack; the batch is not accepted."""
 
     code = grpc.StatusCode.UNAVAILABLE
     retryable = True

@@ -60,9 +60,30 @@ def test_gzip_bomb_stops_after_the_limit() -> None:
         gunzip(bomb, limit=1_000_000)
 
 
+def test_every_gzip_member_is_read() -> None:
+    # `cat a.gz b.gz` is one valid gzip file (RFC 1952); other readers take all members.
+    data = gzip.compress(b'[{"a": 1},') + gzip.compress(b"") + gzip.compress(b'{"b": 2}]')
+
+    assert gunzip(data, limit=100) == b'[{"a": 1},{"b": 2}]'
+
+
+def test_the_limit_counts_every_member() -> None:
+    data = gzip.compress(b"a" * 60) + gzip.compress(b"b" * 60)
+
+    with pytest.raises(TooLarge):
+        gunzip(data, limit=100)
+    assert gunzip(data, limit=120) == b"a" * 60 + b"b" * 60
+
+
 @pytest.mark.parametrize(
     "data",
-    [b"plain", gzip.compress(b"[1]")[:-4], gzip.compress(b"[1]") + b"junk", b""],
+    [
+        b"plain",
+        gzip.compress(b"[1]")[:-4],
+        gzip.compress(b"[1]") + b"junk",
+        gzip.compress(b"[1]") + gzip.compress(b"[2]")[:-4],
+        b"",
+    ],
 )
 def test_broken_gzip_is_invalid(data: bytes) -> None:
     with pytest.raises(InvalidRequest):

@@ -81,7 +81,19 @@ async def test_unknown_paths_are_404_and_counted_as_other(client: httpx.AsyncCli
     metrics = (await client.get("/metrics")).text
 
     assert response.status_code == 404
+    assert response.json() == {"code": "not_found", "message": "no such route: /nope"}
     assert 'gateway_http_requests_total{route="other",status="404"} 1.0' in metrics
+
+
+async def test_a_wrong_method_is_405_naming_the_allowed_one(client: httpx.AsyncClient) -> None:
+    response = await client.get("/v1/track")
+
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert response.json() == {
+        "code": "unimplemented",
+        "message": "GET is not allowed on /v1/track; use POST",
+    }
 
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])

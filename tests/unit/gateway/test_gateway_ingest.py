@@ -65,9 +65,11 @@ def test_batch_ids_are_per_app_and_per_key_or_content() -> None:
     assert a == batch_id("app-1", idempotency_key="", content=b"x")
     assert a != batch_id("app-2", idempotency_key="", content=b"x")
     assert a != batch_id("app-1", idempotency_key="", content=b"y")
-    keyed = batch_id("app-1", idempotency_key="k", content=b"x")
-    assert keyed == batch_id("app-1", idempotency_key="k", content=b"other")
-    assert keyed != batch_id("app-2", idempotency_key="k", content=b"x")
+    ids = [event_pb2.Event(event_id="e-1"), event_pb2.Event(event_id="e-2")]
+    keyed = batch_id("app-1", idempotency_key="k", content=b"x", events=ids)
+    assert keyed == batch_id("app-1", idempotency_key="k", content=b"other", events=ids)
+    assert keyed != batch_id("app-2", idempotency_key="k", content=b"x", events=ids)
+    assert keyed != batch_id("app-1", idempotency_key="k", content=b"x", events=ids[:1])
 
 
 async def test_batch_past_max_payload_is_split_with_derived_ids() -> None:
@@ -100,14 +102,39 @@ async def test_a_retry_after_a_partial_failure_stores_only_the_missing_parts() -
     assert broker.stored.keys() == stored.keys()
 
 
-async def test_a_full_retry_is_a_duplicate() -> None:
+async def test_a_full_retry_is_a_duplicate_and_counted_once() -> None:
+    broker = FakeBroker()
+    metrics = Metrics()
+    ingest = IngestCore(publisher=broker, limits=LIMITS, metrics=metrics, max_in_flight=10)
+    first = await ingest.ingest_json(body(3), origin(idempotency_key="key-1"))
+    # The same events, encoded otherwise: a key survives re-encoding.
+    again = orjson.dumps(orjson.loads(body(3)), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+    second = await ingest.ingest_json(again, origin(idempotency_key="key-1"))
+
+    assert (first.duplicate, second.duplicate) == (False, True)
+    assert (first.accepted, second.accepted) == (3, 3)
+    assert len(broker.stored) == 1
+    assert (
+        metrics.registry.get_sample_value(
+            "gateway_events_total", {"outcome": "accepted", "reason": ""}
+        )
+        == 3
+    )
+    assert metrics.registry.get_sample_value("gateway_duplicate_batches_total") == 1
+
+
+async def test_a_key_reused_for_other_events_stores_them() -> None:
+    # A client bug, but the second batch's events must not be dropped as a "retry".
     broker = FakeBroker()
     ingest = core(broker)
     first = await ingest.ingest_json(body(3), origin(idempotency_key="key-1"))
-    second = await ingest.ingest_json(body(2), origin(idempotency_key="key-1"))
+    other = orjson.dumps([{**e, "event_id": "x-" + e["event_id"]} for e in orjson.loads(body(2))])
+    second = await ingest.ingest_json(other, origin(idempotency_key="key-1"))
 
-    assert (first.duplicate, second.duplicate) == (False, True)
-    assert len(broker.stored) == 1
+    assert (first.duplicate, second.duplicate) == (False, False)
+    assert first.batch_id != second.batch_id
+    stored = sorted(e.event_id for b in broker.batches() for e in b.events)
+    assert stored == ["e-0", "e-1", "e-2", "x-e-0", "x-e-1"]
 
 
 async def test_nothing_is_published_when_every_event_is_invalid() -> None:
@@ -152,7 +179,27 @@ async def test_proto_batches_get_content_ids_unless_keyed() -> None:
     three = await ingest.ingest_proto(keyed, origin())
 
     assert (one.duplicate, two.duplicate, three.duplicate) == (False, True, False)
-    assert three.batch_id == batch_id("app-1", idempotency_key="k", content=b"")
+    assert three.batch_id == batch_id("app-1", idempotency_key="k", content=b"", events=events)
+
+
+@pytest.mark.parametrize(
+    "sent_at",
+    [Timestamp(seconds=10**15), Timestamp(seconds=1, nanos=-7), Timestamp(seconds=-(10**12))],
+)
+async def test_a_proto_sent_at_out_of_range_is_invalid(sent_at: Timestamp) -> None:
+    broker = FakeBroker()
+    event = event_pb2.Event(
+        event_id="e-1",
+        session_id="s",
+        user_id="u",
+        event_name="n",
+        client_timestamp=Timestamp(seconds=1),
+    )
+    request = ingest_service_pb2.IngestEventsRequest(events=[event], sent_at=sent_at)
+
+    with pytest.raises(InvalidRequest, match="sent_at is out of range"):
+        await core(broker).ingest_proto(request, origin())
+    assert broker.calls == 0
 
 
 async def test_bytes_in_flight_are_bounded() -> None:

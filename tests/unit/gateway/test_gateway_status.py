@@ -6,6 +6,7 @@ import grpc
 import pytest
 
 from gateway import _status
+from gateway._responses import error_response
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -40,6 +41,15 @@ def test_every_code_is_in_the_table() -> None:
 def test_errors_map_through_the_table(err: GatewayError, http: int, connect: str) -> None:
     assert _status.http_status(err) == http
     assert _status.connect_code(err) == connect
+
+
+def test_a_401_names_the_bearer_scheme_and_only_retryable_errors_say_when() -> None:
+    denied = error_response(Unauthenticated("a valid API key is required"), retry_after_s=1)
+    busy = error_response(Overloaded("x"), retry_after_s=3)
+
+    assert (denied.status_code, denied.headers["www-authenticate"]) == (401, "Bearer")
+    assert "retry-after" not in denied.headers
+    assert (busy.headers["retry-after"], "www-authenticate" in busy.headers) == ("3", False)
 
 
 def test_unrefined_statuses_are_the_tables() -> None:
