@@ -26,6 +26,7 @@ DEFAULT_BULK_CONCURRENCY = 4  # bulk requests in flight
 DEFAULT_RETRY_BASE_S = 0.2
 DEFAULT_RETRY_MAX_S = 10.0
 DEFAULT_RETENTION_DAYS = 30  # 0 keeps indices forever
+MAX_RETENTION_DAYS = 36_500  # a century; past that, 0 (forever) says it
 DEFAULT_RETENTION_INTERVAL_S = 3600.0
 DEFAULT_PENDING_REFRESH_S = 5.0
 DEFAULT_GRACEFUL_STOP_S = 20.0
@@ -50,6 +51,12 @@ _TIME_VALUE = re.compile(r"^(-1|[1-9][0-9]{0,6}(nanos|micros|ms|s|m|h|d))$")
 def _time_value(value: str) -> str | None:
     if not _TIME_VALUE.fullmatch(value):
         return "must be a positive OpenSearch time value such as 200ms, 1s or 1m, or -1 for off"
+    return None
+
+
+def _retention_days(value: int) -> str | None:
+    if not 0 <= value <= MAX_RETENTION_DAYS:
+        return f"must be between 0 (keep forever) and {MAX_RETENTION_DAYS}"
     return None
 
 
@@ -154,7 +161,7 @@ class Config(NatsSettings, OpenSearchSettings, TracingSettings):
         "INDEXER_RETENTION_DAYS",
         DEFAULT_RETENTION_DAYS,
         "days a daily index is kept (0 keeps indices forever)",
-        check=non_negative,
+        check=_retention_days,
     )
     retention_interval_s: float = setting(
         "INDEXER_RETENTION_INTERVAL_S",

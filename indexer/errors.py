@@ -12,11 +12,12 @@ class DocumentError(IndexerError):
 
 
 class SearchUnavailableError(IndexerError):
-    """OpenSearch did not answer, timed out, or answered 429/5xx: worth trying again."""
+    """OpenSearch did not answer, timed out, or answered 429/5xx or a 4xx about credentials,
+    permissions or its address (401, 403, 404...): worth trying again."""
 
 
 class SearchRequestError(IndexerError):
-    """OpenSearch refused a whole request with a client error (4xx other than 429)."""
+    """OpenSearch refused a whole request as malformed or too large (400, 413)."""
 
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(f"{status}: {reason}")

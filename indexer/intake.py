@@ -227,7 +227,8 @@ class Intake:
                     subject=delivery.subject,
                     headers={**delivery.headers, subjects.SCHEMA_HEADER: EVENT_SCHEMA},
                     deliveries=delivery.deliveries,
-                    msg_id=f"{delivery.msg_id}:{event.event.event_id}",
+                    # By position: two rejected events may share an id (both empty, say).
+                    msg_id=f"{delivery.msg_id}:{position}",
                 )
             except Exception as err:  # NATS away: nak the message, the event comes back
                 log.warning("dead letter not published: %s", err)

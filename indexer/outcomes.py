@@ -1,10 +1,12 @@
 """The one place that decides what a write result means: done, retry or dead letter.
 
 Every bulk item result and every failed bulk request goes through here. Retryable:
-429, 5xx, timeouts and connection errors (OpenSearch is overloaded or away; the event
-stays un-acked and is sent again after a backoff). Permanent: any other 4xx item error
-(a mapping or parse rejection) and documents that cannot be built; they go to the DLQ
-with OpenSearch's reason and count as done.
+429, 5xx, timeouts and connection errors, and answers about credentials, permissions, a
+missing index or a wrong address (401, 403, 404, 408): OpenSearch is overloaded, away or
+misconfigured; the event stays un-acked and is sent again after a backoff. Permanent: any
+other 4xx item error (a mapping or parse rejection), a whole request refused as malformed
+(each document is then tried alone), and documents that cannot be built; they go to the
+DLQ with OpenSearch's reason and count as done.
 """
 
 from __future__ import annotations
@@ -30,13 +32,19 @@ class Outcome(enum.Enum):
         return self is not Outcome.RETRY
 
 
+# Item statuses about the cluster's set-up, not the document: no credentials or
+# permission (401, 403: a security plugin), no such index and no auto-creation (404),
+# a timeout (408). Retried until someone fixes it, never dead-lettered.
+_NOT_THE_DOCUMENT = frozenset({401, 403, 404, 408})
+
+
 def item_outcome(status: int) -> Outcome:
     """The outcome of one bulk item from its HTTP status."""
     if status in (200, 201):
         return Outcome.CREATED
     if status == 409:
         return Outcome.DUPLICATE
-    if status == 429 or status >= 500:
+    if status == 429 or status >= 500 or status in _NOT_THE_DOCUMENT:
         return Outcome.RETRY
     if 400 <= status < 500:
         return Outcome.REJECTED

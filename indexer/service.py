@@ -2,8 +2,9 @@
 
 start(): connect NATS (waits for it), ensure the streams, serve QueryService and the
 ops routes, install the index template (retried until OpenSearch answers), then
-consume. stop(): stop fetching, let in-flight events be indexed and their messages
-acked (up to the graceful stop time), then close everything. Both are idempotent.
+consume (the durable consumer's creation retried the same way). stop(): stop fetching,
+let in-flight events be indexed and their messages acked (up to the graceful stop
+time), then close everything. Both are idempotent.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -84,6 +86,8 @@ class Indexer:
         self._intake: Intake | None = None
         self._consumer: EnrichedConsumer | None = None
         self._template_ready = asyncio.Event()
+        self._consuming = asyncio.Event()
+        self._waiting = ""  # what _begin is retrying, for readiness
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
 
@@ -148,17 +152,26 @@ class Indexer:
         )
 
     async def _begin(self) -> None:
-        while True:
-            try:
-                await self._store.install_template()
-                break
-            except Exception as err:  # OpenSearch not there yet: readiness says so
-                log.warning("index template not installed yet: %s", err)
-                await asyncio.sleep(TEMPLATE_RETRY_S)
+        # Each step is retried until it works (OpenSearch or JetStream not there yet, a
+        # conflicting consumer of the same name...); readiness says which one is waiting.
+        await self._until_done("index template not installed yet", self._store.install_template)
+        self._waiting = ""
         self._template_ready.set()
         await self._query.set_serving(True)
         assert self._consumer is not None
-        await self._consumer.start()
+        await self._until_done("not consuming yet", self._consumer.start)
+        self._waiting = ""
+        self._consuming.set()
+
+    async def _until_done(self, what: str, step: Callable[[], Awaitable[object]]) -> None:
+        while True:
+            try:
+                await step()
+                return
+            except Exception as err:
+                self._waiting = f"{what}: {err}"
+                log.warning("%s: %s", what, err)
+                await asyncio.sleep(TEMPLATE_RETRY_S)
 
     async def stop(self) -> None:
         """Stops intake, drains in-flight events, acks, closes (idempotent)."""
@@ -167,9 +180,8 @@ class Indexer:
         self._started = False
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # A task that ended on an error has said so in the log; stopping goes on.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         if self._consumer is not None:
             await self._consumer.stop_fetching()
@@ -202,8 +214,8 @@ class Indexer:
             )
 
     async def ready(self) -> tuple[bool, str]:
-        """Ready when NATS is connected, the streams exist, OpenSearch answers and the
-        template is installed."""
+        """Ready when NATS is connected, the streams exist, OpenSearch answers, the
+        template is installed and the durable consumer is fetching."""
         if self._nc is None or not self._nc.is_connected or self._js is None:
             return False, "nats not connected"
         problem = await natsconn.stream_problem(self._js, _STREAMS)
@@ -212,5 +224,7 @@ class Indexer:
         if not await self._store.ping():
             return False, "opensearch not answering"
         if not self._template_ready.is_set():
-            return False, "index template not installed"
+            return False, self._waiting or "index template not installed"
+        if not self._consuming.is_set():
+            return False, self._waiting or "not consuming yet"
         return True, "ok"

@@ -1,8 +1,9 @@
 """The OpenSearch adapter: bulk writes, searches, the index template and retention.
 
 The only module that touches `opensearchpy`. Its errors are translated here into
-`SearchUnavailableError` (no answer, timeout, 429, 5xx) or `SearchRequestError`
-(other 4xx); what that means for a document is decided in `outcomes`.
+`SearchUnavailableError` (no answer, timeout, 429, 5xx, and 4xx answers about
+credentials, permissions or the address) or `SearchRequestError` (400, 413: the request
+itself is wrong); what that means for a document is decided in `outcomes`.
 """
 
 from __future__ import annotations
@@ -58,13 +59,19 @@ def client(settings: OpenSearchSettings) -> AsyncOpenSearch:
     return AsyncOpenSearch(**shared_search.client_options(settings), serializer=OrjsonSerializer())
 
 
+# Whole-request answers that say the request itself is wrong. Any other 4xx (401, 403,
+# 404, 408...) is about credentials, permissions or the address, not the documents:
+# treated like an outage (retried, intake held, logged), never as rejected documents.
+_REQUEST_ERRORS = frozenset({400, 413})
+
+
 def _translate(err: Exception) -> Exception:
     if isinstance(err, os_errors.ConnectionError):  # includes timeouts
         return SearchUnavailableError(f"opensearch not reachable: {err}")
     if isinstance(err, os_errors.TransportError):
         status = err.status_code
-        if isinstance(status, int) and 400 <= status < 500 and status != 429:
-            return SearchRequestError(status, str(err))
+        if status in _REQUEST_ERRORS:
+            return SearchRequestError(int(status), str(err))
         return SearchUnavailableError(f"opensearch answered {status}: {err}")
     if isinstance(err, OSError | TimeoutError):
         return SearchUnavailableError(f"opensearch not reachable: {err}")

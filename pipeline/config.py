@@ -11,6 +11,7 @@ Supported field types: str, int, float, bool and tuple[str, ...] (comma-separate
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -80,9 +81,12 @@ def _parse(raw: str, kind: Any, env: str) -> Any:
             raise ConfigError(f"{env}={raw!r}: expected an integer") from None
     if kind is float:
         try:
-            return float(text)
+            number = float(text)
         except ValueError:
             raise ConfigError(f"{env}={raw!r}: expected a number") from None
+        if not math.isfinite(number):  # "inf" would make a timer never fire
+            raise ConfigError(f"{env}={raw!r}: expected a finite number")
+        return number
     if typing.get_origin(kind) is tuple:
         return tuple(part.strip() for part in text.split(",") if part.strip())
     raise TypeError(f"unsupported setting type {kind!r} for {env}")

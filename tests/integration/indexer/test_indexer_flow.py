@@ -13,6 +13,7 @@ from indexer_support import (
     IndexerFactory,
     count,
     enriched,
+    indexer_config,
     publish,
     publish_many,
     query_stub,
@@ -20,11 +21,15 @@ from indexer_support import (
     wait_for,
 )
 from nats.aio.client import Client
+from nats.js.api import ConsumerConfig
 from opensearchpy import AsyncOpenSearch
 from telemetry.v1 import event_pb2
 from telemetry.v1 import query_service_pb2 as qs
 
+from indexer import Indexer
+from indexer.service import TEMPLATE_RETRY_S
 from pipeline import subjects
+from tests.servers import NatsProcess
 
 pytestmark = pytest.mark.integration
 
@@ -231,3 +236,40 @@ async def test_stop_flushes_and_acks_what_it_fetched(
     await start_indexer()
     await wait_count(os_client, prefix, 20000)
     assert await count(os_client, prefix) == 20000
+
+
+async def test_a_consumer_that_cannot_be_created_is_retried_and_not_ready_meanwhile(
+    nats_server: NatsProcess,
+    opensearch_url: str,
+    nc: Client,
+    os_client: AsyncOpenSearch,
+    prefix: str,
+) -> None:
+    js = nc.jetstream()
+    # A push consumer under the indexer's durable name: its pull consumer cannot be made.
+    await js.add_consumer(
+        subjects.ENRICHED_STREAM,
+        config=ConsumerConfig(durable_name="indexer", deliver_subject="somewhere.else"),
+    )
+    await publish(nc, [enriched("waits", when=datetime(2026, 4, 1, tzinfo=UTC))], msg_id="w")
+    indexer = Indexer(indexer_config(nats_server.url, opensearch_url, prefix))
+    await indexer.start()
+    try:
+
+        async def waiting() -> bool:
+            ok, why = await indexer.ready()
+            return not ok and why.startswith("not consuming yet: ")
+
+        await wait_for(waiting, what="readiness naming the consumer")
+        await asyncio.sleep(2 * TEMPLATE_RETRY_S)  # still retrying, still not ready
+        assert await indexer.ready() != (True, "ok")
+        await js.delete_consumer(subjects.ENRICHED_STREAM, "indexer")
+        # Without a restart: the next attempt creates the consumer and the event comes in.
+        await wait_for(lambda: _is_ready(indexer), timeout_s=4 * TEMPLATE_RETRY_S, what="readiness")
+        await wait_count(os_client, prefix, 1)
+    finally:
+        await indexer.stop()
+
+
+async def _is_ready(indexer: Indexer) -> bool:
+    return (await indexer.ready())[0]

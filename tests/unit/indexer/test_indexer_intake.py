@@ -90,6 +90,19 @@ async def test_an_event_that_cannot_be_a_document_goes_to_the_dlq() -> None:
     assert list(store.docs) == [("t-2026-05-01", "ok")]
 
 
+async def test_dead_letters_of_one_message_have_distinct_ids_even_for_the_same_event_id() -> None:
+    # JetStream drops a second message with a known Nats-Msg-Id: the ids must not collide.
+    _, dead, writer, intake = _setup()
+    delivery = FakeDelivery(_batch(_event(""), _event("ok"), _event(""), _event("x" * 600)))
+    await intake.handle(delivery)
+    await writer.drain()
+
+    ids = [letter.msg_id for letter in dead.letters]
+    assert len(ids) == 3
+    assert len(set(ids)) == 3
+    assert all(i.startswith(delivery.msg_id + ":") for i in ids)
+
+
 async def test_undecodable_message_is_dead_lettered_and_terminated() -> None:
     _, dead, _, intake = _setup()
     delivery = FakeDelivery(b"\xff\xff\xff not a protobuf")

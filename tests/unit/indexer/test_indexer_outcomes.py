@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from opensearchpy import exceptions as os_errors
 
 from indexer.errors import DocumentError, SearchRequestError, SearchUnavailableError
 from indexer.outcomes import Outcome, backoff_s, failure_outcome, item_outcome, item_reason
+from indexer.store import _translate
 
 
 @pytest.mark.parametrize(
@@ -18,7 +20,12 @@ from indexer.outcomes import Outcome, backoff_s, failure_outcome, item_outcome, 
         (500, Outcome.RETRY),
         (503, Outcome.RETRY),
         (400, Outcome.REJECTED),
-        (404, Outcome.REJECTED),
+        (413, Outcome.REJECTED),
+        # The cluster's set-up, not the document: retried, never dead-lettered.
+        (401, Outcome.RETRY),
+        (403, Outcome.RETRY),
+        (404, Outcome.RETRY),
+        (408, Outcome.RETRY),
     ],
 )
 def test_item_outcome(status: int, outcome: Outcome) -> None:
@@ -52,3 +59,23 @@ def test_backoff_is_exponential_and_capped() -> None:
     delays = [backoff_s(n, base_s=0.1, max_s=1.0) for n in range(6)]
     assert delays == pytest.approx([0.0, 0.1, 0.2, 0.4, 0.8, 1.0])
     assert backoff_s(10_000, base_s=0.1, max_s=1.0) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [
+        (400, Outcome.REJECTED),  # a malformed request: each document is then tried alone
+        (413, Outcome.REJECTED),
+        (401, Outcome.RETRY),  # credentials changed: hold and retry, never dead-letter
+        (403, Outcome.RETRY),
+        (404, Outcome.RETRY),  # a wrong path or proxy
+        (429, Outcome.RETRY),
+        (503, Outcome.RETRY),
+    ],
+)
+def test_a_whole_request_refused_is_rejected_only_when_the_request_is_wrong(
+    status: int, outcome: Outcome
+) -> None:
+    refused = os_errors.TransportError(status, "security_exception", {"error": "no"})
+
+    assert failure_outcome(_translate(refused)) is outcome

@@ -49,6 +49,9 @@ def test_blank_values_mean_the_default() -> None:
         ({"EX_PORT": "70000"}, "EX_PORT=70000: must be a port number"),
         ({"EX_FLUSH_S": "0"}, "EX_FLUSH_S=0.0: must be greater than 0"),
         ({"EX_FLUSH_S": "soon"}, "EX_FLUSH_S='soon': expected a number"),
+        ({"EX_FLUSH_S": "inf"}, "EX_FLUSH_S='inf': expected a finite number"),
+        ({"EX_FLUSH_S": "-Infinity"}, "EX_FLUSH_S='-Infinity': expected a finite number"),
+        ({"EX_FLUSH_S": "nan"}, "EX_FLUSH_S='nan': expected a finite number"),
         ({"EX_VERBOSE": "maybe"}, "EX_VERBOSE='maybe': expected true or false"),
     ],
 )
