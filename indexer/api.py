@@ -17,7 +17,12 @@ from telemetry.v1 import query_service_pb2 as qs
 from telemetry.v1 import query_service_pb2_grpc as qs_grpc
 
 from indexer import queries
-from indexer.errors import InvalidArgumentError, SearchRequestError, SearchUnavailableError
+from indexer.errors import (
+    InvalidArgumentError,
+    SearchLimitError,
+    SearchRequestError,
+    SearchUnavailableError,
+)
 from indexer.metrics import Metrics
 from pipeline import grpcserver, tracing
 
@@ -129,6 +134,11 @@ class QueryServicer(qs_grpc.QueryServiceServicer):
 def _status(err: Exception, *, paged: bool) -> tuple[grpc.StatusCode, str]:
     if isinstance(err, InvalidArgumentError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(err)
+    if isinstance(err, SearchLimitError):  # only a histogram can make too many buckets
+        return grpc.StatusCode.INVALID_ARGUMENT, (
+            f"interval: makes more buckets than the event store allows ({err}); "
+            "ask for a narrower time range or a coarser interval"
+        )
     if isinstance(err, SearchUnavailableError):
         # The caller only learns "retry"; the operator needs the cause.
         log.warning("query answered UNAVAILABLE: %s", err)

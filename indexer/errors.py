@@ -16,6 +16,11 @@ class SearchUnavailableError(IndexerError):
     permissions or its address (401, 403, 404...): worth trying again."""
 
 
+class SearchLimitError(IndexerError):
+    """OpenSearch refused a search for exceeding one of its limits (too many buckets):
+    the same request will be refused again."""
+
+
 class SearchRequestError(IndexerError):
     """OpenSearch refused a whole request as malformed or too large (400, 413)."""
 

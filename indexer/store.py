@@ -17,7 +17,7 @@ from opensearchpy import AsyncOpenSearch, JSONSerializer
 from opensearchpy import exceptions as os_errors
 
 from indexer.bulk import ItemResult
-from indexer.errors import SearchRequestError, SearchUnavailableError
+from indexer.errors import SearchLimitError, SearchRequestError, SearchUnavailableError
 from indexer.template import (
     DEFAULT_REFRESH_INTERVAL,
     index_pattern,
@@ -65,10 +65,27 @@ def client(settings: OpenSearchSettings) -> AsyncOpenSearch:
 _REQUEST_ERRORS = frozenset({400, 413})
 
 
+def _causes(info: object) -> list[tuple[str, str]]:
+    """(type, reason) of an error answer's cause chain, outermost first."""
+    out: list[tuple[str, str]] = []
+    error = info.get("error") if isinstance(info, dict) else None
+    while isinstance(error, dict) and len(out) < 8:
+        out.append((str(error.get("type", "")), str(error.get("reason", ""))))
+        error = error.get("caused_by")
+    return out
+
+
 def _translate(err: Exception) -> Exception:
     if isinstance(err, os_errors.ConnectionError):  # includes timeouts
         return SearchUnavailableError(f"opensearch not reachable: {err}")
     if isinstance(err, os_errors.TransportError):
+        causes = _causes(err.info)
+        for kind, reason in causes:
+            # Answered 503 by OpenSearch, but asking again cannot help.
+            if kind == "too_many_buckets_exception":
+                return SearchLimitError(reason)
+        if len(causes) > 1:  # the outer type alone rarely says what went wrong
+            err = type(err)(err.status_code, "; ".join(f"{k}: {r}" for k, r in causes), err.info)
         status = err.status_code
         if status in _REQUEST_ERRORS:
             return SearchRequestError(int(status), str(err))

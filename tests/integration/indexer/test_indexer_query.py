@@ -212,3 +212,26 @@ async def test_no_indices_yet_is_an_empty_answer_and_health_serves(
     answer = await health.Check(health_pb2.HealthCheckRequest(service="telemetry.v1.QueryService"))
     assert answer.status == health_pb2.HealthCheckResponse.SERVING
     await channel.close()
+
+
+async def test_a_histogram_past_the_bucket_limit_is_invalid_argument_not_unavailable(
+    start_indexer: IndexerFactory, nc: Client, os_client: AsyncOpenSearch, prefix: str
+) -> None:
+    # Fifty days of minutes is past OpenSearch's search.max_buckets (65,535): retrying
+    # cannot help, so the caller is told to ask differently.
+    events = [enriched("early", when=BASE), enriched("late", when=BASE + timedelta(days=50))]
+    indexer = await start_indexer()
+    await publish_many(nc, events, per_batch=2)
+    await wait_count(os_client, prefix, 2)
+    channel, stub = query_stub(indexer)
+
+    details = await _invalid(
+        stub.AggregateEvents(qs.AggregateEventsRequest(interval=qs.HISTOGRAM_INTERVAL_MINUTE))
+    )
+    assert details.startswith("interval: ")
+    assert "narrower time range or a coarser interval" in details
+    hourly = await stub.AggregateEvents(
+        qs.AggregateEventsRequest(interval=qs.HISTOGRAM_INTERVAL_HOUR)
+    )
+    assert sum(b.count for b in hourly.histogram) == 2
+    await channel.close()

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 from opensearchpy import exceptions as os_errors
 
-from indexer.errors import DocumentError, SearchRequestError, SearchUnavailableError
+from indexer.errors import (
+    DocumentError,
+    SearchLimitError,
+    SearchRequestError,
+    SearchUnavailableError,
+)
 from indexer.outcomes import Outcome, backoff_s, failure_outcome, item_outcome, item_reason
 from indexer.store import _translate
 
@@ -79,3 +84,23 @@ def test_a_whole_request_refused_is_rejected_only_when_the_request_is_wrong(
     refused = os_errors.TransportError(status, "security_exception", {"error": "no"})
 
     assert failure_outcome(_translate(refused)) is outcome
+
+
+def test_too_many_buckets_is_a_limit_and_causes_reach_the_message() -> None:
+    # OpenSearch 2.19's answer to a histogram past search.max_buckets (a 503).
+    info = {
+        "error": {
+            "type": "search_phase_execution_exception",
+            "reason": "",
+            "caused_by": {"type": "too_many_buckets_exception", "reason": "Trying to create"},
+        },
+        "status": 503,
+    }
+    limit = _translate(os_errors.TransportError(503, "search_phase_execution_exception", info))
+    assert isinstance(limit, SearchLimitError)
+    assert str(limit) == "Trying to create"
+
+    info["error"]["caused_by"] = {"type": "node_closed_exception", "reason": "node closed"}  # type: ignore[index]
+    down = _translate(os_errors.TransportError(503, "search_phase_execution_exception", info))
+    assert isinstance(down, SearchUnavailableError)
+    assert "node_closed_exception: node closed" in str(down)
