@@ -86,7 +86,15 @@ def filter_query(flt: qs.EventFilter) -> dict[str, Any]:
         else:
             clauses.append({"terms": {field: values}})
     has_start, has_end = flt.HasField("start_time"), flt.HasField("end_time")
-    if has_start and has_end and _millis(flt.end_time) < _millis(flt.start_time):
+    if (
+        has_start
+        and has_end
+        and (flt.end_time.seconds, flt.end_time.nanos)
+        < (
+            flt.start_time.seconds,
+            flt.start_time.nanos,
+        )
+    ):
         raise InvalidArgumentError("filter.end_time", "is before filter.start_time")
     if has_start or has_end:
         bounds: dict[str, Any] = {"format": "epoch_millis"}

@@ -153,11 +153,16 @@ class EventFilter(_message.Message):
 
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
-        """start_time keeps events whose corrected timestamp is at or after it."""
+        """start_time keeps events whose corrected timestamp is at or after it.
+        Both times are compared at millisecond precision (each truncated to its
+        millisecond), the precision the event store indexes times at.
+        """
 
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp:
-        """end_time keeps events whose corrected timestamp is before it."""
+        """end_time keeps events whose corrected timestamp is before it, compared at
+        millisecond precision like start_time; it must not be before start_time.
+        """
 
     def __init__(
         self,

@@ -74,6 +74,19 @@ def test_end_before_start_is_invalid() -> None:
         queries.filter_query(
             _filter(start_time=Timestamp(seconds=10), end_time=Timestamp(seconds=5))
         )
+    # Within one millisecond too: the order of the two times is not a matter of precision.
+    with pytest.raises(InvalidArgumentError, match="end_time"):
+        queries.filter_query(
+            _filter(
+                start_time=Timestamp(seconds=10, nanos=1_000_500),
+                end_time=Timestamp(seconds=10, nanos=1_000_400),
+            )
+        )
+    same = Timestamp(seconds=10, nanos=1_000_500)
+    bounds = queries.filter_query(_filter(start_time=same, end_time=same))["bool"]["filter"]
+    assert bounds == [
+        {"range": {"corrected_timestamp": {"format": "epoch_millis", "gte": 10001, "lt": 10001}}}
+    ]
 
 
 def test_page_token_round_trip_and_binding() -> None:
