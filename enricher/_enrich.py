@@ -19,6 +19,7 @@ from enricher._clock import (
 from enricher._device import parse_device_os
 from enricher._geo import GeoLookup, geo_of
 from enricher._message import DEFAULT_MAX_CHARS, event_message
+from enricher.errors import PoisonMessageError
 
 DEFAULT_MAX_SKEW_S = 365 * 24 * 3600
 
@@ -196,6 +197,43 @@ def enrich_batch_bytes(
     append(wire.string_field(_BATCH_ID, context.batch_id))
     append(wire.string_field(_BATCH_APP_ID, app_id))
     return b"".join(parts)
+
+
+def split_enriched(data: bytes, limit: int) -> list[tuple[int, bytes]]:
+    """A serialised EnrichedBatch as batches of at most `limit` bytes, each with the
+    index of its first event; `[(0, data)]` when it fits.
+
+    Enrichment makes a batch about twice its raw size, so a raw message near the broker's
+    largest can enrich to more than it takes. Raises PoisonMessageError for an event too
+    large for a message of its own.
+    """
+    if len(data) <= limit:
+        return [(0, data)]
+    batch = event_pb2.EnrichedBatch.FromString(data)
+    base = event_pb2.EnrichedBatch(batch_id=batch.batch_id, app_id=batch.app_id).ByteSize()
+    parts: list[tuple[int, bytes]] = []
+    start, size = 0, base
+    events = batch.events
+    for index, event in enumerate(events):
+        one = event.ByteSize() + 8  # with the field's key and length
+        if base + one > limit:
+            raise PoisonMessageError(
+                "too_large",
+                f"event {index} ({event.event.event_id!r}) enriched is {one} bytes,"
+                f" more than a message may hold ({limit})",
+            )
+        if size + one > limit:
+            parts.append((start, _part(batch, start, index)))
+            start, size = index, base
+        size += one
+    parts.append((start, _part(batch, start, len(events))))
+    return parts
+
+
+def _part(batch: event_pb2.EnrichedBatch, start: int, end: int) -> bytes:
+    return event_pb2.EnrichedBatch(
+        events=batch.events[start:end], batch_id=batch.batch_id, app_id=batch.app_id
+    ).SerializeToString()
 
 
 def enrich_batch(

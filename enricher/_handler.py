@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from enricher import _policy
-from enricher._enrich import EnrichOptions, enrich_batch_bytes
+from enricher._enrich import EnrichOptions, enrich_batch_bytes, split_enriched
 from enricher._geo import GeoLookup
 from enricher._metrics import (
     OUTCOME_DEAD_LETTERED,
@@ -84,9 +85,14 @@ class Sink(Protocol):
 @dataclass(frozen=True, slots=True)
 class _Outgoing:
     subject: str
-    data: bytes
+    parts: list[tuple[str, bytes]]  # (Nats-Msg-Id, enriched batch); usually one
     headers: dict[str, str]
     events: int
+
+
+# The last error of messages being retried, by stream sequence, for the dead letter of
+# one that runs out of deliveries (bounded: a redelivery usually comes back here).
+_LAST_ERRORS_KEPT = 4096
 
 
 _Prepared = _Outgoing | _policy.DeadLetter | Exception
@@ -105,7 +111,10 @@ class Handler:
         metrics: Metrics,
         clock_ns: Callable[[], int] = time.time_ns,
         tracer: tracing.Tracing | None = None,
+        max_message_bytes: int = 0,
     ) -> None:
+        """`max_message_bytes` (0: no limit) is the most an enriched message may hold;
+        a larger enriched batch is published as several."""
         self._tracing = tracer or tracing.Tracing.disabled()
         self._sink = sink
         self._geo = geo
@@ -113,6 +122,8 @@ class Handler:
         self._retry = retry
         self._metrics = metrics
         self._clock_ns = clock_ns
+        self._max_message_bytes = max_message_bytes
+        self._last_errors: OrderedDict[int, str] = OrderedDict()
 
     async def handle(self, deliveries: Sequence[Delivery]) -> None:
         """Settles every delivery: acked after its publish, terminated, or nak'ed.
@@ -163,6 +174,9 @@ class Handler:
     def _prepare(self, delivery: Delivery, span: tracing.Span) -> _Prepared:
         given_up = _policy.before_processing(deliveries=delivery.deliveries, policy=self._retry)
         if given_up is not None:
+            last = self._last_errors.pop(delivery.stream_seq, "")
+            if last:
+                return _policy.DeadLetter(given_up.reason, f"{given_up.detail}; last error: {last}")
             return given_up
         try:
             headers = delivery.headers
@@ -176,13 +190,22 @@ class Handler:
                 geo=self._geo,
                 options=self._options,
             )
-            out = {
-                subjects.MSG_ID_HEADER: enriched_msg_id(
-                    stream_seq=delivery.stream_seq,
-                    raw_msg_id=headers.get(subjects.MSG_ID_HEADER, ""),
-                ),
-                subjects.SCHEMA_HEADER: subjects.ENRICHED_SCHEMA,
-            }
+            msg_id = enriched_msg_id(
+                stream_seq=delivery.stream_seq,
+                raw_msg_id=headers.get(subjects.MSG_ID_HEADER, ""),
+            )
+            if self._max_message_bytes:
+                split = split_enriched(data, self._max_message_bytes)
+            else:
+                split = [(0, data)]
+            # Parts are named by their first event: a redelivery split alike is dropped
+            # as a duplicate; split otherwise, its events are indexed once all the same.
+            parts = (
+                [(msg_id, data)]
+                if len(split) == 1
+                else [(f"{msg_id}:{first}", part) for first, part in split]
+            )
+            out = {subjects.SCHEMA_HEADER: subjects.ENRICHED_SCHEMA}
             span.set_attribute("pipeline.app_id", app_id)
             span.set_attribute("pipeline.events", len(raw.events))
             # The enriched message continues this span's trace; untraced, the raw one's.
@@ -190,17 +213,24 @@ class Handler:
                 traceparent = headers.get(subjects.TRACEPARENT_HEADER)
                 if traceparent:
                     out[subjects.TRACEPARENT_HEADER] = traceparent
-            return _Outgoing(subjects.enriched_subject(app_id), data, out, len(raw.events))
+            return _Outgoing(subjects.enriched_subject(app_id), parts, out, len(raw.events))
         except Exception as err:  # classified by _policy.on_failure
             return err
 
     async def _settle(self, delivery: Delivery, item: _Prepared, span: tracing.Span) -> None:
         if isinstance(item, _Outgoing):
             try:
-                duplicate = await self._sink.publish(item.subject, item.data, headers=item.headers)
+                duplicate = True
+                for msg_id, data in item.parts:
+                    headers = {subjects.MSG_ID_HEADER: msg_id, **item.headers}
+                    one = await self._sink.publish(item.subject, data, headers=headers)
+                    duplicate = duplicate and one
             except Exception as err:
                 item = err
             else:
+                self._last_errors.pop(delivery.stream_seq, None)
+                if len(item.parts) > 1:
+                    span.set_attribute("pipeline.messages", len(item.parts))
                 span.set_attribute("pipeline.outcome", OUTCOME_ENRICHED)
                 span.set_attribute("pipeline.duplicate", duplicate)
                 self._metrics.messages.labels(outcome=OUTCOME_ENRICHED).inc()
@@ -241,9 +271,27 @@ class Handler:
                 await self._quietly(delivery.term())
                 return
         assert isinstance(action, _policy.Retry)
+        self._remember(delivery, item)
         span.set_attribute("pipeline.outcome", OUTCOME_RETRIED)
         self._metrics.messages.labels(outcome=OUTCOME_RETRIED).inc()
         await self._quietly(delivery.nak(action.delay_s))
+
+    def _remember(self, delivery: Delivery, err: _Prepared) -> None:
+        """Logs why a message is retried, and keeps it for its dead letter."""
+        text = repr(err)[:500]
+        log.warning(
+            "raw message not enriched; retrying: %s",
+            text,
+            extra={
+                "subject": delivery.subject,
+                "stream_sequence": delivery.stream_seq,
+                "deliveries": delivery.deliveries,
+            },
+        )
+        self._last_errors[delivery.stream_seq] = text
+        self._last_errors.move_to_end(delivery.stream_seq)
+        while len(self._last_errors) > _LAST_ERRORS_KEPT:
+            self._last_errors.popitem(last=False)
 
     async def _quietly(self, settle: Awaitable[None]) -> None:
         try:

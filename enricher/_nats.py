@@ -213,6 +213,11 @@ class Broker:
             raise
         return cls(nc, js, subs)
 
+    @property
+    def max_payload(self) -> int:
+        """The largest message the server takes, in bytes."""
+        return int(self._nc.max_payload)
+
     def sink(self, *, timeout_s: float) -> JsSink:
         """Where enriched batches and dead letters are published."""
         return JsSink(self._js, timeout_s=timeout_s)

@@ -21,6 +21,9 @@ from pipeline.service import HttpServer, ops_app
 
 log = logging.getLogger(__name__)
 
+# Room left in an enriched message for its headers, below the server's max_payload.
+PAYLOAD_HEADROOM_BYTES = 4096
+
 NAME = "enricher"
 BROKER_RETRY_S = 1.0
 BROKER_RETRY_MAX_S = 30.0
@@ -145,6 +148,7 @@ class Enricher:
             retry=self._retry,
             metrics=self.metrics,
             tracer=self.tracing,
+            max_message_bytes=self._broker.max_payload - PAYLOAD_HEADROOM_BYTES,
         )
         self._loops = [
             _nats.FetchLoop(sub, handler, settings=self._consumer)

@@ -80,6 +80,37 @@ async def test_raw_batch_in_enriched_batch_out(js: JetStreamContext, enricher: E
     assert subjects.TRACEPARENT_HEADER not in other_headers
 
 
+async def test_a_batch_that_enriches_past_the_largest_message_is_published_in_parts(
+    js: JetStreamContext, enricher: Enricher
+) -> None:
+    # A raw message just under the server's 1 MiB, as the gateway's split makes them:
+    # enriched (times, geo, OS, event_message repeating the metadata) it is about twice that.
+    raw = raw_batch(n=650)
+    for event in raw.events:
+        for k in range(20):
+            event.metadata[f"key-{k:02d}"] = "v" * 60
+    data = raw.SerializeToString()
+    assert 900_000 < len(data) < 1_048_576 - 4096
+    seq = await publish_raw(js, data, headers={subjects.MSG_ID_HEADER: "big"})
+
+    await wait_for_count(js, subjects.ENRICHED_STREAM, 2)
+    info = await settle(js)
+    assert (info.num_pending, info.num_ack_pending) == (0, 0)
+    messages = await read_stream(js, subjects.ENRICHED_STREAM)
+    assert len(messages) >= 2
+    assert all(len(m.data or b"") <= 1_048_576 - 4096 for m in messages)
+    ids = [
+        e.event.event_id
+        for m in messages
+        for e in event_pb2.EnrichedBatch.FromString(m.data or b"").events
+    ]
+    assert ids == [e.event_id for e in raw.events]  # every event once, in order
+    msg_ids = [(m.headers or {})[subjects.MSG_ID_HEADER] for m in messages]
+    assert msg_ids[0] == f"enr:{seq}:big:0"
+    assert len(set(msg_ids)) == len(msg_ids)
+    assert await stream_count(js, subjects.DLQ_STREAM) == 0
+
+
 async def test_garbage_goes_to_the_dlq_once_and_the_pipeline_goes_on(
     js: JetStreamContext, enricher: Enricher
 ) -> None:

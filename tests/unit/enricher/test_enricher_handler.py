@@ -184,3 +184,90 @@ async def test_a_failing_settle_is_counted_not_raised(failing: str) -> None:
     sink = FakeSink(fail_publish=failing == "nak")
     await _handler(sink, metrics).handle([Broken(data)])
     assert _sample(metrics, "enricher_ack_failures_total") == 1
+
+
+def _big(n: int) -> bytes:
+    raw = event_pb2.RawBatch()
+    raw.context.app_id = "shop"
+    for i in range(n):
+        event = raw.events.add(event_id=f"e{i:03d}", event_name="open", device_os="iOS 17.2")
+        event.metadata["blob"] = "x" * 200
+    return raw.SerializeToString()
+
+
+def _limited(sink: FakeSink, limit: int) -> Handler:
+    return Handler(
+        sink=sink,
+        geo=OfflineGeo(),
+        options=EnrichOptions(),
+        retry=RetryPolicy(max_deliver=3, base_delay_s=1.0, max_delay_s=8.0),
+        metrics=Metrics(),
+        clock_ns=lambda: 1_700_000_001 * S,
+        max_message_bytes=limit,
+    )
+
+
+async def test_an_enriched_batch_past_the_limit_is_published_in_parts_then_acked() -> None:
+    sink = FakeSink()
+    shared: list[str] = []
+    sink.log = shared
+    delivery = FakeDelivery(_big(40), headers={subjects.MSG_ID_HEADER: "raw-1"}, log=shared)
+
+    await _limited(sink, 4000).handle([delivery])
+
+    assert shared == ["publish"] * len(sink.published) + ["ack"]  # acked after every part
+    assert len(sink.published) >= 3
+    assert all(len(data) <= 4000 for _, data, _ in sink.published)
+    batches = [event_pb2.EnrichedBatch.FromString(data) for _, data, _ in sink.published]
+    assert [e.event.event_id for b in batches for e in b.events] == [f"e{i:03d}" for i in range(40)]
+    assert all(b.app_id == "shop" for b in batches)
+    firsts = [0] + [int(b.events[0].event.event_id[1:]) for b in batches[1:]]
+    assert [h[subjects.MSG_ID_HEADER] for _, _, h in sink.published] == [
+        f"enr:7:raw-1:{first}" for first in firsts
+    ]
+
+
+async def test_a_redelivered_split_batch_is_all_duplicates() -> None:
+    sink = FakeSink()
+    handler = _limited(sink, 4000)
+    metrics = handler._metrics
+    await handler.handle([FakeDelivery(_big(40))])
+    first = len(sink.published)
+    await handler.handle([FakeDelivery(_big(40), deliveries=2)])
+
+    assert len(sink.published) == 2 * first
+    assert _sample(metrics, "enricher_duplicates_total") == 1
+
+
+async def test_an_event_too_large_for_any_message_goes_to_the_dlq() -> None:
+    sink = FakeSink()
+    delivery = FakeDelivery(_big(3))
+
+    await _limited(sink, 300).handle([delivery])
+
+    assert delivery.log == ["term"]
+    assert sink.dead == [(delivery.data, "too_large")]
+    assert sink.published == []
+
+
+async def test_a_retried_message_logs_why_and_its_dead_letter_keeps_the_last_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = FakeSink(fail_publish=True)
+    handler = _handler(sink)
+    for deliveries in (1, 2, 3):
+        await handler.handle([FakeDelivery(_good(), deliveries=deliveries)])
+    assert "raw message not enriched; retrying" in caplog.text
+    assert "no ack" in caplog.text
+
+    reasons: list[str] = []
+
+    async def keep(delivery: Delivery, *, reason: str, detail: str) -> None:
+        reasons.append(f"{reason}: {detail}")
+
+    sink.dead_letter = keep  # type: ignore[method-assign]
+    await handler.handle([FakeDelivery(_good(), deliveries=4)])
+
+    assert len(reasons) == 1
+    assert reasons[0].startswith("max_deliveries: delivered 4 times")
+    assert "last error: BrokerError('no ack')" in reasons[0]
