@@ -25,7 +25,10 @@ def parse_time(text: str, *, now: datetime) -> datetime:
     relative = _RELATIVE.fullmatch(value)
     if relative:
         amount, unit = int(relative.group(1)), relative.group(2)
-        return now - timedelta(seconds=amount * _UNIT_S[unit])
+        try:
+            return now - timedelta(seconds=amount * _UNIT_S[unit])
+        except OverflowError:
+            raise UsageError(f"{text!r} reaches before the year 1") from None
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
@@ -36,7 +39,10 @@ def parse_time(text: str, *, now: datetime) -> datetime:
         raise UsageError(
             f"{text!r}: give a full date-time with its offset, e.g. 2026-01-31T12:00:00Z"
         )
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise UsageError(f"{text!r} is outside the years 1 to 9999 in UTC") from None
 
 
 def to_timestamp(moment: datetime) -> Timestamp:

@@ -100,7 +100,11 @@ class Tally:
 
 def check_gateway_url(url: str, *, allow_remote: bool) -> str:
     """The base URL without a trailing slash; refuses non-loopback hosts unless allowed."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port that is not a number in 0-65535
+    except ValueError:
+        raise UsageError(f"{url!r} is not a valid URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(f"{url!r} is not an http(s) URL with a host")
     if not allow_remote and not _loopback(parts.hostname):

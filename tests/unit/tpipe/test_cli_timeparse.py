@@ -34,7 +34,20 @@ def test_rfc3339_with_offset_is_converted_to_utc() -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["yesterday", "1y", "-1h", "2026-01-31T12:00:00", "2026-01-31", "1.5h", ""]
+    "text",
+    [
+        "yesterday",
+        "1y",
+        "-1h",
+        "2026-01-31T12:00:00",
+        "2026-01-31",
+        "1.5h",
+        "",
+        "99999999999d",  # past what a timedelta holds
+        "3000000w",  # before the year 1
+        "0001-01-01T00:00:00+01:00",  # before the year 1 in UTC
+        "9999-12-31T23:59:59-01:00",  # after 9999 in UTC
+    ],
 )
 def test_other_values_are_usage_errors(text: str) -> None:
     with pytest.raises(UsageError):

@@ -159,6 +159,9 @@ def test_gateway_urls_are_loopback_only_unless_allowed() -> None:
     assert check_gateway_url("https://gw.example.com", allow_remote=True)
     with pytest.raises(errors.UsageError):
         check_gateway_url("ftp://127.0.0.1", allow_remote=True)
+    for broken in ("http://[::1", "http://127.0.0.1:99999", "http://127.0.0.1:abc"):
+        with pytest.raises(errors.UsageError, match="is not a valid URL"):
+            check_gateway_url(broken, allow_remote=True)
 
 
 def test_retry_after_values() -> None:
