@@ -62,7 +62,9 @@ class FakeSink:
         self.log.append("dlq")
 
 
-def _handler(sink: FakeSink, metrics: Metrics | None = None) -> Handler:
+def _handler(
+    sink: FakeSink, metrics: Metrics | None = None, *, max_message_bytes: int = 0
+) -> Handler:
     return Handler(
         sink=sink,
         geo=OfflineGeo(),
@@ -70,6 +72,7 @@ def _handler(sink: FakeSink, metrics: Metrics | None = None) -> Handler:
         retry=RetryPolicy(max_deliver=3, base_delay_s=1.0, max_delay_s=8.0),
         metrics=metrics or Metrics(),
         clock_ns=lambda: 1_700_000_001 * S,
+        max_message_bytes=max_message_bytes,
     )
 
 
@@ -195,25 +198,13 @@ def _big(n: int) -> bytes:
     return raw.SerializeToString()
 
 
-def _limited(sink: FakeSink, limit: int) -> Handler:
-    return Handler(
-        sink=sink,
-        geo=OfflineGeo(),
-        options=EnrichOptions(),
-        retry=RetryPolicy(max_deliver=3, base_delay_s=1.0, max_delay_s=8.0),
-        metrics=Metrics(),
-        clock_ns=lambda: 1_700_000_001 * S,
-        max_message_bytes=limit,
-    )
-
-
 async def test_an_enriched_batch_past_the_limit_is_published_in_parts_then_acked() -> None:
     sink = FakeSink()
     shared: list[str] = []
     sink.log = shared
     delivery = FakeDelivery(_big(40), headers={subjects.MSG_ID_HEADER: "raw-1"}, log=shared)
 
-    await _limited(sink, 4000).handle([delivery])
+    await _handler(sink, max_message_bytes=4000).handle([delivery])
 
     assert shared == ["publish"] * len(sink.published) + ["ack"]  # acked after every part
     assert len(sink.published) >= 3
@@ -228,9 +219,8 @@ async def test_an_enriched_batch_past_the_limit_is_published_in_parts_then_acked
 
 
 async def test_a_redelivered_split_batch_is_all_duplicates() -> None:
-    sink = FakeSink()
-    handler = _limited(sink, 4000)
-    metrics = handler._metrics
+    sink, metrics = FakeSink(), Metrics()
+    handler = _handler(sink, metrics, max_message_bytes=4000)
     await handler.handle([FakeDelivery(_big(40))])
     first = len(sink.published)
     await handler.handle([FakeDelivery(_big(40), deliveries=2)])
@@ -243,7 +233,7 @@ async def test_an_event_too_large_for_any_message_goes_to_the_dlq() -> None:
     sink = FakeSink()
     delivery = FakeDelivery(_big(3))
 
-    await _limited(sink, 300).handle([delivery])
+    await _handler(sink, max_message_bytes=300).handle([delivery])
 
     assert delivery.log == ["term"]
     assert sink.dead == [(delivery.data, "too_large")]
