@@ -70,6 +70,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
+EXIT_INTERRUPTED = 130
 
 EXAMPLES = """
   tpipe dlq list
@@ -185,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_UNAVAILABLE
     except KeyboardInterrupt:
         print("tpipe dlq: interrupted (run replay again to finish)", file=sys.stderr)
-        return EXIT_FAILURE
+        return EXIT_INTERRUPTED
 
 
 def _positive_int(text: str) -> int:
@@ -226,6 +227,13 @@ async def entries(js: JetStreamContext, stage: str | None) -> list[Entry]:
     found: list[Entry] = []
     seq = 1
     subject = _filter_subject(stage)
+    try:
+        # get_msg answers "not found" for a missing stream as for the end of one.
+        await js.stream_info(subjects.DLQ_STREAM)
+    except nats.js.errors.NotFoundError:
+        raise DlqError(f"there is no {subjects.DLQ_STREAM} stream on this server") from None
+    except (TimeoutError, nats.errors.Error) as err:
+        raise DlqError(f"reading {subjects.DLQ_STREAM}: {err!r}") from err
     while True:
         try:
             raw = await js.get_msg(subjects.DLQ_STREAM, seq=seq, subject=subject, next=True)

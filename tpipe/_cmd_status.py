@@ -214,12 +214,21 @@ async def scrape(client: aiohttp.ClientSession, base_url: str) -> Scrape:
 
 async def dlq_info(nats_urls: Sequence[str]) -> dict[str, object]:
     """Messages and bytes in the DLQ stream, or the error."""
+
+    async def quiet(_: Exception) -> None:
+        return None  # the failure is shown once, in the snapshot
+
     try:
-        nc = await nats.connect(
-            servers=list(nats_urls),
-            connect_timeout=REQUEST_TIMEOUT_S,
-            allow_reconnect=False,
-            max_reconnect_attempts=0,
+        # One attempt per server (nats-py retries forever with 0), and a bound on the whole.
+        nc = await asyncio.wait_for(
+            nats.connect(
+                servers=list(nats_urls),
+                connect_timeout=REQUEST_TIMEOUT_S,
+                allow_reconnect=False,
+                max_reconnect_attempts=1,
+                error_cb=quiet,
+            ),
+            timeout=REQUEST_TIMEOUT_S * (len(nats_urls) + 1),
         )
     except Exception as err:  # any connect failure is shown, not raised
         return {"error": f"nats unreachable ({type(err).__name__})"}

@@ -64,8 +64,9 @@ def register(sub: Subparsers, name: str) -> None:
     conn = parser.add_argument_group("connection")
     conn.add_argument(
         "--nats",
-        default=env_default(NATS_URL_ENV, DEFAULT_NATS_URL).split(",")[0],
-        help=f"NATS URL (env {NATS_URL_ENV}; default {DEFAULT_NATS_URL})",
+        default=env_default(NATS_URL_ENV, DEFAULT_NATS_URL),
+        help=f"NATS URL, or several comma-separated (env {NATS_URL_ENV}; default"
+        f" {DEFAULT_NATS_URL})",
     )
 
 
@@ -103,7 +104,7 @@ async def _connect(url: str) -> Client:
 
     try:
         return await nats.connect(
-            servers=[url],
+            servers=[part.strip() for part in url.split(",") if part.strip()],
             name="tpipe-tail",
             connect_timeout=CONNECT_TIMEOUT_S,
             max_reconnect_attempts=CONNECT_ATTEMPTS,

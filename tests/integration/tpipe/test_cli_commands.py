@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from tests.integration.tpipe.conftest import ROOT, Running, tpipe_env
-from tests.servers import free_port
+from tests.servers import NatsProcess, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -148,6 +148,9 @@ def test_tail_prints_events_sent_after_it_started_and_stops_after_count(
             "3",
             "--format",
             "jsonl",
+            # A list, as NATS_URL may hold: a server that is down, then the running one.
+            "--nats",
+            f"nats://127.0.0.1:{free_port()},{running.nats_url}",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -272,3 +275,29 @@ def test_unreachable_servers_exit_3_with_one_line(
     assert done.returncode == 3, done.stderr
     assert done.stderr.count("\n") == 1, done.stderr
     assert str(dead) in done.stderr
+
+
+def test_status_once_with_nats_down_shows_it_and_exits(tpipe: Run) -> None:
+    dead = free_port()
+
+    done = tpipe("status", "--once", "--nats", f"nats://127.0.0.1:{dead}")
+
+    assert done.returncode == 3, done.stderr
+    assert "DLQ: nats unreachable" in done.stdout
+    assert "Traceback" not in done.stderr
+
+
+def test_dlq_on_a_server_without_the_dlq_stream_is_an_error_not_empty(
+    tpipe: Run, tmp_path: Path
+) -> None:
+    bare = NatsProcess(tmp_path / "bare-nats")  # JetStream on, no streams at all
+    bare.start()
+    try:
+        listed = tpipe("dlq", "list", "--nats", bare.url)
+        replayed = tpipe("dlq", "replay", "--nats", bare.url)
+    finally:
+        bare.stop()
+
+    for done in (listed, replayed):
+        assert done.returncode == 3, done.stdout + done.stderr
+        assert "there is no TELEMETRY_DLQ stream on this server" in done.stderr

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tpipe import _commands, cli
+from tpipe import _cmd_dlq, _commands, cli
 from tpipe._args import Parser, add_filter_options, build_filter
 from tpipe._events_file import parse_events
 from tpipe.errors import UsageError
@@ -158,3 +158,16 @@ def test_single_event_object_is_one_ndjson_line() -> None:
 def test_bad_events_files_name_the_problem(data: bytes, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         parse_events(data, source="f")
+
+
+def test_an_interrupted_dlq_command_exits_130(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def interrupted(*_: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_cmd_dlq, "_replay", interrupted)
+    args = argparse.Namespace(dlq_command="replay", nats="nats://x", dry_run=False, wait=0.0)
+
+    assert _cmd_dlq.run(args) == 130
+    assert "interrupted" in capsys.readouterr().err
