@@ -222,8 +222,10 @@ def _filter_subject(stage: str | None) -> str:
     return subjects.dlq_subject(stage) if stage else subjects.DLQ_SUBJECTS
 
 
-async def entries(js: JetStreamContext, stage: str | None) -> list[Entry]:
-    """Every dead letter (of `stage`, or all), oldest first."""
+async def entries(
+    js: JetStreamContext, stage: str | None, *, limit: int | None = None
+) -> list[Entry]:
+    """Every dead letter (of `stage`, or all), oldest first; the first `limit` only."""
     found: list[Entry] = []
     seq = 1
     subject = _filter_subject(stage)
@@ -246,6 +248,8 @@ async def entries(js: JetStreamContext, stage: str | None) -> list[Entry]:
         if raw.seq is None:
             return found
         found.append(_entry(raw.seq, raw.subject or "", raw.headers or {}, raw.data, raw.time))
+        if limit is not None and len(found) >= limit:
+            return found
         seq = raw.seq + 1
 
 
@@ -276,7 +280,7 @@ def _entry(
 async def _list(url: str, stage: str | None, limit: int, fmt: str, out: TextIO) -> int:
     nc = await _connect(url)
     try:
-        found = (await entries(nc.jetstream(), stage))[:limit]
+        found = await entries(nc.jetstream(), stage, limit=limit)
     finally:
         await nc.close()
     if fmt == "jsonl":

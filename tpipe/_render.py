@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import orjson
-from google.protobuf.json_format import MessageToDict
+from google.protobuf.json_format import MessageToDict, SerializeToJsonError
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 from telemetry.v1 import event_pb2, query_service_pb2
 
 from tpipe._timeparse import rfc3339
@@ -29,9 +32,37 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
 
 
 def event_json(event: event_pb2.EnrichedEvent) -> bytes:
-    """One event as a JSON object (proto field names, RFC 3339 times), without a newline."""
-    data = MessageToDict(event, preserving_proto_field_name=True)
+    """One event as a JSON object (proto field names, RFC 3339 times), without a newline.
+
+    A time outside the years 1-9999, which the JSON mapping cannot write (a producer that
+    skipped validation), is written as its {"seconds", "nanos"} instead of failing.
+    """
+    try:
+        data = MessageToDict(event, preserving_proto_field_name=True)
+    except SerializeToJsonError:
+        data = _with_raw_times(event)
     return orjson.dumps(data)
+
+
+def _with_raw_times(event: event_pb2.EnrichedEvent) -> dict[str, Any]:
+    copy = event_pb2.EnrichedEvent()
+    copy.CopyFrom(event)
+    raw: list[tuple[str | None, str, dict[str, int]]] = []
+    holders: tuple[tuple[Message, str | None], ...] = ((copy.event, "event"), (copy, None))
+    for holder, path in holders:
+        for field in holder.DESCRIPTOR.fields:
+            if field.message_type is not Timestamp.DESCRIPTOR or not holder.HasField(field.name):
+                continue
+            stamp = getattr(holder, field.name)
+            try:
+                stamp.ToJsonString()
+            except ValueError:
+                raw.append((path, field.name, {"seconds": stamp.seconds, "nanos": stamp.nanos}))
+                holder.ClearField(field.name)
+    data = MessageToDict(copy, preserving_proto_field_name=True)
+    for path, name, value in raw:
+        (data.setdefault(path, {}) if path else data)[name] = value
+    return data
 
 
 def _cell(event: event_pb2.EnrichedEvent, key: str) -> str:

@@ -53,6 +53,10 @@ def to_timestamp(moment: datetime) -> Timestamp:
 
 
 def rfc3339(stamp: Timestamp) -> str:
-    """A Timestamp as RFC 3339 in UTC with milliseconds (`2026-01-31T12:00:00.000Z`)."""
-    moment = stamp.ToDatetime(tzinfo=UTC)
+    """A Timestamp as RFC 3339 in UTC with milliseconds (`2026-01-31T12:00:00.000Z`);
+    one outside the years 1-9999 (a producer that skipped validation) as its raw value."""
+    try:
+        moment = stamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        return f"invalid({stamp.seconds}s,{stamp.nanos}ns)"
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -6,6 +6,7 @@ import argparse
 from datetime import UTC, datetime
 
 import pytest
+from nats.js.api import RawStreamMsg
 
 from tpipe import _cmd_dlq, _commands, cli
 from tpipe._args import Parser, add_filter_options, build_filter
@@ -171,3 +172,22 @@ def test_an_interrupted_dlq_command_exits_130(
 
     assert _cmd_dlq.run(args) == 130
     assert "interrupted" in capsys.readouterr().err
+
+
+async def test_dlq_entries_stop_reading_at_the_limit() -> None:
+    class Stream:
+        def __init__(self) -> None:
+            self.reads = 0
+
+        async def stream_info(self, name: str) -> object:
+            return object()
+
+        async def get_msg(self, stream: str, *, seq: int, subject: str, next: bool) -> object:
+            self.reads += 1
+            return RawStreamMsg(subject="telemetry.dlq.v1.indexer", seq=seq, data=b"x", headers={})
+
+    js = Stream()
+    found = await _cmd_dlq.entries(js, None, limit=2)  # type: ignore[arg-type]
+
+    assert [entry.seq for entry in found] == [1, 2]
+    assert js.reads == 2

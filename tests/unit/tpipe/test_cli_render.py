@@ -49,6 +49,20 @@ def test_event_json_is_one_object_with_proto_field_names() -> None:
     assert data["app_id"] == "shop"
 
 
+def test_a_time_past_the_calendar_is_shown_raw_not_a_crash() -> None:
+    # A producer that skipped the gateway's checks can get such a time into the streams.
+    item = enriched("e-2")
+    item.event.client_timestamp.seconds = 10**15
+
+    data = orjson.loads(_render.event_json(item))
+
+    assert data["event"]["client_timestamp"] == {"seconds": 10**15, "nanos": 0}
+    assert data["event"]["event_id"] == "e-2"
+    assert data["corrected_timestamp"] == "2026-01-01T00:00:00.005Z"
+    item.ClearField("corrected_timestamp")
+    assert "invalid(1000000000000000s,0ns)" in line(item) + "\n".join(_render.table([item]))
+
+
 def test_bars_scale_to_the_largest_count_and_show_small_ones() -> None:
     lines = _render.bars([("a", 100), ("bb", 50), ("c", 1), ("d", 0)], width=10)
     assert lines == [
