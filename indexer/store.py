@@ -84,12 +84,12 @@ def _translate(err: Exception) -> Exception:
             # Answered 503 by OpenSearch, but asking again cannot help.
             if kind == "too_many_buckets_exception":
                 return SearchLimitError(reason)
-        if len(causes) > 1:  # the outer type alone rarely says what went wrong
-            err = type(err)(err.status_code, "; ".join(f"{k}: {r}" for k, r in causes), err.info)
+        # The outer type alone rarely says what went wrong: the whole chain, when there is one.
+        text = "; ".join(f"{k}: {r}" for k, r in causes) if len(causes) > 1 else str(err)
         status = err.status_code
         if status in _REQUEST_ERRORS:
-            return SearchRequestError(int(status), str(err))
-        return SearchUnavailableError(f"opensearch answered {status}: {err}")
+            return SearchRequestError(int(status), text)
+        return SearchUnavailableError(f"opensearch answered {status}: {text}")
     if isinstance(err, OSError | TimeoutError):
         return SearchUnavailableError(f"opensearch not reachable: {err}")
     return err

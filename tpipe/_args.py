@@ -82,6 +82,11 @@ FILTER_OPTIONS: dict[str, tuple[str, str]] = {
 }
 
 
+def url_list(text: str) -> list[str]:
+    """The URLs of a comma-separated list (as NATS_URL holds them), blanks dropped."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def add_filter_options(parser: argparse.ArgumentParser) -> None:
     """The EventFilter options: repeatable field matches, a time range and free text."""
     group = parser.add_argument_group("filter (an option given twice matches either value)")

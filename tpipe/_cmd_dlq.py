@@ -36,6 +36,7 @@ from nats.js import JetStreamContext
 from telemetry.v1 import event_pb2
 
 from pipeline import subjects
+from tpipe._args import url_list
 
 NATS_URL_ENV = "NATS_URL"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -200,14 +201,13 @@ def _positive_int(text: str) -> int:
 
 
 async def _connect(url: str) -> Client:
-    servers = [u.strip() for u in url.split(",") if u.strip()]
 
     async def quiet(_: Exception) -> None:
         return None  # the failure is reported once, below
 
     try:
         return await nats.connect(
-            servers=servers,
+            servers=url_list(url),
             name="tpipe-dlq",
             connect_timeout=CONNECT_TIMEOUT_S,
             max_reconnect_attempts=CONNECT_ATTEMPTS,

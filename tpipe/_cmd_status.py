@@ -27,7 +27,7 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline import subjects
-from tpipe._args import Subparsers, add_command, env_default, positive_float
+from tpipe._args import Subparsers, add_command, env_default, positive_float, url_list
 from tpipe.errors import EXIT_OK, EXIT_UNAVAILABLE
 
 # Defaults match `make run`.
@@ -278,7 +278,7 @@ class Targets:
                 "enricher": args.enricher.rstrip("/"),
                 "indexer": args.indexer.rstrip("/"),
             },
-            nats=tuple(url.strip() for url in args.nats.split(",") if url.strip()),
+            nats=tuple(url_list(args.nats)),
             # OPENSEARCH_URL may list several nodes: any one tells the cluster's health.
             opensearch=args.opensearch.split(",")[0].strip(),
         )

@@ -23,7 +23,7 @@ from telemetry.v1 import event_pb2
 
 from pipeline import subjects
 from tpipe import _render
-from tpipe._args import Subparsers, add_command, env_default, positive_int
+from tpipe._args import Subparsers, add_command, env_default, positive_int, url_list
 from tpipe._timeparse import rfc3339
 from tpipe.errors import EXIT_OK, Unavailable
 
@@ -104,7 +104,7 @@ async def _connect(url: str) -> Client:
 
     try:
         return await nats.connect(
-            servers=[part.strip() for part in url.split(",") if part.strip()],
+            servers=url_list(url),
             name="tpipe-tail",
             connect_timeout=CONNECT_TIMEOUT_S,
             max_reconnect_attempts=CONNECT_ATTEMPTS,
