@@ -12,6 +12,15 @@ from telemetry.v1 import event_pb2
 NANOS_PER_S = 1_000_000_000
 NANOS_PER_MS = 1_000_000
 
+FUTURE_SLACK_NS = 60 * NANOS_PER_S
+"""FUTURE_SLACK_NS: how far after its receipt an event's corrected time may lie.
+
+An event cannot happen after the server received it: a corrected time later than
+that means the device clock moved between stamping the event and sending the
+batch (or, without a sent_at, that it runs ahead). The slack covers clocks a
+little ahead and sent_at texts of coarser precision than the events'.
+"""
+
 UNCORRECTED = event_pb2.CLOCK_STATUS_UNCORRECTED
 CORRECTED = event_pb2.CLOCK_STATUS_CORRECTED
 ABSURD = event_pb2.CLOCK_STATUS_ABSURD
@@ -44,8 +53,9 @@ class BatchClock:
 
     corrected = client_timestamp - skew. Without a skew the client time is used
     as it is (UNCORRECTED). An unset (epoch) client time, a skew beyond
-    `max_skew_ns` or a result farther than `max_skew_ns` from `received_ns` is
-    ABSURD, and the corrected time falls back to `received_ns`.
+    `max_skew_ns`, a result more than `max_skew_ns` before `received_ns` or
+    more than `FUTURE_SLACK_NS` after it (an event from the future) is ABSURD,
+    and the corrected time falls back to `received_ns`.
     """
 
     __slots__ = ("_highest", "_lowest", "received_ns", "skew_ns", "status")
@@ -56,9 +66,10 @@ class BatchClock:
         """skew_ns is the skew of every event's fix (0 unknown)."""
         self.status: event_pb2.ClockStatus.ValueType = UNCORRECTED if skew_ns is None else CORRECTED
         """status is the status of every event's fix that is not ABSURD."""
-        # The client times whose correction lies within max_skew_ns of the receipt.
+        # The client times whose correction lies from max_skew_ns before the
+        # receipt to FUTURE_SLACK_NS after it.
         self._lowest = received_ns + self.skew_ns - max_skew_ns
-        self._highest = received_ns + self.skew_ns + max_skew_ns
+        self._highest = received_ns + self.skew_ns + min(max_skew_ns, FUTURE_SLACK_NS)
         if abs(self.skew_ns) > max_skew_ns:
             self._lowest, self._highest = 1, 0  # none
 

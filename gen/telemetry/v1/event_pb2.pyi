@@ -66,8 +66,9 @@ class _ClockStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ClockStat
     """
     CLOCK_STATUS_ABSURD: _ClockStatus.ValueType  # 3
     """CLOCK_STATUS_ABSURD means the timestamp or the skew was implausible (for
-    example years off); the corrected timestamp falls back to the time the
-    server received the event.
+    example years off, or a corrected time more than a minute after the
+    server received the event); the corrected timestamp falls back to the
+    time the server received the event.
     """
 
 class ClockStatus(_ClockStatus, metaclass=_ClockStatusEnumTypeWrapper):
@@ -85,8 +86,9 @@ skew between the device and the server.
 """
 CLOCK_STATUS_ABSURD: ClockStatus.ValueType  # 3
 """CLOCK_STATUS_ABSURD means the timestamp or the skew was implausible (for
-example years off); the corrected timestamp falls back to the time the
-server received the event.
+example years off, or a corrected time more than a minute after the
+server received the event); the corrected timestamp falls back to the
+time the server received the event.
 """
 Global___ClockStatus: _TypeAlias = ClockStatus  # noqa: Y015
 

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from enricher._clock import (
     ABSURD,
     CORRECTED,
+    FUTURE_SLACK_NS,
     NANOS_PER_S,
     UNCORRECTED,
     BatchClock,
@@ -79,13 +80,52 @@ def test_old_buffered_event_with_small_skew_is_trusted() -> None:
     assert fix == (RECEIVED - 7 * DAY_NS + 2 * NANOS_PER_S, -2 * NANOS_PER_S, CORRECTED)
 
 
+def test_event_stamped_after_its_batch_was_sent_is_absurd() -> None:
+    # The device clock was a day ahead when the event was stamped and set right
+    # before the batch was sent: corrected, the event would happen a day from now.
+    fix = correct_clock(
+        client_ns=RECEIVED + DAY_NS, skew_ns=0, received_ns=RECEIVED, max_skew_ns=YEAR_NS
+    )
+    assert fix == (RECEIVED, 0, ABSURD)
+
+
+def test_client_time_ahead_of_receipt_without_sent_at_is_absurd() -> None:
+    fix = correct_clock(
+        client_ns=RECEIVED + 10 * 60 * NANOS_PER_S,
+        skew_ns=None,
+        received_ns=RECEIVED,
+        max_skew_ns=YEAR_NS,
+    )
+    assert fix == (RECEIVED, 0, ABSURD)
+
+
+def test_event_a_little_after_receipt_is_kept() -> None:
+    # sent_at in whole seconds, the event in milliseconds: it may correct to just
+    # after the receipt, which is within the slack.
+    skew = -400 * 1_000_000
+    fix = correct_clock(
+        client_ns=RECEIVED + 30 * NANOS_PER_S,
+        skew_ns=skew,
+        received_ns=RECEIVED,
+        max_skew_ns=YEAR_NS,
+    )
+    assert fix == (RECEIVED + 30 * NANOS_PER_S - skew, skew, CORRECTED)
+    edge = correct_clock(
+        client_ns=RECEIVED + FUTURE_SLACK_NS + 1,
+        skew_ns=0,
+        received_ns=RECEIVED,
+        max_skew_ns=YEAR_NS,
+    )
+    assert edge.status == ABSURD
+
+
 @given(client=times, sent=times, received=times, bound=bounds)
 def test_corrected_time_is_never_farther_than_the_bound(
     client: int, sent: int, received: int, bound: int
 ) -> None:
     skew = measure_skew(sent_ns=sent, received_ns=received)
     fix = correct_clock(client_ns=client, skew_ns=skew, received_ns=received, max_skew_ns=bound)
-    assert abs(fix.corrected_ns - received) <= bound
+    assert -bound <= fix.corrected_ns - received <= min(bound, FUTURE_SLACK_NS)
     assert fix.skew_ns == sent - received
 
 
@@ -95,7 +135,9 @@ def test_plausible_input_is_corrected_exactly(
 ) -> None:
     skew = sent - received
     fix = correct_clock(client_ns=client, skew_ns=skew, received_ns=received, max_skew_ns=bound)
-    plausible = abs(skew) <= bound and abs(client - skew - received) <= bound
+    plausible = abs(skew) <= bound and -bound <= client - skew - received <= min(
+        bound, FUTURE_SLACK_NS
+    )
     if plausible:
         assert fix == (client - skew, skew, CORRECTED)
     else:
@@ -107,7 +149,7 @@ def test_without_skew_the_status_is_uncorrected_or_absurd(
     client: int, received: int, bound: int
 ) -> None:
     fix = correct_clock(client_ns=client, skew_ns=None, received_ns=received, max_skew_ns=bound)
-    if abs(client - received) <= bound:
+    if -bound <= client - received <= min(bound, FUTURE_SLACK_NS):
         assert fix == (client, 0, UNCORRECTED)
     else:
         assert fix == (received, 0, ABSURD)
@@ -140,7 +182,9 @@ def _rule(*, client_ns: int, skew_ns: int | None, received_ns: int, max_skew_ns:
     if client_ns == 0 or abs(skew) > max_skew_ns:
         return ClockFix(received_ns, skew, ABSURD)
     corrected = client_ns - skew
-    if abs(corrected - received_ns) > max_skew_ns:
+    if corrected < received_ns - max_skew_ns or corrected > received_ns + min(
+        max_skew_ns, FUTURE_SLACK_NS
+    ):
         return ClockFix(received_ns, skew, ABSURD)
     return ClockFix(corrected, skew, UNCORRECTED if skew_ns is None else CORRECTED)
 
@@ -169,7 +213,7 @@ def test_one_batch_clock_fixes_every_event_as_the_rule_does(
 @given(skew=st.integers(min_value=-YEAR_NS, max_value=YEAR_NS), bound=bounds)
 def test_the_window_edges_are_inside(skew: int, bound: int) -> None:
     clock = BatchClock(skew_ns=skew, received_ns=RECEIVED, max_skew_ns=bound)
-    for edge in (-bound, bound):
+    for edge in (-bound, min(bound, FUTURE_SLACK_NS)):
         fix = clock.fix(RECEIVED + skew + edge)
         expected_status = CORRECTED if abs(skew) <= bound else ABSURD
         assert fix.status == expected_status
