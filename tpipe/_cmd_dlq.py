@@ -22,7 +22,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -222,35 +222,56 @@ def _filter_subject(stage: str | None) -> str:
     return subjects.dlq_subject(stage) if stage else subjects.DLQ_SUBJECTS
 
 
-async def entries(
-    js: JetStreamContext, stage: str | None, *, limit: int | None = None
-) -> list[Entry]:
-    """Every dead letter (of `stage`, or all), oldest first; the first `limit` only."""
-    found: list[Entry] = []
-    seq = 1
-    subject = _filter_subject(stage)
+async def survey(js: JetStreamContext, stage: str | None) -> tuple[int, int]:
+    """How many dead letters there are (of `stage`, or all) and the DLQ's last sequence.
+
+    Raises DlqError when the server has no DLQ stream or cannot be asked.
+    """
     try:
-        # get_msg answers "not found" for a missing stream as for the end of one.
-        await js.stream_info(subjects.DLQ_STREAM)
+        info = await js.stream_info(subjects.DLQ_STREAM, subjects_filter=_filter_subject(stage))
     except nats.js.errors.NotFoundError:
         raise DlqError(f"there is no {subjects.DLQ_STREAM} stream on this server") from None
     except (TimeoutError, nats.errors.Error) as err:
         raise DlqError(f"reading {subjects.DLQ_STREAM}: {err!r}") from err
-    while True:
+    counts = info.state.subjects or {}
+    return sum(counts.values()), info.state.last_seq
+
+
+async def scan(
+    js: JetStreamContext, stage: str | None, *, first_seq: int = 1, last_seq: int | None = None
+) -> AsyncIterator[Entry]:
+    """The dead letters (of `stage`, or all) from `first_seq` to `last_seq`, oldest first,
+    read one at a time so that a DLQ of any size takes the memory of one message."""
+    seq = max(first_seq, 1)
+    subject = _filter_subject(stage)
+    while last_seq is None or seq <= last_seq:
         try:
             raw = await js.get_msg(subjects.DLQ_STREAM, seq=seq, subject=subject, next=True)
         except nats.js.errors.NotFoundError:
-            return found
+            return
         except nats.js.errors.Error as err:
             raise DlqError(f"reading {subjects.DLQ_STREAM}: {err}") from err
         except (TimeoutError, nats.errors.Error) as err:
             raise DlqError(f"reading {subjects.DLQ_STREAM}: {err!r}") from err
-        if raw.seq is None:
-            return found
-        found.append(_entry(raw.seq, raw.subject or "", raw.headers or {}, raw.data, raw.time))
-        if limit is not None and len(found) >= limit:
-            return found
+        if raw.seq is None or (last_seq is not None and raw.seq > last_seq):
+            return
+        yield _entry(raw.seq, raw.subject or "", raw.headers or {}, raw.data, raw.time)
         seq = raw.seq + 1
+
+
+async def entries(
+    js: JetStreamContext, stage: str | None, *, limit: int | None = None, first_seq: int = 1
+) -> list[Entry]:
+    """The dead letters (of `stage`, or all) from `first_seq`, oldest first; the first
+    `limit` only."""
+    # get_msg answers "not found" for a missing stream as for the end of one.
+    await survey(js, stage)
+    found: list[Entry] = []
+    async for entry in scan(js, stage, first_seq=first_seq):
+        found.append(entry)
+        if limit is not None and len(found) >= limit:
+            break
+    return found
 
 
 def _entry(
@@ -355,10 +376,12 @@ async def _replay(url: str, stage: str | None, dry_run: bool, wait_s: float, err
     replayed: set[str] = set()
     try:
         js = nc.jetstream()
-        found = await entries(js, stage)
-        last_seq = max((e.seq for e in found), default=0)
-        total = len(found)
-        for number, entry in enumerate(found, start=1):
+        # The entries there now, no later ones: a replayed message that fails again
+        # comes back after `last_seq` and is left for the next run.
+        total, last_seq = await survey(js, stage)
+        number = 0
+        async for entry in scan(js, stage, last_seq=last_seq):
+            number += 1
             if not replayable(entry):
                 summary.skipped += 1
                 err.write(
@@ -372,8 +395,8 @@ async def _replay(url: str, stage: str | None, dry_run: bool, wait_s: float, err
                 replayed.add(str(entry.seq))
             else:
                 summary.failed += 1
-            _progress(err, number, total, summary.line(dry_run=dry_run))
-        if total and err.isatty():
+            _progress(err, number, max(total, number), summary.line(dry_run=dry_run))
+        if number and err.isatty():
             err.write("\n")
         if replayed and wait_s > 0:
             summary.failed_again = await _watch_again(js, stage, last_seq, replayed, wait_s)
@@ -384,12 +407,13 @@ async def _replay(url: str, stage: str | None, dry_run: bool, wait_s: float, err
 
 
 def _progress(err: TextIO, number: int, total: int, line: str) -> None:
-    """Redraws one line on a terminal; elsewhere a line every PROGRESS_EVERY and the last."""
+    """Redraws one line on a terminal; elsewhere a line every PROGRESS_EVERY."""
     if err.isatty():
         err.write(f"\r{number}/{total} {line}")
         err.flush()
-    elif number % PROGRESS_EVERY == 0 or number == total:
+    elif number % PROGRESS_EVERY == 0:
         err.write(f"{number}/{total} {line}\n")
+        err.flush()
 
 
 async def _replay_one(js: JetStreamContext, entry: Entry, err: TextIO) -> bool:
@@ -425,10 +449,12 @@ async def _watch_again(
     """Counts replayed entries that came back to the DLQ within `wait_s` seconds."""
     deadline = time.monotonic() + wait_s
     again: set[str] = set()
+    seen = after_seq
     while True:
-        for entry in await entries(js, stage):
+        async for entry in scan(js, stage, first_seq=seen + 1):
+            seen = entry.seq
             origin = entry.headers.get(REPLAY_OF_HEADER, "")
-            if entry.seq > after_seq and origin in replayed:
+            if origin in replayed:
                 again.add(origin)
         if time.monotonic() >= deadline or again == replayed:
             return len(again)

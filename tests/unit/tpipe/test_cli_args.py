@@ -6,7 +6,7 @@ import argparse
 from datetime import UTC, datetime
 
 import pytest
-from nats.js.api import RawStreamMsg
+from nats.js.api import RawStreamMsg, StreamConfig, StreamInfo, StreamState
 
 from tpipe import _cmd_dlq, _commands, cli
 from tpipe._args import Parser, add_filter_options, build_filter
@@ -179,8 +179,11 @@ async def test_dlq_entries_stop_reading_at_the_limit() -> None:
         def __init__(self) -> None:
             self.reads = 0
 
-        async def stream_info(self, name: str) -> object:
-            return object()
+        async def stream_info(self, name: str, subjects_filter: str) -> StreamInfo:
+            state = StreamState(
+                messages=5, bytes=5, first_seq=1, last_seq=5, consumer_count=0, subjects={}
+            )
+            return StreamInfo(config=StreamConfig(name=name), state=state)
 
         async def get_msg(self, stream: str, *, seq: int, subject: str, next: bool) -> object:
             self.reads += 1

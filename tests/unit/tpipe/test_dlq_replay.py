@@ -1,0 +1,129 @@
+"""`tpipe dlq replay` over a DLQ read one entry at a time (a stand-in JetStream that logs
+every call, so the order of reads and writes can be checked)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from nats.js.api import RawStreamMsg, StreamConfig, StreamInfo, StreamState
+from nats.js.errors import NotFoundError
+
+from pipeline import subjects
+from tpipe import _cmd_dlq
+
+SOURCE = "telemetry.enriched.v1.shop"
+
+
+class Dlq:
+    """A DLQ stream in memory, with the JetStream calls `tpipe dlq` makes."""
+
+    def __init__(self, count: int) -> None:
+        self.messages = {seq: self._letter(seq) for seq in range(1, count + 1)}
+        self.log: list[tuple[str, int]] = []
+        self.fail_again: set[int] = set()
+
+    def _letter(self, seq: int, **extra: str) -> RawStreamMsg:
+        headers = {
+            subjects.DLQ_STAGE_HEADER: "indexer",
+            subjects.DLQ_REASON_HEADER: "mapper_parsing_exception",
+            subjects.DLQ_SUBJECT_HEADER: SOURCE,
+            **extra,
+        }
+        return RawStreamMsg(
+            subject=subjects.dlq_subject("indexer"), seq=seq, data=b"batch", headers=headers
+        )
+
+    async def stream_info(self, name: str, subjects_filter: str) -> StreamInfo:
+        last = max(self.messages, default=0)
+        state = StreamState(
+            messages=len(self.messages),
+            bytes=0,
+            first_seq=min(self.messages, default=0),
+            last_seq=last,
+            consumer_count=0,
+            subjects={subjects.dlq_subject("indexer"): len(self.messages)},
+        )
+        return StreamInfo(config=StreamConfig(name=name), state=state)
+
+    async def get_msg(self, stream: str, *, seq: int, subject: str, next: bool) -> RawStreamMsg:
+        self.log.append(("get", seq))
+        found = [s for s in sorted(self.messages) if s >= seq]
+        if not found:
+            raise NotFoundError
+        return self.messages[found[0]]
+
+    async def publish(self, subject: str, payload: bytes, **kwargs: Any) -> None:
+        origin = int(kwargs["headers"][_cmd_dlq.REPLAY_OF_HEADER])
+        self.log.append(("publish", origin))
+        if origin in self.fail_again:
+            # The stage rejects it again at once: a new dead letter after the last.
+            seq = max(self.messages) + 1
+            self.messages[seq] = self._letter(seq, **{_cmd_dlq.REPLAY_OF_HEADER: str(origin)})
+
+    async def delete_msg(self, stream: str, seq: int) -> None:
+        self.log.append(("delete", seq))
+        del self.messages[seq]
+
+
+class Pipe(io.StringIO):
+    def isatty(self) -> bool:
+        return False
+
+
+async def replay(dlq: Dlq, *, wait_s: float = 0.0) -> tuple[int, str]:
+    class Connection:
+        def jetstream(self) -> Dlq:
+            return dlq
+
+        async def close(self) -> None:
+            return None
+
+    async def connect(url: str) -> Connection:
+        return Connection()
+
+    original = _cmd_dlq._connect
+    _cmd_dlq._connect = connect  # type: ignore[assignment]
+    try:
+        err = Pipe()
+        code = await _cmd_dlq._replay("nats://dlq", None, False, wait_s, err)
+    finally:
+        _cmd_dlq._connect = original
+    return code, err.getvalue()
+
+
+async def test_replay_reads_and_sends_one_entry_at_a_time() -> None:
+    dlq = Dlq(250)
+
+    code, err = await replay(dlq)
+
+    assert code == 0
+    # Each entry is published and deleted before the next one is read: the DLQ is
+    # never held in memory, and the first progress line comes after 100 entries.
+    expected: list[tuple[str, int]] = []
+    for seq in range(1, 251):
+        expected += [("get", seq), ("publish", seq), ("delete", seq)]
+    assert dlq.log == expected
+    assert err.splitlines() == [
+        "100/250 replayed 100, skipped 0, failed to publish 0, failed again 0",
+        "200/250 replayed 200, skipped 0, failed to publish 0, failed again 0",
+        "replayed 250, skipped 0, failed to publish 0, failed again 0",
+    ]
+    assert dlq.messages == {}
+
+
+async def test_entries_failing_again_are_left_for_the_next_run_and_counted() -> None:
+    dlq = Dlq(3)
+    dlq.fail_again = {2}
+
+    code, err = await replay(dlq, wait_s=0.2)
+
+    assert code == 1
+    assert err.splitlines()[-1] == "replayed 3, skipped 0, failed to publish 0, failed again 1"
+    # Entry 2's new dead letter (seq 4) was neither replayed in this run nor lost.
+    assert [origin for op, origin in dlq.log if op == "publish"] == [1, 2, 3]
+    assert list(dlq.messages) == [4]
+    # Watching for failures reads only what came after the replayed entries.
+    watch = dlq.log[dlq.log.index(("delete", 3)) + 1 :]
+    assert watch[:2] == [("get", 4), ("get", 5)]
+    assert {seq for _, seq in watch} == {4, 5}
