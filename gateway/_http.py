@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -239,6 +240,18 @@ class _Routes:
 
 
 def _reject_unknown(request: Request, allowed: tuple[str, ...]) -> None:
+    try:
+        # Starlette decodes with errors="replace": a stray %FF would become U+FFFD and
+        # quietly match nothing.
+        urllib.parse.parse_qsl(
+            request.scope.get("query_string", b"").decode("latin-1"),
+            keep_blank_values=True,
+            errors="strict",
+        )
+    except UnicodeDecodeError:
+        raise InvalidRequest(
+            "the query string is not UTF-8: percent-encode each parameter's UTF-8 bytes"
+        ) from None
     unknown = sorted(set(request.query_params.keys()) - set(allowed))
     if unknown:
         raise InvalidRequest(f"unknown query parameters: {', '.join(unknown)[:200]}")

@@ -1,12 +1,16 @@
-"""GET /v1/events parameters -> QueryService requests: integers and times."""
+"""GET /v1/events parameters -> QueryService requests: integers, times, the encoding."""
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from starlette.datastructures import QueryParams
+from telemetry.v1 import query_service_pb2
 
+from gateway import Gateway
 from gateway._query import aggregate_request, events_request
 from gateway.errors import InvalidRequest
+from tests.unit.gateway.conftest import READ_KEY, FakeBroker, FakeQuery, asgi_client, unit_config
 
 
 @pytest.mark.parametrize(
@@ -34,3 +38,36 @@ def test_an_unencoded_plus_in_a_time_gets_a_hint() -> None:
         events_request(params)
     encoded = events_request(QueryParams("start=2024-01-01T00:00:00%2B02:00"))
     assert encoded.filter.start_time.seconds == 1704060000
+
+
+@pytest.mark.parametrize("query", ["user_id=%FF", "user_id=caf%C3", "%FF=1"])
+async def test_a_query_string_that_is_not_utf8_is_refused(
+    client: httpx.AsyncClient, query: str
+) -> None:
+    for path in ("/v1/events", "/v1/events/aggregate"):
+        answer = await client.get(f"{path}?{query}", headers={"X-Api-Key": READ_KEY})
+        assert answer.status_code == 400
+        assert "not UTF-8" in answer.json()["message"]
+
+
+class RecordingQuery(FakeQuery):
+    def __init__(self) -> None:
+        self.seen: list[query_service_pb2.QueryEventsRequest] = []
+
+    async def query_events(
+        self, request: query_service_pb2.QueryEventsRequest
+    ) -> query_service_pb2.QueryEventsResponse:
+        self.seen.append(request)
+        return await super().query_events(request)
+
+
+async def test_percent_encoded_utf8_reaches_the_query_service() -> None:
+    query = RecordingQuery()
+    gateway = Gateway(unit_config(), broker=FakeBroker(), query=query)
+    async with asgi_client(gateway) as http:
+        answer = await http.get(
+            "/v1/events?user_id=caf%C3%A9&q=%EF%BF%BD", headers={"X-Api-Key": READ_KEY}
+        )
+    assert answer.status_code == 200, answer.text
+    assert list(query.seen[0].filter.user_ids) == ["café"]
+    assert query.seen[0].filter.text == "\ufffd"  # a real U+FFFD, sent encoded, is kept
