@@ -1,6 +1,6 @@
 # Telemetry pipeline: local development entry points. See README.md "Running locally".
 #
-#   make run      install what is missing, start NATS + OpenSearch (profile dev), leave them running
+#   make run      install what is missing, start NATS, OpenSearch and the three services (profile dev), leave them running
 #   make stop     stop what `make run` started
 #   make status   what runs, pids, ports, health
 #   make test     the whole suite against real servers (profile test, other ports than dev)

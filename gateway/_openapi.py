@@ -37,7 +37,10 @@ def _error(description: str, *, retry: bool = False) -> dict[str, Any]:
 
 
 _AUTH_ERRORS = {
-    "401": _error("no key, or an unknown key"),
+    "401": {
+        **_error("no key, or an unknown key"),
+        "headers": {"WWW-Authenticate": {"schema": {"type": "string", "enum": ["Bearer"]}}},
+    },
     "403": _error("a key of the other kind (write vs read)"),
 }
 
@@ -144,7 +147,7 @@ def _query_errors() -> dict[str, Any]:
     return {
         "400": _error("a bad parameter (or INVALID_ARGUMENT from the query service)"),
         **_AUTH_ERRORS,
-        "429": _error("this key is past its request rate", retry=True),
+        "429": _error("this key's reader is past its request rate", retry=True),
         "503": _error("the query service is unavailable", retry=True),
         "504": _error("the query service missed its deadline"),
     }
@@ -176,7 +179,12 @@ def document() -> dict[str, Any]:
                     "summary": "Ingest a batch of events; 202 once durable in JetStream",
                     "security": write,
                     "parameters": [
-                        {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}},
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "description": "your batch id: a retry under it is stored once",
+                            "schema": {"type": "string", "maxLength": 256},
+                        },
                         {"name": "X-Request-Id", "in": "header", "schema": {"type": "string"}},
                     ],
                     "requestBody": {
@@ -189,12 +197,16 @@ def document() -> dict[str, Any]:
                             "also gets 202 with accepted 0 (do not retry it)",
                             "content": {"application/json": {"schema": _ref("Receipt")}},
                         },
-                        "400": _error("not JSON, not a batch, empty"),
+                        "400": _error(
+                            "not JSON, not a batch, empty; a bad sent_at, gzip body or "
+                            "Idempotency-Key"
+                        ),
                         **_AUTH_ERRORS,
                         "413": _error("body, decompressed body or event count past a limit"),
                         "415": _error("unsupported Content-Type or Content-Encoding"),
                         "429": _error(
-                            "too many requests or bytes in flight, or this key is past its rate",
+                            "too many requests or bytes in flight, "
+                            "or this key's app is past its rate",
                             retry=True,
                         ),
                         "503": _error(

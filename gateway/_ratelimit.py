@@ -1,4 +1,5 @@
-"""Requests per second per key: a token bucket per principal (off when the rate is 0)."""
+"""Requests per second per principal: a token bucket per app (shared by all its write keys,
+so rotating keys does not double a rate) or per reader name; off when the rate is 0."""
 
 from __future__ import annotations
 
@@ -30,5 +31,5 @@ class RateLimiter:
         tokens = min(self._burst, tokens + (now - last) * self._rate)
         if tokens < 1.0:
             self._buckets[principal] = (tokens, now)
-            raise Overloaded("this key is past its request rate")
+            raise Overloaded(f"{principal.name} is past its request rate")
         self._buckets[principal] = (tokens - 1.0, now)

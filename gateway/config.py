@@ -105,13 +105,14 @@ class GatewayConfig(NatsSettings, TracingSettings):
     rate_limit_rps: float = setting(
         "GATEWAY_RATE_LIMIT_RPS",
         0.0,
-        "requests per second allowed per key (0: no limit); more gets 429",
+        "requests per second allowed per app (all its write keys) or reader "
+        "(0: no limit); more gets 429",
         check=non_negative,
     )
     rate_limit_burst: int = setting(
         "GATEWAY_RATE_LIMIT_BURST",
         DEFAULT_RATE_LIMIT_BURST,
-        "requests a key may send at once above its rate",
+        "requests an app or reader may send at once above its rate",
         check=positive,
     )
     retry_after_s: int = setting(

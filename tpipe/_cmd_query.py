@@ -55,7 +55,8 @@ def _add_connection(parser: argparse.ArgumentParser) -> None:
         "--retries",
         type=int,
         default=DEFAULT_MAX_RETRIES,
-        help=f"retries on UNAVAILABLE (default {DEFAULT_MAX_RETRIES})",
+        help="retries on UNAVAILABLE, RESOURCE_EXHAUSTED and DEADLINE_EXCEEDED "
+        f"(default {DEFAULT_MAX_RETRIES})",
     )
 
 

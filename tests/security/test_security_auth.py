@@ -94,10 +94,11 @@ def test_security_grpc_ingest_refuses_bad_keys(secured: Pipeline) -> None:
     assert _ingest(secured, (("authorization", f"Bearer {WRITE_KEY}"),)) is grpc.StatusCode.OK
 
 
-def test_security_rate_limit_is_per_key(tmp_path: Path, opensearch_url: str) -> None:
+def test_security_rate_limit_is_per_app(tmp_path: Path, opensearch_url: str) -> None:
     nats = NatsProcess(tmp_path / "nats")
     nats.start()
     other_key = "second-write-key-0123456789"
+    rotated_key = "rotated-write-key-0123456789"
     pipeline = Pipeline(
         nats_url=nats.url,
         opensearch_url=opensearch_url,
@@ -105,7 +106,9 @@ def test_security_rate_limit_is_per_key(tmp_path: Path, opensearch_url: str) -> 
         log_dir=tmp_path,
         overrides={
             "gateway": {
-                "GATEWAY_WRITE_KEYS": f"{WRITE_KEY}:{APP_ID},{other_key}:other-app",
+                "GATEWAY_WRITE_KEYS": (
+                    f"{WRITE_KEY}:{APP_ID},{rotated_key}:{APP_ID},{other_key}:other-app"
+                ),
                 "GATEWAY_RATE_LIMIT_RPS": "1",
                 "GATEWAY_RATE_LIMIT_BURST": "5",
                 "GATEWAY_RETRY_AFTER_S": "2",
@@ -132,7 +135,11 @@ def test_security_rate_limit_is_per_key(tmp_path: Path, opensearch_url: str) -> 
         assert len(limited) >= 10  # far more than 1/s came in
         assert all(r.headers.get("retry-after") == "2" for r in limited)
         assert all(r.json()["code"] == "resource_exhausted" for r in limited)
-        # The other key is not limited by the first one's traffic.
+        # A second key of the same app shares its bucket (rotating keys does not double
+        # a rate, and the answer names the app); another app's key is not limited.
+        rotated = post(rotated_key)
+        assert rotated.status_code == 429
+        assert APP_ID in rotated.json()["message"]
         assert post(other_key).status_code == 202
     finally:
         gateway.terminate()

@@ -33,7 +33,8 @@ class IngestEventsRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
     """idempotency_key identifies the batch across retries; optional. Without
-    it the batch is identified by its content.
+    it the batch is identified by its content. At most 256 characters, no
+    control characters.
     """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_event_pb2.Event]:

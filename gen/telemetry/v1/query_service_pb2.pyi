@@ -100,7 +100,8 @@ Global___HistogramInterval: _TypeAlias = HistogramInterval  # noqa: Y015
 @_typing.final
 class EventFilter(_message.Message):
     """EventFilter selects events. Fields left empty do not filter; a repeated
-    field matches any of its values; all set fields must match.
+    field matches any of its values (at most 1,000 values per field, else
+    INVALID_ARGUMENT); all set fields must match.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -117,7 +118,8 @@ class EventFilter(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """text is a free-text search over event_message (event name and metadata);
-    plain words, all of which must match. It is not a query language.
+    plain words, all of which must match. It is not a query language. At
+    most 1,000 characters.
     """
     @_builtins.property
     def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -161,7 +163,8 @@ class EventFilter(_message.Message):
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp:
         """end_time keeps events whose corrected timestamp is before it, compared at
-        millisecond precision like start_time; it must not be before start_time.
+        millisecond precision like start_time; it must not be before start_time
+        (checked at full precision: an end even a nanosecond earlier is refused).
         """
 
     def __init__(
