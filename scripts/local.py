@@ -72,6 +72,9 @@ NATS_STOP_TIMEOUT_S = 15.0
 OPENSEARCH_STOP_TIMEOUT_S = 60.0
 SERVICE_READY_TIMEOUT_S = 60.0
 SERVICE_STOP_TIMEOUT_S = 30.0
+# How long `exec`'s command (pytest) gets to clean up after an interrupt before it is killed:
+# its fixtures stop the private servers the tests started, OpenSearch nodes included.
+EXEC_CLEANUP_TIMEOUT_S = 180.0
 POLL_INTERVAL_S = 0.5
 HTTP_PROBE_TIMEOUT_S = 2.0
 LOG_TAIL_LINES = 25
@@ -854,8 +857,8 @@ class _OutputOrNothing(io.TextIOBase):
 def cmd_exec(profile: Profile, procs: list[ManagedProcess], command: list[str]) -> int:
     if not command:
         raise InfraError("exec needs a command after `--`, e.g. `exec -- pytest`")
-    # SIGTERM (a CI timeout) unwinds through `finally` like Ctrl-C, so the servers still stop.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    # SIGTERM (a CI timeout) is handled like Ctrl-C: the command cleans up, the servers stop.
+    signal.signal(signal.SIGTERM, _raise_terminated)
     sys.stdout = _OutputOrNothing(sys.stdout)
     started: list[ManagedProcess] = []
     try:
@@ -863,7 +866,9 @@ def cmd_exec(profile: Profile, procs: list[ManagedProcess], command: list[str]) 
         client_env = profile.client_env()
         shown_env = " ".join(f"{key}={value}" for key, value in client_env.items())
         print(f"\n$ {shown_env} {' '.join(command)}", flush=True)
-        return subprocess.run(command, env={**os.environ, **client_env}, check=False).returncode
+        # In its own process group, so that Ctrl-C reaches it once, from wait_command.
+        child = subprocess.Popen(command, env={**os.environ, **client_env}, process_group=0)
+        return wait_command(child)
     finally:
         print()
         for proc in reversed(procs):
@@ -871,6 +876,57 @@ def cmd_exec(profile: Profile, procs: list[ManagedProcess], command: list[str]) 
                 stop(proc)
             elif running_pid(proc) is not None:
                 print(f"{proc.name}: left running (it was running before)")
+
+
+class Terminated(Exception):
+    """SIGTERM arrived."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def wait_command(child: subprocess.Popen[bytes]) -> int:
+    """Waits for `exec`'s command and returns its exit code.
+
+    Ctrl-C or SIGTERM is passed on once, as SIGINT, and the command is given
+    EXEC_CLEANUP_TIMEOUT_S to clean up (pytest then runs its fixtures' teardown, which stops
+    the servers the tests started) before its process group is killed; a second Ctrl-C kills
+    it at once. An interrupted run exits 130 (143 for SIGTERM) even if the command exits 0.
+    """
+    grace_s = EXEC_CLEANUP_TIMEOUT_S
+    interrupted: int | None = None
+    deadline = 0.0
+    while True:
+        try:
+            if interrupted is None:
+                return child.wait()
+            code = child.wait(timeout=max(deadline - time.monotonic(), 0.0))
+            return code if code != 0 else 128 + interrupted
+        except (KeyboardInterrupt, Terminated) as err:
+            if interrupted is None:
+                interrupted = signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT
+                deadline = time.monotonic() + grace_s
+                print(
+                    f"\ninterrupted: the command has {grace_s:.0f} s to clean up "
+                    "(Ctrl-C again to kill it now)",
+                    flush=True,
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    child.send_signal(signal.SIGINT)
+            else:
+                print("killing the command; servers its tests started may be left running")
+                return _kill_command(child, interrupted)
+        except subprocess.TimeoutExpired:
+            print(f"the command did not end {grace_s:.0f} s after the interrupt: killing it")
+            return _kill_command(child, interrupted or signal.SIGINT)
+
+
+def _kill_command(child: subprocess.Popen[bytes], interrupted: int) -> int:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    return 128 + interrupted
 
 
 def status_line(proc: ManagedProcess) -> str:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -63,9 +65,8 @@ def test_exec_stops_what_it_started_when_stdout_is_gone(
     monkeypatch.setattr(local, "start_all", start_all)
     monkeypatch.setattr(local, "stop", stop)
     monkeypatch.setattr(local, "running_pid", lambda proc: None)
-    monkeypatch.setattr(
-        local.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, returncode=3)
-    )
+    monkeypatch.setattr(local.subprocess, "Popen", lambda *a, **k: object())
+    monkeypatch.setattr(local, "wait_command", lambda child: 3)
     monkeypatch.setattr(local.signal, "signal", lambda *a: None)
     monkeypatch.setattr(sys, "stdout", ClosedPipe(allowed))
 
@@ -73,3 +74,74 @@ def test_exec_stops_what_it_started_when_stdout_is_gone(
 
     assert code == 3
     assert stopped == list(reversed(procs))
+
+
+# A command that cleans up for a while when interrupted, as pytest's teardown does.
+_COMMAND = """
+import pathlib, signal, sys, time
+marker = pathlib.Path(sys.argv[1])
+def cleanup(signum, frame):
+    time.sleep(float(sys.argv[2]))
+    marker.write_text("cleaned")
+    sys.exit(0)
+signal.signal(signal.SIGINT, cleanup if sys.argv[2] != "never" else signal.SIG_IGN)
+marker.write_text("ready")
+while True:
+    time.sleep(0.05)
+"""
+
+# `local.py exec` with no servers to start, around that command.
+_DRIVER = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("local_script", sys.argv[1])
+local = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = local
+spec.loader.exec_module(local)
+local.EXEC_CLEANUP_TIMEOUT_S = float(sys.argv[2])
+sys.exit(local.cmd_exec(local.PROFILES["test"], [], [sys.executable, *sys.argv[3:]]))
+"""
+
+
+def _interrupt_exec(
+    tmp_path: Path, sig: int, *, cleanup: str, grace_s: float = 30.0
+) -> tuple[int, str, str]:
+    """Runs the driver, sends `sig` once the command runs; its exit code, the marker, output."""
+    command, driver, marker = tmp_path / "command.py", tmp_path / "driver.py", tmp_path / "m"
+    command.write_text(_COMMAND)
+    driver.write_text(_DRIVER)
+    argv = [sys.executable, str(driver), str(ROOT / "scripts" / "local.py"), str(grace_s)]
+    proc = subprocess.Popen(
+        [*argv, str(command), str(marker), cleanup], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert time.monotonic() < deadline, "the command did not start"
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    return proc.returncode, marker.read_text(), out
+
+
+def test_ctrl_c_gives_the_command_time_to_clean_up(tmp_path: Path) -> None:
+    # subprocess.run would kill the command 0.25 s after Ctrl-C, in the middle of pytest's
+    # teardown, leaving the private servers the tests had started running.
+    code, marker, out = _interrupt_exec(tmp_path, signal.SIGINT, cleanup="1.5")
+    assert marker == "cleaned"
+    assert code == 130
+    assert "to clean up" in out
+
+
+def test_sigterm_is_passed_on_as_an_interrupt(tmp_path: Path) -> None:
+    code, marker, _ = _interrupt_exec(tmp_path, signal.SIGTERM, cleanup="0.5")
+    assert marker == "cleaned"
+    assert code == 143
+
+
+def test_a_command_that_does_not_end_is_killed_after_the_grace(tmp_path: Path) -> None:
+    code, marker, out = _interrupt_exec(tmp_path, signal.SIGINT, cleanup="never", grace_s=1.0)
+    assert marker == "ready"
+    assert code == 130
+    assert "killing it" in out
