@@ -68,3 +68,4 @@ def test_hostile_requests_never_get_a_5xx(
     if response.status_code == 202:
         receipt = response.json()
         assert receipt["accepted"] >= 0
+        assert all(item["reason"] for item in receipt["rejected"])

@@ -52,12 +52,32 @@ async def test_gzip_within_limits() -> None:
     assert await read(gzip.compress(b"a" * 1000), gz=True) == b"a" * 1000
 
 
-def test_gzip_bomb_stops_after_the_limit() -> None:
+def test_gzip_bomb_stops_after_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     bomb = b"".join(packer.compress(b"\0" * 1_000_000) for _ in range(100)) + packer.flush()
+    inflated: list[int] = []
+    real = zlib.decompressobj
+
+    class Counting:
+        """zlib's inflater, counting what it produces."""
+
+        def __init__(self, wbits: int) -> None:
+            self._inner = real(wbits)
+
+        def decompress(self, data: bytes, max_length: int = 0) -> bytes:
+            piece = self._inner.decompress(data, max_length)
+            inflated.append(len(piece))
+            return piece
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._inner, name)
+
+    monkeypatch.setattr(zlib, "decompressobj", Counting)
 
     with pytest.raises(TooLarge):
         gunzip(bomb, limit=1_000_000)
+    # It stopped one byte past the limit: the 100 MB were never inflated.
+    assert sum(inflated) == 1_000_001
 
 
 def test_every_gzip_member_is_read() -> None:

@@ -25,10 +25,12 @@ class GatedBroker(FakeBroker):
         self.gate = asyncio.Event()
         self.entered = asyncio.Event()
         self.stopped = False
+        self.closed_under_publish: bool | None = None  # was the broker stopped when it ran?
 
     async def publish(self, subject: str, payload: bytes, *, msg_id: str) -> bool:
         self.entered.set()
         await self.gate.wait()
+        self.closed_under_publish = self.stopped
         return await super().publish(subject, payload, msg_id=msg_id)
 
     async def stop(self) -> None:
@@ -48,7 +50,8 @@ async def test_stop_lets_in_flight_publishes_finish_before_closing_the_broker() 
         )
         await broker.entered.wait()
         stopping = asyncio.create_task(gateway.stop())
-        await asyncio.sleep(0)
+        for _ in range(20):  # let stop() run as far as it can while the publish is held
+            await asyncio.sleep(0.01)
         assert not broker.stopped
         assert gateway.core.in_flight == 1
 
@@ -58,6 +61,7 @@ async def test_stop_lets_in_flight_publishes_finish_before_closing_the_broker() 
 
     assert response.status_code == 202
     assert len(broker.stored) == 1
+    assert broker.closed_under_publish is False
     assert broker.stopped
     await gateway.stop()  # idempotent
 

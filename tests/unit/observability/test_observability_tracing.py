@@ -6,6 +6,7 @@ import io
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 import pytest
@@ -302,7 +303,21 @@ async def test_bulk_span_links_each_message_once(exporter: InMemorySpanExporter)
     assert sorted(done, key=lambda o: o.value) == [Outcome.CREATED] * 5 + [Outcome.DUPLICATE]
 
 
-async def test_untraced_bulk_makes_no_span(exporter: InMemorySpanExporter) -> None:
+class _CountingTracing(tracing.Tracing):
+    """Tracing switched off (as by default), counting the spans asked of it."""
+
+    def __init__(self) -> None:
+        super().__init__(tracing.Tracing.disabled().tracer)
+        self.spans = 0
+
+    def span(self, *args: Any, **kwargs: Any) -> Any:
+        self.spans += 1
+        return super().span(*args, **kwargs)
+
+
+async def test_untraced_bulk_makes_no_span() -> None:
+    # Tracing off: not even a no-op span per bulk request, though the messages carry traces.
+    counting = _CountingTracing()
     writer = BulkWriter(
         _Store(),
         max_docs=100,
@@ -311,11 +326,17 @@ async def test_untraced_bulk_makes_no_span(exporter: InMemorySpanExporter) -> No
         concurrency=1,
         retry_base_s=0.01,
         retry_max_s=0.01,
+        tracer=counting,
     )
+    done: list[Outcome] = []
 
     async def on_done(_: BulkItem, outcome: Outcome, reason: str) -> None:
-        return None
+        done.append(outcome)
 
-    await writer.add(BulkItem(payload=render(index="t", doc_id="a", source={}), on_done=on_done))
+    link = tracing.link_of({"traceparent": f"00-{1:032x}-{1:016x}-01"})
+    for number in range(2):
+        payload = render(index="t", doc_id=f"a{number}", source={})
+        await writer.add(BulkItem(payload=payload, on_done=on_done, link=link))
     await writer.drain()
-    assert exporter.get_finished_spans() == ()
+    assert sorted(done, key=lambda o: o.value) == [Outcome.CREATED, Outcome.DUPLICATE]
+    assert counting.spans == 0
