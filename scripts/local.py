@@ -53,6 +53,9 @@ HOST = "127.0.0.1"
 
 NATS_VERSION = "v2.15.2"
 NATS_MODULE = "github.com/nats-io/nats-server/v2"
+# The Go that builds NATS_VERSION (it needs Go 1.26+). Go 1.21+ fetches it by itself
+# (GOTOOLCHAIN=auto); an older Go, like Debian 12's 1.19, gets it as a module from the proxy.
+GO_TOOLCHAIN = "go1.26.8"
 
 OPENSEARCH_VERSION = "2.19.6"
 OPENSEARCH_ARTIFACT = (
@@ -348,11 +351,49 @@ def build_nats(binary: Path) -> None:
 
 
 def find_go() -> str:
+    """A Go that can build NATS_VERSION: the machine's, or GO_TOOLCHAIN fetched by it."""
     # /usr/local/go is where the official Go tarball goes; it is often only on interactive PATHs.
     go = shutil.which("go") or shutil.which("go", path="/usr/local/go/bin")
     if go is None:
-        raise InfraError("Go not found: install Go 1.21+ (https://go.dev/doc/install)")
-    return go
+        raise InfraError("Go not found: install Go (apt-get install -y golang-go)")
+    version = subprocess.run(
+        [go, "env", "GOVERSION"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    match = re.match(r"go1\.(\d+)", version)  # go1.19.8, go1.22rc1
+    if match is not None and int(match.group(1)) >= 21:
+        return go
+    return fetch_go_toolchain(go, version or "this Go")
+
+
+def fetch_go_toolchain(go: str, version: str) -> str:
+    """GO_TOOLCHAIN downloaded by an older `go` from the Go proxy (checked against the Go
+    checksum database like any module); the path of its `go`."""
+    arch = subprocess.run(
+        [go, "env", "GOARCH"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    module = f"golang.org/toolchain@v0.0.1-{GO_TOOLCHAIN}.linux-{arch}"
+    print(f"{version} cannot fetch Go toolchains: downloading {GO_TOOLCHAIN} ({module})")
+    env = {key: value for key, value in os.environ.items() if key != "GOFLAGS"}
+    with tempfile.TemporaryDirectory() as outside_any_module:
+        result = subprocess.run(
+            [go, "mod", "download", "-json", module],
+            cwd=outside_any_module,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    try:
+        folder = Path(json.loads(result.stdout)["Dir"])
+    except (ValueError, KeyError):
+        raise InfraError(
+            f"`go mod download {module}` failed: {(result.stderr or result.stdout).strip()}"
+        ) from None
+    # Module zips do not keep the executable bits of the toolchain's programs.
+    for program in [*(folder / "bin").iterdir(), *(folder / "pkg" / "tool").rglob("*")]:
+        if program.is_file():
+            program.chmod(program.stat().st_mode | 0o111)
+    return str(folder / "bin" / "go")
 
 
 # --- OpenSearch -------------------------------------------------------------------------------
@@ -440,14 +481,29 @@ def install_opensearch() -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         download, unpacked = Path(tmp) / "download", Path(tmp) / "unpacked"
-        maven = [mvn, "--batch-mode", "--quiet", "-Dstyle.color=never", MAVEN_COPY_GOAL]
+        maven = [mvn, "--batch-mode", "--quiet", "--strict-checksums", "-Dstyle.color=never"]
         artifact = [f"-Dartifact={OPENSEARCH_ARTIFACT}", f"-DoutputDirectory={download}"]
         # Debian's Maven prints colour codes even in batch mode: keep its output for failures.
-        run([*maven, *artifact], cwd=Path(tmp), show_output=False)
+        run([*maven, MAVEN_COPY_GOAL, *artifact], cwd=Path(tmp), show_output=False)
         print(f"OpenSearch {OPENSEARCH_VERSION}: unpacking")
-        extract_zip(download / f"opensearch-{OPENSEARCH_VERSION}.zip", unpacked)
+        try:
+            extract_zip(download / f"opensearch-{OPENSEARCH_VERSION}.zip", unpacked)
+        except (zipfile.BadZipFile, EOFError) as err:
+            # Maven would hand out the same damaged copy again: take it out of its cache.
+            cached = maven_cached_opensearch()
+            shutil.rmtree(cached, ignore_errors=True)
+            raise InfraError(
+                f"the OpenSearch zip from Maven is damaged ({err}); removed Maven's cached "
+                f"copy ({cached}): run the command again to download it afresh"
+            ) from None
         os.replace(unpacked / f"opensearch-{OPENSEARCH_VERSION}", home)
     print(f"OpenSearch {OPENSEARCH_VERSION}: installed ({relative(home)})")
+
+
+def maven_cached_opensearch() -> Path:
+    """Where Maven's local repository keeps the OpenSearch zip (its default location)."""
+    group, artifact, version, _ = OPENSEARCH_ARTIFACT.split(":")
+    return Path.home() / ".m2" / "repository" / group.replace(".", "/") / artifact / version
 
 
 def extract_zip(archive: Path, dest: Path) -> None:

@@ -1,0 +1,115 @@
+"""`scripts/local.py`'s set-up on a fresh machine: nats-server is built with any Go (one too
+old to fetch toolchains by itself, like Debian 12's 1.19, downloads the one nats-server needs
+first; a stand-in `go` records what it is asked), and a damaged OpenSearch download is not
+handed out again by Maven's cache."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+_FAKE_GO = """#!/bin/sh
+echo "$*" >> "{log}"
+case "$*" in
+  "env GOVERSION") echo "{version}" ;;
+  "env GOARCH") echo amd64 ;;
+  "mod download -json "*) echo '{answer}' ;;
+esac
+"""
+
+
+def _load_local() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "local_script_setup", ROOT / "scripts" / "local.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake_go(tmp_path: Path, version: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """A `go` alone on PATH answering as `version`; a toolchain folder as the module cache
+    has it; the log of the calls."""
+    toolchain = tmp_path / "toolchain"
+    (toolchain / "bin").mkdir(parents=True)
+    (toolchain / "pkg" / "tool" / "linux_amd64").mkdir(parents=True)
+    for program in (toolchain / "bin" / "go", toolchain / "pkg/tool/linux_amd64/compile"):
+        program.write_text("")
+        program.chmod(0o444)  # as unzipped from a module: not executable
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    answer = json.dumps({"Path": "golang.org/toolchain", "Dir": str(toolchain)})
+    go = bin_dir / "go"
+    go.write_text(_FAKE_GO.format(log=log, version=version, answer=answer))
+    go.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}/usr/bin:/bin")
+    return toolchain, log
+
+
+@pytest.mark.parametrize("version", ["go1.19.8", "go1.20rc1"])
+def test_an_old_go_fetches_the_toolchain_nats_needs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: str
+) -> None:
+    local = _load_local()
+    toolchain, log = _fake_go(tmp_path, version, monkeypatch)
+
+    go = local.find_go()
+
+    assert go == str(toolchain / "bin" / "go")
+    module = f"golang.org/toolchain@v0.0.1-{local.GO_TOOLCHAIN}.linux-amd64"
+    assert f"mod download -json {module}" in log.read_text().splitlines()
+    for program in (toolchain / "bin" / "go", toolchain / "pkg/tool/linux_amd64/compile"):
+        assert program.stat().st_mode & stat.S_IXUSR
+
+
+def test_a_go_that_fetches_toolchains_itself_is_used_as_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local = _load_local()
+    _, log = _fake_go(tmp_path, "go1.21.0", monkeypatch)
+
+    assert local.find_go() == str(tmp_path / "bin" / "go")
+    assert "mod download" not in log.read_text()
+
+
+def test_a_damaged_opensearch_zip_is_dropped_from_mavens_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local = _load_local()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(local, "CACHE", tmp_path / "cache")
+    monkeypatch.setattr(local, "opensearch_home", lambda: tmp_path / "cache" / "opensearch")
+    monkeypatch.setattr(local, "java_home", lambda: Path("/usr"))
+    monkeypatch.setattr(local.shutil, "which", lambda name, **_: f"/usr/bin/{name}")
+    cached = local.maven_cached_opensearch()
+    assert cached.is_relative_to(tmp_path / "home" / ".m2" / "repository" / "org" / "opensearch")
+    seen: list[list[str]] = []
+
+    def maven(argv: list[str], **_: object) -> None:
+        # What a half-finished download leaves: Maven copies it from its cache every time.
+        seen.append([str(arg) for arg in argv])
+        cached.mkdir(parents=True)
+        output = next(a for a in seen[-1] if a.startswith("-DoutputDirectory="))
+        folder = Path(output.split("=", 1)[1])
+        folder.mkdir(parents=True)
+        (folder / f"opensearch-{local.OPENSEARCH_VERSION}.zip").write_bytes(b"PK\x03\x04 cut")
+
+    monkeypatch.setattr(local, "run", maven)
+
+    with pytest.raises(local.InfraError, match=r"damaged .*run the command again"):
+        local.install_opensearch()
+    assert not cached.exists()
+    assert not (tmp_path / "cache" / "opensearch").exists()
+    assert "--strict-checksums" in seen[0]
