@@ -922,8 +922,7 @@ def cmd_exec(profile: Profile, procs: list[ManagedProcess], command: list[str]) 
         client_env = profile.client_env()
         shown_env = " ".join(f"{key}={value}" for key, value in client_env.items())
         print(f"\n$ {shown_env} {' '.join(command)}", flush=True)
-        # In its own process group, so that Ctrl-C reaches it once, from wait_command.
-        child = subprocess.Popen(command, env={**os.environ, **client_env}, process_group=0)
+        child = subprocess.Popen(command, env={**os.environ, **client_env})
         return wait_command(child)
     finally:
         print()
@@ -945,10 +944,10 @@ def _raise_terminated(signum: int, frame: object) -> None:
 def wait_command(child: subprocess.Popen[bytes]) -> int:
     """Waits for `exec`'s command and returns its exit code.
 
-    Ctrl-C or SIGTERM is passed on once, as SIGINT, and the command is given
+    On Ctrl-C or SIGTERM the command gets one SIGINT (from the terminal, or passed on) and
     EXEC_CLEANUP_TIMEOUT_S to clean up (pytest then runs its fixtures' teardown, which stops
-    the servers the tests started) before its process group is killed; a second Ctrl-C kills
-    it at once. An interrupted run exits 130 (143 for SIGTERM) even if the command exits 0.
+    the servers the tests started) before it is killed; a second Ctrl-C kills it at once. An
+    interrupted run exits 130 (143 for SIGTERM) even if the command exits 0.
     """
     grace_s = EXEC_CLEANUP_TIMEOUT_S
     interrupted: int | None = None
@@ -968,8 +967,11 @@ def wait_command(child: subprocess.Popen[bytes]) -> int:
                     "(Ctrl-C again to kill it now)",
                     flush=True,
                 )
-                with contextlib.suppress(ProcessLookupError):
-                    child.send_signal(signal.SIGINT)
+                # Ctrl-C at the terminal reached the command too: a second SIGINT would cut
+                # its cleanup short.
+                if isinstance(err, Terminated) or not _interrupted_at_terminal():
+                    with contextlib.suppress(ProcessLookupError):
+                        child.send_signal(signal.SIGINT)
             else:
                 print("killing the command; servers its tests started may be left running")
                 return _kill_command(child, interrupted)
@@ -978,9 +980,18 @@ def wait_command(child: subprocess.Popen[bytes]) -> int:
             return _kill_command(child, interrupted or signal.SIGINT)
 
 
+def _interrupted_at_terminal() -> bool:
+    """True when this process runs in its terminal's foreground process group, so that a
+    Ctrl-C there was delivered to the command (same group) as well."""
+    try:
+        with open("/dev/tty", "rb") as tty:
+            return os.tcgetpgrp(tty.fileno()) == os.getpgrp()
+    except OSError:
+        return False  # no terminal: the interrupt was sent to this process alone
+
+
 def _kill_command(child: subprocess.Popen[bytes], interrupted: int) -> int:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(child.pid, signal.SIGKILL)
+    child.kill()
     child.wait()
     return 128 + interrupted
 

@@ -110,8 +110,12 @@ def _interrupt_exec(
     command.write_text(_COMMAND)
     driver.write_text(_DRIVER)
     argv = [sys.executable, str(driver), str(ROOT / "scripts" / "local.py"), str(grace_s)]
+    # In a session of its own, without a terminal: the signal reaches the driver alone.
     proc = subprocess.Popen(
-        [*argv, str(command), str(marker), cleanup], stdout=subprocess.PIPE, text=True
+        [*argv, str(command), str(marker), cleanup],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 30
