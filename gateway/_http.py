@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders, QueryParams
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -200,16 +200,17 @@ class _Routes:
         return Response(body, status_code=200, media_type=codec)
 
     async def events(self, request: Request) -> Response:
-        with self._query_route(request, "GET /v1/events", _query.EVENTS_PARAMS) as span:
-            query = _query.events_request(request.query_params)
+        with self._query_route(request, "GET /v1/events", _query.EVENTS_PARAMS) as (span, params):
+            query = _query.events_request(params)
             with self._rpc_span("QueryEvents"):
                 response = await self._query.query_events(query)
             span.set_attribute("pipeline.events", len(response.events))
         return json_response(_query.events_json(response))
 
     async def aggregate(self, request: Request) -> Response:
-        with self._query_route(request, "GET /v1/events/aggregate", _query.AGGREGATE_PARAMS):
-            query = _query.aggregate_request(request.query_params)
+        route = "GET /v1/events/aggregate"
+        with self._query_route(request, route, _query.AGGREGATE_PARAMS) as (_, params):
+            query = _query.aggregate_request(params)
             with self._rpc_span("AggregateEvents"):
                 response = await self._query.aggregate_events(query)
         return json_response(_query.aggregate_json(response))
@@ -217,9 +218,9 @@ class _Routes:
     @contextmanager
     def _query_route(
         self, request: Request, name: str, allowed: tuple[str, ...]
-    ) -> Iterator[tracing.Span]:
+    ) -> Iterator[tuple[tracing.Span, QueryParams]]:
         """A read route's server span (continuing the caller's traceparent), with the read key
-        and the query parameters checked inside it."""
+        and the query parameters checked inside it; the span and the parameters."""
         with self._tracing.span(
             name,
             kind=tracing.SpanKind.SERVER,
@@ -227,8 +228,7 @@ class _Routes:
             attributes={"pipeline.request_id": request.state.request_id},
         ) as span:
             span.set_attribute("pipeline.reader", self._principal(request, Kind.READ).name)
-            _reject_unknown(request, allowed)
-            yield span
+            yield span, _query_params(request, allowed)
 
     def _rpc_span(self, method: str) -> AbstractContextManager[tracing.Span]:
         """The client span of a QueryService call; the query client sends it as traceparent."""
@@ -239,11 +239,14 @@ class _Routes:
         )
 
 
-def _reject_unknown(request: Request, allowed: tuple[str, ...]) -> None:
+def _query_params(request: Request, allowed: tuple[str, ...]) -> QueryParams:
+    """The query string's parameters; InvalidRequest for one that is not UTF-8 or not known.
+
+    Decoded here rather than by `request.query_params`, which replaces bytes that are not
+    UTF-8 (a stray %FF) with U+FFFD: a filter that quietly matches nothing.
+    """
     try:
-        # Starlette decodes with errors="replace": a stray %FF would become U+FFFD and
-        # quietly match nothing.
-        urllib.parse.parse_qsl(
+        pairs = urllib.parse.parse_qsl(
             request.scope.get("query_string", b"").decode("latin-1"),
             keep_blank_values=True,
             errors="strict",
@@ -252,9 +255,11 @@ def _reject_unknown(request: Request, allowed: tuple[str, ...]) -> None:
         raise InvalidRequest(
             "the query string is not UTF-8: percent-encode each parameter's UTF-8 bytes"
         ) from None
-    unknown = sorted(set(request.query_params.keys()) - set(allowed))
+    params = QueryParams(pairs)
+    unknown = sorted(set(params.keys()) - set(allowed))
     if unknown:
         raise InvalidRequest(f"unknown query parameters: {', '.join(unknown)[:200]}")
+    return params
 
 
 def build_app(
