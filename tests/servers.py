@@ -114,6 +114,7 @@ class NatsProcess:
         url = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
+                self._proc = None
                 raise RuntimeError(f"nats-server exited: {self._log.read_text()[-2000:]}")
             try:
                 with urllib.request.urlopen(url, timeout=1) as resp:
@@ -122,6 +123,7 @@ class NatsProcess:
             except OSError:
                 pass
             time.sleep(0.05)
+        self.stop()  # the caller's fixture never gets to its teardown
         raise RuntimeError(f"nats-server not ready in {READY_TIMEOUT_S} s")
 
     def kill(self) -> None:
@@ -198,10 +200,15 @@ class NatsCluster:
         return ",".join(self.urls)
 
     def start(self) -> None:
-        """Starts every node, then waits until the JetStream meta group has a leader."""
-        for node in self.nodes:
-            node.start()
-        self.wait_meta_leader()
+        """Starts every node, then waits until the JetStream meta group has a leader; stops
+        them all if that fails (the caller's fixture never gets to its teardown)."""
+        try:
+            for node in self.nodes:
+                node.start()
+            self.wait_meta_leader()
+        except BaseException:
+            self.stop()
+            raise
 
     def wait_meta_leader(self) -> str:
         """Waits until every running node knows the meta leader; returns its name."""
