@@ -2,14 +2,14 @@
 # Build from the repository root: docker build -t telemetry-pipeline .
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml requirements.lock README.md ./
 COPY gen ./gen
 COPY pipeline ./pipeline
 COPY gateway ./gateway
 COPY enricher ./enricher
 COPY indexer ./indexer
 COPY tpipe ./tpipe
-RUN pip install --no-cache-dir --prefix=/install .
+RUN pip install --no-cache-dir --constraint requirements.lock --prefix=/install .
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --no-create-home telemetry

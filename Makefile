@@ -6,6 +6,7 @@
 #   make test     the whole suite against real servers (profile test, other ports than dev)
 #   make lint     ruff + mypy
 #   make gen      regenerate gen/ from protos/ (the only way gen/ changes)
+#   make lock     re-resolve the Python dependencies into requirements.lock (after editing pyproject.toml)
 #   make proto-check  buf lint + buf breaking + gen/ is up to date
 #   make bench    the end-to-end benchmark (bench/README.md); e.g. BENCH_ARGS="--rounds 1 --skip-query"
 #
@@ -24,19 +25,26 @@ LOCAL_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 LOCAL := $(LOCAL_PY) scripts/local.py
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install run stop status test lint gen proto-check bench
+.PHONY: help venv lock install run stop status test lint gen proto-check bench
 
 help:
 	@sed -n 's/^#   //p' Makefile
 
 venv: $(VENV_STAMP)
 
-# Reinstall only when pyproject.toml changed since the last successful install.
-$(VENV_STAMP): pyproject.toml
+# Reinstall only when pyproject.toml or the lock changed since the last successful install; every
+# distribution comes at the version requirements.lock pins, and the check fails on any other.
+$(VENV_STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --constraint requirements.lock --upgrade pip
+	$(PY) -m pip install --quiet --constraint requirements.lock -e '.[dev]'
+	$(PY) scripts/lock.py check
 	touch $@
+
+# Re-resolve pyproject.toml's dependencies (and what they need) and rewrite requirements.lock.
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) scripts/lock.py write
 
 install: venv
 	$(PY) scripts/local.py install
@@ -59,7 +67,7 @@ lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
-	$(PY) -m mypy --strict scripts/local.py
+	$(PY) -m mypy --strict scripts/local.py scripts/lock.py
 
 # gen/ is generated from protos/ only, by this target; proto-check fails when it is stale.
 gen: venv

@@ -6,7 +6,6 @@ raised BrokenPipeError and left NATS and OpenSearch running on the test ports.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import signal
 import subprocess
@@ -18,17 +17,13 @@ from typing import Any
 
 import pytest
 
+from tests.scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load_local() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("local_script", ROOT / "scripts" / "local.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_script("local.py", "local_script")
 
 
 class ClosedPipe(io.StringIO):

@@ -5,15 +5,15 @@ handed out again by Maven's cache."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import stat
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,15 +28,7 @@ esac
 
 
 def _load_local() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "local_script_setup", ROOT / "scripts" / "local.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("local.py", "local_script_setup")
 
 
 def _fake_go(tmp_path: Path, version: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
