@@ -17,6 +17,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from tests.servers import ROOT, free_port
 
@@ -57,6 +58,7 @@ class OpenSearchNode:
         self.transport_port = free_port()
         self.base = Path(tempfile.mkdtemp(prefix="tpipe-os-"))
         self._proc: subprocess.Popen[bytes] | None = None
+        self._as_user: dict[str, Any] = {}  # as root: the service user's uid, gid, no groups
         home = opensearch_home()
         config = self.base / "config"
         shutil.copytree(home / "config", config)
@@ -93,12 +95,12 @@ class OpenSearchNode:
                 for name in files:
                     os.chown(os.path.join(parent, name), entry.pw_uid, entry.pw_gid)
                 del dirs  # walked anyway
-            env_args = [f"{k}={v}" for k, v in env.items()]
-            self._argv = ["runuser", "-u", SERVICE_USER, "--", "env", *env_args, *argv]
-            self._env = dict(os.environ)
-        else:
-            self._argv = argv
-            self._env = {**os.environ, **env}
+            # The JVM itself becomes the user: under `runuser` it would be killed 2 s after
+            # SIGTERM, shut down or not.
+            self._as_user = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+            env |= {"HOME": entry.pw_dir, "USER": SERVICE_USER, "LOGNAME": SERVICE_USER}
+        self._argv = argv
+        self._env = {**os.environ, **env}
 
     @property
     def url(self) -> str:
@@ -110,7 +112,12 @@ class OpenSearchNode:
             return
         log = (self.base / "stdout.log").open("ab")
         self._proc = subprocess.Popen(
-            self._argv, stdout=log, stderr=subprocess.STDOUT, env=self._env, start_new_session=True
+            self._argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self._env,
+            start_new_session=True,
+            **self._as_user,
         )
         deadline = time.monotonic() + READY_TIMEOUT_S
         health = f"{self.url}/_cluster/health?wait_for_status=yellow&timeout=1s"
@@ -140,7 +147,7 @@ class OpenSearchNode:
         except subprocess.TimeoutExpired:
             os.killpg(group, signal.SIGKILL)
             self._proc.wait()
-        # runuser exits with the JVM; make sure nothing of the group lingers.
+        # Make sure nothing of the group lingers.
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while time.monotonic() < deadline:
             try:

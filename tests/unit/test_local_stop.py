@@ -1,0 +1,101 @@
+"""`scripts/local.py` stops a managed process gracefully: SIGTERM, then its whole stop timeout
+to finish shutting down, also when it runs as another user.
+
+As root, OpenSearch runs as an unprivileged user. Started through `runuser`, it was killed 2 s
+after `make stop` (runuser's own SIGKILL to its child), whatever its shutdown still had to do.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import stat
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tests.scripts import load_script
+
+# Stops slowly on SIGTERM, as a JVM flushing its indices does; says who it ran as.
+_SLOW_STOP = """
+trap 'sleep {cleanup_s}; echo graceful > "$SHARED/stopped"; exit 0' TERM
+id -un > "$SHARED/user"
+while :; do sleep 0.05; done
+"""
+
+
+@pytest.fixture
+def local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    module = load_script("local.py", "local_script_stop")
+    monkeypatch.setattr(module, "LOCAL", tmp_path / "local")
+    return module
+
+
+@pytest.fixture
+def shared() -> Iterator[Path]:
+    """A folder the service user may write too (pytest's tmp_path is root's alone)."""
+    with tempfile.TemporaryDirectory(prefix="local-stop-") as folder:
+        os.chmod(folder, stat.S_IRWXU | stat.S_IRWXG | stat.S_IRWXO | stat.S_ISVTX)
+        yield Path(folder)
+
+
+def _service_user(local: ModuleType) -> str | None:
+    if os.geteuid() != 0:
+        return None  # nobody to switch to: the process runs as ourselves
+    local.ensure_service_user()
+    return str(local.OPENSEARCH_USER)
+
+
+def test_a_slow_stop_gets_its_whole_timeout_as_the_service_user(
+    local: ModuleType, shared: Path
+) -> None:
+    user = _service_user(local)
+    profile = local.Profile("stoptest", 1, 2, 3, 4, (5, 6), (7, 8), (9, 10))
+    launch = local.Launch(
+        argv=("sh", "-c", _SLOW_STOP.format(cleanup_s=3)), env={"SHARED": str(shared)}, user=user
+    )
+    proc = local.ManagedProcess(
+        name="slow",
+        title="Slow",
+        profile=profile,
+        prepare=lambda: launch,
+        ready_url="http://127.0.0.1:1/",
+        ports=(),
+        endpoints=(),
+        stop_timeout_s=15.0,
+    )
+    pid = local.spawn(proc, launch)
+    deadline = time.monotonic() + 10
+    while not (shared / "user").exists() or not (shared / "user").read_text():
+        assert time.monotonic() < deadline, f"never started: {proc.log_file.read_text()}"
+        time.sleep(0.05)
+    expected = user if user is not None else pwd.getpwuid(os.geteuid()).pw_name
+    assert (shared / "user").read_text().strip() == expected
+    assert local.running_pid(proc) == pid  # its own session leader, tagged as ours
+
+    started = time.monotonic()
+    local.terminate(proc, pid)
+
+    assert (shared / "stopped").read_text().strip() == "graceful"
+    assert time.monotonic() - started >= 3
+    assert not local.group_alive(pid)
+    assert not proc.pid_file.exists()
+
+
+def test_the_reach_check_runs_as_the_service_user(local: ModuleType, shared: Path) -> None:
+    user = _service_user(local)
+    if user is None:
+        pytest.skip("only root switches users")  # CI runs as root
+    private = Path(tempfile.mkdtemp(prefix="local-stop-private-"))
+    try:
+        os.chmod(private, stat.S_IRWXU)  # root's alone
+        executable = Path("/bin/sh")
+        local.check_user_can_reach(user, executable, shared)
+        with pytest.raises(local.InfraError, match=f"user {user} cannot reach"):
+            local.check_user_can_reach(user, executable, private)
+    finally:
+        os.rmdir(private)
