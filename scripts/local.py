@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import io
 import json
 import os
@@ -38,7 +39,7 @@ import urllib.error
 import urllib.request
 import uuid
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -881,14 +882,46 @@ def relative(path: Path) -> str:
 # --- commands ---------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def exclusive(lock_file: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_file` (waiting, and saying so, while another holds it).
+
+    Two `make run`s in one checkout would otherwise both find nothing running, both start, and
+    the one that lost the ports could report ready on the other's servers.
+    """
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another scripts/local.py"
+            print(f"waiting for {holder} to finish {what}", flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()} ({' '.join(sys.argv[1:2]) or 'local.py'})\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)  # the lock itself goes with the file descriptor
+
+
+def profile_lock(profile: Profile) -> contextlib.AbstractContextManager[None]:
+    """Starting and stopping one profile's processes, one `local.py` at a time."""
+    return exclusive(profile.run_dir / "local.lock", f"starting or stopping profile {profile.name}")
+
+
 def cmd_install() -> int:
-    install_nats()
-    install_opensearch()
+    with exclusive(CACHE / "install.lock", "installing"):
+        install_nats()
+        install_opensearch()
     return 0
 
 
 def cmd_up(procs: list[ManagedProcess]) -> int:
-    start_all(procs, started=[])
+    with profile_lock(procs[0].profile):
+        start_all(procs, started=[])
     print_running(procs)
     if any(proc.name == "gateway" for proc in procs):
         print_usage(procs[0].profile)
@@ -896,8 +929,9 @@ def cmd_up(procs: list[ManagedProcess]) -> int:
 
 
 def cmd_down(procs: list[ManagedProcess]) -> int:
-    for proc in reversed(procs):
-        stop(proc)
+    with profile_lock(procs[0].profile):
+        for proc in reversed(procs):
+            stop(proc)
     return 0
 
 
@@ -936,7 +970,8 @@ def cmd_exec(profile: Profile, procs: list[ManagedProcess], command: list[str]) 
     sys.stdout = _OutputOrNothing(sys.stdout)
     started: list[ManagedProcess] = []
     try:
-        start_all(procs, started)
+        with profile_lock(profile):
+            start_all(procs, started)
         client_env = profile.client_env()
         shown_env = " ".join(f"{key}={value}" for key, value in client_env.items())
         print(f"\n$ {shown_env} {' '.join(command)}", flush=True)
@@ -944,11 +979,12 @@ def cmd_exec(profile: Profile, procs: list[ManagedProcess], command: list[str]) 
         return wait_command(child)
     finally:
         print()
-        for proc in reversed(procs):
-            if proc in started:
-                stop(proc)
-            elif running_pid(proc) is not None:
-                print(f"{proc.name}: left running (it was running before)")
+        with profile_lock(profile):
+            for proc in reversed(procs):
+                if proc in started:
+                    stop(proc)
+                elif running_pid(proc) is not None:
+                    print(f"{proc.name}: left running (it was running before)")
 
 
 class Terminated(Exception):

@@ -1,5 +1,6 @@
-"""`scripts/local.py` stops a managed process gracefully: SIGTERM, then its whole stop timeout
-to finish shutting down, also when it runs as another user.
+"""`scripts/local.py` starts and stops managed processes safely: a stop is SIGTERM and then the
+whole stop timeout to finish shutting down, also for a process running as another user; two
+`local.py`s starting or stopping one profile take turns.
 
 As root, OpenSearch runs as an unprivileged user. Started through `runuser`, it was killed 2 s
 after `make stop` (runuser's own SIGKILL to its child), whatever its shutdown still had to do.
@@ -11,6 +12,7 @@ import os
 import pwd
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,3 +101,41 @@ def test_the_reach_check_runs_as_the_service_user(local: ModuleType, shared: Pat
             local.check_user_can_reach(user, executable, private)
     finally:
         os.rmdir(private)
+
+
+def test_two_ups_of_one_profile_take_turns(
+    local: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each would otherwise find nothing running and start its own servers on the same ports."""
+    profile = local.Profile("locktest", 1, 2, 3, 4, (5, 6), (7, 8), (9, 10))
+    spans: list[tuple[float, float]] = []
+
+    def start_all(procs: list[object], started: list[object]) -> None:
+        entered = time.monotonic()
+        time.sleep(0.5)
+        spans.append((entered, time.monotonic()))
+
+    monkeypatch.setattr(local, "start_all", start_all)
+    monkeypatch.setattr(local, "print_running", lambda procs: None)
+    proc = local.ManagedProcess(
+        name="x",
+        title="X",
+        profile=profile,
+        prepare=lambda: None,
+        ready_url="http://127.0.0.1:1/",
+        ports=(),
+        endpoints=(),
+    )
+    ups = [threading.Thread(target=local.cmd_up, args=([proc],)) for _ in range(2)]
+    for up in ups:
+        up.start()
+    for up in ups:
+        up.join(timeout=10)
+
+    assert len(spans) == 2
+    first, second = sorted(spans)
+    assert second[0] >= first[1]
+    out = capsys.readouterr().out
+    assert f"waiting for pid {os.getpid()}" in out
+    assert "to finish starting or stopping profile locktest" in out
+    assert (profile.run_dir / "local.lock").read_text() == ""  # no holder left behind
