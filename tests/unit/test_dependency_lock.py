@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.scripts import load_script
+from tests.script_modules import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.scripts import load_script
+from tests.script_modules import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 

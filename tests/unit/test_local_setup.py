@@ -13,7 +13,7 @@ from types import ModuleType
 
 import pytest
 
-from tests.scripts import load_script
+from tests.script_modules import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
