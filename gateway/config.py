@@ -93,7 +93,8 @@ class GatewayConfig(NatsSettings, TracingSettings):
     max_in_flight: int = setting(
         "GATEWAY_MAX_IN_FLIGHT",
         DEFAULT_MAX_IN_FLIGHT,
-        "ingest requests handled at once; more get 429",
+        "ingest requests handled at once; more get 429 (a small limit sheds most of what the "
+        "gateway could take under overload: docs/reliability.md)",
         check=positive,
     )
     max_in_flight_bytes: int = setting(

@@ -1,5 +1,13 @@
-"""Overload: about twice the measured capacity for 60 s. The gateway sheds load with 429/503
-and Retry-After, its memory stays bounded, and nothing it accepted is lost."""
+"""Overload for 60 s: 512 clients against a gateway that admits 8 requests at once, new
+batches aimed at twice the capacity measured just before. The gateway sheds with 429/503 and
+Retry-After, its memory stays bounded, and nothing it accepted is lost.
+
+The load generator shares the machine's two CPUs with the pipeline, so the rate it reaches
+varies (0.6x to 2x capacity in new batches, 0.6x to 4.4x with retries, in runs on 2026-11-27):
+what overloads the gateway in every run is concurrency, 64 times more clients than it admits.
+The figures are printed, the share of capacity still accepted among them; that share is low
+(3-5 % here) and not asserted: docs/reliability.md says why.
+"""
 
 from __future__ import annotations
 
@@ -57,7 +65,7 @@ class RssSampler:
         self._thread.join()
 
 
-def test_fault_overload_twice_capacity_60s(
+def test_fault_overload_512_clients_60s(
     nats_server: NatsProcess, opensearch_url: str, prefix: str, make_pipeline: PipelineFactory
 ) -> None:
     pipeline = make_pipeline(
@@ -94,6 +102,7 @@ def test_fault_overload_twice_capacity_60s(
         elapsed = time.monotonic() - started
         offered = overload.result.offered_batches / elapsed
         requests = sum(overload.result.statuses.values()) / elapsed
+        goodput = overload.result.accepted_batches / elapsed
         result = overload.stop()
 
     shed = result.count_429 + result.count_503
@@ -101,11 +110,13 @@ def test_fault_overload_twice_capacity_60s(
     print(
         f"capacity {capacity:.0f} batches/s; new batches offered {offered:.0f}/s "
         f"({offered / capacity:.1f}x), requests with retries {requests:.0f}/s "
-        f"({requests / capacity:.1f}x); given up {result.given_up_batches}; shed {shed} "
+        f"({requests / capacity:.1f}x); accepted {goodput:.0f}/s ({goodput / capacity:.2f}x); "
+        f"given up {result.given_up_batches}; shed {shed} "
         f"(429: {result.count_429}, 503: {result.count_503}); "
         f"gateway RSS {rss.samples_mb[0]:.0f} -> peak {peak:.0f} MB"
     )
     assert shed > 0  # it said no rather than queue without end
+    assert result.accepted_batches > 0  # it kept accepting while shedding
     assert result.retry_after_missing == 0
     assert peak < RSS_BOUND_MB
     combined = LoadResult(
@@ -116,10 +127,11 @@ def test_fault_overload_twice_capacity_60s(
         statuses=measured.statuses + result.statuses,
     )
     check(
-        "overload 2x capacity 60 s",
+        "overload 512 clients 60 s",
         combined,
         opensearch_url,
         prefix,
         extra=f"capacity={capacity:.0f}/s offered={offered:.0f}/s requests={requests:.0f}/s "
+        f"accepted={goodput:.0f}/s "
         f"shed={shed} rss_peak={peak:.0f}MB",
     )
