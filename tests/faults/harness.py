@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import threading
 import time
 import urllib.parse
@@ -410,3 +411,83 @@ def check(
     assert verdict.lost == [], f"{line}\nlost ids (first 10): {verdict.lost[:10]}"
     assert verdict.duplicated == {}, f"{line}\nduplicated: {list(verdict.duplicated.items())[:10]}"
     return verdict
+
+
+class BulkAnswerHolder:
+    """A TCP proxy to OpenSearch, in a thread of its own, that can keep one `_bulk` answer
+    from its client: OpenSearch has written the documents, the client never learns it.
+
+    `arm()` picks the next connection that sends a `_bulk` request; when OpenSearch's answer to
+    it arrives, the proxy keeps it (and everything after it on that connection) and sets
+    `held`. Every other connection, and that one's requests, pass through untouched.
+    """
+
+    def __init__(self, upstream_url: str) -> None:
+        parts = urllib.parse.urlsplit(upstream_url)
+        self._upstream = (parts.hostname or "127.0.0.1", parts.port or 9200)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.Server | None = None
+        self._armed = False
+        self._holding: object | None = None  # the connection whose answer is kept
+        self.held = threading.Event()
+        self.held_answer = b""
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> BulkAnswerHolder:
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._accept, "127.0.0.1", 0), self._loop
+        ).result(timeout=10)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def arm(self) -> None:
+        self._loop.call_soon_threadsafe(setattr, self, "_armed", True)
+
+    def stop(self) -> None:
+        async def close() -> None:
+            assert self._server is not None
+            self._server.close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+        except OSError:
+            writer.close()
+            return
+        connection = object()
+
+        async def requests() -> None:
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                while data := await reader.read(65536):
+                    if self._armed and b"_bulk" in data:
+                        self._armed = False
+                        self._holding = connection
+                    up_writer.write(data)
+                    await up_writer.drain()
+            up_writer.close()
+
+        async def answers() -> None:
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                while data := await up_reader.read(65536):
+                    if self._holding is connection:
+                        self.held_answer += data
+                        self.held.set()
+                        continue
+                    writer.write(data)
+                    await writer.drain()
+            writer.close()
+
+        await asyncio.gather(requests(), answers())

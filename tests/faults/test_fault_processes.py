@@ -7,7 +7,7 @@ import time
 import pytest
 
 from tests.faults.conftest import PipelineFactory
-from tests.faults.harness import LoadGenerator, check
+from tests.faults.harness import BulkAnswerHolder, LoadGenerator, check
 from tests.servers import NatsProcess
 
 pytestmark = pytest.mark.integration
@@ -42,30 +42,52 @@ def test_fault_enricher_sigkill_mid_load(
 def test_fault_indexer_sigkill_mid_bulk(
     nats_server: NatsProcess, opensearch_url: str, prefix: str, make_pipeline: PipelineFactory
 ) -> None:
+    """Killed after OpenSearch wrote a bulk and before the indexer read the answer: the
+    messages were never acked, come back, and their documents answer 409, not a second copy."""
+    holder = BulkAnswerHolder(opensearch_url).start()
     pipeline = make_pipeline(
-        nats_url=nats_server.url, opensearch_url=opensearch_url, index_prefix=prefix
+        nats_url=nats_server.url,
+        opensearch_url=opensearch_url,
+        index_prefix=prefix,
+        # A short ack wait brings the killed bulk's messages back soon after the restart.
+        overrides={"indexer": {"OPENSEARCH_URL": holder.url, "INDEXER_ACK_WAIT_S": "5"}},
     )
-    pipeline.start()
-    load = _load(pipeline.gateway.base_url, "indexer-kill")
-    load.wait_accepted(500)
-    bulks_before = _bulk_requests(pipeline.indexer.metrics())
+    try:
+        pipeline.start()
+        load = _load(pipeline.gateway.base_url, "indexer-kill")
+        load.wait_accepted(500)
 
-    assert pipeline.indexer.kill() == -9
-    time.sleep(DOWN_S)
-    pipeline.indexer.start()
-    load.wait_accepted(load.accepted_count() + 500)
-    result = load.stop()
+        holder.arm()
+        assert holder.held.wait(timeout=30), "no bulk request went through the proxy"
+        time.sleep(0.5)  # the whole answer, in case it came in pieces
+        assert holder.held_answer.startswith(b"HTTP/1.1 200"), holder.held_answer[:200]
+        assert pipeline.indexer.kill() == -9
+        time.sleep(DOWN_S)
+        pipeline.indexer.start()
+        load.wait_accepted(load.accepted_count() + 500)
+        result = load.stop()
 
-    check("SIGKILL indexer, restart", result, opensearch_url, prefix)
-    assert bulks_before > 0  # it was writing when it was killed
+        # The held bulk's messages come back, unacked, and their documents find themselves.
+        deadline = time.monotonic() + 60
+        while (duplicates := _documents(pipeline.indexer.metrics(), "duplicate")) == 0:
+            assert time.monotonic() < deadline, "the killed bulk's messages never came back"
+            time.sleep(0.5)
+        check(
+            "SIGKILL indexer mid-bulk, restart",
+            result,
+            opensearch_url,
+            prefix,
+            extra=f"duplicates_after_restart={duplicates:.0f}",
+        )
+    finally:
+        holder.stop()
 
 
-def _bulk_requests(metrics: str) -> float:
-    total = 0.0
+def _documents(metrics: str, outcome: str) -> float:
     for line in metrics.splitlines():
-        if line.startswith("indexer_documents_total"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+        if line.startswith(f'indexer_documents_total{{outcome="{outcome}"}}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def test_fault_gateway_sigterm_under_load(
