@@ -7,7 +7,7 @@ import re
 import uuid
 from collections.abc import Iterable
 
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -46,7 +46,7 @@ class ClientIpResolver:
 
 def request_id(offered: str | None) -> str:
     """The client's X-Request-Id when it is sane, else a new one."""
-    if offered and _REQUEST_ID.fullmatch(offered):
+    if offered and REQUEST_ID.fullmatch(offered):
         return offered
     return uuid.uuid4().hex
 

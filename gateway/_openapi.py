@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway import _query
+from gateway._clientinfo import REQUEST_ID
 from pipeline.query_names import GROUP_BY, INTERVALS
 
 _REASONS = [
@@ -157,13 +158,53 @@ def _ops(summary: str) -> dict[str, Any]:
     return {"get": {"summary": summary, "responses": {"200": {"description": "ok"}}}}
 
 
+# Every answer carries X-Request-Id: the client's own when it sent a sane one, else a new one.
+REQUEST_ID_PATTERN = f"^{REQUEST_ID.pattern}$"
+_REQUEST_ID_PARAM = {
+    "name": "X-Request-Id",
+    "in": "header",
+    "description": "your id for this request, echoed in the answer and logged; "
+    "one that does not match the pattern is replaced by a new id",
+    "schema": {"type": "string"},
+}
+_REQUEST_ID_HEADER = {
+    "description": "the request's id: the one sent, or a new one",
+    "schema": {"type": "string", "pattern": REQUEST_ID_PATTERN},
+}
+_DESCRIPTION = (
+    "Every answer, error or not, carries `X-Request-Id`. Errors are JSON "
+    '`{"code", "message"}` with a Connect/gRPC code name, also for a path that does not exist '
+    "(404, `not_found`) and a method a path does not take (405, `unimplemented`, with `Allow`)."
+)
+
+
+def _with_request_ids(paths: dict[str, Any]) -> dict[str, Any]:
+    """`paths` with the X-Request-Id parameter and response header on every operation."""
+    out: dict[str, Any] = {}
+    for path, item in paths.items():
+        out[path] = {}
+        for method, operation in item.items():
+            params = operation.get("parameters", [])
+            if not any(p["name"] == "X-Request-Id" for p in params):
+                params = [*params, _REQUEST_ID_PARAM]
+            responses = {
+                status: {
+                    **response,
+                    "headers": {**response.get("headers", {}), "X-Request-Id": _REQUEST_ID_HEADER},
+                }
+                for status, response in operation["responses"].items()
+            }
+            out[path][method] = {**operation, "parameters": params, "responses": responses}
+    return out
+
+
 def document() -> dict[str, Any]:
     """The OpenAPI document."""
     write: list[dict[str, list[str]]] = [{"writeKey": []}, {"writeKeyHeader": []}]
     read: list[dict[str, list[str]]] = [{"readKey": []}, {"readKeyHeader": []}]
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Telemetry gateway", "version": "1"},
+        "info": {"title": "Telemetry gateway", "version": "1", "description": _DESCRIPTION},
         "components": {
             "schemas": _SCHEMAS,
             "securitySchemes": {
@@ -173,114 +214,118 @@ def document() -> dict[str, Any]:
                 "readKeyHeader": {"type": "apiKey", "in": "header", "name": "X-Api-Key"},
             },
         },
-        "paths": {
-            "/v1/track": {
-                "post": {
-                    "summary": "Ingest a batch of events; 202 once durable in JetStream",
-                    "security": write,
-                    "parameters": [
-                        {
-                            "name": "Idempotency-Key",
-                            "in": "header",
-                            "description": "your batch id: a retry under it is stored once",
-                            "schema": {"type": "string", "maxLength": 256},
+        "paths": _with_request_ids(
+            {
+                "/v1/track": {
+                    "post": {
+                        "summary": "Ingest a batch of events; 202 once durable in JetStream",
+                        "security": write,
+                        "parameters": [
+                            {
+                                "name": "Idempotency-Key",
+                                "in": "header",
+                                "description": "your batch id: a retry under it is stored once",
+                                "schema": {"type": "string", "maxLength": 256},
+                            },
+                        ],
+                        "requestBody": {
+                            "required": True,
+                            "content": {"application/json": {"schema": _ref("Batch")}},
                         },
-                        {"name": "X-Request-Id", "in": "header", "schema": {"type": "string"}},
-                    ],
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": _ref("Batch")}},
-                    },
-                    "responses": {
-                        "202": {
-                            "description": "receipt; a batch where every event is invalid "
-                            "also gets 202 with accepted 0 (do not retry it)",
-                            "content": {"application/json": {"schema": _ref("Receipt")}},
+                        "responses": {
+                            "202": {
+                                "description": "receipt; a batch where every event is invalid "
+                                "also gets 202 with accepted 0 (do not retry it)",
+                                "content": {"application/json": {"schema": _ref("Receipt")}},
+                            },
+                            "400": _error(
+                                "not JSON, not a batch, empty; a bad sent_at, gzip body or "
+                                "Idempotency-Key"
+                            ),
+                            **_AUTH_ERRORS,
+                            "413": _error("body, decompressed body or event count past a limit"),
+                            "415": _error("unsupported Content-Type or Content-Encoding"),
+                            "429": _error(
+                                "too many requests or bytes in flight, "
+                                "or this key's app is past its rate",
+                                retry=True,
+                            ),
+                            "503": _error(
+                                "the broker is down or slow; not accepted, retry", retry=True
+                            ),
                         },
-                        "400": _error(
-                            "not JSON, not a batch, empty; a bad sent_at, gzip body or "
-                            "Idempotency-Key"
-                        ),
-                        **_AUTH_ERRORS,
-                        "413": _error("body, decompressed body or event count past a limit"),
-                        "415": _error("unsupported Content-Type or Content-Encoding"),
-                        "429": _error(
-                            "too many requests or bytes in flight, "
-                            "or this key's app is past its rate",
-                            retry=True,
-                        ),
-                        "503": _error(
-                            "the broker is down or slow; not accepted, retry", retry=True
-                        ),
-                    },
-                }
-            },
-            "/telemetry.v1.IngestService/IngestEvents": {
-                "post": {
-                    "summary": "IngestService.IngestEvents over the Connect protocol",
-                    "security": write,
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {"schema": {"type": "object"}},
-                            "application/proto": {"schema": {}},
+                    }
+                },
+                "/telemetry.v1.IngestService/IngestEvents": {
+                    "post": {
+                        "summary": "IngestService.IngestEvents over the Connect protocol",
+                        "security": write,
+                        "requestBody": {
+                            "required": True,
+                            "content": {
+                                "application/json": {"schema": {"type": "object"}},
+                                "application/proto": {"schema": {}},
+                            },
                         },
-                    },
-                    "responses": {
-                        "200": {"description": "IngestEventsResponse"},
-                        "400": _error("invalid_argument"),
-                        **_AUTH_ERRORS,
-                        "415": _error("unsupported Content-Type"),
-                        "429": _error("resource_exhausted", retry=True),
-                        "503": _error("unavailable", retry=True),
-                    },
-                }
-            },
-            "/v1/events": {
-                "get": {
-                    "summary": "List events, newest first (QueryService.QueryEvents)",
-                    "security": read,
-                    "parameters": [
-                        *_filter_params(),
-                        _param("page_size", {"type": "integer"}),
-                        _param("page_token", {"type": "string"}),
-                    ],
-                    "responses": {
-                        "200": {
-                            "description": "one page",
-                            "content": {"application/json": {"schema": _ref("Events")}},
+                        "responses": {
+                            "200": {"description": "IngestEventsResponse"},
+                            "400": _error("invalid_argument"),
+                            **_AUTH_ERRORS,
+                            "415": _error("unsupported Content-Type"),
+                            "429": _error("resource_exhausted", retry=True),
+                            "503": _error("unavailable", retry=True),
                         },
-                        **_query_errors(),
-                    },
-                }
-            },
-            "/v1/events/aggregate": {
-                "get": {
-                    "summary": "Count events by a field and over time (AggregateEvents)",
-                    "security": read,
-                    "parameters": [
-                        *_filter_params(),
-                        _param("group_by", {"type": "string", "enum": list(GROUP_BY)}),
-                        _param("interval", {"type": "string", "enum": list(INTERVALS)}),
-                        _param("limit", {"type": "integer"}),
-                    ],
-                    "responses": {
-                        "200": {
-                            "description": "counts",
-                            "content": {"application/json": {"schema": _ref("Aggregate")}},
+                    }
+                },
+                "/v1/events": {
+                    "get": {
+                        "summary": "List events, newest first (QueryService.QueryEvents)",
+                        "security": read,
+                        "parameters": [
+                            *_filter_params(),
+                            _param("page_size", {"type": "integer"}),
+                            _param("page_token", {"type": "string"}),
+                        ],
+                        "responses": {
+                            "200": {
+                                "description": "one page",
+                                "content": {"application/json": {"schema": _ref("Events")}},
+                            },
+                            **_query_errors(),
                         },
-                        **_query_errors(),
-                    },
-                }
-            },
-            "/openapi.json": _ops("this document"),
-            "/healthz": _ops("liveness"),
-            "/readyz": {
-                "get": {
-                    "summary": "readiness: NATS connected and streams present",
-                    "responses": {"200": {"description": "ready"}, "503": {"description": "not"}},
-                }
-            },
-            "/metrics": _ops("Prometheus metrics"),
-        },
+                    }
+                },
+                "/v1/events/aggregate": {
+                    "get": {
+                        "summary": "Count events by a field and over time (AggregateEvents)",
+                        "security": read,
+                        "parameters": [
+                            *_filter_params(),
+                            _param("group_by", {"type": "string", "enum": list(GROUP_BY)}),
+                            _param("interval", {"type": "string", "enum": list(INTERVALS)}),
+                            _param("limit", {"type": "integer"}),
+                        ],
+                        "responses": {
+                            "200": {
+                                "description": "counts",
+                                "content": {"application/json": {"schema": _ref("Aggregate")}},
+                            },
+                            **_query_errors(),
+                        },
+                    }
+                },
+                "/openapi.json": _ops("this document"),
+                "/healthz": _ops("liveness"),
+                "/readyz": {
+                    "get": {
+                        "summary": "readiness: NATS connected and streams present",
+                        "responses": {
+                            "200": {"description": "ready"},
+                            "503": {"description": "not"},
+                        },
+                    }
+                },
+                "/metrics": _ops("Prometheus metrics"),
+            }
+        ),
     }

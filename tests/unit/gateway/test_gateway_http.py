@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import httpx
+import pytest
 from hypothesis import HealthCheck, given, settings
 from starlette.routing import Route
 
 from gateway import Gateway
-from gateway._openapi import document
+from gateway._openapi import REQUEST_ID_PATTERN, document
 from gateway.errors import Unavailable
 from tests.unit.gateway.conftest import (
     WRITE_KEY,
@@ -74,6 +76,52 @@ async def test_every_route_is_in_the_openapi_document(
     assert documented == routes
     assert served == document()
     assert served["openapi"].startswith("3.1")
+
+
+def test_every_documented_answer_declares_its_request_id() -> None:
+    served = document()
+    operations = [op for item in served["paths"].values() for op in item.values()]
+    assert len(operations) == 8
+    for operation in operations:
+        names = [param["name"] for param in operation["parameters"]]
+        assert names.count("X-Request-Id") == 1, operation["summary"]
+        for status, answer in operation["responses"].items():
+            header = answer["headers"]["X-Request-Id"]
+            assert header["schema"]["pattern"] == REQUEST_ID_PATTERN, (operation, status)
+    assert "404" in served["info"]["description"]
+    assert "405" in served["info"]["description"]
+    # The 401's own header is kept beside it.
+    assert "WWW-Authenticate" in served["paths"]["/v1/track"]["post"]["responses"]["401"]["headers"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("POST", "/v1/track", 202),
+        ("POST", "/v1/track", 401),
+        ("GET", "/v1/events", 403),
+        ("GET", "/nope", 404),
+        ("GET", "/v1/track", 405),
+        ("GET", "/healthz", 200),
+    ],
+)
+async def test_every_answer_carries_a_request_id_of_the_documented_form(
+    client: httpx.AsyncClient, method: str, path: str, status: int
+) -> None:
+    headers = AUTH if status != 401 else {}
+    fresh = await client.request(method, path, content=ONE, headers=headers)
+    echoed = await client.request(
+        method, path, content=ONE, headers={**headers, "X-Request-Id": "mine-1:2.3"}
+    )
+    replaced = await client.request(
+        method, path, content=ONE, headers={**headers, "X-Request-Id": "no spaces"}
+    )
+
+    assert fresh.status_code == echoed.status_code == replaced.status_code == status
+    assert re.fullmatch(REQUEST_ID_PATTERN, fresh.headers["x-request-id"])
+    assert echoed.headers["x-request-id"] == "mine-1:2.3"
+    assert re.fullmatch(REQUEST_ID_PATTERN, replaced.headers["x-request-id"])
+    assert replaced.headers["x-request-id"] != "no spaces"
 
 
 async def test_unknown_paths_are_404_and_counted_as_other(client: httpx.AsyncClient) -> None:
