@@ -85,6 +85,14 @@ class ServiceProcess:
             time.sleep(0.2)
         raise RuntimeError(f"{self.name} not ready in {timeout_s} s:\n{self.log_tail()}")
 
+    def readiness(self) -> tuple[int, str]:
+        """`/readyz` now: its status and body."""
+        try:
+            with urllib.request.urlopen(f"{self.base_url}/readyz", timeout=5) as resp:
+                return int(resp.status), resp.read().decode()
+        except urllib.error.HTTPError as err:
+            return int(err.code), err.read().decode()
+
     def terminate(self) -> int:
         """SIGTERM, then waits for the graceful stop; returns the exit code."""
         return self._signal(signal.SIGTERM)

@@ -136,6 +136,11 @@ def test_fault_opensearch_stopped_60s(
         # Intake went on while OpenSearch was away: JetStream holds the events.
         accepted_while_down = load.accepted_count() - before
         assert accepted_while_down > 0
+        # The indexer noticed, and says so, while the gateway stays ready.
+        status, body = pipeline.indexer.readiness()
+        assert status == 503, body
+        assert "opensearch" in body
+        assert pipeline.gateway.readiness()[0] == 200
         node.start()
         load.wait_accepted(load.accepted_count() + 500)
         result = load.stop()
