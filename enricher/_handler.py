@@ -26,7 +26,7 @@ from enricher._metrics import (
 )
 from enricher._raw import app_id_of, decode_raw, enriched_msg_id
 from enricher.errors import BrokerError
-from pipeline import subjects, tracing
+from pipeline import logs, subjects, tracing
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,8 @@ class _Outgoing:
 # The last error of messages being retried, by stream sequence, for the dead letter of
 # one that runs out of deliveries (bounded: a redelivery usually comes back here).
 _LAST_ERRORS_KEPT = 4096
+# While publishing fails, every message and redelivery is retried: one warning this often.
+RETRY_LOG_INTERVAL_S = 30.0
 
 
 _Prepared = _Outgoing | _policy.DeadLetter | Exception
@@ -112,9 +114,11 @@ class Handler:
         clock_ns: Callable[[], int] = time.time_ns,
         tracer: tracing.Tracing | None = None,
         max_message_bytes: int = 0,
+        retry_log: logs.Throttle | None = None,
     ) -> None:
         """`max_message_bytes` (0: no limit) is the most an enriched message may hold;
-        a larger enriched batch is published as several."""
+        a larger enriched batch is published as several. `retry_log` paces the warnings
+        about retried messages (default: one per RETRY_LOG_INTERVAL_S)."""
         self._tracing = tracer or tracing.Tracing.disabled()
         self._sink = sink
         self._geo = geo
@@ -124,6 +128,7 @@ class Handler:
         self._clock_ns = clock_ns
         self._max_message_bytes = max_message_bytes
         self._last_errors: OrderedDict[int, str] = OrderedDict()
+        self._retry_log = retry_log or logs.Throttle(RETRY_LOG_INTERVAL_S)
 
     async def handle(self, deliveries: Sequence[Delivery]) -> None:
         """Settles every delivery: acked after its publish, terminated, or nak'ed.
@@ -279,15 +284,19 @@ class Handler:
     def _remember(self, delivery: Delivery, err: _Prepared) -> None:
         """Logs why a message is retried, and keeps it for its dead letter."""
         text = repr(err)[:500]
-        log.warning(
-            "raw message not enriched; retrying: %s",
-            text,
-            extra={
-                "subject": delivery.subject,
-                "stream_sequence": delivery.stream_seq,
-                "deliveries": delivery.deliveries,
-            },
-        )
+        held_back = self._retry_log.admit()
+        if held_back is not None:
+            log.warning(
+                "raw message not enriched; retrying: %s (%d more retried since the last line)",
+                text,
+                held_back,
+                extra={
+                    "subject": delivery.subject,
+                    "stream_sequence": delivery.stream_seq,
+                    "deliveries": delivery.deliveries,
+                    "held_back": held_back,
+                },
+            )
         self._last_errors[delivery.stream_seq] = text
         self._last_errors.move_to_end(delivery.stream_seq)
         while len(self._last_errors) > _LAST_ERRORS_KEPT:

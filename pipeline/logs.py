@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -43,6 +44,32 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(doc, default=str).decode()
+
+
+class Throttle:
+    """At most one line per `interval_s` for one kind of warning that repeats per message
+    (a retry, a dead letter not stored) while something downstream is failing: an outage of
+    minutes must not write a line for every message and every redelivery.
+
+    `admit()` says whether to write this one, and how many were held back since the last.
+    """
+
+    def __init__(self, interval_s: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval_s = interval_s
+        self._clock = clock
+        self._next = float("-inf")
+        self._held = 0
+
+    def admit(self) -> int | None:
+        """None: leave this one out. Else write it, with the returned count of lines left
+        out since the last one written."""
+        now = self._clock()
+        if now < self._next:
+            self._held += 1
+            return None
+        held, self._held = self._held, 0
+        self._next = now + self._interval_s
+        return held
 
 
 def configure(service: str, *, level: str = "INFO", fmt: str = "json") -> None:

@@ -14,7 +14,7 @@ from enricher._handler import Delivery, Handler
 from enricher._metrics import Metrics
 from enricher._policy import RetryPolicy
 from enricher.errors import BrokerError
-from pipeline import subjects
+from pipeline import logs, subjects
 
 S = 1_000_000_000
 
@@ -238,6 +238,35 @@ async def test_an_event_too_large_for_any_message_goes_to_the_dlq() -> None:
     assert delivery.log == ["term"]
     assert sink.dead == [(delivery.data, "too_large")]
     assert sink.published == []
+
+
+async def test_retries_during_an_outage_log_one_line_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [100.0]
+    sink = FakeSink(fail_publish=True)
+    handler = Handler(
+        sink=sink,
+        geo=OfflineGeo(),
+        options=EnrichOptions(),
+        retry=RetryPolicy(max_deliver=3, base_delay_s=1.0, max_delay_s=8.0),
+        metrics=Metrics(),
+        retry_log=logs.Throttle(30.0, clock=lambda: now[0]),
+    )
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "not enriched" in r.getMessage()]
+
+    await handler.handle([FakeDelivery(_good(), stream_seq=n) for n in range(50)])
+    assert len(lines()) == 1
+    now[0] += 29.0
+    await handler.handle([FakeDelivery(_good(), stream_seq=n, deliveries=2) for n in range(50)])
+    assert len(lines()) == 1  # 99 retries, one line
+    now[0] += 1.0
+    await handler.handle([FakeDelivery(_good(), stream_seq=1, deliveries=3)])
+    assert len(lines()) == 2
+    assert lines()[1].endswith("(99 more retried since the last line)")
+    assert caplog.records[-1].held_back == 99
 
 
 async def test_a_retried_message_logs_why_and_its_dead_letter_keeps_the_last_error(
