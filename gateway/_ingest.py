@@ -137,22 +137,48 @@ def check_idempotency_key(key: str) -> None:
         )
 
 
-def split(batch: event_pb2.RawBatch, limit: int) -> list[bytes]:
-    """The batch as several payloads of at most `limit` bytes, each with the context."""
-    context_size = batch.context.ByteSize() + 8
-    parts: list[bytes] = []
-    start, size = 0, context_size
-    events = batch.events
-    for index, event in enumerate(events):
-        one = event.ByteSize() + 8
-        if context_size + one > limit:
+# Room kept in every message for the batch's context, whatever it holds: user agent (512
+# characters, up to 4 bytes each), request id, client IP, app and batch ids, two timestamps.
+# Whether a batch is split, and where, then depends on its events alone, not on the request
+# that carried it: a retry from another address, or received a moment later, splits alike.
+CONTEXT_ALLOWANCE_BYTES = 4096
+_EVENT_FRAMING_BYTES = 8  # the events field's key and length, generously
+
+
+def split(
+    batch: event_pb2.RawBatch, limit: int, *, payload: bytes
+) -> list[tuple[int, int, bytes]] | None:
+    """None when the batch (serialised: `payload`) goes in one message of at most `limit`
+    bytes; else its events in parts `(first, end, part)`, each part at most `limit` bytes
+    with the context.
+
+    Decided from the events' sizes only (see CONTEXT_ALLOWANCE_BYTES), so every attempt to
+    store a batch splits it the same way.
+    """
+    context_size = batch.context.ByteSize()
+    if context_size > CONTEXT_ALLOWANCE_BYTES:  # cannot happen with the gateway's own limits
+        raise TooLarge("the batch's context is larger than the room kept for it")
+    room = limit - CONTEXT_ALLOWANCE_BYTES
+    # The payload is the events, then the context field (key, length, message).
+    context_field = 1 + _varint_size(context_size) + context_size
+    if len(payload) - context_field <= room:
+        return None
+    sizes = [event.ByteSize() + _EVENT_FRAMING_BYTES for event in batch.events]
+    parts: list[tuple[int, int, bytes]] = []
+    start, size = 0, 0
+    for index, one in enumerate(sizes):
+        if one > room:
             raise TooLarge("an event is larger than the broker's largest message")
-        if size + one > limit:
-            parts.append(_part(batch, start, index))
-            start, size = index, context_size
+        if size + one > room:
+            parts.append((start, index, _part(batch, start, index)))
+            start, size = index, 0
         size += one
-    parts.append(_part(batch, start, len(events)))
+    parts.append((start, len(sizes), _part(batch, start, len(sizes))))
     return parts
+
+
+def _varint_size(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
 
 
 def _part(batch: event_pb2.RawBatch, start: int, end: int) -> bytes:
@@ -305,6 +331,7 @@ class IngestCore:
     async def _publish(self, batch: event_pb2.RawBatch, subject: str, bid: str) -> bool:
         limit = self._publisher.max_payload - PAYLOAD_HEADROOM_BYTES
         payload = batch.SerializeToString()
+        pieces = split(batch, limit, payload=payload)
         started = time.perf_counter()
         # The publisher writes this span's traceparent into the messages' headers.
         with self._tracing.span(
@@ -317,15 +344,18 @@ class IngestCore:
                 "pipeline.events": len(batch.events),
             },
         ) as span:
-            if len(payload) <= limit:
+            if pieces is None:
                 parts = 1
                 duplicate = await self._publisher.publish(subject, payload, msg_id=bid)
             else:
+                # Each part is named by the events it holds: were a retry ever split
+                # otherwise, its parts would be stored again, never taken for parts that
+                # hold fewer events.
                 duplicate = True
-                pieces = split(batch, limit)
                 parts = len(pieces)
-                for number, part in enumerate(pieces):
-                    one = await self._publisher.publish(subject, part, msg_id=f"{bid}:{number}")
+                for first, end, part in pieces:
+                    msg_id = f"{bid}:{first}-{end}"
+                    one = await self._publisher.publish(subject, part, msg_id=msg_id)
                     duplicate = duplicate and one
             span.set_attribute("pipeline.messages", parts)
             span.set_attribute("pipeline.duplicate", duplicate)

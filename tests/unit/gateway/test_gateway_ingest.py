@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import orjson
@@ -77,10 +78,15 @@ async def test_batch_past_max_payload_is_split_with_derived_ids() -> None:
     receipt = await core(broker).ingest_json(body(60, blob="v" * 1000), origin())
 
     assert receipt.accepted == 60
-    assert sorted(broker.stored) == sorted(
-        f"{receipt.batch_id}:{n}" for n in range(len(broker.stored))
+    # Each part is named by its events: `<batch id>:<first>-<end>`, the ranges end to end.
+    ranges = sorted(
+        tuple(int(n) for n in msg_id.removeprefix(f"{receipt.batch_id}:").split("-"))
+        for msg_id in broker.stored
     )
-    assert len(broker.stored) >= 3
+    assert len(ranges) >= 3
+    assert ranges[0][0] == 0
+    assert ranges[-1][1] == 60
+    assert all(end == first for (_, end), (first, _) in itertools.pairwise(ranges))
     batches = broker.batches()
     assert [e.event_id for b in batches for e in b.events] == [f"e-{n}" for n in range(60)]
     assert all(b.context.batch_id == receipt.batch_id for b in batches)
@@ -100,6 +106,65 @@ async def test_a_retry_after_a_partial_failure_stores_only_the_missing_parts() -
     assert again.duplicate is False  # one part was new
     assert again.batch_id == first.batch_id
     assert broker.stored.keys() == stored.keys()
+
+
+class BrokerFailingAfter(FakeBroker):
+    """Stores the first `good` publishes, then fails every one after them."""
+
+    def __init__(self, *, max_payload: int, good: int) -> None:
+        super().__init__(max_payload=max_payload)
+        self.good = good
+
+    async def publish(self, subject: str, payload: bytes, *, msg_id: str) -> bool:
+        if self.calls >= self.good:
+            self.calls += 1
+            raise Unavailable("no ack")
+        return await super().publish(subject, payload, msg_id=msg_id)
+
+
+def stored_ids(broker: FakeBroker) -> list[str]:
+    return sorted(e.event_id for b in broker.batches() for e in b.events)
+
+
+async def test_a_retry_from_another_address_splits_alike_and_stores_every_event() -> None:
+    # The context (address, user agent, receipt time) differs between attempts, here by
+    # more than two events' worth; where the batch is cut must not.
+    broker = BrokerFailingAfter(max_payload=4096 + 24_024, good=1)
+    ingest = core(broker)
+    data = body(60, blob="v" * 1000)
+    first_origin = origin(
+        client_ip="2001:db8:85a3:8d3:1319:8a2e:370:7348",
+        user_agent="\N{GRINNING FACE}" * 512,  # the longest the gateway keeps: 2 KiB
+        received_at=1_800_000_000.999999,
+    )
+    with pytest.raises(Unavailable):
+        await ingest.ingest_json(data, first_origin)
+    assert len(broker.stored) == 1  # the first part made it
+
+    broker.good = 1_000
+    again = await ingest.ingest_json(
+        data, origin(client_ip="192.0.2.1", user_agent="", received_at=1_800_000_100.0)
+    )
+
+    assert again.accepted == 60
+    assert stored_ids(broker) == sorted(f"e-{n}" for n in range(60))
+    assert sum(len(b.events) for b in broker.batches()) == 60  # split alike: nothing twice
+
+
+async def test_a_retry_split_otherwise_stores_events_again_rather_than_lose_them() -> None:
+    # The broker's largest message changed between attempts (a new server): other parts.
+    broker = BrokerFailingAfter(max_payload=4096 + 30_000, good=1)
+    data = body(60, blob="v" * 1000)
+    with pytest.raises(Unavailable):
+        await core(broker).ingest_json(data, origin())
+    first_part = set(broker.stored)
+
+    broker.good, broker.max_payload = 1_000, 4096 + 20_000
+    again = await core(broker).ingest_json(data, origin())
+
+    assert again.accepted == 60
+    assert not first_part & (set(broker.stored) - first_part)
+    assert set(stored_ids(broker)) == {f"e-{n}" for n in range(60)}
 
 
 async def test_a_full_retry_is_a_duplicate_and_counted_once() -> None:
