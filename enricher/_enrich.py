@@ -199,19 +199,19 @@ def enrich_batch_bytes(
     return b"".join(parts)
 
 
-def split_enriched(data: bytes, limit: int) -> list[tuple[int, bytes]]:
+def split_enriched(data: bytes, limit: int) -> list[tuple[int, int, bytes]] | None:
     """A serialised EnrichedBatch as batches of at most `limit` bytes, each with the
-    index of its first event; `[(0, data)]` when it fits.
+    range of its events, `(first, end, part)`; None when it fits as it is.
 
     Enrichment makes a batch about twice its raw size, so a raw message near the broker's
     largest can enrich to more than it takes. Raises PoisonMessageError for an event too
     large for a message of its own.
     """
     if len(data) <= limit:
-        return [(0, data)]
+        return None
     batch = event_pb2.EnrichedBatch.FromString(data)
     base = event_pb2.EnrichedBatch(batch_id=batch.batch_id, app_id=batch.app_id).ByteSize()
-    parts: list[tuple[int, bytes]] = []
+    parts: list[tuple[int, int, bytes]] = []
     start, size = 0, base
     events = batch.events
     for index, event in enumerate(events):
@@ -223,10 +223,10 @@ def split_enriched(data: bytes, limit: int) -> list[tuple[int, bytes]]:
                 f" more than a message may hold ({limit})",
             )
         if size + one > limit:
-            parts.append((start, _part(batch, start, index)))
+            parts.append((start, index, _part(batch, start, index)))
             start, size = index, base
         size += one
-    parts.append((start, _part(batch, start, len(events))))
+    parts.append((start, len(events), _part(batch, start, len(events))))
     return parts
 
 

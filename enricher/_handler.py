@@ -199,16 +199,17 @@ class Handler:
                 stream_seq=delivery.stream_seq,
                 raw_msg_id=headers.get(subjects.MSG_ID_HEADER, ""),
             )
-            if self._max_message_bytes:
-                split = split_enriched(data, self._max_message_bytes)
-            else:
-                split = [(0, data)]
-            # Parts are named by their first event: a redelivery split alike is dropped
-            # as a duplicate; split otherwise, its events are indexed once all the same.
+            limit = self._max_message_bytes
+            split = split_enriched(data, limit) if limit else None
+            # Parts are named by the events they hold: a redelivery split alike is dropped
+            # as a duplicate. Split otherwise (each delivery's enriched_at differs, and so
+            # may a part's size), its parts are new names and are stored again: events are
+            # then indexed once all the same (409), where a name reused for a part holding
+            # more events would have been taken for a duplicate and lost the difference.
             parts = (
                 [(msg_id, data)]
-                if len(split) == 1
-                else [(f"{msg_id}:{first}", part) for first, part in split]
+                if split is None
+                else [(f"{msg_id}:{first}-{end}", part) for first, end, part in split]
             )
             out = {subjects.SCHEMA_HEADER: subjects.ENRICHED_SCHEMA}
             span.set_attribute("pipeline.app_id", app_id)

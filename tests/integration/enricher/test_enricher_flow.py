@@ -106,7 +106,8 @@ async def test_a_batch_that_enriches_past_the_largest_message_is_published_in_pa
     ]
     assert ids == [e.event_id for e in raw.events]  # every event once, in order
     msg_ids = [(m.headers or {})[subjects.MSG_ID_HEADER] for m in messages]
-    assert msg_ids[0] == f"enr:{seq}:big:0"
+    first_part = event_pb2.EnrichedBatch.FromString(messages[0].data or b"")
+    assert msg_ids[0] == f"enr:{seq}:big:0-{len(first_part.events)}"
     assert len(set(msg_ids)) == len(msg_ids)
     assert await stream_count(js, subjects.DLQ_STREAM) == 0
 

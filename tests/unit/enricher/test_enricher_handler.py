@@ -212,9 +212,13 @@ async def test_an_enriched_batch_past_the_limit_is_published_in_parts_then_acked
     batches = [event_pb2.EnrichedBatch.FromString(data) for _, data, _ in sink.published]
     assert [e.event.event_id for b in batches for e in b.events] == [f"e{i:03d}" for i in range(40)]
     assert all(b.app_id == "shop" for b in batches)
-    firsts = [0] + [int(b.events[0].event.event_id[1:]) for b in batches[1:]]
+    # Each part is named by its range of events, `<first>-<end>`.
+    ranges, first = [], 0
+    for b in batches:
+        ranges.append(f"{first}-{first + len(b.events)}")
+        first += len(b.events)
     assert [h[subjects.MSG_ID_HEADER] for _, _, h in sink.published] == [
-        f"enr:7:raw-1:{first}" for first in firsts
+        f"enr:7:raw-1:{r}" for r in ranges
     ]
 
 
@@ -227,6 +231,58 @@ async def test_a_redelivered_split_batch_is_all_duplicates() -> None:
 
     assert len(sink.published) == 2 * first
     assert _sample(metrics, "enricher_duplicates_total") == 1
+
+
+@dataclass
+class SinkFailingAfter(FakeSink):
+    """Keeps one message per message id, as JetStream's duplicate window does; fails every
+    publish after the first `good`."""
+
+    good: int = 1_000
+    by_id: dict[str, bytes] = field(default_factory=dict)
+
+    async def publish(self, subject: str, data: bytes, *, headers: Mapping[str, str]) -> bool:
+        if len(self.published) >= self.good:
+            raise BrokerError("no ack")
+        msg_id = headers[subjects.MSG_ID_HEADER]
+        duplicate = msg_id in self.by_id
+        self.by_id.setdefault(msg_id, data)
+        await super().publish(subject, data, headers=headers)
+        return duplicate
+
+
+async def test_a_redelivery_split_otherwise_stores_every_event() -> None:
+    # Each delivery stamps its own enriched_at, whose encoded size varies by a few bytes per
+    # event; near a part's limit that moves where the batch is cut.
+    sink = SinkFailingAfter()
+    sink.good = 1
+    clock = [1_700_000_001 * S + 999_999_999]
+    handler = Handler(
+        sink=sink,
+        geo=OfflineGeo(),
+        options=EnrichOptions(),
+        retry=RetryPolicy(max_deliver=3, base_delay_s=1.0, max_delay_s=8.0),
+        metrics=Metrics(),
+        clock_ns=lambda: clock[0],
+        max_message_bytes=3026,
+    )
+    first = FakeDelivery(_big(40))
+    await handler.handle([first])
+    assert first.log == ["nak 1.0"]
+    assert len(sink.published) == 1
+
+    sink.good = 1_000
+    clock[0] = 1_700_000_002 * S + 5  # nanos of one byte instead of five
+    again = FakeDelivery(_big(40), deliveries=2)
+    await handler.handle([again])
+
+    assert again.log == ["ack"]
+    stored = {
+        e.event.event_id
+        for data in sink.by_id.values()
+        for e in event_pb2.EnrichedBatch.FromString(data).events
+    }
+    assert stored == {f"e{i:03d}" for i in range(40)}
 
 
 async def test_an_event_too_large_for_any_message_goes_to_the_dlq() -> None:
