@@ -248,7 +248,7 @@ class BulkWriter:
         tally: dict[Outcome, int] = {}
         known, retry_, rejected = _OUTCOMES, Outcome.RETRY, Outcome.REJECTED
         for item, (status, error) in zip(batch, results, strict=True):
-            outcome = known.get(status) or item_outcome(status)
+            outcome = known.get(status) or item_outcome(status, error)
             tally[outcome] = tally.get(outcome, 0) + 1
             if outcome is retry_:
                 retry.append(item)

@@ -3,8 +3,10 @@
 Every bulk item result and every failed bulk request goes through here. Retryable:
 429, 5xx, timeouts and connection errors, and answers about credentials, permissions, a
 missing index or a wrong address (401, 403, 404, 408): OpenSearch is overloaded, away or
-misconfigured; the event stays un-acked and is sent again after a backoff. Permanent: any
-other 4xx item error (a mapping or parse rejection), a whole request refused as malformed
+misconfigured; the event stays un-acked and is sent again after a backoff; so are 4xx item
+errors whose type describes the cluster's state (the shard limit, a closed or blocked index).
+Permanent: any other 4xx item error (a mapping or parse rejection), a whole request refused
+as malformed
 (each document is then tried alone), and documents that cannot be built; they go to the
 DLQ with OpenSearch's reason and count as done.
 """
@@ -38,8 +40,23 @@ class Outcome(enum.Enum):
 _NOT_THE_DOCUMENT = frozenset({401, 403, 404, 408})
 
 
-def item_outcome(status: int) -> Outcome:
-    """The outcome of one bulk item from its HTTP status."""
+# Item errors answered 400 (or another 4xx) that describe the cluster, not the document:
+# the node's shard limit reached when the day's index is created (validation_exception), a
+# closed index, a write block, an index being created at the same moment. Dead-lettering
+# would send every event of the day to the DLQ for a state someone can fix; they are retried.
+_CLUSTER_STATE_ERRORS = frozenset(
+    {
+        "validation_exception",
+        "index_closed_exception",
+        "cluster_block_exception",
+        "index_not_found_exception",
+        "resource_already_exists_exception",
+    }
+)
+
+
+def item_outcome(status: int, error: Mapping[str, Any] | None = None) -> Outcome:
+    """The outcome of one bulk item from its HTTP status and, for a 4xx, its error type."""
     if status in (200, 201):
         return Outcome.CREATED
     if status == 409:
@@ -47,6 +64,8 @@ def item_outcome(status: int) -> Outcome:
     if status == 429 or status >= 500 or status in _NOT_THE_DOCUMENT:
         return Outcome.RETRY
     if 400 <= status < 500:
+        if error and error.get("type") in _CLUSTER_STATE_ERRORS:
+            return Outcome.RETRY
         return Outcome.REJECTED
     return Outcome.RETRY
 

@@ -29,6 +29,7 @@ class FakeStore:
         self.requests: list[int] = []
         self.down = False
         self.item_status: Callable[[dict[str, Any]], int | None] = lambda _: None
+        self.forced_type = "forced"  # the error type of a forced item status
         self.refuse_request_when: Callable[[list[dict[str, Any]]], bool] = lambda _: False
         self.in_flight = 0
         self.max_in_flight = 0
@@ -52,7 +53,7 @@ class FakeStore:
                 forced = self.item_status(doc)
                 if forced is not None:
                     results.append(
-                        ItemResult(forced, {"type": "forced", "reason": f"status {forced}"})
+                        ItemResult(forced, {"type": self.forced_type, "reason": f"status {forced}"})
                     )
                     continue
                 key = (action["_index"], action["_id"])

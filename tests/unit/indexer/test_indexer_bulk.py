@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from indexer_fakes import FakeStore
 
 from indexer.bulk import BulkItem, BulkWriter, render
@@ -141,6 +142,29 @@ async def test_rejected_items_report_the_reason_and_others_are_indexed() -> None
     await bulk.drain()
     assert rec.outcomes == {"a": Outcome.CREATED, "bad": Outcome.REJECTED, "b": Outcome.CREATED}
     assert rec.reasons["bad"] == "forced: status 400"
+
+
+@pytest.mark.parametrize("error_type", ["validation_exception", "index_closed_exception"])
+async def test_a_400_about_the_cluster_is_retried_not_dead_lettered(error_type: str) -> None:
+    # E.g. the node's shard limit reached when the day's index is created: every event of
+    # the day would otherwise go to the DLQ.
+    store, rec = FakeStore(), Recorder()
+    store.forced_type = error_type
+    refusals = {"new-day": 2}
+
+    def status(doc: dict[str, object]) -> int | None:
+        if refusals.get(str(doc["event_id"]), 0):
+            refusals[str(doc["event_id"])] -= 1
+            return 400
+        return None
+
+    store.item_status = status
+    bulk = writer(store)
+    for doc_id in ("a", "new-day"):
+        await bulk.add(rec.item(doc_id))
+    await bulk.drain()
+    assert rec.outcomes == {"a": Outcome.CREATED, "new-day": Outcome.CREATED}
+    assert refusals == {"new-day": 0}
 
 
 async def test_an_outage_holds_intake_and_recovers_without_loss() -> None:

@@ -37,6 +37,22 @@ def test_item_outcome(status: int, outcome: Outcome) -> None:
     assert item_outcome(status) is outcome
 
 
+@pytest.mark.parametrize(
+    ("error_type", "outcome"),
+    [
+        ("mapper_parsing_exception", Outcome.REJECTED),
+        ("illegal_argument_exception", Outcome.REJECTED),
+        ("strict_dynamic_mapping_exception", Outcome.REJECTED),
+        # The cluster's state, not the document: the shard limit, a closed or blocked index.
+        ("validation_exception", Outcome.RETRY),
+        ("index_closed_exception", Outcome.RETRY),
+        ("cluster_block_exception", Outcome.RETRY),
+    ],
+)
+def test_a_400_is_judged_by_its_error_type(error_type: str, outcome: Outcome) -> None:
+    assert item_outcome(400, {"type": error_type, "reason": "..."}) is outcome
+
+
 def test_only_retry_is_not_done() -> None:
     assert [o for o in Outcome if not o.done] == [Outcome.RETRY]
 
