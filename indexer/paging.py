@@ -48,7 +48,7 @@ def filter_hash(flt: query_service_pb2.EventFilter) -> str:
         if flt.HasField(name):
             stamp = getattr(flt, name)
             canonical[name] = [stamp.seconds, stamp.nanos]
-    canonical["text"] = flt.text
+    canonical["text"] = flt.text.strip()  # as the query uses it
     digest = hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS))
     return digest.hexdigest()[:32]
 

@@ -60,6 +60,17 @@ def _millis(stamp: Timestamp) -> int:
     return stamp.seconds * 1000 + stamp.nanos // 1_000_000
 
 
+# What google.protobuf.Timestamp may hold: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
+
+
+def _check_time(name: str, stamp: Timestamp) -> None:
+    if not _MIN_SECONDS <= stamp.seconds <= _MAX_SECONDS or not 0 <= stamp.nanos < 1_000_000_000:
+        raise InvalidArgumentError(
+            f"filter.{name}", "is not a valid time (0001-01-01 to 9999-12-31, nanos 0 to 999999999)"
+        )
+
+
 def filter_query(flt: qs.EventFilter) -> dict[str, Any]:
     """The bool query selecting what `flt` selects (everything when it is empty)."""
     clauses: list[dict[str, Any]] = []
@@ -86,6 +97,10 @@ def filter_query(flt: qs.EventFilter) -> dict[str, Any]:
         else:
             clauses.append({"terms": {field: values}})
     has_start, has_end = flt.HasField("start_time"), flt.HasField("end_time")
+    if has_start:
+        _check_time("start_time", flt.start_time)
+    if has_end:
+        _check_time("end_time", flt.end_time)
     if (
         has_start
         and has_end

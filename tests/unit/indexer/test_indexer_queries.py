@@ -69,6 +69,33 @@ def test_free_text_is_a_match_query_with_operator_and() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("name", "stamp"),
+    [
+        ("end_time", Timestamp(seconds=2**62)),  # OpenSearch would refuse it: an INTERNAL
+        ("start_time", Timestamp(seconds=-(2**40))),
+        ("end_time", Timestamp(seconds=253_402_300_800)),  # 10000-01-01
+        ("start_time", Timestamp(seconds=10, nanos=1_000_000_000)),
+        ("start_time", Timestamp(seconds=10, nanos=-1)),
+    ],
+)
+def test_a_time_no_timestamp_can_hold_is_invalid_and_named(name: str, stamp: Timestamp) -> None:
+    with pytest.raises(InvalidArgumentError, match=f"filter.{name}.*not a valid time"):
+        queries.filter_query(_filter(**{name: stamp}))
+
+
+def test_the_widest_valid_times_are_kept() -> None:
+    first, last = Timestamp(seconds=-62_135_596_800), Timestamp(seconds=253_402_300_799)
+    (bounds,) = queries.filter_query(_filter(start_time=first, end_time=last))["bool"]["filter"]
+    assert bounds["range"]["corrected_timestamp"]["gte"] == -62_135_596_800_000
+
+
+def test_a_token_survives_the_text_filter_sent_with_spaces_around_it() -> None:
+    # The query strips the text, so " shoes" and "shoes" select the same events.
+    assert paging.filter_hash(_filter(text=" shoes ")) == paging.filter_hash(_filter(text="shoes"))
+    assert paging.filter_hash(_filter(text="shoe")) != paging.filter_hash(_filter(text="shoes"))
+
+
 def test_end_before_start_is_invalid() -> None:
     with pytest.raises(InvalidArgumentError, match="end_time"):
         queries.filter_query(
