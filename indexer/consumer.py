@@ -180,8 +180,11 @@ class EnrichedConsumer:
             if failing:
                 log.info("fetch recovered")
                 failing = False
-            for msg in msgs:
-                await self._intake.handle(natsconn.JetStreamDelivery(msg))
+            deliveries = [natsconn.JetStreamDelivery(msg) for msg in msgs]
+            # Handing them over may wait for bulk slots; meanwhile they are touched too.
+            self._intake.received(deliveries)
+            for delivery in deliveries:
+                await self._intake.handle(delivery)
 
     async def _touch_loop(self) -> None:
         while True:

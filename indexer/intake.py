@@ -126,13 +126,22 @@ class Intake:
             if outcome.done
         }
         self._open: set[_Message] = set()
+        # Fetched together, not handed to handle() yet (it waits while every bulk slot is
+        # busy): touched too, by identity, or JetStream would redeliver them meanwhile.
+        self._waiting: dict[int, Delivery] = {}
         self._idle = asyncio.Event()
         self._idle.set()
 
     @property
     def in_progress(self) -> int:
         """Messages received and not yet settled."""
-        return len(self._open)
+        return len(self._open) + len(self._waiting)
+
+    def received(self, deliveries: Sequence[Delivery]) -> None:
+        """Deliveries fetched together, about to be handed to handle() one by one: until
+        each is, touch() tells JetStream about it too."""
+        for delivery in deliveries:
+            self._waiting[id(delivery)] = delivery
 
     async def wait_idle(self) -> None:
         """Returns once every received message is settled."""
@@ -140,14 +149,16 @@ class Intake:
 
     async def touch(self) -> None:
         """Tells JetStream the unsettled messages are still being worked on."""
-        for message in list(self._open):
+        unsettled = [message.delivery for message in self._open]
+        for delivery in [*unsettled, *self._waiting.values()]:
             try:
-                await message.delivery.in_progress()
+                await delivery.in_progress()
             except Exception as err:  # NATS away: the message may be redelivered, which is safe
                 log.debug("in_progress failed: %s", err)
 
     async def handle(self, delivery: Delivery) -> None:
         """Processes one message; returns once its events are queued (not yet written)."""
+        self._waiting.pop(id(delivery), None)
         if delivery.deliveries > self._max_deliveries:
             reason = f"delivered {delivery.deliveries} times, more than {self._max_deliveries}"
             await self._give_up(delivery, reason, "max_deliveries")

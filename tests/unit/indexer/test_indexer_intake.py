@@ -150,6 +150,38 @@ async def test_empty_batch_is_acked_and_touch_reaches_open_messages() -> None:
     assert waiting.settled == ["ack"]
 
 
+async def test_fetched_messages_waiting_for_a_bulk_slot_are_touched_too() -> None:
+    # Every bulk slot busy (OpenSearch slow or not answering): handing the fetched messages
+    # over waits; JetStream must still hear about every one of them, or it redelivers them.
+    store = FakeStore()
+    store.gate = asyncio.Event()
+    _, _, writer, intake = _setup(store)
+    fetched = [FakeDelivery(_batch(*(_event(f"m{m}-{n}") for n in range(100)))) for m in range(5)]
+    intake.received(fetched)
+    assert intake.in_progress == 5
+
+    async def hand_over() -> None:
+        for delivery in fetched:
+            await intake.handle(delivery)
+            await writer.flush()  # a full request each: the slots fill up
+
+    handing = asyncio.create_task(hand_over())
+    while store.in_flight < 2:  # noqa: ASYNC110 - both slots taken; the rest wait for one
+        await asyncio.sleep(0.001)
+    await asyncio.sleep(0.01)
+    assert not handing.done()
+    await intake.touch()
+    assert [d.touched for d in fetched] == [1] * 5
+    assert intake.in_progress == 5
+
+    store.gate.set()
+    await handing
+    await writer.drain()
+    await intake.wait_idle()
+    assert [d.settled for d in fetched] == [["ack"]] * 5
+    assert intake.in_progress == 0
+
+
 def _counted(intake: Intake) -> dict[str, float]:
     registry = intake._metrics.registry
     return {
