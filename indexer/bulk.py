@@ -143,6 +143,8 @@ class BulkWriter:
                 self._slots.release()
                 return
             self._spawn(self._send(batch))
+            if self._buffer and self._buffer[0].solo:
+                continue  # documents of a refused request: each goes alone, all of them now
             if len(self._buffer) < self._max_docs and self._buffer_bytes < self._max_bytes:
                 return
 
@@ -281,11 +283,13 @@ class BulkWriter:
             self._retry(batch)
             return
         if len(batch) > 1:
-            # A whole request refused: find the culprit by sending each document alone.
+            # A whole request refused: find the culprit by sending each document alone,
+            # at once (ahead of what waits, as the request they were in was).
             for item in batch:
                 item.solo = True
-                self._buffer.append(item)
-                self._buffer_bytes += len(item.payload)
+            self._buffer[:0] = batch
+            self._buffer_bytes += sum(len(item.payload) for item in batch)
+            self._spawn(self.flush())
             return
         await self._finish(batch[0], Outcome.REJECTED, str(err))
 

@@ -184,6 +184,22 @@ async def test_an_outage_holds_intake_and_recovers_without_loss() -> None:
     assert rec.outcomes == {f"e{n}": Outcome.CREATED for n in range(5)}
 
 
+async def test_the_documents_of_a_refused_request_go_alone_at_once() -> None:
+    # E.g. a proxy's body limit below INDEXER_BULK_MAX_BYTES: every request is refused (413)
+    # and split. The documents must not trickle out one per flush tick.
+    store, rec = FakeStore(), Recorder()
+    store.refuse_request_when = lambda docs: len(docs) > 1
+    bulk = writer(store, max_docs=50, flush_interval_s=3600, concurrency=4)
+    for n in range(200):
+        await bulk.add(rec.item(f"d{n}"))
+    for _ in range(500):  # no drain(), no timer: only what the writer does by itself
+        if len(rec.outcomes) == 200:
+            break
+        await asyncio.sleep(0.01)
+    assert rec.outcomes == {f"d{n}": Outcome.CREATED for n in range(200)}
+    assert store.requests.count(1) == 200
+
+
 async def test_a_refused_request_is_split_to_find_the_culprit() -> None:
     store, rec = FakeStore(), Recorder()
     store.refuse_request_when = lambda docs: any(d["event_id"] == "poison" for d in docs)
