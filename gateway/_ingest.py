@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import re
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -127,6 +129,45 @@ def batch_id(
     else:
         digest.update(b"\x00body\x00" + content)
     return digest.hexdigest()
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def load_json(body: bytes) -> Any:
+    """The body's JSON; raises InvalidRequest for anything that is not JSON in UTF-8.
+
+    A string with half a surrogate pair (`"\\ud83d"`: code that cut an emoji in two) is
+    JSON all the same; each such half becomes U+FFFD, as most JSON decoders do, instead of
+    the whole batch being refused for one broken character. A leading byte order mark is
+    skipped.
+    """
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    # The slow path, for what orjson refuses: lone surrogates, a UTF-8 byte order mark
+    # (some HTTP libraries write one), and real errors.
+    try:
+        text = body.decode("utf-8-sig")
+        return _mend(json.loads(text, parse_constant=_no_constant))
+    except (ValueError, RecursionError):
+        raise InvalidRequest("the body is not valid JSON (UTF-8)") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _mend(value: Any) -> Any:
+    """`value` with every lone surrogate in its strings (keys too) replaced by U+FFFD."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_mend(item) for item in value]
+    if isinstance(value, dict):
+        return {_mend(key): _mend(item) for key, item in value.items()}
+    return value
 
 
 def check_idempotency_key(key: str) -> None:
@@ -256,10 +297,7 @@ class IngestCore:
             return await self._ingest_json(body, origin)
 
     async def _ingest_json(self, body: bytes, origin: Origin) -> Receipt:
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise InvalidRequest("the body is not valid JSON (UTF-8)") from None
+        doc = load_json(body)
         items, sent_at = parse_envelope(doc, max_events=self._limits.max_events)
         batch = event_pb2.RawBatch()
         rejections = read_json_events(items, self._limits, batch.events)

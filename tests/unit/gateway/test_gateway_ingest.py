@@ -303,3 +303,34 @@ def test_admission_is_bounded_and_closes() -> None:
     ingest.close()
     with pytest.raises(Unavailable), ingest.admit():
         pass
+
+
+async def test_half_a_surrogate_pair_becomes_a_replacement_character_not_a_400() -> None:
+    # Code that cuts a string inside an emoji sends half of its UTF-16 pair.
+    broker = FakeBroker()
+    data = (
+        b'[{"event_id":"e-1","session_id":"s","user_id":"u","event_name":"tap",'
+        b'"client_timestamp":"2024-01-01T00:00:00Z","metadata":{"title":"ok \\ud83d",'
+        b'"whole":"\\ud83d\\ude00"}}]'
+    )
+    receipt = await core(broker).ingest_json(data, origin())
+
+    assert receipt.accepted == 1
+    (stored,) = broker.batches()[0].events
+    assert stored.metadata["title"] == "ok \N{REPLACEMENT CHARACTER}"
+    assert stored.metadata["whole"] == "\N{GRINNING FACE}"
+
+
+async def test_a_byte_order_mark_before_the_json_is_skipped() -> None:
+    broker = FakeBroker()
+    receipt = await core(broker).ingest_json(b"\xef\xbb\xbf" + body(2), origin())
+    assert receipt.accepted == 2
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b'[{"event_id": NaN}]', b"[1,", b"\xff[]", b"[" * 100_000, b'["\xed\xa0\xbd"]'],
+)
+async def test_what_is_not_json_in_utf8_is_still_a_400(data: bytes) -> None:
+    with pytest.raises(InvalidRequest, match="not valid JSON"):
+        await core(FakeBroker()).ingest_json(data, origin())
