@@ -13,7 +13,7 @@ __all__ = ["MAX_SECONDS", "MIN_SECONDS", "format_utc", "parse", "parse_full"]
 
 _PATTERN = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})"
-    r"(?:\.([0-9]{1,9}))?(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))"
+    r"(?:\.([0-9]+))?(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))"
 )
 _DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
@@ -105,5 +105,6 @@ def parse_full(text: str) -> tuple[int, int] | None:
         if len(_MINUTES_CACHE) >= _MINUTES_CACHE_SIZE:
             _MINUTES_CACHE.clear()
         _MINUTES_CACHE[text[:16]] = seconds - s
-    nanos = int(frac.ljust(9, "0")) if frac else 0
+    # Any number of digits (RFC 3339 sets no bound); past nanoseconds they are cut off.
+    nanos = int(frac[:9].ljust(9, "0")) if frac else 0
     return seconds, nanos
