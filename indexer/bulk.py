@@ -303,10 +303,16 @@ class BulkWriter:
 
     def _retry(self, items: list[BulkItem]) -> None:
         self._failures += 1
-        delay = backoff_s(self._failures, base_s=self._retry_base_s, max_s=self._retry_max_s)
-        delay *= random.uniform(0.8, 1.0)  # spread retries of concurrent requests
+        delay = self.retry_delay_s(items) * random.uniform(0.8, 1.0)  # spread concurrent retries
         self._metrics.bulk_retries.inc(len(items))
         self._spawn(self._requeue(items, delay))
+
+    def retry_delay_s(self, items: Sequence[BulkItem]) -> float:
+        """The backoff before `items` go again: exponential in the requests that failed in a
+        row, and in the items' own attempts, so an item refused again and again (a 429 while
+        other requests succeed, which resets the first count) waits longer each time too."""
+        tries = max(self._failures, 1 + max((item.attempts for item in items), default=0))
+        return backoff_s(tries, base_s=self._retry_base_s, max_s=self._retry_max_s)
 
     async def _requeue(self, items: list[BulkItem], delay: float) -> None:
         await asyncio.sleep(delay)

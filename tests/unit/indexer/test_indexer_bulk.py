@@ -167,6 +167,39 @@ async def test_a_400_about_the_cluster_is_retried_not_dead_lettered(error_type: 
     assert refusals == {"new-day": 0}
 
 
+async def test_an_item_refused_again_and_again_waits_longer_each_time() -> None:
+    # Other requests succeeding in between reset the count of failed requests; the item's
+    # own attempts still lengthen its wait, up to the cap.
+    store, rec = FakeStore(), Recorder()
+    bulk = writer(store, retry_base_s=0.01, retry_max_s=0.08)
+    stuck, fresh = rec.item("x"), rec.item("y")
+    waits = []
+    for attempts in range(6):
+        stuck.attempts = attempts
+        waits.append(bulk.retry_delay_s([stuck]))
+    assert waits == pytest.approx([0.01, 0.02, 0.04, 0.08, 0.08, 0.08])
+    assert bulk.retry_delay_s([fresh, stuck]) == pytest.approx(0.08)  # the most tried decides
+    assert bulk.retry_delay_s([fresh]) == pytest.approx(0.01)
+
+
+async def test_a_429_item_among_successes_is_retried_until_written() -> None:
+    store, rec = FakeStore(), Recorder()
+    refusals = {"x": 4}
+
+    def status(doc: dict[str, object]) -> int | None:
+        if refusals.get(str(doc["event_id"]), 0):
+            refusals[str(doc["event_id"])] -= 1
+            return 429
+        return None
+
+    store.item_status = status
+    bulk = writer(store, retry_base_s=0.001, retry_max_s=0.004)
+    for doc_id in ("a", "x", "b"):
+        await bulk.add(rec.item(doc_id))
+    await bulk.drain()
+    assert rec.outcomes == {"a": Outcome.CREATED, "x": Outcome.CREATED, "b": Outcome.CREATED}
+
+
 async def test_an_outage_holds_intake_and_recovers_without_loss() -> None:
     store, rec = FakeStore(), Recorder()
     store.down = True
