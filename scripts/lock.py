@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -87,16 +87,21 @@ def direct_pins(pyproject: Mapping[str, object]) -> dict[str, str]:
     return pins
 
 
+def _mismatches(
+    a: Mapping[str, str], b: Mapping[str, str], *, ignore: Iterable[str] = ()
+) -> Iterator[tuple[str, str | None, str | None]]:
+    """(name, version in a, version in b) for each name whose versions differ, sorted."""
+    for name in sorted((a.keys() | b.keys()) - set(ignore)):
+        if a.get(name) != b.get(name):
+            yield name, a.get(name), b.get(name)
+
+
 def differences(
     expected: Mapping[str, str], found: Mapping[str, str], *, ignore: Iterable[str] = ()
 ) -> list[str]:
     """What differs between two {canonical name: version} maps, one line each, sorted."""
-    skip = set(ignore)
     out = []
-    for name in sorted((expected.keys() | found.keys()) - skip):
-        want, have = expected.get(name), found.get(name)
-        if want == have:
-            continue
+    for name, want, have in _mismatches(expected, found, ignore=ignore):
         if want is None:
             out.append(f"{name}=={have} is installed but not in requirements.lock")
         elif have is None:
@@ -155,13 +160,12 @@ def cmd_write() -> int:
 
 def changes(before: Mapping[str, str], after: Mapping[str, str]) -> list[str]:
     out = []
-    for name in sorted(before.keys() | after.keys()):
-        old, new = before.get(name), after.get(name)
+    for name, old, new in _mismatches(before, after):
         if old is None:
             out.append(f"+ {name}=={new}")
         elif new is None:
             out.append(f"- {name}=={old}")
-        elif old != new:
+        else:
             out.append(f"  {name} {old} -> {new}")
     return out
 
