@@ -899,7 +899,8 @@ def exclusive(lock_file: Path, what: str) -> Iterator[None]:
             print(f"waiting for {holder} to finish {what}", flush=True)
             fcntl.flock(handle, fcntl.LOCK_EX)
         handle.truncate(0)
-        handle.write(f"pid {os.getpid()} ({' '.join(sys.argv[1:2]) or 'local.py'})\n")
+        command = sys.argv[1] if len(sys.argv) > 1 else "local.py"
+        handle.write(f"pid {os.getpid()} ({command})\n")
         handle.flush()
         try:
             yield
