@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -46,6 +47,20 @@ def shared() -> Iterator[Path]:
         yield Path(folder)
 
 
+def _managed(local: ModuleType, profile: Any, name: str, **options: float) -> Any:
+    """A managed process with no ports or health URL of its own; `spawn` starts it."""
+    return local.ManagedProcess(
+        name=name,
+        title=name.title(),
+        profile=profile,
+        prepare=lambda: None,
+        ready_url="http://127.0.0.1:1/",
+        ports=(),
+        endpoints=(),
+        **options,
+    )
+
+
 def _service_user(local: ModuleType) -> str | None:
     if os.geteuid() != 0:
         return None  # nobody to switch to: the process runs as ourselves
@@ -61,16 +76,7 @@ def test_a_slow_stop_gets_its_whole_timeout_as_the_service_user(
     launch = local.Launch(
         argv=("sh", "-c", _SLOW_STOP.format(cleanup_s=3)), env={"SHARED": str(shared)}, user=user
     )
-    proc = local.ManagedProcess(
-        name="slow",
-        title="Slow",
-        profile=profile,
-        prepare=lambda: launch,
-        ready_url="http://127.0.0.1:1/",
-        ports=(),
-        endpoints=(),
-        stop_timeout_s=15.0,
-    )
+    proc = _managed(local, profile, "slow", stop_timeout_s=15.0)
     pid = local.spawn(proc, launch)
     deadline = time.monotonic() + 10
     while not (shared / "user").exists() or not (shared / "user").read_text():
@@ -118,15 +124,7 @@ def test_two_ups_of_one_profile_take_turns(
 
     monkeypatch.setattr(local, "start_all", start_all)
     monkeypatch.setattr(local, "print_running", lambda procs: None)
-    proc = local.ManagedProcess(
-        name="x",
-        title="X",
-        profile=profile,
-        prepare=lambda: None,
-        ready_url="http://127.0.0.1:1/",
-        ports=(),
-        endpoints=(),
-    )
+    proc = _managed(local, profile, "x")
     ups = [threading.Thread(target=local.cmd_up, args=([proc],)) for _ in range(2)]
     for up in ups:
         up.start()

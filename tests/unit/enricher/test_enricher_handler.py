@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import pytest
@@ -63,7 +63,12 @@ class FakeSink:
 
 
 def _handler(
-    sink: FakeSink, metrics: Metrics | None = None, *, max_message_bytes: int = 0
+    sink: FakeSink,
+    metrics: Metrics | None = None,
+    *,
+    max_message_bytes: int = 0,
+    clock_ns: Callable[[], int] = lambda: 1_700_000_001 * S,
+    retry_log: logs.Throttle | None = None,
 ) -> Handler:
     return Handler(
         sink=sink,
@@ -71,8 +76,9 @@ def _handler(
         options=EnrichOptions(),
         retry=RetryPolicy(max_deliver=3, base_delay_s=1.0, max_delay_s=8.0),
         metrics=metrics or Metrics(),
-        clock_ns=lambda: 1_700_000_001 * S,
+        clock_ns=clock_ns,
         max_message_bytes=max_message_bytes,
+        retry_log=retry_log,
     )
 
 
@@ -257,15 +263,7 @@ async def test_a_redelivery_split_otherwise_stores_every_event() -> None:
     sink = SinkFailingAfter()
     sink.good = 1
     clock = [1_700_000_001 * S + 999_999_999]
-    handler = Handler(
-        sink=sink,
-        geo=OfflineGeo(),
-        options=EnrichOptions(),
-        retry=RetryPolicy(max_deliver=3, base_delay_s=1.0, max_delay_s=8.0),
-        metrics=Metrics(),
-        clock_ns=lambda: clock[0],
-        max_message_bytes=3026,
-    )
+    handler = _handler(sink, clock_ns=lambda: clock[0], max_message_bytes=3026)
     first = FakeDelivery(_big(40))
     await handler.handle([first])
     assert first.log == ["nak 1.0"]
@@ -301,14 +299,7 @@ async def test_retries_during_an_outage_log_one_line_per_interval(
 ) -> None:
     now = [100.0]
     sink = FakeSink(fail_publish=True)
-    handler = Handler(
-        sink=sink,
-        geo=OfflineGeo(),
-        options=EnrichOptions(),
-        retry=RetryPolicy(max_deliver=3, base_delay_s=1.0, max_delay_s=8.0),
-        metrics=Metrics(),
-        retry_log=logs.Throttle(30.0, clock=lambda: now[0]),
-    )
+    handler = _handler(sink, retry_log=logs.Throttle(30.0, clock=lambda: now[0]))
 
     def lines() -> list[str]:
         return [r.getMessage() for r in caplog.records if "not enriched" in r.getMessage()]

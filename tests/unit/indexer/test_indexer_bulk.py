@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from indexer_fakes import FakeStore
@@ -29,6 +31,20 @@ class Recorder:
 
         payload = render(index="t-x", doc_id=doc_id, source={"event_id": doc_id, "pad": "p" * size})
         return BulkItem(payload=payload, on_done=on_done)
+
+
+def refuse_first(refusals: dict[str, int], status: int) -> Callable[[dict[str, Any]], int | None]:
+    """An item status: `status` for the first `refusals[id]` attempts of each listed id
+    (counting down in `refusals`), success after them and for every other id."""
+
+    def item_status(doc: dict[str, Any]) -> int | None:
+        doc_id = str(doc["event_id"])
+        if refusals.get(doc_id, 0):
+            refusals[doc_id] -= 1
+            return status
+        return None
+
+    return item_status
 
 
 def writer(store: FakeStore, **options: float) -> BulkWriter:
@@ -151,14 +167,7 @@ async def test_a_400_about_the_cluster_is_retried_not_dead_lettered(error_type: 
     store, rec = FakeStore(), Recorder()
     store.forced_type = error_type
     refusals = {"new-day": 2}
-
-    def status(doc: dict[str, object]) -> int | None:
-        if refusals.get(str(doc["event_id"]), 0):
-            refusals[str(doc["event_id"])] -= 1
-            return 400
-        return None
-
-    store.item_status = status
+    store.item_status = refuse_first(refusals, 400)
     bulk = writer(store)
     for doc_id in ("a", "new-day"):
         await bulk.add(rec.item(doc_id))
@@ -185,14 +194,7 @@ async def test_an_item_refused_again_and_again_waits_longer_each_time() -> None:
 async def test_a_429_item_among_successes_is_retried_until_written() -> None:
     store, rec = FakeStore(), Recorder()
     refusals = {"x": 4}
-
-    def status(doc: dict[str, object]) -> int | None:
-        if refusals.get(str(doc["event_id"]), 0):
-            refusals[str(doc["event_id"])] -= 1
-            return 429
-        return None
-
-    store.item_status = status
+    store.item_status = refuse_first(refusals, 429)
     bulk = writer(store, retry_base_s=0.001, retry_max_s=0.004)
     for doc_id in ("a", "x", "b"):
         await bulk.add(rec.item(doc_id))
