@@ -1,14 +1,24 @@
 """Request bodies with bounds: declared length, streamed length and decompressed length.
 
 A gzip bomb is stopped after `max_decompressed + 1` bytes of output, never inflated whole.
+Bytes are charged to the caller's budget as they are read and inflated, so a request that
+does not fit beside the others is refused before the rest of it is in memory.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from gateway.errors import InvalidRequest, TooLarge, UnsupportedMedia
+
+# Output inflated per step, each charged before the next: a refused request holds at most
+# this much more than its budget allowed.
+INFLATE_STEP_BYTES = 256 * 1024
+
+
+def _free(size: int) -> None:
+    """The charge of a caller without a budget."""
 
 
 def media_type(content_type: str | None) -> str:
@@ -31,7 +41,7 @@ def check_encoding(content_encoding: str | None) -> bool:
     if not content_encoding:
         return False
     value = content_encoding.strip().lower()
-    if value == "gzip":
+    if value in ("gzip", "x-gzip"):  # RFC 9110 8.4.1.3: x-gzip is gzip
         return True
     if value in ("identity", ""):
         return False
@@ -45,8 +55,10 @@ async def read_body(
     gzip: bool,
     max_body: int,
     max_decompressed: int,
+    charge: Callable[[int], None] = _free,
 ) -> bytes:
-    """The whole body, decompressed when `gzip`, within the limits."""
+    """The whole body, decompressed when `gzip`, within the limits; `charge` is called with
+    the size of each piece read or inflated, and refuses the request by raising."""
     if content_length is not None:
         try:
             declared = int(content_length)
@@ -60,37 +72,46 @@ async def read_body(
         size += len(chunk)
         if size > max_body:
             raise TooLarge(f"the body is larger than {max_body} bytes")
+        charge(len(chunk))
         parts.append(chunk)
     data = parts[0] if len(parts) == 1 else b"".join(parts)
     if gzip:
-        return gunzip(data, limit=max_decompressed)
+        return gunzip(data, limit=max_decompressed, charge=charge)
     if len(data) > max_decompressed:
         raise TooLarge(f"the body is larger than {max_decompressed} bytes")
     return data
 
 
-def gunzip(data: bytes, *, limit: int) -> bytes:
-    """Decompresses a gzip body, producing at most `limit` bytes or raising TooLarge.
+def gunzip(data: bytes, *, limit: int, charge: Callable[[int], None] = _free) -> bytes:
+    """Decompresses a gzip body, producing at most `limit` bytes or raising TooLarge;
+    `charge` is called with each step's output before the next step.
 
     A gzip file is a series of members (RFC 1952), as `cat a.gz b.gz` makes; all are read.
     """
     out: list[bytes] = []
     size = 0
     rest = data
+    first = True
     while True:
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            piece = inflater.decompress(rest, limit - size + 1)
-        except zlib.error:
-            if out:
-                raise InvalidRequest("the body has data after its gzip stream") from None
-            raise InvalidRequest("the body is not valid gzip") from None
-        size += len(piece)
-        if size > limit:
-            raise TooLarge(f"the body decompresses to more than {limit} bytes")
-        if not inflater.eof:
-            raise InvalidRequest("the gzip body is truncated")
-        out.append(piece)
+        pending = rest
+        while not inflater.eof:
+            try:
+                piece = inflater.decompress(pending, min(limit - size + 1, INFLATE_STEP_BYTES))
+            except zlib.error:
+                if not first:
+                    raise InvalidRequest("the body has data after its gzip stream") from None
+                raise InvalidRequest("the body is not valid gzip") from None
+            size += len(piece)
+            if size > limit:
+                raise TooLarge(f"the body decompresses to more than {limit} bytes")
+            pending = inflater.unconsumed_tail
+            if not piece and not pending and not inflater.eof:
+                raise InvalidRequest("the gzip body is truncated")
+            if piece:
+                charge(len(piece))
+                out.append(piece)
+        first = False
         rest = inflater.unused_data
         if not rest:
             return out[0] if len(out) == 1 else b"".join(out)

@@ -78,7 +78,8 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             principal = self._keys.require(key, Kind.WRITE)
             self._limiter.take(principal)
             span.set_attribute("pipeline.app_id", principal.name)
-            with self._core.admit():
+            with self._core.admit() as reservation:
+                reservation.charge(request.ByteSize())
                 origin = Origin(
                     app_id=principal.name,
                     client_ip=grpc_peer_ip(context.peer() or ""),

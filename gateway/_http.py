@@ -23,7 +23,7 @@ from gateway import _connect, _query
 from gateway._auth import KeyStore, Kind, Principal, presented_key
 from gateway._body import check_encoding, media_type, read_body
 from gateway._clientinfo import ClientIpResolver, request_id
-from gateway._ingest import IngestCore, Origin, annotate
+from gateway._ingest import IngestCore, Origin, Reservation, annotate
 from gateway._metrics import Metrics
 from gateway._openapi import document
 from gateway._ratelimit import RateLimiter
@@ -132,7 +132,7 @@ class _Routes:
             idempotency_key=headers.get("idempotency-key", ""),
         )
 
-    async def _body(self, request: Request) -> bytes:
+    async def _body(self, request: Request, reservation: Reservation) -> bytes:
         headers = request.headers
         return await read_body(
             request.stream(),
@@ -140,6 +140,7 @@ class _Routes:
             gzip=check_encoding(headers.get("content-encoding")),
             max_body=self._limits.max_body_bytes,
             max_decompressed=self._limits.max_decompressed_bytes,
+            charge=reservation.charge,
         )
 
     async def track(self, request: Request) -> Response:
@@ -155,8 +156,8 @@ class _Routes:
             if media_type(request.headers.get("content-type")) not in ("", "application/json"):
                 raise UnsupportedMedia("Content-Type must be application/json")
             check_encoding(request.headers.get("content-encoding"))
-            with self._core.admit():
-                body = await self._body(request)
+            with self._core.admit() as reservation:
+                body = await self._body(request, reservation)
                 origin = self._origin(
                     request, principal.name, received, event_pb2.INGEST_PROTOCOL_HTTP_JSON
                 )
@@ -183,8 +184,8 @@ class _Routes:
             principal = self._principal(request, Kind.WRITE)
             span.set_attribute("pipeline.app_id", principal.name)
             check_encoding(headers.get("content-encoding"))
-            with self._core.admit():
-                message = _connect.decode(await self._body(request), codec)
+            with self._core.admit() as reservation:
+                message = _connect.decode(await self._body(request, reservation), codec)
                 origin = self._origin(
                     request, principal.name, received, event_pb2.INGEST_PROTOCOL_CONNECT
                 )

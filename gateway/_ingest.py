@@ -233,6 +233,22 @@ def _timestamp(at: float) -> Timestamp:
     return Timestamp(seconds=int(whole), nanos=int(frac * 1e9))
 
 
+class Reservation:
+    """One admitted request's share of the in-flight bytes budget, released when the
+    request leaves `IngestCore.admit`."""
+
+    __slots__ = ("_core", "held")
+
+    def __init__(self, core: IngestCore) -> None:
+        self._core = core
+        self.held = 0
+
+    def charge(self, size: int) -> None:
+        """Counts `size` more bytes held for the request; raises Overloaded when they do not
+        fit beside other requests' (the request is then refused before it reads more)."""
+        self._core._charge(self, size)
+
+
 class IngestCore:
     """Validates batches, publishes the valid events and answers with a receipt."""
 
@@ -266,37 +282,33 @@ class IngestCore:
         self._closed = True
 
     @contextmanager
-    def admit(self) -> Iterator[None]:
-        """Holds one in-flight slot for a request; raises Overloaded when none is free."""
+    def admit(self) -> Iterator[Reservation]:
+        """Holds one in-flight slot for a request, and its share of the bytes budget as the
+        request charges it (body read, inflated); raises Overloaded when no slot is free."""
         if self._closed:
             raise Unavailable("the gateway is stopping")
         if self._in_flight >= self._max_in_flight:
             raise Overloaded("too many requests in flight")
         self._in_flight += 1
         self._metrics.in_flight.inc()
+        reservation = Reservation(self)
         try:
-            yield
+            yield reservation
         finally:
+            self._bytes -= reservation.held
             self._in_flight -= 1
             self._metrics.in_flight.dec()
 
-    @contextmanager
-    def _hold(self, size: int) -> Iterator[None]:
-        """Holds `size` bytes of the in-flight budget (one request always fits when idle)."""
-        if self._max_bytes and self._bytes and self._bytes + size > self._max_bytes:
+    def _charge(self, reservation: Reservation, size: int) -> None:
+        # A request alone in flight always fits: only others' bytes can push it over.
+        others = self._bytes - reservation.held
+        if self._max_bytes and others and self._bytes + size > self._max_bytes:
             raise Overloaded("too many bytes in flight")
         self._bytes += size
-        try:
-            yield
-        finally:
-            self._bytes -= size
+        reservation.held += size
 
     async def ingest_json(self, body: bytes, origin: Origin) -> Receipt:
         """Ingests a POST /v1/track body (already decompressed)."""
-        with self._hold(len(body)):
-            return await self._ingest_json(body, origin)
-
-    async def _ingest_json(self, body: bytes, origin: Origin) -> Receipt:
         doc = load_json(body)
         items, sent_at = parse_envelope(doc, max_events=self._limits.max_events)
         batch = event_pb2.RawBatch()
@@ -317,12 +329,6 @@ class IngestCore:
         self, request: ingest_service_pb2.IngestEventsRequest, origin: Origin
     ) -> Receipt:
         """Ingests an IngestEventsRequest (gRPC or Connect)."""
-        with self._hold(request.ByteSize()):
-            return await self._ingest_proto(request, origin)
-
-    async def _ingest_proto(
-        self, request: ingest_service_pb2.IngestEventsRequest, origin: Origin
-    ) -> Receipt:
         check_count(len(request.events), max_events=self._limits.max_events)
         batch = event_pb2.RawBatch()
         rejections = read_proto_events(request.events, self._limits, batch.events)

@@ -100,7 +100,9 @@ class GatewayConfig(NatsSettings, TracingSettings):
     max_in_flight_bytes: int = setting(
         "GATEWAY_MAX_IN_FLIGHT_BYTES",
         DEFAULT_MAX_IN_FLIGHT_BYTES,
-        "decompressed body bytes handled at once; more gets 429 (bounds memory)",
+        "body bytes held at once, counted as each request's body is read and inflated; a "
+        "request that does not fit beside the others gets 429 before the rest is read "
+        "(bounds memory)",
         check=positive,
     )
     rate_limit_rps: float = setting(

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway._body import check_encoding, gunzip, media_type, read_body
-from gateway.errors import InvalidRequest, TooLarge, UnsupportedMedia
+from gateway._body import INFLATE_STEP_BYTES, check_encoding, gunzip, media_type, read_body
+from gateway.errors import InvalidRequest, Overloaded, TooLarge, UnsupportedMedia
 
 
 async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
@@ -136,3 +136,54 @@ def test_encodings() -> None:
     for other in ("br", "deflate", "gzip, br"):
         with pytest.raises(UnsupportedMedia):
             check_encoding(other)
+
+
+class Budget:
+    """A charge that refuses once more than `limit` bytes were charged."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.charged = 0
+
+    def __call__(self, size: int) -> None:
+        if self.charged + size > self.limit:
+            raise Overloaded("too many bytes in flight")
+        self.charged += size
+
+
+async def test_a_body_over_its_budget_is_refused_before_the_rest_is_read() -> None:
+    sent: list[int] = []
+
+    async def stream() -> AsyncIterator[bytes]:
+        for n in range(10):
+            sent.append(n)
+            yield b"x" * 100
+
+    with pytest.raises(Overloaded):
+        await read_body(
+            stream(),
+            content_length=None,
+            gzip=False,
+            max_body=10_000,
+            max_decompressed=10_000,
+            charge=Budget(250),
+        )
+    assert sent == [0, 1, 2]
+
+
+def test_inflating_stops_at_the_first_step_over_the_budget() -> None:
+    data = gzip.compress(b"\0" * (10 * INFLATE_STEP_BYTES))
+    budget = Budget(INFLATE_STEP_BYTES + 10)
+
+    with pytest.raises(Overloaded):
+        gunzip(data, limit=100 * INFLATE_STEP_BYTES, charge=budget)
+    assert budget.charged == INFLATE_STEP_BYTES
+    everything = Budget(10 * INFLATE_STEP_BYTES)
+    assert gunzip(data, limit=100 * INFLATE_STEP_BYTES, charge=everything) == b"\0" * (
+        10 * INFLATE_STEP_BYTES
+    )
+    assert everything.charged == 10 * INFLATE_STEP_BYTES
+
+
+def test_x_gzip_is_gzip() -> None:
+    assert check_encoding("x-gzip") is True

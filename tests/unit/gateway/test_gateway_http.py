@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -39,6 +40,31 @@ async def test_too_many_in_flight_is_429_with_retry_after(
     assert response.status_code == 429
     assert response.headers["Retry-After"] == str(gateway.config.retry_after_s)
     assert response.json()["code"] == "resource_exhausted"
+
+
+async def test_a_body_past_the_bytes_budget_is_429_before_the_rest_is_read(
+    broker: FakeBroker,
+) -> None:
+    gateway = Gateway(
+        unit_config(GATEWAY_MAX_IN_FLIGHT_BYTES="1000"), broker=broker, query=FakeQuery()
+    )
+    sent: list[int] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        for n in range(20):
+            sent.append(n)
+            yield b" " * 200
+
+    async with asgi_client(gateway) as client:
+        with gateway.core.admit() as other:  # another request holds half the budget
+            other.charge(500)
+            refused = await client.post("/v1/track", content=body(), headers=AUTH)
+        accepted = await client.post("/v1/track", content=ONE, headers=AUTH)
+
+    assert refused.status_code == 429
+    assert refused.json()["message"] == "too many bytes in flight"
+    assert len(sent) < 5
+    assert accepted.status_code == 202
 
 
 async def test_broker_down_is_503_with_retry_after(

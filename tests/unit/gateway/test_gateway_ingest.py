@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 
@@ -55,9 +54,15 @@ def body(count: int, *, blob: str = "") -> bytes:
     return orjson.dumps(events)
 
 
-def core(broker: FakeBroker, *, max_in_flight: int = 10) -> IngestCore:
+def core(
+    broker: FakeBroker, *, max_in_flight: int = 10, max_in_flight_bytes: int = 0
+) -> IngestCore:
     return IngestCore(
-        publisher=broker, limits=LIMITS, metrics=Metrics(), max_in_flight=max_in_flight
+        publisher=broker,
+        limits=LIMITS,
+        metrics=Metrics(),
+        max_in_flight=max_in_flight,
+        max_in_flight_bytes=max_in_flight_bytes,
     )
 
 
@@ -267,30 +272,27 @@ async def test_a_proto_sent_at_out_of_range_is_invalid(sent_at: Timestamp) -> No
     assert broker.calls == 0
 
 
-async def test_bytes_in_flight_are_bounded() -> None:
-    class Held(FakeBroker):
-        async def publish(self, subject: str, payload: bytes, *, msg_id: str) -> bool:
-            await release.wait()
-            return await super().publish(subject, payload, msg_id=msg_id)
+async def test_bytes_in_flight_are_bounded_per_admitted_request() -> None:
+    ingest = core(FakeBroker(), max_in_flight=10, max_in_flight_bytes=1000)
 
-    release = asyncio.Event()
-    data = body(5)
-    ingest = IngestCore(
-        publisher=Held(),
-        limits=LIMITS,
-        metrics=Metrics(),
-        max_in_flight=10,
-        max_in_flight_bytes=len(data) + 10,
-    )
-    first = asyncio.create_task(ingest.ingest_json(data, origin()))
-    await asyncio.sleep(0)
-
-    with pytest.raises(Overloaded):
-        await ingest.ingest_json(data, origin(idempotency_key="other"))
-
-    release.set()
-    assert (await first).accepted == 5
-    assert (await ingest.ingest_json(data, origin(idempotency_key="later"))).accepted == 5
+    with ingest.admit() as first:
+        first.charge(2000)  # a request alone in flight always fits
+        with ingest.admit() as second:
+            with pytest.raises(Overloaded, match="bytes in flight"):
+                second.charge(1)
+            assert second.held == 0
+    with ingest.admit() as first:
+        first.charge(600)
+        with ingest.admit() as second:
+            second.charge(400)
+            with pytest.raises(Overloaded):
+                second.charge(1)
+            with pytest.raises(Overloaded):
+                first.charge(1)
+        first.charge(400)  # the second's bytes went with it
+    with ingest.admit() as again:
+        again.charge(1000)
+        assert again.held == 1000
 
 
 def test_admission_is_bounded_and_closes() -> None:
