@@ -1,5 +1,11 @@
 """Handling fetched raw messages: enrich, publish, and only then ack.
 
+A publish NATS does not take (no ack in time, the stream unreachable) is tried again in
+place, the message kept in progress meanwhile, until NATS takes it: a broker failure never
+spends a message's deliveries, so an outage of the enriched stream or the DLQ sends nothing
+to the DLQ, and the fetch loop waiting on it is the backpressure. Only other failures are
+nak'ed and count towards the delivery limit.
+
 The handler speaks to the broker through two small ports, `Delivery` (a raw
 message as delivered) and `Sink` (where enriched batches and dead letters go),
 so tests drive it with fakes and the NATS adapter stays thin.
@@ -8,12 +14,13 @@ so tests drive it with fakes and the NATS adapter stays thin.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from enricher import _policy
 from enricher._enrich import EnrichOptions, enrich_batch_bytes, split_enriched
@@ -64,6 +71,10 @@ class Delivery(Protocol):
 
     async def term(self) -> None: ...
 
+    async def in_progress(self) -> None:
+        """Still being worked on: restarts the broker's ack-wait timer."""
+        ...
+
 
 class Sink(Protocol):
     """Where the handler's output goes. Both methods raise BrokerError when NATS fails."""
@@ -95,9 +106,16 @@ class _Outgoing:
 _LAST_ERRORS_KEPT = 4096
 # While publishing fails, every message and redelivery is retried: one warning this often.
 RETRY_LOG_INTERVAL_S = 30.0
+# A message held for a failing publish is touched this often by default (below ack_wait).
+DEFAULT_TOUCH_EVERY_S = 10.0
 
+T = TypeVar("T")
 
 _Prepared = _Outgoing | _policy.DeadLetter | Exception
+
+
+class _Stopped(Exception):
+    """The handler stopped while a message waited for NATS to take its publish."""
 
 
 class Handler:
@@ -115,10 +133,13 @@ class Handler:
         tracer: tracing.Tracing | None = None,
         max_message_bytes: int = 0,
         retry_log: logs.Throttle | None = None,
+        touch_every_s: float = DEFAULT_TOUCH_EVERY_S,
     ) -> None:
         """`max_message_bytes` (0: no limit) is the most an enriched message may hold;
         a larger enriched batch is published as several. `retry_log` paces the warnings
-        about retried messages (default: one per RETRY_LOG_INTERVAL_S)."""
+        about retried messages (default: one per RETRY_LOG_INTERVAL_S). A message waiting
+        for NATS to take its publish is touched (in progress) every `touch_every_s`, which
+        must be shorter than the consumer's ack_wait."""
         self._tracing = tracer or tracing.Tracing.disabled()
         self._sink = sink
         self._geo = geo
@@ -129,6 +150,13 @@ class Handler:
         self._max_message_bytes = max_message_bytes
         self._last_errors: OrderedDict[int, str] = OrderedDict()
         self._retry_log = retry_log or logs.Throttle(RETRY_LOG_INTERVAL_S)
+        self._touch_every_s = touch_every_s
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Messages waiting for NATS to take their publish are nak'ed at once from now on
+        (redelivered to whichever process fetches next), so a stop does not wait for NATS."""
+        self._stopping.set()
 
     async def handle(self, deliveries: Sequence[Delivery]) -> None:
         """Settles every delivery: acked after its publish, terminated, or nak'ed.
@@ -225,22 +253,22 @@ class Handler:
 
     async def _settle(self, delivery: Delivery, item: _Prepared, span: tracing.Span) -> None:
         if isinstance(item, _Outgoing):
+            outgoing = item
             try:
-                duplicate = True
-                for msg_id, data in item.parts:
-                    headers = {subjects.MSG_ID_HEADER: msg_id, **item.headers}
-                    one = await self._sink.publish(item.subject, data, headers=headers)
-                    duplicate = duplicate and one
+                duplicate = await self._until_taken(delivery, lambda: self._publish(outgoing))
+            except _Stopped:
+                await self._quietly(delivery.nak(0.0))
+                return
             except Exception as err:
                 item = err
             else:
                 self._last_errors.pop(delivery.stream_seq, None)
-                if len(item.parts) > 1:
-                    span.set_attribute("pipeline.messages", len(item.parts))
+                if len(outgoing.parts) > 1:
+                    span.set_attribute("pipeline.messages", len(outgoing.parts))
                 span.set_attribute("pipeline.outcome", OUTCOME_ENRICHED)
                 span.set_attribute("pipeline.duplicate", duplicate)
                 self._metrics.messages.labels(outcome=OUTCOME_ENRICHED).inc()
-                self._metrics.events.inc(item.events)
+                self._metrics.events.inc(outgoing.events)
                 if duplicate:
                     self._metrics.duplicates.inc()
                 await self._quietly(delivery.ack())
@@ -251,29 +279,38 @@ class Handler:
             else _policy.on_failure(item, deliveries=delivery.deliveries, policy=self._retry)
         )
         if isinstance(action, _policy.DeadLetter):
+            letter = action
             try:
-                await self._sink.dead_letter(delivery, reason=action.reason, detail=action.detail)
-            except Exception:
-                # The DLQ is unreachable: keep the message, never term what is not stored.
+                await self._until_taken(
+                    delivery,
+                    lambda: self._sink.dead_letter(
+                        delivery, reason=letter.reason, detail=letter.detail
+                    ),
+                )
+            except _Stopped:
+                await self._quietly(delivery.nak(0.0))
+                return
+            except Exception as err:
+                # Not stored, and not NATS's doing: never term it, nak it to be tried again.
                 action = _policy.on_failure(
-                    BrokerError("dead letter not stored"),
+                    BrokerError(f"dead letter not stored: {err!r}"),
                     deliveries=delivery.deliveries,
                     policy=self._retry,
                 )
             else:
-                tracing.failed(span, action.reason)
+                tracing.failed(span, letter.reason)
                 span.set_attribute("pipeline.outcome", OUTCOME_DEAD_LETTERED)
                 log.warning(
                     "raw message dead-lettered",
                     extra={
-                        "reason": action.reason,
+                        "reason": letter.reason,
                         "subject": delivery.subject,
                         "stream_sequence": delivery.stream_seq,
                         "deliveries": delivery.deliveries,
                     },
                 )
                 self._metrics.messages.labels(outcome=OUTCOME_DEAD_LETTERED).inc()
-                self._metrics.dlq.labels(reason=action.reason).inc()
+                self._metrics.dlq.labels(reason=letter.reason).inc()
                 await self._quietly(delivery.term())
                 return
         assert isinstance(action, _policy.Retry)
@@ -281,6 +318,50 @@ class Handler:
         span.set_attribute("pipeline.outcome", OUTCOME_RETRIED)
         self._metrics.messages.labels(outcome=OUTCOME_RETRIED).inc()
         await self._quietly(delivery.nak(action.delay_s))
+
+    async def _publish(self, item: _Outgoing) -> bool:
+        """Publishes every part; True when the stream had them all already."""
+        duplicate = True
+        for msg_id, data in item.parts:
+            headers = {subjects.MSG_ID_HEADER: msg_id, **item.headers}
+            one = await self._sink.publish(item.subject, data, headers=headers)
+            duplicate = duplicate and one
+        return duplicate
+
+    async def _until_taken(self, delivery: Delivery, attempt: Callable[[], Awaitable[T]]) -> T:
+        """`attempt()`'s result once NATS takes it. After a BrokerError it is tried again,
+        the pause doubling from the retry policy's base delay to its longest and the message
+        touched meanwhile; each failed attempt is counted and logged as a retry. Raises
+        _Stopped when the handler stops, and any other error at once."""
+        failures = 0
+        try:
+            while True:
+                try:
+                    return await attempt()
+                except BrokerError as err:
+                    if self._stopping.is_set():
+                        raise _Stopped from err
+                    if not failures:
+                        self._metrics.messages_held.inc()
+                    failures += 1
+                    self._remember(delivery, err)
+                    self._metrics.messages.labels(outcome=OUTCOME_RETRIED).inc()
+                    pause = _policy.nak_delay_s(deliveries=failures, policy=self._retry)
+                    await self._pause(delivery, pause)
+        finally:
+            if failures:
+                self._metrics.messages_held.dec()
+
+    async def _pause(self, delivery: Delivery, seconds: float) -> None:
+        """Waits `seconds`, touching the message every `touch_every_s` and once at the end;
+        raises _Stopped as soon as the handler stops."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), min(left, self._touch_every_s))
+            if self._stopping.is_set():
+                raise _Stopped
+            await self._quietly(delivery.in_progress())
 
     def _remember(self, delivery: Delivery, err: _Prepared) -> None:
         """Logs why a message is retried, and keeps it for its dead letter."""

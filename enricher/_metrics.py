@@ -40,7 +40,7 @@ class Metrics:
         )
         self.ack_failures = Counter(
             "enricher_ack_failures",
-            "Acks, naks or terms that could not be sent (the broker redelivers)",
+            "Acks, naks, terms or touches that could not be sent (the broker redelivers)",
             registry=self.registry,
         )
         self.batch_seconds = Histogram(
@@ -57,6 +57,11 @@ class Metrics:
         self.messages_in_progress = Gauge(
             "enricher_messages_in_progress",
             "Raw messages fetched and not yet settled (acked, nak'ed or terminated)",
+            registry=self.registry,
+        )
+        self.messages_held = Gauge(
+            "enricher_messages_held",
+            "Raw messages kept while NATS does not take their publish (enriched stream or DLQ)",
             registry=self.registry,
         )
         self.grpc_events = Counter(

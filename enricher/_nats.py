@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import nats.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import Error as JsError
@@ -133,19 +134,33 @@ class FetchLoop:
         self._handler = handler
         self._settings = settings
         self._stopping = asyncio.Event()
+        self._fetching = False
+        self._pulls_done = asyncio.Event()
 
     def stop(self) -> None:
         """Asks the loop to stop after the batch in hand (it ends within one fetch timeout)."""
         self._stopping.set()
+        if not self._fetching:
+            self._pulls_done.set()
+
+    async def pulls_done(self) -> None:
+        """Returns once the loop is stopping and no fetch of its own is waiting for messages
+        (a message given back before then could be delivered to that fetch, and then wait
+        for ack_wait)."""
+        await self._pulls_done.wait()
 
     async def run(self) -> None:
         """Runs until `stop()`; a NATS outage is waited out (logged once), not a crash."""
+        try:
+            await self._run()
+        finally:
+            self._pulls_done.set()
+
+    async def _run(self) -> None:
         failing = False
         while not self._stopping.is_set():
             try:
-                msgs = await self._sub.fetch(
-                    self._settings.fetch_batch, timeout=self._settings.fetch_timeout_s
-                )
+                msgs = await self._fetch()
             except nats.errors.TimeoutError:
                 continue
             except Exception as err:  # an outage or a client bug: keep trying, never die
@@ -159,6 +174,17 @@ class FetchLoop:
                 log.info("fetch recovered")
                 failing = False
             await self._handler.handle([natsconn.JetStreamDelivery(msg) for msg in msgs])
+
+    async def _fetch(self) -> list[Msg]:
+        self._fetching = True
+        try:
+            return await self._sub.fetch(
+                self._settings.fetch_batch, timeout=self._settings.fetch_timeout_s
+            )
+        finally:
+            self._fetching = False
+            if self._stopping.is_set():
+                self._pulls_done.set()
 
 
 async def consumer_pending(subscription: JetStreamContext.PullSubscription) -> int:

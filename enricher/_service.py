@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from enricher import _nats
@@ -18,6 +17,7 @@ from enricher.config import Config
 from enricher.errors import BrokerError
 from pipeline import tracing
 from pipeline.service import HttpServer, ops_app
+from pipeline.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class Enricher:
         self._geo: OfflineGeo | MaxMindGeo | None = None
         self._broker: _nats.Broker | None = None
         self._loops: list[_nats.FetchLoop] = []
+        self._handler: Handler | None = None
         self._consumer_task: asyncio.Task[None] | None = None
         self._grpc: GrpcServer | None = None
         self._http: HttpServer | None = None
@@ -149,7 +150,9 @@ class Enricher:
             metrics=self.metrics,
             tracer=self.tracing,
             max_message_bytes=self._broker.max_payload - PAYLOAD_HEADROOM_BYTES,
+            touch_every_s=config.ack_wait_s / 3,
         )
+        self._handler = handler
         self._loops = [
             _nats.FetchLoop(sub, handler, settings=self._consumer)
             for sub in self._broker.subscriptions
@@ -166,9 +169,7 @@ class Enricher:
         try:
             await asyncio.gather(*(loop.run() for loop in self._loops))
         finally:
-            lag.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await lag
+            await cancel_and_wait(lag)
 
     async def ready(self) -> tuple[bool, str]:
         """Ready when NATS is connected, the streams exist and the consumer is bound."""
@@ -184,15 +185,19 @@ class Enricher:
         task, self._consumer_task = self._consumer_task, None
         if task is not None:
             if not self._loops:
-                task.cancel()  # still waiting for NATS: nothing in hand
+                await cancel_and_wait(task)  # still waiting for NATS: nothing in hand
             for loop in self._loops:
                 loop.stop()
-            _, pending = await asyncio.wait([task], timeout=self._config.stop_timeout_s)
-            for late in pending:
-                late.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            if self._handler is not None:
+                # Messages held for NATS are given back once no fetch of this process can
+                # take them again (each ends within one fetch timeout).
+                handler = self._handler
+                pulls = asyncio.gather(*(loop.pulls_done() for loop in self._loops))
+                pulls.add_done_callback(lambda _: handler.stop())
+            await asyncio.wait([task], timeout=self._config.stop_timeout_s)
+            await cancel_and_wait(task)  # what it still holds comes back after ack_wait
         self._loops = []
+        self._handler = None
         if self._broker is not None:
             await self._broker.close()
             self._broker = None

@@ -83,7 +83,8 @@ class Config(NatsSettings, TracingSettings):
     max_deliver: int = setting(
         "ENRICHER_MAX_DELIVER",
         DEFAULT_MAX_DELIVER,
-        "deliveries of a raw message before it goes to the DLQ",
+        "deliveries of a raw message before it goes to the DLQ (publishes NATS did not "
+        "take are tried again in place and spend none)",
         check=_at_least_one,
     )
     publish_timeout_s: float = setting(
@@ -95,13 +96,14 @@ class Config(NatsSettings, TracingSettings):
     nak_delay_s: float = setting(
         "ENRICHER_NAK_DELAY_S",
         DEFAULT_NAK_DELAY_S,
-        "seconds before the first redelivery after a NATS failure; doubles each time",
+        "seconds before a failed message is tried again (a publish NATS did not take: in "
+        "place, the message kept; any other failure: redelivered); doubles each time",
         check=positive,
     )
     nak_max_delay_s: float = setting(
         "ENRICHER_NAK_MAX_DELAY_S",
         DEFAULT_NAK_MAX_DELAY_S,
-        "longest redelivery delay in seconds",
+        "longest delay before a failed message is tried again, seconds",
         check=positive,
     )
     max_clock_skew_s: float = setting(

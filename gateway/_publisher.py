@@ -6,7 +6,6 @@ The only gateway module that touches `nats`. Every broker failure becomes `Unava
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import nats.errors
@@ -16,6 +15,7 @@ from nats.js import JetStreamContext
 from gateway.errors import Unavailable
 from pipeline import natsconn, subjects, tracing
 from pipeline.settings import NatsSettings
+from pipeline.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +60,8 @@ class JetStreamPublisher:
     async def stop(self) -> None:
         """Drains the connection (pending publishes are flushed) and closes it."""
         task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if task is not None:
+            await cancel_and_wait(task)
         nc, self._nc, self._js = self._nc, None, None
         self._streams_ready = False
         if nc is not None and not nc.is_closed:

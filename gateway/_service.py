@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Protocol
 
@@ -20,6 +19,7 @@ from gateway._validate import Limits
 from gateway.config import GatewayConfig
 from pipeline import tracing
 from pipeline.service import HttpServer
+from pipeline.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -166,9 +166,7 @@ class Gateway:
         self._started = False
         self.core.close()
         if self._health_task is not None:
-            self._health_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health_task
+            await cancel_and_wait(self._health_task)
             self._health_task = None
         await asyncio.gather(self._http.stop(), self._grpc.stop())
         await self._broker.stop()

@@ -9,7 +9,6 @@ while OpenSearch is away the writer reports itself unhealthy so intake stops fet
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -22,6 +21,7 @@ import orjson
 from indexer.metrics import Metrics
 from indexer.outcomes import Outcome, backoff_s, failure_outcome, item_outcome, item_reason
 from pipeline import tracing
+from pipeline.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -157,12 +157,7 @@ class BulkWriter:
 
     async def close(self) -> None:
         """Stops the timer and abandons unfinished work (its messages stay un-acked)."""
-        tasks = [t for t in (self._timer, *self._tasks) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*(t for t in (self._timer, *self._tasks) if t is not None))
         self._timer = None
         self._tasks.clear()
         self._buffer.clear()

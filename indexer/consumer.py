@@ -18,6 +18,7 @@ from indexer.bulk import BulkWriter
 from indexer.intake import Intake
 from indexer.metrics import Metrics
 from pipeline import natsconn, subjects
+from pipeline.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -136,20 +137,13 @@ class EnrichedConsumer:
         task, self._fetch_task = self._fetch_task, None
         if task is None:
             return
-        done, _ = await asyncio.wait({task}, timeout=STOP_FETCH_WAIT_S)
-        if not done:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await asyncio.wait({task}, timeout=STOP_FETCH_WAIT_S)
+        await cancel_and_wait(task)
 
     async def close(self) -> None:
         """Stops every task and unsubscribes (idempotent)."""
         await self.stop_fetching()
-        for task in self._side_tasks:
-            task.cancel()
-        for task in self._side_tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._side_tasks)
         self._side_tasks = []
         if self._sub is not None:
             with contextlib.suppress(Exception):

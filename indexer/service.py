@@ -28,6 +28,7 @@ from indexer.store import OpenSearchStore
 from indexer.store import client as store_client
 from pipeline import natsconn, subjects, tracing
 from pipeline.service import HttpServer, ops_app
+from pipeline.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -178,10 +179,7 @@ class Indexer:
         if not self._started:
             return
         self._started = False
-        for task in self._tasks:
-            task.cancel()
-        # A task that ended on an error has said so in the log; stopping goes on.
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)
         self._tasks = []
         if self._consumer is not None:
             await self._consumer.stop_fetching()

@@ -4,6 +4,7 @@ and the enricher as a subprocess."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import subprocess
@@ -114,6 +115,21 @@ async def wait_for_count(
         await asyncio.sleep(POLL_S)
         count = await stream_count(js, stream)
     return count
+
+
+FILLER_SUBJECT = "telemetry.enriched.v1.filler"
+
+
+async def refuse_enriched(js: JetStreamContext) -> js_api.StreamConfig:
+    """Makes the enriched stream refuse every new message (full at one filler message on
+    FILLER_SUBJECT, discard new) while the raw one works; returns the configuration to put
+    back. Call it after the enricher started: its start sets the streams' configuration."""
+    await js.publish(FILLER_SUBJECT, b"", stream=subjects.ENRICHED_STREAM)
+    config = (await js.stream_info(subjects.ENRICHED_STREAM)).config
+    await js.update_stream(
+        dataclasses.replace(config, max_msgs=1, discard=js_api.DiscardPolicy.NEW)
+    )
+    return config
 
 
 async def read_stream(js: JetStreamContext, stream: str) -> list[js_api.RawStreamMsg]:

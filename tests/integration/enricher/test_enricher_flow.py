@@ -22,10 +22,13 @@ from enricher._policy import RetryPolicy
 from pipeline import subjects
 from pipeline.natsconn import JetStreamDelivery
 from tests.integration.enricher.helpers import (
+    FILLER_SUBJECT,
+    POLL_S,
     enricher_config,
     publish_raw,
     raw_batch,
     read_stream,
+    refuse_enriched,
     settle,
     stream_count,
     wait_for_count,
@@ -142,6 +145,90 @@ async def test_garbage_goes_to_the_dlq_once_and_the_pipeline_goes_on(
         "enricher_dlq_total", {"reason": "undecodable"}
     )
     assert dlq == 1
+
+
+async def test_an_enriched_stream_refusing_publishes_sends_nothing_to_the_dlq(
+    js: JetStreamContext, nats_server: NatsProcess
+) -> None:
+    # The enriched stream takes no new message for 3 s (full at one message, discard new)
+    # while the raw one works: with naks every 0.05-0.1 s and 3 deliveries allowed, each
+    # message would run out of deliveries in a fraction of that if a refused publish spent one.
+    service = Enricher(
+        enricher_config(
+            nats_server.url,
+            ENRICHER_MAX_DELIVER="3",
+            ENRICHER_NAK_DELAY_S="0.05",
+            ENRICHER_NAK_MAX_DELAY_S="0.1",
+        )
+    )
+    await service.start()
+    try:
+        await wait_until_ready(service)  # its start set the streams' configuration
+        enriched = await refuse_enriched(js)
+        batches = [raw_batch(n=3) for _ in range(10)]
+        for batch in batches:
+            await publish_raw(js, batch)
+        metrics = service.metrics.registry
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            assert await stream_count(js, subjects.DLQ_STREAM) == 0
+        # Each fetch loop holds what it fetched and fetches no more meanwhile.
+        held = metrics.get_sample_value("enricher_messages_held") or 0
+        assert 1 <= held <= 10
+        retried = metrics.get_sample_value("enricher_messages_total", {"outcome": "retried"})
+        assert (retried or 0) >= 10 * held
+        assert await stream_count(js, subjects.ENRICHED_STREAM) == 1
+
+        await js.update_stream(enriched)
+        assert await wait_for_count(js, subjects.ENRICHED_STREAM, 11) == 11
+        info = await settle(js)
+    finally:
+        await service.stop()
+
+    assert (info.num_pending, info.num_ack_pending) == (0, 0)
+    assert info.num_redelivered == 0
+    assert await stream_count(js, subjects.DLQ_STREAM) == 0
+    assert metrics.get_sample_value("enricher_messages_held") == 0
+    stored = {
+        event_pb2.EnrichedBatch.FromString(msg.data or b"").batch_id
+        for msg in await read_stream(js, subjects.ENRICHED_STREAM)
+        if msg.subject != FILLER_SUBJECT
+    }
+    assert stored == {batch.context.batch_id for batch in batches}
+
+
+async def test_a_stop_gives_back_at_once_what_waits_for_the_enriched_stream(
+    js: JetStreamContext, nats_server: NatsProcess
+) -> None:
+    service = Enricher(enricher_config(nats_server.url, ENRICHER_STOP_TIMEOUT_S="30"))
+    await service.start()
+    try:
+        await wait_until_ready(service)
+        enriched = await refuse_enriched(js)
+        await publish_raw(js, raw_batch())
+        registry = service.metrics.registry
+        deadline = time.monotonic() + 10.0
+        while not registry.get_sample_value("enricher_messages_held"):
+            assert time.monotonic() < deadline, "the message was never held"
+            await asyncio.sleep(POLL_S)
+    finally:
+        started = time.monotonic()
+        await service.stop()
+        stopped_in = time.monotonic() - started
+
+    assert stopped_in < 10.0  # not the 30 s a stop may take: the held message is nak'ed
+    # Given back, not left for ack_wait (30 s): the next enricher has it at once.
+    await js.update_stream(enriched)
+    successor = Enricher(enricher_config(nats_server.url))
+    await successor.start()
+    try:
+        assert await wait_for_count(js, subjects.ENRICHED_STREAM, 2, timeout_s=10.0) == 2
+        info = await settle(js)
+    finally:
+        await successor.stop()
+    assert (info.num_pending, info.num_ack_pending) == (0, 0)
+    assert await stream_count(js, subjects.DLQ_STREAM) == 0
 
 
 async def test_original_event_batch_is_enriched_with_the_stream_time(

@@ -1,7 +1,9 @@
-"""The handler with fake broker ports: publish before ack, DLQ for poison, nak for trouble."""
+"""The handler with fake broker ports: publish before ack, DLQ for poison, a publish NATS
+does not take tried again in place, nak for other trouble."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -17,6 +19,7 @@ from enricher.errors import BrokerError
 from pipeline import logs, subjects
 
 S = 1_000_000_000
+RETRY = RetryPolicy(max_deliver=3, base_delay_s=0.01, max_delay_s=0.04)
 
 
 @dataclass
@@ -28,6 +31,7 @@ class FakeDelivery:
     deliveries: int = 1
     stored_ns: int = 1_700_000_000 * S
     log: list[str] = field(default_factory=list)
+    touched: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def ack(self) -> None:
         self.log.append("ack")
@@ -38,17 +42,37 @@ class FakeDelivery:
     async def term(self) -> None:
         self.log.append("term")
 
+    async def in_progress(self) -> None:
+        self.log.append("touch")
+        self.touched.set()
+
+    async def touches(self, count: int) -> None:
+        """Returns once the message has been touched `count` more times."""
+        for _ in range(count):
+            self.touched.clear()
+            await self.touched.wait()
+
+
+FOREVER = 1 << 60
+
 
 @dataclass
 class FakeSink:
-    fail_publish: bool = False
-    fail_dlq: bool = False
+    """`fail_publish` and `fail_dlq`: how many calls NATS does not take (BrokerError) before
+    it takes them; `publish_error`: raised by every publish (a failure not NATS's)."""
+
+    fail_publish: int = 0
+    fail_dlq: int = 0
+    publish_error: Exception | None = None
     published: list[tuple[str, bytes, dict[str, str]]] = field(default_factory=list)
     dead: list[tuple[bytes, str]] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
 
     async def publish(self, subject: str, data: bytes, *, headers: Mapping[str, str]) -> bool:
+        if self.publish_error is not None:
+            raise self.publish_error
         if self.fail_publish:
+            self.fail_publish -= 1
             raise BrokerError("no ack")
         duplicate = any(h == dict(headers) for _, _, h in self.published)
         self.published.append((subject, data, dict(headers)))
@@ -57,6 +81,7 @@ class FakeSink:
 
     async def dead_letter(self, delivery: Delivery, *, reason: str, detail: str) -> None:
         if self.fail_dlq:
+            self.fail_dlq -= 1
             raise BrokerError("dlq down")
         self.dead.append((delivery.data, reason))
         self.log.append("dlq")
@@ -69,16 +94,19 @@ def _handler(
     max_message_bytes: int = 0,
     clock_ns: Callable[[], int] = lambda: 1_700_000_001 * S,
     retry_log: logs.Throttle | None = None,
+    retry: RetryPolicy = RETRY,
+    touch_every_s: float = 10.0,
 ) -> Handler:
     return Handler(
         sink=sink,
         geo=OfflineGeo(),
         options=EnrichOptions(),
-        retry=RetryPolicy(max_deliver=3, base_delay_s=1.0, max_delay_s=8.0),
+        retry=retry,
         metrics=metrics or Metrics(),
         clock_ns=clock_ns,
         max_message_bytes=max_message_bytes,
         retry_log=retry_log,
+        touch_every_s=touch_every_s,
     )
 
 
@@ -145,16 +173,49 @@ async def test_garbage_goes_to_the_dlq_and_is_terminated() -> None:
     assert _sample(metrics, "enricher_messages_total", outcome="dead_lettered") == 1
 
 
-async def test_publish_failure_naks_with_a_growing_delay() -> None:
-    sink, metrics = FakeSink(fail_publish=True), Metrics()
+async def test_a_failure_not_natss_naks_with_a_growing_delay() -> None:
+    sink, metrics = FakeSink(publish_error=RuntimeError("bug")), Metrics()
     handler = _handler(sink, metrics)
     first, third = FakeDelivery(_good(), deliveries=1), FakeDelivery(_good(), deliveries=3)
     await handler.handle([first])
     await handler.handle([third])
-    assert first.log == ["nak 1.0"]
-    assert third.log == ["nak 4.0"]
+    assert first.log == ["nak 0.01"]
+    assert third.log == ["nak 0.04"]
     assert sink.dead == []
     assert _sample(metrics, "enricher_messages_total", outcome="retried") == 2
+
+
+async def test_a_publish_nats_does_not_take_is_tried_in_place_and_spends_no_delivery() -> None:
+    # On its last allowed delivery: a nak would have sent it to the DLQ next time.
+    sink, metrics = FakeSink(fail_publish=3), Metrics()
+    delivery = FakeDelivery(_good(), deliveries=3)
+
+    await _handler(sink, metrics).handle([delivery])
+
+    assert delivery.log == ["touch", "touch", "touch", "ack"]
+    assert len(sink.published) == 1
+    assert sink.dead == []
+    assert _sample(metrics, "enricher_messages_total", outcome="retried") == 3
+    assert _sample(metrics, "enricher_messages_total", outcome="enriched") == 1
+    assert _sample(metrics, "enricher_messages_held") == 0
+
+
+async def test_a_held_message_is_touched_within_ack_wait_and_naked_at_once_on_stop() -> None:
+    sink, metrics = FakeSink(fail_publish=FOREVER), Metrics()
+    slow = RetryPolicy(max_deliver=3, base_delay_s=60.0, max_delay_s=60.0)
+    handler = _handler(sink, metrics, retry=slow, touch_every_s=0.01)
+    delivery = FakeDelivery(_good())
+    handling = asyncio.create_task(handler.handle([delivery]))
+    await asyncio.wait_for(delivery.touches(3), 1.0)
+    assert _sample(metrics, "enricher_messages_held") == 1
+
+    handler.stop()
+    await asyncio.wait_for(handling, 1.0)
+
+    assert set(delivery.log[:-1]) == {"touch"}
+    assert delivery.log[-1] == "nak 0.0"
+    assert _sample(metrics, "enricher_messages_held") == 0
+    assert sink.published == []
 
 
 async def test_past_max_deliveries_goes_to_the_dlq_unprocessed() -> None:
@@ -166,11 +227,12 @@ async def test_past_max_deliveries_goes_to_the_dlq_unprocessed() -> None:
     assert delivery.log == ["term"]
 
 
-async def test_dlq_failure_naks_and_never_terminates() -> None:
-    sink = FakeSink(fail_dlq=True)
-    delivery = FakeDelivery(b"\xff garbage", deliveries=2)
+async def test_a_dead_letter_nats_does_not_take_is_tried_in_place_never_terminated_first() -> None:
+    sink = FakeSink(fail_dlq=2)
+    delivery = FakeDelivery(b"\xff garbage", deliveries=3)
     await _handler(sink).handle([delivery])
-    assert delivery.log == ["nak 2.0"]
+    assert delivery.log == ["touch", "touch", "term"]
+    assert sink.dead == [(delivery.data, "undecodable")]
 
 
 @pytest.mark.parametrize("failing", ["ack", "nak", "term"])
@@ -190,7 +252,7 @@ async def test_a_failing_settle_is_counted_not_raised(failing: str) -> None:
 
     metrics = Metrics()
     data = {"ack": _good(), "nak": _good(), "term": b"\xff"}[failing]
-    sink = FakeSink(fail_publish=failing == "nak")
+    sink = FakeSink(publish_error=RuntimeError("bug") if failing == "nak" else None)
     await _handler(sink, metrics).handle([Broken(data)])
     assert _sample(metrics, "enricher_ack_failures_total") == 1
 
@@ -259,20 +321,24 @@ class SinkFailingAfter(FakeSink):
 
 async def test_a_redelivery_split_otherwise_stores_every_event() -> None:
     # Each delivery stamps its own enriched_at, whose encoded size varies by a few bytes per
-    # event; near a part's limit that moves where the batch is cut.
+    # event; near a part's limit that moves where the batch is cut. The first process stops
+    # after one part was taken; the message goes to the next with another clock.
     sink = SinkFailingAfter()
     sink.good = 1
     clock = [1_700_000_001 * S + 999_999_999]
-    handler = _handler(sink, clock_ns=lambda: clock[0], max_message_bytes=3026)
+    stopping = _handler(sink, clock_ns=lambda: clock[0], max_message_bytes=3026, touch_every_s=0.01)
     first = FakeDelivery(_big(40))
-    await handler.handle([first])
-    assert first.log == ["nak 1.0"]
+    handling = asyncio.create_task(stopping.handle([first]))
+    await asyncio.wait_for(first.touches(1), 1.0)
+    stopping.stop()
+    await handling
+    assert first.log[-1] == "nak 0.0"
     assert len(sink.published) == 1
 
     sink.good = 1_000
     clock[0] = 1_700_000_002 * S + 5  # nanos of one byte instead of five
     again = FakeDelivery(_big(40), deliveries=2)
-    await handler.handle([again])
+    await _handler(sink, clock_ns=lambda: clock[0], max_message_bytes=3026).handle([again])
 
     assert again.log == ["ack"]
     stored = {
@@ -298,7 +364,7 @@ async def test_retries_during_an_outage_log_one_line_per_interval(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     now = [100.0]
-    sink = FakeSink(fail_publish=True)
+    sink = FakeSink(publish_error=RuntimeError("bug"))
     handler = _handler(sink, retry_log=logs.Throttle(30.0, clock=lambda: now[0]))
 
     def lines() -> list[str]:
@@ -319,7 +385,7 @@ async def test_retries_during_an_outage_log_one_line_per_interval(
 async def test_a_retried_message_logs_why_and_its_dead_letter_keeps_the_last_error(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    sink = FakeSink(fail_publish=True)
+    sink = FakeSink(publish_error=RuntimeError("no ack"))
     handler = _handler(sink)
     for deliveries in (1, 2, 3):
         await handler.handle([FakeDelivery(_good(), deliveries=deliveries)])
@@ -336,4 +402,4 @@ async def test_a_retried_message_logs_why_and_its_dead_letter_keeps_the_last_err
 
     assert len(reasons) == 1
     assert reasons[0].startswith("max_deliveries: delivered 4 times")
-    assert "last error: BrokerError('no ack')" in reasons[0]
+    assert "last error: RuntimeError('no ack')" in reasons[0]

@@ -1,0 +1,30 @@
+"""Background tasks: cancelling them so that they really end."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# How long a cancelled task has before it is cancelled again.
+CANCEL_AGAIN_S = 0.05
+
+
+async def cancel_and_wait(*tasks: asyncio.Task[Any]) -> None:
+    """Cancels `tasks` and returns once every one has ended.
+
+    A task still running shortly after its cancel is cancelled again: on Python 3.11,
+    `asyncio.wait_for` drops a cancel that arrives as what it waits for completes (fixed in
+    3.12), and a background loop would go on, a stop that awaits it waiting forever. A task
+    that ended on an error other than the cancel has it logged here.
+    """
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=CANCEL_AGAIN_S)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("%s ended on an error: %r", task.get_name(), task.exception())

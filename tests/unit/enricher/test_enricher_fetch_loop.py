@@ -1,0 +1,55 @@
+"""The fetch loop with a stand-in subscription: when a stopping loop's pulls are over."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import nats.errors
+
+from enricher._nats import ConsumerSettings, FetchLoop
+
+SETTINGS = ConsumerSettings(
+    name="enricher", ack_wait_s=30.0, max_ack_pending=16, fetch_batch=4, fetch_timeout_s=0.1
+)
+
+
+class Subscription:
+    """A pull subscription whose fetch waits until the test lets it time out."""
+
+    def __init__(self) -> None:
+        self.waiting = asyncio.Event()
+        self.expire = asyncio.Event()
+
+    async def fetch(self, batch: int, *, timeout: float) -> list[Any]:  # noqa: ASYNC109
+        self.waiting.set()
+        await self.expire.wait()
+        self.expire.clear()
+        raise nats.errors.TimeoutError
+
+
+class Handler:
+    async def handle(self, deliveries: list[Any]) -> None:
+        raise AssertionError("nothing was fetched")
+
+
+async def test_a_stopping_loops_pulls_are_done_only_once_its_fetch_has_ended() -> None:
+    sub = Subscription()
+    loop = FetchLoop(sub, Handler(), settings=SETTINGS)  # type: ignore[arg-type]
+    running = asyncio.create_task(loop.run())
+    await sub.waiting.wait()
+
+    loop.stop()
+    done = asyncio.create_task(loop.pulls_done())
+    await asyncio.sleep(0.05)
+    assert not done.done()  # its fetch can still be handed a message
+
+    sub.expire.set()
+    await asyncio.wait_for(done, 1.0)
+    await asyncio.wait_for(running, 1.0)
+
+
+async def test_a_loop_stopped_between_fetches_has_no_pull_waiting() -> None:
+    loop = FetchLoop(Subscription(), Handler(), settings=SETTINGS)  # type: ignore[arg-type]
+    loop.stop()
+    await asyncio.wait_for(loop.pulls_done(), 1.0)
