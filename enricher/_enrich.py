@@ -199,23 +199,38 @@ def enrich_batch_bytes(
     return b"".join(parts)
 
 
-def split_enriched(data: bytes, limit: int) -> list[tuple[int, int, bytes]] | None:
-    """A serialised EnrichedBatch as batches of at most `limit` bytes, each with the
-    range of its events, `(first, end, part)`; None when it fits as it is.
+# An enriched_at field at its largest: its key and length, then the seconds' key and a
+# 10-byte varint, the nanoseconds' key and a 5-byte varint.
+_ENRICHED_AT_MAX_BYTES = 2 + 11 + 6
+
+
+def enriched_at_slack(now_ns: int) -> int:
+    """How many bytes an enriched_at of `now_ns` takes below the largest one may take."""
+    return _ENRICHED_AT_MAX_BYTES - len(_timestamp_field(_ENRICHED_AT, now_ns))
+
+
+def split_enriched(
+    data: bytes, limit: int, *, events: int, slack: int
+) -> list[tuple[int, int, bytes]] | None:
+    """A serialised EnrichedBatch of `events` events as batches of at most `limit` bytes,
+    each with the range of its events, `(first, end, part)`; None when it fits as it is.
 
     Enrichment makes a batch about twice its raw size, so a raw message near the broker's
-    largest can enrich to more than it takes. Raises PoisonMessageError for an event too
+    largest can enrich to more than it takes. Each delivery of a raw message stamps its own
+    enriched_at (the same in every event of the batch), whose encoding is `slack` bytes below
+    its largest: sizes are counted as if it took the largest, so every delivery splits at the
+    same events, into parts of the same names. Raises PoisonMessageError for an event too
     large for a message of its own.
     """
-    if len(data) <= limit:
+    if len(data) + events * slack <= limit:
         return None
     batch = event_pb2.EnrichedBatch.FromString(data)
     base = event_pb2.EnrichedBatch(batch_id=batch.batch_id, app_id=batch.app_id).ByteSize()
     parts: list[tuple[int, int, bytes]] = []
     start, size = 0, base
-    events = batch.events
-    for index, event in enumerate(events):
-        one = event.ByteSize() + 8  # with the field's key and length
+    items = batch.events
+    for index, event in enumerate(items):
+        one = event.ByteSize() + slack + 8  # with the field's key and length
         if base + one > limit:
             raise PoisonMessageError(
                 "too_large",
@@ -226,7 +241,7 @@ def split_enriched(data: bytes, limit: int) -> list[tuple[int, int, bytes]] | No
             parts.append((start, index, _part(batch, start, index)))
             start, size = index, base
         size += one
-    parts.append((start, len(events), _part(batch, start, len(events))))
+    parts.append((start, len(items), _part(batch, start, len(items))))
     return parts
 
 

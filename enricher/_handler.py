@@ -23,7 +23,12 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from enricher import _policy
-from enricher._enrich import EnrichOptions, enrich_batch_bytes, split_enriched
+from enricher._enrich import (
+    EnrichOptions,
+    enrich_batch_bytes,
+    enriched_at_slack,
+    split_enriched,
+)
 from enricher._geo import GeoLookup
 from enricher._metrics import (
     OUTCOME_DEAD_LETTERED,
@@ -215,11 +220,12 @@ class Handler:
             headers = delivery.headers
             raw = decode_raw(delivery.data, headers)
             app_id = app_id_of(raw, delivery.subject)
+            now_ns = self._clock_ns()
             data = enrich_batch_bytes(
                 raw,
                 app_id=app_id,
                 fallback_received_ns=delivery.stored_ns,
-                now_ns=self._clock_ns(),
+                now_ns=now_ns,
                 geo=self._geo,
                 options=self._options,
             )
@@ -228,12 +234,16 @@ class Handler:
                 raw_msg_id=headers.get(subjects.MSG_ID_HEADER, ""),
             )
             limit = self._max_message_bytes
-            split = split_enriched(data, limit) if limit else None
-            # Parts are named by the events they hold: a redelivery split alike is dropped
-            # as a duplicate. Split otherwise (each delivery's enriched_at differs, and so
-            # may a part's size), its parts are new names and are stored again: events are
-            # then indexed once all the same (409), where a name reused for a part holding
-            # more events would have been taken for a duplicate and lost the difference.
+            split = (
+                split_enriched(data, limit, events=len(raw.events), slack=enriched_at_slack(now_ns))
+                if limit
+                else None
+            )
+            # Parts are named by the events they hold, and every delivery splits alike:
+            # a redelivery's parts are dropped as duplicates. Were the broker's largest
+            # message to change in between, the parts would get new names and be stored
+            # again (the indexer answers 409 for their events), where a name reused for a
+            # part holding more events would be taken for a duplicate and lose the difference.
             parts = (
                 [(msg_id, data)]
                 if split is None

@@ -319,34 +319,40 @@ class SinkFailingAfter(FakeSink):
         return duplicate
 
 
-async def test_a_redelivery_split_otherwise_stores_every_event() -> None:
-    # Each delivery stamps its own enriched_at, whose encoded size varies by a few bytes per
-    # event; near a part's limit that moves where the batch is cut. The first process stops
-    # after one part was taken; the message goes to the next with another clock.
+@pytest.mark.parametrize("limit", range(2900, 3200, 7))
+async def test_a_redelivery_with_another_clock_splits_alike_and_stores_each_event_once(
+    limit: int,
+) -> None:
+    # Each delivery stamps its own enriched_at, whose encoding is up to 4 bytes shorter
+    # (nanoseconds of one byte instead of five), 160 bytes over 40 events. The first process
+    # stops after one part was taken; the message goes to the next, with another clock.
     sink = SinkFailingAfter()
     sink.good = 1
     clock = [1_700_000_001 * S + 999_999_999]
-    stopping = _handler(sink, clock_ns=lambda: clock[0], max_message_bytes=3026, touch_every_s=0.01)
+    stopping = _handler(
+        sink, clock_ns=lambda: clock[0], max_message_bytes=limit, touch_every_s=0.01
+    )
     first = FakeDelivery(_big(40))
     handling = asyncio.create_task(stopping.handle([first]))
     await asyncio.wait_for(first.touches(1), 1.0)
     stopping.stop()
     await handling
     assert first.log[-1] == "nak 0.0"
-    assert len(sink.published) == 1
 
     sink.good = 1_000
-    clock[0] = 1_700_000_002 * S + 5  # nanos of one byte instead of five
+    clock[0] = 1_700_000_002 * S + 5
     again = FakeDelivery(_big(40), deliveries=2)
-    await _handler(sink, clock_ns=lambda: clock[0], max_message_bytes=3026).handle([again])
+    await _handler(sink, clock_ns=lambda: clock[0], max_message_bytes=limit).handle([again])
 
     assert again.log == ["ack"]
-    stored = {
+    assert len(sink.published) == len(sink.by_id) + 1  # the first part, again: a duplicate
+    stored = [
         e.event.event_id
         for data in sink.by_id.values()
         for e in event_pb2.EnrichedBatch.FromString(data).events
-    }
-    assert stored == {f"e{i:03d}" for i in range(40)}
+    ]
+    assert sorted(stored) == [f"e{i:03d}" for i in range(40)]  # each once
+    assert all(len(data) <= limit for _, data, _ in sink.published)
 
 
 async def test_an_event_too_large_for_any_message_goes_to_the_dlq() -> None:
