@@ -93,8 +93,9 @@ class Sink(Protocol):
         """
         ...
 
-    async def dead_letter(self, delivery: Delivery, *, reason: str, detail: str) -> None:
-        """Stores the original message in the DLQ stream with the reason."""
+    async def dead_letter(self, delivery: Delivery, *, reason: str, detail: str) -> bool:
+        """Stores the original message in the DLQ stream with the reason; True when the
+        stream already had it (an earlier delivery was dead-lettered, its term lost)."""
         ...
 
 
@@ -291,7 +292,7 @@ class Handler:
         if isinstance(action, _policy.DeadLetter):
             letter = action
             try:
-                await self._until_taken(
+                again = await self._until_taken(
                     delivery,
                     lambda: self._sink.dead_letter(
                         delivery, reason=letter.reason, detail=letter.detail
@@ -320,7 +321,8 @@ class Handler:
                     },
                 )
                 self._metrics.messages.labels(outcome=OUTCOME_DEAD_LETTERED).inc()
-                self._metrics.dlq.labels(reason=letter.reason).inc()
+                if not again:  # counted once, not again for a redelivery
+                    self._metrics.dlq.labels(reason=letter.reason).inc()
                 await self._quietly(delivery.term())
                 return
         assert isinstance(action, _policy.Retry)

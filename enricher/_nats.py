@@ -64,9 +64,9 @@ class JsSink:
             raise BrokerError(f"publish to {subject}: {err!r}") from err
         return bool(ack.duplicate)
 
-    async def dead_letter(self, delivery: Delivery, *, reason: str, detail: str) -> None:
+    async def dead_letter(self, delivery: Delivery, *, reason: str, detail: str) -> bool:
         try:
-            await natsconn.publish_dlq(
+            return await natsconn.publish_dlq(
                 self._js,
                 stage=STAGE,
                 reason=f"{reason}: {detail}",

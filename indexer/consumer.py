@@ -47,8 +47,8 @@ class NatsDeadLetters:
         headers: Mapping[str, str],
         deliveries: int,
         msg_id: str,
-    ) -> None:
-        await natsconn.publish_dlq(
+    ) -> bool:
+        return await natsconn.publish_dlq(
             self._js,
             stage=STAGE,
             reason=reason,

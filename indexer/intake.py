@@ -72,7 +72,9 @@ class DeadLetters(Protocol):
         headers: Mapping[str, str],
         deliveries: int,
         msg_id: str,
-    ) -> None: ...
+    ) -> bool:
+        """True when the DLQ already had it (dead-lettered before, by an earlier delivery)."""
+        ...
 
 
 @dataclass(eq=False, slots=True)
@@ -196,7 +198,7 @@ class Intake:
 
     async def _give_up(self, delivery: Delivery, reason: str, label: str) -> None:
         try:
-            await self._dead_letters.publish(
+            again = await self._dead_letters.publish(
                 reason=reason,
                 data=delivery.data,
                 subject=delivery.subject,
@@ -217,7 +219,8 @@ class Intake:
                 "deliveries": delivery.deliveries,
             },
         )
-        self._metrics.dlq.labels(reason=label).inc()
+        if not again:
+            self._metrics.dlq.labels(reason=label).inc()
         await self._quietly(delivery.term(), "termed")
 
     def _track(self, message: _Message) -> None:
@@ -232,7 +235,7 @@ class Intake:
         for position, reason in message.rejected:
             event = message.events[position]
             try:
-                await self._dead_letters.publish(
+                again = await self._dead_letters.publish(
                     reason=reason,
                     data=event.SerializeToString(),
                     subject=delivery.subject,
@@ -244,9 +247,10 @@ class Intake:
             except Exception as err:  # NATS away: nak the message, the event comes back
                 log.warning("dead letter not published: %s", err)
                 dlq_failed = True
-            else:
-                self._metrics.dlq.labels(reason="rejected").inc()
-                self._counted[Outcome.REJECTED].inc()
+            else:  # counted once, not again for a redelivery (after a DLQ failure, say)
+                if not again:
+                    self._metrics.dlq.labels(reason="rejected").inc()
+                    self._counted[Outcome.REJECTED].inc()
         if message.created:
             self._counted[Outcome.CREATED].inc(message.created)
         if message.duplicates:

@@ -149,8 +149,9 @@ async def publish_dlq(
     deliveries: int = 0,
     msg_id: str = "",
     timeout_s: float = 5.0,
-) -> None:
-    """Publishes the original bytes of a message a stage gives up on to the DLQ stream."""
+) -> bool:
+    """Publishes the original bytes of a message a stage gives up on to the DLQ stream;
+    True when the stream already had it (the same `msg_id`: a redelivery dead-lettered again)."""
     out = dict(headers or {})
     out.pop(subjects.MSG_ID_HEADER, None)
     out[subjects.DLQ_STAGE_HEADER] = stage
@@ -160,13 +161,14 @@ async def publish_dlq(
     out[subjects.DLQ_DELIVERIES_HEADER] = str(deliveries)
     if msg_id:
         out[subjects.MSG_ID_HEADER] = f"dlq:{stage}:{msg_id}"
-    await js.publish(
+    ack = await js.publish(
         subjects.dlq_subject(stage),
         data,
         timeout=timeout_s,
         stream=subjects.DLQ_STREAM,
         headers=out,
     )
+    return bool(ack.duplicate)
 
 
 _NANOS_PER_S = 1_000_000_000

@@ -79,12 +79,15 @@ class FakeSink:
         self.log.append("publish")
         return duplicate
 
-    async def dead_letter(self, delivery: Delivery, *, reason: str, detail: str) -> None:
+    async def dead_letter(self, delivery: Delivery, *, reason: str, detail: str) -> bool:
         if self.fail_dlq:
             self.fail_dlq -= 1
             raise BrokerError("dlq down")
-        self.dead.append((delivery.data, reason))
         self.log.append("dlq")
+        if (delivery.data, reason) in self.dead:  # one per message, as JetStream keeps
+            return True
+        self.dead.append((delivery.data, reason))
+        return False
 
 
 def _handler(
@@ -216,6 +219,19 @@ async def test_a_held_message_is_touched_within_ack_wait_and_naked_at_once_on_st
     assert delivery.log[-1] == "nak 0.0"
     assert _sample(metrics, "enricher_messages_held") == 0
     assert sink.published == []
+
+
+async def test_a_dead_letter_stored_before_is_not_counted_again() -> None:
+    # Its term was lost (NATS away): the message comes back and is dead-lettered again.
+    sink, metrics = FakeSink(), Metrics()
+    handler = _handler(sink, metrics)
+    first, again = FakeDelivery(b"\xff garbage"), FakeDelivery(b"\xff garbage", deliveries=2)
+    await handler.handle([first])
+    await handler.handle([again])
+
+    assert first.log == again.log == ["term"]
+    assert len(sink.dead) == 1
+    assert _sample(metrics, "enricher_dlq_total", reason="undecodable") == 1
 
 
 async def test_past_max_deliveries_goes_to_the_dlq_unprocessed() -> None:

@@ -114,7 +114,11 @@ class FakeDeadLetters:
         headers: Mapping[str, str],
         deliveries: int,
         msg_id: str,
-    ) -> None:
+    ) -> bool:
+        """Keeps one letter per message id, as JetStream's duplicate window does."""
         if self.fail:
             raise ConnectionError("nats away")
+        if any(letter.msg_id == msg_id for letter in self.letters):
+            return True
         self.letters.append(DeadLetter(reason, data, subject, dict(headers), deliveries, msg_id))
+        return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from indexer_fakes import FakeDeadLetters, FakeDelivery, FakeStore
@@ -207,6 +208,36 @@ async def test_outcomes_are_counted_once_per_event_across_messages_and_requests(
         "forced: status 400",
     ]
     assert max(store.requests) == 100  # the first message spanned two requests
+
+
+async def test_a_redelivery_after_a_failed_dead_letter_counts_each_rejection_once() -> None:
+    # Two rejected events: the first one's dead letter is stored, the second's fails, so the
+    # message is nak'ed and comes back; the first is dead-lettered again (a duplicate).
+    store = FakeStore()
+    store.item_status = lambda doc: 400 if doc["event_id"].startswith("bad") else None
+    _, dead, writer, intake = _setup(store)
+    data = _batch(_event("ok"), _event("bad1"), _event("bad2"))
+    stored = dead.publish
+
+    async def second_fails(**letter: Any) -> bool:
+        if letter["msg_id"].endswith(":2"):
+            raise ConnectionError("nats away")
+        return await stored(**letter)
+
+    dead.publish = second_fails  # type: ignore[method-assign]
+    first = FakeDelivery(data)
+    await intake.handle(first)
+    await writer.drain()
+    dead.publish = stored  # type: ignore[method-assign]
+    again = FakeDelivery(data, deliveries=2)
+    await intake.handle(again)
+    await writer.drain()
+
+    assert (first.settled, again.settled) == (["nak"], ["ack"])
+    assert len(dead.letters) == 2
+    registry = intake._metrics.registry
+    assert registry.get_sample_value("indexer_dlq_total", {"reason": "rejected"}) == 2.0
+    assert _counted(intake)["rejected"] == 2.0
 
 
 async def test_a_message_of_only_unusable_events_is_dead_lettered_without_a_request() -> None:
