@@ -253,6 +253,9 @@ class Handler:
             out = {subjects.SCHEMA_HEADER: subjects.ENRICHED_SCHEMA}
             span.set_attribute("pipeline.app_id", app_id)
             span.set_attribute("pipeline.events", len(raw.events))
+            replay_of = headers.get(subjects.DLQ_REPLAY_OF_HEADER)
+            if replay_of:
+                out[subjects.DLQ_REPLAY_OF_HEADER] = replay_of
             # The enriched message continues this span's trace; untraced, the raw one's.
             if not tracing.inject(out, span):
                 traceparent = headers.get(subjects.TRACEPARENT_HEADER)

@@ -20,6 +20,9 @@ DLQ_STAGE_HEADER = "Telemetry-Dlq-Stage"  # the stage that gave up on the messag
 DLQ_REASON_HEADER = "Telemetry-Dlq-Reason"  # why, for people
 DLQ_SUBJECT_HEADER = "Telemetry-Dlq-Subject"  # the subject the message came from
 DLQ_DELIVERIES_HEADER = "Telemetry-Dlq-Deliveries"  # how often it was delivered
+# On a replayed message, the DLQ entry it came from; passed on by the enricher, so that a
+# replayed raw message whose events the indexer rejects still names it.
+DLQ_REPLAY_OF_HEADER = "Telemetry-Dlq-Replay-Of"
 
 RAW_SCHEMA = "telemetry.v1.RawBatch"
 ENRICHED_SCHEMA = "telemetry.v1.EnrichedBatch"

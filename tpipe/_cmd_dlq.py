@@ -6,12 +6,14 @@ how often it was delivered in headers. `list` shows them; `replay` publishes eac
 original bytes to its source subject again (original headers without the DLQ ones,
 and a new Nats-Msg-Id), then deletes it from the DLQ.
 
-Replay is idempotent: the new message id is derived from the DLQ entry's sequence, so
-an entry published again after an interruption (published, not yet deleted) is dropped
-by JetStream's duplicate window; the events themselves are stored once in OpenSearch
-whatever happens, as their document id is their event id. A replayed message carries
-`Telemetry-Dlq-Replay-Of: <DLQ sequence>`, kept if it fails again, so `replay --wait`
-can tell which replayed entries came back.
+Replay is idempotent: the new message id is derived from the DLQ entry's sequence and
+time, so an entry published again after an interruption (published, not yet deleted) is
+dropped by JetStream's duplicate window, and an entry of a DLQ stream made anew (its
+sequences start again) is not taken for one replayed before; the events themselves are
+stored once in OpenSearch whatever happens, as their document id is their event id. A
+replayed message carries `Telemetry-Dlq-Replay-Of: <DLQ sequence>`, kept if it fails
+again at any stage (the enricher passes it on), so `replay --wait` can tell which
+replayed entries came back.
 """
 
 from __future__ import annotations
@@ -47,7 +49,9 @@ PUBLISH_TIMEOUT_S = 5.0
 DEFAULT_LIMIT = 100
 DEFAULT_WAIT_S = 5.0
 PROGRESS_EVERY = 100  # entries between progress lines when stderr is not a terminal
-REPLAY_OF_HEADER = "Telemetry-Dlq-Replay-Of"
+REPLAY_OF_HEADER = subjects.DLQ_REPLAY_OF_HEADER
+# The stages that dead-letter messages.
+STAGES = ("enricher", "indexer")
 # The payload of an indexer dead letter holding one rejected event (not a batch).
 ENRICHED_EVENT_SCHEMA = "telemetry.v1.EnrichedEvent"
 REPLAY_MSG_ID_PREFIX = "dlq-replay"
@@ -175,12 +179,17 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Runs `dlq list` or `dlq replay`; returns the exit code."""
     stage = getattr(args, "stage", None)
-    if stage is not None and not subjects.valid_token(stage):
-        print(f"tpipe dlq: --stage {stage!r} is not a stage name", file=sys.stderr)
+    if stage is not None and stage not in STAGES:
+        print(
+            f"tpipe dlq: --stage {stage!r} is not a stage with a DLQ ({', '.join(STAGES)})",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     try:
         if args.dlq_command == "list":
-            return asyncio.run(_list(args.nats, stage, args.limit, args.format, sys.stdout))
+            return asyncio.run(
+                _list(args.nats, stage, args.limit, args.format, sys.stdout, sys.stderr)
+            )
         return asyncio.run(_replay(args.nats, stage, args.dry_run, args.wait, sys.stderr))
     except DlqError as err:
         print(f"tpipe dlq: {err}", file=sys.stderr)
@@ -275,8 +284,11 @@ async def entries(
 
 
 def _entry(
-    seq: int, subject: str, headers: Mapping[str, str], data: bytes | None, stamp: object
+    seq: int, subject: str, raw_headers: Mapping[str, object], data: bytes | None, stamp: object
 ) -> Entry:
+    # nats-py's stream reads hand a header with non-ASCII text (an OpenSearch reason quoting
+    # a field's value) over as an email.header.Header: every value is made a str here.
+    headers = {str(key): str(value) for key, value in raw_headers.items()}
     try:
         deliveries = int(headers.get(subjects.DLQ_DELIVERIES_HEADER, "0"))
     except ValueError:
@@ -298,12 +310,16 @@ def _entry(
     )
 
 
-async def _list(url: str, stage: str | None, limit: int, fmt: str, out: TextIO) -> int:
+async def _list(url: str, stage: str | None, limit: int, fmt: str, out: TextIO, err: TextIO) -> int:
     nc = await _connect(url)
     try:
-        found = await entries(nc.jetstream(), stage, limit=limit)
+        js = nc.jetstream()
+        total, _ = await survey(js, stage)
+        found = await entries(js, stage, limit=limit)
     finally:
         await nc.close()
+    if total > len(found):
+        err.write(f"the first {len(found)} of {total} dead letters (--limit for more)\n")
     if fmt == "jsonl":
         for entry in found:
             out.write(json.dumps(entry.to_json(), ensure_ascii=False) + "\n")
@@ -344,7 +360,9 @@ def replay_headers(entry: Entry) -> dict[str, str]:
         for k, v in entry.headers.items()
         if k not in DLQ_HEADERS and not k.lower().startswith(NATS_HEADER_PREFIX)
     }
-    out[subjects.MSG_ID_HEADER] = f"{REPLAY_MSG_ID_PREFIX}:{entry.stage}:{entry.seq}"
+    # The time as well as the sequence: a DLQ stream made anew numbers its entries from 1
+    # again, and an id seen within the duplicate window would be dropped, then deleted.
+    out[subjects.MSG_ID_HEADER] = f"{REPLAY_MSG_ID_PREFIX}:{entry.stage}:{entry.seq}:{entry.time}"
     out[REPLAY_OF_HEADER] = str(entry.seq)
     if out.get(subjects.SCHEMA_HEADER) == ENRICHED_EVENT_SCHEMA:
         out[subjects.SCHEMA_HEADER] = subjects.ENRICHED_SCHEMA
@@ -389,7 +407,10 @@ async def _replay(url: str, stage: str | None, dry_run: bool, wait_s: float, err
                     "is not a pipeline subject\n"
                 )
             elif dry_run:
-                summary.replayed += 1
+                if _payload(entry, err) is None:
+                    summary.failed += 1
+                else:
+                    summary.replayed += 1
             elif await _replay_one(js, entry, err):
                 summary.replayed += 1
                 replayed.add(str(entry.seq))
@@ -399,7 +420,11 @@ async def _replay(url: str, stage: str | None, dry_run: bool, wait_s: float, err
         if number and err.isatty():
             err.write("\n")
         if replayed and wait_s > 0:
-            summary.failed_again = await _watch_again(js, stage, last_seq, replayed, wait_s)
+            # Every stage's: a replayed raw message may fail again at the indexer.
+            summary.failed_again = await _watch_again(js, None, last_seq, replayed, wait_s)
+    except DlqError:
+        err.write(summary.line(dry_run=dry_run) + " before stopping\n")
+        raise
     finally:
         await nc.close()
     err.write(summary.line(dry_run=dry_run) + "\n")
@@ -416,11 +441,18 @@ def _progress(err: TextIO, number: int, total: int, line: str) -> None:
         err.flush()
 
 
-async def _replay_one(js: JetStreamContext, entry: Entry, err: TextIO) -> bool:
+def _payload(entry: Entry, err: TextIO) -> bytes | None:
+    """`replay_payload(entry)`, or None (said on `err`) when its bytes cannot be replayed."""
     try:
-        payload = replay_payload(entry)
+        return replay_payload(entry)
     except DecodeError as error:
         err.write(f"\nseq {entry.seq}: not an EnrichedEvent: {error}\n")
+        return None
+
+
+async def _replay_one(js: JetStreamContext, entry: Entry, err: TextIO) -> bool:
+    payload = _payload(entry, err)
+    if payload is None:
         return False
     try:
         await js.publish(

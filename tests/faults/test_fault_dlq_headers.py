@@ -41,9 +41,19 @@ def test_replay_headers_drop_the_dlq_and_jetstream_ones_and_add_a_new_id() -> No
     assert headers == {
         subjects.TRACEPARENT_HEADER: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
         subjects.SCHEMA_HEADER: subjects.ENRICHED_SCHEMA,
-        subjects.MSG_ID_HEADER: "dlq-replay:indexer:42",
+        subjects.MSG_ID_HEADER: "dlq-replay:indexer:42:2026-11-26T10:00:00Z",
         _cmd_dlq.REPLAY_OF_HEADER: "42",
     }
+
+
+def test_an_entry_of_a_dlq_made_anew_gets_another_replay_id() -> None:
+    # Its sequences start at 1 again: the id of an earlier replay would be dropped by the
+    # source stream's duplicate window, and the entry deleted unsent.
+    before = _cmd_dlq.replay_headers(_entry(time="2026-11-26T10:00:00Z"))
+    after = _cmd_dlq.replay_headers(_entry(time="2026-11-26T10:04:00Z"))
+
+    assert before[subjects.MSG_ID_HEADER] != after[subjects.MSG_ID_HEADER]
+    assert _cmd_dlq.replay_headers(_entry()) == before  # the same entry: the same id
 
 
 def test_a_rejected_event_goes_back_as_a_batch_of_one() -> None:

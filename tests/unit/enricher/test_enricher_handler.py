@@ -153,6 +153,16 @@ async def test_good_message_is_published_then_acked() -> None:
     assert _sample(metrics, "enricher_batch_seconds_count") == 1
 
 
+async def test_a_replayed_message_passes_on_the_dlq_entry_it_came_from() -> None:
+    # So that `tpipe dlq replay --wait` recognises it when the indexer rejects it.
+    sink = FakeSink()
+    delivery = FakeDelivery(_good(), headers={subjects.DLQ_REPLAY_OF_HEADER: "17"})
+
+    await _handler(sink).handle([delivery])
+
+    assert sink.published[0][2][subjects.DLQ_REPLAY_OF_HEADER] == "17"
+
+
 async def test_redelivery_publishes_with_the_same_msg_id() -> None:
     sink, metrics = FakeSink(), Metrics()
     handler = _handler(sink, metrics)

@@ -3,9 +3,14 @@ every call, so the order of reads and writes can be checked)."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import io
+from collections.abc import Iterator
+from email.header import Header
 from typing import Any
 
+import pytest
 from nats.js.api import RawStreamMsg, StreamConfig, StreamInfo, StreamState
 from nats.js.errors import NotFoundError
 
@@ -71,7 +76,10 @@ class Pipe(io.StringIO):
         return False
 
 
-async def replay(dlq: Dlq, *, wait_s: float = 0.0) -> tuple[int, str]:
+@contextlib.contextmanager
+def connected(dlq: Dlq) -> Iterator[None]:
+    """`tpipe dlq` talks to `dlq` instead of connecting to NATS."""
+
     class Connection:
         def jetstream(self) -> Dlq:
             return dlq
@@ -85,10 +93,15 @@ async def replay(dlq: Dlq, *, wait_s: float = 0.0) -> tuple[int, str]:
     original = _cmd_dlq._connect
     _cmd_dlq._connect = connect  # type: ignore[assignment]
     try:
-        err = Pipe()
-        code = await _cmd_dlq._replay("nats://dlq", None, False, wait_s, err)
+        yield
     finally:
         _cmd_dlq._connect = original
+
+
+async def replay(dlq: Dlq, *, wait_s: float = 0.0, dry_run: bool = False) -> tuple[int, str]:
+    err = Pipe()
+    with connected(dlq):
+        code = await _cmd_dlq._replay("nats://dlq", None, dry_run, wait_s, err)
     return code, err.getvalue()
 
 
@@ -127,3 +140,50 @@ async def test_entries_failing_again_are_left_for_the_next_run_and_counted() -> 
     watch = dlq.log[dlq.log.index(("delete", 3)) + 1 :]
     assert watch[:2] == [("get", 4), ("get", 5)]
     assert {seq for _, seq in watch} == {4, 5}
+
+
+async def test_a_dry_run_counts_an_entry_that_cannot_be_replayed_as_failed() -> None:
+    dlq = Dlq(2)
+    dlq.messages[2] = dlq._letter(2, **{subjects.SCHEMA_HEADER: _cmd_dlq.ENRICHED_EVENT_SCHEMA})
+    dlq.messages[2].data = b"\xff not an event"
+
+    code, err = await replay(dlq, dry_run=True)
+
+    assert err.splitlines()[-1] == "would replay 1, skipped 0, failed to publish 1, failed again 0"
+    assert code == 1
+    assert [op for op, _ in dlq.log] == ["get", "get"]  # nothing sent or deleted
+
+
+async def test_a_reason_with_non_ascii_text_is_listed() -> None:
+    # nats-py hands such a header over as an email.header.Header, not a str.
+    dlq = Dlq(1)
+    reason = Header("mapper_parsing_exception: Preview of field's value: 'Jörg'", "utf-8")
+    dlq.messages[1] = dlq._letter(1, **{subjects.DLQ_REASON_HEADER: reason})  # type: ignore[arg-type]
+    out, err = io.StringIO(), io.StringIO()
+
+    with connected(dlq):
+        code = await _cmd_dlq._list("nats://dlq", None, 10, "jsonl", out, err)
+
+    assert code == 0
+    assert "Jörg" in out.getvalue()
+
+
+async def test_a_list_cut_by_its_limit_says_how_many_there_are() -> None:
+    dlq = Dlq(5)
+    out, err = io.StringIO(), io.StringIO()
+
+    with connected(dlq):
+        await _cmd_dlq._list("nats://dlq", None, 2, "table", out, err)
+
+    assert len(out.getvalue().splitlines()) == 3  # the heading and two entries
+    assert err.getvalue() == "the first 2 of 5 dead letters (--limit for more)\n"
+
+
+@pytest.mark.parametrize("stage", ["gateway", "telemetry.dlq.v1.>", "Indexer"])
+def test_a_stage_without_a_dlq_is_a_usage_error(
+    stage: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = argparse.Namespace(dlq_command="list", stage=stage, nats="nats://dlq")
+
+    assert _cmd_dlq.run(args) == _cmd_dlq.EXIT_USAGE
+    assert "is not a stage with a DLQ (enricher, indexer)" in capsys.readouterr().err
