@@ -111,6 +111,14 @@ def summary(tally: Tally, *, url: str) -> list[str]:
     return lines
 
 
+def not_sent(count: int, *, first: int) -> str:
+    """What a send stopped by an error left out, and how to finish it."""
+    return (
+        f"tpipe send: not sent: {count} events, from event #{first} on; sending the file "
+        "again with the same --batch-size finishes it (batches the gateway has are duplicates)"
+    )
+
+
 async def run(args: argparse.Namespace) -> int:
     """Sends the file batch by batch; prints the summary; 1 when anything was not accepted."""
     base = check_gateway_url(args.gateway, allow_remote=args.allow_remote)
@@ -140,6 +148,7 @@ async def run(args: argparse.Namespace) -> int:
         progress.done()
         if tally.batches:
             print("\n".join(summary(tally, url=poster.url)))
+        print(not_sent(len(events) - tally.events, first=tally.events), file=sys.stderr)
         raise
     progress.done()
     print("\n".join(summary(tally, url=poster.url)))

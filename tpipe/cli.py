@@ -2,8 +2,8 @@
 
 `tpipe gateway|enricher|indexer` starts a service; each reads its settings from
 environment variables and `tpipe <service> --help` lists them with their defaults.
-`tpipe query|aggregate|tail|send|loadgen` are the people commands (see `tpipe <command>
---help` for options and examples).
+`tpipe query|aggregate|tail|send|loadgen|dlq|status` are the people commands (see
+`tpipe <command> --help` for options and examples).
 """
 
 from __future__ import annotations

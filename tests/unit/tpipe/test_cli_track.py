@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import orjson
 import pytest
 from aiohttp import web
 
 from tests.servers import free_port
-from tpipe import errors
+from tpipe import _cmd_send, errors
 from tpipe._backoff import Backoff
 from tpipe._cmd_send import summary
 from tpipe._track import (
@@ -30,7 +32,8 @@ RECEIPT = {
 
 
 class Gateway:
-    """Answers POST /v1/track with the queued (status, headers) answers, then 202 RECEIPT."""
+    """Answers POST /v1/track with the queued (status, headers) answers (202: RECEIPT), then
+    202 RECEIPT."""
 
     def __init__(self) -> None:
         self.answers: list[tuple[int, dict[str, str]]] = []
@@ -44,10 +47,10 @@ class Gateway:
         self.headers.append(dict(request.headers))
         self.raw_sizes.append(int(request.headers["Content-Length"]))
         self.bodies.append(orjson.loads(body))
-        if self.answers:
-            status, headers = self.answers.pop(0)
-            return web.json_response({"message": "busy"}, status=status, headers=headers)
-        return web.json_response(RECEIPT, status=202)
+        status, headers = self.answers.pop(0) if self.answers else (202, {})
+        if status == 202:
+            return web.json_response(RECEIPT, status=202)
+        return web.json_response({"message": "busy"}, status=status, headers=headers)
 
 
 @pytest.fixture
@@ -193,3 +196,28 @@ def test_summary_counts_rejections_by_reason_with_input_positions() -> None:
     assert "duplicate batches: 1" in lines
     assert "retries: 2" in lines
     assert "failed batches: 1 (3 events)" in lines
+
+
+async def test_a_send_stopped_by_an_outage_says_what_was_not_sent(
+    gateway: tuple[Gateway, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake, url = gateway
+    fake.answers = [(202, {})] + [(503, {"Retry-After": "0"})] * 10  # the first batch only
+    events = tmp_path / "events.ndjson"
+    events.write_text("".join(f'{{"event_id": "e-{n}"}}\n' for n in range(250)))
+    args = argparse.Namespace(
+        gateway=url,
+        key="wk",
+        file=str(events),
+        batch_size=100,
+        retries=0,
+        progress=False,
+        allow_remote=False,
+    )
+
+    with pytest.raises(errors.Unavailable):
+        await _cmd_send.run(args)
+
+    out, err = capsys.readouterr()
+    assert "sent 100 events in 1 batches" in out
+    assert "tpipe send: not sent: 150 events, from event #100 on" in err
