@@ -3,8 +3,7 @@
 `BulkWriter` knows nothing of NATS: it takes `BulkItem`s (a pre-rendered action and
 source) and calls each item's `on_done` once with its final outcome. Retryable
 failures are sent again after a capped exponential backoff, for as long as it takes;
-while OpenSearch is away, or answers with every document of a request to be retried (no
-primary shard, a red cluster), the writer reports itself unhealthy so intake stops fetching.
+while OpenSearch is away the writer reports itself unhealthy so intake stops fetching.
 """
 
 from __future__ import annotations
@@ -106,18 +105,11 @@ class BulkWriter:
         self._failures = 0
         self._healthy = asyncio.Event()
         self._healthy.set()
-        self._problem = ""
 
     @property
     def healthy(self) -> bool:
-        """False while OpenSearch fails whole requests, or every item of them, with
-        retryable errors."""
+        """False while OpenSearch fails whole requests with retryable errors."""
         return self._healthy.is_set()
-
-    @property
-    def problem(self) -> str:
-        """Why the writer is not healthy ('' when it is)."""
-        return self._problem
 
     async def wait_healthy(self) -> None:
         """Returns once OpenSearch answers again."""
@@ -242,6 +234,7 @@ class BulkWriter:
         finally:
             self._metrics.bulk_in_flight.dec()
             self._metrics.bulk_seconds.observe(time.perf_counter() - started)
+        self._set_up()
         if len(results) != len(batch):
             log.warning(
                 "bulk answered %d items for %d sent; sending again", len(results), len(batch)
@@ -274,12 +267,6 @@ class BulkWriter:
                 "bulk request rejected documents; they go to the DLQ",
                 extra={"rejected": tally[Outcome.REJECTED]},
             )
-        if len(retry) == len(batch):
-            status, error = results[0]
-            kind = (error or {}).get("type", "")
-            self._set_down(f"every document of a request to be retried ({status} {kind})".strip())
-        else:
-            self._set_up()
         if retry:
             self._retry(retry)
         else:
@@ -287,7 +274,7 @@ class BulkWriter:
 
     async def _request_failed(self, batch: list[BulkItem], err: Exception) -> None:
         if failure_outcome(err) is Outcome.RETRY:
-            self._set_down(str(err))
+            self._set_down(err)
             self._retry(batch)
             return
         if len(batch) > 1:
@@ -329,14 +316,12 @@ class BulkWriter:
             await self.add(item)
         await self.flush()
 
-    def _set_down(self, problem: str) -> None:
+    def _set_down(self, err: Exception) -> None:
         if self._healthy.is_set():
-            log.warning("opensearch not taking writes, holding intake: %s", problem)
-        self._problem = problem
+            log.warning("opensearch unavailable, holding intake: %s", err)
         self._healthy.clear()
 
     def _set_up(self) -> None:
         if not self._healthy.is_set():
-            log.info("opensearch takes writes again, resuming intake")
-        self._problem = ""
+            log.info("opensearch answers again, resuming intake")
         self._healthy.set()

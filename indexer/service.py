@@ -212,8 +212,8 @@ class Indexer:
             )
 
     async def ready(self) -> tuple[bool, str]:
-        """Ready when NATS is connected, the streams exist, OpenSearch answers and takes
-        writes, the template is installed and the durable consumer is fetching."""
+        """Ready when NATS is connected, the streams exist, OpenSearch answers, the
+        template is installed and the durable consumer is fetching."""
         if self._nc is None or not self._nc.is_connected or self._js is None:
             return False, "nats not connected"
         problem = await natsconn.stream_problem(self._js, _STREAMS)
@@ -221,8 +221,6 @@ class Indexer:
             return False, problem.reason
         if not await self._store.ping():
             return False, "opensearch not answering"
-        if not self._writer.healthy:
-            return False, f"opensearch not taking writes: {self._writer.problem}"
         if not self._template_ready.is_set():
             return False, self._waiting or "index template not installed"
         if not self._consuming.is_set():

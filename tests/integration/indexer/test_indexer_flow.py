@@ -19,7 +19,6 @@ from indexer_support import (
     query_stub,
     wait_count,
     wait_for,
-    wait_ready,
 )
 from nats.aio.client import Client
 from nats.js.api import ConsumerConfig
@@ -274,29 +273,3 @@ async def test_a_consumer_that_cannot_be_created_is_retried_and_not_ready_meanwh
 
 async def _is_ready(indexer: Indexer) -> bool:
     return (await indexer.ready())[0]
-
-
-async def test_an_index_refusing_every_write_holds_intake_and_readiness_says_why(
-    start_indexer: IndexerFactory, nc: Client, os_client: AsyncOpenSearch, prefix: str
-) -> None:
-    # OpenSearch answers 200, every item refused for the state of the index (a write block):
-    # retried, and as good as no answer for intake and readiness until the block goes.
-    day = datetime(2026, 3, 5, 12, tzinfo=UTC)
-    index = f"{prefix}2026-03-05"
-    indexer = await start_indexer(INDEXER_RETRY_MAX_S="0.5")
-    await os_client.indices.create(index=index)  # from the indexer's template
-    await os_client.indices.put_settings(index=index, body={"index.blocks.write": True})
-    events = [enriched(f"blocked-{n}", when=day + timedelta(seconds=n)) for n in range(20)]
-    await publish(nc, events)
-    why = "every document of a request to be retried (403 cluster_block_exception)"
-
-    async def holding() -> bool:
-        return await indexer.ready() == (False, f"opensearch not taking writes: {why}")
-
-    await wait_for(holding, timeout_s=30, what="readiness naming the refused writes")
-    assert await count(os_client, prefix) == 0
-
-    await os_client.indices.put_settings(index=index, body={"index.blocks.write": False})
-    await wait_count(os_client, prefix, 20)
-    await wait_ready(indexer)
-    assert indexer.metrics.bulk_retries._value.get() > 0
