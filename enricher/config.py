@@ -77,7 +77,8 @@ class Config(NatsSettings, TracingSettings):
     ack_wait_s: float = setting(
         "ENRICHER_ACK_WAIT_S",
         DEFAULT_ACK_WAIT_S,
-        "seconds before an unacked raw message is redelivered",
+        "seconds before an unacked raw message is redelivered (at least twice "
+        "ENRICHER_PUBLISH_TIMEOUT_S)",
         check=positive,
     )
     max_deliver: int = setting(
@@ -163,6 +164,13 @@ class Config(NatsSettings, TracingSettings):
             raise ConfigError(
                 f"ENRICHER_MAX_ACK_PENDING={self.max_ack_pending}: must be at least "
                 f"ENRICHER_CONCURRENCY x ENRICHER_FETCH_BATCH = {in_flight}"
+            )
+        if self.ack_wait_s < 2 * self.publish_timeout_s:
+            # A message waiting for NATS to take its publish is touched between attempts:
+            # one attempt must end well within ack_wait, or the message is redelivered.
+            raise ConfigError(
+                f"ENRICHER_ACK_WAIT_S={self.ack_wait_s}: must be at least twice "
+                f"ENRICHER_PUBLISH_TIMEOUT_S={self.publish_timeout_s}"
             )
         if self.nak_max_delay_s < self.nak_delay_s:
             raise ConfigError(

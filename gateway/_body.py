@@ -45,7 +45,7 @@ def check_encoding(content_encoding: str | None) -> bool:
         return True
     if value in ("identity", ""):
         return False
-    raise UnsupportedMedia("Content-Encoding must be gzip or identity")
+    raise UnsupportedMedia("Content-Encoding must be gzip (or x-gzip) or identity")
 
 
 async def read_body(

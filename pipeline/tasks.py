@@ -17,14 +17,23 @@ async def cancel_and_wait(*tasks: asyncio.Task[Any]) -> None:
 
     A task still running shortly after its cancel is cancelled again: on Python 3.11,
     `asyncio.wait_for` drops a cancel that arrives as what it waits for completes (fixed in
-    3.12), and a background loop would go on, a stop that awaits it waiting forever. A task
+    3.12), and a background loop would go on, a stop that awaits it waiting forever. Cancelled
+    itself meanwhile, it still waits for the tasks to end, then raises CancelledError. A task
     that ended on an error other than the cancel has it logged here.
     """
     pending = {task for task in tasks if not task.done()}
+    interrupted = False
     while pending:
         for task in pending:
             task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=CANCEL_AGAIN_S)
+        try:
+            _, pending = await asyncio.wait(pending, timeout=CANCEL_AGAIN_S)
+        except asyncio.CancelledError:
+            # Cancelled itself (its caller is being cancelled, again and again if it called
+            # this too): the tasks must still end first, or they would be left running.
+            interrupted = True
     for task in tasks:
         if not task.cancelled() and task.exception() is not None:
             log.warning("%s ended on an error: %r", task.get_name(), task.exception())
+    if interrupted:
+        raise asyncio.CancelledError

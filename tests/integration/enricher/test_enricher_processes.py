@@ -55,6 +55,7 @@ async def test_sigkill_mid_stream_then_restart_loses_and_repeats_nothing(
         "ENRICHER_FETCH_BATCH": "8",
         "ENRICHER_CONCURRENCY": "4",
         "ENRICHER_ACK_WAIT_S": "2",
+        "ENRICHER_PUBLISH_TIMEOUT_S": "1",
     }
     for fraction in (0.1, 0.4, 0.7):
         victim = spawn(**settings)

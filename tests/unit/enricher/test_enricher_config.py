@@ -112,3 +112,10 @@ def test_in_flight_must_fit_in_max_ack_pending() -> None:
 def test_max_nak_delay_must_not_be_below_the_first() -> None:
     with pytest.raises(ConfigError, match="ENRICHER_NAK_MAX_DELAY_S"):
         load(Config, {"ENRICHER_NAK_DELAY_S": "10", "ENRICHER_NAK_MAX_DELAY_S": "5"})
+
+
+def test_a_publish_must_end_well_within_ack_wait() -> None:
+    # A message held while NATS does not take its publish is touched between attempts.
+    with pytest.raises(ConfigError, match=r"ENRICHER_ACK_WAIT_S=9\.0: must be at least twice"):
+        load(Config, {"ENRICHER_ACK_WAIT_S": "9", "ENRICHER_PUBLISH_TIMEOUT_S": "5"})
+    assert load(Config, {"ENRICHER_ACK_WAIT_S": "10", "ENRICHER_PUBLISH_TIMEOUT_S": "5"})

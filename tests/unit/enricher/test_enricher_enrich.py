@@ -16,7 +16,9 @@ from enricher._enrich import (
     _os_fields,
     _seconds_field,
     enrich_batch_bytes,
+    enriched_at_slack,
     skew_ms,
+    split_enriched,
     timestamp_ns,
     timestamp_of,
 )
@@ -360,3 +362,39 @@ def test_caches_of_encoded_values_are_bounded() -> None:
     for n in range(_CACHE_SIZE + 10):
         _seconds_field(n)
     assert _seconds_field.cache_info().currsize == _CACHE_SIZE
+
+
+def _cuts(data: bytes, limit: int, *, events: int, now_ns: int) -> list[tuple[int, int]] | None:
+    split = split_enriched(data, limit, events=events, slack=enriched_at_slack(now_ns))
+    return None if split is None else [(first, end) for first, end, _ in split]
+
+
+def test_every_delivery_splits_alike_whatever_enriched_at_takes() -> None:
+    # A whole second (no nanoseconds field) against five bytes of nanoseconds: each event's
+    # length prefix can differ too, when its size crosses 128 bytes.
+    clocks = (1_700_000_002 * S, 1_700_000_001 * S + 999_999_999)
+    checked = 0
+    for pad in range(0, 120, 3):
+        raw = event_pb2.RawBatch()
+        raw.context.app_id = "shop"
+        for n in range(20):
+            raw.events.add(event_id=f"e{n:03d}", event_name="open").metadata["b"] = "x" * pad
+        datas = [
+            enrich_batch_bytes(
+                raw,
+                app_id="shop",
+                fallback_received_ns=1_700_000_000 * S,
+                now_ns=now,
+                geo=OfflineGeo(),
+                options=EnrichOptions(),
+            )
+            for now in clocks
+        ]
+        for limit in range(min(map(len, datas)) - 40, max(map(len, datas)) + 200, 2):
+            first, second = (
+                _cuts(data, limit, events=20, now_ns=now)
+                for data, now in zip(datas, clocks, strict=True)
+            )
+            assert first == second, (pad, limit)
+            checked += first is not None
+    assert checked > 100  # the limits above cut some batches, not only fit them whole

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -25,10 +26,42 @@ async def test_cancel_and_wait_ends_a_loop_whose_cancel_was_dropped() -> None:
     task = asyncio.create_task(background(), name="background")
     await asyncio.sleep(0)  # it waits for `first`
     first.set_result(1)  # the cancel below arrives with it, and is dropped
+    stopping = asyncio.create_task(cancel_and_wait(task))
+    try:
+        done, _ = await asyncio.wait({stopping}, timeout=1.0)
 
-    await asyncio.wait_for(cancel_and_wait(task), 1.0)
+        assert stopping in done
+        assert task.cancelled()
+        assert rounds == 2  # the first cancel was dropped indeed
+    finally:
+        for leftover in (stopping, task, stopping, task):
+            leftover.cancel()
+            await asyncio.sleep(0)
 
-    assert task.cancelled()
+
+async def test_a_task_stopping_its_own_task_finishes_that_stop_when_cancelled_again() -> None:
+    # The enricher's consumer task ends by stopping its lag refresh; a stop that times out
+    # cancels the consumer again while it waits for that refresh to end.
+    async def refresh() -> None:
+        with contextlib.suppress(asyncio.CancelledError):  # dropped, as 3.11's wait_for may
+            await asyncio.sleep(10)
+        await asyncio.sleep(10)
+
+    lag = asyncio.create_task(refresh())
+
+    async def consume() -> None:
+        try:
+            await asyncio.sleep(10)
+        finally:
+            await cancel_and_wait(lag)
+
+    consumer = asyncio.create_task(consume())
+    await asyncio.sleep(0)
+
+    await asyncio.wait_for(cancel_and_wait(consumer), 1.0)
+
+    assert consumer.cancelled()
+    assert lag.cancelled()
 
 
 async def test_cancel_and_wait_logs_a_task_that_had_failed(
