@@ -244,11 +244,12 @@ def _query_params(request: Request, allowed: tuple[str, ...]) -> QueryParams:
     """The query string's parameters; InvalidRequest for one that is not UTF-8 or not known.
 
     Decoded here rather than by `request.query_params`, which replaces bytes that are not
-    UTF-8 (a stray %FF) with U+FFFD: a filter that quietly matches nothing.
+    UTF-8 (a stray %FF) with U+FFFD: a filter that quietly matches nothing. Bytes sent as
+    they are (`?user_id=José` from curl) are read as UTF-8 too, not as Latin-1.
     """
     try:
         pairs = urllib.parse.parse_qsl(
-            request.scope.get("query_string", b"").decode("latin-1"),
+            request.scope.get("query_string", b"").decode("utf-8"),
             keep_blank_values=True,
             errors="strict",
         )

@@ -88,7 +88,11 @@ def _time(params: Params, name: str) -> Timestamp | None:
 def _filter(params: Params) -> query_service_pb2.EventFilter:
     fields: dict[str, Any] = {}
     for param, field in FILTER_PARAMS.items():
-        values = [v for v in params.getlist(param) if v]
+        values = params.getlist(param)
+        if not all(values):
+            # Dropped, it would match every event: a client with an unset variable would
+            # read everyone's.
+            raise InvalidRequest(f"{param} is empty: leave it out to match any value")
         if any(len(v) > MAX_PARAM_CHARS for v in values):
             raise InvalidRequest(f"{param} is longer than {MAX_PARAM_CHARS} characters")
         if values:
@@ -153,7 +157,7 @@ def event_json(item: event_pb2.EnrichedEvent) -> dict[str, Any]:
             item.corrected_timestamp, item.HasField("corrected_timestamp")
         ),
         "clock_skew_ms": item.clock_skew_ms,
-        "clock_status": event_pb2.ClockStatus.Name(item.clock_status),
+        "clock_status": _clock_status(item.clock_status),
         "geo_country": item.geo.country_code,
         "geo_city": item.geo.city,
         "os_name": item.os_name,
@@ -162,6 +166,15 @@ def event_json(item: event_pb2.EnrichedEvent) -> dict[str, Any]:
         "app_id": item.app_id,
         "request_id": item.request_id,
     }
+
+
+def _clock_status(value: int) -> str | int:
+    """The status's name; its number when this gateway does not know it (an enricher newer
+    than the gateway), as protobuf's JSON mapping writes an unknown enum value."""
+    try:
+        return event_pb2.ClockStatus.Name(event_pb2.ClockStatus.ValueType(value))
+    except ValueError:
+        return value
 
 
 def events_json(response: query_service_pb2.QueryEventsResponse) -> dict[str, Any]:

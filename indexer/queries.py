@@ -8,7 +8,7 @@ with search_after.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -26,6 +26,10 @@ DEFAULT_LIMIT = 10
 MAX_LIMIT = 1000
 MAX_FILTER_VALUES = 1000  # values per repeated filter field
 MAX_TEXT_CHARS = 1000
+# The largest QueryEvents reply: gRPC clients refuse a message over 4 MiB unless told
+# otherwise (the gateway's and tpipe's channels among them). A page of large events
+# (metadata near its limits) is cut short of it and goes on with a next_page_token.
+MAX_REPLY_BYTES = 4 * 1024 * 1024 - 64 * 1024
 
 _TERMS = (
     ("user_ids", "user_id"),
@@ -54,6 +58,10 @@ _INTERVALS = {
     qs.HISTOGRAM_INTERVAL_HOUR: "hour",
     qs.HISTOGRAM_INTERVAL_DAY: "day",
 }
+_INTERVAL_MILLIS = {"minute": 60_000, "hour": 3_600_000, "day": 86_400_000}
+# A histogram over a filter's whole time range (empty buckets at its edges included) has at
+# most this many buckets; over a longer range it spans the events found, as OpenSearch does.
+MAX_FILLED_BUCKETS = 10_000
 
 
 def _millis(stamp: Timestamp) -> int:
@@ -153,9 +161,24 @@ def events_response(
         # Dicts, which protobuf builds into messages in place (the stubs only name messages).
         events=[documents.event_fields(hit["_source"]) for hit in page],  # type: ignore[misc]
     )
-    if len(found) > size and page:
+    if reply.ByteSize() > MAX_REPLY_BYTES:
+        kept = _fitting(reply.events)
+        del reply.events[kept:]
+        reply.next_page_token = paging.encode_token(list(page[kept - 1]["sort"]), flt)
+    elif len(found) > size and page:
         reply.next_page_token = paging.encode_token(list(page[-1]["sort"]), flt)
     return reply
+
+
+def _fitting(events: Sequence[Any]) -> int:
+    """How many of the first `events` fit in MAX_REPLY_BYTES (one at least: an event the
+    gateway accepted is far smaller)."""
+    total = 0
+    for count, event in enumerate(events):
+        total += event.ByteSize() + 6  # with the field's key and length
+        if total > MAX_REPLY_BYTES:
+            return max(count, 1)
+    return len(events)
 
 
 def aggregate_body(request: qs.AggregateEventsRequest) -> dict[str, Any]:
@@ -173,13 +196,19 @@ def aggregate_body(request: qs.AggregateEventsRequest) -> dict[str, Any]:
         interval = _INTERVALS.get(request.interval)
         if interval is None:
             raise InvalidArgumentError("interval", f"unknown interval {request.interval}")
-        aggs["over_time"] = {
-            "date_histogram": {
-                "field": "corrected_timestamp",
-                "calendar_interval": interval,
-                "time_zone": "UTC",
-            }
+        histogram: dict[str, Any] = {
+            "field": "corrected_timestamp",
+            "calendar_interval": interval,
+            "time_zone": "UTC",
         }
+        flt = request.filter
+        if flt.HasField("start_time") and flt.HasField("end_time"):
+            first, end = _millis(flt.start_time), _millis(flt.end_time)
+            if 0 < end - first <= MAX_FILLED_BUCKETS * _INTERVAL_MILLIS[interval]:
+                # Buckets from the range's start to its end, not only between the first and
+                # the last event found: an hour with no events is a bucket of 0.
+                histogram["extended_bounds"] = {"min": first, "max": end - 1}
+        aggs["over_time"] = {"date_histogram": histogram}
     body: dict[str, Any] = {
         "query": filter_query(request.filter),
         "size": 0,

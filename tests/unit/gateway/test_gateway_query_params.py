@@ -5,10 +5,10 @@ from __future__ import annotations
 import httpx
 import pytest
 from starlette.datastructures import QueryParams
-from telemetry.v1 import query_service_pb2
+from telemetry.v1 import event_pb2, query_service_pb2
 
 from gateway import Gateway
-from gateway._query import aggregate_request, events_request
+from gateway._query import aggregate_request, events_json, events_request
 from gateway.errors import InvalidRequest
 from tests.unit.gateway.conftest import READ_KEY, FakeBroker, FakeQuery, asgi_client, unit_config
 
@@ -71,3 +71,69 @@ async def test_percent_encoded_utf8_reaches_the_query_service() -> None:
     assert answer.status_code == 200, answer.text
     assert list(query.seen[0].filter.user_ids) == ["café"]
     assert query.seen[0].filter.text == "\ufffd"  # a real U+FFFD, sent encoded, is kept
+
+
+async def raw_get(gateway: Gateway, path: str, query: bytes) -> tuple[int, bytes]:
+    """GET with the query string's bytes as they are (httpx would percent-encode them)."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "root_path": "",
+        "headers": [(b"host", b"gateway"), (b"x-api-key", READ_KEY.encode())],
+        "client": ("127.0.0.1", 5000),
+        "server": ("gateway", 80),
+    }
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    await gateway.app(scope, receive, send)
+    body = b"".join(bytes(m.get("body", b"")) for m in sent[1:])  # type: ignore[arg-type]
+    return int(sent[0]["status"]), body  # type: ignore[call-overload]
+
+
+async def test_bytes_sent_unencoded_are_read_as_utf8() -> None:
+    # curl sends `?user_id=José` as it is typed; h11 passes the bytes on.
+    query = RecordingQuery()
+    gateway = Gateway(unit_config(), broker=FakeBroker(), query=query)
+
+    status, _ = await raw_get(gateway, "/v1/events", "user_id=José".encode())
+    refused, body = await raw_get(gateway, "/v1/events", b"user_id=\xff")
+
+    assert status == 200
+    assert list(query.seen[0].filter.user_ids) == ["José"]
+    assert refused == 400
+    assert b"not UTF-8" in body
+
+
+@pytest.mark.parametrize("query", ["user_id=", "country=GB&country=", "event_name"])
+async def test_an_empty_filter_value_is_refused_not_taken_as_any(
+    client: httpx.AsyncClient, query: str
+) -> None:
+    answer = await client.get(f"/v1/events?{query}", headers={"X-Api-Key": READ_KEY})
+
+    assert answer.status_code == 400
+    assert "is empty: leave it out to match any value" in answer.json()["message"]
+
+
+def test_a_clock_status_this_gateway_does_not_know_is_its_number() -> None:
+    # An enricher newer than the gateway; the page must not fail for it.
+    known = event_pb2.EnrichedEvent(clock_status=event_pb2.CLOCK_STATUS_CORRECTED)
+    newer = event_pb2.EnrichedEvent()
+    newer.clock_status = 7  # type: ignore[assignment]
+    page = query_service_pb2.QueryEventsResponse(events=[known, newer])
+
+    assert [e["clock_status"] for e in events_json(page)["events"]] == [
+        "CLOCK_STATUS_CORRECTED",
+        7,
+    ]

@@ -165,6 +165,48 @@ def test_next_page_token_only_when_there_is_more() -> None:
     assert exact.next_page_token == ""
 
 
+def test_a_page_of_large_events_is_cut_below_what_a_grpc_client_takes() -> None:
+    # Events at the gateway's limits (64 metadata values of 2,048 characters) are ~140 KB:
+    # 50 of them would pass the 4 MiB a gRPC client takes by default.
+    flt = _filter()
+    metadata = {f"key-{n:02d}": "v" * 2048 for n in range(64)}
+    hits = [
+        {**_hit(f"e-{n:02d}", 100 - n), "_source": {"event_id": f"e-{n:02d}", "metadata": metadata}}
+        for n in range(51)
+    ]
+
+    page = queries.events_response(
+        {"hits": {"total": {"value": 51}, "hits": hits}}, size=50, flt=flt
+    )
+
+    assert page.ByteSize() <= queries.MAX_REPLY_BYTES < 4 * 1024 * 1024
+    kept = len(page.events)
+    assert 20 < kept < 50
+    assert [e.event.event_id for e in page.events] == [f"e-{n:02d}" for n in range(kept)]
+    # The next page starts right after the last event sent.
+    assert paging.decode_token(page.next_page_token, flt) == [100 - (kept - 1), f"e-{kept - 1:02d}"]
+
+
+def _histogram(start: str, end: str, interval: int) -> dict[str, Any]:
+    flt = qs.EventFilter()
+    flt.start_time.FromJsonString(start)
+    flt.end_time.FromJsonString(end)
+    body = queries.aggregate_body(qs.AggregateEventsRequest(filter=flt, interval=interval))
+    histogram: dict[str, Any] = body["aggs"]["over_time"]["date_histogram"]
+    return histogram
+
+
+def test_a_histogram_over_a_time_range_has_a_bucket_for_each_step_of_it() -> None:
+    # Empty hours at the edges are buckets of 0, not left out.
+    hours = _histogram("2026-01-01T00:00:00Z", "2026-01-01T03:00:00Z", qs.HISTOGRAM_INTERVAL_HOUR)
+    assert hours["extended_bounds"] == {"min": 1767225600000, "max": 1767236399999}
+    # A range of more than MAX_FILLED_BUCKETS steps spans the events found only.
+    minutes = _histogram(
+        "2025-01-01T00:00:00Z", "2026-01-01T00:00:00Z", qs.HISTOGRAM_INTERVAL_MINUTE
+    )
+    assert "extended_bounds" not in minutes
+
+
 def test_aggregate_body_and_limits() -> None:
     body = queries.aggregate_body(
         qs.AggregateEventsRequest(
