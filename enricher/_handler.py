@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -345,8 +346,8 @@ class Handler:
 
     async def _until_taken(self, delivery: Delivery, attempt: Callable[[], Awaitable[T]]) -> T:
         """`attempt()`'s result once NATS takes it. After a BrokerError it is tried again,
-        the pause doubling from the retry policy's base delay to its longest and the message
-        touched meanwhile; each failed attempt is counted and logged as a retry. Raises
+        the pause doubling from the retry policy's base delay to its longest (less up to a
+        fifth, at random) and the message touched meanwhile; each failed attempt is counted and logged as a retry. Raises
         _Stopped when the handler stops, and any other error at once."""
         failures = 0
         try:
@@ -362,7 +363,8 @@ class Handler:
                     self._remember(delivery, err)
                     self._metrics.messages.labels(outcome=OUTCOME_RETRIED).inc()
                     pause = _policy.nak_delay_s(deliveries=failures, policy=self._retry)
-                    await self._pause(delivery, pause)
+                    # Spread: the messages held together do not all try again at once.
+                    await self._pause(delivery, pause * random.uniform(0.8, 1.0))
         finally:
             if failures:
                 self._metrics.messages_held.dec()

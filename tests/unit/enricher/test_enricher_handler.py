@@ -392,7 +392,22 @@ async def test_an_event_too_large_for_any_message_goes_to_the_dlq() -> None:
     assert sink.published == []
 
 
-async def test_retries_during_an_outage_log_one_line_per_interval(
+async def test_publishes_nats_does_not_take_log_one_line_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # 50 messages held through 150 failed attempts during an outage of the enriched stream.
+    sink = FakeSink(fail_publish=150)
+    handler = _handler(sink, retry_log=logs.Throttle(30.0, clock=lambda: 100.0))
+
+    await handler.handle([FakeDelivery(_good(), stream_seq=n) for n in range(50)])
+
+    lines = [r.getMessage() for r in caplog.records if "not enriched" in r.getMessage()]
+    assert len(lines) == 1
+    assert "BrokerError('no ack')" in lines[0]
+    assert len(sink.published) == 50
+
+
+async def test_retries_of_other_failures_log_one_line_per_interval(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     now = [100.0]
