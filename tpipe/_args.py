@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import NoReturn, TypeAlias
@@ -82,9 +83,24 @@ FILTER_OPTIONS: dict[str, tuple[str, str]] = {
 }
 
 
+NATS_SCHEMES = ("nats", "tls", "ws", "wss")
+
+
 def url_list(text: str) -> list[str]:
-    """The URLs of a comma-separated list (as NATS_URL holds them), blanks dropped."""
-    return [part.strip() for part in text.split(",") if part.strip()]
+    """The NATS URLs of a comma-separated list (as NATS_URL holds them), blanks dropped;
+    UsageError for one that is not a NATS URL (another scheme, a port that is no number)."""
+    urls = [part.strip() for part in text.split(",") if part.strip()]
+    for url in urls:
+        parts = urllib.parse.urlsplit(url if "://" in url else f"nats://{url}")
+        try:
+            port_ok = parts.port is None or parts.port > 0
+        except ValueError:
+            port_ok = False
+        if parts.scheme not in NATS_SCHEMES or not parts.hostname or not port_ok:
+            raise UsageError(
+                f"{url!r} is not a NATS URL (nats://host:port, or tls://, ws://, wss://)"
+            )
+    return urls
 
 
 def add_filter_options(parser: argparse.ArgumentParser) -> None:

@@ -39,6 +39,7 @@ from telemetry.v1 import event_pb2
 
 from pipeline import subjects
 from tpipe._args import url_list
+from tpipe.errors import UsageError
 
 NATS_URL_ENV = "NATS_URL"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -194,6 +195,9 @@ def run(args: argparse.Namespace) -> int:
     except DlqError as err:
         print(f"tpipe dlq: {err}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    except UsageError as err:
+        print(f"tpipe dlq: {err}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("tpipe dlq: interrupted (run replay again to finish)", file=sys.stderr)
         return EXIT_INTERRUPTED

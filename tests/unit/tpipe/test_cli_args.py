@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import pytest
 from nats.js.api import RawStreamMsg, StreamConfig, StreamInfo, StreamState
 
-from tpipe import _cmd_dlq, _commands, cli
-from tpipe._args import Parser, add_filter_options, build_filter
+from tpipe import _cmd_dlq, _commands, cli, errors
+from tpipe._args import Parser, add_filter_options, build_filter, url_list
 from tpipe._events_file import parse_events
 from tpipe.errors import UsageError
 
@@ -194,3 +194,22 @@ async def test_dlq_entries_stop_reading_at_the_limit() -> None:
 
     assert [entry.seq for entry in found] == [1, 2]
     assert js.reads == 2
+
+
+def test_nats_urls_are_checked() -> None:
+    assert url_list(" nats://a:4222, tls://b:4223,,localhost:4222 ") == [
+        "nats://a:4222",
+        "tls://b:4223",
+        "localhost:4222",
+    ]
+    for wrong in ("http://h:4222", "nats://h:abc", "nats://:4222", "nats://h:0"):
+        with pytest.raises(errors.UsageError, match="is not a NATS URL"):
+            url_list(wrong)
+
+
+def test_dlq_with_a_wrong_nats_url_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    args = argparse.Namespace(dlq_command="list", stage=None, nats="http://h:4222", limit=10)
+    args.format = "table"
+
+    assert _cmd_dlq.run(args) == errors.EXIT_USAGE
+    assert "'http://h:4222' is not a NATS URL" in capsys.readouterr().err
