@@ -149,6 +149,7 @@ def _query_errors() -> dict[str, Any]:
         "400": _error("a bad parameter (or INVALID_ARGUMENT from the query service)"),
         **_AUTH_ERRORS,
         "429": _error("this key's reader is past its request rate", retry=True),
+        "500": _error("the query service failed (INTERNAL, UNKNOWN or DATA_LOSS)"),
         "503": _error("the query service is unavailable", retry=True),
         "504": _error("the query service missed its deadline"),
     }
