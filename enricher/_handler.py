@@ -347,8 +347,9 @@ class Handler:
     async def _until_taken(self, delivery: Delivery, attempt: Callable[[], Awaitable[T]]) -> T:
         """`attempt()`'s result once NATS takes it. After a BrokerError it is tried again,
         the pause doubling from the retry policy's base delay to its longest (less up to a
-        fifth, at random) and the message touched meanwhile; each failed attempt is counted and logged as a retry. Raises
-        _Stopped when the handler stops, and any other error at once."""
+        fifth, at random) and the message touched meanwhile; each failed attempt is counted
+        and logged as a retry. Raises _Stopped when the handler stops, and any other error
+        at once."""
         failures = 0
         try:
             while True:

@@ -240,7 +240,7 @@ def summary_line(stats: LoadStats, *, devices: int, elapsed_s: float) -> str:
     return (
         f"loadgen: {devices} devices, {elapsed_s:.1f} s: generated {stats.generated}, "
         f"accepted {stats.accepted} ({rate:.1f} events/s), rejected {stats.rejected}, "
-        f"duplicates {stats.duplicates}, failed {stats.failed}, retries {stats.retries}, "
+        f"duplicate batches {stats.duplicates}, failed {stats.failed}, retries {stats.retries}, "
         f"batches {stats.batches}"
     )
 

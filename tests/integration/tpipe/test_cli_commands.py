@@ -209,7 +209,7 @@ def test_loadgen_runs_for_its_duration_and_reports(tpipe: Run) -> None:
     summary = done.stdout.strip().splitlines()[-1]
     match = re.match(
         r"loadgen: 5 devices, [0-9.]+ s: generated (\d+), accepted (\d+) \([0-9.]+ events/s\), "
-        r"rejected 0, duplicates 0, failed 0",
+        r"rejected 0, duplicate batches 0, failed 0",
         summary,
     )
     assert match, summary
