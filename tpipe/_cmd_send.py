@@ -146,9 +146,9 @@ async def run(args: argparse.Namespace) -> int:
                 )
     except ClientError:
         progress.done()
-        if tally.batches:
+        if tally.batches:  # part of the file went: say what, and what did not
             print("\n".join(summary(tally, url=poster.url)))
-        print(not_sent(len(events) - tally.events, first=tally.events), file=sys.stderr)
+            print(not_sent(len(events) - tally.events, first=tally.events), file=sys.stderr)
         raise
     progress.done()
     print("\n".join(summary(tally, url=poster.url)))
