@@ -245,7 +245,8 @@ def _query_params(request: Request, allowed: tuple[str, ...]) -> QueryParams:
 
     Decoded here rather than by `request.query_params`, which replaces bytes that are not
     UTF-8 (a stray %FF) with U+FFFD: a filter that quietly matches nothing. Bytes sent as
-    they are (`?user_id=José` from curl) are read as UTF-8 too, not as Latin-1.
+    they are (`?user_id=José`), which some HTTP servers pass on, are read as UTF-8 too, not
+    as Latin-1.
     """
     try:
         pairs = urllib.parse.parse_qsl(
