@@ -45,6 +45,13 @@ _AUTH_ERRORS = {
     "403": _error("a key of the other kind (write vs read)"),
 }
 
+_UNREACHABLE = {
+    "type": "array",
+    "items": {"type": "string"},
+    "description": "the daily indices that did not answer: matching events in them are "
+    "missing from this answer (present only when return_partial_success=true let it through)",
+}
+
 _SCHEMAS: dict[str, Any] = {
     "Event": {
         "type": "object",
@@ -118,6 +125,7 @@ _SCHEMAS: dict[str, Any] = {
             "events": {"type": "array", "items": _ref("EnrichedEvent")},
             "next_page_token": {"type": "string"},
             "total_size": {"type": "integer"},
+            "unreachable": _UNREACHABLE,
         },
     },
     "Aggregate": {
@@ -126,6 +134,7 @@ _SCHEMAS: dict[str, Any] = {
             "total_count": {"type": "integer"},
             "counts": {"type": "array", "items": {"type": "object"}},
             "histogram": {"type": "array", "items": {"type": "object"}},
+            "unreachable": _UNREACHABLE,
         },
     },
 }
@@ -138,6 +147,9 @@ def _param(name: str, kind: dict[str, Any], *, repeat: bool = False) -> dict[str
 
 def _filter_params() -> list[dict[str, Any]]:
     params = [_param(name, {"type": "string"}, repeat=True) for name in _query.FILTER_PARAMS]
+    for param in params:
+        if param["name"] == "device_os":
+            param["description"] = 'the device OS, or the OS name alone ("iOS" matches "iOS 17.2")'
     params.append(_param("start", {"type": "string", "format": "date-time"}))
     params.append(_param("end", {"type": "string", "format": "date-time"}))
     params.append(_param("q", {"type": "string"}))
@@ -150,9 +162,20 @@ def _query_errors() -> dict[str, Any]:
         **_AUTH_ERRORS,
         "429": _error("this key's reader is past its request rate", retry=True),
         "500": _error("the query service failed (INTERNAL, UNKNOWN or DATA_LOSS)"),
-        "503": _error("the query service is unavailable", retry=True),
+        "503": _error(
+            "the query service is unavailable, or part of the event store did not answer "
+            "(the message names it; return_partial_success=true accepts what the rest holds)",
+            retry=True,
+        ),
         "504": _error("the query service missed its deadline"),
     }
+
+
+_PARTIAL_PARAM = {
+    **_param("return_partial_success", {"type": "boolean", "default": False}),
+    "description": "true: when part of the event store does not answer, answer from the rest "
+    "and name the missing daily indices in `unreachable`; false: answer 503 instead",
+}
 
 
 def _ops(summary: str) -> dict[str, Any]:
@@ -286,6 +309,7 @@ def document() -> dict[str, Any]:
                             *_filter_params(),
                             _param("page_size", {"type": "integer"}),
                             _param("page_token", {"type": "string"}),
+                            _PARTIAL_PARAM,
                         ],
                         "responses": {
                             "200": {
@@ -305,6 +329,7 @@ def document() -> dict[str, Any]:
                             _param("group_by", {"type": "string", "enum": list(GROUP_BY)}),
                             _param("interval", {"type": "string", "enum": list(INTERVALS)}),
                             _param("limit", {"type": "integer"}),
+                            _PARTIAL_PARAM,
                         ],
                         "responses": {
                             "200": {

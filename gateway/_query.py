@@ -15,7 +15,7 @@ from telemetry.v1 import event_pb2, query_service_pb2, query_service_pb2_grpc
 from gateway import _rfc3339
 from gateway.errors import InvalidRequest, Unavailable, UpstreamError
 from pipeline import tracing
-from pipeline.query_names import GROUP_BY, INTERVALS
+from pipeline.query_names import GROUP_BY, INTERVALS, PARTIAL_ANSWER_TRAILER
 
 SERVICE = "telemetry.v1.QueryService"
 
@@ -48,8 +48,12 @@ FILTER_PARAMS = {
     "country": "country_codes",
     "app_id": "app_ids",
 }
-EVENTS_PARAMS = (*FILTER_PARAMS, "start", "end", "q", "page_size", "page_token")
-AGGREGATE_PARAMS = (*FILTER_PARAMS, "start", "end", "q", "group_by", "interval", "limit")
+_PARTIAL = "return_partial_success"
+EVENTS_PARAMS = (*FILTER_PARAMS, "start", "end", "q", "page_size", "page_token", _PARTIAL)
+AGGREGATE_PARAMS = (
+    *FILTER_PARAMS,
+    *("start", "end", "q", "group_by", "interval", "limit", _PARTIAL),
+)
 MAX_PARAM_CHARS = 1024
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 
@@ -108,6 +112,13 @@ def _filter(params: Params) -> query_service_pb2.EventFilter:
     return query_service_pb2.EventFilter(**fields)
 
 
+def _flag(params: Params, name: str) -> bool:
+    text = _one(params, name)
+    if text not in ("", "true", "false"):
+        raise InvalidRequest(f"{name} must be true or false")
+    return text == "true"
+
+
 def _choice(params: Params, name: str, choices: dict[str, Any]) -> Any:
     text = _one(params, name)
     if not text:
@@ -123,6 +134,7 @@ def events_request(params: Params) -> query_service_pb2.QueryEventsRequest:
         filter=_filter(params),
         page_size=_int(params, "page_size"),
         page_token=_one(params, "page_token"),
+        return_partial_success=_flag(params, _PARTIAL),
     )
 
 
@@ -133,6 +145,7 @@ def aggregate_request(params: Params) -> query_service_pb2.AggregateEventsReques
         group_by=_choice(params, "group_by", GROUP_BY),
         limit=_int(params, "limit"),
         interval=_choice(params, "interval", INTERVALS),
+        return_partial_success=_flag(params, _PARTIAL),
     )
 
 
@@ -179,22 +192,28 @@ def _clock_status(value: int) -> str | int:
 
 def events_json(response: query_service_pb2.QueryEventsResponse) -> dict[str, Any]:
     """The JSON answer of GET /v1/events."""
-    return {
+    answer: dict[str, Any] = {
         "events": [event_json(item) for item in response.events],
         "next_page_token": response.next_page_token,
         "total_size": response.total_size,
     }
+    if response.unreachable:
+        answer["unreachable"] = list(response.unreachable)
+    return answer
 
 
 def aggregate_json(response: query_service_pb2.AggregateEventsResponse) -> dict[str, Any]:
     """The JSON answer of GET /v1/events/aggregate."""
-    return {
+    answer: dict[str, Any] = {
         "total_count": response.total_count,
         "counts": [{"value": c.value, "count": c.count} for c in response.counts],
         "histogram": [
             {"start_time": _stamp(b.start_time, True), "count": b.count} for b in response.histogram
         ],
     }
+    if response.unreachable:
+        answer["unreachable"] = list(response.unreachable)
+    return answer
 
 
 class GrpcQueryClient:
@@ -252,5 +271,13 @@ def _trace_metadata() -> tuple[tuple[str, str], ...] | None:
 def _translate(err: grpc.aio.AioRpcError) -> Exception:
     code = err.code()
     if code == grpc.StatusCode.UNAVAILABLE:
+        if (PARTIAL_ANSWER_TRAILER, "refused") in tuple(err.trailing_metadata() or ()):
+            # Its details name the indices that did not answer and what the caller can do.
+            return Unavailable(_partial_details(err.details() or ""))
         return Unavailable("the query service is unavailable")
     return UpstreamError(code, err.details() or code.name.lower())
+
+
+def _partial_details(details: str) -> str:
+    """The query service's words, with the JSON route's name for its request field."""
+    return details.replace("set return_partial_success", f"add {_PARTIAL}=true")

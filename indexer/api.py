@@ -18,6 +18,7 @@ from telemetry.v1 import query_service_pb2_grpc as qs_grpc
 
 from indexer import queries
 from indexer.errors import (
+    IndexerError,
     InvalidArgumentError,
     SearchLimitError,
     SearchRequestError,
@@ -25,6 +26,7 @@ from indexer.errors import (
 )
 from indexer.metrics import Metrics
 from pipeline import grpcserver, tracing
+from pipeline.query_names import PARTIAL_ANSWER_TRAILER
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,23 @@ SERVICE_NAME = qs.DESCRIPTOR.services_by_name["QueryService"].full_name
 class SearchPort(Protocol):
     """Runs one `_search` over the event indices."""
 
+    @property
+    def pattern(self) -> str: ...
+
     async def search(self, body: dict[str, Any], *, filter_path: str = "") -> dict[str, Any]: ...
+
+    async def red_indices(self) -> list[str]: ...
+
+
+class PartialAnswerError(IndexerError):
+    """Part of the event store did not answer and the caller did not accept a partial answer."""
+
+    def __init__(self, shards: int, indices: list[str]) -> None:
+        super().__init__(
+            f"{shards} shard(s) of the event store did not answer ({', '.join(indices)}): "
+            "events in them would be missing; try again later, or set return_partial_success "
+            "for what the rest holds"
+        )
 
 
 class QueryServicer(qs_grpc.QueryServiceServicer):
@@ -60,14 +78,17 @@ class QueryServicer(qs_grpc.QueryServiceServicer):
             try:
                 body, size = queries.search_body(request)
                 answer = await self._search.search(body, filter_path=queries.EVENTS_FILTER_PATH)
-                self._check_shards("QueryEvents", answer, span)
+                unreachable = await self._unreachable(
+                    "QueryEvents", answer, span, partial_ok=request.return_partial_success
+                )
                 response = queries.events_response(answer, size=size, flt=request.filter)
+                response.unreachable.extend(unreachable)
                 span.set_attribute("pipeline.events", len(response.events))
                 return response
             except Exception as err:
                 code, detail = _status(err, paged=bool(request.page_token))
                 tracing.failed(span, type(err).__name__)
-                await context.abort(code, detail)
+                await context.abort(code, detail, _trailers(err))
                 raise  # unreachable: abort raises
             finally:
                 span.set_attribute("rpc.grpc.status_code", code.value[0])
@@ -83,12 +104,16 @@ class QueryServicer(qs_grpc.QueryServiceServicer):
                 answer = await self._search.search(
                     queries.aggregate_body(request), filter_path=queries.AGGREGATE_FILTER_PATH
                 )
-                self._check_shards("AggregateEvents", answer, span)
-                return queries.aggregate_response(answer)
+                unreachable = await self._unreachable(
+                    "AggregateEvents", answer, span, partial_ok=request.return_partial_success
+                )
+                counts = queries.aggregate_response(answer)
+                counts.unreachable.extend(unreachable)
+                return counts
             except Exception as err:
                 code, detail = _status(err, paged=False)
                 tracing.failed(span, type(err).__name__)
-                await context.abort(code, detail)
+                await context.abort(code, detail, _trailers(err))
                 raise
             finally:
                 span.set_attribute("rpc.grpc.status_code", code.value[0])
@@ -113,17 +138,31 @@ class QueryServicer(qs_grpc.QueryServiceServicer):
             attributes={"rpc.system": "grpc", "rpc.method": method},
         )
 
-    def _check_shards(self, method: str, answer: dict[str, Any], span: tracing.Span) -> None:
-        """Counts and logs an answer some shards did not contribute to; it is still returned
-        (OpenSearch's default), as with a shard that is starting or has been lost."""
-        failed = queries.failed_shards(answer)
-        if failed:
-            self._metrics.query_partial.labels(method=method).inc()
-            span.set_attribute("pipeline.shards.failed", failed)
-            log.warning(
-                "query answered without some shards; events in them are missing",
-                extra={"method": method, "failed_shards": failed},
-            )
+    async def _unreachable(
+        self, method: str, answer: dict[str, Any], span: tracing.Span, *, partial_ok: bool
+    ) -> list[str]:
+        """The indices that did not answer (none: a whole answer). Without `partial_ok` an
+        answer missing some raises PartialAnswerError: a page that silently lacks events
+        would pass for complete, and so would an export made of such pages."""
+        missing = queries.unanswered_shards(answer)
+        if not missing:
+            return []
+        names = queries.failed_indices(answer)
+        try:
+            names.update(await self._search.red_indices())
+        except SearchUnavailableError as err:
+            log.warning("could not read which indices are red: %s", err)
+        indices = sorted(names) or [self._search.pattern]
+        self._metrics.query_partial.labels(method=method, returned=str(partial_ok).lower()).inc()
+        span.set_attribute("pipeline.shards.unanswered", missing)
+        log.warning(
+            "OpenSearch answered without some shards; events in them are missing%s",
+            "" if partial_ok else " (refused: the caller did not set return_partial_success)",
+            extra={"method": method, "unanswered_shards": missing, "indices": indices},
+        )
+        if not partial_ok:
+            raise PartialAnswerError(missing, indices)
+        return indices
 
     def _observe(self, method: str, code: grpc.StatusCode, started: float) -> None:
         self._metrics.query_seconds.labels(method=method, code=code.name).observe(
@@ -139,6 +178,8 @@ def _status(err: Exception, *, paged: bool) -> tuple[grpc.StatusCode, str]:
             f"interval: makes more buckets than the event store allows ({err}); "
             "ask for a narrower time range or a coarser interval"
         )
+    if isinstance(err, PartialAnswerError):
+        return grpc.StatusCode.UNAVAILABLE, str(err)
     if isinstance(err, SearchUnavailableError):
         # The caller only learns "retry"; the operator needs the cause.
         log.warning("query answered UNAVAILABLE: %s", err)
@@ -148,6 +189,13 @@ def _status(err: Exception, *, paged: bool) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.INVALID_ARGUMENT, "page_token: is not a valid page token"
     log.exception("query failed", exc_info=err)
     return grpc.StatusCode.INTERNAL, "internal error"
+
+
+def _trailers(err: Exception) -> tuple[tuple[str, str], ...]:
+    """Marks a refused partial answer, so the gateway may pass its details on."""
+    if isinstance(err, PartialAnswerError):
+        return ((PARTIAL_ANSWER_TRAILER, "refused"),)
+    return ()
 
 
 class QueryServer(grpcserver.GrpcServer):

@@ -66,8 +66,9 @@ class Metrics:
         )
         self.query_partial = Counter(
             "indexer_query_partial",
-            "QueryService answers OpenSearch made without some shards (events may be missing).",
-            ["method"],
+            "OpenSearch answers to QueryService without some shards: returned with the indices "
+            "named (returned=true, the caller set return_partial_success) or refused UNAVAILABLE.",
+            ["method", "returned"],
             registry=self.registry,
         )
         self.retention_deleted = Counter(

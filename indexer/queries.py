@@ -18,9 +18,10 @@ from indexer import documents, paging
 from indexer.errors import InvalidArgumentError
 
 # What the response mappers below read; the rest of OpenSearch's answer is not sent.
-EVENTS_FILTER_PATH = "_shards.failed,hits.total.value,hits.hits._source,hits.hits.sort"
+_SHARDS_FILTER = "_shards.total,_shards.successful,_shards.failures.index"
+EVENTS_FILTER_PATH = f"{_SHARDS_FILTER},hits.total.value,hits.hits._source,hits.hits.sort"
 AGGREGATE_FILTER_PATH = (
-    "_shards.failed,hits.total.value,aggregations.*.buckets.key,aggregations.*.buckets.doc_count"
+    f"{_SHARDS_FILTER},hits.total.value,aggregations.*.buckets.key,aggregations.*.buckets.doc_count"
 )
 DEFAULT_LIMIT = 10
 MAX_LIMIT = 1000
@@ -233,6 +234,18 @@ def aggregate_response(response: Mapping[str, Any]) -> qs.AggregateEventsRespons
     return reply
 
 
-def failed_shards(response: Mapping[str, Any]) -> int:
-    """How many shards did not answer: OpenSearch then answers from the others (partial)."""
-    return int(response.get("_shards", {}).get("failed", 0))
+def unanswered_shards(response: Mapping[str, Any]) -> int:
+    """How many of the searched shards did not answer; OpenSearch answers from the others.
+
+    Not only the `failed` ones: a shard with no copy assigned (a red index) is in `total`
+    but neither `successful` nor `failed`. Shards skipped as holding nothing that could
+    match count as successful.
+    """
+    shards = response.get("_shards") or {}
+    return max(0, int(shards.get("total", 0)) - int(shards.get("successful", 0)))
+
+
+def failed_indices(response: Mapping[str, Any]) -> set[str]:
+    """The indices named by the shard failures of a partial answer."""
+    failures = (response.get("_shards") or {}).get("failures") or ()
+    return {str(item["index"]) for item in failures if item.get("index")}

@@ -253,6 +253,18 @@ class OpenSearchStore:
         )
         return answer
 
+    async def red_indices(self) -> list[str]:
+        """The indices of the prefix with a primary shard not assigned: a search skips them."""
+        answer: dict[str, Any] = await _call(
+            lambda: self._client.transport.perform_request(
+                "GET",
+                f"/_cluster/health/{self.pattern}",
+                params={"level": "indices", "filter_path": "indices.*.status"},
+            )
+        )
+        indices = answer.get("indices") or {}
+        return sorted(name for name, info in indices.items() if info.get("status") == "red")
+
     async def index_names(self) -> list[str]:
         """The names of the indices matching the prefix."""
         found = await _call(

@@ -1,4 +1,4 @@
-"""The names people and JSON clients use for QueryService's enums.
+"""The names people and JSON clients use for QueryService's enums, and its one trailer.
 
 One table for the gateway's JSON routes (`group_by=`, `interval=`) and the `tpipe`
 command line (`--by`, `--interval`), so both accept the same words.
@@ -24,3 +24,8 @@ INTERVALS: dict[str, query_service_pb2.HistogramInterval.ValueType] = {
     "hour": query_service_pb2.HISTOGRAM_INTERVAL_HOUR,
     "day": query_service_pb2.HISTOGRAM_INTERVAL_DAY,
 }
+
+# Trailing metadata on the UNAVAILABLE a QueryService answers when part of the event store
+# did not answer and the caller did not set return_partial_success: its details are meant for
+# the caller (which indices, what to do), unlike those of a transport failure.
+PARTIAL_ANSWER_TRAILER = "telemetry-partial-answer"

@@ -1,4 +1,5 @@
-"""Capped exponential backoff with full jitter, shared by the gRPC client and the HTTP poster."""
+"""Capped exponential backoff with jitter (uniform in the upper half of each step), shared by
+the gRPC client and the HTTP poster."""
 
 from __future__ import annotations
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from telemetry.v1 import event_pb2, query_service_pb2
 
 from pipeline.query_names import GROUP_BY, INTERVALS
-from tpipe import _render
+from tpipe import _render, errors
 from tpipe._args import (
     Subparsers,
     add_command,
@@ -60,6 +62,34 @@ def _add_connection(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_partial(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--partial",
+        action="store_true",
+        help="when part of the event store does not answer, show what the rest holds and name "
+        "the missing daily indices on stderr (default: fail with UNAVAILABLE, so nothing is "
+        "silently missing)",
+    )
+
+
+def _warn_unreachable(names: set[str] | list[str]) -> None:
+    if names:
+        print(
+            f"warning: {len(names)} index(es) did not answer; events in them are missing: "
+            + ", ".join(sorted(names)),
+            file=sys.stderr,
+        )
+
+
+@contextlib.contextmanager
+def _partial_hint() -> Iterator[None]:
+    """A refused partial answer says how to get one from here."""
+    try:
+        yield
+    except errors.PartialAnswer as err:
+        raise errors.PartialAnswer(f"{err} (here: pass --partial)") from None
+
+
 def _client(args: argparse.Namespace) -> TelemetryClient:
     return TelemetryClient(
         ClientSettings(
@@ -93,6 +123,7 @@ def register(sub: Subparsers, name: str) -> None:
             "--limit", type=positive_int, help="at most this many events (pages as needed)"
         )
         out.add_argument("--format", choices=("table", "jsonl"), default="table")
+        _add_partial(out)
         _add_connection(parser)
     else:
         parser = add_command(
@@ -112,6 +143,7 @@ def register(sub: Subparsers, name: str) -> None:
             "--limit", type=positive_int, default=10, help="most values of --by (default 10)"
         )
         out.add_argument("--format", choices=("text", "json"), default="text")
+        _add_partial(out)
         _add_connection(parser)
 
 
@@ -119,27 +151,45 @@ async def run_query(args: argparse.Namespace) -> int:
     """Prints the events; the table's footer (on stderr) says how many matched."""
     flt = build_filter(args, now=datetime.now(UTC))
     page_size = min(args.page_size, MAX_PAGE_SIZE, args.limit or MAX_PAGE_SIZE)
+    unreachable: set[str] | None = set() if args.partial else None
+    with _partial_hint():
+        events, total, more = await _fetch(args, flt, page_size, unreachable)
+    _warn_unreachable(unreachable or set())
+    if args.format == "jsonl":
+        for event in events:
+            sys.stdout.write(_render.event_json(event).decode() + "\n")
+        sys.stdout.flush()
+        return EXIT_OK
+    _print_table(events, total=total, more=more)
+    return EXIT_OK
+
+
+async def _fetch(
+    args: argparse.Namespace,
+    flt: query_service_pb2.EventFilter,
+    page_size: int,
+    unreachable: set[str] | None,
+) -> tuple[list[event_pb2.EnrichedEvent], int, bool]:
+    """One page, or (--all, --limit) every page with JSON lines written as they come."""
     out = sys.stdout
     async with _client(args) as client:
         if not args.all and args.limit is None:
-            page = await client.query_page(flt, page_size=page_size)
+            page = await client.query_page(flt, page_size=page_size, partial=args.partial)
             events = list(page.events)
             total, more = page.total_size, bool(page.next_page_token)
+            if unreachable is not None:
+                unreachable.update(page.unreachable)
         else:
             events = []
-            async for event in client.query_events(flt, page_size=page_size, limit=args.limit):
+            async for event in client.query_events(
+                flt, page_size=page_size, limit=args.limit, unreachable=unreachable
+            ):
                 if args.format == "jsonl":
                     out.write(_render.event_json(event).decode() + "\n")
                 else:
                     events.append(event)
             total, more = -1, False
-    if args.format == "jsonl":
-        for event in events:
-            out.write(_render.event_json(event).decode() + "\n")
-        out.flush()
-        return EXIT_OK
-    _print_table(events, total=total, more=more)
-    return EXIT_OK
+    return events, total, more
 
 
 def _print_table(events: list[event_pb2.EnrichedEvent], *, total: int, more: bool) -> None:
@@ -156,10 +206,12 @@ async def run_aggregate(args: argparse.Namespace) -> int:
     flt = build_filter(args, now=datetime.now(UTC))
     group_by = GROUP_BY.get(args.by or "", query_service_pb2.AGGREGATION_FIELD_UNSPECIFIED)
     interval = INTERVALS.get(args.interval or "", query_service_pb2.HISTOGRAM_INTERVAL_UNSPECIFIED)
-    async with _client(args) as client:
-        response = await client.aggregate(
-            flt, group_by=group_by, interval=interval, limit=args.limit
-        )
+    with _partial_hint():
+        async with _client(args) as client:
+            response = await client.aggregate(
+                flt, group_by=group_by, interval=interval, limit=args.limit, partial=args.partial
+            )
+    _warn_unreachable(list(response.unreachable))
     if args.format == "json":
         print(_render.aggregate_json(response).decode())
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from pipeline.query_names import PARTIAL_ANSWER_TRAILER
 from tpipe import errors
 
 _BY_CODE: dict[grpc.StatusCode, type[errors.ClientError]] = {
@@ -22,6 +23,8 @@ def translate(err: grpc.aio.AioRpcError, *, target: str) -> errors.ClientError:
     """Our most specific error for a failed call to `target`."""
     code = err.code()
     kind = _BY_CODE.get(code, errors.ServerError)
+    if (PARTIAL_ANSWER_TRAILER, "refused") in tuple(err.trailing_metadata() or ()):
+        kind = errors.PartialAnswer
     details = err.details() or code.name.lower()
     return kind(f"{target}: {code.name}: {details}")
 

@@ -161,10 +161,12 @@ class TelemetryClient:
         *,
         page_size: int = DEFAULT_PAGE_SIZE,
         page_token: str = "",
+        partial: bool = False,
     ) -> query_service_pb2.QueryEventsResponse:
-        """One page of events matching `flt`, newest first."""
+        """One page of events matching `flt`, newest first. With `partial`, a page the event
+        store answered without some indices (named in `unreachable`) instead of UNAVAILABLE."""
         request = query_service_pb2.QueryEventsRequest(
-            filter=flt, page_size=page_size, page_token=page_token
+            filter=flt, page_size=page_size, page_token=page_token, return_partial_success=partial
         )
         return await self._call(
             self._query_stub().QueryEvents,
@@ -179,14 +181,23 @@ class TelemetryClient:
         *,
         page_size: int = DEFAULT_PAGE_SIZE,
         limit: int | None = None,
+        unreachable: set[str] | None = None,
     ) -> AsyncIterator[event_pb2.EnrichedEvent]:
-        """Every event matching `flt` (at most `limit`), newest first, page after page."""
+        """Every event matching `flt` (at most `limit`), newest first, page after page.
+
+        Given an `unreachable` set, pages the event store answered without some indices are
+        accepted and those indices added to it; without one, such a page is UNAVAILABLE.
+        """
         if limit is not None and limit < 0:
             raise UsageError("limit must be 0 or greater")
         yielded = 0
         token = ""
         while limit is None or yielded < limit:
-            page = await self.query_page(flt, page_size=page_size, page_token=token)
+            page = await self.query_page(
+                flt, page_size=page_size, page_token=token, partial=unreachable is not None
+            )
+            if unreachable is not None:
+                unreachable.update(page.unreachable)
             for event in page.events:
                 if limit is not None and yielded >= limit:
                     return
@@ -207,10 +218,16 @@ class TelemetryClient:
             query_service_pb2.HISTOGRAM_INTERVAL_UNSPECIFIED
         ),
         limit: int = 0,
+        partial: bool = False,
     ) -> query_service_pb2.AggregateEventsResponse:
-        """Counts of events matching `flt`: by a field's values and/or per time bucket."""
+        """Counts of events matching `flt`: by a field's values and/or per time bucket. With
+        `partial`, counts over what answered (the rest named in `unreachable`)."""
         request = query_service_pb2.AggregateEventsRequest(
-            filter=flt, group_by=group_by, interval=interval, limit=limit
+            filter=flt,
+            group_by=group_by,
+            interval=interval,
+            limit=limit,
+            return_partial_success=partial,
         )
         return await self._call(
             self._query_stub().AggregateEvents,

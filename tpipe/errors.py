@@ -71,6 +71,11 @@ class Unavailable(ClientError):
     exit_code = EXIT_UNAVAILABLE
 
 
+class PartialAnswer(Unavailable):
+    """Part of the event store did not answer, and the call did not accept a partial answer
+    (`partial=True`); the message names the indices that did not answer."""
+
+
 class DeadlineExceeded(ClientError):
     """The call did not finish within its deadline."""
 

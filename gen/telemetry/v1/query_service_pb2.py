@@ -26,31 +26,31 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from telemetry.v1 import event_pb2 as telemetry_dot_v1_dot_event__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n telemetry/v1/query_service.proto\x12\x0ctelemetry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18telemetry/v1/event.proto\"\x86\x02\n\x0b\x45ventFilter\x12\x10\n\x08user_ids\x18\x01 \x03(\t\x12\x13\n\x0bsession_ids\x18\x02 \x03(\t\x12\x13\n\x0b\x65vent_names\x18\x03 \x03(\t\x12\x14\n\x0c\x61pp_versions\x18\x04 \x03(\t\x12\x11\n\tdevice_os\x18\x05 \x03(\t\x12\x15\n\rcountry_codes\x18\x06 \x03(\t\x12\x0f\n\x07\x61pp_ids\x18\x07 \x03(\t\x12.\n\nstart_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04text\x18\n \x01(\t\"f\n\x12QueryEventsRequest\x12)\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x19.telemetry.v1.EventFilter\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"o\n\x13QueryEventsResponse\x12+\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1b.telemetry.v1.EnrichedEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\"\xb7\x01\n\x16\x41ggregateEventsRequest\x12)\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x19.telemetry.v1.EventFilter\x12\x30\n\x08group_by\x18\x02 \x01(\x0e\x32\x1e.telemetry.v1.AggregationField\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x31\n\x08interval\x18\x04 \x01(\x0e\x32\x1f.telemetry.v1.HistogramInterval\")\n\tTermCount\x12\r\n\x05value\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"P\n\x0fHistogramBucket\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\x89\x01\n\x17\x41ggregateEventsResponse\x12\x13\n\x0btotal_count\x18\x01 \x01(\x03\x12\'\n\x06\x63ounts\x18\x02 \x03(\x0b\x32\x17.telemetry.v1.TermCount\x12\x30\n\thistogram\x18\x03 \x03(\x0b\x32\x1d.telemetry.v1.HistogramBucket*\xbc\x02\n\x10\x41ggregationField\x12!\n\x1d\x41GGREGATION_FIELD_UNSPECIFIED\x10\x00\x12 \n\x1c\x41GGREGATION_FIELD_EVENT_NAME\x10\x01\x12\x1d\n\x19\x41GGREGATION_FIELD_USER_ID\x10\x02\x12 \n\x1c\x41GGREGATION_FIELD_SESSION_ID\x10\x03\x12!\n\x1d\x41GGREGATION_FIELD_APP_VERSION\x10\x04\x12\x1f\n\x1b\x41GGREGATION_FIELD_DEVICE_OS\x10\x05\x12\x1d\n\x19\x41GGREGATION_FIELD_OS_NAME\x10\x06\x12!\n\x1d\x41GGREGATION_FIELD_GEO_COUNTRY\x10\x07\x12\x1c\n\x18\x41GGREGATION_FIELD_APP_ID\x10\x08*\x8f\x01\n\x11HistogramInterval\x12\"\n\x1eHISTOGRAM_INTERVAL_UNSPECIFIED\x10\x00\x12\x1d\n\x19HISTOGRAM_INTERVAL_MINUTE\x10\x01\x12\x1b\n\x17HISTOGRAM_INTERVAL_HOUR\x10\x02\x12\x1a\n\x16HISTOGRAM_INTERVAL_DAY\x10\x03\x32\xc2\x01\n\x0cQueryService\x12R\n\x0bQueryEvents\x12 .telemetry.v1.QueryEventsRequest\x1a!.telemetry.v1.QueryEventsResponse\x12^\n\x0f\x41ggregateEvents\x12$.telemetry.v1.AggregateEventsRequest\x1a%.telemetry.v1.AggregateEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n telemetry/v1/query_service.proto\x12\x0ctelemetry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18telemetry/v1/event.proto\"\x86\x02\n\x0b\x45ventFilter\x12\x10\n\x08user_ids\x18\x01 \x03(\t\x12\x13\n\x0bsession_ids\x18\x02 \x03(\t\x12\x13\n\x0b\x65vent_names\x18\x03 \x03(\t\x12\x14\n\x0c\x61pp_versions\x18\x04 \x03(\t\x12\x11\n\tdevice_os\x18\x05 \x03(\t\x12\x15\n\rcountry_codes\x18\x06 \x03(\t\x12\x0f\n\x07\x61pp_ids\x18\x07 \x03(\t\x12.\n\nstart_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04text\x18\n \x01(\t\"\x86\x01\n\x12QueryEventsRequest\x12)\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x19.telemetry.v1.EventFilter\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x1e\n\x16return_partial_success\x18\x04 \x01(\x08\"\x84\x01\n\x13QueryEventsResponse\x12+\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1b.telemetry.v1.EnrichedEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\x12\x13\n\x0bunreachable\x18\x04 \x03(\t\"\xd7\x01\n\x16\x41ggregateEventsRequest\x12)\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x19.telemetry.v1.EventFilter\x12\x30\n\x08group_by\x18\x02 \x01(\x0e\x32\x1e.telemetry.v1.AggregationField\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x31\n\x08interval\x18\x04 \x01(\x0e\x32\x1f.telemetry.v1.HistogramInterval\x12\x1e\n\x16return_partial_success\x18\x05 \x01(\x08\")\n\tTermCount\x12\r\n\x05value\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"P\n\x0fHistogramBucket\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\x9e\x01\n\x17\x41ggregateEventsResponse\x12\x13\n\x0btotal_count\x18\x01 \x01(\x03\x12\'\n\x06\x63ounts\x18\x02 \x03(\x0b\x32\x17.telemetry.v1.TermCount\x12\x30\n\thistogram\x18\x03 \x03(\x0b\x32\x1d.telemetry.v1.HistogramBucket\x12\x13\n\x0bunreachable\x18\x04 \x03(\t*\xbc\x02\n\x10\x41ggregationField\x12!\n\x1d\x41GGREGATION_FIELD_UNSPECIFIED\x10\x00\x12 \n\x1c\x41GGREGATION_FIELD_EVENT_NAME\x10\x01\x12\x1d\n\x19\x41GGREGATION_FIELD_USER_ID\x10\x02\x12 \n\x1c\x41GGREGATION_FIELD_SESSION_ID\x10\x03\x12!\n\x1d\x41GGREGATION_FIELD_APP_VERSION\x10\x04\x12\x1f\n\x1b\x41GGREGATION_FIELD_DEVICE_OS\x10\x05\x12\x1d\n\x19\x41GGREGATION_FIELD_OS_NAME\x10\x06\x12!\n\x1d\x41GGREGATION_FIELD_GEO_COUNTRY\x10\x07\x12\x1c\n\x18\x41GGREGATION_FIELD_APP_ID\x10\x08*\x8f\x01\n\x11HistogramInterval\x12\"\n\x1eHISTOGRAM_INTERVAL_UNSPECIFIED\x10\x00\x12\x1d\n\x19HISTOGRAM_INTERVAL_MINUTE\x10\x01\x12\x1b\n\x17HISTOGRAM_INTERVAL_HOUR\x10\x02\x12\x1a\n\x16HISTOGRAM_INTERVAL_DAY\x10\x03\x32\xc2\x01\n\x0cQueryService\x12R\n\x0bQueryEvents\x12 .telemetry.v1.QueryEventsRequest\x1a!.telemetry.v1.QueryEventsResponse\x12^\n\x0f\x41ggregateEvents\x12$.telemetry.v1.AggregateEventsRequest\x1a%.telemetry.v1.AggregateEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'telemetry.v1.query_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AGGREGATIONFIELD']._serialized_start=1043
-  _globals['_AGGREGATIONFIELD']._serialized_end=1359
-  _globals['_HISTOGRAMINTERVAL']._serialized_start=1362
-  _globals['_HISTOGRAMINTERVAL']._serialized_end=1505
+  _globals['_AGGREGATIONFIELD']._serialized_start=1151
+  _globals['_AGGREGATIONFIELD']._serialized_end=1467
+  _globals['_HISTOGRAMINTERVAL']._serialized_start=1470
+  _globals['_HISTOGRAMINTERVAL']._serialized_end=1613
   _globals['_EVENTFILTER']._serialized_start=110
   _globals['_EVENTFILTER']._serialized_end=372
-  _globals['_QUERYEVENTSREQUEST']._serialized_start=374
-  _globals['_QUERYEVENTSREQUEST']._serialized_end=476
-  _globals['_QUERYEVENTSRESPONSE']._serialized_start=478
-  _globals['_QUERYEVENTSRESPONSE']._serialized_end=589
-  _globals['_AGGREGATEEVENTSREQUEST']._serialized_start=592
-  _globals['_AGGREGATEEVENTSREQUEST']._serialized_end=775
-  _globals['_TERMCOUNT']._serialized_start=777
-  _globals['_TERMCOUNT']._serialized_end=818
-  _globals['_HISTOGRAMBUCKET']._serialized_start=820
-  _globals['_HISTOGRAMBUCKET']._serialized_end=900
-  _globals['_AGGREGATEEVENTSRESPONSE']._serialized_start=903
-  _globals['_AGGREGATEEVENTSRESPONSE']._serialized_end=1040
-  _globals['_QUERYSERVICE']._serialized_start=1508
-  _globals['_QUERYSERVICE']._serialized_end=1702
+  _globals['_QUERYEVENTSREQUEST']._serialized_start=375
+  _globals['_QUERYEVENTSREQUEST']._serialized_end=509
+  _globals['_QUERYEVENTSRESPONSE']._serialized_start=512
+  _globals['_QUERYEVENTSRESPONSE']._serialized_end=644
+  _globals['_AGGREGATEEVENTSREQUEST']._serialized_start=647
+  _globals['_AGGREGATEEVENTSREQUEST']._serialized_end=862
+  _globals['_TERMCOUNT']._serialized_start=864
+  _globals['_TERMCOUNT']._serialized_end=905
+  _globals['_HISTOGRAMBUCKET']._serialized_start=907
+  _globals['_HISTOGRAMBUCKET']._serialized_end=987
+  _globals['_AGGREGATEEVENTSRESPONSE']._serialized_start=990
+  _globals['_AGGREGATEEVENTSRESPONSE']._serialized_end=1148
+  _globals['_QUERYSERVICE']._serialized_start=1616
+  _globals['_QUERYSERVICE']._serialized_end=1810
 # @@protoc_insertion_point(module_scope)

@@ -198,6 +198,7 @@ class QueryEventsRequest(_message.Message):
     FILTER_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    RETURN_PARTIAL_SUCCESS_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """page_size is the largest number of events to return: 0 means the default
     (50), values above the maximum (1000) are clamped, negative values are
@@ -206,6 +207,13 @@ class QueryEventsRequest(_message.Message):
     page_token: _builtins.str
     """page_token is the next_page_token of the previous page; empty for the
     first page. A token is only valid with the same filter.
+    """
+    return_partial_success: _builtins.bool
+    """return_partial_success asks for the events the event store could read
+    when part of it did not answer (a daily index whose shards are
+    unassigned or failed); its names are then listed in unreachable. When
+    false (the default) such an answer is refused with UNAVAILABLE, so a
+    page never silently misses events.
     """
     @_builtins.property
     def filter(self) -> Global___EventFilter:
@@ -217,10 +225,11 @@ class QueryEventsRequest(_message.Message):
         filter: Global___EventFilter | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        return_partial_success: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "return_partial_success", b"return_partial_success"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -235,6 +244,7 @@ class QueryEventsResponse(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     TOTAL_SIZE_FIELD_NUMBER: _builtins.int
+    UNREACHABLE_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """next_page_token fetches the next page; empty only on the last page."""
     total_size: _builtins.int
@@ -243,16 +253,24 @@ class QueryEventsResponse(_message.Message):
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_event_pb2.EnrichedEvent]:
         """events are the events of the page."""
 
+    @_builtins.property
+    def unreachable(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """unreachable names the daily indices that did not answer, in which
+        matching events may be missing from this page and from total_size.
+        Only set when the request asked for return_partial_success.
+        """
+
     def __init__(
         self,
         *,
         events: _abc.Iterable[_event_pb2.EnrichedEvent] | None = ...,
         next_page_token: _builtins.str = ...,
         total_size: _builtins.int = ...,
+        unreachable: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "next_page_token", b"next_page_token", "total_size", b"total_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "next_page_token", b"next_page_token", "total_size", b"total_size", "unreachable", b"unreachable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -268,6 +286,7 @@ class AggregateEventsRequest(_message.Message):
     GROUP_BY_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     INTERVAL_FIELD_NUMBER: _builtins.int
+    RETURN_PARTIAL_SUCCESS_FIELD_NUMBER: _builtins.int
     group_by: Global___AggregationField.ValueType
     """group_by is the field to count by; unspecified for no counts by field."""
     limit: _builtins.int
@@ -278,6 +297,11 @@ class AggregateEventsRequest(_message.Message):
     interval: Global___HistogramInterval.ValueType
     """interval is the date histogram bucket width over the corrected
     timestamp; unspecified for no histogram.
+    """
+    return_partial_success: _builtins.bool
+    """return_partial_success asks for counts over the part of the event store
+    that answered, as in QueryEventsRequest; when false (the default) an
+    answer missing part of it is refused with UNAVAILABLE.
     """
     @_builtins.property
     def filter(self) -> Global___EventFilter:
@@ -290,10 +314,11 @@ class AggregateEventsRequest(_message.Message):
         group_by: Global___AggregationField.ValueType = ...,
         limit: _builtins.int = ...,
         interval: Global___HistogramInterval.ValueType = ...,
+        return_partial_success: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "group_by", b"group_by", "interval", b"interval", "limit", b"limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "group_by", b"group_by", "interval", b"interval", "limit", b"limit", "return_partial_success", b"return_partial_success"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -362,6 +387,7 @@ class AggregateEventsResponse(_message.Message):
     TOTAL_COUNT_FIELD_NUMBER: _builtins.int
     COUNTS_FIELD_NUMBER: _builtins.int
     HISTOGRAM_FIELD_NUMBER: _builtins.int
+    UNREACHABLE_FIELD_NUMBER: _builtins.int
     total_count: _builtins.int
     """total_count is the number of events matching the filter."""
     @_builtins.property
@@ -372,16 +398,24 @@ class AggregateEventsResponse(_message.Message):
     def histogram(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistogramBucket]:
         """histogram is the count of events per bucket, oldest first."""
 
+    @_builtins.property
+    def unreachable(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """unreachable names the daily indices that did not answer, whose events
+        are not counted. Only set when the request asked for
+        return_partial_success.
+        """
+
     def __init__(
         self,
         *,
         total_count: _builtins.int = ...,
         counts: _abc.Iterable[Global___TermCount] | None = ...,
         histogram: _abc.Iterable[Global___HistogramBucket] | None = ...,
+        unreachable: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "histogram", b"histogram", "total_count", b"total_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "histogram", b"histogram", "total_count", b"total_count", "unreachable", b"unreachable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

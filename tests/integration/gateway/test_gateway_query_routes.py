@@ -13,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from telemetry.v1 import event_pb2, query_service_pb2, query_service_pb2_grpc
 
 from gateway import Gateway
+from pipeline.query_names import PARTIAL_ANSWER_TRAILER
 from tests.integration.gateway.conftest import READ_KEY, WRITE_KEY, gateway_config, wait_ready
 from tests.integration.gateway.samples import SAMPLE_EVENTS
 from tests.servers import NatsProcess, free_port
@@ -29,6 +30,17 @@ class FakeQueryService(query_service_pb2_grpc.QueryServiceServicer):
     queries: list[query_service_pb2.QueryEventsRequest] = field(default_factory=list)
     aggregates: list[query_service_pb2.AggregateEventsRequest] = field(default_factory=list)
     fail: grpc.StatusCode | None = None
+    unreachable: list[str] = field(default_factory=list)  # indices that "did not answer"
+
+    async def _partial(self, partial_ok: bool, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        if self.unreachable and not partial_ok:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"1 shard(s) of the event store did not answer ({self.unreachable[0]}): "
+                "events in them would be missing; try again later, or set "
+                "return_partial_success for what the rest holds",
+                ((PARTIAL_ANSWER_TRAILER, "refused"),),
+            )
 
     async def QueryEvents(  # the generated method name
         self,
@@ -38,6 +50,7 @@ class FakeQueryService(query_service_pb2_grpc.QueryServiceServicer):
         self.queries.append(request)
         if self.fail is not None:
             await context.abort(self.fail, "page_size must not be negative")
+        await self._partial(request.return_partial_success, context)
         enriched = event_pb2.EnrichedEvent(
             event=SAMPLE_EVENTS[0],
             received_at=Timestamp(seconds=1698314401, nanos=5_000_000),
@@ -51,7 +64,7 @@ class FakeQueryService(query_service_pb2_grpc.QueryServiceServicer):
             request_id="req-1",
         )
         return query_service_pb2.QueryEventsResponse(
-            events=[enriched], next_page_token="tok-2", total_size=41
+            events=[enriched], next_page_token="tok-2", total_size=41, unreachable=self.unreachable
         )
 
     async def AggregateEvents(  # the generated method name
@@ -60,7 +73,9 @@ class FakeQueryService(query_service_pb2_grpc.QueryServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> query_service_pb2.AggregateEventsResponse:
         self.aggregates.append(request)
+        await self._partial(request.return_partial_success, context)
         return query_service_pb2.AggregateEventsResponse(
+            unreachable=self.unreachable,
             total_count=3,
             counts=[query_service_pb2.TermCount(value="screen_view", count=2)],
             histogram=[
@@ -176,9 +191,46 @@ async def test_query_service_errors_map_through_the_table(
     }
 
 
+@pytest.mark.parametrize("path", ["/v1/events", "/v1/events/aggregate"])
+async def test_part_of_the_store_missing_is_503_naming_it_unless_partial_success_is_asked(
+    client: httpx.AsyncClient, fake_query: tuple[FakeQueryService, int], path: str
+) -> None:
+    servicer, _ = fake_query
+    servicer.unreachable = ["telemetry-2026-11-20"]
+
+    refused = await client.get(path, headers=READ)
+    partial = await client.get(path, params={"return_partial_success": "true"}, headers=READ)
+    explicit = await client.get(path, params={"return_partial_success": "false"}, headers=READ)
+
+    assert refused.status_code == explicit.status_code == 503
+    assert refused.json()["code"] == "unavailable"
+    message = refused.json()["message"]
+    assert "telemetry-2026-11-20" in message
+    assert "return_partial_success=true" in message
+    assert partial.status_code == 200
+    assert partial.json()["unreachable"] == ["telemetry-2026-11-20"]
+    sent = servicer.queries if path == "/v1/events" else servicer.aggregates
+    assert [r.return_partial_success for r in sent] == [False, True, False]
+
+
+async def test_a_whole_answer_has_no_unreachable_and_other_unavailable_stays_vague(
+    client: httpx.AsyncClient, fake_query: tuple[FakeQueryService, int]
+) -> None:
+    servicer, _ = fake_query
+    whole = await client.get("/v1/events", params={"return_partial_success": "true"}, headers=READ)
+    assert whole.status_code == 200
+    assert "unreachable" not in whole.json()
+
+    servicer.fail = grpc.StatusCode.UNAVAILABLE  # its details are not meant for callers
+    down = await client.get("/v1/events", headers=READ)
+    assert down.status_code == 503
+    assert down.json()["message"] == "the query service is unavailable"
+
+
 @pytest.mark.parametrize(
     "params",
     [
+        {"return_partial_success": "yes"},
         {"start": "yesterday"},
         {"page_size": "ten"},
         {"group_by": "colour"},

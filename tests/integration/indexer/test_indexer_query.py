@@ -235,3 +235,45 @@ async def test_a_histogram_past_the_bucket_limit_is_invalid_argument_not_unavail
     )
     assert sum(b.count for b in hourly.histogram) == 2
     await channel.close()
+
+
+async def test_a_red_daily_index_is_refused_unless_partial_success_then_named(
+    start_indexer: IndexerFactory, nc: Client, os_client: AsyncOpenSearch, prefix: str
+) -> None:
+    indexer = await start_indexer()
+    await publish_many(nc, [enriched("kept", when=BASE)], per_batch=1)
+    await wait_count(os_client, prefix, 1)
+    # A daily index whose one shard can be assigned nowhere: red. OpenSearch searches the
+    # rest and counts its shard neither as successful nor as failed.
+    red = f"{prefix}2026-05-19"
+    await os_client.indices.create(
+        index=red,
+        body={"settings": {"index.routing.allocation.require._name": "no-such-node"}},
+        wait_for_active_shards="0",
+    )
+    channel, stub = query_stub(indexer)
+    for call in (
+        stub.QueryEvents(qs.QueryEventsRequest()),
+        stub.AggregateEvents(qs.AggregateEventsRequest(group_by=qs.AGGREGATION_FIELD_USER_ID)),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert red in str(caught.value.details())
+
+    page = await stub.QueryEvents(qs.QueryEventsRequest(return_partial_success=True))
+    assert [e.event.event_id for e in page.events] == ["kept"]
+    assert list(page.unreachable) == [red]
+    counts = await stub.AggregateEvents(
+        qs.AggregateEventsRequest(
+            group_by=qs.AGGREGATION_FIELD_USER_ID, return_partial_success=True
+        )
+    )
+    assert counts.total_count == 1
+    assert list(counts.unreachable) == [red]
+
+    await os_client.indices.delete(index=red)
+    whole = await stub.QueryEvents(qs.QueryEventsRequest())
+    assert [e.event.event_id for e in whole.events] == ["kept"]
+    assert list(whole.unreachable) == []
+    await channel.close()

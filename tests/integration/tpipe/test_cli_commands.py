@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -107,6 +108,49 @@ def test_send_then_query_and_aggregate_find_exactly_the_events(
     for name, count in expected.items():
         assert any(re.fullmatch(rf"  {name}\s+{count}  █+", line) for line in out), out
     assert "per day:" in out
+
+
+def test_a_red_index_fails_queries_unless_partial_which_names_it(
+    tpipe: Run, running: Running, opensearch_url: str, tmp_path: Path, eventually: Any
+) -> None:
+    user = unique_user()
+    sent = tpipe("send", str(write_ndjson(tmp_path / "e.ndjson", make_events(user, 3))))
+    assert sent.returncode == 0, sent.stderr
+    eventually(lambda: True if len(query_ids(tpipe, user)) == 3 else None, "3 events queryable")
+    # A daily index of this pipeline whose one shard can be assigned nowhere.
+    red = f"{running.pipeline.index_prefix}2000-01-01"
+    _opensearch(
+        opensearch_url,
+        "PUT",
+        f"/{red}?wait_for_active_shards=0",
+        {"settings": {"index.routing.allocation.require._name": "no-such-node"}},
+    )
+    try:
+        refused = tpipe("query", "--user", user, "--retries", "0")
+        partial = tpipe("query", "--user", user, "--partial", "--all", "--format", "jsonl")
+        counts = tpipe("aggregate", "--user", user, "--partial", "--format", "json")
+    finally:
+        _opensearch(opensearch_url, "DELETE", f"/{red}", None)
+
+    assert refused.returncode == 3, refused.stderr
+    assert red in refused.stderr
+    assert "pass --partial" in refused.stderr
+    assert partial.returncode == 0, partial.stderr
+    assert len(partial.stdout.splitlines()) == 3
+    warning = f"warning: 1 index(es) did not answer; events in them are missing: {red}"
+    assert warning in partial.stderr
+    assert counts.returncode == 0, counts.stderr
+    assert int(orjson.loads(counts.stdout)["total_count"]) == 3
+    assert warning in counts.stderr
+
+
+def _opensearch(url: str, method: str, path: str, body: dict[str, Any] | None) -> None:
+    data = None if body is None else orjson.dumps(body)
+    request = urllib.request.Request(
+        url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=60):
+        pass
 
 
 def test_send_reports_rejections_by_reason_and_exits_1(tpipe: Run, tmp_path: Path) -> None:

@@ -18,9 +18,19 @@ from indexer.metrics import Metrics
 
 
 class FakeSearch:
+    pattern = "telemetry-*"
+
     def __init__(self) -> None:
         self.error: Exception | None = None
         self.bodies: list[dict[str, Any]] = []
+        self.red: list[str] | Exception = []
+        self.red_asked = 0
+
+    async def red_indices(self) -> list[str]:
+        self.red_asked += 1
+        if isinstance(self.red, Exception):
+            raise self.red
+        return self.red
 
     async def search(self, body: dict[str, Any], *, filter_path: str = "") -> dict[str, Any]:
         self.bodies.append(body)
@@ -100,29 +110,95 @@ async def test_reflection_lists_query_and_health_services() -> None:
 
 
 class PartialSearch(FakeSearch):
-    """Answers like OpenSearch when one shard failed: what the others found, and the count."""
+    """Answers like OpenSearch when some shards did not answer: what the others found."""
+
+    def __init__(self, shards: dict[str, Any]) -> None:
+        super().__init__()
+        self.shards = shards
 
     async def search(self, body: dict[str, Any], *, filter_path: str = "") -> dict[str, Any]:
         await super().search(body, filter_path=filter_path)
-        assert "_shards.failed" in filter_path.split(",")
-        return {"_shards": {"failed": 1}, "hits": {"total": {"value": 0}, "hits": []}}
-
-
-async def test_an_answer_without_some_shards_is_counted_and_still_returned() -> None:
-    metrics = Metrics()
-    server = QueryServer(PartialSearch(), host="127.0.0.1", port=0, metrics=metrics)
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            stub = qs_grpc.QueryServiceStub(channel)
-            page = await stub.QueryEvents(qs.QueryEventsRequest())
-            counts = await stub.AggregateEvents(qs.AggregateEventsRequest())
-    finally:
-        await server.stop(grace_s=1)
-    assert page.total_size == 0
-    assert counts.total_count == 0
-    for method in ("QueryEvents", "AggregateEvents"):
-        partial = metrics.registry.get_sample_value(
-            "indexer_query_partial_total", {"method": method}
+        assert {"_shards.total", "_shards.successful", "_shards.failures.index"} <= set(
+            filter_path.split(",")
         )
-        assert partial == 1, method
+        hit = {"_source": {"event_id": "kept"}, "sort": [1, "kept"]}
+        return {"_shards": self.shards, "hits": {"total": {"value": 1}, "hits": [hit]}}
+
+
+async def _serve(search: FakeSearch, metrics: Metrics) -> tuple[QueryServer, grpc.aio.Channel]:
+    server = QueryServer(search, host="127.0.0.1", port=0, metrics=metrics)
+    await server.start()
+    return server, grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+
+
+def _partial_count(metrics: Metrics, method: str, returned: str) -> float | None:
+    return metrics.registry.get_sample_value(
+        "indexer_query_partial_total", {"method": method, "returned": returned}
+    )
+
+
+# A red index's shard is in `total` but neither `successful` nor `failed`.
+RED = {"total": 3, "successful": 2}
+
+
+async def test_an_answer_missing_shards_is_refused_unless_partial_success_was_asked() -> None:
+    metrics = Metrics()
+    search = PartialSearch(RED)
+    search.red = ["telemetry-2026-11-20"]
+    server, channel = await _serve(search, metrics)
+    try:
+        stub = qs_grpc.QueryServiceStub(channel)
+        for call in (
+            stub.QueryEvents(qs.QueryEventsRequest()),
+            stub.AggregateEvents(qs.AggregateEventsRequest()),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            details = str(caught.value.details())
+            assert "1 shard(s)" in details, details
+            assert "telemetry-2026-11-20" in details, details
+            assert "return_partial_success" in details
+            trailers = dict(caught.value.trailing_metadata() or ())
+            assert trailers.get("telemetry-partial-answer") == "refused"
+
+        page = await stub.QueryEvents(qs.QueryEventsRequest(return_partial_success=True))
+        counts = await stub.AggregateEvents(qs.AggregateEventsRequest(return_partial_success=True))
+    finally:
+        await channel.close()
+        await server.stop(grace_s=1)
+    assert [e.event.event_id for e in page.events] == ["kept"]
+    assert list(page.unreachable) == ["telemetry-2026-11-20"]
+    assert counts.total_count == 1
+    assert list(counts.unreachable) == ["telemetry-2026-11-20"]
+    for method in ("QueryEvents", "AggregateEvents"):
+        assert _partial_count(metrics, method, "false") == 1, method
+        assert _partial_count(metrics, method, "true") == 1, method
+
+
+async def test_unreachable_names_failed_and_red_indices_or_else_the_pattern() -> None:
+    metrics = Metrics()
+    failed = {
+        "total": 4,
+        "successful": 2,
+        "failed": 1,
+        "failures": [{"index": "telemetry-2026-11-21"}, {"index": "telemetry-2026-11-21"}],
+    }
+    search = PartialSearch(failed)
+    search.red = ["telemetry-2026-11-20"]
+    server, channel = await _serve(search, metrics)
+    try:
+        stub = qs_grpc.QueryServiceStub(channel)
+        both = await stub.QueryEvents(qs.QueryEventsRequest(return_partial_success=True))
+        # Which indices are red cannot be read: the answer still says part is missing.
+        search.shards, search.red = RED, SearchUnavailableError("timed out")
+        unknown = await stub.QueryEvents(qs.QueryEventsRequest(return_partial_success=True))
+        search.shards = {"total": 3, "successful": 3}
+        whole = await stub.QueryEvents(qs.QueryEventsRequest(return_partial_success=True))
+    finally:
+        await channel.close()
+        await server.stop(grace_s=1)
+    assert list(both.unreachable) == ["telemetry-2026-11-20", "telemetry-2026-11-21"]
+    assert list(unknown.unreachable) == ["telemetry-*"]
+    assert list(whole.unreachable) == []
+    assert search.red_asked == 2  # a whole answer asks nothing more
