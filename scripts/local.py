@@ -172,6 +172,8 @@ class ManagedProcess:
     endpoints: tuple[str, ...]
     ready_timeout_s: float = 60.0
     stop_timeout_s: float = 30.0
+    # Why a process that runs is still not ready, when it can tell (None: no more to say).
+    not_ready_reason: Callable[[], str | None] = lambda: None
 
     @property
     def pid_file(self) -> Path:
@@ -417,6 +419,31 @@ def opensearch_process(profile: Profile) -> ManagedProcess:
         endpoints=(profile.opensearch_url,),
         ready_timeout_s=OPENSEARCH_READY_TIMEOUT_S,
         stop_timeout_s=OPENSEARCH_STOP_TIMEOUT_S,
+        not_ready_reason=lambda: opensearch_red_reason(profile),
+    )
+
+
+def opensearch_red_reason(profile: Profile) -> str | None:
+    """What to do when the node answers but its cluster stays red: an index has a shard with
+    no copy assigned (kept from an earlier run), which no restart will assign."""
+    query = "level=indices&filter_path=status,indices.*.status"
+    url = f"{profile.opensearch_url}/_cluster/health?{query}"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=HTTP_PROBE_TIMEOUT_S) as response:
+            health = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    if not isinstance(health, dict) or health.get("status") != "red":
+        return None
+    indices = health.get("indices") or {}
+    red = sorted(name for name, info in indices.items() if info.get("status") == "red")
+    data = relative(profile.root / "opensearch" / "data")
+    return (
+        f"OpenSearch runs but its cluster stays red: a shard of {', '.join(red) or 'an index'} "
+        f"has no copy assigned (`curl {profile.opensearch_url}/_cluster/allocation/explain` says "
+        f"why). Delete what you do not need (`curl -X DELETE {profile.opensearch_url}/<index>`), "
+        f"or start the profile's data over: stop it, then `rm -rf {data}`"
     )
 
 
@@ -663,6 +690,11 @@ def wait_ready(proc: ManagedProcess, pid: int) -> None:
         if not group_alive(pid):
             raise InfraError(f"{proc.title} exited while starting; {log_tail(proc)}")
         time.sleep(POLL_INTERVAL_S)
+    reason = proc.not_ready_reason()
+    if reason is not None:
+        raise InfraError(
+            f"{proc.title} did not become ready in {proc.ready_timeout_s:.0f} s. {reason}"
+        )
     raise InfraError(
         f"{proc.title} did not become healthy in {proc.ready_timeout_s:.0f} s; {log_tail(proc)}"
     )

@@ -5,9 +5,12 @@ handed out again by Maven's cache."""
 
 from __future__ import annotations
 
+import dataclasses
+import http.server
 import json
 import os
 import stat
+import threading
 from pathlib import Path
 from types import ModuleType
 
@@ -105,3 +108,42 @@ def test_a_damaged_opensearch_zip_is_dropped_from_mavens_cache(
     assert not cached.exists()
     assert not (tmp_path / "cache" / "opensearch").exists()
     assert "--strict-checksums" in seen[0]
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    """OpenSearch's cluster health as a node with one red index answers it."""
+
+    def do_GET(self) -> None:
+        if "wait_for_status" in self.path:
+            status, body = 408, {"status": "red", "timed_out": True}
+        else:
+            indices = {"telemetry-2026-01-02": {"status": "red"}, "telemetry-2026-01-03": {}}
+            status, body = 200, {"status": "red", "indices": indices}
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_node_that_stays_red_is_reported_with_its_red_indices_and_what_to_do() -> None:
+    local = _load_local()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        profile = dataclasses.replace(local.PROFILES["test"], opensearch_port=server.server_port)
+        proc = dataclasses.replace(local.opensearch_process(profile), ready_timeout_s=0.3)
+        with pytest.raises(local.InfraError) as caught:
+            local.wait_ready(proc, os.getpgrp())  # a group that is alive: this one
+    finally:
+        server.shutdown()
+        server.server_close()
+    message = str(caught.value)
+    assert message.startswith("OpenSearch did not become ready in 0 s. ")
+    assert "cluster stays red: a shard of telemetry-2026-01-02 has no copy assigned" in message
+    assert "telemetry-2026-01-03" not in message
+    assert "rm -rf .local/test/opensearch/data" in message
