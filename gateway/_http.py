@@ -122,9 +122,12 @@ class _Routes:
     def _origin(self, request: Request, app_id: str, received: float, protocol: int) -> Origin:
         headers = request.headers
         peer = request.client.host if request.client else ""
+        # Every X-Forwarded-For line, in order: a proxy may append its own line after one
+        # the client sent, and the first line alone would be the client's word.
+        forwarded = ",".join(headers.getlist("x-forwarded-for"))
         return Origin(
             app_id=app_id,
-            client_ip=self._resolver.resolve(peer, headers.get("x-forwarded-for")),
+            client_ip=self._resolver.resolve(peer, forwarded),
             user_agent=headers.get("user-agent", "")[:512],
             request_id=request.state.request_id,
             protocol=protocol,

@@ -189,3 +189,38 @@ def test_hostile_requests_never_get_a_5xx_in_process(
     response = asyncio.run(call())
 
     assert response.status_code < 500, response.text
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "body"),
+    [
+        ("/v1/track", {}, ONE),
+        (
+            "/telemetry.v1.IngestService/IngestEvents",
+            {"Content-Type": "application/json", "Connect-Protocol-Version": "1"},
+            b'{"events":[{"eventId":"e-1","sessionId":"s","userId":"u","eventName":"n",'
+            b'"clientTimestamp":"2024-01-01T00:00:00Z"}]}',
+        ),
+    ],
+)
+async def test_every_forwarded_for_line_is_read_behind_a_trusted_proxy(
+    broker: FakeBroker, path: str, headers: dict[str, str], body: bytes
+) -> None:
+    # The client sent a line of its own; the trusted proxy (the in-process peer, 127.0.0.1)
+    # appended the address it saw as a second line.
+    gateway = Gateway(
+        unit_config(GATEWAY_TRUSTED_PROXIES="127.0.0.1/32"), broker=broker, query=FakeQuery()
+    )
+    sent = [
+        *AUTH.items(),
+        *headers.items(),
+        ("X-Forwarded-For", "6.6.6.6"),
+        ("X-Forwarded-For", "198.51.100.1"),
+    ]
+
+    async with asgi_client(gateway) as client:
+        response = await client.post(path, content=body, headers=sent)
+
+    assert response.status_code in (200, 202), response.text
+    [batch] = broker.batches()
+    assert batch.context.client_ip == "198.51.100.1"
