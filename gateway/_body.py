@@ -10,7 +10,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import AsyncIterator, Callable
 
-from gateway.errors import InvalidRequest, TooLarge, UnsupportedMedia
+from gateway.errors import SEND_SMALLER, InvalidRequest, TooLarge, UnsupportedMedia
 
 # Output inflated per step, each charged before the next: a refused request holds at most
 # this much more than its budget allowed.
@@ -65,20 +65,20 @@ async def read_body(
         except ValueError:
             raise InvalidRequest("Content-Length is not a number") from None
         if declared > max_body:
-            raise TooLarge(f"the body is larger than {max_body} bytes")
+            raise TooLarge(f"the body is larger than {max_body} bytes; {SEND_SMALLER}")
     parts: list[bytes] = []
     size = 0
     async for chunk in chunks:
         size += len(chunk)
         if size > max_body:
-            raise TooLarge(f"the body is larger than {max_body} bytes")
+            raise TooLarge(f"the body is larger than {max_body} bytes; {SEND_SMALLER}")
         charge(len(chunk))
         parts.append(chunk)
     data = parts[0] if len(parts) == 1 else b"".join(parts)
     if gzip:
         return gunzip(data, limit=max_decompressed, charge=charge)
     if len(data) > max_decompressed:
-        raise TooLarge(f"the body is larger than {max_decompressed} bytes")
+        raise TooLarge(f"the body is larger than {max_decompressed} bytes; {SEND_SMALLER}")
     return data
 
 
@@ -104,7 +104,7 @@ def gunzip(data: bytes, *, limit: int, charge: Callable[[int], None] = _free) ->
                 raise InvalidRequest("the body is not valid gzip") from None
             size += len(piece)
             if size > limit:
-                raise TooLarge(f"the body decompresses to more than {limit} bytes")
+                raise TooLarge(f"the body decompresses to more than {limit} bytes; {SEND_SMALLER}")
             pending = inflater.unconsumed_tail
             if not piece and not pending and not inflater.eof:
                 raise InvalidRequest("the gzip body is truncated")

@@ -208,14 +208,22 @@ def split(
     parts: list[tuple[int, int, bytes]] = []
     start, size = 0, 0
     for index, one in enumerate(sizes):
-        if one > room:
-            raise TooLarge("an event is larger than the broker's largest message")
+        if one > room:  # the core rejects such events before (see event_room)
+            raise TooLarge(
+                "an event is larger than the broker's largest message: send it with less metadata"
+            )
         if size + one > room:
             parts.append((start, index, _part(batch, start, index)))
             start, size = index, 0
         size += one
     parts.append((start, len(sizes), _part(batch, start, len(sizes))))
     return parts
+
+
+def event_room(max_payload: int) -> int:
+    """The most bytes one event (serialised, with its framing) may take for a broker whose
+    largest message is `max_payload`: larger, no split of its batch could store it."""
+    return max_payload - PAYLOAD_HEADROOM_BYTES - CONTEXT_ALLOWANCE_BYTES - _EVENT_FRAMING_BYTES
 
 
 def _varint_size(value: int) -> int:
@@ -268,9 +276,45 @@ class IngestCore:
         self._metrics = metrics
         self._max_in_flight = max_in_flight
         self._max_bytes = max_in_flight_bytes
+        self._largest_event = limits.largest_event_bytes()
         self._in_flight = 0
         self._bytes = 0
         self._closed = False
+
+    def events_may_not_fit(self) -> tuple[int, int] | None:
+        """(largest event the limits allow, most one message holds) when the first is more:
+        such events are rejected one by one (REJECTION_REASON_EVENT_TOO_LARGE); else None."""
+        room = event_room(self._publisher.max_payload)
+        return (self._largest_event, room) if self._largest_event > room else None
+
+    def _drop_oversized(
+        self, batch: event_pb2.RawBatch, rejections: list[event_pb2.EventRejection]
+    ) -> list[event_pb2.EventRejection]:
+        """Moves the events too large for any broker message from `batch` to the rejections
+        (splitting the batch could never store them; the other events are stored)."""
+        room = event_room(self._publisher.max_payload)
+        if self._largest_event <= room:  # the limits keep every event small enough
+            return rejections
+        events = batch.events
+        too_large = [n for n, event in enumerate(events) if event.ByteSize() > room]
+        if not too_large:
+            return rejections
+        # Every item of the batch was either added to it or rejected, in order.
+        rejected = {r.index for r in rejections}
+        indexes = [n for n in range(len(events) + len(rejections)) if n not in rejected]
+        added = [
+            event_pb2.EventRejection(
+                index=indexes[n],
+                event_id=events[n].event_id,
+                reason=event_pb2.REJECTION_REASON_EVENT_TOO_LARGE,
+                detail=f"the event takes {events[n].ByteSize()} bytes; one broker message "
+                f"holds events of at most {room}: send it with less metadata",
+            )
+            for n in too_large
+        ]
+        for n in reversed(too_large):
+            del events[n]
+        return sorted(rejections + added, key=lambda r: r.index)
 
     @property
     def in_flight(self) -> int:
@@ -312,7 +356,9 @@ class IngestCore:
         doc = load_json(body)
         items, sent_at = parse_envelope(doc, max_events=self._limits.max_events)
         batch = event_pb2.RawBatch()
-        rejections = read_json_events(items, self._limits, batch.events)
+        rejections = self._drop_oversized(
+            batch, read_json_events(items, self._limits, batch.events)
+        )
         if sent_at is not None:
             batch.context.sent_at.seconds, batch.context.sent_at.nanos = sent_at
         if origin.idempotency_key:
@@ -331,7 +377,9 @@ class IngestCore:
         """Ingests an IngestEventsRequest (gRPC or Connect)."""
         check_count(len(request.events), max_events=self._limits.max_events)
         batch = event_pb2.RawBatch()
-        rejections = read_proto_events(request.events, self._limits, batch.events)
+        rejections = self._drop_oversized(
+            batch, read_proto_events(request.events, self._limits, batch.events)
+        )
         if request.HasField("sent_at"):
             check_sent_at(request.sent_at)
             batch.context.sent_at.CopyFrom(request.sent_at)

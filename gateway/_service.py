@@ -155,9 +155,28 @@ class Gateway:
             await self._grpc.set_serving(ok)
         if ok:
             log.info("gateway ready")
+            self._warn_if_events_may_not_fit()
         else:  # a warning when it was ready; at start, waiting for NATS is normal
             level = logging.WARNING if was_ready else logging.INFO
             log.log(level, "gateway not ready", extra={"reason": reason})
+
+    def _warn_if_events_may_not_fit(self) -> None:
+        """Warns when the limits allow events larger than one broker message (known once
+        connected): the gateway then rejects each such event, as no split could store it."""
+        sizes = self.core.events_may_not_fit()
+        if sizes is None:
+            return
+        largest, room = sizes
+        log.warning(
+            "GATEWAY_MAX_METADATA_ENTRIES, GATEWAY_MAX_METADATA_KEY_CHARS, "
+            "GATEWAY_MAX_METADATA_VALUE_CHARS, GATEWAY_MAX_FIELD_CHARS and "
+            "GATEWAY_MAX_EVENT_ID_CHARS allow events of up to %d bytes, but the broker's "
+            "max_payload leaves room for %d: larger events are rejected as "
+            "REJECTION_REASON_EVENT_TOO_LARGE; lower those limits or raise NATS max_payload",
+            largest,
+            room,
+            extra={"largest_event_bytes": largest, "event_room_bytes": room},
+        )
 
     async def stop(self) -> None:
         """Stops intake, lets in-flight requests (and their publishes) finish, drains NATS."""

@@ -20,7 +20,7 @@ from telemetry.v1 import event_pb2
 
 from gateway import _rfc3339
 from gateway.config import GatewayConfig
-from gateway.errors import InvalidRequest, TooLarge
+from gateway.errors import SEND_SMALLER, InvalidRequest, TooLarge
 
 R = event_pb2.RejectionReason
 _EVENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
@@ -50,6 +50,31 @@ class Limits:
             max_metadata_key_chars=config.max_metadata_key_chars,
             max_metadata_value_chars=config.max_metadata_value_chars,
         )
+
+    def largest_event_bytes(self) -> int:
+        """The most bytes a valid Event can take serialised: every string at its longest,
+        at 4 bytes a character, with each field's framing and the longest timestamp."""
+        strings = _string_field(self.max_event_id_chars) + len(_REQUIRED[1:] + _OPTIONAL) * (
+            _string_field(self.max_field_chars)
+        )
+        entry = _string_field(self.max_metadata_key_chars) + _string_field(
+            self.max_metadata_value_chars
+        )
+        metadata = self.max_metadata_entries * _field(entry)
+        return strings + _TIMESTAMP_FIELD_BYTES + metadata
+
+
+# A Timestamp field: key and length, then seconds (a negative int64 takes 10 bytes) and nanos.
+_TIMESTAMP_FIELD_BYTES = 2 + 11 + 6
+
+
+def _field(size: int) -> int:
+    """Bytes of a length-delimited field holding `size` bytes: key, length, content."""
+    return 1 + max(1, (size.bit_length() + 6) // 7) + size
+
+
+def _string_field(chars: int) -> int:
+    return _field(4 * chars)
 
 
 class EventSink(Protocol):
@@ -114,7 +139,9 @@ def check_count(count: int, *, max_events: int) -> None:
     if count == 0:
         raise InvalidRequest("the batch has no events")
     if count > max_events:
-        raise TooLarge(f"the batch has {count} events; at most {max_events} are accepted")
+        raise TooLarge(
+            f"the batch has {count} events; at most {max_events} are accepted: {SEND_SMALLER}"
+        )
 
 
 def _text(value: str, name: str, limit: int, required: bool) -> None:

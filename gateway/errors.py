@@ -27,6 +27,10 @@ class InvalidRequest(GatewayError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
+# What a TooLarge batch's message tells the client to do: its events fit, the batch does not.
+SEND_SMALLER = "split the batch and send the parts"
+
+
 class TooLarge(GatewayError):
     """The body, its decompressed size or its number of events is past a limit."""
 

@@ -128,6 +128,12 @@ class _RejectionReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Rejec
     """REJECTION_REASON_INVALID_EVENT_ID means event_id has characters or a
     shape that cannot serve as a document id.
     """
+    REJECTION_REASON_EVENT_TOO_LARGE: _RejectionReason.ValueType  # 10
+    """REJECTION_REASON_EVENT_TOO_LARGE means the event alone, serialised, is
+    larger than one broker message can hold, so no split of the batch could
+    store it (the broker's max_payload is below what the gateway's field and
+    metadata limits allow).
+    """
 
 class RejectionReason(_RejectionReason, metaclass=_RejectionReasonEnumTypeWrapper):
     """RejectionReason is why the gateway rejected one event of a batch."""
@@ -161,6 +167,12 @@ batch has the same event_id.
 REJECTION_REASON_INVALID_EVENT_ID: RejectionReason.ValueType  # 9
 """REJECTION_REASON_INVALID_EVENT_ID means event_id has characters or a
 shape that cannot serve as a document id.
+"""
+REJECTION_REASON_EVENT_TOO_LARGE: RejectionReason.ValueType  # 10
+"""REJECTION_REASON_EVENT_TOO_LARGE means the event alone, serialised, is
+larger than one broker message can hold, so no split of the batch could
+store it (the broker's max_payload is below what the gateway's field and
+metadata limits allow).
 """
 Global___RejectionReason: _TypeAlias = RejectionReason  # noqa: Y015
 

@@ -10,6 +10,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from starlette.routing import Route
+from telemetry.v1 import event_pb2
 
 from gateway import Gateway
 from gateway._openapi import REQUEST_ID_PATTERN, document
@@ -224,3 +225,10 @@ async def test_every_forwarded_for_line_is_read_behind_a_trusted_proxy(
     assert response.status_code in (200, 202), response.text
     [batch] = broker.batches()
     assert batch.context.client_ip == "198.51.100.1"
+
+
+def test_the_openapi_document_lists_every_rejection_reason() -> None:
+    receipt = document()["components"]["schemas"]["Receipt"]
+    listed = receipt["properties"]["rejected"]["items"]["properties"]["reason"]["enum"]
+    names = [v.name for v in event_pb2.RejectionReason.DESCRIPTOR.values if v.number != 0]
+    assert listed == names

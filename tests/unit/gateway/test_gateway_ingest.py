@@ -336,3 +336,47 @@ async def test_a_byte_order_mark_before_the_json_is_skipped() -> None:
 async def test_what_is_not_json_in_utf8_is_still_a_400(data: bytes) -> None:
     with pytest.raises(InvalidRequest, match="not valid JSON"):
         await core(FakeBroker()).ingest_json(data, origin())
+
+
+BIG_METADATA = {f"k{n}": "v" * 2000 for n in range(12)}  # within LIMITS, 24 KB
+
+
+async def test_an_event_larger_than_any_message_is_rejected_and_the_rest_stored() -> None:
+    # One message holds events of at most 24 KiB - 8200 bytes here; splitting cannot help
+    # e-2, and it must not cost its batch the other events.
+    broker = FakeBroker(max_payload=24 * 1024)
+    events = orjson.loads(body(4))
+    events[1] = "not an event"
+    events[2]["metadata"] = BIG_METADATA
+    metrics = Metrics()
+    ingest = IngestCore(publisher=broker, limits=LIMITS, metrics=metrics, max_in_flight=10)
+
+    receipt = await ingest.ingest_json(orjson.dumps(events), origin())
+
+    assert receipt.accepted == 2
+    assert [(r.index, r.event_id, r.reason) for r in receipt.rejected] == [
+        (1, "", event_pb2.REJECTION_REASON_NOT_AN_OBJECT),
+        (2, "e-2", event_pb2.REJECTION_REASON_EVENT_TOO_LARGE),
+    ]
+    assert "less metadata" in receipt.rejected[1].detail
+    assert stored_ids(broker) == ["e-0", "e-3"]
+    reason = {"outcome": "rejected", "reason": "REJECTION_REASON_EVENT_TOO_LARGE"}
+    assert metrics.registry.get_sample_value("gateway_events_total", reason) == 1
+
+    proto = ingest_service_pb2.IngestEventsRequest()
+    for item in orjson.loads(body(3)):
+        event = proto.events.add(
+            event_id=item["event_id"],
+            session_id="s",
+            user_id="u",
+            event_name="tap",
+            client_timestamp=Timestamp(seconds=1),
+        )
+        if item["event_id"] == "e-0":
+            event.metadata.update(BIG_METADATA)
+    receipt = await ingest.ingest_proto(proto, origin())
+
+    assert receipt.accepted == 2
+    assert [(r.index, r.reason) for r in receipt.rejected] == [
+        (0, event_pb2.REJECTION_REASON_EVENT_TOO_LARGE)
+    ]

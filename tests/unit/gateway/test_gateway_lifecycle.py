@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import grpc
 import httpx
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway import Gateway
@@ -105,3 +107,28 @@ async def test_grpc_health_is_serving_as_soon_as_readyz_says_ready() -> None:
     finally:
         await channel.close()
         await gateway.stop()
+
+
+async def test_a_warning_names_the_limits_when_events_may_not_fit_one_message(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ports = {"GATEWAY_HTTP_PORT": "0", "GATEWAY_GRPC_PORT": "0"}
+    warnings = []
+    for max_payload in (1024 * 1024, 64 * 1024):  # the default limits fit 1 MiB, not 64 KiB
+        gateway = Gateway(
+            unit_config(**ports), broker=FakeBroker(max_payload=max_payload), query=FakeQuery()
+        )
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="gateway"):
+            await gateway.start()
+            try:
+                assert (await gateway.ready())[0]
+            finally:
+                await gateway.stop()
+        warnings.append([r.getMessage() for r in caplog.records if r.levelno == logging.WARNING])
+
+    fits, too_small = warnings
+    assert fits == []
+    [message] = too_small
+    assert "GATEWAY_MAX_METADATA_VALUE_CHARS" in message
+    assert "max_payload" in message

@@ -364,3 +364,20 @@ def test_events_are_built_as_one_constructor_call_would(items: list[dict[str, An
     assert batch.SerializeToString(deterministic=True) == expected.SerializeToString(
         deterministic=True
     )
+
+
+def test_the_largest_event_bound_holds_for_an_event_at_every_limit() -> None:
+    wide = "\N{GRINNING FACE}"  # 4 bytes in UTF-8, one character
+    event = event_pb2.Event(
+        event_id=wide * LIMITS.max_event_id_chars,
+        client_timestamp=Timestamp(seconds=_rfc3339.MIN_SECONDS, nanos=999_999_999),
+        metadata={
+            f"{n}{wide * (LIMITS.max_metadata_key_chars - 1)}": wide
+            * LIMITS.max_metadata_value_chars
+            for n in range(LIMITS.max_metadata_entries)
+        },
+    )
+    for name in ("session_id", "user_id", "event_name", "app_version", "device_os"):
+        setattr(event, name, wide * LIMITS.max_field_chars)
+
+    assert event.ByteSize() <= LIMITS.largest_event_bytes() <= event.ByteSize() + 64
