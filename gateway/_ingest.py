@@ -399,11 +399,10 @@ class IngestCore:
         origin: Origin,
         bid: str,
     ) -> Receipt:
-        if rejections:
-            self._metrics.rejected(rejections)
         accepted = len(batch.events)
         if accepted == 0:
             # Nothing to store: the receipt says so, and a retry would be rejected the same way.
+            self._metrics.rejected(rejections)
             return Receipt(accepted=0, rejected=rejections, duplicate=False, batch_id=bid)
         context = batch.context
         context.received_at.CopyFrom(_timestamp(origin.received_at))
@@ -414,10 +413,13 @@ class IngestCore:
         context.batch_id = bid
         context.protocol = origin.protocol  # type: ignore[assignment]
         duplicate = await self._publish(batch, raw_subject(origin.app_id), bid)
-        if duplicate:  # its events were counted when first stored
+        # Counted once the batch's fate is final: not for an attempt answered 503, and not
+        # again for a retry of a stored batch (its events were counted when first stored).
+        if duplicate:
             self._metrics.duplicate_batches.inc()
         else:
             self._metrics.accepted(accepted)
+            self._metrics.rejected(rejections)
         return Receipt(accepted=accepted, rejected=rejections, duplicate=duplicate, batch_id=bid)
 
     async def _publish(self, batch: event_pb2.RawBatch, subject: str, bid: str) -> bool:

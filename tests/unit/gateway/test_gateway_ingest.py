@@ -380,3 +380,32 @@ async def test_an_event_larger_than_any_message_is_rejected_and_the_rest_stored(
     assert [(r.index, r.reason) for r in receipt.rejected] == [
         (0, event_pb2.REJECTION_REASON_EVENT_TOO_LARGE)
     ]
+
+
+async def test_rejections_are_counted_once_when_the_batch_is_answered_for_good() -> None:
+    broker = FakeBroker()
+    metrics = Metrics()
+    ingest = IngestCore(publisher=broker, limits=LIMITS, metrics=metrics, max_in_flight=10)
+    data = orjson.dumps([*orjson.loads(body(2)), {"event_id": "bad"}])
+
+    def counted() -> tuple[float | None, float | None]:
+        sample = metrics.registry.get_sample_value
+        accepted = sample("gateway_events_total", {"outcome": "accepted", "reason": ""})
+        reason = "REJECTION_REASON_MISSING_FIELD"
+        return accepted, sample("gateway_events_total", {"outcome": "rejected", "reason": reason})
+
+    broker.fail = Unavailable("no ack")
+    with pytest.raises(Unavailable):
+        await ingest.ingest_json(data, origin(idempotency_key="k"))
+    assert counted() == (0, None)  # answered 503: nothing judged for good
+
+    broker.fail = None
+    await ingest.ingest_json(data, origin(idempotency_key="k"))
+    assert counted() == (2, 1)
+
+    again = await ingest.ingest_json(data, origin(idempotency_key="k"))
+    assert again.duplicate
+    assert counted() == (2, 1)  # a retry of a stored batch counts nothing again
+
+    await ingest.ingest_json(b'[{"event_id": "x"}]', origin())
+    assert counted() == (2, 2)  # nothing to publish: final at once
