@@ -375,6 +375,9 @@ class IngestCore:
         self, request: ingest_service_pb2.IngestEventsRequest, origin: Origin
     ) -> Receipt:
         """Ingests an IngestEventsRequest (gRPC or Connect)."""
+        # Fields of a newer schema (or made up) would ride into the raw stream unbounded by
+        # any limit: only the fields this gateway validates are kept.
+        request.DiscardUnknownFields()
         check_count(len(request.events), max_events=self._limits.max_events)
         batch = event_pb2.RawBatch()
         rejections = self._drop_oversized(

@@ -409,3 +409,34 @@ async def test_rejections_are_counted_once_when_the_batch_is_answered_for_good()
 
     await ingest.ingest_json(b'[{"event_id": "x"}]', origin())
     assert counted() == (2, 2)  # nothing to publish: final at once
+
+
+async def test_unknown_protobuf_fields_are_not_stored() -> None:
+    broker = FakeBroker()
+    junk = b"smuggled" * 1000
+    # Field 99, length-delimited: unknown to Event, to its Timestamp and to the request.
+    unknown = bytes([0x9A, 0x06]) + _varint(len(junk)) + junk
+    event = event_pb2.Event(
+        event_id="e-1", session_id="s", user_id="u", event_name="tap"
+    ).SerializeToString()
+    stamp = Timestamp(seconds=1).SerializeToString() + unknown
+    event += b"\x2a" + _varint(len(stamp)) + stamp + unknown  # client_timestamp = 5
+    request = ingest_service_pb2.IngestEventsRequest.FromString(
+        b"\x0a" + _varint(len(event)) + event + unknown
+    )
+    assert junk in request.SerializeToString()
+
+    receipt = await core(broker).ingest_proto(request, origin(idempotency_key="k"))
+
+    assert receipt.accepted == 1
+    [(_, payload)] = broker.stored.values()
+    assert b"smuggled" not in payload
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
