@@ -150,13 +150,35 @@ def load_json(body: bytes) -> Any:
     # (some HTTP libraries write one), and real errors.
     try:
         text = body.decode("utf-8-sig")
-        return _mend(json.loads(text, parse_constant=_no_constant))
+        return _mend(
+            json.loads(text, parse_constant=_no_constant, parse_float=_finite, parse_int=_integer)
+        )
     except (ValueError, RecursionError):
         raise InvalidRequest("the body is not valid JSON (UTF-8)") from None
 
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    """A JSON number as a float; raises for one past the float range (`1e400`), as orjson
+    does and as NaN is refused, rather than keeping it as infinity."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text[:20]} is past the float range")
+    return value
+
+
+def _integer(text: str) -> int | float:
+    """A JSON integer as orjson reads it: an int within 64 bits, else a float (refused past
+    the float range)."""
+    value = int(text)
+    return value if _INT_MIN <= value <= _UINT_MAX else _finite(text)
+
+
+_INT_MIN = -(2**63)
+_UINT_MAX = 2**64 - 1
 
 
 def _mend(value: Any) -> Any:

@@ -10,7 +10,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from telemetry.v1 import event_pb2, ingest_service_pb2
 
-from gateway._ingest import IngestCore, Origin, batch_id
+from gateway._ingest import IngestCore, Origin, batch_id, load_json
 from gateway._metrics import Metrics
 from gateway._validate import Limits
 from gateway.errors import InvalidRequest, Overloaded, Unavailable
@@ -323,6 +323,14 @@ async def test_half_a_surrogate_pair_becomes_a_replacement_character_not_a_400()
     assert stored.metadata["whole"] == "\N{GRINNING FACE}"
 
 
+async def test_the_slow_path_reads_numbers_as_orjson_does() -> None:
+    # Integers past 64 bits are floats, as on the fast path (the README says so).
+    big = b'{"big": 18446744073709551617, "max": 18446744073709551615, "min": -9223372036854775808}'
+    slow = load_json(b"\xef\xbb\xbf" + big)
+    assert slow == orjson.loads(big)
+    assert [type(v) for v in slow.values()] == [float, int, int]
+
+
 async def test_a_byte_order_mark_before_the_json_is_skipped() -> None:
     broker = FakeBroker()
     receipt = await core(broker).ingest_json(b"\xef\xbb\xbf" + body(2), origin())
@@ -331,7 +339,18 @@ async def test_a_byte_order_mark_before_the_json_is_skipped() -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b'[{"event_id": NaN}]', b"[1,", b"\xff[]", b"[" * 100_000, b'["\xed\xa0\xbd"]'],
+    [
+        b'[{"event_id": NaN}]',
+        b"[1,",
+        b"\xff[]",
+        b"[" * 100_000,
+        b'["\xed\xa0\xbd"]',
+        # Past the float range: orjson refuses them, and so must the slow path (here taken
+        # for the byte order mark and the lone surrogate).
+        b'\xef\xbb\xbf[{"event_id": "e-1", "metadata": {"n": 1e400}}]',
+        b'[{"event_id": "\\ud83d", "metadata": {"n": -1E+400}}]',
+        b'\xef\xbb\xbf[{"event_id": "e-1", "metadata": {"n": 1' + b"0" * 400 + b"}}]",
+    ],
 )
 async def test_what_is_not_json_in_utf8_is_still_a_400(data: bytes) -> None:
     with pytest.raises(InvalidRequest, match="not valid JSON"):
