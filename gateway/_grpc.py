@@ -96,7 +96,8 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             span.set_attribute("rpc.grpc.status_code", code.value[0])
             tracing.failed(span, type(err).__name__)
             if err.retryable:
-                context.set_trailing_metadata((("retry-after", str(self._retry_after_s)),))
+                wait_s = err.retry_after(self._retry_after_s)
+                context.set_trailing_metadata((("retry-after", str(wait_s)),))
             await context.abort(code, str(err))
         self._metrics.grpc_requests.labels(method="IngestEvents", code="OK").inc()
         span.set_attribute("rpc.grpc.status_code", 0)

@@ -3,6 +3,7 @@ so rotating keys does not double a rate) or per reader name; off when the rate i
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -31,5 +32,7 @@ class RateLimiter:
         tokens = min(self._burst, tokens + (now - last) * self._rate)
         if tokens < 1.0:
             self._buckets[principal] = (tokens, now)
-            raise Overloaded(f"{principal.name} is past its request rate")
+            # Retry-After: whole seconds until the next token, at least one.
+            wait_s = max(1, math.ceil((1.0 - tokens) / self._rate))
+            raise Overloaded(f"{principal.name} is past its request rate", wait_s=wait_s)
         self._buckets[principal] = (tokens - 1.0, now)

@@ -19,13 +19,14 @@ def json_response(data: object, *, status: int = 200) -> Response:
 
 
 def error_response(err: GatewayError, *, retry_after_s: int, refined: bool = True) -> Response:
-    """{"code", "message"} with the status from the one table; Retry-After on 429/503."""
+    """{"code", "message"} with the status from the one table; Retry-After on 429/503
+    (`retry_after_s`, or the wait the error knows)."""
     status = _status.http_status(err, refined=refined)
     response = json_response(
         {"code": _status.connect_code(err), "message": str(err)}, status=status
     )
     if status in _status.RETRY_LATER:
-        response.headers["Retry-After"] = str(retry_after_s)
+        response.headers["Retry-After"] = str(err.retry_after(retry_after_s))
     elif status == 401:  # RFC 9110: a 401 names the scheme it wants
         response.headers["WWW-Authenticate"] = "Bearer"
     return response

@@ -121,7 +121,8 @@ class GatewayConfig(NatsSettings, TracingSettings):
     retry_after_s: int = setting(
         "GATEWAY_RETRY_AFTER_S",
         DEFAULT_RETRY_AFTER_S,
-        "seconds sent in Retry-After with 429 and 503",
+        "seconds sent in Retry-After with 503 and with a 429 for too much in flight (a 429 "
+        "for a rate sends the seconds until the next request is allowed)",
         check=non_negative,
     )
     max_body_bytes: int = setting(

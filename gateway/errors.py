@@ -19,6 +19,12 @@ class GatewayError(Exception):
     retryable: ClassVar[bool] = False
     # A more specific HTTP status than the code's, for the JSON routes only (413, 415).
     http_status: ClassVar[int | None] = None
+    # Seconds a retryable error knows the client must wait (a rate limit's next token).
+    wait_s: int | None = None
+
+    def retry_after(self, default_s: int) -> int:
+        """The seconds to send as Retry-After: the error's own wait, else `default_s`."""
+        return default_s if self.wait_s is None else self.wait_s
 
 
 class InvalidRequest(GatewayError):
@@ -58,10 +64,14 @@ class PermissionDenied(GatewayError):
 
 
 class Overloaded(GatewayError):
-    """Too many requests in flight; try again shortly."""
+    """Too many requests in flight, or a principal past its rate; try again shortly."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     retryable = True
+
+    def __init__(self, message: str, *, wait_s: int | None = None) -> None:
+        super().__init__(message)
+        self.wait_s = wait_s
 
 
 class Unavailable(GatewayError):

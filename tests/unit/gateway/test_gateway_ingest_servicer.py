@@ -82,3 +82,23 @@ async def test_a_request_past_the_bytes_budget_is_resource_exhausted() -> None:
     assert str(refused.value) == "too many bytes in flight"
     assert call.trailing == (("retry-after", "7"),)
     assert answer.accepted == 10
+
+
+async def test_a_principal_past_its_rate_is_told_when_its_next_token_comes() -> None:
+    config = unit_config()
+    gateway = Gateway(config, broker=FakeBroker(), query=FakeQuery())
+    servicer = IngestServicer(
+        core=gateway.core,
+        keys=KeyStore.from_config(config),
+        metrics=Metrics(),
+        retry_after_s=7,
+        limiter=RateLimiter(rate=0.05, burst=1),  # a token each 20 s
+    )
+    call: Any = Context()
+    await servicer.IngestEvents(request(1), call)
+
+    with pytest.raises(Aborted) as refused:
+        await servicer.IngestEvents(request(1), call)
+
+    assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert call.trailing == (("retry-after", "20"),)

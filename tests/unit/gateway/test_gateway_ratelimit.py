@@ -37,6 +37,26 @@ def test_bucket_allows_the_burst_then_the_rate() -> None:
         limiter.take(APP)
 
 
+def test_the_refusal_says_how_long_until_the_next_token() -> None:
+    now = [0.0]
+    limiter = RateLimiter(rate=0.05, burst=1, clock=lambda: now[0])  # a token each 20 s
+    limiter.take(APP)
+
+    waits = []
+    for at in (0.0, 5.0, 19.5):
+        now[0] = at
+        with pytest.raises(Overloaded) as refused:
+            limiter.take(APP)
+        waits.append(refused.value.wait_s)
+
+    assert waits == [20, 15, 1]  # whole seconds, rounded up, at least one
+    fast = RateLimiter(rate=50.0, burst=1, clock=lambda: now[0])
+    fast.take(APP)
+    with pytest.raises(Overloaded) as refused:
+        fast.take(APP)
+    assert refused.value.wait_s == 1
+
+
 def test_rate_zero_means_no_limit() -> None:
     limiter = RateLimiter(rate=0.0, burst=1)
     for _ in range(1000):
@@ -57,8 +77,15 @@ async def test_routes_answer_429_with_retry_after_past_the_rate() -> None:
             for _ in range(3)
         ]
         limited = await http.post("/v1/track", content=b"[]", headers={"X-Api-Key": WRITE_KEY})
+        connect = await http.post(
+            "/telemetry.v1.IngestService/IngestEvents",
+            content=b"{}",
+            headers={"X-Api-Key": WRITE_KEY, "Content-Type": "application/json"},
+        )
         reader = await http.get("/v1/events", headers={"X-Api-Key": READ_KEY})
 
     assert statuses == [400, 400, 429]
-    assert limited.headers["Retry-After"] == "1"
+    # The next token is 1000 s away at 0.001/s: that, not the configured default.
+    assert limited.headers["Retry-After"] == "1000"
+    assert (connect.status_code, connect.headers["Retry-After"]) == (429, "1000")
     assert reader.status_code == 200  # another key, another bucket
