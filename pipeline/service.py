@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Generator
@@ -101,7 +102,8 @@ class HttpServer:
             log_config=None,
             access_log=False,
             lifespan="off",
-            timeout_graceful_shutdown=int(graceful_stop_s),
+            # Whole seconds for uvicorn, rounded up: 0.9 s must not become no grace at all.
+            timeout_graceful_shutdown=math.ceil(graceful_stop_s),
             server_header=False,
             # The gateway resolves X-Forwarded-For itself, against GATEWAY_TRUSTED_PROXIES;
             # uvicorn's own rewriting would believe any loopback peer.

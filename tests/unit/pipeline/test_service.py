@@ -8,6 +8,7 @@ import signal
 
 import httpx
 from prometheus_client import CollectorRegistry, Counter
+from starlette.types import Receive, Scope, Send
 
 from pipeline.service import HttpServer, ops_app, serve_until_signal
 
@@ -66,3 +67,23 @@ async def test_ops_routes_report_health_readiness_and_metrics() -> None:
     finally:
         await server.stop()
         await server.stop()  # idempotent
+
+
+async def test_a_grace_under_a_second_still_lets_a_request_finish() -> None:
+    entered = asyncio.Event()
+
+    async def slow(scope: Scope, receive: Receive, send: Send) -> None:
+        entered.set()
+        await asyncio.sleep(0.5)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"done"})
+
+    server = HttpServer(slow, host="127.0.0.1", port=0, graceful_stop_s=0.9)
+    await server.start()
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
+        pending = asyncio.create_task(client.get("/"))
+        await entered.wait()
+        await server.stop()
+        response = await pending
+
+    assert (response.status_code, response.text) == (200, "done")
