@@ -172,7 +172,8 @@ def _metadata_bounds(count: int, limits: Limits) -> None:
         )
 
 
-def _metadata_entry(key: str, value: str, limits: Limits) -> None:
+def _metadata_key(key: str, limits: Limits) -> None:
+    """Raises for an empty or too long key; checked before any detail quotes the key."""
     if not key:
         raise _Reject(R.REJECTION_REASON_INVALID_METADATA, "metadata keys must not be empty")
     if len(key) > limits.max_metadata_key_chars:
@@ -180,6 +181,14 @@ def _metadata_entry(key: str, value: str, limits: Limits) -> None:
             R.REJECTION_REASON_METADATA_TOO_LARGE,
             f"metadata key longer than {limits.max_metadata_key_chars} characters",
         )
+
+
+def _metadata_entry(key: str, value: str, limits: Limits) -> None:
+    _metadata_key(key, limits)
+    _metadata_value(key, value, limits)
+
+
+def _metadata_value(key: str, value: str, limits: Limits) -> None:
     if len(value) > limits.max_metadata_value_chars:
         raise _Reject(
             R.REJECTION_REASON_METADATA_TOO_LARGE,
@@ -195,6 +204,7 @@ def _json_metadata(raw: object, limits: Limits) -> dict[str, str] | None:
     _metadata_bounds(len(raw), limits)
     out: dict[str, str] = {}
     for key, value in raw.items():
+        _metadata_key(key, limits)
         kind = type(value)
         if kind is str:
             text = value
@@ -212,7 +222,7 @@ def _json_metadata(raw: object, limits: Limits) -> dict[str, str] | None:
                 R.REJECTION_REASON_INVALID_METADATA,
                 f"metadata value of {key!r} is {what}; only strings, numbers and booleans",
             )
-        _metadata_entry(key, text, limits)
+        _metadata_value(key, text, limits)
         out[key] = text
     return out
 

@@ -381,3 +381,11 @@ def test_the_largest_event_bound_holds_for_an_event_at_every_limit() -> None:
         setattr(event, name, wide * LIMITS.max_field_chars)
 
     assert event.ByteSize() <= LIMITS.largest_event_bytes() <= event.ByteSize() + 64
+
+
+@pytest.mark.parametrize("value", [{"nested": 1}, [1], None, "v" * 100])
+def test_a_key_too_long_is_refused_before_a_detail_quotes_it(value: object) -> None:
+    _, [rejection] = judge(good(metadata={"k" * 5000: value}))
+
+    assert rejection.reason == R.REJECTION_REASON_METADATA_TOO_LARGE
+    assert rejection.detail == "metadata key longer than 8 characters"
