@@ -1,5 +1,8 @@
 """Requests per second per principal: a token bucket per app (shared by all its write keys,
-so rotating keys does not double a rate) or per reader name; off when the rate is 0."""
+so rotating keys does not double a rate) or per reader name; off when the rate is 0.
+
+The buckets live in this process: each of GATEWAY_WORKERS has its own, so the total an app
+may send is the workers times the rate (README, "Scaling out and production")."""
 
 from __future__ import annotations
 

@@ -109,13 +109,15 @@ class GatewayConfig(NatsSettings, TracingSettings):
         "GATEWAY_RATE_LIMIT_RPS",
         0.0,
         "requests per second allowed per app (all its write keys) or reader "
-        "(0: no limit); more gets 429",
+        "(0: no limit); more gets 429. Counted per gateway process: with GATEWAY_WORKERS=N "
+        "an app may send N times this rate",
         check=non_negative,
     )
     rate_limit_burst: int = setting(
         "GATEWAY_RATE_LIMIT_BURST",
         DEFAULT_RATE_LIMIT_BURST,
-        "requests an app or reader may send at once above its rate",
+        "requests an app or reader may send at once above its rate, per gateway process "
+        "(N workers allow N bursts)",
         check=positive,
     )
     retry_after_s: int = setting(
