@@ -43,6 +43,13 @@ class SearchPort(Protocol):
 
     async def red_indices(self) -> list[str]: ...
 
+    async def wait_for_shards(self, timeout_s: float) -> bool: ...
+
+
+# How long a search whose shards did not all answer waits for them to start before it is
+# made again: a daily index is created by its first event, and its shard starts a moment later.
+SHARDS_WAIT_S = 1.0
+
 
 class PartialAnswerError(IndexerError):
     """Part of the event store did not answer and the caller did not accept a partial answer."""
@@ -77,7 +84,7 @@ class QueryServicer(qs_grpc.QueryServiceServicer):
         with self._span("QueryEvents", context) as span:
             try:
                 body, size = queries.search_body(request)
-                answer = await self._search.search(body, filter_path=queries.EVENTS_FILTER_PATH)
+                answer = await self._search_whole(body, queries.EVENTS_FILTER_PATH)
                 unreachable = await self._unreachable(
                     "QueryEvents", answer, span, partial_ok=request.return_partial_success
                 )
@@ -101,8 +108,8 @@ class QueryServicer(qs_grpc.QueryServiceServicer):
         code = grpc.StatusCode.OK
         with self._span("AggregateEvents", context) as span:
             try:
-                answer = await self._search.search(
-                    queries.aggregate_body(request), filter_path=queries.AGGREGATE_FILTER_PATH
+                answer = await self._search_whole(
+                    queries.aggregate_body(request), queries.AGGREGATE_FILTER_PATH
                 )
                 unreachable = await self._unreachable(
                     "AggregateEvents", answer, span, partial_ok=request.return_partial_success
@@ -137,6 +144,21 @@ class QueryServicer(qs_grpc.QueryServiceServicer):
             parent=parent,
             attributes={"rpc.system": "grpc", "rpc.method": method},
         )
+
+    async def _search_whole(self, body: dict[str, Any], filter_path: str) -> dict[str, Any]:
+        """The search's answer; when some shards did not answer (all of them: OpenSearch's
+        503), it is made once more if they start within SHARDS_WAIT_S, as a new index's do."""
+        try:
+            answer = await self._search.search(body, filter_path=filter_path)
+        except SearchUnavailableError as err:
+            if err.status != 503 or not await self._search.wait_for_shards(SHARDS_WAIT_S):
+                raise
+        else:
+            if not queries.unanswered_shards(answer):
+                return answer
+            if not await self._search.wait_for_shards(SHARDS_WAIT_S):
+                return answer
+        return await self._search.search(body, filter_path=filter_path)
 
     async def _unreachable(
         self, method: str, answer: dict[str, Any], span: tracing.Span, *, partial_ok: bool

@@ -13,7 +13,12 @@ class DocumentError(IndexerError):
 
 class SearchUnavailableError(IndexerError):
     """OpenSearch did not answer, timed out, or answered 429/5xx or a 4xx about credentials,
-    permissions or its address (401, 403, 404...): worth trying again."""
+    permissions or its address (401, 403, 404...): worth trying again. `status` is the HTTP
+    status OpenSearch answered with (None when it did not answer)."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class SearchLimitError(IndexerError):

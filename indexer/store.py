@@ -89,7 +89,10 @@ def _translate(err: Exception) -> Exception:
         status = err.status_code
         if status in _REQUEST_ERRORS:
             return SearchRequestError(int(status), text)
-        return SearchUnavailableError(f"opensearch answered {status}: {text}")
+        return SearchUnavailableError(
+            f"opensearch answered {status}: {text}",
+            status=status if isinstance(status, int) else None,
+        )
     if isinstance(err, OSError | TimeoutError):
         return SearchUnavailableError(f"opensearch not reachable: {err}")
     return err
@@ -252,6 +255,28 @@ class OpenSearchStore:
             )
         )
         return answer
+
+    async def wait_for_shards(self, timeout_s: float) -> bool:
+        """Waits up to `timeout_s` until every index of the prefix has its primary shards
+        started (a daily index just created has none for a moment); True once they have."""
+        params = {
+            "wait_for_status": "yellow",
+            "timeout": f"{max(1, round(timeout_s * 1000))}ms",
+            "filter_path": "status,timed_out",
+        }
+        try:
+            answer: dict[str, Any] = await _call(
+                lambda: self._client.transport.perform_request(
+                    # `timeout` here is the HTTP client's; the one in `params`, OpenSearch's wait.
+                    "GET",
+                    f"/_cluster/health/{self.pattern}",
+                    params=params,
+                    timeout=timeout_s + 10,
+                )
+            )
+        except SearchUnavailableError:  # 408 when the wait timed out
+            return False
+        return not answer.get("timed_out", True) and answer.get("status") != "red"
 
     async def red_indices(self) -> list[str]:
         """The indices of the prefix with a primary shard not assigned: a search skips them."""

@@ -15,6 +15,8 @@ from opensearchpy import AsyncOpenSearch
 from telemetry.v1 import event_pb2
 from telemetry.v1 import query_service_pb2 as qs
 
+from indexer.store import OpenSearchStore
+
 pytestmark = pytest.mark.integration
 
 BASE = datetime(2026, 5, 20, 12, tzinfo=UTC)
@@ -272,7 +274,14 @@ async def test_a_red_daily_index_is_refused_unless_partial_success_then_named(
     assert counts.total_count == 1
     assert list(counts.unreachable) == [red]
 
-    await os_client.indices.delete(index=red)
+    # The wait a search makes for shards not started: in vain while the shard has nowhere to
+    # go, over once it can be assigned (as a new daily index's shard is, a moment after).
+    store = OpenSearchStore(os_client, prefix=prefix)
+    assert await store.wait_for_shards(0.2) is False
+    await os_client.indices.put_settings(
+        index=red, body={"index.routing.allocation.require._name": None}
+    )
+    assert await store.wait_for_shards(30) is True
     whole = await stub.QueryEvents(qs.QueryEventsRequest())
     assert [e.event.event_id for e in whole.events] == ["kept"]
     assert list(whole.unreachable) == []

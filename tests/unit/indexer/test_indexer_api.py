@@ -25,6 +25,12 @@ class FakeSearch:
         self.bodies: list[dict[str, Any]] = []
         self.red: list[str] | Exception = []
         self.red_asked = 0
+        self.shards_start = False  # what wait_for_shards answers
+        self.waits: list[float] = []
+
+    async def wait_for_shards(self, timeout_s: float) -> bool:
+        self.waits.append(timeout_s)
+        return self.shards_start
 
     async def red_indices(self) -> list[str]:
         self.red_asked += 1
@@ -202,3 +208,71 @@ async def test_unreachable_names_failed_and_red_indices_or_else_the_pattern() ->
     assert list(unknown.unreachable) == ["telemetry-*"]
     assert list(whole.unreachable) == []
     assert search.red_asked == 2  # a whole answer asks nothing more
+
+
+class StartingSearch(FakeSearch):
+    """Answers `first` (an answer missing a shard, or an error) until the shards have started."""
+
+    def __init__(self, first: dict[str, Any] | Exception) -> None:
+        super().__init__()
+        self.first = first
+        self.started = False
+
+    async def wait_for_shards(self, timeout_s: float) -> bool:
+        self.started = await super().wait_for_shards(timeout_s)
+        return self.started
+
+    async def search(self, body: dict[str, Any], *, filter_path: str = "") -> dict[str, Any]:
+        await super().search(body, filter_path=filter_path)
+        if self.started:
+            return {"_shards": {"total": 2, "successful": 2}, "hits": {"total": {"value": 7}}}
+        if isinstance(self.first, Exception):
+            raise self.first
+        return self.first
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        {"_shards": {"total": 2, "successful": 1}, "hits": {"total": {"value": 3}}},
+        SearchUnavailableError("all shards failed", status=503),
+    ],
+    ids=["partial", "503"],
+)
+async def test_shards_that_start_within_the_wait_are_searched_again(
+    first: dict[str, Any] | Exception,
+) -> None:
+    metrics = Metrics()
+    search = StartingSearch(first)
+    search.shards_start = True  # as a daily index's shard does a moment after its creation
+    server, channel = await _serve(search, metrics)
+    try:
+        stub = qs_grpc.QueryServiceStub(channel)
+        page = await stub.QueryEvents(qs.QueryEventsRequest())
+    finally:
+        await channel.close()
+        await server.stop(grace_s=1)
+    assert page.total_size == 7
+    assert list(page.unreachable) == []
+    assert len(search.bodies) == 2
+    assert search.waits == [1.0]
+    assert _partial_count(metrics, "QueryEvents", "false") is None
+
+
+async def test_shards_that_do_not_start_or_an_outage_are_not_searched_again() -> None:
+    metrics = Metrics()
+    search = StartingSearch(SearchUnavailableError("all shards failed", status=503))
+    server, channel = await _serve(search, metrics)
+    try:
+        stub = qs_grpc.QueryServiceStub(channel)
+        code, _ = await _code(stub.QueryEvents(qs.QueryEventsRequest()))
+        assert code == grpc.StatusCode.UNAVAILABLE
+        assert (len(search.bodies), search.waits) == (1, [1.0])
+        # Not answered at all (refused, timed out): nothing to wait for.
+        search.first = SearchUnavailableError("connection refused")
+        code, _ = await _code(stub.QueryEvents(qs.QueryEventsRequest()))
+        assert code == grpc.StatusCode.UNAVAILABLE
+        assert (len(search.bodies), search.waits) == (2, [1.0])
+    finally:
+        await channel.close()
+        await server.stop(grace_s=1)
