@@ -277,6 +277,9 @@ class BulkWriter:
             self._set_down(err)
             self._retry(batch)
             return
+        # Refused as a whole (400, 413): OpenSearch answered, so it is up. After an outage,
+        # retried requests may end here with nothing left in flight to resume intake.
+        self._set_up()
         if len(batch) > 1:
             # A whole request refused: find the culprit by sending each document alone,
             # at once (ahead of what waits, as the request they were in was).
@@ -320,8 +323,10 @@ class BulkWriter:
         if self._healthy.is_set():
             log.warning("opensearch unavailable, holding intake: %s", err)
         self._healthy.clear()
+        self._metrics.intake_held.set(1)
 
     def _set_up(self) -> None:
         if not self._healthy.is_set():
             log.info("opensearch answers again, resuming intake")
         self._healthy.set()
+        self._metrics.intake_held.set(0)

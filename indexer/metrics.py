@@ -47,6 +47,12 @@ class Metrics:
             "Bulk requests in flight.",
             registry=self.registry,
         )
+        self.intake_held = Gauge(
+            "indexer_intake_held",
+            "1 while fetching is held because OpenSearch fails whole bulk requests with"
+            " retryable errors (429, 5xx, timeout, no connection), else 0.",
+            registry=self.registry,
+        )
         self.consumer_pending = Gauge(
             "indexer_consumer_pending",
             "Messages in the stream the consumer has not received yet (lag).",

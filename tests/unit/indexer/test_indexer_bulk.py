@@ -7,9 +7,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from indexer_fakes import FakeStore
+from indexer_fakes import FakeStore, parse_bulk
 
-from indexer.bulk import BulkItem, BulkWriter, render
+from indexer.bulk import BulkItem, BulkWriter, ItemResult, render
+from indexer.errors import SearchRequestError, SearchUnavailableError
+from indexer.metrics import Metrics
 from indexer.outcomes import Outcome
 
 
@@ -248,3 +250,46 @@ async def test_a_refused_request_is_split_to_find_the_culprit() -> None:
         "b": Outcome.CREATED,
     }
     assert "request refused" in rec.reasons["poison"]
+
+
+class ScriptedPort:
+    """A `_bulk` that fails whole requests with the given errors, in turn, then answers 201."""
+
+    def __init__(self, *errors: Exception) -> None:
+        self.errors = list(errors)
+
+    async def bulk(self, body: bytes) -> list[ItemResult]:
+        await asyncio.sleep(0)
+        if self.errors:
+            raise self.errors.pop(0)
+        return [ItemResult(201)] * len(parse_bulk(body))
+
+
+async def test_a_refusal_after_an_outage_resumes_intake() -> None:
+    # 503, then the retried request refused as a whole (413): nothing is left in flight to
+    # answer 2xx, yet OpenSearch did answer, so intake must not stay held.
+    metrics = Metrics()
+    port = ScriptedPort(
+        SearchUnavailableError("opensearch answered 503"), SearchRequestError(413, "too large")
+    )
+    rec = Recorder()
+    bulk = BulkWriter(
+        port,
+        max_docs=10,
+        max_bytes=1_000_000,
+        flush_interval_s=60,
+        concurrency=2,
+        retry_base_s=0.001,
+        retry_max_s=0.01,
+        metrics=metrics,
+    )
+    await bulk.add(rec.item("big"))
+    await bulk.flush()
+    while port.errors[1:]:  # noqa: ASYNC110 - until the 503 is answered
+        await asyncio.sleep(0)
+    assert not bulk.healthy
+    assert metrics.registry.get_sample_value("indexer_intake_held") == 1.0
+    await bulk.drain()
+    assert rec.outcomes == {"big": Outcome.REJECTED}
+    assert bulk.healthy
+    assert metrics.registry.get_sample_value("indexer_intake_held") == 0.0
