@@ -229,7 +229,13 @@ class Intake:
         self._metrics.messages_in_progress.set(len(self._open))
 
     async def _settle(self, message: _Message) -> None:
-        """Dead-letters the message's rejected events, then acks it (naks it if the DLQ failed)."""
+        """Dead-letters the message's rejected events, then acks it (naks it if the DLQ failed).
+
+        The first dead letter that fails stops the others: the message is nak'd whatever
+        follows, and each publish more could wait its whole timeout, holding the writer's
+        answer to the other messages. The redelivery publishes them all again; JetStream
+        drops those it has by their message ids.
+        """
         dlq_failed = False
         delivery = message.delivery
         for position, reason in message.rejected:
@@ -247,6 +253,7 @@ class Intake:
             except Exception as err:  # NATS away: nak the message, the event comes back
                 log.warning("dead letter not published: %s", err)
                 dlq_failed = True
+                break
             else:  # counted once, not again for a redelivery (after a DLQ failure, say)
                 if not again:
                     self._metrics.dlq.labels(reason="rejected").inc()

@@ -276,3 +276,25 @@ async def test_a_message_is_settled_only_when_its_retried_events_are_written() -
     assert delivery.settled == ["ack"]
     assert attempts["slow"] == 2
     assert _counted(intake)["created"] == 3.0
+
+
+async def test_dead_letters_stop_at_the_first_that_fails() -> None:
+    # The message is nak'd anyway; every further publish would wait its own timeout in the
+    # writer's answer loop, delaying the acks of other messages.
+    store = FakeStore()
+    store.item_status = lambda doc: 400 if doc["event_id"].startswith("bad") else None
+    _, dead, writer, intake = _setup(store)
+    dead.fail = True
+    tried: list[str] = []
+    failing = dead.publish
+
+    async def counted(**letter: Any) -> bool:
+        tried.append(letter["msg_id"])
+        return await failing(**letter)
+
+    dead.publish = counted  # type: ignore[method-assign]
+    delivery = FakeDelivery(_batch(_event("ok"), _event("bad1"), _event("bad2"), _event("bad3")))
+    await intake.handle(delivery)
+    await writer.drain()
+    assert delivery.settled == ["nak"]
+    assert len(tried) == 1
