@@ -258,23 +258,28 @@ class Intake:
                 if not again:
                     self._metrics.dlq.labels(reason="rejected").inc()
                     self._counted[Outcome.REJECTED].inc()
-        if message.created:
-            self._counted[Outcome.CREATED].inc(message.created)
-        if message.duplicates:
-            self._counted[Outcome.DUPLICATE].inc(message.duplicates)
         self._open.discard(message)
         self._metrics.messages_in_progress.set(len(self._open))
         if not self._open:
             self._idle.set()
         if dlq_failed:
             await self._quietly(delivery.nak(NAK_DELAY_S), "nakked")
-        else:
-            await self._quietly(delivery.ack(), "acked")
+            return
+        # Written documents are counted with the ack that ends their message: a message
+        # nak'd or not acked comes back, and its documents are counted then (as duplicates),
+        # not twice.
+        if await self._quietly(delivery.ack(), "acked"):
+            if message.created:
+                self._counted[Outcome.CREATED].inc(message.created)
+            if message.duplicates:
+                self._counted[Outcome.DUPLICATE].inc(message.duplicates)
 
-    async def _quietly(self, settling: Awaitable[None], label: str) -> None:
+    async def _quietly(self, settling: Awaitable[None], label: str) -> bool:
+        """Settles a message; False when NATS did not take it (the message comes back)."""
         try:
             await settling
         except Exception as err:  # NATS away: JetStream redelivers, documents answer 409
             log.debug("message not %s: %s", label, err)
-            return
+            return False
         self._metrics.messages.labels(outcome=label).inc()
+        return True

@@ -298,3 +298,38 @@ async def test_dead_letters_stop_at_the_first_that_fails() -> None:
     await writer.drain()
     assert delivery.settled == ["nak"]
     assert len(tried) == 1
+
+
+async def test_documents_of_a_nakked_message_are_counted_once_with_its_redelivery() -> None:
+    # The dead letter fails: the message is nak'd and comes back; its written documents
+    # answer 409 then. Each document counts once, with the delivery that is acked.
+    store = FakeStore()
+    store.item_status = lambda doc: 400 if doc["event_id"] == "bad" else None
+    _, dead, writer, intake = _setup(store)
+    data = _batch(_event("a"), _event("b"), _event("bad"))
+    dead.fail = True
+    first = FakeDelivery(data)
+    await intake.handle(first)
+    await writer.drain()
+    assert first.settled == ["nak"]
+    assert _counted(intake) == {"created": 0.0, "duplicate": 0.0, "rejected": 0.0}
+    dead.fail = False
+    again = FakeDelivery(data, deliveries=2)
+    await intake.handle(again)
+    await writer.drain()
+    assert again.settled == ["ack"]
+    assert _counted(intake) == {"created": 0.0, "duplicate": 2.0, "rejected": 1.0}
+
+
+async def test_documents_of_a_message_whose_ack_fails_are_not_counted_yet() -> None:
+    store, _, writer, intake = _setup()
+    delivery = FakeDelivery(_batch(_event("a")))
+
+    async def nats_away() -> None:
+        raise ConnectionError("nats away")
+
+    delivery.ack = nats_away  # type: ignore[method-assign]
+    await intake.handle(delivery)
+    await writer.drain()
+    assert _counted(intake)["created"] == 0.0
+    assert len(store.docs) == 1
