@@ -50,7 +50,9 @@ class IndexAdmin(Protocol):
 
     async def index_names(self) -> list[str]: ...
 
-    async def delete_index(self, name: str) -> None: ...
+    async def delete_index(self, name: str) -> bool:
+        """Deletes one index; False when it was gone already."""
+        ...
 
 
 async def run_once(
@@ -61,16 +63,23 @@ async def run_once(
     today: date,
     metrics: Metrics | None = None,
 ) -> list[str]:
-    """Deletes the expired daily indices; returns their names."""
+    """Deletes the expired daily indices; returns the names of those it deleted.
+
+    An index gone meanwhile (another replica's retention deleted it) is skipped, not an error.
+    """
     if keep_days <= 0:
         return []
     names = expired(await admin.index_names(), prefix=prefix, today=today, keep_days=keep_days)
+    deleted = []
     for name in names:
-        await admin.delete_index(name)
+        if not await admin.delete_index(name):
+            log.info("retention: index already deleted", extra={"index": name})
+            continue
+        deleted.append(name)
         log.info("retention deleted index", extra={"index": name, "keep_days": keep_days})
         if metrics is not None:
             metrics.retention_deleted.inc()
-    return names
+    return deleted
 
 
 def _utc_today() -> date:

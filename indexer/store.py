@@ -299,6 +299,18 @@ class OpenSearchStore:
         )
         return sorted(str(row["index"]) for row in found)
 
-    async def delete_index(self, name: str) -> None:
-        """Deletes one index by its exact name."""
-        await _call(lambda: self._client.indices.delete(index=name))
+    async def delete_index(self, name: str) -> bool:
+        """Deletes one index by its exact name; False when there was no such index (another
+        indexer's retention deleted it first, say)."""
+        try:
+            await _call(lambda: self._client.indices.delete(index=name))
+        except SearchUnavailableError as err:
+            cause = err.__cause__
+            # Only OpenSearch's own answer: a 404 from a proxy is about the address.
+            if (
+                isinstance(cause, os_errors.NotFoundError)
+                and cause.error == "index_not_found_exception"
+            ):
+                return False
+            raise
+        return True

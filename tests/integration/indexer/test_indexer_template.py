@@ -145,3 +145,30 @@ async def test_retention_deletes_only_old_daily_indices(
     deleted = await retention.run_once(store, prefix=prefix, keep_days=2, today=today)
     assert deleted == [f"{prefix}2026-06-01"]
     assert await store.index_names() == sorted(names[1:])
+
+
+async def test_retention_goes_on_past_an_index_another_replica_deleted(
+    os_client: AsyncOpenSearch, prefix: str
+) -> None:
+    store = _store(os_client, prefix)
+    await store.install_template()
+    names = [f"{prefix}2026-06-01", f"{prefix}2026-06-02", f"{prefix}2026-06-03"]
+    for name in names:
+        await os_client.indices.create(index=name)
+
+    class Racing:
+        """Lists every index, but another replica deletes the first one meanwhile."""
+
+        async def index_names(self) -> list[str]:
+            listed = await store.index_names()
+            await os_client.indices.delete(index=names[0])
+            return listed
+
+        async def delete_index(self, name: str) -> bool:
+            return await store.delete_index(name)
+
+    today = date(2026, 6, 10)
+    deleted = await retention.run_once(Racing(), prefix=prefix, keep_days=2, today=today)
+    assert deleted == names[1:]
+    assert await store.index_names() == []
+    assert await store.delete_index(names[1]) is False

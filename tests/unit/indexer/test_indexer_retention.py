@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date
 
 from indexer import retention
+from indexer.metrics import Metrics
 
 NAMES = [
     "t-2026-01-01",
@@ -44,9 +45,10 @@ class FakeAdmin:
     async def index_names(self) -> list[str]:
         return list(self.names)
 
-    async def delete_index(self, name: str) -> None:
+    async def delete_index(self, name: str) -> bool:
         self.deleted.append(name)
         self.names.remove(name)
+        return True
 
 
 async def test_run_once_deletes_only_expired() -> None:
@@ -55,3 +57,20 @@ async def test_run_once_deletes_only_expired() -> None:
     assert deleted == admin.deleted == ["t-2026-01-01", "t-2026-01-30"]
     assert "t-undated" in admin.names
     assert "tx-2020-01-01" in admin.names
+
+
+async def test_an_index_gone_meanwhile_is_skipped_and_not_counted() -> None:
+    class Raced(FakeAdmin):
+        async def delete_index(self, name: str) -> bool:
+            if name == "t-2026-01-01":  # another replica deleted it first
+                self.names.remove(name)
+                return False
+            return await super().delete_index(name)
+
+    admin = Raced(NAMES)
+    metrics = Metrics()
+    deleted = await retention.run_once(
+        admin, prefix="t-", keep_days=2, today=date(2026, 2, 1), metrics=metrics
+    )
+    assert deleted == ["t-2026-01-30"]
+    assert metrics.registry.get_sample_value("indexer_retention_deleted_indices_total") == 1.0
