@@ -8,6 +8,7 @@ itself is wrong); what that means for a document is decided in `outcomes`.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -17,7 +18,9 @@ from opensearchpy import AsyncOpenSearch, JSONSerializer
 from opensearchpy import exceptions as os_errors
 
 from indexer.bulk import ItemResult
+from indexer.documents import UNDATED
 from indexer.errors import SearchLimitError, SearchRequestError, SearchUnavailableError
+from indexer.retention import index_day
 from indexer.template import (
     DEFAULT_REFRESH_INTERVAL,
     index_pattern,
@@ -98,6 +101,24 @@ def _translate(err: Exception) -> Exception:
     return err
 
 
+# Index names per request that lists them in its path: OpenSearch refuses a request line
+# longer than 4 KB (http.max_initial_line_length).
+_NAMES_PER_PATH_CHARS = 3000
+
+
+def _name_lists(names: Sequence[str]) -> list[list[str]]:
+    """`names` in lists short enough to be joined into one request path."""
+    lists: list[list[str]] = []
+    size = 0
+    for name in names:
+        if not lists or size + len(name) + 1 > _NAMES_PER_PATH_CHARS:
+            lists.append([])
+            size = 0
+        lists[-1].append(name)
+        size += len(name) + 1
+    return lists
+
+
 async def _call(work: Callable[[], Awaitable[T]]) -> T:
     try:
         return await work()
@@ -130,6 +151,11 @@ class OpenSearchStore:
         """The index pattern searched."""
         return index_pattern(self._prefix)
 
+    def owns(self, name: str) -> bool:
+        """True for the indices this indexer writes: `<prefix>YYYY-MM-DD` and `<prefix>undated`."""
+        prefix = self._prefix
+        return name == prefix + UNDATED or index_day(name, prefix=prefix) is not None
+
     async def close(self) -> None:
         """Closes the client's connections."""
         await self._client.close()
@@ -146,8 +172,9 @@ class OpenSearchStore:
 
         A template of a later version is left alone (a newer indexer owns it). When the
         template is written, the settings that can change on a live index (replicas,
-        refresh interval) are applied to the existing `<prefix>*` indices too; shard counts
-        apply to indices created from then on. Returns True when it wrote the template.
+        refresh interval) are applied to the existing indices this indexer writes too
+        (`<prefix>YYYY-MM-DD`, `<prefix>undated`; other `<prefix>*` names are left alone);
+        shard counts apply to indices created from then on. Returns True when it wrote the template.
         """
         name = template_name(self._prefix)
         body = template_body(
@@ -189,11 +216,17 @@ class OpenSearchStore:
             }
         }
         try:
-            await _call(
-                lambda: self._client.indices.put_settings(
-                    index=self.pattern, body=live, allow_no_indices=True, ignore_unavailable=True
+            # Only the indexer's own indices: `<prefix>*` may match someone else's too.
+            own = [name for name in await self.index_names() if self.owns(name)]
+            for names in _name_lists(own):
+                put = functools.partial(
+                    self._client.indices.put_settings,
+                    index=",".join(names),
+                    body=live,
+                    allow_no_indices=True,
+                    ignore_unavailable=True,  # closed, or deleted meanwhile
                 )
-            )
+                await _call(put)
         except (SearchRequestError, SearchUnavailableError) as err:
             # The template is in place, so new indices get the settings; say the old ones don't.
             log.warning(

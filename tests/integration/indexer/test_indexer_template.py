@@ -172,3 +172,23 @@ async def test_retention_goes_on_past_an_index_another_replica_deleted(
     assert deleted == names[1:]
     assert await store.index_names() == []
     assert await store.delete_index(names[1]) is False
+
+
+async def test_a_changed_setting_leaves_other_indices_under_the_prefix_alone(
+    os_client: AsyncOpenSearch, prefix: str
+) -> None:
+    first = OpenSearchStore(os_client, prefix=prefix, refresh_interval="1s")
+    assert await first.install_template() is True
+    own, undated, foreign = f"{prefix}2026-04-02", f"{prefix}undated", f"{prefix}metrics-foo"
+    for name in (own, undated, foreign):
+        await os_client.indices.create(index=name)
+
+    async def interval(name: str) -> str:
+        found = await os_client.indices.get_settings(index=name, name="index.refresh_interval")
+        return str(found[name]["settings"]["index"]["refresh_interval"])
+
+    assert await interval(foreign) == "1s"  # created from the template too
+    restarted = OpenSearchStore(os_client, prefix=prefix, refresh_interval="200ms")
+    assert await restarted.install_template() is True
+    assert (await interval(own), await interval(undated)) == ("200ms", "200ms")
+    assert await interval(foreign) == "1s"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import date, timedelta
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ class _Indices:
         self.puts = 0
         self.live: list[dict[str, Any]] = []
         self.refuse_settings = False
+        self.live_indices: list[str] = []
 
     async def get_index_template(self, *, name: str, ignore: list[int]) -> dict[str, Any]:
         if self.installed is None:
@@ -32,11 +34,22 @@ class _Indices:
         if self.refuse_settings:
             raise os_errors.TransportError(400, "illegal_argument_exception", {})
         self.live.append(body["index"])
+        self.live_indices.append(index)
+
+
+class _Cat:
+    def __init__(self) -> None:
+        self.names = ["t-2026-01-01"]
+
+    async def indices(self, *, index: str, **_: Any) -> list[dict[str, str]]:
+        assert index == "t-*"
+        return [{"index": name} for name in self.names]
 
 
 class _Client:
     def __init__(self) -> None:
         self.indices = _Indices()
+        self.cat = _Cat()
 
 
 def _store(client: _Client, **settings: Any) -> OpenSearchStore:
@@ -73,3 +86,30 @@ async def test_refused_live_settings_are_logged_and_the_template_stays(
     assert "not applied to existing indices" in caplog.text
     assert client.indices.installed is not None
     assert client.indices.installed["template"]["settings"]["refresh_interval"] == "2s"
+
+
+async def test_live_settings_reach_only_the_indexers_own_indices() -> None:
+    # `t-*` matches someone else's `t-metrics-foo` too: it keeps its own settings.
+    client = _Client()
+    await _store(client, refresh_interval="1s").install_template()
+    client.cat.names = [
+        "t-2026-01-01",
+        "t-2026-01-02",
+        "t-undated",
+        "t-metrics-foo",
+        "t-2026-02-30",  # not a date
+        "t-2026-01-01-copy",
+    ]
+    assert await _store(client, refresh_interval="2s").install_template() is True
+    assert client.indices.live_indices == ["t-2026-01-01,t-2026-01-02,t-undated"]
+
+
+async def test_live_settings_go_in_requests_of_bounded_length() -> None:
+    client = _Client()
+    await _store(client, refresh_interval="1s").install_template()
+    days = [date(2000, 1, 1) + timedelta(days=n) for n in range(3000)]
+    client.cat.names = [f"t-{day.isoformat()}" for day in days]
+    assert await _store(client, refresh_interval="2s").install_template() is True
+    assert len(client.indices.live_indices) > 1
+    assert max(len(index) for index in client.indices.live_indices) <= 3000
+    assert ",".join(client.indices.live_indices).split(",") == client.cat.names
