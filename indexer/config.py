@@ -37,11 +37,16 @@ DEFAULT_HTTP_PORT = 8082
 
 # OpenSearch index names: lowercase, no spaces or \/*?"<>|,#: and not starting with -_+.
 _PREFIX = re.compile(r"^[a-z0-9][a-z0-9._-]{0,100}$")
+# The template and searches cover <prefix>*: without a separator at its end, a prefix
+# such as `telemetry` would take in `telemetrylogs-...`, someone else's indices.
+_PREFIX_ENDS = ("-", "_", ".")
 
 
 def _index_prefix(value: str) -> str | None:
     if not _PREFIX.fullmatch(value):
         return "must be lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
+    if not value.endswith(_PREFIX_ENDS):
+        return "must end with '-', '_' or '.' (e.g. telemetry-), so <prefix>* matches only its own"
     return None
 
 
@@ -72,7 +77,8 @@ class Config(NatsSettings, OpenSearchSettings, TracingSettings):
     index_prefix: str = setting(
         "INDEXER_INDEX_PREFIX",
         DEFAULT_INDEX_PREFIX,
-        "prefix of the daily indices; the index template matches <prefix>*",
+        "prefix of the daily indices, ending with '-', '_' or '.'; the index template"
+        " matches <prefix>*",
         check=_index_prefix,
     )
     index_shards: int = setting(

@@ -52,6 +52,7 @@ def test_overrides() -> None:
         ("INDEXER_INDEX_PREFIX", "Telemetry-", "lowercase"),
         ("INDEXER_INDEX_PREFIX", "-x", "starting with"),
         ("INDEXER_INDEX_PREFIX", "a*b", "lowercase"),
+        ("INDEXER_INDEX_PREFIX", "telemetry", "must end with '-', '_' or '.'"),
         ("INDEXER_INDEX_SHARDS", "0", "greater than 0"),
         ("INDEXER_INDEX_REPLICAS", "-1", "0 or greater"),
         ("INDEXER_TEMPLATE_PRIORITY", "-1", "0 or greater"),
