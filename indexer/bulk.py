@@ -18,6 +18,7 @@ from typing import Any, NamedTuple, Protocol
 
 import orjson
 
+from indexer.errors import SearchRequestError
 from indexer.metrics import Metrics
 from indexer.outcomes import Outcome, backoff_s, failure_outcome, item_outcome, item_reason
 from pipeline import tracing
@@ -281,6 +282,16 @@ class BulkWriter:
         # retried requests may end here with nothing left in flight to resume intake.
         self._set_up()
         if len(batch) > 1:
+            if isinstance(err, SearchRequestError) and err.status == 413:
+                # Said once per request: every full request may be refused and split so.
+                log.warning(
+                    "bulk request too large for OpenSearch (413); sending its documents one"
+                    " by one (INDEXER_BULK_MAX_BYTES above its http.max_content_length?)",
+                    extra={
+                        "documents": len(batch),
+                        "bytes": sum(len(item.payload) for item in batch),
+                    },
+                )
             # A whole request refused: find the culprit by sending each document alone,
             # at once (ahead of what waits, as the request they were in was).
             for item in batch:

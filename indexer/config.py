@@ -21,6 +21,8 @@ DEFAULT_ACK_WAIT_S = 30.0
 DEFAULT_MAX_DELIVERIES = 10
 DEFAULT_BULK_MAX_DOCS = 1000
 DEFAULT_BULK_MAX_BYTES = 5 * 1024 * 1024
+# OpenSearch's default http.max_content_length: a larger body is refused (413) whole.
+MAX_BULK_MAX_BYTES = 100 * 1024 * 1024
 DEFAULT_FLUSH_INTERVAL_S = 0.2
 DEFAULT_BULK_CONCURRENCY = 4  # bulk requests in flight
 DEFAULT_RETRY_BASE_S = 0.2
@@ -62,6 +64,15 @@ def _time_value(value: str) -> str | None:
 def _retention_days(value: int) -> str | None:
     if not 0 <= value <= MAX_RETENTION_DAYS:
         return f"must be between 0 (keep forever) and {MAX_RETENTION_DAYS}"
+    return None
+
+
+def _bulk_max_bytes(value: int) -> str | None:
+    if not 0 < value <= MAX_BULK_MAX_BYTES:
+        return (
+            f"must be between 1 and {MAX_BULK_MAX_BYTES} (100 MiB, OpenSearch's default"
+            " http.max_content_length; larger requests are refused)"
+        )
     return None
 
 
@@ -136,8 +147,9 @@ class Config(NatsSettings, OpenSearchSettings, TracingSettings):
     bulk_max_bytes: int = setting(
         "INDEXER_BULK_MAX_BYTES",
         DEFAULT_BULK_MAX_BYTES,
-        "bytes per bulk request body",
-        check=positive,
+        "bytes per bulk request body, at most 104857600 (100 MiB, OpenSearch's default"
+        " http.max_content_length)",
+        check=_bulk_max_bytes,
     )
     flush_interval_s: float = setting(
         "INDEXER_FLUSH_INTERVAL_S",

@@ -31,6 +31,7 @@ class FakeStore:
         self.item_status: Callable[[dict[str, Any]], int | None] = lambda _: None
         self.forced_type = "forced"  # the error type of a forced item status
         self.refuse_request_when: Callable[[list[dict[str, Any]]], bool] = lambda _: False
+        self.refuse_status = 400  # of a refused request
         self.in_flight = 0
         self.max_in_flight = 0
         self.gate: asyncio.Event | None = None
@@ -46,7 +47,7 @@ class FakeStore:
                 raise SearchUnavailableError("connection refused")
             pairs = parse_bulk(body)
             if self.refuse_request_when([doc for _, doc in pairs]):
-                raise SearchRequestError(400, "request refused")
+                raise SearchRequestError(self.refuse_status, "request refused")
             self.requests.append(len(pairs))
             results = []
             for action, doc in pairs:

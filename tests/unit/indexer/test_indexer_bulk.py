@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -293,3 +294,19 @@ async def test_a_refusal_after_an_outage_resumes_intake() -> None:
     assert rec.outcomes == {"big": Outcome.REJECTED}
     assert bulk.healthy
     assert metrics.registry.get_sample_value("indexer_intake_held") == 0.0
+
+
+@pytest.mark.parametrize(("status", "lines"), [(413, 2), (400, 0)])
+async def test_a_request_split_for_being_too_large_is_logged_once(
+    status: int, lines: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    store, rec = FakeStore(), Recorder()
+    store.refuse_status = status
+    store.refuse_request_when = lambda docs: len(docs) > 1
+    bulk = writer(store, max_docs=5, flush_interval_s=3600)
+    with caplog.at_level(logging.WARNING, logger="indexer.bulk"):
+        for n in range(10):
+            await bulk.add(rec.item(f"d{n}"))
+        await bulk.drain()
+    assert rec.outcomes == {f"d{n}": Outcome.CREATED for n in range(10)}
+    assert caplog.text.count("too large for OpenSearch (413)") == lines
