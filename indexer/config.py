@@ -196,7 +196,8 @@ class Config(NatsSettings, OpenSearchSettings, TracingSettings):
     graceful_stop_s: float = setting(
         "INDEXER_GRACEFUL_STOP_S",
         DEFAULT_GRACEFUL_STOP_S,
-        "seconds a stop waits for in-flight events to be indexed and acked",
+        "seconds a stop waits for in-flight events to be indexed and acked; the messages"
+        " left are nak'd, for redelivery at once",
         check=non_negative,
     )
     grpc_host: str = setting(

@@ -131,7 +131,8 @@ class EnrichedConsumer:
         """Stops asking for messages; returns after the fetch in progress (idempotent).
 
         A fetch loop stuck handing events to a writer that cannot send (OpenSearch away)
-        is cancelled after STOP_FETCH_WAIT_S: what it held is not acked and comes back.
+        is cancelled after STOP_FETCH_WAIT_S: what it held is not acked; the service's
+        stop naks it once the writer is closed.
         """
         self._fetching = False
         task, self._fetch_task = self._fetch_task, None

@@ -28,6 +28,7 @@ from pipeline import subjects, tracing
 log = logging.getLogger(__name__)
 
 NAK_DELAY_S = 5.0  # when a dead letter could not be published
+RELEASE_DELAY_S = 0.0  # messages given back on stop: for another replica, or the next start
 EVENT_SCHEMA = "telemetry.v1.EnrichedEvent"  # payload of a dead letter for one rejected event
 
 
@@ -148,6 +149,37 @@ class Intake:
     async def wait_idle(self) -> None:
         """Returns once every received message is settled."""
         await self._idle.wait()
+
+    async def release_waiting(self) -> int:
+        """Naks the fetched messages not handed to handle() yet, for redelivery at once.
+
+        For a stop, once fetching has ended: nothing else would take them, and JetStream
+        would otherwise hold them until their ack wait runs out. Returns how many.
+        """
+        waiting = list(self._waiting.values())
+        self._waiting.clear()
+        await self._release(waiting)
+        return len(waiting)
+
+    async def release_unsettled(self) -> int:
+        """Naks every message received and not settled, for redelivery at once.
+
+        Only once nothing can write or settle them any more (the writer closed): a message
+        nak'd and then acked would be indexed twice over by the replica it went to. Its
+        documents already written answer 409 on the redelivery. Returns how many.
+        """
+        unsettled = [message.delivery for message in self._open]
+        unsettled.extend(self._waiting.values())
+        self._open.clear()
+        self._waiting.clear()
+        self._metrics.messages_in_progress.set(0)
+        self._idle.set()
+        await self._release(unsettled)
+        return len(unsettled)
+
+    async def _release(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            await self._quietly(delivery.nak(RELEASE_DELAY_S), "nakked")
 
     async def touch(self) -> None:
         """Tells JetStream the unsettled messages are still being worked on."""

@@ -4,7 +4,8 @@ start(): connect NATS (waits for it), ensure the streams, serve QueryService and
 ops routes, install the index template (retried until OpenSearch answers), then
 consume (the durable consumer's creation retried the same way). stop(): stop fetching,
 let in-flight events be indexed and their messages acked (up to the graceful stop
-time), then close everything. Both are idempotent.
+time), close the writer, nak what is left for redelivery at once, then close
+everything. Both are idempotent.
 """
 
 from __future__ import annotations
@@ -183,11 +184,22 @@ class Indexer:
         self._tasks = []
         if self._consumer is not None:
             await self._consumer.stop_fetching()
+        if self._intake is not None:
+            # Fetched, never handed over: nothing will take them now; back to JetStream.
+            await self._intake.release_waiting()
         await self._query.set_serving(False)
         await self._drain()
         if self._consumer is not None:
             await self._consumer.close()
         await self._writer.close()
+        if self._intake is not None:
+            # Left over by the drain: nak'd only now, when nothing can ack them any more.
+            released = await self._intake.release_unsettled()
+            if released:
+                log.warning(
+                    "stopped with messages unsettled; nak'd for redelivery",
+                    extra={"messages": released},
+                )
         await self._query.stop(grace_s=min(self._config.graceful_stop_s, 5.0))
         await self._http.stop()
         if self._nc is not None:
@@ -206,10 +218,7 @@ class Indexer:
                 await self._writer.drain()
                 await self._intake.wait_idle()
         except TimeoutError:
-            log.warning(
-                "stopped with messages unsettled; JetStream will redeliver them",
-                extra={"messages": self._intake.in_progress},
-            )
+            pass  # what is left is nak'd once the writer is closed
 
     async def ready(self) -> tuple[bool, str]:
         """Ready when NATS is connected, the streams exist, OpenSearch answers, the

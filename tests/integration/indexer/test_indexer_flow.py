@@ -238,6 +238,36 @@ async def test_stop_flushes_and_acks_what_it_fetched(
     assert await count(os_client, prefix) == 20000
 
 
+async def test_a_stop_gives_back_at_once_what_it_could_not_write(
+    start_indexer: IndexerFactory, nc: Client, os_client: AsyncOpenSearch, prefix: str
+) -> None:
+    # The day's index refuses writes (403, retried): the drain cannot settle the messages.
+    when = datetime(2026, 10, 10, tzinfo=UTC)
+    blocked = f"{prefix}2026-10-10"
+    indexer = await start_indexer(INDEXER_GRACEFUL_STOP_S="1")
+    await os_client.indices.create(index=blocked)
+    await os_client.indices.put_settings(index=blocked, body={"index.blocks.write": True})
+    try:
+        for n in range(3):
+            await publish(nc, [enriched(f"w-{n}", when=when)], msg_id=f"w-{n}")
+        registry = indexer.metrics.registry
+
+        async def held() -> bool:
+            return registry.get_sample_value("indexer_messages_in_progress") == 3
+
+        await wait_for(held, what="three messages in progress")
+        await indexer.stop()
+        # Nak'd, not left for ack_wait (30 s): the consumer has them again at once.
+        sub = await nc.jetstream().pull_subscribe_bind(
+            durable="indexer", stream=subjects.ENRICHED_STREAM
+        )
+        again = await sub.fetch(3, timeout=5)
+        assert sorted(msg.metadata.num_delivered for msg in again) == [2, 2, 2]
+        await sub.unsubscribe()
+    finally:
+        await os_client.indices.put_settings(index=blocked, body={"index.blocks.write": False})
+
+
 async def test_a_consumer_that_cannot_be_created_is_retried_and_not_ready_meanwhile(
     nats_server: NatsProcess,
     opensearch_url: str,

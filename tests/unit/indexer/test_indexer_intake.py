@@ -333,3 +333,20 @@ async def test_documents_of_a_message_whose_ack_fails_are_not_counted_yet() -> N
     await writer.drain()
     assert _counted(intake)["created"] == 0.0
     assert len(store.docs) == 1
+
+
+async def test_release_naks_what_is_waiting_then_what_is_unsettled() -> None:
+    store = FakeStore()
+    store.down = True  # every request fails: the handed-over message stays open
+    _, _, writer, intake = _setup(store)
+    handed, waiting = FakeDelivery(_batch(_event("a"))), FakeDelivery(_batch(_event("b")))
+    intake.received([handed, waiting])
+    await intake.handle(handed)
+    await writer.flush()
+    assert await intake.release_waiting() == 1
+    assert (handed.settled, waiting.settled) == ([], ["nak"])
+    await writer.close()
+    assert await intake.release_unsettled() == 1
+    assert (handed.settled, waiting.settled) == (["nak"], ["nak"])
+    assert intake.in_progress == 0
+    await asyncio.wait_for(intake.wait_idle(), 1)
