@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def index_day(name: str, *, prefix: str) -> date | None:
     """The day of a daily index name, None for any other name."""
-    match = re.fullmatch(re.escape(prefix) + r"(\d{4})-(\d{2})-(\d{2})", name)
+    match = re.fullmatch(re.escape(prefix) + r"([0-9]{4})-([0-9]{2})-([0-9]{2})", name)
     if match is None:
         return None
     try:

@@ -74,3 +74,12 @@ async def test_an_index_gone_meanwhile_is_skipped_and_not_counted() -> None:
     )
     assert deleted == ["t-2026-01-30"]
     assert metrics.registry.get_sample_value("indexer_retention_deleted_indices_total") == 1.0
+
+
+def test_a_name_with_other_digits_than_ascii_is_not_a_day() -> None:
+    # int() reads Arabic-Indic digits as numbers; such a name is no daily index of ours.
+    assert retention.index_day("t-٢٠٢٦-01-01", prefix="t-") is None
+    assert (
+        retention.expired(["t-٢٠٢٦-01-01"], prefix="t-", today=date(2030, 1, 1), keep_days=1) == []
+    )
+    assert retention.index_day("t-2026-01-01", prefix="t-") == date(2026, 1, 1)
