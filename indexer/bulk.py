@@ -4,6 +4,10 @@
 source) and calls each item's `on_done` once with its final outcome. Retryable
 failures are sent again after a capped exponential backoff, for as long as it takes;
 while OpenSearch is away the writer reports itself unhealthy so intake stops fetching.
+A whole request refused as wrong (400, 413) is sent again one document per request; one
+refused again and again with a retryable status that may be about its content (not 429,
+502, 503, 504, nor no answer) is sent again in halves, down to the one document it is
+about, which is retried alone without holding intake.
 """
 
 from __future__ import annotations
@@ -54,7 +58,8 @@ class BulkItem:
     tag: Any = None  # the caller's, e.g. where the document came from
     link: tracing.SpanContext | None = None  # the trace of the message the document came in
     attempts: int = 0
-    solo: bool = False
+    limit: int = 0  # the most documents a request carrying it may hold; 0: no limit of its own
+    refusals: int = 0  # whole requests that carried it refused in a row with a retryable status
 
 
 _ACTION_HEADS: dict[str, bytes] = {}  # index name -> the action line up to the `_id` value
@@ -72,6 +77,13 @@ def render(*, index: str, doc_id: str, source: Mapping[str, Any]) -> bytes:
 
 
 _OUTCOMES = {200: Outcome.CREATED, 201: Outcome.CREATED, 409: Outcome.DUPLICATE}
+
+# A whole request refused this many times in a row with a retryable status that may be about
+# its content (a proxy answering 403 or 500 for some text, say) is sent again in two halves,
+# and so on down to the one document it is about, retried alone for as long as it takes.
+SPLIT_AFTER_REFUSALS = 3
+# Statuses that say OpenSearch is away or overloaded, whatever the request: never split for.
+_AVAILABILITY_STATUSES = frozenset({429, 502, 503, 504})
 
 
 class BulkWriter:
@@ -144,8 +156,8 @@ class BulkWriter:
                 self._slots.release()
                 return
             self._spawn(self._send(batch))
-            if self._buffer and self._buffer[0].solo:
-                continue  # documents of a refused request: each goes alone, all of them now
+            if self._buffer and self._buffer[0].limit:
+                continue  # documents of a refused request: in small requests, all of them now
             if len(self._buffer) < self._max_docs and self._buffer_bytes < self._max_bytes:
                 return
 
@@ -167,14 +179,13 @@ class BulkWriter:
     def _take(self) -> list[BulkItem]:
         if not self._buffer:
             return []
-        if self._buffer[0].solo:
-            first = self._buffer.pop(0)
-            self._buffer_bytes -= len(first.payload)
-            return [first]
+        # Documents of a split request go with others of the same limit only.
+        limit = self._buffer[0].limit
+        most = min(limit, self._max_docs) if limit else self._max_docs
         count = 0
         size = 0
         for item in self._buffer:
-            if item.solo or count >= self._max_docs:
+            if item.limit != limit or count >= most:
                 break
             if count and size + len(item.payload) > self._max_bytes:
                 break
@@ -275,7 +286,14 @@ class BulkWriter:
 
     async def _request_failed(self, batch: list[BulkItem], err: Exception) -> None:
         if failure_outcome(err) is Outcome.RETRY:
-            self._set_down(err)
+            status = getattr(err, "status", None)
+            about_content = status is not None and status not in _AVAILABILITY_STATUSES
+            if not (about_content and len(batch) == 1 and batch[0].limit == 1):
+                # A document isolated by splitting, refused alone again, says nothing of
+                # OpenSearch: it does not hold intake for the others.
+                self._set_down(err)
+            if about_content and len(batch) > 1:
+                self._split_if_refused_again(batch, err)
             self._retry(batch)
             return
         # Refused as a whole (400, 413): OpenSearch answered, so it is up. After an outage,
@@ -295,12 +313,28 @@ class BulkWriter:
             # A whole request refused: find the culprit by sending each document alone,
             # at once (ahead of what waits, as the request they were in was).
             for item in batch:
-                item.solo = True
+                item.limit = 1
             self._buffer[:0] = batch
             self._buffer_bytes += sum(len(item.payload) for item in batch)
             self._spawn(self.flush())
             return
         await self._finish(batch[0], Outcome.REJECTED, str(err))
+
+    def _split_if_refused_again(self, batch: list[BulkItem], err: Exception) -> None:
+        for item in batch:
+            item.refusals += 1
+        if min(item.refusals for item in batch) < SPLIT_AFTER_REFUSALS:
+            return
+        half = (len(batch) + 1) // 2
+        for item in batch:
+            item.limit = half
+            item.refusals = 0
+        log.warning(
+            "bulk request refused %d times in a row; sending its documents in halves: %s",
+            SPLIT_AFTER_REFUSALS,
+            err,
+            extra={"documents": len(batch), "per_request": half},
+        )
 
     async def _finish(self, item: BulkItem, outcome: Outcome, reason: str) -> None:
         try:

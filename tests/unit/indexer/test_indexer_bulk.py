@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
 from indexer_fakes import FakeStore, parse_bulk
 
-from indexer.bulk import BulkItem, BulkWriter, ItemResult, render
+from indexer.bulk import BulkItem, BulkPort, BulkWriter, ItemResult, render
 from indexer.errors import SearchRequestError, SearchUnavailableError
 from indexer.metrics import Metrics
 from indexer.outcomes import Outcome
@@ -50,7 +50,7 @@ def refuse_first(refusals: dict[str, int], status: int) -> Callable[[dict[str, A
     return item_status
 
 
-def writer(store: FakeStore, **options: float) -> BulkWriter:
+def writer(store: BulkPort, **options: float) -> BulkWriter:
     settings: dict[str, float] = {
         "max_docs": 10,
         "max_bytes": 1_000_000,
@@ -310,3 +310,62 @@ async def test_a_request_split_for_being_too_large_is_logged_once(
         await bulk.drain()
     assert rec.outcomes == {f"d{n}": Outcome.CREATED for n in range(10)}
     assert caplog.text.count("too large for OpenSearch (413)") == lines
+
+
+class ContentRefusingPort:
+    """A proxy refusing, with a retryable status, every request that carries `bad`."""
+
+    def __init__(self, status: int, bad: str = "poison") -> None:
+        self.status = status
+        self.bad = bad
+        self.sizes: list[int] = []
+        self.store = FakeStore()
+
+    async def bulk(self, body: bytes) -> Sequence[ItemResult]:
+        docs = [doc for _, doc in parse_bulk(body)]
+        self.sizes.append(len(docs))
+        if any(doc["event_id"] == self.bad for doc in docs):
+            await asyncio.sleep(0)
+            raise SearchUnavailableError(f"answered {self.status}", status=self.status)
+        return await self.store.bulk(body)
+
+
+@pytest.mark.parametrize("status", [403, 500])
+async def test_a_request_refused_again_and_again_is_split_down_to_the_culprit(status: int) -> None:
+    port, rec = ContentRefusingPort(status), Recorder()
+    bulk = writer(port, max_docs=16, flush_interval_s=3600)
+    ids = [f"d{n}" for n in range(15)]
+    ids.insert(9, "poison")
+    for doc_id in ids:
+        await bulk.add(rec.item(doc_id))
+    for _ in range(1000):  # no drain(): the culprit is retried for as long as it takes
+        if len(rec.outcomes) == 15 and port.sizes[-3:] == [1, 1, 1]:
+            break
+        await asyncio.sleep(0.005)
+    assert rec.outcomes == {f"d{n}": Outcome.CREATED for n in range(15)}
+    assert "poison" not in rec.outcomes  # a retryable status is no rejection
+    assert port.sizes[:3] == [16, 16, 16]
+    assert port.sizes[-3:] == [1, 1, 1]  # retried alone
+    assert bulk.healthy  # the culprit alone does not hold intake for the others
+    await bulk.close()
+
+
+@pytest.mark.parametrize("status", [None, 429, 503])
+async def test_an_outage_does_not_split_requests(status: int | None) -> None:
+    rec = Recorder()
+    failures = [SearchUnavailableError("away", status=status) for _ in range(8)]
+    port = ScriptedPort(*failures)
+    sizes: list[int] = []
+    answer = port.bulk
+
+    async def sized(body: bytes) -> list[ItemResult]:
+        sizes.append(len(parse_bulk(body)))
+        return await answer(body)
+
+    port.bulk = sized  # type: ignore[method-assign]
+    bulk = writer(port, max_docs=10)
+    for n in range(10):
+        await bulk.add(rec.item(f"e{n}"))
+    await bulk.drain()
+    assert rec.outcomes == {f"e{n}": Outcome.CREATED for n in range(10)}
+    assert sizes == [10] * 9

@@ -120,3 +120,13 @@ def test_too_many_buckets_is_a_limit_and_causes_reach_the_message() -> None:
     down = _translate(os_errors.TransportError(503, "search_phase_execution_exception", info))
     assert isinstance(down, SearchUnavailableError)
     assert "node_closed_exception: node closed" in str(down)
+
+
+def test_a_retryable_answer_keeps_its_status_and_no_answer_has_none() -> None:
+    # The bulk writer splits a request refused again and again only for an answered status.
+    answered = _translate(os_errors.TransportError(403, "security_exception", {"error": "no"}))
+    assert isinstance(answered, SearchUnavailableError)
+    assert answered.status == 403
+    unreachable = _translate(os_errors.ConnectionError("N/A", "refused", OSError("refused")))
+    assert isinstance(unreachable, SearchUnavailableError)
+    assert unreachable.status is None
