@@ -173,8 +173,9 @@ class OpenSearchStore:
         A template of a later version is left alone (a newer indexer owns it). When the
         template is written, the settings that can change on a live index (replicas,
         refresh interval) are applied to the existing indices this indexer writes too
-        (`<prefix>YYYY-MM-DD`, `<prefix>undated`; other `<prefix>*` names are left alone);
-        shard counts apply to indices created from then on. Returns True when it wrote the template.
+        (`<prefix>YYYY-MM-DD`, `<prefix>undated`; other `<prefix>*` names are left alone),
+        and so are the mappings of a new template version (fields added); shard counts apply
+        to indices created from then on. Returns True when it wrote the template.
         """
         name = template_name(self._prefix)
         body = template_body(
@@ -205,10 +206,49 @@ class OpenSearchStore:
             },
         )
         if installed is not None:
-            await self._apply_live_settings()
+            earlier = int(installed.get("version") or 0) < body["version"]
+            await self._update_existing(body["template"]["mappings"] if earlier else None)
         return True
 
-    async def _apply_live_settings(self) -> None:
+    async def _update_existing(self, mappings: dict[str, Any] | None) -> None:
+        """Brings the existing indices this indexer writes to the new template: its live
+        settings, and `mappings` (those of a new template version) when given."""
+        try:
+            # Only the indexer's own indices: `<prefix>*` may match someone else's too.
+            own = [name for name in await self.index_names() if self.owns(name)]
+        except (SearchRequestError, SearchUnavailableError) as err:
+            log.warning(
+                "existing indices not updated; new indices follow the template: %s",
+                err,
+                extra={"pattern": self.pattern},
+            )
+            return
+        await self._apply_live_settings(own)
+        if mappings is not None:
+            await self._apply_mappings(own, mappings)
+
+    async def _apply_mappings(self, own: Sequence[str], mappings: dict[str, Any]) -> None:
+        # Additive: fields a new version adds reach the existing indices, or their strict
+        # mappings would refuse every document that has them (as permanent rejections).
+        try:
+            for names in _name_lists(own):
+                put = functools.partial(
+                    self._client.indices.put_mapping,
+                    index=",".join(names),
+                    body=mappings,
+                    allow_no_indices=True,
+                    ignore_unavailable=True,  # closed, or deleted meanwhile
+                )
+                await _call(put)
+        except (SearchRequestError, SearchUnavailableError) as err:
+            log.warning(
+                "template mappings not applied to existing indices; documents with new"
+                " fields will be refused there: %s",
+                err,
+                extra={"pattern": self.pattern},
+            )
+
+    async def _apply_live_settings(self, own: Sequence[str]) -> None:
         live = {
             "index": {
                 "number_of_replicas": self._replicas,
@@ -216,8 +256,6 @@ class OpenSearchStore:
             }
         }
         try:
-            # Only the indexer's own indices: `<prefix>*` may match someone else's too.
-            own = [name for name in await self.index_names() if self.owns(name)]
             for names in _name_lists(own):
                 put = functools.partial(
                     self._client.indices.put_settings,

@@ -192,3 +192,25 @@ async def test_a_changed_setting_leaves_other_indices_under_the_prefix_alone(
     assert await restarted.install_template() is True
     assert (await interval(own), await interval(undated)) == ("200ms", "200ms")
     assert await interval(foreign) == "1s"
+
+
+async def test_a_new_template_version_adds_its_fields_to_existing_daily_indices(
+    os_client: AsyncOpenSearch, prefix: str
+) -> None:
+    # An older indexer's template without clock_skew_ms; its daily index exists already.
+    older = template.template_body(prefix=prefix, shards=1, replicas=0, priority=200)
+    older["version"] = template.TEMPLATE_VERSION - 1
+    del older["template"]["mappings"]["properties"]["clock_skew_ms"]
+    await os_client.indices.put_index_template(name=template.template_name(prefix), body=older)
+    event = enriched("m1", when=datetime(2026, 4, 3, tzinfo=UTC))
+    index = documents.index_name(event, prefix=prefix)
+    foreign = f"{prefix}metrics-foo"
+    for name in (index, foreign):
+        await os_client.indices.create(index=name)
+
+    store = _store(os_client, prefix)
+    assert await store.install_template() is True
+    body = render(index=index, doc_id="m1", source=documents.to_document(event))
+    assert [r.status for r in await store.bulk(body)] == [201]  # strict: refused without it
+    found = await os_client.indices.get_mapping(index=foreign)
+    assert "clock_skew_ms" not in found[foreign]["mappings"]["properties"]

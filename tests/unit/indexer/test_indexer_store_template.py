@@ -20,6 +20,7 @@ class _Indices:
         self.live: list[dict[str, Any]] = []
         self.refuse_settings = False
         self.live_indices: list[str] = []
+        self.mapped: list[str] = []
 
     async def get_index_template(self, *, name: str, ignore: list[int]) -> dict[str, Any]:
         if self.installed is None:
@@ -35,6 +36,9 @@ class _Indices:
             raise os_errors.TransportError(400, "illegal_argument_exception", {})
         self.live.append(body["index"])
         self.live_indices.append(index)
+
+    async def put_mapping(self, *, index: str, body: dict[str, Any], **_: Any) -> None:
+        self.mapped.append(index)
 
 
 class _Cat:
@@ -113,3 +117,16 @@ async def test_live_settings_go_in_requests_of_bounded_length() -> None:
     assert len(client.indices.live_indices) > 1
     assert max(len(index) for index in client.indices.live_indices) <= 3000
     assert ",".join(client.indices.live_indices).split(",") == client.cat.names
+
+
+async def test_a_new_template_version_puts_its_mappings_on_own_indices_only() -> None:
+    client = _Client()
+    client.cat.names = ["t-2026-01-01", "t-undated", "t-metrics-foo"]
+    older = template.template_body(prefix="t-", shards=1, replicas=0, priority=200)
+    older["version"] = template.TEMPLATE_VERSION - 1
+    client.indices.installed = older
+    assert await _store(client).install_template() is True
+    assert client.indices.mapped == ["t-2026-01-01,t-undated"]
+    # The same version with other settings: the mappings are the same, nothing to put.
+    assert await _store(client, refresh_interval="2s").install_template() is True
+    assert client.indices.mapped == ["t-2026-01-01,t-undated"]
