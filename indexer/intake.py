@@ -165,8 +165,9 @@ class Intake:
         """Naks every message received and not settled, for redelivery at once.
 
         Only once nothing can write or settle them any more (the writer closed): a message
-        nak'd and then acked would be indexed twice over by the replica it went to. Its
-        documents already written answer 409 on the redelivery. Returns how many.
+        nak'd while its events may still be written would then be acked too, racing its
+        redelivery to another replica. Its documents already written answer 409 on the
+        redelivery. Returns how many.
         """
         unsettled = [message.delivery for message in self._open]
         unsettled.extend(self._waiting.values())
