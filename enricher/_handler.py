@@ -4,7 +4,8 @@ A publish NATS does not take (no ack in time, the stream unreachable) is tried a
 place, the message kept in progress meanwhile, until NATS takes it: a broker failure never
 spends a message's deliveries, so an outage of the enriched stream or the DLQ sends nothing
 to the DLQ, and the fetch loop waiting on it is the backpressure. Only other failures are
-nak'ed and count towards the delivery limit.
+nak'ed and count towards the delivery limit. A dead letter NATS refuses for good (too
+large, or refused by the stream) is logged as an error and its message terminated.
 
 The handler speaks to the broker through two small ports, `Delivery` (a raw
 message as delivered) and `Sink` (where enriched batches and dead letters go),
@@ -38,7 +39,7 @@ from enricher._metrics import (
     Metrics,
 )
 from enricher._raw import app_id_of, decode_raw, enriched_msg_id
-from enricher.errors import BrokerError
+from enricher.errors import BrokerError, DeadLetterRefusedError
 from pipeline import logs, subjects, tracing
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,8 @@ class Sink(Protocol):
 
     async def dead_letter(self, delivery: Delivery, *, reason: str, detail: str) -> bool:
         """Stores the original message in the DLQ stream with the reason; True when the
-        stream already had it (an earlier delivery was dead-lettered, its term lost)."""
+        stream already had it (an earlier delivery was dead-lettered, its term lost).
+        Raises DeadLetterRefusedError when NATS refuses it for good."""
         ...
 
 
@@ -304,6 +306,22 @@ class Handler:
                 )
             except _Stopped:
                 await self._quietly(delivery.nak(0.0))
+                return
+            except DeadLetterRefusedError as err:
+                # Refused for good: trying again would stall this fetch loop forever.
+                tracing.failed(span, letter.reason)
+                log.error(
+                    "raw message dropped: its dead letter was refused: %s",
+                    err,
+                    extra={
+                        "reason": letter.reason,
+                        "subject": delivery.subject,
+                        "stream_sequence": delivery.stream_seq,
+                        "deliveries": delivery.deliveries,
+                    },
+                )
+                self._metrics.dlq_refused.inc()
+                await self._quietly(delivery.term())
                 return
             except Exception as err:
                 # Not stored, and not NATS's doing: never term it, nak it to be tried again.

@@ -33,6 +33,11 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.dlq_refused = Counter(
+            "enricher_dlq_refused",
+            "Raw messages terminated without a dead letter: the DLQ refused it for good",
+            registry=self.registry,
+        )
         self.duplicates = Counter(
             "enricher_duplicates",
             "Enriched publishes JetStream dropped as duplicates (redeliveries already published)",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import nats.errors
@@ -17,10 +17,11 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
+from nats.js.errors import BadRequestError
 from nats.js.errors import Error as JsError
 
 from enricher._handler import Delivery, Handler
-from enricher.errors import BrokerError
+from enricher.errors import BrokerError, DeadLetterRefusedError
 from pipeline import natsconn, subjects
 from pipeline.settings import NatsSettings
 
@@ -47,9 +48,13 @@ class ConsumerSettings:
 class JsSink:
     """Publishes enriched batches and dead letters to JetStream, waiting for the PubAck."""
 
-    def __init__(self, js: JetStreamContext, *, timeout_s: float) -> None:
+    def __init__(
+        self, js: JetStreamContext, *, timeout_s: float, max_payload: Callable[[], int]
+    ) -> None:
+        """`max_payload()`: the largest message the server connected to takes, in bytes."""
         self._js = js
         self._timeout_s = timeout_s
+        self._max_payload = max_payload
 
     async def publish(self, subject: str, data: bytes, *, headers: Mapping[str, str]) -> bool:
         try:
@@ -65,6 +70,8 @@ class JsSink:
         return bool(ack.duplicate)
 
     async def dead_letter(self, delivery: Delivery, *, reason: str, detail: str) -> bool:
+        """Raises DeadLetterRefusedError when NATS refuses it for good, BrokerError when
+        NATS may take it later."""
         try:
             return await natsconn.publish_dlq(
                 self._js,
@@ -75,8 +82,14 @@ class JsSink:
                 headers=delivery.headers,
                 deliveries=delivery.deliveries,
                 msg_id=str(delivery.stream_seq),
+                source_seq=delivery.stream_seq,
+                max_payload=self._max_payload(),
                 timeout_s=self._timeout_s,
             )
+        except (nats.errors.MaxPayloadError, BadRequestError) as err:
+            # Too large for the server, or refused by the stream (a 400: a wrong expected
+            # sequence, a message larger than the stream takes): the same every time.
+            raise DeadLetterRefusedError(f"the DLQ refused it: {err!r}") from err
         except _NATS_ERRORS as err:
             raise BrokerError(f"publish to the DLQ: {err!r}") from err
 
@@ -246,7 +259,7 @@ class Broker:
 
     def sink(self, *, timeout_s: float) -> JsSink:
         """Where enriched batches and dead letters are published."""
-        return JsSink(self._js, timeout_s=timeout_s)
+        return JsSink(self._js, timeout_s=timeout_s, max_payload=lambda: int(self._nc.max_payload))
 
     async def ready(self) -> tuple[bool, str]:
         """Connected, the streams and the consumer exist; or why not."""

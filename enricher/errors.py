@@ -29,3 +29,8 @@ class PoisonMessageError(EnricherError):
 
 class BrokerError(EnricherError):
     """NATS did not confirm a publish in time, or is unreachable (worth retrying)."""
+
+
+class DeadLetterRefusedError(EnricherError):
+    """NATS refused a dead letter for good (too large, or a JetStream error that trying
+    again will not change): the message cannot be stored anywhere."""

@@ -138,6 +138,76 @@ async def stream_problem(js: JetStreamContext, names: tuple[str, ...]) -> Stream
     return None
 
 
+# JetStream's own headers (Nats-Msg-Id, Nats-Expected-*, Nats-Rollup, Nats-TTL, ...) are
+# instructions for the publish that carried them: copied onto a dead letter, the DLQ stream
+# would apply them to it, and refuse it for good (a wrong expected sequence, a rollup it
+# does not allow).
+NATS_HEADER_PREFIX = "nats-"
+# A dead letter's reason is cut to this many characters, or to fewer, down to
+# DLQ_REASON_MIN_CHARS, when the message would not fit in the server's max_payload.
+DLQ_REASON_MAX_CHARS = 1000
+DLQ_REASON_MIN_CHARS = 100
+# What a header block takes besides its lines: "NATS/1.0\r\n" before, "\r\n" after.
+_HEADER_FRAMING_BYTES = len(b"NATS/1.0\r\n\r\n")
+
+
+def _header_bytes(headers: Mapping[str, str]) -> int:
+    """The bytes of a header block as nats-py sends it ("key: value\r\n" each)."""
+    lines = sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
+    return _HEADER_FRAMING_BYTES + lines
+
+
+def dead_letter_message(
+    *,
+    stage: str,
+    reason: str,
+    data: bytes,
+    source_subject: str,
+    headers: Mapping[str, str] | None = None,
+    deliveries: int = 0,
+    msg_id: str = "",
+    source_seq: int = 0,
+    max_payload: int = 0,
+) -> tuple[bytes, dict[str, str]]:
+    """The payload and headers of the dead letter of a message a stage gives up on.
+
+    The original headers are kept except JetStream's own (`Nats-*`). With `max_payload`
+    (0: no limit) the whole message, headers included as the server counts it, is made to
+    fit: the reason is cut first; a payload that still does not fit is left out, with
+    Telemetry-Dlq-Omitted-Bytes saying how large it was (the original stays in its source
+    stream at `source_seq`), and last the original headers too.
+    """
+    kept = {
+        k: v for k, v in (headers or {}).items() if not k.lower().startswith(NATS_HEADER_PREFIX)
+    }
+    ours = {
+        subjects.DLQ_STAGE_HEADER: stage,
+        subjects.DLQ_SUBJECT_HEADER: source_subject,
+        subjects.DLQ_DELIVERIES_HEADER: str(deliveries),
+    }
+    if source_seq:
+        ours[subjects.DLQ_SOURCE_SEQ_HEADER] = str(source_seq)
+    if msg_id:
+        ours[subjects.MSG_ID_HEADER] = f"dlq:{stage}:{msg_id}"
+    reason = " ".join(reason.split())  # header values must be one line
+    out: dict[str, str] = {}
+    for payload, original, reason_chars in (
+        (data, kept, DLQ_REASON_MAX_CHARS),
+        (data, kept, DLQ_REASON_MIN_CHARS),
+        (b"", kept, DLQ_REASON_MAX_CHARS),
+        (b"", kept, DLQ_REASON_MIN_CHARS),
+        (b"", {}, DLQ_REASON_MIN_CHARS),
+    ):
+        out = {**original, **ours, subjects.DLQ_REASON_HEADER: reason[:reason_chars]}
+        if len(payload) < len(data):
+            out[subjects.DLQ_OMITTED_BYTES_HEADER] = str(len(data))
+        # js.publish adds Nats-Expected-Stream: it counts towards max_payload as well.
+        sent = {**out, js_api.Header.EXPECTED_STREAM: subjects.DLQ_STREAM}
+        if not max_payload or len(payload) + _header_bytes(sent) <= max_payload:
+            return payload, out
+    return b"", out  # the DLQ's own headers only: a max_payload below any sensible one
+
+
 async def publish_dlq(
     js: JetStreamContext,
     *,
@@ -148,22 +218,27 @@ async def publish_dlq(
     headers: Mapping[str, str] | None = None,
     deliveries: int = 0,
     msg_id: str = "",
+    source_seq: int = 0,
+    max_payload: int = 0,
     timeout_s: float = 5.0,
 ) -> bool:
-    """Publishes the original bytes of a message a stage gives up on to the DLQ stream;
-    True when the stream already had it (the same `msg_id`: a redelivery dead-lettered again)."""
-    out = dict(headers or {})
-    out.pop(subjects.MSG_ID_HEADER, None)
-    out[subjects.DLQ_STAGE_HEADER] = stage
-    # Header values must be one line.
-    out[subjects.DLQ_REASON_HEADER] = " ".join(reason.split())[:1000]
-    out[subjects.DLQ_SUBJECT_HEADER] = source_subject
-    out[subjects.DLQ_DELIVERIES_HEADER] = str(deliveries)
-    if msg_id:
-        out[subjects.MSG_ID_HEADER] = f"dlq:{stage}:{msg_id}"
+    """Publishes the original bytes of a message a stage gives up on to the DLQ stream,
+    shaped by `dead_letter_message`; True when the stream already had it (the same
+    `msg_id`: a redelivery dead-lettered again)."""
+    payload, out = dead_letter_message(
+        stage=stage,
+        reason=reason,
+        data=data,
+        source_subject=source_subject,
+        headers=headers,
+        deliveries=deliveries,
+        msg_id=msg_id,
+        source_seq=source_seq,
+        max_payload=max_payload,
+    )
     ack = await js.publish(
         subjects.dlq_subject(stage),
-        data,
+        payload,
         timeout=timeout_s,
         stream=subjects.DLQ_STREAM,
         headers=out,

@@ -20,6 +20,12 @@ DLQ_STAGE_HEADER = "Telemetry-Dlq-Stage"  # the stage that gave up on the messag
 DLQ_REASON_HEADER = "Telemetry-Dlq-Reason"  # why, for people
 DLQ_SUBJECT_HEADER = "Telemetry-Dlq-Subject"  # the subject the message came from
 DLQ_DELIVERIES_HEADER = "Telemetry-Dlq-Deliveries"  # how often it was delivered
+# The message's sequence in the stream it came from (the stream of its source subject).
+DLQ_SOURCE_SEQ_HEADER = "Telemetry-Dlq-Source-Seq"
+# On a dead letter stored without its payload (too large to fit with the DLQ headers): the
+# size of the payload left out, in bytes. The original is still in its source stream, at
+# Telemetry-Dlq-Source-Seq, until the stream's max age removes it.
+DLQ_OMITTED_BYTES_HEADER = "Telemetry-Dlq-Omitted-Bytes"
 # On a replayed message, the DLQ entry it came from; passed on by the enricher, so that a
 # replayed raw message whose events the indexer rejects still names it.
 DLQ_REPLAY_OF_HEADER = "Telemetry-Dlq-Replay-Of"

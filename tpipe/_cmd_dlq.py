@@ -2,7 +2,9 @@
 
 A stage that gives up on a message stores its original bytes in TELEMETRY_DLQ on
 `telemetry.dlq.v1.<stage>`, with the stage, the reason, the subject it came from and
-how often it was delivered in headers. `list` shows them; `replay` publishes each one's
+how often it was delivered in headers. A message too large to be stored with those headers
+is stored without its bytes, with their size and its sequence in its source stream, and is
+skipped by `replay`. `list` shows them; `replay` publishes each one's
 original bytes to its source subject again (original headers without the DLQ ones,
 and a new Nats-Msg-Id), then deletes it from the DLQ.
 
@@ -64,6 +66,8 @@ DLQ_HEADERS = frozenset(
         subjects.DLQ_REASON_HEADER,
         subjects.DLQ_SUBJECT_HEADER,
         subjects.DLQ_DELIVERIES_HEADER,
+        subjects.DLQ_SOURCE_SEQ_HEADER,
+        subjects.DLQ_OMITTED_BYTES_HEADER,
         subjects.MSG_ID_HEADER,
         REPLAY_OF_HEADER,
     }
@@ -116,7 +120,17 @@ class Entry:
             "time": self.time,
             "size": self.size,
             "replay_of": self.headers.get(REPLAY_OF_HEADER, ""),
+            "omitted_bytes": self.omitted_bytes,
         }
+
+    @property
+    def omitted_bytes(self) -> int:
+        """The size of a payload too large to be stored with the DLQ headers; 0 when the
+        entry holds its original bytes."""
+        try:
+            return int(self.headers.get(subjects.DLQ_OMITTED_BYTES_HEADER, "0"))
+        except ValueError:
+            return 0
 
 
 @dataclass(slots=True)
@@ -409,6 +423,14 @@ async def _replay(url: str, stage: str | None, dry_run: bool, wait_s: float, err
                 err.write(
                     f"skip seq {entry.seq}: source subject {entry.source_subject!r} "
                     "is not a pipeline subject\n"
+                )
+            elif entry.omitted_bytes:
+                summary.skipped += 1
+                source_seq = entry.headers.get(subjects.DLQ_SOURCE_SEQ_HEADER, "?")
+                err.write(
+                    f"skip seq {entry.seq}: its {entry.omitted_bytes} bytes were too large to "
+                    f"store; the original is sequence {source_seq} of the stream of "
+                    f"{entry.source_subject!r}\n"
                 )
             elif dry_run:
                 if _payload(entry, err) is None:

@@ -147,6 +147,54 @@ async def test_garbage_goes_to_the_dlq_once_and_the_pipeline_goes_on(
     assert dlq == 1
 
 
+async def test_a_poison_message_with_jetstream_headers_is_dead_lettered_without_them(
+    js: JetStreamContext, enricher: Enricher
+) -> None:
+    # Right for the raw stream when published (its last sequence is 1), wrong for the DLQ
+    # stream (empty): copied onto the dead letter, the DLQ would refuse it every time.
+    await publish_raw(js, raw_batch(app_id="x"), app_id="x")
+    garbage = b"\xff\xfe not a protobuf"
+    seq = await publish_raw(
+        js,
+        garbage,
+        app_id="x",
+        headers={"Nats-Expected-Last-Sequence": "1", "Nats-Msg-Id": "raw-9", "X-Origin": "t"},
+    )
+
+    assert await wait_for_count(js, subjects.DLQ_STREAM, 1) == 1
+    info = await settle(js)
+    assert (info.num_pending, info.num_ack_pending) == (0, 0)
+    [dead] = await read_stream(js, subjects.DLQ_STREAM)
+    assert dead.data == garbage
+    headers = dead.headers or {}
+    assert "Nats-Expected-Last-Sequence" not in headers
+    assert headers["X-Origin"] == "t"
+    assert headers[subjects.DLQ_SOURCE_SEQ_HEADER] == str(seq)
+
+
+async def test_a_poison_message_near_max_payload_is_dead_lettered_without_its_bytes(
+    js: JetStreamContext, enricher: Enricher
+) -> None:
+    # With the DLQ headers it is more than the server takes: it would close the
+    # connection on every try.
+    garbage = b"\xff" * (1_048_576 - 200)
+    seq = await publish_raw(js, garbage, app_id="x")
+    good = raw_batch(app_id="x")
+    await publish_raw(js, good, app_id="x")
+
+    assert await wait_for_count(js, subjects.DLQ_STREAM, 1) == 1
+    assert await wait_for_count(js, subjects.ENRICHED_STREAM, 1) == 1
+    info = await settle(js)
+    assert (info.num_pending, info.num_ack_pending) == (0, 0)
+    [dead] = await read_stream(js, subjects.DLQ_STREAM)
+    assert not dead.data
+    headers = dead.headers or {}
+    assert headers[subjects.DLQ_OMITTED_BYTES_HEADER] == str(len(garbage))
+    assert headers[subjects.DLQ_SOURCE_SEQ_HEADER] == str(seq)
+    assert headers[subjects.DLQ_REASON_HEADER].startswith("undecodable")
+    assert (await js.get_msg(subjects.RAW_STREAM, seq)).data == garbage
+
+
 async def test_an_enriched_stream_refusing_publishes_sends_nothing_to_the_dlq(
     js: JetStreamContext, nats_server: NatsProcess
 ) -> None:
@@ -262,7 +310,7 @@ async def test_a_lost_ack_is_redelivered_and_deduplicated(js: JetStreamContext) 
     [sub] = await bind_consumer(js, settings)
     metrics = Metrics()
     handler = Handler(
-        sink=JsSink(js, timeout_s=5.0),
+        sink=JsSink(js, timeout_s=5.0, max_payload=lambda: 1_048_576),
         geo=OfflineGeo(),
         options=EnrichOptions(),
         retry=RetryPolicy(max_deliver=5, base_delay_s=0.1, max_delay_s=1.0),

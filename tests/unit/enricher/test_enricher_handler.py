@@ -15,7 +15,7 @@ from enricher._geo import OfflineGeo
 from enricher._handler import Delivery, Handler
 from enricher._metrics import Metrics
 from enricher._policy import RetryPolicy
-from enricher.errors import BrokerError
+from enricher.errors import BrokerError, DeadLetterRefusedError
 from pipeline import logs, subjects
 
 S = 1_000_000_000
@@ -64,6 +64,7 @@ class FakeSink:
     fail_publish: int = 0
     fail_dlq: int = 0
     publish_error: Exception | None = None
+    dlq_error: Exception | None = None
     published: list[tuple[str, bytes, dict[str, str]]] = field(default_factory=list)
     dead: list[tuple[bytes, str]] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
@@ -80,6 +81,8 @@ class FakeSink:
         return duplicate
 
     async def dead_letter(self, delivery: Delivery, *, reason: str, detail: str) -> bool:
+        if self.dlq_error is not None:
+            raise self.dlq_error
         if self.fail_dlq:
             self.fail_dlq -= 1
             raise BrokerError("dlq down")
@@ -259,6 +262,25 @@ async def test_a_dead_letter_nats_does_not_take_is_tried_in_place_never_terminat
     await _handler(sink).handle([delivery])
     assert delivery.log == ["touch", "touch", "term"]
     assert sink.dead == [(delivery.data, "undecodable")]
+
+
+async def test_a_dead_letter_refused_for_good_is_logged_and_the_message_terminated(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Tried again, it would hold its fetch loop forever.
+    sink, metrics = FakeSink(dlq_error=DeadLetterRefusedError("too large")), Metrics()
+    delivery = FakeDelivery(b"\xff garbage")
+    other = FakeDelivery(_good(), stream_seq=8)
+
+    await asyncio.wait_for(_handler(sink, metrics).handle([delivery, other]), 5.0)
+
+    assert delivery.log == ["term"]
+    assert other.log == ["ack"]
+    assert _sample(metrics, "enricher_dlq_refused_total") == 1
+    assert _sample(metrics, "enricher_dlq_total", reason="undecodable") == 0
+    assert _sample(metrics, "enricher_messages_held") == 0
+    [record] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert "its dead letter was refused: too large" in record.getMessage()
 
 
 @pytest.mark.parametrize("failing", ["ack", "nak", "term"])

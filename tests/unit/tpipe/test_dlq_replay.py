@@ -154,6 +154,25 @@ async def test_a_dry_run_counts_an_entry_that_cannot_be_replayed_as_failed() -> 
     assert [op for op, _ in dlq.log] == ["get", "get"]  # nothing sent or deleted
 
 
+async def test_an_entry_stored_without_its_bytes_is_skipped_and_named() -> None:
+    # Too large to store with the DLQ headers: replaying its empty payload would lose it.
+    dlq = Dlq(2)
+    omitted = {subjects.DLQ_OMITTED_BYTES_HEADER: "1048000", subjects.DLQ_SOURCE_SEQ_HEADER: "9"}
+    dlq.messages[1] = dlq._letter(1, **omitted)
+    dlq.messages[1].data = b""
+
+    code, err = await replay(dlq)
+
+    assert code == 0
+    assert [origin for op, origin in dlq.log if op == "publish"] == [2]
+    assert list(dlq.messages) == [1]
+    assert err.splitlines() == [
+        "skip seq 1: its 1048000 bytes were too large to store; the original is sequence 9 "
+        f"of the stream of {SOURCE!r}",
+        "replayed 1, skipped 1, failed to publish 0, failed again 0",
+    ]
+
+
 async def test_a_reason_with_non_ascii_text_is_listed() -> None:
     # nats-py hands such a header over as an email.header.Header, not a str.
     dlq = Dlq(1)
