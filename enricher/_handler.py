@@ -19,7 +19,6 @@ import contextlib
 import logging
 import random
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -110,9 +109,6 @@ class _Outgoing:
     events: int
 
 
-# The last error of messages being retried, by stream sequence, for the dead letter of
-# one that runs out of deliveries (bounded: a redelivery usually comes back here).
-_LAST_ERRORS_KEPT = 4096
 # While publishing fails, every message and redelivery is retried: one warning this often.
 RETRY_LOG_INTERVAL_S = 30.0
 # A message held for a failing publish is touched this often by default (below ack_wait).
@@ -157,7 +153,6 @@ class Handler:
         self._metrics = metrics
         self._clock_ns = clock_ns
         self._max_message_bytes = max_message_bytes
-        self._last_errors: OrderedDict[int, str] = OrderedDict()
         self._retry_log = retry_log or logs.Throttle(RETRY_LOG_INTERVAL_S)
         self._touch_every_s = touch_every_s
         self._stopping = asyncio.Event()
@@ -214,12 +209,8 @@ class Handler:
             span.end()
 
     def _prepare(self, delivery: Delivery, span: tracing.Span) -> _Prepared:
-        given_up = _policy.before_processing(deliveries=delivery.deliveries, policy=self._retry)
-        if given_up is not None:
-            last = self._last_errors.pop(delivery.stream_seq, "")
-            if last:
-                return _policy.DeadLetter(given_up.reason, f"{given_up.detail}; last error: {last}")
-            return given_up
+        # A message delivered past the limit is tried all the same: its deliveries may have
+        # been spent by stops giving it back while NATS did not take its publish.
         try:
             headers = delivery.headers
             raw = decode_raw(delivery.data, headers)
@@ -279,7 +270,6 @@ class Handler:
             except Exception as err:
                 item = err
             else:
-                self._last_errors.pop(delivery.stream_seq, None)
                 if len(outgoing.parts) > 1:
                     span.set_attribute("pipeline.messages", len(outgoing.parts))
                 span.set_attribute("pipeline.outcome", OUTCOME_ENRICHED)
@@ -400,7 +390,7 @@ class Handler:
             await self._quietly(delivery.in_progress())
 
     def _remember(self, delivery: Delivery, err: _Prepared) -> None:
-        """Logs why a message is retried, and keeps it for its dead letter."""
+        """Logs why a message is retried (one line per interval)."""
         text = repr(err)[:500]
         held_back = self._retry_log.admit()
         if held_back is not None:
@@ -415,10 +405,6 @@ class Handler:
                     "held_back": held_back,
                 },
             )
-        self._last_errors[delivery.stream_seq] = text
-        self._last_errors.move_to_end(delivery.stream_seq)
-        while len(self._last_errors) > _LAST_ERRORS_KEPT:
-            self._last_errors.popitem(last=False)
 
     async def _quietly(self, settle: Awaitable[None]) -> None:
         try:

@@ -1,16 +1,19 @@
 """The one place that decides what happens to a message that could not be enriched.
 
 Permanent failures (the message can never succeed) go to the DLQ and are
-terminated on the source; retryable ones (NATS trouble) are nak'ed with a delay
-that grows with each delivery. A message delivered more often than allowed is
-permanent, whatever went wrong before.
+terminated on the source; retryable ones are nak'ed with a delay that grows with
+each delivery. A failure other than NATS's on a message's last allowed delivery, or
+past it, is permanent, whatever it was. A broker failure never is: NATS not taking a
+publish says nothing about the message, so it spends no delivery and never sends a
+message to the DLQ, however often the message was delivered (a stop gives back the
+messages it holds, and each redelivery counts).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from enricher.errors import PoisonMessageError
+from enricher.errors import BrokerError, PoisonMessageError
 
 REASON_MAX_DELIVERIES = "max_deliveries"
 
@@ -42,24 +45,21 @@ class RetryPolicy:
     """max_delay_s: the longest nak delay."""
 
 
-def before_processing(*, deliveries: int, policy: RetryPolicy) -> DeadLetter | None:
-    """A message delivered more than `max_deliver` times is given up on unprocessed."""
-    if deliveries > policy.max_deliver:
-        return DeadLetter(
-            REASON_MAX_DELIVERIES,
-            f"delivered {deliveries} times, more than the limit of {policy.max_deliver}",
-        )
-    return None
-
-
 def on_failure(err: Exception, *, deliveries: int, policy: RetryPolicy) -> DeadLetter | Retry:
-    """Permanent or retryable: poison input is permanent, everything else is retried.
+    """Permanent or retryable: poison input is permanent, broker trouble is retried, and
+    any other error is retried until the message's `max_deliver`-th delivery.
 
-    Unknown errors are retried too: a bug or an outage must not throw data away;
-    if it persists, the delivery limit sends the message to the DLQ.
+    Unknown errors are retried too: a bug or an outage must not throw data away; if it
+    persists, the delivery limit sends the message to the DLQ with that error.
     """
     if isinstance(err, PoisonMessageError):
         return DeadLetter(err.reason, err.detail)
+    if deliveries >= policy.max_deliver and not isinstance(err, BrokerError):
+        return DeadLetter(
+            REASON_MAX_DELIVERIES,
+            f"delivered {deliveries} times, the limit is {policy.max_deliver}; "
+            f"last error: {repr(err)[:500]}",
+        )
     return Retry(nak_delay_s(deliveries=deliveries, policy=policy))
 
 

@@ -16,7 +16,7 @@ DEFAULT_FETCH_TIMEOUT_S = 0.1
 DEFAULT_CONCURRENCY = 2  # fetch loops per process
 DEFAULT_MAX_ACK_PENDING = 256  # messages delivered and not yet acked, over all processes
 DEFAULT_ACK_WAIT_S = 30.0
-DEFAULT_MAX_DELIVER = 5  # deliveries before a message goes to the DLQ
+DEFAULT_MAX_DELIVER = 5  # failed deliveries before a message goes to the DLQ
 DEFAULT_PUBLISH_TIMEOUT_S = 5.0
 DEFAULT_NAK_DELAY_S = 1.0  # first redelivery delay; doubles with each delivery
 DEFAULT_NAK_MAX_DELAY_S = 60.0
@@ -84,8 +84,9 @@ class Config(NatsSettings, TracingSettings):
     max_deliver: int = setting(
         "ENRICHER_MAX_DELIVER",
         DEFAULT_MAX_DELIVER,
-        "deliveries of a raw message before it goes to the DLQ (publishes NATS did not "
-        "take are tried again in place and spend none)",
+        "failed deliveries of a raw message before it goes to the DLQ (publishes NATS did "
+        "not take are tried again in place and spend none; a message redelivered past it, "
+        "e.g. given back by restarts, is still tried)",
         check=_at_least_one,
     )
     publish_timeout_s: float = setting(

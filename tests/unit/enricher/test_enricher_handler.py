@@ -20,6 +20,7 @@ from pipeline import logs, subjects
 
 S = 1_000_000_000
 RETRY = RetryPolicy(max_deliver=3, base_delay_s=0.01, max_delay_s=0.04)
+PATIENT = RetryPolicy(max_deliver=5, base_delay_s=0.01, max_delay_s=0.04)
 
 
 @dataclass
@@ -191,7 +192,7 @@ async def test_garbage_goes_to_the_dlq_and_is_terminated() -> None:
 
 async def test_a_failure_not_natss_naks_with_a_growing_delay() -> None:
     sink, metrics = FakeSink(publish_error=RuntimeError("bug")), Metrics()
-    handler = _handler(sink, metrics)
+    handler = _handler(sink, metrics, retry=PATIENT)
     first, third = FakeDelivery(_good(), deliveries=1), FakeDelivery(_good(), deliveries=3)
     await handler.handle([first])
     await handler.handle([third])
@@ -247,8 +248,30 @@ async def test_a_dead_letter_stored_before_is_not_counted_again() -> None:
     assert _sample(metrics, "enricher_dlq_total", reason="undecodable") == 1
 
 
-async def test_past_max_deliveries_goes_to_the_dlq_unprocessed() -> None:
-    sink = FakeSink()
+async def test_restarts_while_nats_does_not_take_publishes_send_nothing_to_the_dlq() -> None:
+    # Each stop gives the held message back (a nak, counted as a delivery by the broker);
+    # past ENRICHER_MAX_DELIVER (3) it is still tried, and held again, not dead-lettered.
+    sink = FakeSink(fail_publish=FOREVER)
+    for deliveries in range(1, 7):
+        handler = _handler(sink, touch_every_s=0.01)
+        delivery = FakeDelivery(_good(), deliveries=deliveries)
+        handling = asyncio.create_task(handler.handle([delivery]))
+        await asyncio.wait_for(delivery.touches(1), 1.0)
+        handler.stop()
+        await asyncio.wait_for(handling, 1.0)
+        assert delivery.log[-1] == "nak 0.0"
+    assert sink.dead == []
+
+    sink.fail_publish = 0  # NATS takes publishes again
+    delivery = FakeDelivery(_good(), deliveries=7)
+    await _handler(sink).handle([delivery])
+    assert delivery.log == ["ack"]
+    assert len(sink.published) == 1
+    assert sink.dead == []
+
+
+async def test_past_max_deliveries_a_failure_not_natss_goes_to_the_dlq_with_it() -> None:
+    sink = FakeSink(publish_error=RuntimeError("bug"))
     delivery = FakeDelivery(_good(), deliveries=4)
     await _handler(sink).handle([delivery])
     assert sink.published == []
@@ -434,7 +457,7 @@ async def test_retries_of_other_failures_log_one_line_per_interval(
 ) -> None:
     now = [100.0]
     sink = FakeSink(publish_error=RuntimeError("bug"))
-    handler = _handler(sink, retry_log=logs.Throttle(30.0, clock=lambda: now[0]))
+    handler = _handler(sink, retry=PATIENT, retry_log=logs.Throttle(30.0, clock=lambda: now[0]))
 
     def lines() -> list[str]:
         return [r.getMessage() for r in caplog.records if "not enriched" in r.getMessage()]
@@ -456,7 +479,7 @@ async def test_a_retried_message_logs_why_and_its_dead_letter_keeps_the_last_err
 ) -> None:
     sink = FakeSink(publish_error=RuntimeError("no ack"))
     handler = _handler(sink)
-    for deliveries in (1, 2, 3):
+    for deliveries in (1, 2):
         await handler.handle([FakeDelivery(_good(), deliveries=deliveries)])
     assert "raw message not enriched; retrying" in caplog.text
     assert "no ack" in caplog.text
@@ -467,8 +490,10 @@ async def test_a_retried_message_logs_why_and_its_dead_letter_keeps_the_last_err
         reasons.append(f"{reason}: {detail}")
 
     sink.dead_letter = keep  # type: ignore[method-assign]
-    await handler.handle([FakeDelivery(_good(), deliveries=4)])
+    last = FakeDelivery(_good(), deliveries=3)
+    await handler.handle([last])
 
+    assert last.log == ["term"]
     assert len(reasons) == 1
-    assert reasons[0].startswith("max_deliveries: delivered 4 times")
+    assert reasons[0].startswith("max_deliveries: delivered 3 times, the limit is 3")
     assert "last error: RuntimeError('no ack')" in reasons[0]

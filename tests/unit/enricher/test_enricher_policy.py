@@ -7,7 +7,6 @@ from enricher._policy import (
     DeadLetter,
     Retry,
     RetryPolicy,
-    before_processing,
     nak_delay_s,
     on_failure,
 )
@@ -32,8 +31,16 @@ def test_delay_grows_and_is_capped() -> None:
     assert nak_delay_s(deliveries=10_000, policy=POLICY) == 3.0
 
 
-def test_past_the_delivery_limit_is_permanent() -> None:
-    assert before_processing(deliveries=3, policy=POLICY) is None
-    action = before_processing(deliveries=4, policy=POLICY)
-    assert isinstance(action, DeadLetter)
-    assert action.reason == REASON_MAX_DELIVERIES
+def test_other_failures_are_permanent_from_the_last_allowed_delivery() -> None:
+    assert on_failure(RuntimeError("bug"), deliveries=2, policy=POLICY) == Retry(1.0)
+    for deliveries in (3, 9):
+        action = on_failure(RuntimeError("bug"), deliveries=deliveries, policy=POLICY)
+        assert isinstance(action, DeadLetter)
+        assert action.reason == REASON_MAX_DELIVERIES
+        assert action.detail.endswith("last error: RuntimeError('bug')")
+
+
+def test_broker_failures_are_never_permanent_however_often_delivered() -> None:
+    # Stops give back held messages, each redelivery counting: that is not the message's doing.
+    assert on_failure(BrokerError("timeout"), deliveries=3, policy=POLICY) == Retry(2.0)
+    assert on_failure(BrokerError("timeout"), deliveries=40, policy=POLICY) == Retry(3.0)
