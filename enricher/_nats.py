@@ -17,7 +17,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.errors import Error as JsError
 
 from enricher._handler import Delivery, Handler
@@ -31,6 +31,8 @@ STAGE = "enricher"
 CLIENT_NAME = "enricher"
 _STREAMS = (subjects.RAW_STREAM, subjects.ENRICHED_STREAM, subjects.DLQ_STREAM)
 _RETRY_FETCH_AFTER_ERROR_S = 0.5
+# JetStream's error code for a consumer that does not exist.
+_CONSUMER_NOT_FOUND = 10014
 _NATS_ERRORS = (nats.errors.Error, JsError, OSError, asyncio.TimeoutError)
 
 
@@ -133,6 +135,29 @@ async def bind_consumer(
         raise BrokerError(f"consumer {settings.name}: {err!r}") from err
 
 
+async def restore_consumer(js: JetStreamContext, settings: ConsumerSettings) -> bool:
+    """Creates the durable consumer again when JetStream says it does not exist (deleted
+    by hand, or lost with its stream's state); True when it did. Subscriptions bound to it
+    fetch from the new one: a pull names the consumer, not a subscription of its own.
+
+    Raises BrokerError when JetStream cannot be asked or does not create it.
+    """
+    try:
+        await js.consumer_info(subjects.RAW_STREAM, settings.name)
+    except NotFoundError as err:
+        if err.err_code != _CONSUMER_NOT_FOUND:
+            raise BrokerError(f"consumer {settings.name}: {err!r}") from err
+    except _NATS_ERRORS as err:
+        raise BrokerError(f"consumer {settings.name}: {err!r}") from err
+    else:
+        return False
+    try:
+        await js.add_consumer(subjects.RAW_STREAM, consumer_config(settings))
+    except _NATS_ERRORS as err:
+        raise BrokerError(f"consumer {settings.name}: {err!r}") from err
+    return True
+
+
 class FetchLoop:
     """Fetches raw messages in batches and hands them to the handler, until stopped."""
 
@@ -142,8 +167,12 @@ class FetchLoop:
         handler: Handler,
         *,
         settings: ConsumerSettings,
+        js: JetStreamContext | None = None,
     ) -> None:
+        """With `js`, a fetch failing because the durable consumer is gone creates it again
+        (`restore_consumer`); without, the loop only keeps trying."""
         self._sub = subscription
+        self._js = js
         self._handler = handler
         self._settings = settings
         self._stopping = asyncio.Event()
@@ -180,6 +209,7 @@ class FetchLoop:
                 if not failing and not self._stopping.is_set():  # a stop interrupts a fetch
                     log.warning("fetch failing: %r; retrying", err)
                     failing = True
+                await self._restore()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), _RETRY_FETCH_AFTER_ERROR_S)
                 continue
@@ -187,6 +217,18 @@ class FetchLoop:
                 log.info("fetch recovered")
                 failing = False
             await self._handler.handle([natsconn.JetStreamDelivery(msg) for msg in msgs])
+
+    async def _restore(self) -> None:
+        """Creates the consumer again if it is missing (a fetch from a deleted consumer
+        fails as one with NATS away does: JetStream has nobody to answer it)."""
+        if self._js is None or self._stopping.is_set():
+            return
+        try:
+            restored = await restore_consumer(self._js, self._settings)
+        except BrokerError:
+            return  # NATS away: the next failing fetch asks again
+        if restored:
+            log.warning("consumer %s was missing; created it again", self._settings.name)
 
     async def _fetch(self) -> list[Msg]:
         self._fetching = True
@@ -256,6 +298,12 @@ class Broker:
     def max_payload(self) -> int:
         """The largest message the server takes, in bytes."""
         return int(self._nc.max_payload)
+
+    def fetch_loops(self, handler: Handler, settings: ConsumerSettings) -> list[FetchLoop]:
+        """One fetch loop per subscription, each creating the consumer again if it is lost."""
+        return [
+            FetchLoop(sub, handler, settings=settings, js=self._js) for sub in self.subscriptions
+        ]
 
     def sink(self, *, timeout_s: float) -> JsSink:
         """Where enriched batches and dead letters are published."""

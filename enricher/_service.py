@@ -153,10 +153,7 @@ class Enricher:
             touch_every_s=config.ack_wait_s / 3,
         )
         self._handler = handler
-        self._loops = [
-            _nats.FetchLoop(sub, handler, settings=self._consumer)
-            for sub in self._broker.subscriptions
-        ]
+        self._loops = self._broker.fetch_loops(handler, self._consumer)
         lag = asyncio.create_task(self._refresh_lag())
         log.info(
             "enricher consuming",

@@ -17,7 +17,7 @@ from enricher._enrich import EnrichOptions, timestamp_ns
 from enricher._geo import OfflineGeo
 from enricher._handler import Handler
 from enricher._metrics import Metrics
-from enricher._nats import ConsumerSettings, JsSink, bind_consumer, consumer_pending
+from enricher._nats import Broker, ConsumerSettings, JsSink, bind_consumer, consumer_pending
 from enricher._policy import RetryPolicy
 from pipeline import subjects
 from pipeline.natsconn import JetStreamDelivery
@@ -481,8 +481,32 @@ async def test_stop_while_waiting_for_nats(tmp_path: Path) -> None:
     assert service.http_port == 0
 
 
-async def test_not_ready_when_the_consumer_is_deleted(
+async def test_a_broker_whose_consumer_is_deleted_is_not_ready(
+    js: JetStreamContext, nats_server: NatsProcess
+) -> None:
+    config = enricher_config(nats_server.url)
+    settings = ConsumerSettings(
+        name="enricher", ack_wait_s=30.0, max_ack_pending=16, fetch_batch=4, fetch_timeout_s=0.2
+    )
+    broker = await Broker.open(config, settings, subscriptions=1, timeout_s=5.0)
+    try:
+        assert await broker.ready() == (True, "ok")
+        await js.delete_consumer(subjects.RAW_STREAM, "enricher")
+        assert await broker.ready() == (False, "consumer missing")
+    finally:
+        await broker.close()
+
+
+async def test_a_deleted_consumer_is_created_again_and_consumption_goes_on(
     js: JetStreamContext, enricher: Enricher
 ) -> None:
     await js.delete_consumer(subjects.RAW_STREAM, "enricher")
-    assert await enricher.ready() == (False, "consumer missing")
+    raw = raw_batch()
+    await publish_raw(js, raw)
+
+    assert await wait_for_count(js, subjects.ENRICHED_STREAM, 1, timeout_s=20.0) == 1
+    [msg] = await read_stream(js, subjects.ENRICHED_STREAM)
+    assert event_pb2.EnrichedBatch.FromString(msg.data or b"").batch_id == raw.context.batch_id
+    info = await settle(js)
+    assert (info.num_pending, info.num_ack_pending) == (0, 0)
+    assert await enricher.ready() == (True, "ok")
