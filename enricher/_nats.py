@@ -139,6 +139,9 @@ async def restore_consumer(js: JetStreamContext, settings: ConsumerSettings) -> 
     """Creates the durable consumer again when JetStream says it does not exist (deleted
     by hand, or lost with its stream's state); True when it did. Subscriptions bound to it
     fetch from the new one: a pull names the consumer, not a subscription of its own.
+    Like the first one it delivers the raw stream from its start (what the lost consumer
+    had acked is not known): nothing is lost, and the events enriched again are stored
+    once, their document id being their event id.
 
     Raises BrokerError when JetStream cannot be asked or does not create it.
     """
