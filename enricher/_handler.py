@@ -137,11 +137,13 @@ class Handler:
         clock_ns: Callable[[], int] = time.time_ns,
         tracer: tracing.Tracing | None = None,
         max_message_bytes: int = 0,
+        max_events: int = 0,
         retry_log: logs.Throttle | None = None,
         touch_every_s: float = DEFAULT_TOUCH_EVERY_S,
     ) -> None:
         """`max_message_bytes` (0: no limit) is the most an enriched message may hold;
-        a larger enriched batch is published as several. `retry_log` paces the warnings
+        a larger enriched batch is published as several; a raw message of more than
+        `max_events` events (0: no limit) goes to the DLQ. `retry_log` paces the warnings
         about retried messages (default: one per RETRY_LOG_INTERVAL_S). A message waiting
         for NATS to take its publish is touched (in progress) every `touch_every_s`, which
         must be shorter than the consumer's ack_wait."""
@@ -153,6 +155,7 @@ class Handler:
         self._metrics = metrics
         self._clock_ns = clock_ns
         self._max_message_bytes = max_message_bytes
+        self._max_events = max_events
         self._retry_log = retry_log or logs.Throttle(RETRY_LOG_INTERVAL_S)
         self._touch_every_s = touch_every_s
         self._stopping = asyncio.Event()
@@ -165,23 +168,20 @@ class Handler:
     async def handle(self, deliveries: Sequence[Delivery]) -> None:
         """Settles every delivery: acked after its publish, terminated, or nak'ed.
 
-        Enrichment runs first for the whole fetch (CPU); the publishes then wait
-        for their acks concurrently. Never raises for one bad message.
+        Messages are enriched one after the other (CPU), each one's publish starting
+        before the next is enriched, and the event loop gets a turn between them (for
+        acks, touches, other fetch loops); the publishes wait for their acks
+        concurrently. Never raises for one bad message.
         """
         started = time.perf_counter()
         self._metrics.messages_in_progress.inc(len(deliveries))
         try:
-            spans = [self._span(delivery) for delivery in deliveries]
-            prepared = [
-                self._prepare(delivery, span)
-                for delivery, span in zip(deliveries, spans, strict=True)
-            ]
-            await asyncio.gather(
-                *(
-                    self._settle_traced(delivery, item, span)
-                    for delivery, item, span in zip(deliveries, prepared, spans, strict=True)
-                )
-            )
+            async with asyncio.TaskGroup() as settling:
+                for delivery in deliveries:
+                    span = self._span(delivery)
+                    item = self._prepare(delivery, span)
+                    settling.create_task(self._settle_traced(delivery, item, span))
+                    await asyncio.sleep(0)
         finally:
             self._metrics.messages_in_progress.dec(len(deliveries))
         self._metrics.batch_seconds.observe(time.perf_counter() - started)
@@ -213,7 +213,7 @@ class Handler:
         # been spent by stops giving it back while NATS did not take its publish.
         try:
             headers = delivery.headers
-            raw = decode_raw(delivery.data, headers)
+            raw = decode_raw(delivery.data, headers, max_events=self._max_events)
             app_id = app_id_of(raw, delivery.subject)
             now_ns = self._clock_ns()
             data = enrich_batch_bytes(

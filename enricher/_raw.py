@@ -14,15 +14,20 @@ REASON_UNDECODABLE = "undecodable"
 REASON_WRONG_SCHEMA = "wrong_schema"
 REASON_EMPTY_BATCH = "empty_batch"
 REASON_INVALID_APP_ID = "invalid_app_id"
+REASON_TOO_MANY_EVENTS = "too_many_events"
 
 
-def decode_raw(data: bytes, headers: Mapping[str, str]) -> event_pb2.RawBatch:
+def decode_raw(
+    data: bytes, headers: Mapping[str, str], *, max_events: int = 0
+) -> event_pb2.RawBatch:
     """The RawBatch in `data`; raises PoisonMessageError when there is none.
 
     A message without a Telemetry-Schema header is taken for a RawBatch (the
     original pipeline's EventBatch decodes as one without context). A batch
     without events is refused: the gateway never publishes one, so such bytes
-    are something else that happened to parse.
+    are something else that happened to parse. So is a batch of more than
+    `max_events` events (0: no limit), which the gateway refuses too: a message
+    of many tiny events would hold the enricher for seconds.
     """
     schema = headers.get(subjects.SCHEMA_HEADER, subjects.RAW_SCHEMA)
     if schema != subjects.RAW_SCHEMA:
@@ -35,6 +40,12 @@ def decode_raw(data: bytes, headers: Mapping[str, str]) -> event_pb2.RawBatch:
         raise PoisonMessageError(REASON_UNDECODABLE, f"not a RawBatch: {err}") from None
     if not raw.events:
         raise PoisonMessageError(REASON_EMPTY_BATCH, "the batch has no events")
+    if max_events and len(raw.events) > max_events:
+        raise PoisonMessageError(
+            REASON_TOO_MANY_EVENTS,
+            f"the batch has {len(raw.events)} events, more than the limit of {max_events} "
+            "(ENRICHER_MAX_EVENTS_PER_MESSAGE)",
+        )
     return raw
 
 

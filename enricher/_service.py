@@ -150,6 +150,7 @@ class Enricher:
             metrics=self.metrics,
             tracer=self.tracing,
             max_message_bytes=self._broker.max_payload - PAYLOAD_HEADROOM_BYTES,
+            max_events=config.max_events_per_message,
             touch_every_s=config.ack_wait_s / 3,
         )
         self._handler = handler

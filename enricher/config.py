@@ -22,6 +22,8 @@ DEFAULT_NAK_DELAY_S = 1.0  # first redelivery delay; doubles with each delivery
 DEFAULT_NAK_MAX_DELAY_S = 60.0
 DEFAULT_MAX_CLOCK_SKEW_S = 365 * 24 * 3600.0  # one year
 DEFAULT_EVENT_MESSAGE_MAX_CHARS = 4096
+# Events per raw message: the gateway's GATEWAY_MAX_EVENTS_PER_BATCH default.
+DEFAULT_MAX_EVENTS_PER_MESSAGE = 1000
 DEFAULT_LAG_REFRESH_S = 5.0
 DEFAULT_GRPC_HOST = "127.0.0.1"
 DEFAULT_GRPC_PORT = 50052
@@ -107,6 +109,13 @@ class Config(NatsSettings, TracingSettings):
         DEFAULT_NAK_MAX_DELAY_S,
         "longest delay before a failed message is tried again, seconds",
         check=positive,
+    )
+    max_events_per_message: int = setting(
+        "ENRICHER_MAX_EVENTS_PER_MESSAGE",
+        DEFAULT_MAX_EVENTS_PER_MESSAGE,
+        "events per raw message at most; a message with more goes to the DLQ (keep it at "
+        "least GATEWAY_MAX_EVENTS_PER_BATCH)",
+        check=_at_least_one,
     )
     max_clock_skew_s: float = setting(
         "ENRICHER_MAX_CLOCK_SKEW_S",

@@ -25,6 +25,7 @@ def test_defaults() -> None:
     assert config.nak_delay_s == cfg.DEFAULT_NAK_DELAY_S
     assert config.nak_max_delay_s == cfg.DEFAULT_NAK_MAX_DELAY_S
     assert config.max_clock_skew_s == 365 * 24 * 3600
+    assert config.max_events_per_message == cfg.DEFAULT_MAX_EVENTS_PER_MESSAGE == 1000
     assert config.geoip_db == ""
     assert config.event_message_max_chars == cfg.DEFAULT_EVENT_MESSAGE_MAX_CHARS
     assert config.lag_refresh_s == cfg.DEFAULT_LAG_REFRESH_S
@@ -77,6 +78,7 @@ def test_values_are_read() -> None:
         ("ENRICHER_NAK_MAX_DELAY_S", "0"),
         ("ENRICHER_MAX_CLOCK_SKEW_S", "0"),
         ("ENRICHER_EVENT_MESSAGE_MAX_CHARS", "0"),
+        ("ENRICHER_MAX_EVENTS_PER_MESSAGE", "0"),
         ("ENRICHER_LAG_REFRESH_S", "0"),
         ("ENRICHER_GRPC_PORT", "70000"),
         ("ENRICHER_GRPC_MAX_EVENTS", "0"),

@@ -11,7 +11,7 @@ import pytest
 from telemetry.v1 import event_pb2
 
 from enricher._enrich import EnrichOptions
-from enricher._geo import OfflineGeo
+from enricher._geo import GeoLookup, OfflineGeo
 from enricher._handler import Delivery, Handler
 from enricher._metrics import Metrics
 from enricher._policy import RetryPolicy
@@ -99,6 +99,8 @@ def _handler(
     metrics: Metrics | None = None,
     *,
     max_message_bytes: int = 0,
+    max_events: int = 0,
+    geo: GeoLookup | None = None,
     clock_ns: Callable[[], int] = lambda: 1_700_000_001 * S,
     retry_log: logs.Throttle | None = None,
     retry: RetryPolicy = RETRY,
@@ -106,12 +108,13 @@ def _handler(
 ) -> Handler:
     return Handler(
         sink=sink,
-        geo=OfflineGeo(),
+        geo=geo or OfflineGeo(),
         options=EnrichOptions(),
         retry=retry,
         metrics=metrics or Metrics(),
         clock_ns=clock_ns,
         max_message_bytes=max_message_bytes,
+        max_events=max_events,
         retry_log=retry_log,
         touch_every_s=touch_every_s,
     )
@@ -188,6 +191,45 @@ async def test_garbage_goes_to_the_dlq_and_is_terminated() -> None:
     assert len(sink.published) == 1
     assert _sample(metrics, "enricher_dlq_total", reason="undecodable") == 1
     assert _sample(metrics, "enricher_messages_total", outcome="dead_lettered") == 1
+
+
+async def test_a_message_of_more_events_than_allowed_goes_to_the_dlq() -> None:
+    sink, metrics = FakeSink(), Metrics()
+    raw = event_pb2.RawBatch()
+    raw.context.app_id = "shop"
+    for i in range(4):
+        raw.events.add(event_id=f"e{i}")
+    many, two = FakeDelivery(raw.SerializeToString()), FakeDelivery(_good(), stream_seq=8)
+
+    await _handler(sink, metrics, max_events=3).handle([many, two])
+
+    assert sink.dead == [(many.data, "too_many_events")]
+    assert many.log == ["term"]
+    assert two.log == ["ack"]
+    assert _sample(metrics, "enricher_dlq_total", reason="too_many_events") == 1
+
+
+async def test_each_message_is_published_before_the_next_is_enriched() -> None:
+    # The first message's publish (and ack) need not wait for the whole fetch's CPU.
+    shared: list[str] = []
+
+    class Geo:
+        def lookup(self, ip: str) -> event_pb2.Geo | None:
+            shared.append(f"enrich {ip}")
+            return None
+
+    def good(ip: str) -> bytes:
+        raw = event_pb2.RawBatch.FromString(_good())
+        raw.context.client_ip = ip
+        return raw.SerializeToString()
+
+    sink = FakeSink(log=shared)
+    first = FakeDelivery(good("81.2.69.1"), stream_seq=1)
+    second = FakeDelivery(good("81.2.69.2"), stream_seq=2)
+
+    await _handler(sink, geo=Geo()).handle([first, second])
+
+    assert shared == ["enrich 81.2.69.1", "publish", "enrich 81.2.69.2", "publish"]
 
 
 async def test_a_failure_not_natss_naks_with_a_growing_delay() -> None:
