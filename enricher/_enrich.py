@@ -16,7 +16,7 @@ from enricher._clock import (
     BatchClock,
     measure_skew,
 )
-from enricher._device import parse_device_os
+from enricher._device import MAX_DEVICE_OS_CHARS, parse_device_os
 from enricher._geo import GeoLookup, geo_of
 from enricher._message import DEFAULT_MAX_CHARS, event_message
 from enricher.errors import PoisonMessageError
@@ -172,7 +172,7 @@ def enrich_batch_bytes(
             clock_fields = absurd_fields
         else:
             clock_fields = _timestamp_field(_CORRECTED_TIMESTAMP, corrected) + status_fields
-        os_fields = _os_fields(event.device_os)
+        os_fields = _os_fields(event.device_os[:MAX_DEVICE_OS_CHARS])  # a bounded cache key
         message = event_message(event.event_name, event.metadata, max_chars=max_chars)
         message_field = wire.string_field(_EVENT_MESSAGE, message)
         event_bytes = event.SerializeToString()

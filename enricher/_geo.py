@@ -22,6 +22,9 @@ from enricher.errors import SetupError
 _IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # Bounds the cache of public_address: a client sends many batches from one address.
 _CACHE_SIZE = 4096
+# The longest text of an IP address ("ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"): a
+# longer client_ip is no address, and is neither parsed nor kept as a cache key.
+MAX_IP_TEXT_CHARS = 45
 
 
 class GeoLookup(Protocol):
@@ -54,6 +57,8 @@ def public_address(text: str) -> str | None:
 
 def geo_of(client_ip: str, lookup: GeoLookup) -> event_pb2.Geo | None:
     """The geo of a client IP address, or None (not an address, not public, not known)."""
+    if len(client_ip) > MAX_IP_TEXT_CHARS:
+        return None
     address = public_address(client_ip)
     if address is None:
         return None

@@ -10,7 +10,7 @@ from telemetry.v1 import event_pb2
 
 from enricher import EnrichOptions, enrich_batch
 from enricher._clock import correct_clock
-from enricher._device import parse_device_os
+from enricher._device import MAX_DEVICE_OS_CHARS, _parse, parse_device_os
 from enricher._enrich import (
     _CACHE_SIZE,
     _os_fields,
@@ -354,6 +354,25 @@ def test_bytes_equal_the_serialised_parts_put_together(
         "options": EnrichOptions(max_skew_ns=max_skew_s * S, event_message_max_chars=max_chars),
     }
     assert enrich_batch_bytes(raw, **given_args) == _assembled_reference(raw, **given_args)
+
+
+def test_a_device_os_is_read_and_cached_only_up_to_the_gateways_limit() -> None:
+    # Texts past the gateway's limit reach NATS only from elsewhere; kept whole as cache
+    # keys, 4096 of them of a megabyte each would take gigabytes.
+    _os_fields.cache_clear()
+    _parse.cache_clear()
+    head = "iOS 17.2 " + "x" * MAX_DEVICE_OS_CHARS
+    raw = _raw()
+    for n, event in enumerate(raw.events):
+        event.device_os = head + f"-{n}" * 100_000
+    assert len(raw.events) > 1
+
+    batch = _enrich(raw)
+
+    assert {(e.os_name, e.os_version) for e in batch.events} == {parse_device_os(head)}
+    assert parse_device_os(head) == ("iOS", "17.2")
+    assert _os_fields.cache_info().currsize == 1
+    assert _parse.cache_info().currsize == 1
 
 
 def test_caches_of_encoded_values_are_bounded() -> None:

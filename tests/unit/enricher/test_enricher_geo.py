@@ -157,3 +157,14 @@ def test_public_address_cache_is_bounded_and_answers_alike() -> None:
     # A cached answer is the one computed afresh.
     for text in ("81.2.69.142", "10.0.0.1", "::ffff:81.2.69.142", "bogus"):
         assert public_address(text) == public_address.__wrapped__(text)
+
+
+def test_a_client_ip_longer_than_any_address_is_neither_parsed_nor_cached() -> None:
+    public_address.cache_clear()
+    assert geo_of("81.2.69.142" + " " * 1_000_000, OfflineGeo()) is None
+    assert geo_of("1" * 100_000, OfflineGeo()) is None
+    assert public_address.cache_info().currsize == 0
+    # The longest address texts are still looked up.
+    geo = geo_of("0000:0000:0000:0000:0000:ffff:81.2.69.142", OfflineGeo())
+    assert geo is not None
+    assert geo.country_code == "GB"
