@@ -174,16 +174,27 @@ class Handler:
         concurrently. Never raises for one bad message.
         """
         started = time.perf_counter()
-        self._metrics.messages_in_progress.inc(len(deliveries))
+        in_progress = self._metrics.messages_in_progress
+        unsettled = len(deliveries)
+        in_progress.inc(unsettled)
+
+        async def settle(delivery: Delivery, item: _Prepared, span: tracing.Span) -> None:
+            nonlocal unsettled
+            try:
+                await self._settle_traced(delivery, item, span)
+            finally:
+                unsettled -= 1
+                in_progress.dec()
+
         try:
             async with asyncio.TaskGroup() as settling:
                 for delivery in deliveries:
                     span = self._span(delivery)
                     item = self._prepare(delivery, span)
-                    settling.create_task(self._settle_traced(delivery, item, span))
+                    settling.create_task(settle(delivery, item, span))
                     await asyncio.sleep(0)
         finally:
-            self._metrics.messages_in_progress.dec(len(deliveries))
+            in_progress.dec(unsettled)  # those whose settling never started (cancelled)
         self._metrics.batch_seconds.observe(time.perf_counter() - started)
 
     def _span(self, delivery: Delivery) -> tracing.Span:
@@ -355,9 +366,9 @@ class Handler:
     async def _until_taken(self, delivery: Delivery, attempt: Callable[[], Awaitable[T]]) -> T:
         """`attempt()`'s result once NATS takes it. After a BrokerError it is tried again,
         the pause doubling from the retry policy's base delay to its longest (less up to a
-        fifth, at random) and the message touched meanwhile; each failed attempt is counted
-        and logged as a retry. Raises _Stopped when the handler stops, and any other error
-        at once."""
+        fifth, at random) and the message touched meanwhile; the message is counted as
+        retried once, each failed attempt in publish_retries, and logged (paced). Raises
+        _Stopped when the handler stops, and any other error at once."""
         failures = 0
         try:
             while True:
@@ -366,11 +377,12 @@ class Handler:
                 except BrokerError as err:
                     if self._stopping.is_set():
                         raise _Stopped from err
-                    if not failures:
+                    if not failures:  # the message is retried: counted once, however long
                         self._metrics.messages_held.inc()
+                        self._metrics.messages.labels(outcome=OUTCOME_RETRIED).inc()
                     failures += 1
                     self._remember(delivery, err)
-                    self._metrics.messages.labels(outcome=OUTCOME_RETRIED).inc()
+                    self._metrics.publish_retries.inc()
                     pause = _policy.nak_delay_s(deliveries=failures, policy=self._retry)
                     # Spread: the messages held together do not all try again at once.
                     await self._pause(delivery, pause * random.uniform(0.8, 1.0))

@@ -18,7 +18,8 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         self.messages = Counter(
             "enricher_messages",
-            "Raw messages handled, by outcome (enriched, dead_lettered, retried)",
+            "Raw messages handled, by outcome (enriched, dead_lettered, retried: nak'ed, or "
+            "held while NATS does not take its publish, once per delivery)",
             ["outcome"],
             registry=self.registry,
         )
@@ -36,6 +37,11 @@ class Metrics:
         self.dlq_refused = Counter(
             "enricher_dlq_refused",
             "Raw messages terminated without a dead letter: the DLQ refused it for good",
+            registry=self.registry,
+        )
+        self.publish_retries = Counter(
+            "enricher_publish_retries",
+            "Publishes NATS did not take (enriched batches or dead letters), tried again in place",
             registry=self.registry,
         )
         self.duplicates = Counter(

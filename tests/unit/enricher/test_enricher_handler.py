@@ -254,7 +254,9 @@ async def test_a_publish_nats_does_not_take_is_tried_in_place_and_spends_no_deli
     assert delivery.log == ["touch", "touch", "touch", "ack"]
     assert len(sink.published) == 1
     assert sink.dead == []
-    assert _sample(metrics, "enricher_messages_total", outcome="retried") == 3
+    # One message retried, in three attempts.
+    assert _sample(metrics, "enricher_messages_total", outcome="retried") == 1
+    assert _sample(metrics, "enricher_publish_retries_total") == 3
     assert _sample(metrics, "enricher_messages_total", outcome="enriched") == 1
     assert _sample(metrics, "enricher_messages_held") == 0
 
@@ -275,6 +277,39 @@ async def test_a_held_message_is_touched_within_ack_wait_and_naked_at_once_on_st
     assert delivery.log[-1] == "nak 0.0"
     assert _sample(metrics, "enricher_messages_held") == 0
     assert sink.published == []
+
+
+async def test_a_message_leaves_in_progress_as_it_settles_not_with_its_fetch() -> None:
+    sink, metrics = FakeSink(fail_dlq=FOREVER), Metrics()
+    handler = _handler(sink, metrics, touch_every_s=0.01)
+    held, good = FakeDelivery(b"\xff garbage"), FakeDelivery(_good(), stream_seq=8)
+    handling = asyncio.create_task(handler.handle([held, good]))
+    await asyncio.wait_for(held.touches(2), 1.0)
+
+    assert good.log == ["ack"]
+    assert _sample(metrics, "enricher_messages_in_progress") == 1
+    assert _sample(metrics, "enricher_messages_held") == 1
+
+    handler.stop()
+    await asyncio.wait_for(handling, 1.0)
+    assert held.log[-1] == "nak 0.0"
+    assert _sample(metrics, "enricher_messages_in_progress") == 0
+
+
+async def test_a_cancelled_fetch_leaves_nothing_in_progress() -> None:
+    sink, metrics = FakeSink(fail_publish=FOREVER), Metrics()
+    handler = _handler(sink, metrics, touch_every_s=0.01)
+    first = FakeDelivery(_good(), stream_seq=1)
+    handling = asyncio.create_task(
+        handler.handle([first, *(FakeDelivery(_good(), stream_seq=n) for n in range(2, 5))])
+    )
+    await asyncio.wait_for(first.touches(1), 1.0)
+
+    handling.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await handling
+    assert _sample(metrics, "enricher_messages_in_progress") == 0
+    assert _sample(metrics, "enricher_messages_held") == 0
 
 
 async def test_a_dead_letter_stored_before_is_not_counted_again() -> None:
