@@ -14,7 +14,8 @@ MAX_VERSION_CHARS = 32
 _CACHE_SIZE = 4096
 
 # A version: digits, then groups of digits joined by "." or "_" ("10_15_7" is macOS's UA style).
-_VERSION = re.compile(r"(?<![A-Za-z0-9_.])v?(\d+(?:[._]\d+)*)")
+# ASCII digits only: \d would also take other scripts' digits (Arabic-Indic, fullwidth).
+_VERSION = re.compile(r"(?<![A-Za-z0-9_.])v?(\d+(?:[._]\d+)*)", re.ASCII)
 _TRIM = " \t/-_:;,("
 
 _CANONICAL = {

@@ -30,6 +30,9 @@ from enricher._device import MAX_NAME_CHARS, MAX_VERSION_CHARS, parse_device_os
         ("17.2", ("", "17.2")),
         ("Linux x86_64", ("Linux x86_64", "")),
         ("SomeOS", ("SomeOS", "")),
+        # Arabic-Indic digits are no version, nor are fullwidth ones.
+        ("Android \u0661\u0664", ("Android \u0661\u0664", "")),
+        ("iOS \uff11\uff17.\uff12 17.2", ("iOS \uff11\uff17.\uff12", "17.2")),
     ],
 )
 def test_examples(text: str, expected: tuple[str, str]) -> None:
@@ -57,7 +60,7 @@ def test_any_text_parses_within_bounds(text: str) -> None:
     name, version = parse_device_os(text)
     assert len(name) <= MAX_NAME_CHARS
     assert len(version) <= MAX_VERSION_CHARS
-    assert version == "" or all(part.isdigit() for part in version.split("."))
+    assert version == "" or all(part.isascii() and part.isdigit() for part in version.split("."))
     assert name == name.strip()
 
 
