@@ -21,6 +21,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.errors import Error as JsError
 
 from enricher._handler import Delivery, Handler
+from enricher._raw import dead_letter_id
 from enricher.errors import BrokerError, DeadLetterRefusedError
 from pipeline import natsconn, subjects
 from pipeline.settings import NatsSettings
@@ -83,7 +84,10 @@ class JsSink:
                 source_subject=delivery.subject,
                 headers=delivery.headers,
                 deliveries=delivery.deliveries,
-                msg_id=str(delivery.stream_seq),
+                msg_id=dead_letter_id(
+                    stream_seq=delivery.stream_seq,
+                    raw_msg_id=delivery.headers.get(subjects.MSG_ID_HEADER, ""),
+                ),
                 source_seq=delivery.stream_seq,
                 max_payload=self._max_payload(),
                 timeout_s=self._timeout_s,

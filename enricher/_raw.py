@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 
 from google.protobuf.message import DecodeError
@@ -65,3 +66,21 @@ def enriched_msg_id(*, stream_seq: int, raw_msg_id: str) -> str:
     id, when there is one, keeps ids apart should the raw stream be recreated.
     """
     return f"enr:{stream_seq}:{raw_msg_id}" if raw_msg_id else f"enr:{stream_seq}"
+
+
+# A raw message id longer than this is named in a dead letter's id by its hash.
+_DEAD_LETTER_ID_RAW_CHARS = 128
+
+
+def dead_letter_id(*, stream_seq: int, raw_msg_id: str) -> str:
+    """What names the dead letter of one raw message (the DLQ's Nats-Msg-Id after
+    `dlq:enricher:`): the same on every redelivery, so a message dead-lettered again is
+    dropped as a duplicate; with the raw message id, when there is one, so that a new
+    message of a raw stream made anew (its sequences start at 1 again) within the
+    duplicate window is not taken for an earlier one.
+    """
+    if not raw_msg_id:
+        return str(stream_seq)
+    if len(raw_msg_id) > _DEAD_LETTER_ID_RAW_CHARS:
+        raw_msg_id = "sha256-" + hashlib.sha256(raw_msg_id.encode()).hexdigest()
+    return f"{stream_seq}:{raw_msg_id}"

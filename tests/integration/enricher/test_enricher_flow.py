@@ -195,6 +195,31 @@ async def test_a_poison_message_near_max_payload_is_dead_lettered_without_its_by
     assert (await js.get_msg(subjects.RAW_STREAM, seq)).data == garbage
 
 
+async def test_a_raw_stream_made_anew_has_its_poison_dead_lettered_again(
+    js: JetStreamContext,
+) -> None:
+    # Its sequences start at 1 again: within the duplicate window, a dead letter named by
+    # the sequence alone would be dropped as the earlier message's, and the new one lost.
+    sink = JsSink(js, timeout_s=5.0, max_payload=lambda: 1_048_576)
+
+    class Poison:
+        subject = "telemetry.raw.v1.x"
+        stream_seq = 1
+        deliveries = 1
+        stored_ns = 0
+
+        def __init__(self, data: bytes, msg_id: str) -> None:
+            self.data = data
+            self.headers = {subjects.MSG_ID_HEADER: msg_id}
+
+    first, again = Poison(b"\xff first", "raw-a"), Poison(b"\xff second", "raw-b")
+    assert await sink.dead_letter(first, reason="undecodable", detail="x") is False  # type: ignore[arg-type]
+    assert await sink.dead_letter(first, reason="undecodable", detail="x") is True  # type: ignore[arg-type]
+    assert await sink.dead_letter(again, reason="undecodable", detail="x") is False  # type: ignore[arg-type]
+
+    assert [m.data for m in await read_stream(js, subjects.DLQ_STREAM)] == [first.data, again.data]
+
+
 async def test_an_enriched_stream_refusing_publishes_sends_nothing_to_the_dlq(
     js: JetStreamContext, nats_server: NatsProcess
 ) -> None:

@@ -11,6 +11,7 @@ from enricher._raw import (
     REASON_UNDECODABLE,
     REASON_WRONG_SCHEMA,
     app_id_of,
+    dead_letter_id,
     decode_raw,
     enriched_msg_id,
 )
@@ -73,3 +74,13 @@ def test_msg_id_depends_on_the_raw_message_only() -> None:
     assert enriched_msg_id(stream_seq=42, raw_msg_id="b-1") != enriched_msg_id(
         stream_seq=43, raw_msg_id="b-1"
     )
+
+
+def test_dead_letter_id_names_the_raw_message_id_and_hashes_a_long_one() -> None:
+    assert dead_letter_id(stream_seq=42, raw_msg_id="") == "42"
+    assert dead_letter_id(stream_seq=42, raw_msg_id="b-1") == "42:b-1"
+    long_a, long_b = "a" * 129 + "1", "a" * 129 + "2"
+    assert dead_letter_id(stream_seq=42, raw_msg_id=long_a) != dead_letter_id(
+        stream_seq=42, raw_msg_id=long_b
+    )
+    assert len(dead_letter_id(stream_seq=42, raw_msg_id=long_a)) < 80
