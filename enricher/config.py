@@ -21,6 +21,9 @@ DEFAULT_PUBLISH_TIMEOUT_S = 5.0
 DEFAULT_NAK_DELAY_S = 1.0  # first redelivery delay; doubles with each delivery
 DEFAULT_NAK_MAX_DELAY_S = 60.0
 DEFAULT_MAX_CLOCK_SKEW_S = 365 * 24 * 3600.0  # one year
+# Below a minute, clocks that are merely a little off (and events a device sent a minute
+# late) would be judged absurd; a tiny value would even round to 0 ns.
+MIN_MAX_CLOCK_SKEW_S = 60.0
 DEFAULT_EVENT_MESSAGE_MAX_CHARS = 4096
 # Events per raw message: the gateway's GATEWAY_MAX_EVENTS_PER_BATCH default.
 DEFAULT_MAX_EVENTS_PER_MESSAGE = 1000
@@ -43,6 +46,10 @@ def _consumer_name(value: str) -> str | None:
 
 def _at_least_one(value: int) -> str | None:
     return None if value >= 1 else "must be 1 or greater"
+
+
+def _at_least_a_minute(value: float) -> str | None:
+    return None if value >= MIN_MAX_CLOCK_SKEW_S else f"must be at least {MIN_MAX_CLOCK_SKEW_S:g}"
 
 
 @dataclass(frozen=True)
@@ -120,8 +127,8 @@ class Config(NatsSettings, TracingSettings):
     max_clock_skew_s: float = setting(
         "ENRICHER_MAX_CLOCK_SKEW_S",
         DEFAULT_MAX_CLOCK_SKEW_S,
-        "seconds of clock skew or correction beyond which a timestamp is absurd",
-        check=positive,
+        "seconds of clock skew or correction beyond which a timestamp is absurd (at least 60)",
+        check=_at_least_a_minute,
     )
     geoip_db: str = setting(
         "ENRICHER_GEOIP_DB",

@@ -77,6 +77,8 @@ def test_values_are_read() -> None:
         ("ENRICHER_NAK_DELAY_S", "0"),
         ("ENRICHER_NAK_MAX_DELAY_S", "0"),
         ("ENRICHER_MAX_CLOCK_SKEW_S", "0"),
+        ("ENRICHER_MAX_CLOCK_SKEW_S", "1e-12"),
+        ("ENRICHER_MAX_CLOCK_SKEW_S", "59.9"),
         ("ENRICHER_EVENT_MESSAGE_MAX_CHARS", "0"),
         ("ENRICHER_MAX_EVENTS_PER_MESSAGE", "0"),
         ("ENRICHER_LAG_REFRESH_S", "0"),
@@ -89,6 +91,10 @@ def test_values_are_read() -> None:
 def test_invalid_value_names_the_variable(env: str, value: str) -> None:
     with pytest.raises(ConfigError, match=env):
         load(Config, {env: value})
+
+
+def test_the_smallest_max_clock_skew_is_a_minute() -> None:
+    assert load(Config, {"ENRICHER_MAX_CLOCK_SKEW_S": "60"}).max_clock_skew_s == 60.0
 
 
 def test_in_flight_must_fit_in_max_ack_pending() -> None:
