@@ -5,15 +5,19 @@ from __future__ import annotations
 import time
 
 import grpc
-from telemetry.v1 import enrich_service_pb2, enrich_service_pb2_grpc
+from telemetry.v1 import enrich_service_pb2, enrich_service_pb2_grpc, event_pb2
 
-from enricher._enrich import EnrichOptions, enrich_batch
+from enricher._enrich import EnrichOptions, enrich_batch_bytes
 from enricher._geo import GeoLookup
 from enricher._metrics import Metrics
 from enricher.errors import SetupError
 from pipeline import grpcserver, subjects
 
 SERVICE_NAME = enrich_service_pb2.DESCRIPTOR.services_by_name["EnrichService"].full_name
+# The largest message a gRPC client takes by default (grpc.max_receive_message_length):
+# a larger response would reach it as the client's own RESOURCE_EXHAUSTED, saying nothing
+# of what to change. Enrichment makes events about twice their size.
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 
 
 class EnrichServicer(enrich_service_pb2_grpc.EnrichServiceServicer):
@@ -47,7 +51,7 @@ class EnrichServicer(enrich_service_pb2_grpc.EnrichServiceServicer):
                 "batch.context.app_id: letters, digits, '_' or '-', at most 64",
             )
         now = time.time_ns()
-        batch = enrich_batch(
+        data = enrich_batch_bytes(
             raw,
             app_id=app_id,
             fallback_received_ns=now,
@@ -55,6 +59,14 @@ class EnrichServicer(enrich_service_pb2_grpc.EnrichServiceServicer):
             geo=self._geo,
             options=self._options,
         )
+        # The response holds the enriched batch's events: at most its size.
+        if len(data) > MAX_RESPONSE_BYTES:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"batch.events: enriched, the {len(raw.events)} events take {len(data)} bytes, "
+                f"more than a response may hold ({MAX_RESPONSE_BYTES}); send fewer per request",
+            )
+        batch = event_pb2.EnrichedBatch.FromString(data)
         self._metrics.grpc_events.inc(len(batch.events))
         return enrich_service_pb2.EnrichEventsResponse(events=batch.events)
 

@@ -156,7 +156,8 @@ class Config(NatsSettings, TracingSettings):
     grpc_max_events: int = setting(
         "ENRICHER_GRPC_MAX_EVENTS",
         DEFAULT_GRPC_MAX_EVENTS,
-        "events per EnrichEvents request at most",
+        "events per EnrichEvents request at most (their response must also fit in 4 MiB, "
+        "gRPC's default message limit: RESOURCE_EXHAUSTED otherwise)",
         check=_at_least_one,
     )
     http_host: str = setting(

@@ -13,7 +13,7 @@ from telemetry.v1 import enrich_service_pb2, enrich_service_pb2_grpc, event_pb2
 
 from enricher._enrich import EnrichOptions
 from enricher._geo import OfflineGeo
-from enricher._grpc import SERVICE_NAME, EnrichServicer, GrpcServer
+from enricher._grpc import MAX_RESPONSE_BYTES, SERVICE_NAME, EnrichServicer, GrpcServer
 from enricher._metrics import Metrics
 
 MAX_EVENTS = 50
@@ -79,6 +79,30 @@ async def test_too_many_events_is_invalid_argument(channel: grpc.aio.Channel) ->
         await stub.EnrichEvents(_request(MAX_EVENTS + 1))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "batch.events" in (caught.value.details() or "")
+
+
+async def test_events_too_large_to_answer_are_resource_exhausted_saying_so() -> None:
+    # The request is within the 4 MiB a message may hold; enriched, it is about twice that.
+    servicer = EnrichServicer(
+        geo=OfflineGeo(), options=EnrichOptions(), max_events=10_000, metrics=Metrics()
+    )
+    server = GrpcServer(servicer, host="127.0.0.1", port=0)
+    await server.start()
+    request = _request(1000)
+    for event in request.batch.events:
+        event.metadata["blob"] = "x" * 2500
+    assert 2_000_000 < request.ByteSize() < MAX_RESPONSE_BYTES
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as chan:
+            stub = enrich_service_pb2_grpc.EnrichServiceStub(chan)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.EnrichEvents(request)
+            small = await stub.EnrichEvents(_request(3))
+    finally:
+        await server.stop(grace_s=1)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "send fewer per request" in (caught.value.details() or "")
+    assert len(small.events) == 3
 
 
 async def test_bad_app_id_is_invalid_argument(channel: grpc.aio.Channel) -> None:
