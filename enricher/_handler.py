@@ -220,8 +220,12 @@ class Handler:
             span.end()
 
     def _prepare(self, delivery: Delivery, span: tracing.Span) -> _Prepared:
-        # A message delivered past the limit is tried all the same: its deliveries may have
-        # been spent by stops giving it back while NATS did not take its publish.
+        # A message delivered past the limit is tried all the same (its deliveries may have
+        # been spent by stops giving it back while NATS did not take its publish), up to a
+        # ceiling far past it.
+        given_up = _policy.before_processing(deliveries=delivery.deliveries, policy=self._retry)
+        if given_up is not None:
+            return given_up
         try:
             headers = delivery.headers
             raw = decode_raw(delivery.data, headers, max_events=self._max_events)

@@ -6,7 +6,8 @@ each delivery. A failure other than NATS's on a message's last allowed delivery,
 past it, is permanent, whatever it was. A broker failure never is: NATS not taking a
 publish says nothing about the message, so it spends no delivery and never sends a
 message to the DLQ, however often the message was delivered (a stop gives back the
-messages it holds, and each redelivery counts).
+messages it holds, and each redelivery counts). Only a message delivered far past the
+limit without ever being settled is given up before it is processed (`before_processing`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ from dataclasses import dataclass
 from enricher.errors import BrokerError, PoisonMessageError
 
 REASON_MAX_DELIVERIES = "max_deliveries"
+# A message delivered more than this many times its limit was never settled: one that ends
+# the process as it is handled (killed for its memory, say) would come back for ever, and
+# take the enricher down with it each time. Stops while NATS does not take publishes also
+# spend deliveries, hence the wide margin.
+UNSETTLED_FACTOR = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +49,20 @@ class RetryPolicy:
     """base_delay_s: the nak delay after the first delivery; it doubles with each one."""
     max_delay_s: float
     """max_delay_s: the longest nak delay."""
+
+
+def before_processing(*, deliveries: int, policy: RetryPolicy) -> DeadLetter | None:
+    """A dead letter for a message delivered more than UNSETTLED_FACTOR times its limit,
+    given up without being processed; None for any other (it is processed as usual)."""
+    ceiling = policy.max_deliver * UNSETTLED_FACTOR
+    if deliveries <= ceiling:
+        return None
+    return DeadLetter(
+        REASON_MAX_DELIVERIES,
+        f"delivered {deliveries} times and never settled (more than {UNSETTLED_FACTOR} times "
+        f"the limit of {policy.max_deliver}): given up unprocessed, as a message that ends "
+        "the process as it is handled would otherwise come back for ever",
+    )
 
 
 def on_failure(err: Exception, *, deliveries: int, policy: RetryPolicy) -> DeadLetter | Retry:

@@ -95,7 +95,7 @@ class Config(NatsSettings, TracingSettings):
         DEFAULT_MAX_DELIVER,
         "failed deliveries of a raw message before it goes to the DLQ (publishes NATS did "
         "not take are tried again in place and spend none; a message redelivered past it, "
-        "e.g. given back by restarts, is still tried)",
+        "e.g. given back by restarts, is still tried, up to four times it)",
         check=_at_least_one,
     )
     publish_timeout_s: float = setting(

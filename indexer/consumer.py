@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from nats.js import JetStreamContext
 from nats.js import api as js_api
@@ -33,10 +33,12 @@ STOP_FETCH_WAIT_S = 5.0
 
 
 class NatsDeadLetters:
-    """Publishes to telemetry.dlq.v1.indexer through the shared helper."""
+    """Publishes to telemetry.dlq.v1.indexer through the shared helper, each dead letter made
+    to fit the largest message the server takes (`max_payload()`, 0: no limit)."""
 
-    def __init__(self, js: JetStreamContext) -> None:
+    def __init__(self, js: JetStreamContext, *, max_payload: Callable[[], int] = lambda: 0) -> None:
         self._js = js
+        self._max_payload = max_payload
 
     async def publish(
         self,
@@ -57,6 +59,7 @@ class NatsDeadLetters:
             headers=headers,
             deliveries=deliveries,
             msg_id=msg_id,
+            max_payload=self._max_payload(),
         )
 
 

@@ -109,14 +109,14 @@ class Indexer:
             return
         self._started = True
         config = self._config
-        self._nc = await natsconn.connect(config, name="indexer")
-        self._js = self._nc.jetstream()
+        self._nc = nc = await natsconn.connect(config, name="indexer")
+        self._js = nc.jetstream()
         await natsconn.ensure_streams(self._js, config)
         await self._query.start()
         await self._http.start()
         self._intake = Intake(
             self._writer,
-            NatsDeadLetters(self._js),
+            NatsDeadLetters(self._js, max_payload=lambda: int(nc.max_payload)),
             index_prefix=config.index_prefix,
             max_deliveries=config.max_deliveries,
             metrics=self.metrics,

@@ -95,6 +95,30 @@ async def test_a_rejected_document_goes_to_the_dlq_with_the_reason(
     assert indexer.metrics.documents.labels(outcome="rejected")._value.get() == 1
 
 
+async def test_an_undecodable_message_near_max_payload_is_dead_lettered_without_its_bytes(
+    start_indexer: IndexerFactory, nc: Client, os_client: AsyncOpenSearch, prefix: str
+) -> None:
+    # With the DLQ headers it is more than the server takes: refused on every try, it would
+    # come back for ever.
+    garbage = b"\xff" * (nc.max_payload - 200)
+    dlq = await nc.jetstream().pull_subscribe(
+        subjects.dlq_subject("indexer"), durable="dlq-reader", stream=subjects.DLQ_STREAM
+    )
+    await start_indexer()
+    await nc.jetstream().publish(
+        subjects.enriched_subject("x"),
+        garbage,
+        headers={subjects.SCHEMA_HEADER: subjects.ENRICHED_SCHEMA},
+    )
+    await publish(nc, [enriched("after", when=datetime(2026, 3, 1, tzinfo=UTC))], msg_id="m1")
+    await wait_count(os_client, prefix, 1)
+    [letter] = await dlq.fetch(1, timeout=10)
+    assert letter.data == b""
+    assert letter.headers is not None
+    assert letter.headers[subjects.DLQ_OMITTED_BYTES_HEADER] == str(len(garbage))
+    assert letter.headers[subjects.DLQ_REASON_HEADER].startswith("not an EnrichedBatch")
+
+
 class CuttableProxy:
     """A TCP proxy to OpenSearch that a test can cut (connections refused) and restore."""
 

@@ -347,6 +347,16 @@ async def test_restarts_while_nats_does_not_take_publishes_send_nothing_to_the_d
     assert sink.dead == []
 
 
+async def test_a_message_that_never_settles_is_given_up_unprocessed_far_past_the_limit() -> None:
+    # As a message that kills the process as it is handled would be, delivery after delivery.
+    sink = FakeSink()
+    delivery = FakeDelivery(_good(), deliveries=13)  # the limit is 3
+    await _handler(sink).handle([delivery])
+    assert sink.published == []
+    assert sink.dead == [(delivery.data, "max_deliveries")]
+    assert delivery.log == ["term"]
+
+
 async def test_past_max_deliveries_a_failure_not_natss_goes_to_the_dlq_with_it() -> None:
     sink = FakeSink(publish_error=RuntimeError("bug"))
     delivery = FakeDelivery(_good(), deliveries=4)

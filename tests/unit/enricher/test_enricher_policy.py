@@ -7,6 +7,7 @@ from enricher._policy import (
     DeadLetter,
     Retry,
     RetryPolicy,
+    before_processing,
     nak_delay_s,
     on_failure,
 )
@@ -44,3 +45,12 @@ def test_broker_failures_are_never_permanent_however_often_delivered() -> None:
     # Stops give back held messages, each redelivery counting: that is not the message's doing.
     assert on_failure(BrokerError("timeout"), deliveries=3, policy=POLICY) == Retry(2.0)
     assert on_failure(BrokerError("timeout"), deliveries=40, policy=POLICY) == Retry(3.0)
+
+
+def test_only_a_message_delivered_far_past_the_limit_is_given_up_unprocessed() -> None:
+    # Four times the limit (3): stops during an outage spend deliveries, a crash loop more.
+    assert before_processing(deliveries=12, policy=POLICY) is None
+    given_up = before_processing(deliveries=13, policy=POLICY)
+    assert isinstance(given_up, DeadLetter)
+    assert given_up.reason == REASON_MAX_DELIVERIES
+    assert given_up.detail.startswith("delivered 13 times and never settled")
