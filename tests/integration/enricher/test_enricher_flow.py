@@ -252,7 +252,7 @@ async def test_an_enriched_stream_refusing_publishes_sends_nothing_to_the_dlq(
         retried = metrics.get_sample_value("enricher_messages_total", {"outcome": "retried"})
         assert retried == held  # each held message counted once
         attempts = metrics.get_sample_value("enricher_publish_retries_total")
-        assert (attempts or 0) >= 10 * held
+        assert (attempts or 0) >= held  # tried again in place, each at least once
         assert await stream_count(js, subjects.ENRICHED_STREAM) == 1
 
         await js.update_stream(enriched)
