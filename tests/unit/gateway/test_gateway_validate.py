@@ -56,44 +56,103 @@ def judge(
     return batch, read_json_events(list(items), limits, batch.events)
 
 
+def as_proto(item: dict[str, Any]) -> event_pb2.Event:
+    """The Event a gRPC/Connect client sends for a JSON event of string fields; its
+    client_timestamp is RFC 3339 text or a Timestamp as it goes on the wire."""
+    event = event_pb2.Event(metadata=item.get("metadata") or {})
+    for name in ("event_id", "session_id", "user_id", "event_name", "app_version", "device_os"):
+        if item.get(name) is not None:
+            setattr(event, name, item[name])
+    stamp = item.get("client_timestamp")
+    if isinstance(stamp, str):
+        parsed = _rfc3339.parse(stamp)
+        assert parsed is not None
+        stamp = Timestamp(seconds=parsed[0], nanos=parsed[1])
+    if stamp is not None:
+        event.client_timestamp.CopyFrom(stamp)
+    return event
+
+
+def judge_proto(
+    *events: event_pb2.Event, limits: Limits = LIMITS
+) -> tuple[event_pb2.RawBatch, list[event_pb2.EventRejection]]:
+    batch = event_pb2.RawBatch()
+    return batch, read_proto_events(events, limits, batch.events)
+
+
+# Problems an event may have whether it comes as JSON or as an Event message.
+PROBLEMS: list[tuple[dict[str, Any], int]] = [
+    (good(event_id=...), R.REJECTION_REASON_MISSING_FIELD),
+    (good(event_id=""), R.REJECTION_REASON_MISSING_FIELD),
+    (good(user_id=""), R.REJECTION_REASON_MISSING_FIELD),
+    (good(session_id=None), R.REJECTION_REASON_MISSING_FIELD),
+    (good(event_name=...), R.REJECTION_REASON_MISSING_FIELD),
+    (good(client_timestamp=...), R.REJECTION_REASON_MISSING_FIELD),
+    (good(user_id="u" * 33), R.REJECTION_REASON_FIELD_TOO_LONG),
+    (good(session_id="s" * 33), R.REJECTION_REASON_FIELD_TOO_LONG),
+    (good(event_name="n" * 33), R.REJECTION_REASON_FIELD_TOO_LONG),
+    (good(app_version="v" * 33), R.REJECTION_REASON_FIELD_TOO_LONG),
+    (good(device_os="o" * 33), R.REJECTION_REASON_FIELD_TOO_LONG),
+    (good(event_id="e" * 41), R.REJECTION_REASON_FIELD_TOO_LONG),
+    # The rejection names an id of up to 256 characters, none longer.
+    (good(event_id="e" * 256), R.REJECTION_REASON_FIELD_TOO_LONG),
+    (good(event_id="e" * 257), R.REJECTION_REASON_FIELD_TOO_LONG),
+    (good(metadata={"": "x"}), R.REJECTION_REASON_INVALID_METADATA),
+    (
+        good(metadata={"a": "1", "b": "2", "c": "3", "d": "4"}),
+        R.REJECTION_REASON_METADATA_TOO_LARGE,
+    ),
+    (good(metadata={"k" * 9: "v"}), R.REJECTION_REASON_METADATA_TOO_LARGE),
+    (good(metadata={"k": "v" * 17}), R.REJECTION_REASON_METADATA_TOO_LARGE),
+    (good(event_id="a/b"), R.REJECTION_REASON_INVALID_EVENT_ID),
+    (good(event_id="-leading"), R.REJECTION_REASON_INVALID_EVENT_ID),
+]
+JSON_ONLY_PROBLEMS: list[tuple[object, int]] = [
+    ([1, 2], R.REJECTION_REASON_NOT_AN_OBJECT),
+    (good(event_name=5), R.REJECTION_REASON_INVALID_TYPE),
+    (good(app_version=2.3), R.REJECTION_REASON_INVALID_TYPE),
+    (good(client_timestamp=1698314400), R.REJECTION_REASON_INVALID_TYPE),
+    (good(metadata=[1]), R.REJECTION_REASON_INVALID_TYPE),
+    (good(client_timestamp="2024-01-01 00:00:00"), R.REJECTION_REASON_INVALID_TIMESTAMP),
+    (good(client_timestamp="2024-02-30T00:00:00Z"), R.REJECTION_REASON_INVALID_TIMESTAMP),
+    (good(client_timestamp="2024-01-01T00:00:00"), R.REJECTION_REASON_INVALID_TIMESTAMP),
+    (good(metadata={"a": {"b": 1}}), R.REJECTION_REASON_INVALID_METADATA),
+    (good(metadata={"a": [1]}), R.REJECTION_REASON_INVALID_METADATA),
+    (good(metadata={"a": None}), R.REJECTION_REASON_INVALID_METADATA),
+]
+# Timestamps only a message can carry: past what RFC 3339 writes.
+PROTO_ONLY_PROBLEMS: list[tuple[dict[str, Any], int]] = [
+    (
+        good(client_timestamp=Timestamp(seconds=0, nanos=1_000_000_000)),
+        R.REJECTION_REASON_INVALID_TIMESTAMP,
+    ),
+    (good(client_timestamp=Timestamp(seconds=0, nanos=-1)), R.REJECTION_REASON_INVALID_TIMESTAMP),
+    (
+        good(client_timestamp=Timestamp(seconds=_rfc3339.MIN_SECONDS - 1)),
+        R.REJECTION_REASON_INVALID_TIMESTAMP,
+    ),
+    (
+        good(client_timestamp=Timestamp(seconds=_rfc3339.MAX_SECONDS + 1)),
+        R.REJECTION_REASON_INVALID_TIMESTAMP,
+    ),
+]
+
+
 @pytest.mark.parametrize(
-    ("item", "reason"),
-    [
-        ([1, 2], R.REJECTION_REASON_NOT_AN_OBJECT),
-        (good(event_id=...), R.REJECTION_REASON_MISSING_FIELD),
-        (good(user_id=""), R.REJECTION_REASON_MISSING_FIELD),
-        (good(session_id=None), R.REJECTION_REASON_MISSING_FIELD),
-        (good(client_timestamp=...), R.REJECTION_REASON_MISSING_FIELD),
-        (good(event_name=5), R.REJECTION_REASON_INVALID_TYPE),
-        (good(app_version=2.3), R.REJECTION_REASON_INVALID_TYPE),
-        (good(client_timestamp=1698314400), R.REJECTION_REASON_INVALID_TYPE),
-        (good(metadata=[1]), R.REJECTION_REASON_INVALID_TYPE),
-        (good(user_id="u" * 33), R.REJECTION_REASON_FIELD_TOO_LONG),
-        (good(event_id="e" * 41), R.REJECTION_REASON_FIELD_TOO_LONG),
-        (good(client_timestamp="2024-01-01 00:00:00"), R.REJECTION_REASON_INVALID_TIMESTAMP),
-        (good(client_timestamp="2024-02-30T00:00:00Z"), R.REJECTION_REASON_INVALID_TIMESTAMP),
-        (good(client_timestamp="2024-01-01T00:00:00"), R.REJECTION_REASON_INVALID_TIMESTAMP),
-        (good(metadata={"a": {"b": 1}}), R.REJECTION_REASON_INVALID_METADATA),
-        (good(metadata={"a": [1]}), R.REJECTION_REASON_INVALID_METADATA),
-        (good(metadata={"a": None}), R.REJECTION_REASON_INVALID_METADATA),
-        (good(metadata={"": "x"}), R.REJECTION_REASON_INVALID_METADATA),
-        (
-            good(metadata={"a": "1", "b": "2", "c": "3", "d": "4"}),
-            R.REJECTION_REASON_METADATA_TOO_LARGE,
-        ),
-        (good(metadata={"k" * 9: "v"}), R.REJECTION_REASON_METADATA_TOO_LARGE),
-        (good(metadata={"k": "v" * 17}), R.REJECTION_REASON_METADATA_TOO_LARGE),
-        (good(event_id="a/b"), R.REJECTION_REASON_INVALID_EVENT_ID),
-        (good(event_id="-leading"), R.REJECTION_REASON_INVALID_EVENT_ID),
-    ],
+    ("path", "item", "reason"),
+    [("json", item, reason) for item, reason in PROBLEMS + JSON_ONLY_PROBLEMS]
+    + [("proto", item, reason) for item, reason in PROBLEMS + PROTO_ONLY_PROBLEMS],
 )
-def test_each_problem_has_its_reason(item: object, reason: int) -> None:
-    batch, rejections = judge(item)
+def test_each_problem_has_its_reason(path: str, item: Any, reason: int) -> None:
+    batch, rejections = judge(item) if path == "json" else judge_proto(as_proto(item))
 
     assert len(batch.events) == 0
     (rejection,) = rejections
     assert (rejection.index, rejection.reason) == (0, reason)
     assert rejection.detail
+    event_id = item.get("event_id") if isinstance(item, dict) else None
+    readable = isinstance(event_id, str) and len(event_id) <= 256
+    assert rejection.event_id == (event_id if readable else "")
 
 
 def test_valid_event_maps_field_by_field() -> None:
@@ -122,11 +181,19 @@ def test_valid_event_maps_field_by_field() -> None:
     )
 
 
-def test_later_duplicates_are_rejected_and_the_first_kept() -> None:
-    batch, rejections = judge(good(), good(user_id="other"), good(event_id="e-2"))
+@pytest.mark.parametrize("path", ["json", "proto"])
+def test_later_duplicates_are_rejected_and_the_first_kept(path: str) -> None:
+    items = [good(), good(user_id="other"), good(event_id="e-2"), good(event_id="e-2")]
+    if path == "json":
+        batch, rejections = judge(*items)
+    else:
+        batch, rejections = judge_proto(*map(as_proto, items))
 
-    assert [e.user_id for e in batch.events] == ["u", "u"]
-    assert [(r.index, r.reason) for r in rejections] == [(1, R.REJECTION_REASON_DUPLICATE_EVENT_ID)]
+    assert [(e.event_id, e.user_id) for e in batch.events] == [("e-1", "u"), ("e-2", "u")]
+    assert [(r.index, r.event_id, r.reason) for r in rejections] == [
+        (1, "e-1", R.REJECTION_REASON_DUPLICATE_EVENT_ID),
+        (3, "e-2", R.REJECTION_REASON_DUPLICATE_EVENT_ID),
+    ]
 
 
 @pytest.mark.parametrize(
