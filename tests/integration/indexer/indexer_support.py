@@ -80,6 +80,7 @@ def enriched(
     session_id: str = "s-1",
     message: str = "",
     metadata: dict[str, str] | None = None,
+    app_id: str = APP_ID,
 ) -> event_pb2.EnrichedEvent:
     corrected = corrected or when
     received = received or when + timedelta(seconds=1)
@@ -102,7 +103,7 @@ def enriched(
         os_version=device_os.split(" ")[-1],
         geo=event_pb2.Geo(country_code=country),
         event_message=message or event_name,
-        app_id=APP_ID,
+        app_id=app_id,
         request_id="r-1",
     )
 

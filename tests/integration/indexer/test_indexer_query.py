@@ -123,6 +123,7 @@ def _dataset() -> list[event_pb2.EnrichedEvent]:
                 country=country,
                 app_version=version,
                 message=message,
+                app_id="shop" if n < 24 else "news",  # the last round from another app
             )
         )
     return out
@@ -154,7 +155,10 @@ async def test_filters_text_and_aggregations_count_exactly(
     assert await total(country_codes=["FR"]) == 10
     assert await total(app_versions=["1.9"]) == 10
     assert await total(session_ids=["nope"]) == 0
-    assert await total(app_ids=["shop"]) == 30
+    assert await total(app_ids=["shop"]) == 24
+    assert await total(app_ids=["news"]) == 6
+    assert await total(app_ids=["news"], user_ids=["u1"]) == 3
+    assert await total(app_ids=["shop", "news"]) == 30
     assert await total(text="red") == 15
     assert await total(text="red shoes") == 5  # all words must match
     assert await total(text="shoes OR hat") == 0  # not a query language: "OR" is a word

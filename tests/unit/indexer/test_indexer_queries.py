@@ -42,16 +42,23 @@ def test_filters_become_terms_and_a_range() -> None:
     start, end = Timestamp(seconds=1000), Timestamp(seconds=2000, nanos=5_000_000)
     flt = _filter(
         user_ids=["u1", "u2"],
+        session_ids=["s1"],
         event_names=["buy"],
+        app_versions=["2.3.1", "2.4"],
         country_codes=["GB"],
+        app_ids=["shop"],
         device_os=["iOS"],
         start_time=start,
         end_time=end,
     )
     clauses = queries.filter_query(flt)["bool"]["filter"]
+    assert len(clauses) == 8
     assert {"terms": {"user_id": ["u1", "u2"]}} in clauses
+    assert {"terms": {"session_id": ["s1"]}} in clauses
     assert {"terms": {"event_name": ["buy"]}} in clauses
+    assert {"terms": {"app_version": ["2.3.1", "2.4"]}} in clauses
     assert {"terms": {"geo_country": ["GB"]}} in clauses
+    assert {"terms": {"app_id": ["shop"]}} in clauses
     os_clause = next(c for c in clauses if "bool" in c)
     assert {"terms": {"os_name": ["iOS"]}} in os_clause["bool"]["should"]
     assert {"terms": {"device_os": ["iOS"]}} in os_clause["bool"]["should"]
