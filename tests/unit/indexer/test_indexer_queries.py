@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
+import orjson
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given
@@ -136,6 +138,86 @@ def test_page_token_round_trip_and_binding() -> None:
         paging.decode_token(token, _filter(user_ids=["a"], text="buy"))
     with pytest.raises(InvalidArgumentError, match="another filter"):
         paging.decode_token(token, _filter(user_ids=["a", "b"], text="sell"))
+
+
+# A filter using every field a page token is bound to.
+EVERY_FIELD: dict[str, Any] = {
+    "user_ids": ["u"],
+    "session_ids": ["s"],
+    "event_names": ["tap"],
+    "app_versions": ["1.0"],
+    "device_os": ["iOS"],
+    "country_codes": ["GB"],
+    "app_ids": ["shop"],
+    "start_time": Timestamp(seconds=100, nanos=5),
+    "end_time": Timestamp(seconds=200, nanos=7),
+    "text": "buy",
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "other"),
+    [
+        ("user_ids", ["v"]),
+        ("session_ids", ["t"]),
+        ("event_names", ["buy"]),
+        ("app_versions", ["1.1"]),
+        ("device_os", ["Android"]),
+        ("country_codes", ["FR"]),
+        ("app_ids", ["news"]),
+        ("user_ids", []),
+        ("app_ids", []),
+        ("start_time", Timestamp(seconds=101, nanos=5)),
+        ("start_time", Timestamp(seconds=100, nanos=6)),  # one nanosecond later
+        ("start_time", None),
+        ("end_time", Timestamp(seconds=201, nanos=7)),
+        ("end_time", Timestamp(seconds=200, nanos=8)),
+        ("end_time", None),
+        ("text", "sell"),
+    ],
+)
+def test_a_token_is_refused_for_a_filter_that_differs_in_one_field(name: str, other: Any) -> None:
+    token = paging.encode_token([1700000000000, "e-9"], _filter(**EVERY_FIELD))
+    assert paging.decode_token(token, _filter(**EVERY_FIELD)) == [1700000000000, "e-9"]
+    changed = {**EVERY_FIELD, name: other}
+    if other is None:
+        del changed[name]
+
+    with pytest.raises(InvalidArgumentError, match="another filter") as caught:
+        paging.decode_token(token, _filter(**changed))
+    assert caught.value.field == "page_token"
+
+
+def _forged(data: object) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(data)).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"v": paging.TOKEN_VERSION + 1, "a": [1700000000000, "e-9"]},
+        {"v": 0, "a": [1700000000000, "e-9"]},
+        {"a": [1700000000000, "e-9"]},
+        {"v": paging.TOKEN_VERSION, "a": [1700000000000, "e-9", "x"]},
+        {"v": paging.TOKEN_VERSION, "a": [1700000000000]},
+        {"v": paging.TOKEN_VERSION, "a": [1700000000000, 1.5]},
+        {"v": paging.TOKEN_VERSION, "a": {"t": 1700000000000}},
+    ],
+)
+def test_a_forged_token_with_the_right_filter_hash_is_invalid_argument(
+    data: dict[str, Any],
+) -> None:
+    flt = _filter(**EVERY_FIELD)
+    assert paging.decode_token(
+        _forged(
+            {"v": paging.TOKEN_VERSION, "a": [1700000000000, "e-9"], "f": paging.filter_hash(flt)}
+        ),
+        flt,
+    ) == [1700000000000, "e-9"]
+
+    with pytest.raises(InvalidArgumentError, match="not a valid page token") as caught:
+        paging.decode_token(_forged({**data, "f": paging.filter_hash(flt)}), flt)
+    assert caught.value.field == "page_token"
 
 
 @given(st.text(max_size=60))
