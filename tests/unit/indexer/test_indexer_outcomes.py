@@ -43,10 +43,13 @@ def test_item_outcome(status: int, outcome: Outcome) -> None:
         ("mapper_parsing_exception", Outcome.REJECTED),
         ("illegal_argument_exception", Outcome.REJECTED),
         ("strict_dynamic_mapping_exception", Outcome.REJECTED),
-        # The cluster's state, not the document: the shard limit, a closed or blocked index.
+        # The cluster's state, not the document: the shard limit, a closed or blocked index,
+        # an index missing or being created at the same moment.
         ("validation_exception", Outcome.RETRY),
         ("index_closed_exception", Outcome.RETRY),
         ("cluster_block_exception", Outcome.RETRY),
+        ("index_not_found_exception", Outcome.RETRY),
+        ("resource_already_exists_exception", Outcome.RETRY),
     ],
 )
 def test_a_400_is_judged_by_its_error_type(error_type: str, outcome: Outcome) -> None:
