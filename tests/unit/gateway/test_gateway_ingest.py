@@ -228,9 +228,56 @@ async def test_broker_failure_propagates_as_unavailable() -> None:
         await core(broker).ingest_json(body(1), origin())
 
 
-async def test_bad_idempotency_key_is_invalid() -> None:
-    with pytest.raises(InvalidRequest):
-        await core(FakeBroker()).ingest_json(body(1), origin(idempotency_key="x" * 300))
+def proto_request(**fields: object) -> ingest_service_pb2.IngestEventsRequest:
+    event = event_pb2.Event(
+        event_id="e-1",
+        session_id="s",
+        user_id="u",
+        event_name="n",
+        client_timestamp=Timestamp(seconds=1),
+    )
+    return ingest_service_pb2.IngestEventsRequest(events=[event], **fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("key", ["x" * 257, "x" * 300, "a\nb", "tab\there", "\x7f"])
+async def test_bad_idempotency_key_is_invalid(key: str) -> None:
+    broker = FakeBroker()
+    with pytest.raises(InvalidRequest, match="Idempotency-Key"):
+        await core(broker).ingest_json(body(1), origin(idempotency_key=key))
+    with pytest.raises(InvalidRequest, match="Idempotency-Key"):
+        await core(broker).ingest_proto(proto_request(), origin(idempotency_key=key))
+    with pytest.raises(InvalidRequest, match="Idempotency-Key"):
+        await core(broker).ingest_proto(proto_request(idempotency_key=key), origin())
+    assert broker.calls == 0
+
+
+@pytest.mark.parametrize("key", ["x" * 256, "Ünïcode key with spaces"])
+async def test_an_idempotency_key_within_the_limits_names_the_batch(key: str) -> None:
+    broker = FakeBroker()
+    receipt = await core(broker).ingest_json(body(1), origin(idempotency_key=key))
+    event = event_pb2.Event(event_id="e-0")
+    assert receipt.batch_id == batch_id("app-1", idempotency_key=key, content=b"", events=[event])
+
+    proto = await core(broker).ingest_proto(proto_request(idempotency_key=key), origin())
+    event = event_pb2.Event(event_id="e-1")
+    assert proto.batch_id == batch_id("app-1", idempotency_key=key, content=b"", events=[event])
+
+
+async def test_the_request_field_idempotency_key_wins_over_the_header() -> None:
+    # A gRPC/Connect request may carry a key in its idempotency_key field and in its
+    # Idempotency-Key metadata; the field, part of the message the client built, names it.
+    broker = FakeBroker()
+    request = proto_request(idempotency_key="from-field")
+
+    receipt = await core(broker).ingest_proto(request, origin(idempotency_key="from-header"))
+
+    events = list(request.events)
+    assert receipt.batch_id == batch_id(
+        "app-1", idempotency_key="from-field", content=b"", events=events
+    )
+    assert receipt.batch_id != batch_id(
+        "app-1", idempotency_key="from-header", content=b"", events=events
+    )
 
 
 async def test_proto_batches_get_content_ids_unless_keyed() -> None:

@@ -18,6 +18,7 @@ from gateway._validate import (
     _checked_fields,
     _checked_timestamp,
     _json_metadata,
+    check_count,
     go_float,
     parse_envelope,
     read_json_events,
@@ -231,6 +232,13 @@ def test_envelope_shapes() -> None:
             parse_envelope(bad, max_events=5)
     with pytest.raises(TooLarge):
         parse_envelope([{}] * 6, max_events=5)
+
+
+def test_a_batch_of_exactly_the_most_events_is_taken() -> None:
+    assert parse_envelope([{}] * 5, max_events=5) == ([{}] * 5, None)
+    check_count(5, max_events=5)  # the gRPC/Connect path's check
+    with pytest.raises(TooLarge, match="6 events; at most 5"):
+        check_count(6, max_events=5)
 
 
 @pytest.mark.parametrize(
