@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from indexer.template import template_name
 from tests.procs import Pipeline
 from tests.servers import NatsProcess
 
@@ -15,12 +17,19 @@ from tests.servers import NatsProcess
 INDEX_PREFIX = "telemetry-"
 
 
-def _delete_indices(opensearch_url: str, pattern: str) -> None:
-    request = urllib.request.Request(
-        f"{opensearch_url}/{pattern}?expand_wildcards=all&ignore_unavailable=true", method="DELETE"
-    )
-    with urllib.request.urlopen(request, timeout=30):
-        pass
+def _delete_indices(opensearch_url: str, prefix: str) -> None:
+    """Removes the indices and the index template the indexer made under `prefix`."""
+    for path in (
+        f"/{prefix}*?expand_wildcards=all&ignore_unavailable=true",
+        f"/_index_template/{template_name(prefix)}",
+    ):
+        request = urllib.request.Request(f"{opensearch_url}{path}", method="DELETE")
+        try:
+            with urllib.request.urlopen(request, timeout=30):
+                pass
+        except urllib.error.HTTPError as err:
+            if err.code != 404:  # no template yet
+                raise
 
 
 @pytest.fixture(scope="package")
@@ -28,12 +37,12 @@ def pipeline(opensearch_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
     """Gateway, enricher and indexer on a private NATS and the test OpenSearch.
 
     The test profile's OpenSearch belongs to the tests; the end-to-end tests own its
-    `telemetry-*` indices and start from none.
+    `telemetry-*` indices and their template, start from none and leave none behind.
     """
     root: Path = tmp_path_factory.mktemp("e2e")
     nats = NatsProcess(root / "nats")
     nats.start()
-    _delete_indices(opensearch_url, f"{INDEX_PREFIX}*")
+    _delete_indices(opensearch_url, INDEX_PREFIX)
     running = Pipeline(
         nats_url=nats.url, opensearch_url=opensearch_url, index_prefix=INDEX_PREFIX, log_dir=root
     )
@@ -43,3 +52,4 @@ def pipeline(opensearch_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
     finally:
         running.stop()
         nats.stop()
+        _delete_indices(opensearch_url, INDEX_PREFIX)
