@@ -95,19 +95,65 @@ def test_a_slow_stop_gets_its_whole_timeout_as_the_service_user(
     assert not proc.pid_file.exists()
 
 
-def test_the_reach_check_runs_as_the_service_user(local: ModuleType, shared: Path) -> None:
+def test_the_reach_check_runs_as_the_service_user(
+    local: ModuleType, shared: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     user = _service_user(local)
-    if user is None:
-        pytest.skip("only root switches users")  # CI runs as root
     private = Path(tempfile.mkdtemp(prefix="local-stop-private-"))
     try:
-        os.chmod(private, stat.S_IRWXU)  # root's alone
+        os.chmod(private, stat.S_IRWXU)  # root's alone (or ours)
+        unreachable = private  # root could write it: only a probe run as the user fails
+        if user is None:
+            # Not root: nobody to switch to, and OpenSearch is not checked (see the launch
+            # test below). The probe runs as ourselves: a folder nobody may write fails it.
+            user = pwd.getpwuid(os.getuid()).pw_name
+            monkeypatch.setattr(local, "switch_user", lambda name: ({}, {}))
+            unreachable = private / "missing"
         executable = Path("/bin/sh")
         local.check_user_can_reach(user, executable, shared)
         with pytest.raises(local.InfraError, match=f"user {user} cannot reach"):
-            local.check_user_can_reach(user, executable, private)
+            local.check_user_can_reach(user, executable, unreachable)
     finally:
         os.rmdir(private)
+
+
+@pytest.mark.parametrize("euid", [0, 1000])
+def test_only_root_launches_opensearch_as_the_service_user(
+    local: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, euid: int
+) -> None:
+    home = tmp_path / "opensearch-home"
+    calls: list[tuple[object, ...]] = []
+    monkeypatch.setattr(local.os, "geteuid", lambda: euid)
+    monkeypatch.setattr(local, "require_installed", lambda path, what: home)
+    monkeypatch.setattr(local, "java_home", lambda: tmp_path / "java")
+    monkeypatch.setattr(
+        local, "write_opensearch_config", lambda home, config, *, data, logs: config
+    )
+    monkeypatch.setattr(local, "ensure_service_user", lambda: calls.append(("ensure",)))
+    monkeypatch.setattr(local, "chown_tree", lambda root, user: calls.append(("chown", root, user)))
+    monkeypatch.setattr(
+        local,
+        "check_user_can_reach",
+        lambda user, executable, writable: calls.append(("reach", user, executable, writable)),
+    )
+    profile = local.Profile("launchtest", 1, 2, 3, 4, (5, 6), (7, 8), (9, 10))
+
+    launch = local.prepare_opensearch(profile)
+
+    base = profile.root / "opensearch"
+    if euid == 0:
+        user = local.OPENSEARCH_USER
+        assert launch.user == user
+        assert calls == [
+            ("ensure",),
+            ("chown", base, user),
+            ("reach", user, home / "bin" / "opensearch", base / "data"),
+        ]
+    else:
+        # Whoever runs the script runs OpenSearch: no user made, nothing chowned or probed.
+        assert launch.user is None
+        assert calls == []
+    assert launch.argv[0] == str(home / "bin" / "opensearch")
 
 
 def test_two_ups_of_one_profile_take_turns(
