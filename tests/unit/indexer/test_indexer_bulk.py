@@ -36,6 +36,14 @@ class Recorder:
         return BulkItem(payload=payload, on_done=on_done)
 
 
+async def until(condition: Callable[[], bool], what: str, timeout_s: float = 5) -> None:
+    """Lets the writer's tasks run until `condition` holds; fails past the deadline."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"never {what}"
+        await asyncio.sleep(0.001)
+
+
 def refuse_first(refusals: dict[str, int], status: int) -> Callable[[dict[str, Any]], int | None]:
     """An item status: `status` for the first `refusals[id]` attempts of each listed id
     (counting down in `refusals`), success after them and for every other id."""
@@ -111,7 +119,9 @@ async def test_in_flight_requests_are_bounded() -> None:
             await bulk.add(rec.item(f"e{n}"))
 
     producer = asyncio.create_task(produce())
-    await asyncio.sleep(0.05)
+    await until(lambda: store.in_flight >= 3, "3 requests in flight")
+    for _ in range(100):  # turns enough for a producer that is not held back to finish
+        await asyncio.sleep(0)
     assert store.in_flight == 3
     assert not producer.done()  # add() waits for a free slot: backpressure
     store.gate.set()
@@ -212,8 +222,7 @@ async def test_an_outage_holds_intake_and_recovers_without_loss() -> None:
     for n in range(5):
         await bulk.add(rec.item(f"e{n}"))
     await bulk.flush()
-    await asyncio.sleep(0.05)
-    assert not bulk.healthy
+    await until(lambda: not bulk.healthy, "unhealthy")
     assert rec.outcomes == {}
     store.down = False
     await asyncio.wait_for(bulk.wait_healthy(), 5)
