@@ -53,6 +53,11 @@ def pipeline(
         opensearch_url=opensearch_url,
         index_prefix=prefix,
         log_dir=Path(tmp_path_factory.mktemp("obs-logs")),
+        # The consumers' lag is refreshed often, so a status shows it settle within the test.
+        overrides={
+            "enricher": {"ENRICHER_LAG_REFRESH_S": "0.2"},
+            "indexer": {"INDEXER_PENDING_REFRESH_S": "0.2"},
+        },
     )
     try:
         running.start()
