@@ -11,6 +11,11 @@ import socket
 from urllib.parse import urlsplit
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests judge what the code does, not how fast a loaded 2-core machine runs it.
+settings.register_profile("project", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("project")
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:14222"
 DEFAULT_OPENSEARCH_URL = "http://127.0.0.1:19200"
