@@ -5,9 +5,9 @@ source) and calls each item's `on_done` once with its final outcome. Retryable
 failures are sent again after a capped exponential backoff, for as long as it takes;
 while OpenSearch is away the writer reports itself unhealthy so intake stops fetching.
 A whole request refused as wrong (400, 413) is sent again one document per request; one
-refused again and again with a retryable status that may be about its content (not 429,
-502, 503, 504, nor no answer) is sent again in halves, down to the one document it is
-about, which is retried alone without holding intake.
+refused again and again with a retryable status that may be about its content (not 401,
+404, 407, 408, 429, 502, 503, 504, nor no answer) is sent again in halves, down to the one
+document it is about, which is retried alone without holding intake.
 """
 
 from __future__ import annotations
@@ -82,8 +82,9 @@ _OUTCOMES = {200: Outcome.CREATED, 201: Outcome.CREATED, 409: Outcome.DUPLICATE}
 # its content (a proxy answering 403 or 500 for some text, say) is sent again in two halves,
 # and so on down to the one document it is about, retried alone for as long as it takes.
 SPLIT_AFTER_REFUSALS = 3
-# Statuses that say OpenSearch is away or overloaded, whatever the request: never split for.
-_AVAILABILITY_STATUSES = frozenset({429, 502, 503, 504})
+# Statuses that say OpenSearch is away, overloaded or not ours to use (credentials, address),
+# whatever the request: never split for.
+_AVAILABILITY_STATUSES = frozenset({401, 404, 407, 408, 429, 502, 503, 504})
 
 
 class BulkWriter:

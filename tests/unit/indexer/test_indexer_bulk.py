@@ -359,7 +359,7 @@ async def test_a_request_refused_again_and_again_is_split_down_to_the_culprit(st
     await bulk.close()
 
 
-@pytest.mark.parametrize("status", [None, 429, 503])
+@pytest.mark.parametrize("status", [None, 401, 404, 429, 503])
 async def test_an_outage_does_not_split_requests(status: int | None) -> None:
     rec = Recorder()
     failures = [SearchUnavailableError("away", status=status) for _ in range(8)]
