@@ -227,19 +227,25 @@ class OpenSearchStore:
         if mappings is not None:
             await self._apply_mappings(own, mappings)
 
+    async def _put_on(
+        self, own: Sequence[str], put: Callable[..., Awaitable[Any]], body: dict[str, Any]
+    ) -> None:
+        """`put` (settings, mappings) of `body` on the indices `own`, a few per request."""
+        for names in _name_lists(own):
+            request = functools.partial(
+                put,
+                index=",".join(names),
+                body=body,
+                allow_no_indices=True,
+                ignore_unavailable=True,  # closed, or deleted meanwhile
+            )
+            await _call(request)
+
     async def _apply_mappings(self, own: Sequence[str], mappings: dict[str, Any]) -> None:
         # Additive: fields a new version adds reach the existing indices, or their strict
         # mappings would refuse every document that has them (as permanent rejections).
         try:
-            for names in _name_lists(own):
-                put = functools.partial(
-                    self._client.indices.put_mapping,
-                    index=",".join(names),
-                    body=mappings,
-                    allow_no_indices=True,
-                    ignore_unavailable=True,  # closed, or deleted meanwhile
-                )
-                await _call(put)
+            await self._put_on(own, self._client.indices.put_mapping, mappings)
         except (SearchRequestError, SearchUnavailableError) as err:
             log.warning(
                 "template mappings not applied to existing indices; documents with new"
@@ -256,15 +262,7 @@ class OpenSearchStore:
             }
         }
         try:
-            for names in _name_lists(own):
-                put = functools.partial(
-                    self._client.indices.put_settings,
-                    index=",".join(names),
-                    body=live,
-                    allow_no_indices=True,
-                    ignore_unavailable=True,  # closed, or deleted meanwhile
-                )
-                await _call(put)
+            await self._put_on(own, self._client.indices.put_settings, live)
         except (SearchRequestError, SearchUnavailableError) as err:
             # The template is in place, so new indices get the settings; say the old ones don't.
             log.warning(
