@@ -16,6 +16,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from indexer.template import template_name
 from tests.servers import free_port
 
 READY_TIMEOUT_S = 60.0
@@ -242,3 +243,19 @@ class Pipeline:
             for replica in self.replicas:
                 if replica.name == name:
                     replica.terminate()
+
+
+def delete_indices(opensearch_url: str, prefix: str) -> None:
+    """Removes the indices and the index template an indexer made under `prefix` (and
+    nothing else)."""
+    for path in (
+        f"/{prefix}*?expand_wildcards=all&ignore_unavailable=true&allow_no_indices=true",
+        f"/_index_template/{template_name(prefix)}",
+    ):
+        request = urllib.request.Request(f"{opensearch_url}{path}", method="DELETE")
+        try:
+            with urllib.request.urlopen(request, timeout=30):
+                pass
+        except urllib.error.HTTPError as err:
+            if err.code != 404:  # no template yet
+                raise

@@ -2,34 +2,16 @@
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from indexer.template import template_name
-from tests.procs import Pipeline
+from tests.procs import Pipeline, delete_indices
 from tests.servers import NatsProcess
 
 # The product's own index naming, so OpenSearch queries written for `telemetry-*` work as is.
 INDEX_PREFIX = "telemetry-"
-
-
-def _delete_indices(opensearch_url: str, prefix: str) -> None:
-    """Removes the indices and the index template the indexer made under `prefix`."""
-    for path in (
-        f"/{prefix}*?expand_wildcards=all&ignore_unavailable=true",
-        f"/_index_template/{template_name(prefix)}",
-    ):
-        request = urllib.request.Request(f"{opensearch_url}{path}", method="DELETE")
-        try:
-            with urllib.request.urlopen(request, timeout=30):
-                pass
-        except urllib.error.HTTPError as err:
-            if err.code != 404:  # no template yet
-                raise
 
 
 @pytest.fixture(scope="package")
@@ -42,7 +24,7 @@ def pipeline(opensearch_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
     root: Path = tmp_path_factory.mktemp("e2e")
     nats = NatsProcess(root / "nats")
     nats.start()
-    _delete_indices(opensearch_url, INDEX_PREFIX)
+    delete_indices(opensearch_url, INDEX_PREFIX)
     running = Pipeline(
         nats_url=nats.url, opensearch_url=opensearch_url, index_prefix=INDEX_PREFIX, log_dir=root
     )
@@ -52,4 +34,4 @@ def pipeline(opensearch_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
     finally:
         running.stop()
         nats.stop()
-        _delete_indices(opensearch_url, INDEX_PREFIX)
+        delete_indices(opensearch_url, INDEX_PREFIX)

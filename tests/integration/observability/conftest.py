@@ -5,31 +5,14 @@ observability tests: metrics scraped from each service, reflection on each gRPC 
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.procs import Pipeline
+from tests.procs import Pipeline, delete_indices
 from tests.servers import NatsProcess
-
-
-def delete_indices(opensearch_url: str, prefix: str) -> None:
-    """Removes the indices and the index template an indexer made under `prefix`."""
-    for path in (
-        f"/{prefix}*?expand_wildcards=all&ignore_unavailable=true&allow_no_indices=true",
-        f"/_index_template/{prefix}events",
-    ):
-        request = urllib.request.Request(f"{opensearch_url}{path}", method="DELETE")
-        try:
-            with urllib.request.urlopen(request, timeout=30):
-                pass
-        except urllib.error.HTTPError as err:
-            if err.code != 404:
-                raise
 
 
 @pytest.fixture(scope="package")

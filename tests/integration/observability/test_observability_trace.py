@@ -31,8 +31,8 @@ from indexer import Config as IndexerConfig
 from indexer import Indexer
 from pipeline.config import load
 from pipeline.tracing import Tracing
-from tests.integration.observability.conftest import delete_indices
 from tests.integration.observability.observability_support import events
+from tests.procs import delete_indices
 from tests.servers import NatsProcess
 
 pytestmark = pytest.mark.integration

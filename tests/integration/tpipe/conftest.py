@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import TypeVar
 
 import pytest
 
-from tests.procs import WRITE_KEY, Pipeline
+from tests.procs import WRITE_KEY, Pipeline, delete_indices
 from tests.servers import NatsProcess
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -70,17 +69,7 @@ def running(opensearch_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
     finally:
         pipeline.stop()
         nats.stop()
-        _delete_own_indices(opensearch_url, pipeline.index_prefix)
-
-
-def _delete_own_indices(opensearch_url: str, prefix: str) -> None:
-    """Removes the indices of this run's unique prefix (and nothing else)."""
-    request = urllib.request.Request(
-        f"{opensearch_url}/{prefix}*?expand_wildcards=all&ignore_unavailable=true",
-        method="DELETE",
-    )
-    with urllib.request.urlopen(request, timeout=30):
-        pass
+        delete_indices(opensearch_url, pipeline.index_prefix)
 
 
 def tpipe_env(extra: dict[str, str]) -> dict[str, str]:
