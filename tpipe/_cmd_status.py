@@ -6,7 +6,7 @@ then the size of the DLQ stream (from NATS) and OpenSearch's cluster health. It 
 only: nothing is created on any server.
 
 `--once` prints one snapshot and exits: 0 when every part answers and is ready (and
-OpenSearch is not red), 3 otherwise.
+OpenSearch is not red, and the indexer's intake is not held), 3 otherwise.
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ class StageMetrics:
     dead_lettered: tuple[tuple[str, Mapping[str, str]], ...] = ()
     lag: str = ""
     in_flight: str = ""
+    held: str = ""  # a gauge that is 1 while the stage has stopped taking work in
+    held_state: str = ""  # the state shown then, in place of "ready"
 
 
 STAGES: dict[str, StageMetrics] = {
@@ -81,6 +83,8 @@ STAGES: dict[str, StageMetrics] = {
         dead_lettered=(("indexer_dlq_total", {}),),
         lag="indexer_consumer_pending",
         in_flight="indexer_messages_in_progress",
+        held="indexer_intake_held",
+        held_state="ready, intake held: OpenSearch refuses writes",
     ),
 }
 
@@ -157,9 +161,10 @@ def parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:
 
 def stage_row(stage: str, before: Scrape, after: Scrape) -> StageRow:
     """A stage's line from two scrapes: rates over the time between them, gauges from the last."""
-    if after.at <= before.at or not after.samples or not before.samples:
-        return StageRow(stage, _state(after))
     spec = STAGES[stage]
+    state = _state(after, spec)
+    if after.at <= before.at or not after.samples or not before.samples:
+        return StageRow(stage, state)
     elapsed = after.at - before.at
 
     def rate(wanted: Sequence[tuple[str, Mapping[str, str]]]) -> float | None:
@@ -169,7 +174,7 @@ def stage_row(stage: str, before: Scrape, after: Scrape) -> StageRow:
 
     return StageRow(
         stage=stage,
-        state=_state(after),
+        state=state,
         events_per_s=rate(spec.events),
         events_total=after.total(spec.events),
         rejected_per_s=rate(spec.rejected),
@@ -179,10 +184,13 @@ def stage_row(stage: str, before: Scrape, after: Scrape) -> StageRow:
     )
 
 
-def _state(scrape: Scrape) -> str:
-    if scrape.ready:
-        return "ready"
-    return scrape.reason or "not ready"
+def _state(scrape: Scrape, spec: StageMetrics) -> str:
+    if not scrape.ready:
+        return scrape.reason or "not ready"
+    # Ready (it answers queries) yet taking nothing in: events wait in the stream.
+    if spec.held and scrape.gauge(spec.held):
+        return spec.held_state
+    return "ready"
 
 
 async def _get(client: aiohttp.ClientSession, url: str) -> tuple[int, bytes]:
@@ -408,7 +416,7 @@ def register(sub: Subparsers, name: str) -> None:
         description="Shows, per stage, events per second and in total, rejections and dead "
         "letters per second, consumer lag and work in flight (from each service's /metrics), "
         "the DLQ stream's size and OpenSearch's health. Refreshes until Ctrl-C; --once prints "
-        "one snapshot and exits 0 when all is ready, 3 otherwise.",
+        "one snapshot and exits 0 when all is ready and flowing, 3 otherwise.",
         examples=EXAMPLES,
         run=status,
     )

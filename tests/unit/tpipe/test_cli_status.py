@@ -1,0 +1,50 @@
+"""`tpipe status`: a stage's state from its readiness and its /metrics."""
+
+from __future__ import annotations
+
+from tpipe._cmd_status import Scrape, Snapshot, StageRow, stage_row
+
+_HEALTH = {"status": "green", "number_of_nodes": 1, "active_shards": 1, "unassigned_shards": 0}
+_DLQ = {"stream": "TELEMETRY_DLQ", "messages": 0, "bytes": 0}
+
+
+def _indexer(at: float, *, held: float, created: float) -> Scrape:
+    return Scrape(
+        at,
+        ready=True,
+        samples=[
+            ("indexer_intake_held", {}, held),
+            ("indexer_documents_total", {"outcome": "created"}, created),
+            ("indexer_consumer_pending", {}, 40.0),
+        ],
+    )
+
+
+def _healthy(row: StageRow) -> bool:
+    return Snapshot(at="", window_s=2.0, stages=[row], dlq=_DLQ, opensearch=_HEALTH).healthy
+
+
+def test_a_held_intake_shows_on_a_ready_indexer_and_fails_once() -> None:
+    row = stage_row("indexer", _indexer(0.0, held=1, created=10), _indexer(2.0, held=1, created=10))
+    assert row.state == "ready, intake held: OpenSearch refuses writes"
+    assert row.events_per_s == 0.0
+    assert row.lag == 40.0
+    assert _healthy(row) is False
+
+
+def test_an_indexer_taking_events_in_is_ready() -> None:
+    row = stage_row("indexer", _indexer(0.0, held=1, created=10), _indexer(2.0, held=0, created=30))
+    assert row.state == "ready"
+    assert row.events_per_s == 10.0
+    assert _healthy(row) is True
+
+
+def test_the_first_scrape_alone_already_shows_the_held_intake() -> None:
+    only = _indexer(1.0, held=1, created=0)
+    assert stage_row("indexer", only, only).state.startswith("ready, intake held")
+
+
+def test_not_ready_wins_over_held() -> None:
+    scrape = Scrape(1.0, ready=False, reason="not ready: opensearch not answering")
+    scrape.samples = [("indexer_intake_held", {}, 1.0)]
+    assert stage_row("indexer", scrape, scrape).state == "not ready: opensearch not answering"
