@@ -48,6 +48,9 @@ class SearchPort(Protocol):
 
 # How long a search whose shards did not all answer waits for them to start before it is
 # made again: a daily index is created by its first event, and its shard starts a moment later.
+# Once a wait has run out, none is made until a search is answered whole again: the wait is for
+# every index of the prefix, so while one stays red no wait can end early, and each query would
+# pay all of it.
 SHARDS_WAIT_S = 1.0
 
 
@@ -75,6 +78,7 @@ class QueryServicer(qs_grpc.QueryServiceServicer):
         self._search = search
         self._metrics = metrics or Metrics()
         self._tracing = tracer or tracing.Tracing.disabled()
+        self._waits_ran_out = False  # the last wait for shards ran out, none whole since
 
     async def QueryEvents(
         self, request: qs.QueryEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -151,14 +155,24 @@ class QueryServicer(qs_grpc.QueryServiceServicer):
         try:
             answer = await self._search.search(body, filter_path=filter_path)
         except SearchUnavailableError as err:
-            if err.status != 503 or not await self._search.wait_for_shards(SHARDS_WAIT_S):
+            if err.status != 503 or not await self._shards_started():
                 raise
         else:
             if not queries.unanswered_shards(answer):
+                self._waits_ran_out = False
                 return answer
-            if not await self._search.wait_for_shards(SHARDS_WAIT_S):
+            if not await self._shards_started():
                 return answer
         return await self._search.search(body, filter_path=filter_path)
+
+    async def _shards_started(self) -> bool:
+        """Waits up to SHARDS_WAIT_S for the shards to start; at once False while the last
+        wait's shards have not answered since (a red index: waiting again would not help)."""
+        if self._waits_ran_out:
+            return False
+        started = await self._search.wait_for_shards(SHARDS_WAIT_S)
+        self._waits_ran_out = not started
+        return started
 
     async def _unreachable(
         self, method: str, answer: dict[str, Any], span: tracing.Span, *, partial_ok: bool

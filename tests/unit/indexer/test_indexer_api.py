@@ -276,3 +276,27 @@ async def test_shards_that_do_not_start_or_an_outage_are_not_searched_again() ->
     finally:
         await channel.close()
         await server.stop(grace_s=1)
+
+
+async def test_a_red_index_costs_one_wait_until_a_search_is_answered_whole() -> None:
+    search = StartingSearch({"_shards": {"total": 2, "successful": 1}, "hits": {"total": {}}})
+    server, channel = await _serve(search, Metrics())
+    try:
+        stub = qs_grpc.QueryServiceStub(channel)
+        for _ in range(3):  # the index stays red: only the first query waits for it
+            code, _ = await _code(stub.QueryEvents(qs.QueryEventsRequest()))
+            assert code == grpc.StatusCode.UNAVAILABLE
+        search.first = SearchUnavailableError("all shards failed", status=503)
+        code, _ = await _code(stub.AggregateEvents(qs.AggregateEventsRequest()))
+        assert code == grpc.StatusCode.UNAVAILABLE
+        assert (len(search.bodies), search.waits) == (4, [1.0])
+        # Fixed: whole again. A later index whose shard starts late is waited for again.
+        search.first = {"_shards": {"total": 2, "successful": 2}, "hits": {"total": {"value": 4}}}
+        assert (await stub.QueryEvents(qs.QueryEventsRequest())).total_size == 4
+        search.first = SearchUnavailableError("all shards failed", status=503)
+        search.shards_start = True
+        assert (await stub.QueryEvents(qs.QueryEventsRequest())).total_size == 7
+        assert (len(search.bodies), search.waits) == (7, [1.0, 1.0])
+    finally:
+        await channel.close()
+        await server.stop(grace_s=1)
