@@ -178,7 +178,7 @@ class Config(NatsSettings, OpenSearchSettings, TracingSettings):
     retention_days: int = setting(
         "INDEXER_RETENTION_DAYS",
         DEFAULT_RETENTION_DAYS,
-        "days a daily index is kept (0 keeps indices forever)",
+        "days a daily index is kept after its day and its creation (0 keeps indices forever)",
         check=_retention_days,
     )
     retention_interval_s: float = setting(

@@ -13,10 +13,11 @@ The index rule (effectively-once indexing):
   with an absurd clock), goes to the fixed index `<prefix>undated`, just as stable.
 
 Queries search `<prefix>*` and filter on `corrected_timestamp`, so the index an event
-sits in does not decide whether it is found. Retention deletes whole daily indices by
-the date in their name, so an event from a device whose clock runs days behind is
-deleted early, and one whose clock runs ahead is kept longer; `<prefix>undated` is never
-deleted by retention.
+sits in does not decide whether it is found. Retention deletes whole daily indices once
+both the date in their name and the day they were created are past it: an event from a
+device whose clock runs days behind goes with its day's index (or, when that index was
+deleted already, is kept the retention's days in the one it creates again), and one whose
+clock runs ahead is kept longer; `<prefix>undated` is never deleted by retention.
 """
 
 from __future__ import annotations

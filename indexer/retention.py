@@ -2,6 +2,12 @@
 
 Only names of the exact form `<prefix>YYYY-MM-DD` with a real date are ever
 candidates; `<prefix>undated` and anything else matching `<prefix>*` is left alone.
+
+A daily index is deleted once both its day and the day it was created are past the
+retention. The second keeps what a device whose clock runs behind sends late: its events
+go to the index of their own (old) day, which a first late event creates again after
+retention deleted it; that index is then kept for the retention's days, not deleted within
+the hour with the events just accepted.
 """
 
 from __future__ import annotations
@@ -9,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Protocol
 
@@ -29,8 +35,11 @@ def index_day(name: str, *, prefix: str) -> date | None:
         return None
 
 
-def expired(names: Iterable[str], *, prefix: str, today: date, keep_days: int) -> list[str]:
-    """The daily indices older than `keep_days` days before `today`; none when keep_days is 0.
+def expired(
+    created: Mapping[str, date | None], *, prefix: str, today: date, keep_days: int
+) -> list[str]:
+    """The daily indices of `created` (name -> the UTC day it was created, None when not
+    known) older than `keep_days` days before `today` by both days; none when keep_days is 0.
 
     With keep_days = 1 only today's index is kept.
     """
@@ -38,17 +47,22 @@ def expired(names: Iterable[str], *, prefix: str, today: date, keep_days: int) -
         return []
     oldest_kept = today - timedelta(days=keep_days - 1)
     out = []
-    for name in names:
+    for name, created_on in created.items():
         day = index_day(name, prefix=prefix)
-        if day is not None and day < oldest_kept:
-            out.append(name)
+        if day is None or day >= oldest_kept:
+            continue
+        if created_on is not None and created_on >= oldest_kept:
+            continue  # created again by late events: kept for the retention's days
+        out.append(name)
     return sorted(out)
 
 
 class IndexAdmin(Protocol):
     """What retention needs from OpenSearch."""
 
-    async def index_names(self) -> list[str]: ...
+    async def index_creation_days(self) -> dict[str, date | None]:
+        """Each index of the prefix, and the UTC day it was created (None: not known)."""
+        ...
 
     async def delete_index(self, name: str) -> bool:
         """Deletes one index; False when it was gone already."""
@@ -69,7 +83,8 @@ async def run_once(
     """
     if keep_days <= 0:
         return []
-    names = expired(await admin.index_names(), prefix=prefix, today=today, keep_days=keep_days)
+    created = await admin.index_creation_days()
+    names = expired(created, prefix=prefix, today=today, keep_days=keep_days)
     deleted = []
     for name in names:
         if not await admin.delete_index(name):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 
 import orjson
@@ -117,6 +118,14 @@ def _name_lists(names: Sequence[str]) -> list[list[str]]:
         lists[-1].append(name)
         size += len(name) + 1
     return lists
+
+
+def _utc_day(epoch_millis: object) -> date | None:
+    """The UTC day of `_cat/indices`' `creation.date` (epoch milliseconds as text)."""
+    try:
+        return datetime.fromtimestamp(int(str(epoch_millis)) / 1000, UTC).date()
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
 
 
 async def _call(work: Callable[[], Awaitable[T]]) -> T:
@@ -367,6 +376,18 @@ class OpenSearchStore:
             )
         )
         return sorted(str(row["index"]) for row in found)
+
+    async def index_creation_days(self) -> dict[str, date | None]:
+        """The indices matching the prefix, each with the UTC day it was created."""
+        found = await _call(
+            lambda: self._client.cat.indices(
+                index=self.pattern,
+                h="index,creation.date",
+                format="json",
+                expand_wildcards="open,closed",
+            )
+        )
+        return {str(row["index"]): _utc_day(row.get("creation.date")) for row in found}
 
     async def delete_index(self, name: str) -> bool:
         """Deletes one index by its exact name; False when there was no such index (another

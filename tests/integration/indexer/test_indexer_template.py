@@ -133,18 +133,35 @@ async def test_retention_deletes_only_old_daily_indices(
 ) -> None:
     store = _store(os_client, prefix)
     await store.install_template()
-    today = date(2026, 6, 10)
+    # The indices are created today: retention runs as if it were 10 days later.
+    today = datetime.now(UTC).date() + timedelta(days=10)
     names = [
-        f"{prefix}2026-06-01",
-        f"{prefix}2026-06-09",
-        f"{prefix}2026-06-10",
+        f"{prefix}{today - timedelta(days=9)}",
+        f"{prefix}{today - timedelta(days=1)}",
+        f"{prefix}{today}",
         f"{prefix}undated",
     ]
     for name in names:
         await os_client.indices.create(index=name)
     deleted = await retention.run_once(store, prefix=prefix, keep_days=2, today=today)
-    assert deleted == [f"{prefix}2026-06-01"]
+    assert deleted == names[:1]
     assert await store.index_names() == sorted(names[1:])
+
+
+async def test_retention_keeps_an_old_day_created_again_by_late_events(
+    os_client: AsyncOpenSearch, prefix: str
+) -> None:
+    # A device whose clock runs weeks behind sends events of a day retention deleted.
+    store = _store(os_client, prefix)
+    await store.install_template()
+    today = datetime.now(UTC).date()
+    late = f"{prefix}{today - timedelta(days=40)}"
+    await os_client.indices.create(index=late)
+    assert (await store.index_creation_days())[late] == today
+    assert await retention.run_once(store, prefix=prefix, keep_days=2, today=today) == []
+    assert await retention.run_once(store, prefix=prefix, keep_days=30, today=today) == []
+    later = today + timedelta(days=30)
+    assert await retention.run_once(store, prefix=prefix, keep_days=30, today=later) == [late]
 
 
 async def test_retention_goes_on_past_an_index_another_replica_deleted(
@@ -159,15 +176,15 @@ async def test_retention_goes_on_past_an_index_another_replica_deleted(
     class Racing:
         """Lists every index, but another replica deletes the first one meanwhile."""
 
-        async def index_names(self) -> list[str]:
-            listed = await store.index_names()
+        async def index_creation_days(self) -> dict[str, date | None]:
+            listed = await store.index_creation_days()
             await os_client.indices.delete(index=names[0])
             return listed
 
         async def delete_index(self, name: str) -> bool:
             return await store.delete_index(name)
 
-    today = date(2026, 6, 10)
+    today = datetime.now(UTC).date() + timedelta(days=10)  # the indices were created today
     deleted = await retention.run_once(Racing(), prefix=prefix, keep_days=2, today=today)
     assert deleted == names[1:]
     assert await store.index_names() == []
