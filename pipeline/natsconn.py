@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import ParseResult, SplitResult, urlsplit
 
 import nats
 from nats.aio.client import Client
@@ -25,6 +26,22 @@ log = logging.getLogger(__name__)
 
 RECONNECT_WAIT_S = 1.0
 CONNECT_RETRY_MAX_S = 5.0
+
+
+def address(url: str | SplitResult | ParseResult | None) -> str:
+    """`host:port` of a NATS URL for logs: never the user, password or token it may carry."""
+    if url is None:
+        return ""
+    if isinstance(url, str):  # as nats-py reads it: without a scheme, nats://
+        url = urlsplit(url if "://" in url else f"nats://{url}")
+    try:
+        port = url.port
+    except ValueError:
+        port = None
+    host = url.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{port}" if port else host
 
 
 async def connect(settings: NatsSettings, *, name: str) -> Client:
@@ -45,7 +62,7 @@ async def connect(settings: NatsSettings, *, name: str) -> Client:
 
     async def on_reconnect() -> None:
         server = connected[0].connected_url if connected else None
-        log.info("nats reconnected", extra={**context, "server": server.netloc if server else ""})
+        log.info("nats reconnected", extra={**context, "server": address(server)})
 
     async def on_error(err: Exception) -> None:
         log.warning("nats error: %s", err, extra=context)
@@ -65,14 +82,15 @@ async def connect(settings: NatsSettings, *, name: str) -> Client:
                 error_cb=on_error,
             )
         except (OSError, TimeoutError, nats.errors.Error) as err:
-            log.warning("nats not reachable at %s: %s; retrying", ",".join(settings.nats_url), err)
+            where = ",".join(address(url) for url in settings.nats_url)
+            log.warning("nats not reachable at %s: %s; retrying", where, err)
             await asyncio.sleep(delay)
             delay = min(delay * 2, CONNECT_RETRY_MAX_S)
             continue
         connected.append(nc)
         log.info(
             "nats connected",
-            extra={**context, "server": nc.connected_url.netloc if nc.connected_url else ""},
+            extra={**context, "server": address(nc.connected_url)},
         )
         return nc
 

@@ -46,6 +46,11 @@ __all__ = [
 INSTRUMENTATION_NAME = "telemetry-pipeline"
 INVALID_SPAN = trace.INVALID_SPAN  # what a disabled `Tracing` hands out: every call a no-op
 _PROPAGATOR = TraceContextTextMapPropagator()
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
+# W3C trace context: a tracer SHOULD pass on at least 512 characters of tracestate, and may
+# drop a longer one.
+MAX_TRACESTATE_CHARS = 512
 
 
 class Tracing:
@@ -169,10 +174,22 @@ def inject(headers: MutableMapping[str, str], span: Span | None = None) -> bool:
 
 
 def extract(headers: Mapping[str, str] | None) -> Context | None:
-    """The trace context carried by `headers` (a `traceparent`), or None."""
+    """The trace context carried by `headers` (a `traceparent`), or None.
+
+    A `tracestate` longer than MAX_TRACESTATE_CHARS is left out (W3C trace context lets a
+    tracer drop it): it is passed on in every message's headers, which a client must not be
+    able to grow past what a broker message has room for.
+    """
     if not headers:
         return None
-    context = _PROPAGATOR.extract(headers)
+    traceparent = headers.get(TRACEPARENT)
+    if traceparent is None:
+        return None
+    carrier = {TRACEPARENT: traceparent}
+    state = headers.get(TRACESTATE)
+    if state is not None and len(state) <= MAX_TRACESTATE_CHARS:
+        carrier[TRACESTATE] = state
+    context = _PROPAGATOR.extract(carrier)
     if not trace.get_current_span(context).get_span_context().is_valid:
         return None
     return context

@@ -104,6 +104,23 @@ def test_a_span_continues_the_trace_of_incoming_headers(exporter: InMemorySpanEx
     assert span_id == format_span_id(span.get_span_context().span_id)
 
 
+def test_a_tracestate_too_long_to_pass_on_is_dropped(exporter: InMemorySpanExporter) -> None:
+    on = _tracing(exporter)
+    kept, dropped = (
+        "vendor=" + "k" * 250 + ",b=" + "v" * 240,
+        "a=1," + ",".join(f"v{n}=" + "x" * 240 for n in range(31)),
+    )
+    for state, expected in ((kept, kept), (dropped, None)):
+        out: dict[str, str] = {}
+        headers = {subjects.TRACEPARENT_HEADER: TRACEPARENT, "tracestate": state}
+        with on.span("child", parent=on.incoming(headers)):
+            tracing.inject(out)
+        assert out.get("tracestate") == expected
+        # The trace goes on either way.
+        assert out[subjects.TRACEPARENT_HEADER].split("-")[1] == TRACE_ID
+    assert len(dropped) > 7000
+
+
 @pytest.mark.parametrize(
     "headers",
     [None, {}, {"traceparent": "garbage"}, {"traceparent": f"00-{'0' * 32}-{'0' * 16}-01"}],
