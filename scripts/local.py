@@ -132,6 +132,21 @@ class Profile:
         return {"NATS_URL": self.nats_url, "OPENSEARCH_URL": self.opensearch_url}
 
 
+def loopback_no_proxy(environ: Mapping[str, str]) -> dict[str, str]:
+    """NO_PROXY and no_proxy extended with the loopback names: every server here listens on
+    loopback, and an HTTP proxy taken from the environment (urllib, httpx, aiohttp and gRPC
+    all read one) must not carry requests to them."""
+    listed = [
+        name.strip()
+        for key in ("NO_PROXY", "no_proxy")
+        for name in environ.get(key, "").split(",")
+        if name.strip()
+    ]
+    names = list(dict.fromkeys([*listed, HOST, "localhost", "::1"]))
+    value = ",".join(names)
+    return {"NO_PROXY": value, "no_proxy": value}
+
+
 PROFILES = {
     "dev": Profile("dev", 4222, 8222, 9200, 9300, (3000, 50051), (8081, 50052), (8082, 50053)),
     "test": Profile(
@@ -671,7 +686,13 @@ def spawn(proc: ManagedProcess, launch: Launch) -> int:
         child = subprocess.Popen(
             launch.argv,
             cwd=launch.cwd,
-            env={**os.environ, **user_env, **launch.env, OWNER_ENV: proc.owner_tag},
+            env={
+                **os.environ,
+                **loopback_no_proxy(os.environ),
+                **user_env,
+                **launch.env,
+                OWNER_ENV: proc.owner_tag,
+            },
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -1008,7 +1029,9 @@ def cmd_exec(profile: Profile, procs: list[ManagedProcess], command: list[str]) 
         client_env = profile.client_env()
         shown_env = " ".join(f"{key}={value}" for key, value in client_env.items())
         print(f"\n$ {shown_env} {' '.join(command)}", flush=True)
-        child = subprocess.Popen(command, env={**os.environ, **client_env})
+        child = subprocess.Popen(
+            command, env={**os.environ, **loopback_no_proxy(os.environ), **client_env}
+        )
         return wait_command(child)
     finally:
         print()

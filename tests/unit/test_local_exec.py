@@ -144,3 +144,33 @@ def test_a_command_that_does_not_end_is_killed_after_the_grace(tmp_path: Path) -
     assert marker == "ready"
     assert code == 130
     assert "killing it" in out
+
+
+def test_loopback_never_goes_through_a_proxy(tmp_path: Path) -> None:
+    # A CI machine that reaches the registries through a proxy: the command `exec` runs (the
+    # tests) and the services it starts must still reach the servers on loopback directly.
+    script = tmp_path / "proxied.py"
+    script.write_text(
+        "import os, urllib.request\n"
+        "assert urllib.request.proxy_bypass('127.0.0.1'), 'urllib would use the proxy'\n"
+        "assert urllib.request.proxy_bypass('localhost')\n"
+        "print(os.environ['NO_PROXY'])\n"
+    )
+    driver = tmp_path / "driver.py"
+    driver.write_text(_DRIVER)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HTTP_PROXY": "http://proxy.invalid:3128",
+        "HTTPS_PROXY": "http://proxy.invalid:3128",
+        "NO_PROXY": "registry.internal",
+    }
+    done = subprocess.run(
+        [sys.executable, str(driver), str(ROOT / "scripts" / "local.py"), "5", str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "registry.internal,127.0.0.1,localhost,::1" in done.stdout
