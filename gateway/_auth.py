@@ -20,6 +20,9 @@ from gateway.errors import PermissionDenied, Unauthenticated
 from pipeline.errors import ConfigError
 from pipeline.subjects import valid_token
 
+# deploy/gateway-keys.example.json's keys begin so: a copy left as it is must not serve.
+PLACEHOLDER_PREFIX = "replace-with-"
+
 
 class Kind(enum.Enum):
     """What a key may do."""
@@ -45,6 +48,11 @@ class KeyStore:
                 raise ConfigError(
                     f"app id {app_id!r} of a write key must be 1-64 letters, digits, _ or -"
                 )
+        if any(key.startswith(PLACEHOLDER_PREFIX) for key in (*write, *read)):
+            raise ConfigError(
+                f"a key is still a placeholder ({PLACEHOLDER_PREFIX}...) of the example keys "
+                "file: put a long random key in its place"
+            )
         overlap = set(write) & set(read)
         if overlap:
             raise ConfigError("a key is configured both as a write key and as a read key")

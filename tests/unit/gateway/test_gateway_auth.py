@@ -115,3 +115,12 @@ def test_app_ids_must_be_subject_tokens_and_keys_of_one_kind() -> None:
         KeyStore(write={"k": "app.x"}, read={})
     with pytest.raises(ConfigError, match="both"):
         KeyStore(write={"k": "app"}, read={"k": "ops"})
+
+
+def test_the_example_keys_file_as_it_is_does_not_serve() -> None:
+    example = Path(__file__).resolve().parents[3] / "deploy" / "gateway-keys.example.json"
+    config = load(GatewayConfig, {"GATEWAY_KEYS_FILE": str(example)})
+    with pytest.raises(ConfigError, match="placeholder"):
+        KeyStore.from_config(config)
+    with pytest.raises(ConfigError, match="placeholder"):
+        KeyStore(write={}, read={"replace-with-a-key": "ops"})
