@@ -682,6 +682,7 @@ def spawn(proc: ManagedProcess, launch: Launch) -> int:
     for folder in (proc.profile.run_dir, proc.profile.logs_dir):
         folder.mkdir(parents=True, exist_ok=True)
     user_env, as_user = switch_user(launch.user)
+    keep_previous_log(proc.log_file)
     with proc.log_file.open("wb") as log:
         child = subprocess.Popen(
             launch.argv,
@@ -701,6 +702,14 @@ def spawn(proc: ManagedProcess, launch: Launch) -> int:
         )
     proc.pid_file.write_text(f"{child.pid}\n")
     return child.pid
+
+
+def keep_previous_log(log_file: Path) -> None:
+    """Moves the log of the previous run (a crash's, say) to `<name>.log.1`, replacing the
+    one before it, so a restart does not wipe it."""
+    with contextlib.suppress(FileNotFoundError):
+        if log_file.stat().st_size > 0:
+            log_file.replace(log_file.with_name(log_file.name + ".1"))
 
 
 def wait_ready(proc: ManagedProcess, pid: int) -> None:

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -188,3 +188,34 @@ def test_two_ups_of_one_profile_take_turns(
         out,
     ), out
     assert (profile.run_dir / "local.lock").read_text() == ""  # no holder left behind
+
+
+def test_a_restart_keeps_the_previous_log(tmp_path: Path) -> None:
+    local = load_script("local.py", "local_script")
+    log = tmp_path / "gateway.log"
+    local.keep_previous_log(log)  # none yet: nothing to keep
+    assert list(tmp_path.iterdir()) == []
+    log.write_text("crashed: the reason\n")
+    local.keep_previous_log(log)
+    assert (tmp_path / "gateway.log.1").read_text() == "crashed: the reason\n"
+    assert not log.exists()
+    log.write_text("")  # an empty log does not replace the one kept
+    local.keep_previous_log(log)
+    assert (tmp_path / "gateway.log.1").read_text() == "crashed: the reason\n"
+
+
+def test_spawn_moves_the_last_log_aside(tmp_path: Path) -> None:
+    local = load_script("local.py", "local_script")
+    profile = SimpleNamespace(run_dir=tmp_path / "run", logs_dir=tmp_path / "logs")
+    proc = SimpleNamespace(
+        profile=profile,
+        log_file=tmp_path / "logs" / "x.log",
+        pid_file=tmp_path / "run" / "x.pid",
+        owner_tag="test",
+    )
+    profile.logs_dir.mkdir()
+    proc.log_file.write_text("the last run's end\n")
+    pid = local.spawn(proc, local.Launch(argv=("sh", "-c", "echo new run")))
+    os.waitpid(pid, 0)
+    assert (tmp_path / "logs" / "x.log.1").read_text() == "the last run's end\n"
+    assert proc.log_file.read_text() == "new run\n"
