@@ -323,6 +323,7 @@ class Handler:
                         "subject": delivery.subject,
                         "stream_sequence": delivery.stream_seq,
                         "deliveries": delivery.deliveries,
+                        **tracing.trace_id_of(delivery.headers),
                     },
                 )
                 self._metrics.dlq_refused.inc()
@@ -345,6 +346,7 @@ class Handler:
                         "subject": delivery.subject,
                         "stream_sequence": delivery.stream_seq,
                         "deliveries": delivery.deliveries,
+                        **tracing.trace_id_of(delivery.headers),
                     },
                 )
                 self._metrics.messages.labels(outcome=OUTCOME_DEAD_LETTERED).inc()

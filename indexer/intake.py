@@ -250,6 +250,7 @@ class Intake:
                 "subject": delivery.subject,
                 "message_id": delivery.msg_id,
                 "deliveries": delivery.deliveries,
+                **tracing.trace_id_of(delivery.headers),
             },
         )
         if not again:

@@ -10,13 +10,15 @@ trace context travels from stage to stage in the `traceparent` header of the mes
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
@@ -51,6 +53,11 @@ TRACESTATE = "tracestate"
 # W3C trace context: a tracer SHOULD pass on at least 512 characters of tracestate, and may
 # drop a longer one.
 MAX_TRACESTATE_CHARS = 512
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}", re.ASCII)
+# Links one span may hold unless the environment says (OpenTelemetry's own default, 128,
+# would silently drop most of a bulk request's messages).
+MAX_LINKS = 10_000
+_LINK_LIMIT_ENV = "OTEL_SPAN_LINK_COUNT_LIMIT"
 
 
 class Tracing:
@@ -68,7 +75,11 @@ class Tracing:
     @classmethod
     def exporting(cls, service: str, exporter: SpanExporter, *, batch: bool = True) -> Tracing:
         """Spans of `service` sent to `exporter` (batched, or one by one for tests)."""
-        provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service}))
+        provider = TracerProvider(
+            resource=Resource.create({SERVICE_NAME: service}),
+            # A bulk span links every message it carries: up to one per document.
+            span_limits=SpanLimits(max_links=None if _LINK_LIMIT_ENV in os.environ else MAX_LINKS),
+        )
         processor = BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter)
         provider.add_span_processor(processor)
         return cls(provider.get_tracer(INSTRUMENTATION_NAME), provider)
@@ -201,6 +212,15 @@ def link_of(headers: Mapping[str, str] | None) -> SpanContext | None:
     if context is None:
         return None
     return trace.get_current_span(context).get_span_context()
+
+
+def trace_id_of(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """{"trace_id": ...} of the `traceparent` in a message's headers, for a log line about that
+    message (whether or not this process records spans); {} when there is none."""
+    found = _TRACEPARENT.fullmatch((headers or {}).get(TRACEPARENT, ""))
+    if found is None or found[1] == "0" * 32:
+        return {}
+    return {"trace_id": found[1]}
 
 
 def current_ids() -> tuple[str, str] | None:

@@ -320,6 +320,52 @@ async def test_bulk_span_links_each_message_once(exporter: InMemorySpanExporter)
     assert sorted(done, key=lambda o: o.value) == [Outcome.CREATED] * 5 + [Outcome.DUPLICATE]
 
 
+async def test_a_bulk_span_keeps_a_link_for_each_of_many_messages(
+    exporter: InMemorySpanExporter,
+) -> None:
+    writer = BulkWriter(
+        _Store(),
+        max_docs=1000,
+        max_bytes=10_000_000,
+        flush_interval_s=60,
+        concurrency=1,
+        retry_base_s=0.01,
+        retry_max_s=0.01,
+        tracer=_tracing(exporter, "indexer"),
+    )
+
+    async def on_done(_: BulkItem, outcome: Outcome, reason: str) -> None:
+        return None
+
+    for number in range(1, 1001):  # single-event messages, each its own trace
+        link = tracing.link_of({"traceparent": f"00-{number:032x}-{number:016x}-01"})
+        payload = render(index="t-x", doc_id=f"e{number}", source={"n": number})
+        await writer.add(BulkItem(payload=payload, on_done=on_done, link=link))
+    await writer.drain()
+    (span,) = exporter.get_finished_spans()
+    assert len(span.links) == 1000
+
+
+def test_a_log_line_about_a_message_names_its_trace() -> None:
+    assert tracing.trace_id_of({"traceparent": TRACEPARENT}) == {"trace_id": TRACE_ID}
+    for headers in (None, {}, {"traceparent": "garbage"}, {"traceparent": f"00-{'0' * 32}-1-01"}):
+        assert tracing.trace_id_of(headers) == {}
+    assert tracing.trace_id_of({"traceparent": f"00-{'0' * 32}-{PARENT_ID}-01"}) == {}
+    assert tracing.trace_id_of({"traceparent": f"00-{'_' * 32}-{PARENT_ID}-01"}) == {}
+
+
+async def test_an_untraced_enricher_logs_a_dead_letter_with_the_message_trace(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = _Sink()
+    poison = _Delivery(b"\xff not a batch", {subjects.TRACEPARENT_HEADER: TRACEPARENT})
+    with caplog.at_level(logging.WARNING, logger="enricher._handler"):
+        await _handler(sink, tracing.Tracing.disabled()).handle([poison])
+    assert sink.dead == 1
+    (record,) = [r for r in caplog.records if r.getMessage() == "raw message dead-lettered"]
+    assert record.__dict__["trace_id"] == TRACE_ID
+
+
 class _CountingTracing(tracing.Tracing):
     """Tracing switched off (as by default), counting the spans asked of it."""
 
