@@ -240,8 +240,16 @@ def dev_keys(profile: Profile) -> dict[str, dict[str, str]]:
             "write_keys": {f"wk_{secrets.token_urlsafe(18)}": DEV_APP_ID},
             "read_keys": {f"rk_{secrets.token_urlsafe(18)}": "dev-reader"},
         }
-        path.touch(mode=0o600)
-        path.write_text(json.dumps(keys, indent=2) + "\n")
+        text = json.dumps(keys, indent=2) + "\n"
+        # Written whole or not at all: a cut-off file would stop every later run.
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".keys-")  # mode 0600
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(text)
+            os.replace(temp, path)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
     loaded: dict[str, dict[str, str]] = json.loads(path.read_text())
     return loaded
 

@@ -147,3 +147,40 @@ def test_a_node_that_stays_red_is_reported_with_its_red_indices_and_what_to_do()
     assert "cluster stays red: a shard of telemetry-2026-01-02 has no copy assigned" in message
     assert "telemetry-2026-01-03" not in message
     assert "rm -rf .local/test/opensearch/data" in message
+
+
+@pytest.fixture
+def keys_at(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[ModuleType, Path]:
+    """local.py with the dev profile's keys file under tmp_path."""
+    local = load_script("local.py", "local_script")
+    path = tmp_path / "dev" / "keys.json"
+    monkeypatch.setattr(local, "keys_file", lambda profile: path)
+    return local, path
+
+
+def test_dev_keys_are_made_once_private_and_whole(keys_at: tuple[ModuleType, Path]) -> None:
+    local, path = keys_at
+    first = local.dev_keys(local.PROFILES["dev"])
+    assert (path.stat().st_mode & 0o777) == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["keys.json"]  # no temporary left
+    (write_key,) = first["write_keys"]
+    assert write_key.startswith("wk_")
+    assert local.dev_keys(local.PROFILES["dev"]) == first  # kept, not made again
+
+
+def test_dev_keys_cut_off_while_written_leave_no_file(
+    keys_at: tuple[ModuleType, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local, path = keys_at
+    real_fdopen = os.fdopen
+
+    def cut_off(fd: int, mode: str) -> object:
+        os.close(fd)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(local.os, "fdopen", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        local.dev_keys(local.PROFILES["dev"])
+    assert list(path.parent.iterdir()) == []
+    monkeypatch.setattr(local.os, "fdopen", real_fdopen)
+    assert local.dev_keys(local.PROFILES["dev"])["write_keys"]  # the next run makes them
