@@ -20,6 +20,11 @@ from indexer.errors import InvalidArgumentError
 TOKEN_VERSION = 1
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+# What the sort values of a page's last event can be: corrected_timestamp as epoch
+# milliseconds in a signed 64-bit long (an event without one sorts last with Long.MIN_VALUE),
+# and event_id, a document _id of at most 512 bytes.
+_MIN_LONG, _MAX_LONG = -(2**63), 2**63 - 1
+MAX_ID_BYTES = 512
 
 _REPEATED = (
     "user_ids",
@@ -74,10 +79,25 @@ def decode_token(token: str, flt: query_service_pb2.EventFilter) -> list[Any]:
     ):
         raise InvalidArgumentError("page_token", "is not a valid page token")
     after: list[Any] = data["a"]
-    if len(after) != 2 or not all(isinstance(v, int | str) for v in after):
+    if not _sort_values(after):
         raise InvalidArgumentError("page_token", "is not a valid page token")
     if data["f"] != filter_hash(flt):
         raise InvalidArgumentError(
             "page_token", "was made for another filter; start again without a page token"
         )
     return after
+
+
+def _sort_values(after: list[Any]) -> bool:
+    """True when `after` can be the sort values of an event: [millis, event_id]. Anything
+    else would reach OpenSearch as search_after, which fails the search or reads it otherwise
+    (a boolean or a number past 64 bits, a date as text)."""
+    if len(after) != 2:
+        return False
+    millis, event_id = after
+    return (
+        type(millis) is int
+        and _MIN_LONG <= millis <= _MAX_LONG
+        and type(event_id) is str
+        and len(event_id.encode(errors="replace")) <= MAX_ID_BYTES
+    )

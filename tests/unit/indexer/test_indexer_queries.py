@@ -202,6 +202,14 @@ def _forged(data: object) -> str:
         {"v": paging.TOKEN_VERSION, "a": [1700000000000]},
         {"v": paging.TOKEN_VERSION, "a": [1700000000000, 1.5]},
         {"v": paging.TOKEN_VERSION, "a": {"t": 1700000000000}},
+        # Values of the right JSON kinds that no event sorts by; OpenSearch would fail the
+        # search (a date as text) or read them otherwise (a number past 64 bits wraps).
+        {"v": paging.TOKEN_VERSION, "a": [True, "e-9"]},
+        {"v": paging.TOKEN_VERSION, "a": [2**63, "e-9"]},
+        {"v": paging.TOKEN_VERSION, "a": ["now", "e-9"]},
+        {"v": paging.TOKEN_VERSION, "a": [1, 2]},
+        {"v": paging.TOKEN_VERSION, "a": [1700000000000, False]},
+        {"v": paging.TOKEN_VERSION, "a": [1700000000000, "é" * 257]},  # 514 bytes
     ],
 )
 def test_a_forged_token_with_the_right_filter_hash_is_invalid_argument(
@@ -218,6 +226,19 @@ def test_a_forged_token_with_the_right_filter_hash_is_invalid_argument(
     with pytest.raises(InvalidArgumentError, match="not a valid page token") as caught:
         paging.decode_token(_forged({**data, "f": paging.filter_hash(flt)}), flt)
     assert caught.value.field == "page_token"
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        [-(2**63), "e-9"],  # an event without corrected_timestamp sorts last with Long.MIN_VALUE
+        [2**63 - 1, "x" * 512],
+        [0, "é" * 256],
+    ],
+)
+def test_tokens_at_the_edges_of_what_events_sort_by_are_kept(after: list[Any]) -> None:
+    flt = _filter(**EVERY_FIELD)
+    assert paging.decode_token(paging.encode_token(after, flt), flt) == after
 
 
 @given(st.text(max_size=60))
