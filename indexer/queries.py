@@ -8,6 +8,7 @@ with search_after.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -131,9 +132,19 @@ def filter_query(flt: qs.EventFilter) -> dict[str, Any]:
     text = flt.text.strip()
     if len(text) > MAX_TEXT_CHARS:
         raise InvalidArgumentError("filter.text", f"is longer than {MAX_TEXT_CHARS} characters")
+    if text and not any(_wordlike(char) for char in text):
+        # Analysed to no words at all, `match` would silently match nothing.
+        raise InvalidArgumentError("filter.text", "has no words to search for")
     if text:
         query["bool"]["must"] = [{"match": {"event_message": {"query": text, "operator": "and"}}}]
     return query
+
+
+def _wordlike(char: str) -> bool:
+    """True for a character the text analyser can keep in a word: letters and digits of any
+    script, and symbols such as emoji (searched as words of their own). Punctuation and
+    other marks only separate words."""
+    return char.isalnum() or unicodedata.category(char) == "So"
 
 
 def search_body(request: qs.QueryEventsRequest) -> tuple[dict[str, Any], int]:

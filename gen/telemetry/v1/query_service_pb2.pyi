@@ -119,7 +119,8 @@ class EventFilter(_message.Message):
     text: _builtins.str
     """text is a free-text search over event_message (event name and metadata);
     plain words, all of which must match. It is not a query language. At
-    most 1,000 characters.
+    most 1,000 characters; text with no word in it (punctuation alone, such
+    as "#!?") is INVALID_ARGUMENT rather than a search that matches nothing.
     """
     @_builtins.property
     def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
