@@ -41,9 +41,11 @@ _TERMS = (
     ("country_codes", "geo_country"),
     ("app_ids", "app_id"),
 )
+# `unmapped_type`: an index searched that lacks a field's mapping sorts as if it had it
+# (with no values) rather than failing the search.
 SORT: list[dict[str, Any]] = [
-    {"corrected_timestamp": {"order": "desc", "missing": "_last"}},
-    {"event_id": {"order": "desc"}},
+    {"corrected_timestamp": {"order": "desc", "missing": "_last", "unmapped_type": "date"}},
+    {"event_id": {"order": "desc", "unmapped_type": "keyword"}},
 ]
 _GROUP_FIELDS = {
     qs.AGGREGATION_FIELD_EVENT_NAME: "event_name",

@@ -160,6 +160,18 @@ class OpenSearchStore:
         """The index pattern searched."""
         return index_pattern(self._prefix)
 
+    @property
+    def searched(self) -> str:
+        """The indices queries read: the daily ones (dated 2000 to 2099) and the undated one,
+        never another `<prefix>*` index, whose mapping could fail every search."""
+        return f"{self._prefix}20*,{self._prefix}{UNDATED}"
+
+    @property
+    def _health_indices(self) -> str:
+        """`searched` for `_cluster/health`, which waits for a missing index named in full
+        (`<prefix>undated` before its first event) as for one not started yet."""
+        return f"{self.searched}*"
+
     def owns(self, name: str) -> bool:
         """True for the indices this indexer writes: `<prefix>YYYY-MM-DD` and `<prefix>undated`."""
         prefix = self._prefix
@@ -320,7 +332,7 @@ class OpenSearchStore:
         return results
 
     async def search(self, body: dict[str, Any], *, filter_path: str = "") -> dict[str, Any]:
-        """Runs `_search` over every index of the prefix; no index yet is an empty answer.
+        """Runs `_search` over the indices in `searched`; no index yet is an empty answer.
 
         `filter_path` trims the answer to what the caller reads.
         """
@@ -329,13 +341,13 @@ class OpenSearchStore:
             params["filter_path"] = filter_path
         answer: dict[str, Any] = await _call(
             lambda: self._client.transport.perform_request(
-                "POST", f"/{self.pattern}/_search", body=body, params=params
+                "POST", f"/{self.searched}/_search", body=body, params=params
             )
         )
         return answer
 
     async def wait_for_shards(self, timeout_s: float) -> bool:
-        """Waits up to `timeout_s` until every index of the prefix has its primary shards
+        """Waits up to `timeout_s` until every index searched has its primary shards
         started (a daily index just created has none for a moment); True once they have."""
         params = {
             "wait_for_status": "yellow",
@@ -347,7 +359,7 @@ class OpenSearchStore:
                 lambda: self._client.transport.perform_request(
                     # `timeout` here is the HTTP client's; the one in `params`, OpenSearch's wait.
                     "GET",
-                    f"/_cluster/health/{self.pattern}",
+                    f"/_cluster/health/{self._health_indices}",
                     params=params,
                     timeout=timeout_s + 10,
                 )
@@ -357,16 +369,20 @@ class OpenSearchStore:
         return not answer.get("timed_out", True) and answer.get("status") != "red"
 
     async def red_indices(self) -> list[str]:
-        """The indices of the prefix with a primary shard not assigned: a search skips them."""
+        """The indices searched with a primary shard not assigned: a search skips them."""
         answer: dict[str, Any] = await _call(
             lambda: self._client.transport.perform_request(
                 "GET",
-                f"/_cluster/health/{self.pattern}",
+                f"/_cluster/health/{self._health_indices}",
                 params={"level": "indices", "filter_path": "indices.*.status"},
             )
         )
         indices = answer.get("indices") or {}
-        return sorted(name for name, info in indices.items() if info.get("status") == "red")
+        return sorted(
+            name
+            for name, info in indices.items()
+            if info.get("status") == "red" and self.owns(name)
+        )
 
     async def index_names(self) -> list[str]:
         """The names of the indices matching the prefix."""

@@ -43,7 +43,8 @@ def template_name(prefix: str) -> str:
 
 
 def index_pattern(prefix: str) -> str:
-    """The index pattern the template applies to, and queries search."""
+    """The index pattern the template applies to (queries search only the indexer's own
+    indices under it: `store.OpenSearchStore.searched`)."""
     return f"{prefix}*"
 
 

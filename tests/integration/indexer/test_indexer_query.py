@@ -290,3 +290,35 @@ async def test_a_red_daily_index_is_refused_unless_partial_success_then_named(
     assert [e.event.event_id for e in whole.events] == ["kept"]
     assert list(whole.unreachable) == []
     await channel.close()
+
+
+async def test_another_index_under_the_prefix_does_not_fail_queries(
+    start_indexer: IndexerFactory, nc: Client, os_client: AsyncOpenSearch, prefix: str
+) -> None:
+    # Made before the indexer installs its template: mappings of their own, none of ours.
+    # A user_id of integers fails a user_id filter of words in that index...
+    other = f"{prefix}other"
+    await os_client.indices.create(
+        index=other, body={"mappings": {"properties": {"user_id": {"type": "integer"}}}}
+    )
+    await os_client.index(index=other, body={"user_id": 7}, refresh=True)
+    # ...and a name like a daily index's (searched) without the fields the events sort by.
+    archive = f"{prefix}2024-archive"
+    await os_client.indices.create(
+        index=archive, body={"mappings": {"properties": {"note": {"type": "text"}}}}
+    )
+    await os_client.index(index=archive, body={"note": "old"}, refresh=True)
+    indexer = await start_indexer()
+    await publish_many(nc, [enriched("mine", when=BASE, user_id="u1")], per_batch=1)
+    await wait_count(os_client, prefix, 3)
+    channel, stub = query_stub(indexer)
+
+    users = qs.EventFilter(user_ids=["u1"])
+    page = await stub.QueryEvents(qs.QueryEventsRequest(filter=users))
+    assert [e.event.event_id for e in page.events] == ["mine"]
+    assert page.total_size == 1
+    counts = await stub.AggregateEvents(
+        qs.AggregateEventsRequest(filter=users, group_by=qs.AGGREGATION_FIELD_USER_ID)
+    )
+    assert [(c.value, c.count) for c in counts.counts] == [("u1", 1)]
+    await channel.close()
