@@ -134,6 +134,10 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "total_count": {"type": "integer"},
             "counts": {"type": "array", "items": {"type": "object"}},
+            "count_error_upper_bound": {
+                "type": "integer",
+                "description": "0: counts are exact; otherwise each may be short by up to this",
+            },
             "histogram": {"type": "array", "items": {"type": "object"}},
             "unreachable": _UNREACHABLE,
         },

@@ -207,6 +207,7 @@ def aggregate_json(response: query_service_pb2.AggregateEventsResponse) -> dict[
     answer: dict[str, Any] = {
         "total_count": response.total_count,
         "counts": [{"value": c.value, "count": c.count} for c in response.counts],
+        "count_error_upper_bound": response.count_error_upper_bound,
         "histogram": [
             {"start_time": _stamp(b.start_time, True), "count": b.count} for b in response.histogram
         ],

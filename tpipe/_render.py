@@ -134,6 +134,11 @@ def aggregate(
         lines += ["", f"by {by}:"]
         counts = [(term.value or "(empty)", term.count) for term in response.counts]
         lines += ["  " + line for line in bars(counts)] or ["  (none)"]
+        if response.count_error_upper_bound:
+            lines.append(
+                f"  (approximate: each count may be short by up to"
+                f" {response.count_error_upper_bound})"
+            )
     if interval:
         lines += ["", f"per {interval}:"]
         buckets = [(rfc3339(b.start_time), b.count) for b in response.histogram]

@@ -336,7 +336,9 @@ class TermCount(_message.Message):
     value: _builtins.str
     """value is the field's value."""
     count: _builtins.int
-    """count is the number of events with that value."""
+    """count is the number of events with that value (see
+    AggregateEventsResponse.count_error_upper_bound for when it may be less).
+    """
     def __init__(
         self,
         *,
@@ -389,8 +391,17 @@ class AggregateEventsResponse(_message.Message):
     COUNTS_FIELD_NUMBER: _builtins.int
     HISTOGRAM_FIELD_NUMBER: _builtins.int
     UNREACHABLE_FIELD_NUMBER: _builtins.int
+    COUNT_ERROR_UPPER_BOUND_FIELD_NUMBER: _builtins.int
     total_count: _builtins.int
     """total_count is the number of events matching the filter."""
+    count_error_upper_bound: _builtins.int
+    """count_error_upper_bound is 0 when counts are exact, as they are unless a
+    daily index holds more distinct values of group_by than it is asked for
+    (1,000, or ten times the limit when more). Otherwise counts are
+    approximate: each may be short of the number of events with its value by
+    at most this many, and a value left out may have up to this many events
+    more than the one listed last.
+    """
     @_builtins.property
     def counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___TermCount]:
         """counts are the most frequent values of group_by, most frequent first."""
@@ -413,10 +424,11 @@ class AggregateEventsResponse(_message.Message):
         counts: _abc.Iterable[Global___TermCount] | None = ...,
         histogram: _abc.Iterable[Global___HistogramBucket] | None = ...,
         unreachable: _abc.Iterable[_builtins.str] | None = ...,
+        count_error_upper_bound: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "histogram", b"histogram", "total_count", b"total_count", "unreachable", b"unreachable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count_error_upper_bound", b"count_error_upper_bound", "counts", b"counts", "histogram", b"histogram", "total_count", b"total_count", "unreachable", b"unreachable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

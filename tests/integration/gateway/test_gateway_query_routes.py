@@ -172,6 +172,7 @@ async def test_aggregate_maps_parameters_and_answer(
     assert response.json() == {
         "total_count": 3,
         "counts": [{"value": "screen_view", "count": 2}],
+        "count_error_upper_bound": 0,
         "histogram": [{"start_time": "2023-10-26T10:00:00Z", "count": 3}],
     }
 

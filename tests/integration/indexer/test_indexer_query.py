@@ -322,3 +322,33 @@ async def test_another_index_under_the_prefix_does_not_fail_queries(
     )
     assert [(c.value, c.count) for c in counts.counts] == [("u1", 1)]
     await channel.close()
+
+
+async def test_the_top_value_over_several_days_is_counted_whole(
+    start_indexer: IndexerFactory, nc: Client, os_client: AsyncOpenSearch, prefix: str
+) -> None:
+    # In each of five daily indices "steady" is 26th, behind 25 values of that day alone;
+    # over the five days it is first. Summing a few dozen top values per index (OpenSearch's
+    # default for a limit of 10) would leave it out.
+    events = []
+    for day in range(5):
+        when = BASE + timedelta(days=day)
+        for n in range(25):
+            events += [
+                enriched(f"d{day}-v{n}-{k}", when=when, event_name=f"day{day}-{n}")
+                for k in range(3)
+            ]
+        events += [enriched(f"d{day}-steady-{k}", when=when, event_name="steady") for k in range(2)]
+    indexer = await start_indexer()
+    await publish_many(nc, events, per_batch=100)
+    await wait_count(os_client, prefix, len(events))
+    channel, stub = query_stub(indexer)
+
+    counts = await stub.AggregateEvents(
+        qs.AggregateEventsRequest(group_by=qs.AGGREGATION_FIELD_EVENT_NAME, limit=10)
+    )
+    assert (counts.counts[0].value, counts.counts[0].count) == ("steady", 10)
+    assert all(c.count == 3 for c in counts.counts[1:])
+    assert counts.count_error_upper_bound == 0
+    assert counts.total_count == len(events)
+    await channel.close()

@@ -341,12 +341,15 @@ def test_aggregate_body_and_limits() -> None:
         )
     )
     assert body["size"] == 0
-    assert body["aggs"]["by_field"] == {"terms": {"field": "os_name", "size": 10}}
+    assert body["aggs"]["by_field"] == {
+        "terms": {"field": "os_name", "size": 10, "shard_size": 1000}
+    }
     assert body["aggs"]["over_time"]["date_histogram"]["calendar_interval"] == "hour"
     clamped = queries.aggregate_body(
         qs.AggregateEventsRequest(group_by=qs.AGGREGATION_FIELD_USER_ID, limit=5000)
     )
     assert clamped["aggs"]["by_field"]["terms"]["size"] == 1000
+    assert clamped["aggs"]["by_field"]["terms"]["shard_size"] == 10_000
     assert "aggs" not in queries.aggregate_body(qs.AggregateEventsRequest())
     with pytest.raises(InvalidArgumentError) as caught:
         queries.aggregate_body(qs.AggregateEventsRequest(limit=-1))
@@ -369,3 +372,22 @@ def test_aggregate_response() -> None:
     assert [(c.value, c.count) for c in reply.counts] == [("buy", 5), ("x", 2)]
     assert reply.histogram[0].start_time.seconds == 3600
     assert reply.histogram[0].count == 7
+
+
+def test_the_counts_say_how_far_off_they_may_be() -> None:
+    answer: dict[str, Any] = {
+        "hits": {"total": {"value": 9}},
+        "aggregations": {
+            "by_field": {
+                "doc_count_error_upper_bound": 4,
+                "buckets": [{"key": "buy", "doc_count": 5}],
+            }
+        },
+    }
+    assert queries.aggregate_response(answer).count_error_upper_bound == 4
+    # What the search is asked to return includes it.
+    assert "aggregations.by_field.doc_count_error_upper_bound" in (
+        queries.AGGREGATE_FILTER_PATH.split(",")
+    )
+    answer["aggregations"]["by_field"]["doc_count_error_upper_bound"] = 0
+    assert queries.aggregate_response(answer).count_error_upper_bound == 0

@@ -86,6 +86,17 @@ def test_aggregate_prints_total_counts_and_histogram() -> None:
     assert "per hour:" in lines
     assert any(text.startswith("  open  2  ") and "█" in text for text in lines)
     assert any(text.startswith("  1970-01-01T00:00:00.000Z  3  ") for text in lines)
+    assert not any("approximate" in text for text in lines)
+
+
+def test_aggregate_says_when_the_counts_are_approximate() -> None:
+    response = query_service_pb2.AggregateEventsResponse(
+        total_count=30,
+        counts=[query_service_pb2.TermCount(value="open", count=20)],
+        count_error_upper_bound=3,
+    )
+    lines = _render.aggregate(response, by="event_name", interval="")
+    assert "  (approximate: each count may be short by up to 3)" in lines
 
 
 def test_tail_filter_and_line() -> None:
