@@ -235,7 +235,8 @@ def _trailers(err: Exception) -> tuple[tuple[str, str], ...]:
 
 
 class QueryServer(grpcserver.GrpcServer):
-    """The gRPC server: QueryService, grpc.health.v1 and reflection."""
+    """The gRPC server: QueryService, grpc.health.v1 and reflection; past `max_in_flight`
+    calls at once, a call is answered RESOURCE_EXHAUSTED."""
 
     def __init__(
         self,
@@ -243,10 +244,15 @@ class QueryServer(grpcserver.GrpcServer):
         *,
         host: str,
         port: int,
+        max_in_flight: int | None = None,
         metrics: Metrics | None = None,
         tracer: tracing.Tracing | None = None,
     ) -> None:
-        super().__init__(service_name=SERVICE_NAME, host=host, port=port)
+        # A bound on the calls served at once: each holds a page (up to 1,000 events) or
+        # the buckets of an aggregation in memory, beside the bulk indexing.
+        super().__init__(
+            service_name=SERVICE_NAME, host=host, port=port, max_concurrent_rpcs=max_in_flight
+        )
         self._search = search
         self._metrics = metrics
         self._tracing = tracer

@@ -34,6 +34,7 @@ DEFAULT_PENDING_REFRESH_S = 5.0
 DEFAULT_GRACEFUL_STOP_S = 20.0
 DEFAULT_GRPC_HOST = "127.0.0.1"
 DEFAULT_GRPC_PORT = 50053
+DEFAULT_QUERY_MAX_IN_FLIGHT = 64  # QueryService calls served at once
 DEFAULT_HTTP_HOST = "127.0.0.1"
 DEFAULT_HTTP_PORT = 8082
 
@@ -205,6 +206,13 @@ class Config(NatsSettings, OpenSearchSettings, TracingSettings):
     )
     grpc_port: int = setting(
         "INDEXER_GRPC_PORT", DEFAULT_GRPC_PORT, "port QueryService listens on", check=port
+    )
+    query_max_in_flight: int = setting(
+        "INDEXER_QUERY_MAX_IN_FLIGHT",
+        DEFAULT_QUERY_MAX_IN_FLIGHT,
+        "QueryService calls served at once (health checks included); more are answered"
+        " RESOURCE_EXHAUSTED, a 429 at the gateway",
+        check=positive,
     )
     http_host: str = setting(
         "INDEXER_HTTP_HOST", DEFAULT_HTTP_HOST, "address of /healthz, /readyz and /metrics"

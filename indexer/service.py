@@ -74,6 +74,7 @@ class Indexer:
             self._store,
             host=config.grpc_host,
             port=config.grpc_port,
+            max_in_flight=config.query_max_in_flight,
             metrics=self.metrics,
             tracer=self.tracing,
         )

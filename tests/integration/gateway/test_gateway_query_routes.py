@@ -192,6 +192,19 @@ async def test_query_service_errors_map_through_the_table(
     }
 
 
+async def test_a_query_service_at_its_bound_is_429_with_retry_after(
+    client: httpx.AsyncClient, fake_query: tuple[FakeQueryService, int]
+) -> None:
+    servicer, _ = fake_query
+    servicer.fail = grpc.StatusCode.RESOURCE_EXHAUSTED  # INDEXER_QUERY_MAX_IN_FLIGHT calls
+
+    response = await client.get("/v1/events", headers=READ)
+
+    assert response.status_code == 429
+    assert response.json()["code"] == "resource_exhausted"
+    assert response.headers["Retry-After"] == "1"  # GATEWAY_RETRY_AFTER_S
+
+
 @pytest.mark.parametrize("path", ["/v1/events", "/v1/events/aggregate"])
 async def test_part_of_the_store_missing_is_503_naming_it_unless_partial_success_is_asked(
     client: httpx.AsyncClient, fake_query: tuple[FakeQueryService, int], path: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -298,5 +299,52 @@ async def test_a_red_index_costs_one_wait_until_a_search_is_answered_whole() -> 
         assert (await stub.QueryEvents(qs.QueryEventsRequest())).total_size == 7
         assert (len(search.bodies), search.waits) == (7, [1.0, 1.0])
     finally:
+        await channel.close()
+        await server.stop(grace_s=1)
+
+
+class SlowSearch(FakeSearch):
+    """Holds every search until `release` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.searching = 0
+
+    async def search(self, body: dict[str, Any], *, filter_path: str = "") -> dict[str, Any]:
+        self.searching += 1
+        await self.release.wait()
+        return await super().search(body, filter_path=filter_path)
+
+
+async def test_calls_past_the_bound_are_resource_exhausted_and_the_others_answered() -> None:
+    search = SlowSearch()
+    server = QueryServer(search, host="127.0.0.1", port=0, max_in_flight=3)
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    stub = qs_grpc.QueryServiceStub(channel)
+    try:
+        held = [
+            asyncio.ensure_future(stub.QueryEvents(qs.QueryEventsRequest(page_size=1000)))
+            for _ in range(3)
+        ]
+        for _ in range(500):
+            if search.searching == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert search.searching == 3
+
+        # Answered at once, not held (without the bound it would wait out its deadline).
+        code, _ = await _code(stub.AggregateEvents(qs.AggregateEventsRequest(), timeout=5))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert search.searching == 3  # never reached the store
+
+        search.release.set()
+        for call in held:
+            assert (await call).total_size == 0
+        # Room again once they are answered.
+        assert (await stub.AggregateEvents(qs.AggregateEventsRequest())).total_count == 0
+    finally:
+        search.release.set()
         await channel.close()
         await server.stop(grace_s=1)

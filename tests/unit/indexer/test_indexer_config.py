@@ -27,6 +27,7 @@ def test_defaults() -> None:
     assert config.refresh_interval == "500ms"
     assert (config.grpc_host, config.grpc_port) == ("127.0.0.1", 50053)
     assert (config.http_host, config.http_port) == ("127.0.0.1", 8082)
+    assert config.query_max_in_flight == 64
     assert config.opensearch_url == ("http://127.0.0.1:9200",)
 
 
@@ -76,6 +77,7 @@ def test_overrides() -> None:
         ("INDEXER_GRACEFUL_STOP_S", "-1", "0 or greater"),
         ("INDEXER_GRPC_PORT", "70000", "port number"),
         ("INDEXER_HTTP_PORT", "-1", "port number"),
+        ("INDEXER_QUERY_MAX_IN_FLIGHT", "0", "greater than 0"),
     ],
 )
 def test_each_validation_error_names_the_variable(variable: str, value: str, expected: str) -> None:
