@@ -276,7 +276,30 @@ def _translate(err: grpc.aio.AioRpcError) -> Exception:
             # Its details name the indices that did not answer and what the caller can do.
             return Unavailable(_partial_details(err.details() or ""))
         return Unavailable("the query service is unavailable")
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return UpstreamError(code, http_names(err.details() or ""))
     return UpstreamError(code, err.details() or code.name.lower())
+
+
+# EventFilter field -> the query parameter that sets it (the other request fields share their
+# parameter's name: page_size, page_token, group_by, interval, limit).
+_PARAM_OF_FIELD = {
+    **{field: param for param, field in FILTER_PARAMS.items()},
+    "start_time": "start",
+    "end_time": "end",
+    "text": "q",
+}
+_FILTER_FIELD = re.compile(r"\bfilter\.([a-z_]+)\b")
+
+
+def http_names(details: str) -> str:
+    """The QueryService's INVALID_ARGUMENT details with the query parameters' names for the
+    request fields it names (`filter.user_ids` -> `user_id`, `filter.end_time` -> `end`)."""
+
+    def param(match: re.Match[str]) -> str:
+        return _PARAM_OF_FIELD.get(match.group(1), match.group(0))
+
+    return _FILTER_FIELD.sub(param, details) or "invalid_argument"
 
 
 def _partial_details(details: str) -> str:

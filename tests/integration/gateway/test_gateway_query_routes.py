@@ -30,6 +30,7 @@ class FakeQueryService(query_service_pb2_grpc.QueryServiceServicer):
     queries: list[query_service_pb2.QueryEventsRequest] = field(default_factory=list)
     aggregates: list[query_service_pb2.AggregateEventsRequest] = field(default_factory=list)
     fail: grpc.StatusCode | None = None
+    fail_details: str = "page_size must not be negative"
     unreachable: list[str] = field(default_factory=list)  # indices that "did not answer"
 
     async def _partial(self, partial_ok: bool, context: grpc.aio.ServicerContext[Any, Any]) -> None:
@@ -49,7 +50,7 @@ class FakeQueryService(query_service_pb2_grpc.QueryServiceServicer):
     ) -> query_service_pb2.QueryEventsResponse:
         self.queries.append(request)
         if self.fail is not None:
-            await context.abort(self.fail, "page_size must not be negative")
+            await context.abort(self.fail, self.fail_details)
         await self._partial(request.return_partial_success, context)
         enriched = event_pb2.EnrichedEvent(
             event=SAMPLE_EVENTS[0],
@@ -190,6 +191,23 @@ async def test_query_service_errors_map_through_the_table(
         "code": "invalid_argument",
         "message": "page_size must not be negative",
     }
+
+
+async def test_invalid_argument_names_the_query_parameters_not_the_proto_fields(
+    client: httpx.AsyncClient, fake_query: tuple[FakeQueryService, int]
+) -> None:
+    servicer, _ = fake_query
+    servicer.fail = grpc.StatusCode.INVALID_ARGUMENT
+    servicer.fail_details = "filter.end_time: is before filter.start_time"
+
+    response = await client.get(
+        "/v1/events",
+        params={"start": "2026-01-02T00:00:00Z", "end": "2026-01-01T00:00:00Z"},
+        headers=READ,
+    )
+
+    assert response.status_code == 400
+    assert response.json() == {"code": "invalid_argument", "message": "end: is before start"}
 
 
 async def test_a_query_service_at_its_bound_is_429_with_retry_after(

@@ -8,7 +8,7 @@ from starlette.datastructures import QueryParams
 from telemetry.v1 import event_pb2, query_service_pb2
 
 from gateway import Gateway
-from gateway._query import aggregate_request, events_json, events_request
+from gateway._query import aggregate_request, events_json, events_request, http_names
 from gateway.errors import InvalidRequest
 from tests.unit.gateway.conftest import READ_KEY, FakeBroker, FakeQuery, asgi_client, unit_config
 
@@ -137,3 +137,29 @@ def test_a_clock_status_this_gateway_does_not_know_is_its_number() -> None:
         "CLOCK_STATUS_CORRECTED",
         7,
     ]
+
+
+@pytest.mark.parametrize(
+    ("details", "shown"),
+    [
+        (
+            "filter.user_ids: has 1001 values, more than 1000",
+            "user_id: has 1001 values, more than 1000",
+        ),
+        ("filter.session_ids: x", "session_id: x"),
+        ("filter.event_names: x", "event_name: x"),
+        ("filter.app_versions: x", "app_version: x"),
+        ("filter.device_os: x", "device_os: x"),
+        ("filter.country_codes: x", "country: x"),
+        ("filter.app_ids: x", "app_id: x"),
+        ("filter.start_time: is not a valid time", "start: is not a valid time"),
+        ("filter.end_time: is before filter.start_time", "end: is before start"),
+        ("filter.text: has no words to search for", "q: has no words to search for"),
+        ("page_token: is not a valid page token", "page_token: is not a valid page token"),
+        ("limit: must not be negative", "limit: must not be negative"),
+        ("filter.colour: x", "filter.colour: x"),  # a field this gateway does not know
+        ("", "invalid_argument"),
+    ],
+)
+def test_query_service_field_names_become_the_query_parameters(details: str, shown: str) -> None:
+    assert http_names(details) == shown
