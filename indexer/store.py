@@ -170,7 +170,7 @@ class OpenSearchStore:
     def _health_indices(self) -> str:
         """`searched` for `_cluster/health`, which waits for a missing index named in full
         (`<prefix>undated` before its first event) as for one not started yet."""
-        return f"{self.searched}*"
+        return f"{self._prefix}20*,{self._prefix}{UNDATED}*"
 
     def owns(self, name: str) -> bool:
         """True for the indices this indexer writes: `<prefix>YYYY-MM-DD` and `<prefix>undated`."""
