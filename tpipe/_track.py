@@ -1,8 +1,8 @@
 """POST /v1/track as the Swift client does it: gzip, write key, retries honouring Retry-After.
 
-`TrackPoster.post` sends one batch and returns its receipt; it retries 429/503 and
-connection failures with capped exponential backoff (never sooner than Retry-After) and
-raises `tpipe.errors` types for what retrying cannot fix.
+`TrackPoster.post` sends one batch and returns its receipt; it retries 429/503, connection
+failures and unclean replies with capped exponential backoff (never sooner than Retry-After)
+and raises `tpipe.errors` types for what retrying cannot fix.
 """
 
 from __future__ import annotations
@@ -180,6 +180,11 @@ def _status_error(status: int, message: str, url: str) -> ClientError:
     return ServerError(text)
 
 
+def _describe(err: BaseException) -> str:
+    """An exception's text on one line (aiohttp's span several), or its type's name."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
 def rfc3339_now() -> str:
     """Now in UTC as RFC 3339 with milliseconds."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -235,7 +240,8 @@ class TrackPoster:
     async def post(
         self, events: Sequence[Mapping[str, Any]], *, sent_at: str | None = None
     ) -> Receipt:
-        """Posts one batch (gzip); retries 429/503 and connection failures; returns the receipt."""
+        """Posts one batch (gzip); retries 429/503 and failed or garbled exchanges; returns the
+        receipt."""
         payload: Any = list(events) if sent_at is None else {"sent_at": sent_at, "events": events}
         body = gzip.compress(orjson.dumps(payload), compresslevel=5)
         headers = {
@@ -259,8 +265,11 @@ class TrackPoster:
                     if resp.status not in _RETRY_STATUSES:
                         raise failure
                     wait_floor = retry_after_s(resp.headers.get("Retry-After"))
-            except (aiohttp.ClientConnectionError, TimeoutError) as err:
-                failure = Unavailable(f"{self.url}: {err or type(err).__name__}")
+            except (aiohttp.ClientError, TimeoutError) as err:
+                # Refused or dropped connections, replies cut short or not HTTP at all: the
+                # batch may or may not be stored, and sending the same body again is harmless
+                # (the gateway recognises a retry by its content).
+                failure = Unavailable(f"{self.url}: {_describe(err)}")
             if retries >= self._max_retries:
                 raise failure
             retries += 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 from aiohttp import web
 
 from tests.servers import free_port
+from tests.unit.tpipe.send_support import ndjson_file, send_args
 from tpipe import _cmd_send, errors
 from tpipe._backoff import Backoff
 from tpipe._cmd_send import summary
@@ -203,17 +203,7 @@ async def test_a_send_stopped_by_an_outage_says_what_was_not_sent(
 ) -> None:
     fake, url = gateway
     fake.answers = [(202, {})] + [(503, {"Retry-After": "0"})] * 10  # the first batch only
-    events = tmp_path / "events.ndjson"
-    events.write_text("".join(f'{{"event_id": "e-{n}"}}\n' for n in range(250)))
-    args = argparse.Namespace(
-        gateway=url,
-        key="wk",
-        file=str(events),
-        batch_size=100,
-        retries=0,
-        progress=False,
-        allow_remote=False,
-    )
+    args = send_args(url, ndjson_file(tmp_path / "events.ndjson", 250))
 
     with pytest.raises(errors.Unavailable):
         await _cmd_send.run(args)
