@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from pathlib import Path
 from typing import Any
@@ -144,7 +145,8 @@ async def run(args: argparse.Namespace) -> int:
                     f"sending: {tally.events}/{len(events)} events, "
                     f"accepted {tally.accepted}, rejected {len(tally.rejections)}"
                 )
-    except ClientError:
+    except (ClientError, asyncio.CancelledError, KeyboardInterrupt):
+        # Stopped by an error or by Ctrl-C (asyncio.run cancels this task on SIGINT).
         progress.done()
         if tally.batches:  # part of the file went: say what, and what did not
             print("\n".join(summary(tally, url=poster.url)))

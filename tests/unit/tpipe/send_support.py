@@ -1,10 +1,34 @@
-"""What the `tpipe send` tests share: the parsed arguments of a send and an input file."""
+"""What the `tpipe send` tests share: a fake gateway's server, the parsed arguments of a
+send and an input file."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+
+from aiohttp import web
+
+from tests.servers import free_port
+
+
+@asynccontextmanager
+async def track_server(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> AsyncIterator[str]:
+    """Serves `handler` as POST /v1/track on loopback; yields the base URL."""
+    app = web.Application()
+    app.router.add_post("/v1/track", handler)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
 
 
 def ndjson_file(path: Path, count: int) -> Path:

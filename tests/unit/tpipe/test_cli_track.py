@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from tests.servers import free_port
-from tests.unit.tpipe.send_support import ndjson_file, send_args
+from tests.unit.tpipe.send_support import ndjson_file, send_args, track_server
 from tpipe import _cmd_send, errors
 from tpipe._backoff import Backoff
 from tpipe._cmd_send import summary
@@ -56,16 +56,8 @@ class Gateway:
 @pytest.fixture
 async def gateway() -> AsyncIterator[tuple[Gateway, str]]:
     fake = Gateway()
-    app = web.Application()
-    app.router.add_post("/v1/track", fake.track)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield fake, f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with track_server(fake.track) as url:
+        yield fake, url
 
 
 class Sleeps:
