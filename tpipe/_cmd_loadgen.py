@@ -269,16 +269,33 @@ async def run(args: argparse.Namespace) -> int:
     run_id = f"lg{uuid.uuid4().hex[:10]}"
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    interrupted = False
+
+    def interrupt() -> None:
+        # The first Ctrl-C stops the devices, which flush what they hold once, without
+        # retries; the second gives up on those flushes at once.
+        nonlocal interrupted
+        if interrupted and main is not None:
+            main.cancel()
+        interrupted = True
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, interrupt)
     deadline = loop.call_later(args.duration, stop.set)
     poster = TrackPoster(
-        base, write_key=args.key, max_retries=max(0, args.retries), on_retry=count_retry
+        base,
+        write_key=args.key,
+        max_retries=max(0, args.retries),
+        on_retry=count_retry,
+        may_retry=lambda: not interrupted,
     )
     budget = _Budget(args.events)
     print(f"loadgen: run id {run_id}, {args.devices} devices -> {poster.url}", file=sys.stderr)
     started = time.monotonic()
     fatal: _Fatal | None = None
+    reporter: asyncio.Task[None] | None = None
     try:
         async with poster:
             devices = [
@@ -299,7 +316,13 @@ async def run(args: argparse.Namespace) -> int:
             results = await asyncio.gather(*(d.run() for d in devices), return_exceptions=True)
             stop.set()
             await reporter
+    except asyncio.CancelledError:  # the second Ctrl-C: what got through so far
+        elapsed = time.monotonic() - started
+        print(summary_line(stats, devices=args.devices, elapsed_s=elapsed))
+        raise
     finally:
+        if reporter is not None:
+            reporter.cancel()
         deadline.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

@@ -120,10 +120,19 @@ async def run(args: argparse.Namespace) -> int:
     match = EventMatch(users=args.user, events=args.event, apps=args.app)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    following = False
+
+    def on_signal() -> None:
+        stop.set()
+        if not following and main is not None:  # connecting may hang: give it up at once
+            main.cancel()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    nc = await _connect(args.nats)
+        loop.add_signal_handler(sig, on_signal)
+    nc: Client | None = None
     try:
+        nc = await _connect(args.nats)
         js = nc.jetstream()
         try:
             sub = await js.subscribe(
@@ -141,6 +150,7 @@ async def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
+        following = True
         shown = 0
         while not stop.is_set() and (args.count is None or shown < args.count):
             try:
@@ -168,5 +178,6 @@ async def run(args: argparse.Namespace) -> int:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-        await nc.close()
+        if nc is not None:
+            await nc.close()
     return EXIT_OK

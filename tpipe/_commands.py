@@ -65,7 +65,7 @@ def run(argv: list[str]) -> int:
     except TpipeError as err:
         print(f"tpipe {command}: {err}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or a second one (loadgen)
         print(f"tpipe {command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader (head, less) went away: not an error of ours

@@ -203,6 +203,7 @@ class TrackPoster:
         backoff: Backoff | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_retry: Callable[[], None] | None = None,
+        may_retry: Callable[[], bool] | None = None,
     ) -> None:
         if not write_key:
             raise UsageError("a write key is needed: --key or TPIPE_WRITE_KEY")
@@ -213,6 +214,7 @@ class TrackPoster:
         self._backoff = backoff or Backoff()
         self._sleep = sleep
         self._on_retry = on_retry
+        self._may_retry = may_retry
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> TrackPoster:
@@ -270,7 +272,9 @@ class TrackPoster:
                 # batch may or may not be stored, and sending the same body again is harmless
                 # (the gateway recognises a retry by its content).
                 failure = Unavailable(f"{self.url}: {_describe(err)}")
-            if retries >= self._max_retries:
+            if retries >= self._max_retries or (
+                self._may_retry is not None and not self._may_retry()
+            ):
                 raise failure
             retries += 1
             if self._on_retry is not None:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
 
 from tests.unit.tpipe.send_support import ndjson_file, send_args, track_server
-from tpipe import _cmd_send
+from tpipe import _cmd_loadgen, _cmd_send, _cmd_tail, errors
 
 RECEIPT = {"accepted": 100, "rejected": [], "duplicate": False, "batch_id": "b"}
 
@@ -55,3 +59,81 @@ async def test_an_interrupted_send_prints_what_went_and_what_did_not(
     assert "sent 100 events in 1 batches" in out
     assert "accepted: 100" in out
     assert "tpipe send: not sent: 150 events, from event #100 on" in err
+
+
+def loadgen_args(url: str, **options: Any) -> argparse.Namespace:
+    values: dict[str, Any] = {
+        "gateway": url,
+        "key": "wk",
+        "retries": 5,
+        "allow_remote": False,
+        "devices": 2,
+        "rate": 100.0,
+        "duration": 60.0,
+        "events": None,
+        "batch_size": 1000,
+        "flush_interval": 60.0,
+        **options,
+    }
+    return argparse.Namespace(**values)
+
+
+async def test_loadgen_flushes_once_without_retries_after_ctrl_c(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    requests = 0
+
+    async def busy(request: web.Request) -> web.Response:
+        nonlocal requests
+        await request.read()
+        requests += 1
+        return web.json_response({"message": "busy"}, status=503, headers={"Retry-After": "0"})
+
+    async with track_server(busy) as url:
+        loadgen = asyncio.create_task(_cmd_loadgen.run(loadgen_args(url)))
+        await asyncio.sleep(0.3)  # devices record, nothing is due to flush yet
+        os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(errors.Unavailable, match="no batch got through"):
+            await asyncio.wait_for(loadgen, timeout=30)
+
+    assert requests == 2  # one final flush per device
+    assert "retries 0" in capsys.readouterr().out
+
+
+async def test_a_second_ctrl_c_stops_loadgen_during_a_hanging_flush(
+    stalling: tuple[StallingGateway, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake, url = stalling
+    fake.answered = 0
+    loadgen = asyncio.create_task(_cmd_loadgen.run(loadgen_args(url, flush_interval=0.1)))
+    await asyncio.wait_for(fake.stalled.wait(), timeout=10)
+    os.kill(os.getpid(), signal.SIGINT)
+    await asyncio.sleep(0.1)
+    os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(asyncio.CancelledError):
+        # Well below the poster's 30 s per attempt.
+        await asyncio.wait_for(loadgen, timeout=10)
+    assert capsys.readouterr().out.startswith("loadgen: 2 devices")
+
+
+async def test_ctrl_c_gives_up_a_hanging_nats_connect() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # a TCP peer that never says INFO
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    args = argparse.Namespace(
+        user=[], event=[], app=[], format="table", count=None, nats=f"nats://127.0.0.1:{port}"
+    )
+    try:
+        tail = asyncio.create_task(_cmd_tail.run(args))
+        await asyncio.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(asyncio.CancelledError):
+            # Well below the connect's own bound (CONNECT_ATTEMPTS tries of 2 s).
+            await asyncio.wait_for(tail, timeout=1.5)
+    finally:
+        server.close()
+        await server.wait_closed()
