@@ -41,7 +41,7 @@ from telemetry.v1 import event_pb2
 
 from pipeline import subjects
 from tpipe._args import url_list
-from tpipe.errors import UsageError
+from tpipe.errors import UsageError, describe
 
 NATS_URL_ENV = "NATS_URL"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -242,7 +242,7 @@ async def _connect(url: str) -> Client:
             error_cb=quiet,
         )
     except (OSError, TimeoutError, nats.errors.Error) as err:
-        raise DlqError(f"NATS not reachable at {url}: {err}") from err
+        raise DlqError(f"NATS not reachable at {url}: {describe(err)}") from err
 
 
 def _filter_subject(stage: str | None) -> str:

@@ -288,6 +288,7 @@ async def run(args: argparse.Namespace) -> int:
         base,
         write_key=args.key,
         max_retries=max(0, args.retries),
+        timeout_s=args.timeout,
         on_retry=count_retry,
         may_retry=lambda: not interrupted,
     )

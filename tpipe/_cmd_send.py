@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tpipe._args import Subparsers, add_command, env_default, positive_int
+from tpipe._args import Subparsers, add_command, env_default, positive_float, positive_int
 from tpipe._events_file import parse_events
 from tpipe._progress import Progress
 from tpipe._track import (
     DEFAULT_GATEWAY_URL,
     DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT_S,
     Tally,
     TrackPoster,
     check_gateway_url,
@@ -52,6 +53,12 @@ def add_gateway_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=DEFAULT_MAX_RETRIES,
         help=f"retries per batch on 429/503/connection errors (default {DEFAULT_MAX_RETRIES})",
+    )
+    group.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=DEFAULT_TIMEOUT_S,
+        help=f"seconds one request may take, answer included (default {DEFAULT_TIMEOUT_S:g})",
     )
     group.add_argument(
         "--allow-remote", action="store_true", help="allow a gateway that is not on loopback"
@@ -128,7 +135,9 @@ async def run(args: argparse.Namespace) -> int:
     progress = Progress(enabled=True if args.progress else None)
     tally = Tally()
     failures: list[str] = []
-    poster = TrackPoster(base, write_key=args.key, max_retries=max(0, args.retries))
+    poster = TrackPoster(
+        base, write_key=args.key, max_retries=max(0, args.retries), timeout_s=args.timeout
+    )
     try:
         async with poster:
             for offset in range(0, len(events), args.batch_size):

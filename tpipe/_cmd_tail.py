@@ -25,7 +25,7 @@ from pipeline import subjects
 from tpipe import _render
 from tpipe._args import Subparsers, add_command, env_default, positive_int, url_list
 from tpipe._timeparse import rfc3339
-from tpipe.errors import EXIT_OK, Unavailable
+from tpipe.errors import EXIT_OK, Unavailable, describe
 
 NATS_URL_ENV = "NATS_URL"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -112,7 +112,7 @@ async def _connect(url: str) -> Client:
             error_cb=quiet,
         )
     except (OSError, nats.errors.Error) as err:
-        raise Unavailable(f"NATS is not reachable at {url}: {err or type(err).__name__}") from None
+        raise Unavailable(f"NATS is not reachable at {url}: {describe(err)}") from None
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -158,9 +158,7 @@ async def run(args: argparse.Namespace) -> int:
             except nats.errors.TimeoutError:
                 continue
             except nats.errors.Error as err:
-                raise Unavailable(
-                    f"lost NATS at {args.nats}: {err or type(err).__name__}"
-                ) from None
+                raise Unavailable(f"lost NATS at {args.nats}: {describe(err)}") from None
             try:
                 batch = event_pb2.EnrichedBatch.FromString(msg.data)
             except DecodeError:

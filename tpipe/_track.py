@@ -30,6 +30,7 @@ from tpipe.errors import (
     Unauthenticated,
     Unavailable,
     UsageError,
+    describe,
 )
 
 TRACK_PATH = "/v1/track"
@@ -180,11 +181,6 @@ def _status_error(status: int, message: str, url: str) -> ClientError:
     return ServerError(text)
 
 
-def _describe(err: BaseException) -> str:
-    """An exception's text on one line (aiohttp's span several), or its type's name."""
-    return " ".join(str(err).split()) or type(err).__name__
-
-
 def rfc3339_now() -> str:
     """Now in UTC as RFC 3339 with milliseconds."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -210,6 +206,7 @@ class TrackPoster:
         self.url = base_url.rstrip("/") + TRACK_PATH
         self._key = write_key
         self._max_retries = max_retries
+        self._timeout_s = timeout_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._backoff = backoff or Backoff()
         self._sleep = sleep
@@ -271,7 +268,10 @@ class TrackPoster:
                 # Refused or dropped connections, replies cut short or not HTTP at all: the
                 # batch may or may not be stored, and sending the same body again is harmless
                 # (the gateway recognises a retry by its content).
-                failure = Unavailable(f"{self.url}: {_describe(err)}")
+                if isinstance(err, TimeoutError):
+                    failure = Unavailable(f"{self.url}: timed out after {self._timeout_s:g} s")
+                else:
+                    failure = Unavailable(f"{self.url}: {describe(err)}")
             if retries >= self._max_retries or (
                 self._may_retry is not None and not self._may_retry()
             ):

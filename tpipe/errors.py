@@ -88,3 +88,9 @@ class ServerError(ClientError):
     """Any other failure of the server (INTERNAL, UNKNOWN, UNIMPLEMENTED, ...)."""
 
     code = "INTERNAL"
+
+
+def describe(err: BaseException) -> str:
+    """A third-party exception's text on one line (aiohttp's span several), or its type's name
+    when it has none (a TimeoutError)."""
+    return " ".join(str(err).split()) or type(err).__name__

@@ -45,6 +45,7 @@ def send_args(url: str, file: Path, **options: Any) -> argparse.Namespace:
         "file": str(file),
         "batch_size": 100,
         "retries": 0,
+        "timeout": 30.0,
         "progress": False,
         "allow_remote": False,
         **options,

@@ -66,6 +66,7 @@ def loadgen_args(url: str, **options: Any) -> argparse.Namespace:
         "gateway": url,
         "key": "wk",
         "retries": 5,
+        "timeout": 30.0,
         "allow_remote": False,
         "devices": 2,
         "rate": 100.0,

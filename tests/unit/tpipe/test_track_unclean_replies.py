@@ -120,6 +120,7 @@ async def test_loadgen_counts_unclean_replies_as_failed_batches(
         gateway=url,
         key="wk",
         retries=0,
+        timeout=30.0,
         allow_remote=False,
         devices=2,
         rate=100.0,
