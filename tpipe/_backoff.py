@@ -3,6 +3,7 @@ the gRPC client and the HTTP poster."""
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -10,6 +11,21 @@ from dataclasses import dataclass, field
 DEFAULT_INITIAL_BACKOFF_S = 0.2
 DEFAULT_MAX_BACKOFF_S = 5.0
 DEFAULT_MULTIPLIER = 2.0
+# The longest a server's Retry-After makes us wait before one retry: a larger value (a
+# day, a misconfigured proxy) would look like a hang; the retry simply comes sooner.
+MAX_RETRY_AFTER_S = 60.0
+
+
+def parse_retry_after(text: str) -> float | None:
+    """Seconds from a Retry-After value (delta-seconds), between 0 and MAX_RETRY_AFTER_S;
+    None when it is not a finite number (an HTTP date, "inf", "nan")."""
+    try:
+        value = float(text.strip())
+    except ValueError:
+        return None
+    if not math.isfinite(value):
+        return None
+    return min(max(0.0, value), MAX_RETRY_AFTER_S)
 
 
 @dataclass(frozen=True, slots=True)

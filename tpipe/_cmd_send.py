@@ -135,8 +135,17 @@ async def run(args: argparse.Namespace) -> int:
     progress = Progress(enabled=True if args.progress else None)
     tally = Tally()
     failures: list[str] = []
+
+    def say_wait(text: str) -> None:
+        progress.done()
+        print(f"tpipe send: {text}", file=sys.stderr, flush=True)
+
     poster = TrackPoster(
-        base, write_key=args.key, max_retries=max(0, args.retries), timeout_s=args.timeout
+        base,
+        write_key=args.key,
+        max_retries=max(0, args.retries),
+        timeout_s=args.timeout,
+        on_long_wait=say_wait,
     )
     try:
         async with poster:

@@ -6,6 +6,7 @@ import grpc
 
 from pipeline.query_names import PARTIAL_ANSWER_TRAILER
 from tpipe import errors
+from tpipe._backoff import parse_retry_after
 
 _BY_CODE: dict[grpc.StatusCode, type[errors.ClientError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
@@ -41,11 +42,9 @@ def retryable(code: grpc.StatusCode, *, idempotent: bool) -> bool:
 
 
 def retry_after_s(err: grpc.aio.AioRpcError) -> float | None:
-    """The server's `retry-after` trailing metadata in seconds, when it sent one."""
+    """The server's `retry-after` trailing metadata in seconds (at most MAX_RETRY_AFTER_S),
+    when it sent a number."""
     for key, value in err.trailing_metadata() or ():
         if key == "retry-after" and isinstance(value, str):
-            try:
-                return max(0.0, float(value))
-            except ValueError:
-                return None
+            return parse_retry_after(value)
     return None

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from tpipe._backoff import Backoff
+from tpipe._backoff import Backoff, parse_retry_after
 from tpipe.errors import (
     ClientError,
     InvalidArgument,
@@ -38,6 +38,7 @@ DEFAULT_GATEWAY_URL = "http://127.0.0.1:3000"
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_MAX_RETRIES = 5
 USER_AGENT = "tpipe"
+LONG_WAIT_S = 5.0  # a wait for Retry-After this long is said, so that it is not taken for a hang
 _RETRY_STATUSES = frozenset({429, 503})
 
 
@@ -125,13 +126,9 @@ def _loopback(host: str) -> bool:
 
 
 def retry_after_s(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds); None when absent or not a number."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value.strip()))
-    except ValueError:
-        return None
+    """Seconds from a Retry-After header (delta-seconds, at most MAX_RETRY_AFTER_S); None when
+    absent or not a finite number."""
+    return parse_retry_after(value) if value else None
 
 
 def _receipt(data: Any, retries: int) -> Receipt:
@@ -200,6 +197,7 @@ class TrackPoster:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_retry: Callable[[], None] | None = None,
         may_retry: Callable[[], bool] | None = None,
+        on_long_wait: Callable[[str], None] | None = None,
     ) -> None:
         if not write_key:
             raise UsageError("a write key is needed: --key or TPIPE_WRITE_KEY")
@@ -212,6 +210,7 @@ class TrackPoster:
         self._sleep = sleep
         self._on_retry = on_retry
         self._may_retry = may_retry
+        self._on_long_wait = on_long_wait
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> TrackPoster:
@@ -279,4 +278,10 @@ class TrackPoster:
             retries += 1
             if self._on_retry is not None:
                 self._on_retry()
-            await self._sleep(self._backoff.delay(retries, retry_after_s=wait_floor))
+            delay = self._backoff.delay(retries, retry_after_s=wait_floor)
+            if self._on_long_wait is not None and wait_floor is not None and delay >= LONG_WAIT_S:
+                self._on_long_wait(
+                    f"{failure}; waiting {delay:g} s (Retry-After) before retry "
+                    f"{retries} of {self._max_retries}"
+                )
+            await self._sleep(delay)

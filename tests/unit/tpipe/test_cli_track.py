@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -164,6 +165,32 @@ def test_retry_after_values() -> None:
     assert retry_after_s(" 0.5 ") == 0.5
     assert retry_after_s(None) is None
     assert retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT") is None
+    assert retry_after_s("inf") is None
+    assert retry_after_s("nan") is None
+    assert retry_after_s("-3") == 0.0
+    assert retry_after_s("86400") == 60.0
+
+
+async def test_a_long_retry_after_is_capped_and_said(
+    gateway: tuple[Gateway, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake, url = gateway
+    fake.answers = [(429, {"Retry-After": "86400"}), (503, {"Retry-After": "1"})]
+    sleeps = Sleeps()
+    monkeypatch.setattr(_cmd_send, "TrackPoster", functools.partial(TrackPoster, sleep=sleeps))
+
+    code = await _cmd_send.run(send_args(url, ndjson_file(tmp_path / "e.ndjson", 1), retries=3))
+
+    assert code == 1  # the receipt lists a rejection
+    assert sleeps.delays[0] == 60.0
+    assert 1.0 <= sleeps.delays[1] <= 1.2
+    err = capsys.readouterr().err
+    said = f"tpipe send: {url}/v1/track: HTTP 429: busy; waiting 60 s (Retry-After) before retry"
+    assert f"{said} 1 of 3\n" in err
+    assert "retry 2" not in err  # a short wait goes unsaid
 
 
 def test_summary_counts_rejections_by_reason_with_input_positions() -> None:

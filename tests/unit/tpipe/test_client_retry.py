@@ -9,7 +9,7 @@ import grpc
 import pytest
 from telemetry.v1 import event_pb2, ingest_service_pb2, query_service_pb2
 
-from tpipe import errors
+from tpipe import _grpcerrors, errors
 from tpipe._backoff import Backoff
 from tpipe.client import ClientSettings, TelemetryClient
 
@@ -222,3 +222,14 @@ def test_settings_are_validated() -> None:
         ClientSettings(deadline_s=0)
     with pytest.raises(errors.UsageError):
         ClientSettings(max_retries=-1)
+
+
+def test_retry_after_metadata_is_finite_and_capped() -> None:
+    def wait(value: str) -> float | None:
+        return _grpcerrors.retry_after_s(rpc_error(grpc.StatusCode.UNAVAILABLE, retry_after=value))
+
+    assert wait("2.5") == 2.5
+    assert wait("86400") == 60.0
+    assert wait("inf") is None
+    assert wait("nan") is None
+    assert wait("soon") is None
