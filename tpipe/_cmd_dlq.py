@@ -213,7 +213,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"tpipe dlq: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("tpipe dlq: interrupted (run replay again to finish)", file=sys.stderr)
+        unfinished = args.dlq_command == "replay" and not args.dry_run
+        hint = " (run replay again to finish)" if unfinished else ""
+        print(f"tpipe dlq: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

@@ -58,9 +58,9 @@ def run(argv: list[str]) -> int:
     except SystemExit as done:  # --help (0) or a usage error (2, already printed)
         return done.code if isinstance(done.code, int) else EXIT_USAGE
     sync_run: Callable[[argparse.Namespace], int] | None = getattr(args, "sync_run", None)
-    if sync_run is not None:  # the command handles its own errors and event loop
-        return sync_run(args)
     try:
+        if sync_run is not None:  # the command handles its own errors and event loop
+            return sync_run(args)
         code: int = asyncio.run(args.run(args))
     except TpipeError as err:
         print(f"tpipe {command}: {err}", file=sys.stderr)

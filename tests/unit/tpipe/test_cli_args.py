@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import io
+import sys
 from datetime import UTC, datetime
 
 import pytest
@@ -161,17 +163,37 @@ def test_bad_events_files_name_the_problem(data: bytes, message: str) -> None:
         parse_events(data, source="f")
 
 
+async def _interrupted(*_: object) -> int:
+    raise KeyboardInterrupt
+
+
 def test_an_interrupted_dlq_command_exits_130(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async def interrupted(*_: object) -> int:
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(_cmd_dlq, "_replay", interrupted)
+    monkeypatch.setattr(_cmd_dlq, "_replay", _interrupted)
     args = argparse.Namespace(dlq_command="replay", nats="nats://x", dry_run=False, wait=0.0)
 
     assert _cmd_dlq.run(args) == 130
-    assert "interrupted" in capsys.readouterr().err
+    assert capsys.readouterr().err == "tpipe dlq: interrupted (run replay again to finish)\n"
+
+
+def test_an_interrupted_dlq_list_does_not_ask_for_a_replay(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(_cmd_dlq, "_list", _interrupted)
+
+    assert _commands.run(["dlq", "list"]) == 130
+    assert capsys.readouterr().err == "tpipe dlq: interrupted\n"
+
+
+def test_dlq_list_into_a_pipe_closed_early_exits_quietly(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def reader_gone(*_: object) -> int:
+        raise BrokenPipeError(32, "Broken pipe")  # `tpipe dlq list | head -1`
+
+    monkeypatch.setattr(_cmd_dlq, "_list", reader_gone)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # closed by the handler
+
+    assert _commands.run(["dlq", "list"]) == 0
 
 
 async def test_dlq_entries_stop_reading_at_the_limit() -> None:
