@@ -208,16 +208,15 @@ async def scrape(client: aiohttp.ClientSession, base_url: str) -> Scrape:
         return Scrape(at, reason=f"unreachable ({type(err).__name__})")
     if metrics_status != 200:
         return Scrape(at, reason=f"unreachable (metrics answered {metrics_status})")
+    try:
+        samples = parse_metrics(metrics_body.decode(errors="replace"))
+    except ValueError:  # another server on the port, a proxy's error page
+        return Scrape(at, reason="unreachable (not Prometheus metrics)")
     reason = ""
     if ready_status != 200:
         with contextlib.suppress(ValueError, AttributeError):
             reason = f"not ready: {orjson.loads(ready_body).get('reason', '')}".rstrip(": ")
-    return Scrape(
-        at,
-        ready=ready_status == 200,
-        reason=reason,
-        samples=parse_metrics(metrics_body.decode(errors="replace")),
-    )
+    return Scrape(at, ready=ready_status == 200, reason=reason, samples=samples)
 
 
 async def dlq_info(nats_urls: Sequence[str]) -> dict[str, object]:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from tpipe._cmd_status import Scrape, Snapshot, StageRow, stage_row
+import aiohttp
+from aiohttp import web
+
+from tests.servers import free_port
+from tpipe._cmd_status import Scrape, Snapshot, StageRow, scrape, stage_row
 
 _HEALTH = {"status": "green", "number_of_nodes": 1, "active_shards": 1, "unassigned_shards": 0}
 _DLQ = {"stream": "TELEMETRY_DLQ", "messages": 0, "bytes": 0}
@@ -48,3 +52,29 @@ def test_not_ready_wins_over_held() -> None:
     scrape = Scrape(1.0, ready=False, reason="not ready: opensearch not answering")
     scrape.samples = [("indexer_intake_held", {}, 1.0)]
     assert stage_row("indexer", scrape, scrape).state == "not ready: opensearch not answering"
+
+
+async def test_metrics_that_are_not_prometheus_text_make_the_stage_unreachable() -> None:
+    async def ready(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ready"})
+
+    async def welcome_page(_: web.Request) -> web.Response:
+        return web.Response(text="<html>Welcome</html>")
+
+    app = web.Application()
+    app.router.add_get("/readyz", ready)
+    app.router.add_get("/metrics", welcome_page)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with aiohttp.ClientSession() as client:
+            found = await scrape(client, f"http://127.0.0.1:{port}")
+    finally:
+        await runner.cleanup()
+
+    assert found.reason == "unreachable (not Prometheus metrics)"
+    row = stage_row("gateway", found, found)
+    assert row.state == "unreachable (not Prometheus metrics)"
+    assert _healthy(row) is False  # --once exits 3
