@@ -71,8 +71,8 @@ def register(sub: Subparsers, name: str) -> None:
         sub,
         name,
         summary="post events from a JSON or NDJSON file through the gateway",
-        description="Posts events (a JSON array, one JSON event per line, or an object "
-        '{"sent_at": ..., "events": [...]}) to POST /v1/track '
+        description="Posts events (a JSON array, one JSON event per line, one event object "
+        'or an object {"sent_at": ..., "events": [...]}) to POST /v1/track '
         "in gzip batches, retrying 429/503 after Retry-After, and sums up the receipts. "
         "Exit code 1 when any event was rejected or any batch failed.",
         examples=EXAMPLES,

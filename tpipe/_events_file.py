@@ -1,33 +1,39 @@
-"""Reading events to send: a JSON array, a {"sent_at", "events"} object, or NDJSON."""
+"""Reading events to send: a JSON array, a {"sent_at", "events"} object, one event object,
+or NDJSON."""
 
 from __future__ import annotations
 
+import codecs
 from typing import Any
 
 import orjson
 
 from tpipe.errors import UsageError
 
+EXPECTED = "expected a JSON array or one event per line"
+
 
 def parse_events(data: bytes, *, source: str) -> list[Any]:
-    """The events in `data`: the items of a JSON array (or of an object's "events"), or one
-    JSON value per non-empty line. Items are passed on as they are: the gateway judges them.
+    """The events in `data`: the items of a JSON array (or of an object's "events"), one
+    event object, or one JSON value per non-empty line. Items are passed on as they are: the
+    gateway judges them. A leading UTF-8 byte order mark is skipped, as the gateway does.
     """
+    data = data.removeprefix(codecs.BOM_UTF8)
     text = data.lstrip()
     if not text:
         raise UsageError(f"{source}: no events (the input is empty)")
-    if text[:1] in (b"[", b"{"):
+    if text[:1] in (b"[", b"{") and not _ndjson(text):
         try:
-            whole = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            whole = None
+            whole = orjson.loads(data)
+        except orjson.JSONDecodeError as err:
+            raise UsageError(f"{source}:{err.lineno}: not JSON ({err}); {EXPECTED}") from None
         if isinstance(whole, dict) and isinstance(whole.get("events"), list):
             whole = whole["events"]
-        if isinstance(whole, list):
-            if not whole:
-                raise UsageError(f"{source}: no events (an empty list)")
-            return list(whole)
-        # Otherwise: one event object per line (a single object is a one-line file).
+        if not isinstance(whole, list):
+            return [whole]  # one event object
+        if not whole:
+            raise UsageError(f"{source}: no events (an empty list)")
+        return list(whole)
     events: list[Any] = []
     for number, raw in enumerate(data.splitlines(), start=1):
         if not raw.strip():
@@ -35,9 +41,20 @@ def parse_events(data: bytes, *, source: str) -> list[Any]:
         try:
             events.append(orjson.loads(raw))
         except orjson.JSONDecodeError as err:
-            raise UsageError(
-                f"{source}:{number}: not JSON ({err}); expected a JSON array or one event per line"
-            ) from None
+            raise UsageError(f"{source}:{number}: not JSON ({err}); {EXPECTED}") from None
     if not events:
         raise UsageError(f"{source}: no events")
     return events
+
+
+def _ndjson(text: bytes) -> bool:
+    """True when the first line is a whole JSON object and more lines follow: one event per
+    line, rather than one JSON document (an array, or an object spread over lines)."""
+    first, _, rest = text.partition(b"\n")
+    if not rest.strip() or not first.lstrip().startswith(b"{"):
+        return False
+    try:
+        orjson.loads(first)
+    except orjson.JSONDecodeError:
+        return False
+    return True

@@ -144,19 +144,37 @@ def test_gateway_help_is_the_services_own(capsys: pytest.CaptureFixture[str]) ->
         b'{"sent_at": "2026-01-01T00:00:00Z", "events": [{"event_id": "a"}, {"event_id": "b"}]}',
         b'{"event_id": "a"}\n\n{"event_id": "b"}\n',
         b'  \n[{"event_id": "a"},\n {"event_id": "b"}]\n',
+        b'\xef\xbb\xbf[{"event_id": "a"}, {"event_id": "b"}]',
+        b'\xef\xbb\xbf{"event_id": "a"}\n{"event_id": "b"}\n',
     ],
 )
 def test_events_files_in_every_accepted_shape(data: bytes) -> None:
     assert [e["event_id"] for e in parse_events(data, source="f")] == ["a", "b"]
 
 
-def test_single_event_object_is_one_ndjson_line() -> None:
-    assert parse_events(b'{"event_id": "a"}', source="f") == [{"event_id": "a"}]
+@pytest.mark.parametrize(
+    "data", [b'{"event_id": "a"}', b'{\n  "event_id": "a",\n  "metadata": {"k": "v"}\n}\n']
+)
+def test_a_single_event_object_is_one_event(data: bytes) -> None:
+    assert [e["event_id"] for e in parse_events(data, source="f")] == ["a"]
 
 
 @pytest.mark.parametrize(
     ("data", "message"),
-    [(b"", "empty"), (b"  \n", "empty"), (b'{"event_id": "a"}\n{oops\n', "f:2: not JSON")],
+    [
+        (b"", "empty"),
+        (b"  \n", "empty"),
+        (b'{"event_id": "a"}\n{oops\n', "f:2: not JSON"),
+        # A pretty-printed array with a trailing comma: orjson's own line and column.
+        (
+            b'\n[\n  {"event_id": "a"},\n  {"event_id": "b"},\n]\n',
+            r"f:4: not JSON \(trailing comma is not allowed: line 4 column 20",
+        ),
+        (
+            b'{\n  "event_id": "a",\n  "metadata": {"k": "v"\n}\n',
+            r"f:5: not JSON \(unexpected end of data: line 5",
+        ),
+    ],
 )
 def test_bad_events_files_name_the_problem(data: bytes, message: str) -> None:
     with pytest.raises(UsageError, match=message):
