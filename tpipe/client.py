@@ -58,7 +58,7 @@ class ClientSettings:
 
     query_target: str = DEFAULT_QUERY_TARGET
     ingest_target: str = DEFAULT_INGEST_TARGET
-    write_key: str = ""
+    write_key: str = field(default="", repr=False)  # a secret: kept out of logs and tracebacks
     deadline_s: float = DEFAULT_DEADLINE_S
     max_retries: int = DEFAULT_MAX_RETRIES
     backoff: Backoff = field(default_factory=Backoff)

@@ -233,3 +233,9 @@ def test_retry_after_metadata_is_finite_and_capped() -> None:
     assert wait("inf") is None
     assert wait("nan") is None
     assert wait("soon") is None
+
+
+def test_settings_do_not_show_the_write_key() -> None:
+    settings = ClientSettings(write_key="wk_secret-value")
+    assert "wk_secret-value" not in repr(settings)
+    assert "query_target='127.0.0.1:50053'" in repr(settings)
