@@ -130,16 +130,13 @@ def not_sent(count: int, *, first: int) -> str:
 async def run(args: argparse.Namespace) -> int:
     """Sends the file batch by batch; prints the summary; 1 when anything was not accepted."""
     base = check_gateway_url(args.gateway, allow_remote=args.allow_remote)
-    data, source = _read(args.file)
-    events: list[Any] = parse_events(data, source=source)
     progress = Progress(enabled=True if args.progress else None)
-    tally = Tally()
-    failures: list[str] = []
 
     def say_wait(text: str) -> None:
         progress.done()
         print(f"tpipe send: {text}", file=sys.stderr, flush=True)
 
+    # Made before the file is read: a missing key is said at once, not after a long read.
     poster = TrackPoster(
         base,
         write_key=args.key,
@@ -147,6 +144,10 @@ async def run(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         on_long_wait=say_wait,
     )
+    data, source = _read(args.file)
+    events: list[Any] = parse_events(data, source=source)
+    tally = Tally()
+    failures: list[str] = []
     try:
         async with poster:
             for offset in range(0, len(events), args.batch_size):

@@ -230,3 +230,9 @@ async def test_a_send_stopped_by_an_outage_says_what_was_not_sent(
     out, err = capsys.readouterr()
     assert "sent 100 events in 1 batches" in out
     assert "tpipe send: not sent: 150 events, from event #100 on" in err
+
+
+async def test_send_without_a_key_says_so_before_reading_the_file(tmp_path: Path) -> None:
+    args = send_args("http://127.0.0.1:3000", tmp_path / "not-there.json", key="")
+    with pytest.raises(errors.UsageError, match="a write key is needed"):
+        await _cmd_send.run(args)
