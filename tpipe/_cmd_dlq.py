@@ -40,7 +40,7 @@ from nats.js import JetStreamContext
 from telemetry.v1 import event_pb2
 
 from pipeline import subjects
-from tpipe._args import url_list
+from tpipe._args import non_negative_float, url_list
 from tpipe.errors import UsageError, describe
 
 NATS_URL_ENV = "NATS_URL"
@@ -183,7 +183,7 @@ def add_parser(subparsers: Any) -> None:
     )
     replay.add_argument(
         "--wait",
-        type=float,
+        type=non_negative_float,
         default=DEFAULT_WAIT_S,
         help="seconds to watch the DLQ afterwards for replayed entries failing again "
         f"(default {DEFAULT_WAIT_S:g}; 0 to not wait)",

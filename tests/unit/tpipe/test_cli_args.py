@@ -78,6 +78,34 @@ def test_usage_errors_are_one_line_and_exit_2(
     assert err.startswith(f"tpipe {argv[0]}: ")
 
 
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["query", "--deadline", "inf"], "--deadline"),
+        (["send", "f.json", "--timeout", "inf"], "--timeout"),
+        (["loadgen", "--rate", "inf"], "--rate"),
+        (["loadgen", "--duration", "nan"], "--duration"),
+        (["status", "--interval", "inf"], "--interval"),
+        (["dlq", "replay", "--wait", "inf"], "--wait"),
+        (["dlq", "replay", "--wait", "-1"], "--wait"),
+        (["dlq", "replay", "--wait", "nan"], "--wait"),
+    ],
+)
+def test_seconds_and_rates_must_be_finite_and_not_negative(
+    argv: list[str], option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as done:  # refused while parsing: nothing runs
+        _commands._parse(argv)
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"argument {option}: " in err
+
+
+def test_dlq_replay_may_not_wait() -> None:
+    assert _commands._parse(["dlq", "replay", "--wait", "0"]).wait == 0.0
+
+
 def test_bad_input_found_while_running_is_one_line_and_exit_2(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
