@@ -270,16 +270,19 @@ async def run(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
-    interrupted = False
+    interrupted = asyncio.Event()
 
     def interrupt() -> None:
-        # The first Ctrl-C stops the devices, which flush what they hold once, without
-        # retries; the second gives up on those flushes at once.
-        nonlocal interrupted
-        if interrupted and main is not None:
+        # The first Ctrl-C stops the devices, which give up waiting to retry and flush what
+        # they hold once, without retries; the second gives up on those flushes at once.
+        if interrupted.is_set() and main is not None:
             main.cancel()
-        interrupted = True
+        interrupted.set()
         stop.set()
+
+    async def pause(delay_s: float) -> None:  # a wait before a retry, cut short by Ctrl-C
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(interrupted.wait(), timeout=delay_s)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, interrupt)
@@ -289,8 +292,9 @@ async def run(args: argparse.Namespace) -> int:
         write_key=args.key,
         max_retries=max(0, args.retries),
         timeout_s=args.timeout,
+        sleep=pause,
         on_retry=count_retry,
-        may_retry=lambda: not interrupted,
+        may_retry=lambda: not interrupted.is_set(),
     )
     budget = _Budget(args.events)
     print(f"loadgen: run id {run_id}, {args.devices} devices -> {poster.url}", file=sys.stderr)

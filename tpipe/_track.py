@@ -271,17 +271,20 @@ class TrackPoster:
                     failure = Unavailable(f"{self.url}: timed out after {self._timeout_s:g} s")
                 else:
                     failure = Unavailable(f"{self.url}: {describe(err)}")
-            if retries >= self._max_retries or (
-                self._may_retry is not None and not self._may_retry()
-            ):
+            if retries >= self._max_retries or not self._retrying():
+                raise failure
+            delay = self._backoff.delay(retries + 1, retry_after_s=wait_floor)
+            if self._on_long_wait is not None and wait_floor is not None and delay >= LONG_WAIT_S:
+                self._on_long_wait(
+                    f"{failure}; waiting {delay:g} s (Retry-After) before retry "
+                    f"{retries + 1} of {self._max_retries}"
+                )
+            await self._sleep(delay)
+            if not self._retrying():  # told to stop while waiting
                 raise failure
             retries += 1
             if self._on_retry is not None:
                 self._on_retry()
-            delay = self._backoff.delay(retries, retry_after_s=wait_floor)
-            if self._on_long_wait is not None and wait_floor is not None and delay >= LONG_WAIT_S:
-                self._on_long_wait(
-                    f"{failure}; waiting {delay:g} s (Retry-After) before retry "
-                    f"{retries} of {self._max_retries}"
-                )
-            await self._sleep(delay)
+
+    def _retrying(self) -> bool:
+        return self._may_retry is None or self._may_retry()

@@ -101,6 +101,30 @@ async def test_loadgen_flushes_once_without_retries_after_ctrl_c(
     assert "retries 0" in capsys.readouterr().out
 
 
+async def test_ctrl_c_cuts_short_a_loadgen_wait_for_retry_after(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    requests = 0
+    both_waiting = asyncio.Event()
+
+    async def come_back_later(request: web.Request) -> web.Response:
+        nonlocal requests
+        await request.read()
+        requests += 1
+        if requests == 2:
+            both_waiting.set()
+        return web.json_response({"message": "busy"}, status=429, headers={"Retry-After": "50"})
+
+    async with track_server(come_back_later) as url:
+        loadgen = asyncio.create_task(_cmd_loadgen.run(loadgen_args(url, flush_interval=0.1)))
+        await asyncio.wait_for(both_waiting.wait(), timeout=10)  # each device waits 50 s
+        await asyncio.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert await asyncio.wait_for(loadgen, timeout=10) == errors.EXIT_FAILURE
+
+    assert "retries 0" in capsys.readouterr().out
+
+
 async def test_a_second_ctrl_c_stops_loadgen_during_a_hanging_flush(
     stalling: tuple[StallingGateway, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
