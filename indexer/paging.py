@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from telemetry.v1 import query_service_pb2
 
+from indexer.documents import MAX_ID_BYTES
 from indexer.errors import InvalidArgumentError
 
 TOKEN_VERSION = 1
@@ -22,9 +23,8 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 # What the sort values of a page's last event can be: corrected_timestamp as epoch
 # milliseconds in a signed 64-bit long (an event without one sorts last with Long.MIN_VALUE),
-# and event_id, a document _id of at most 512 bytes.
+# and event_id, a document _id (at most MAX_ID_BYTES).
 _MIN_LONG, _MAX_LONG = -(2**63), 2**63 - 1
-MAX_ID_BYTES = 512
 
 _REPEATED = (
     "user_ids",
