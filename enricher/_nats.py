@@ -210,7 +210,7 @@ class FetchLoop:
         while not self._stopping.is_set():
             try:
                 msgs = await self._fetch()
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nothing to fetch: nats-py raises its own or asyncio's
                 continue
             except Exception as err:  # an outage or a client bug: keep trying, never die
                 if not failing and not self._stopping.is_set():  # a stop interrupts a fetch

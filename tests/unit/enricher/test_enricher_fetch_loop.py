@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import nats.errors
+import pytest
 
 from enricher._nats import ConsumerSettings, FetchLoop
 
@@ -53,3 +54,33 @@ async def test_a_loop_stopped_between_fetches_has_no_pull_waiting() -> None:
     loop = FetchLoop(Subscription(), Handler(), settings=SETTINGS)  # type: ignore[arg-type]
     loop.stop()
     await asyncio.wait_for(loop.pulls_done(), 1.0)
+
+
+class Idle:
+    """A pull subscription with nothing to deliver: each fetch times out, as nats-py's does
+    with its own TimeoutError or with asyncio's."""
+
+    def __init__(self) -> None:
+        self.fetches = 0
+        self.sixth = asyncio.Event()
+
+    async def fetch(self, batch: int, *, timeout: float) -> list[Any]:  # noqa: ASYNC109
+        self.fetches += 1
+        if self.fetches == 6:
+            self.sixth.set()
+        await asyncio.sleep(0.001)
+        raise (asyncio.TimeoutError if self.fetches % 2 else nats.errors.TimeoutError)()
+
+    async def consumer_info(self) -> Any:
+        raise AssertionError("an idle stream is no outage: nothing to restore")
+
+
+async def test_an_idle_stream_is_not_logged_as_failing(caplog: pytest.LogCaptureFixture) -> None:
+    sub = Idle()
+    loop = FetchLoop(sub, Handler(), settings=SETTINGS)  # type: ignore[arg-type]
+    running = asyncio.create_task(loop.run())
+    # Six fetches within a second: no pause between them, no error waited out.
+    await asyncio.wait_for(sub.sixth.wait(), 1.0)
+    loop.stop()
+    await asyncio.wait_for(running, 1.0)
+    assert "fetch failing" not in caplog.text
