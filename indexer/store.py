@@ -351,6 +351,9 @@ class OpenSearchStore:
         started (a daily index just created has none for a moment); True once they have."""
         params = {
             "wait_for_status": "yellow",
+            # A new index is yellow while its primary shard is still initializing (and
+            # failing searches): wait for that too.
+            "wait_for_no_initializing_shards": "true",
             "timeout": f"{max(1, round(timeout_s * 1000))}ms",
             "filter_path": "status,timed_out",
         }

@@ -352,3 +352,18 @@ async def test_the_top_value_over_several_days_is_counted_whole(
     assert counts.count_error_upper_bound == 0
     assert counts.total_count == len(events)
     await channel.close()
+
+
+async def test_the_wait_for_a_new_index_lasts_until_its_shard_answers_searches(
+    os_client: AsyncOpenSearch, prefix: str
+) -> None:
+    # A daily index made by its first event: OpenSearch calls it yellow while its primary
+    # shard is still initializing, and a search then fails on every shard (503).
+    store = OpenSearchStore(os_client, prefix=prefix)
+    await store.install_template()
+    for day in range(1, 6):
+        name = f"{prefix}2031-01-0{day}"
+        await os_client.indices.create(index=name, params={"wait_for_active_shards": "0"})
+        assert await store.wait_for_shards(30) is True
+        answer = await store.search({"query": {"match_all": {}}, "size": 0})
+        assert answer["_shards"]["successful"] == answer["_shards"]["total"] == day, name
