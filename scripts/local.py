@@ -311,6 +311,13 @@ def print_usage(profile: Profile) -> None:
     query = f"{gateway}/v1/events?user_id=user-123"
     print(f"  curl -sS '{query}' -H 'Authorization: Bearer {read_key}'")
     print(f"OpenAPI: {gateway}/openapi.json   gRPC QueryService: {HOST}:{profile.indexer_ports[1]}")
+    tpipe = relative(Path(sys.executable).parent / "tpipe")  # the venv make run uses
+    print("\nThe command line (docs/cli.md), not on PATH:")
+    if profile.name == "dev":  # the ports tpipe uses by default
+        print(f"  export TPIPE_WRITE_KEY={write_key}")
+        print(f"  {tpipe} query --user user-123      {tpipe} status --once")
+    else:
+        print(f"  {tpipe} --help   (this profile's ports: --target, --gateway, --nats)")
 
 
 # --- NATS -------------------------------------------------------------------------------------

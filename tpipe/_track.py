@@ -200,7 +200,10 @@ class TrackPoster:
         on_long_wait: Callable[[str], None] | None = None,
     ) -> None:
         if not write_key:
-            raise UsageError("a write key is needed: --key or TPIPE_WRITE_KEY")
+            raise UsageError(
+                "a write key is needed: --key or TPIPE_WRITE_KEY (make run's are in"
+                " .local/dev/keys.json)"
+            )
         self.url = base_url.rstrip("/") + TRACK_PATH
         self._key = write_key
         self._max_retries = max_retries
