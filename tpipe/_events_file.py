@@ -26,7 +26,7 @@ def parse_events(data: bytes, *, source: str) -> list[Any]:
         try:
             whole = orjson.loads(data)
         except orjson.JSONDecodeError as err:
-            raise UsageError(f"{source}:{err.lineno}: not JSON ({err}); {EXPECTED}") from None
+            raise _not_json(source, err.lineno, err) from None
         if isinstance(whole, dict) and isinstance(whole.get("events"), list):
             whole = whole["events"]
         if not isinstance(whole, list):
@@ -41,20 +41,38 @@ def parse_events(data: bytes, *, source: str) -> list[Any]:
         try:
             events.append(orjson.loads(raw))
         except orjson.JSONDecodeError as err:
-            raise UsageError(f"{source}:{number}: not JSON ({err}); {EXPECTED}") from None
+            raise _not_json(source, number, err) from None
     if not events:
         raise UsageError(f"{source}: no events")
     return events
 
 
 def _ndjson(text: bytes) -> bool:
-    """True when the first line is a whole JSON object and more lines follow: one event per
-    line, rather than one JSON document (an array, or an object spread over lines)."""
-    first, _, rest = text.partition(b"\n")
-    if not rest.strip() or not first.lstrip().startswith(b"{"):
+    """True for one event per line rather than one JSON document (an array, or an object
+    spread over lines): the first line is a whole JSON object and more lines follow, or, the
+    first one being broken, the next one is (the error is then told on the first line)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) < 2 or not lines[0].lstrip().startswith(b"{"):
         return False
+    return _an_object(lines[0]) or (_an_object(lines[1]) and not _parses(text))
+
+
+def _an_object(line: bytes) -> bool:
     try:
-        orjson.loads(first)
+        return isinstance(orjson.loads(line), dict)
+    except orjson.JSONDecodeError:
+        return False
+
+
+def _parses(text: bytes) -> bool:
+    try:
+        orjson.loads(text)
     except orjson.JSONDecodeError:
         return False
     return True
+
+
+def _not_json(source: str, line: int, err: orjson.JSONDecodeError) -> UsageError:
+    """The error for a line that does not parse, its position told once: `<source>:<line>`
+    and the column in that line."""
+    return UsageError(f"{source}:{line}: not JSON ({err.msg} at column {err.colno}); {EXPECTED}")

@@ -196,12 +196,14 @@ def test_a_single_event_object_is_one_event(data: bytes) -> None:
         # A pretty-printed array with a trailing comma: orjson's own line and column.
         (
             b'\n[\n  {"event_id": "a"},\n  {"event_id": "b"},\n]\n',
-            r"f:4: not JSON \(trailing comma is not allowed: line 4 column 20",
+            r"f:4: not JSON \(trailing comma is not allowed at column 20\)",
         ),
         (
             b'{\n  "event_id": "a",\n  "metadata": {"k": "v"\n}\n',
-            r"f:5: not JSON \(unexpected end of data: line 5",
+            r"f:5: not JSON \(unexpected end of data at column 1\)",
         ),
+        # NDJSON whose first line is broken: that line is named, its position told once.
+        (b'{"event_id": "x"\n{"event_id": "y"}\n', r"f:1: not JSON \([^)]* at column 17\);"),
     ],
 )
 def test_bad_events_files_name_the_problem(data: bytes, message: str) -> None:
