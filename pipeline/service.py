@@ -19,7 +19,12 @@ from typing import Protocol
 
 import uvicorn
 import uvloop
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    disable_created_metrics,
+    generate_latest,
+)
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -27,6 +32,10 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
 log = logging.getLogger(__name__)
+
+# No `<counter>_created` series (a start timestamp per counter and label set, which reads like
+# a count: `indexer_documents_created` next to `indexer_documents_total{outcome="created"}`).
+disable_created_metrics()
 
 DEFAULT_GRACEFUL_STOP_S = 20.0
 

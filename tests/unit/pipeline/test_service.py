@@ -63,7 +63,9 @@ async def test_ops_routes_report_health_readiness_and_metrics() -> None:
             assert not_ready.json() == {"status": "not ready", "reason": "starting"}
             await service.start()
             assert (await client.get("/readyz")).status_code == 200
-            assert "fake_things_total 3.0" in (await client.get("/metrics")).text
+            metrics = (await client.get("/metrics")).text
+            assert "fake_things_total 3.0" in metrics
+            assert "fake_things_created" not in metrics  # a timestamp read as a count
     finally:
         await server.stop()
         await server.stop()  # idempotent
