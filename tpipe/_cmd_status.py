@@ -401,9 +401,12 @@ async def status(args: argparse.Namespace) -> int:
             _print(snapshot, args.format, clear=False)
             return EXIT_OK if snapshot.healthy else EXIT_UNAVAILABLE
         clear = args.format == "table" and sys.stdout.isatty()
-        while True:
-            await asyncio.sleep(args.interval)
-            _print(await monitor.snapshot(), args.format, clear=clear)
+        try:
+            while True:
+                await asyncio.sleep(args.interval)
+                _print(await monitor.snapshot(), args.format, clear=clear)
+        except asyncio.CancelledError:  # Ctrl-C: the way out of the live view, not a failure
+            return EXIT_OK
 
 
 def register(sub: Subparsers, name: str) -> None:
@@ -415,7 +418,7 @@ def register(sub: Subparsers, name: str) -> None:
         description="Shows, per stage, events per second and in total, rejections and dead "
         "letters per second, consumer lag and work in flight (from each service's /metrics), "
         "the DLQ stream's size and OpenSearch's health. Refreshes until Ctrl-C; --once prints "
-        "one snapshot and exits 0 when all is ready and flowing, 3 otherwise.",
+        "one snapshot and exits 0 when all is ready and flowing, 3 otherwise; Ctrl-C exits 0.",
         examples=EXAMPLES,
         run=status,
     )

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import aiohttp
 from aiohttp import web
 
@@ -78,3 +84,23 @@ async def test_metrics_that_are_not_prometheus_text_make_the_stage_unreachable()
     row = stage_row("gateway", found, found)
     assert row.state == "unreachable (not Prometheus metrics)"
     assert _healthy(row) is False  # --once exits 3
+
+
+def test_ctrl_c_ends_the_live_view_with_success() -> None:
+    closed = "http://127.0.0.1:9"  # discard port: nothing answers
+    command = [sys.executable, "-m", "tpipe", "status", "--interval", "0.2"]
+    for flag in ("--gateway", "--enricher", "--indexer", "--opensearch"):
+        command += [flag, closed]
+    proc = subprocess.Popen(
+        [*command, "--nats", "nats://127.0.0.1:9"],
+        cwd=Path(__file__).resolve().parents[3],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(2.0)  # started, past its first refresh or waiting for one
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "interrupted" not in err
+    assert "Traceback" not in err
