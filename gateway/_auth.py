@@ -90,7 +90,10 @@ class KeyStore:
         """The principal of a key of the given kind; raises Unauthenticated or PermissionDenied."""
         principal = self.lookup(presented)
         if principal is None:
-            raise Unauthenticated("a valid API key is required")
+            raise Unauthenticated(
+                "a valid API key is required, as `Authorization: Bearer <key>` or"
+                " `X-Api-Key: <key>`"
+            )
         if principal.kind is not kind:
             raise PermissionDenied(f"this route needs a {kind.value} key")
         return principal

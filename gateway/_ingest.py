@@ -153,6 +153,10 @@ def load_json(body: bytes) -> Any:
         return _mend(
             json.loads(text, parse_constant=_no_constant, parse_float=_finite, parse_int=_integer)
         )
+    except json.JSONDecodeError as err:
+        raise InvalidRequest(
+            f"the body is not valid JSON ({err.msg} at line {err.lineno} column {err.colno})"
+        ) from None
     except (ValueError, RecursionError):
         raise InvalidRequest("the body is not valid JSON (UTF-8)") from None
 

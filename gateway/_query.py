@@ -84,7 +84,11 @@ def _time(params: Params, name: str) -> Timestamp | None:
         return None
     parsed = _rfc3339.parse(text)
     if parsed is None:
-        hint = " (a '+' in a URL must be sent as %2B)" if " " in text else ""
+        hint = (
+            " (a '+' in a URL must be sent as %2B)"
+            if " " in text
+            else " with its offset, such as 2026-11-27T08:00:00Z (no ages such as 1h here)"
+        )
         raise InvalidRequest(f"{name} is not an RFC 3339 date-time{hint}")
     return Timestamp(seconds=parsed[0], nanos=parsed[1])
 

@@ -252,7 +252,9 @@ def _checked_timestamp(stamp: object) -> tuple[int, int]:
     parsed = _rfc3339.parse(stamp)
     if parsed is None:
         raise _Reject(
-            R.REJECTION_REASON_INVALID_TIMESTAMP, "client_timestamp is not an RFC 3339 date-time"
+            R.REJECTION_REASON_INVALID_TIMESTAMP,
+            "client_timestamp is not an RFC 3339 date-time with its offset, such as"
+            " 2026-11-27T08:00:00.000Z",
         )
     return parsed
 

@@ -27,7 +27,7 @@ def test_keys_map_to_their_principal() -> None:
 
 def test_require_distinguishes_unknown_from_wrong_kind() -> None:
     assert STORE.require("w1", Kind.WRITE).name == "app-a"
-    with pytest.raises(Unauthenticated):
+    with pytest.raises(Unauthenticated, match="Authorization: Bearer <key>` or `X-Api-Key"):
         STORE.require("nope", Kind.WRITE)
     with pytest.raises(PermissionDenied):
         STORE.require("r1", Kind.WRITE)

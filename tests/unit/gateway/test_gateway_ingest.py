@@ -408,6 +408,12 @@ async def test_what_is_not_json_in_utf8_is_still_a_400(data: bytes) -> None:
         await core(FakeBroker()).ingest_json(data, origin())
 
 
+async def test_broken_json_is_refused_with_where_it_breaks() -> None:
+    body = b'[\n  {"event_id": "e-1",\n   "user_id": "u" "x"}\n]'
+    with pytest.raises(InvalidRequest, match=r"not valid JSON \(.* at line 3 column 19\)"):
+        await core(FakeBroker()).ingest_json(body, origin())
+
+
 BIG_METADATA = {f"k{n}": "v" * 2000 for n in range(12)}  # within LIMITS, 24 KB
 
 

@@ -40,6 +40,12 @@ def test_an_unencoded_plus_in_a_time_gets_a_hint() -> None:
     assert encoded.filter.start_time.seconds == 1704060000
 
 
+@pytest.mark.parametrize("text", ["2024-01-01T00:00:00", "1h", "yesterday"])
+def test_a_time_without_offset_or_an_age_says_what_is_wanted(text: str) -> None:
+    with pytest.raises(InvalidRequest, match=r"with its offset, such as \S+ \(no ages"):
+        events_request(QueryParams({"end": text}))
+
+
 @pytest.mark.parametrize("query", ["user_id=%FF", "user_id=caf%C3", "%FF=1"])
 async def test_a_query_string_that_is_not_utf8_is_refused(
     client: httpx.AsyncClient, query: str
