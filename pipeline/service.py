@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 # No `<counter>_created` series (a start timestamp per counter and label set, which reads like
 # a count: `indexer_documents_created` next to `indexer_documents_total{outcome="created"}`).
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 DEFAULT_GRACEFUL_STOP_S = 20.0
 
