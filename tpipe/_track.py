@@ -169,7 +169,9 @@ def _status_error(status: int, message: str, url: str) -> ClientError:
         return Unauthenticated(text)
     if status == 403:
         return PermissionDenied(text)
-    if status in (400, 413, 415, 422):
+    if status == 413:  # too many events, or too many bytes, in one request
+        return InvalidArgument(f"{text} (send fewer events per request: --batch-size)")
+    if status in (400, 415, 422):
         return InvalidArgument(text)
     if status == 429:
         return ResourceExhausted(text)

@@ -136,6 +136,16 @@ async def test_client_mistakes_are_not_retried(
     assert sleeps.delays == []
 
 
+async def test_a_batch_too_large_says_which_option_makes_it_smaller(
+    gateway: tuple[Gateway, str],
+) -> None:
+    fake, url = gateway
+    fake.answers = [(413, {})]
+    async with poster(url, Sleeps()) as send:
+        with pytest.raises(errors.InvalidArgument, match=r"HTTP 413: .*--batch-size\)$"):
+            await send.post([{"event_id": "a"}])
+
+
 async def test_an_unreachable_gateway_is_unavailable_after_retries() -> None:
     sleeps = Sleeps()
     async with poster(f"http://127.0.0.1:{free_port()}", sleeps, retries=2) as send:
