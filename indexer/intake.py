@@ -232,7 +232,7 @@ class Intake:
     async def _give_up(self, delivery: Delivery, reason: str, label: str) -> None:
         try:
             again = await self._dead_letters.publish(
-                reason=reason,
+                reason=f"{label}: {reason}",  # as the enricher's: the kind first
                 data=delivery.data,
                 subject=delivery.subject,
                 headers=delivery.headers,

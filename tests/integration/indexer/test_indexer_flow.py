@@ -116,7 +116,8 @@ async def test_an_undecodable_message_near_max_payload_is_dead_lettered_without_
     assert letter.data == b""
     assert letter.headers is not None
     assert letter.headers[subjects.DLQ_OMITTED_BYTES_HEADER] == str(len(garbage))
-    assert letter.headers[subjects.DLQ_REASON_HEADER].startswith("not an EnrichedBatch")
+    reason = letter.headers[subjects.DLQ_REASON_HEADER]
+    assert reason.startswith("undecodable: not an EnrichedBatch")
 
 
 class CuttableProxy:
