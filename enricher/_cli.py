@@ -13,7 +13,7 @@ from pipeline.errors import ConfigError
 from pipeline.service import run
 
 USAGE = (
-    "usage: python -m enricher [--help]\n"
+    "usage: tpipe enricher [--help]   (also: python -m enricher)\n"
     "Consumes TELEMETRY_RAW, enriches every event, publishes TELEMETRY_ENRICHED;\n"
     "serves gRPC EnrichService and /healthz /readyz /metrics. Settings come from\n"
     "the environment."

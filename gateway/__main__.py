@@ -12,7 +12,7 @@ from pipeline import logs, service
 from pipeline.config import help_text, load
 from pipeline.errors import ConfigError
 
-USAGE = "usage: python -m gateway [--help]"
+USAGE = "usage: tpipe gateway [--help]   (also: python -m gateway)"
 
 
 def main(argv: list[str] | None = None) -> int:

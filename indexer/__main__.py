@@ -14,7 +14,7 @@ from pipeline.service import run
 
 GC_YOUNG_THRESHOLD = 50_000  # allocations between young-generation collections
 USAGE = (
-    "usage: python -m indexer [--help]\n\n"
+    "usage: tpipe indexer [--help]   (also: python -m indexer)\n\n"
     "Indexes enriched events into OpenSearch and serves gRPC QueryService."
 )
 

@@ -17,7 +17,7 @@ from tests.servers import ROOT
 def test_help_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("usage: python -m enricher")
+    assert out.startswith("usage: tpipe enricher [--help]   (also: python -m enricher)")
     for field in dataclasses.fields(Config):
         assert field.metadata["env"] in out
 

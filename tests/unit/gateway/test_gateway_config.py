@@ -86,7 +86,7 @@ def test_help_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
 
     out = capsys.readouterr().out
-    assert out.startswith("usage: python -m gateway")
+    assert out.startswith("usage: tpipe gateway [--help]   (also: python -m gateway)")
     for field in dataclasses.fields(GatewayConfig):
         assert field.metadata["env"] in out
 

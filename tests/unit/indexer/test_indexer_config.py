@@ -95,7 +95,7 @@ def test_retry_base_must_not_exceed_max() -> None:
 def test_help_lists_every_variable(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("usage: python -m indexer")
+    assert out.startswith("usage: tpipe indexer [--help]   (also: python -m indexer)")
     variables = [field.metadata["env"] for field in dataclasses.fields(Config)]
     assert "OPENSEARCH_URL" in variables
     for variable in variables:
