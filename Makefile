@@ -73,7 +73,7 @@ lint: venv
 gen: venv
 	PYTHON=$(PY) scripts/gen_protos.sh gen
 
-# buf lint, buf breaking against the previous commit (PROTO_BASE=<ref> to choose), fresh gen/.
+# buf lint, buf breaking against every earlier state of protos/ (PROTO_BASE=<ref>: one), fresh gen/.
 proto-check: venv
 	PYTHON=$(PY) scripts/proto_check.sh
 

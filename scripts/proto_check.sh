@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# `make proto-check`: buf lint, buf breaking against the previous state of protos/,
-# and a check that gen/ is exactly what scripts/gen_protos.sh produces.
+# `make proto-check`: buf lint, buf breaking against every earlier state of protos/, and a
+# check that gen/ is exactly what scripts/gen_protos.sh produces.
 #
-# The breaking baseline is $PROTO_BASE when set (a git ref, e.g. origin/main), else
-# HEAD when protos/ has uncommitted changes, else HEAD~1 (the change being checked
-# is the last commit, as in CI on a fresh clone of main).
+# Every commit that changed protos/ or buf.yaml is a contract clients may have been built
+# against, so the working tree is compared with each of them (not only with the commit
+# before: a break followed by any other commit would pass that). $PROTO_BASE (a git ref,
+# e.g. origin/main) compares with that one state instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-.local/venv/bin/python}"
@@ -14,31 +15,41 @@ echo "== buf lint"
 "$buf" lint
 
 echo "== buf breaking"
-base="${PROTO_BASE:-}"
-if [[ -z "$base" ]]; then
-  if ! git rev-parse --verify -q HEAD >/dev/null; then
-    base=""
-  elif [[ -n "$(git status --porcelain -- protos buf.yaml)" ]]; then
-    base="HEAD"
-  else
-    base="HEAD~1"
+bases=()
+if [[ -n "${PROTO_BASE:-}" ]]; then
+  bases=("$(git rev-parse --verify "$PROTO_BASE^{commit}")")
+elif git rev-parse --verify -q HEAD >/dev/null; then
+  if [[ "$(git rev-parse --is-shallow-repository)" == true ]]; then
+    echo "a shallow clone lacks the earlier contracts to compare with:" \
+      "run 'git fetch --unshallow' (or set PROTO_BASE)" >&2
+    exit 1
   fi
+  mapfile -t bases < <(git log --format=%H -- protos buf.yaml)
 fi
-if [[ -z "$base" ]] || ! git rev-parse --verify -q "$base^{commit}" >/dev/null; then
-  echo "no earlier commit to compare with (${base:-no commits}): nothing can break yet"
-elif [[ -z "$(git ls-tree -r --name-only "$base" -- protos)" ]]; then
-  echo "protos/ does not exist at $base: nothing can break yet"
+checked=0
+for base in "${bases[@]}"; do
+  [[ -n "$(git ls-tree -r --name-only "$base" -- protos)" ]] || continue
+  if ! "$buf" breaking --against ".git#ref=$base"; then
+    echo "protos/ breaks the contract of $(git log -1 --format='%h (%s)' "$base"):" \
+      "add fields with new numbers and leave existing ones as they are (or start a new" \
+      "package version, telemetry.v2)" >&2
+    exit 1
+  fi
+  checked=$((checked + 1))
+done
+if ((checked == 0)); then
+  echo "no earlier contract to compare with: nothing can break yet"
 else
-  echo "against $base ($(git rev-parse --short "$base"))"
-  "$buf" breaking --against ".git#ref=$(git rev-parse "$base")"
+  echo "compatible with the $checked earlier state(s) of protos/"
 fi
 
 echo "== gen/ is up to date"
 fresh="$(mktemp -d)"
 trap 'rm -rf "$fresh"' EXIT
 PYTHON="$python" scripts/gen_protos.sh "$fresh"
-if ! diff -r -q "$fresh/telemetry" gen/telemetry >/dev/null; then
-  diff -r -q "$fresh/telemetry" gen/telemetry || true
+# Python's bytecode caches are not generated code.
+if ! diff -r -q -x __pycache__ "$fresh/telemetry" gen/telemetry >/dev/null; then
+  diff -r -q -x __pycache__ "$fresh/telemetry" gen/telemetry || true
   echo "gen/ is stale: run 'make gen' and commit the result" >&2
   exit 1
 fi

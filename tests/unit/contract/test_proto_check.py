@@ -23,6 +23,13 @@ def _git(repo: Path, *args: str) -> None:
     )
 
 
+def _commit_other_file(repo: Path) -> None:
+    """A later commit that leaves protos/ alone."""
+    (repo / "NOTES").write_text("another change\n")
+    _git(repo, "add", "NOTES")
+    _git(repo, "commit", "-q", "-m", "unrelated")
+
+
 def _proto_check(repo: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["bash", "scripts/proto_check.sh"],
@@ -75,6 +82,48 @@ def test_fails_when_a_committed_field_is_renumbered_in_the_last_commit(repo: Pat
 
     assert result.returncode != 0
     assert "device_os" in result.stdout + result.stderr
+
+
+def test_fails_on_a_break_that_later_commits_buried(repo: Path) -> None:
+    proto = repo / EVENT_PROTO
+    proto.write_text(proto.read_text().replace("string device_os = 8;", "string device_os = 18;"))
+    _git(repo, "commit", "-q", "-am", "renumber")
+    _commit_other_file(repo)
+
+    result = _proto_check(repo)
+
+    assert result.returncode != 0
+    assert "device_os" in result.stdout + result.stderr
+    assert "breaks the contract of" in result.stderr
+
+
+def test_a_field_once_added_stays_guarded(repo: Path) -> None:
+    proto = repo / EVENT_PROTO
+    text = proto.read_text()
+    proto.write_text(
+        text.replace("string device_os = 8;", "string device_os = 8;\n  string extra = 99;")
+    )
+    _git(repo, "commit", "-q", "-am", "add a field")
+    # Taken out again, it is a break of the commit that added it, however many commits on.
+    proto.write_text(text)
+    _git(repo, "commit", "-q", "-am", "remove it")
+    _commit_other_file(repo)
+
+    result = _proto_check(repo)
+
+    assert result.returncode != 0
+    assert "extra" in result.stdout + result.stderr
+
+
+def test_a_shallow_clone_is_told_to_fetch_the_history(repo: Path, tmp_path: Path) -> None:
+    _commit_other_file(repo)
+    shallow = tmp_path / "shallow"
+    _git(tmp_path, "clone", "-q", "--depth", "1", f"file://{repo}", str(shallow))
+
+    result = _proto_check(shallow)
+
+    assert result.returncode != 0
+    assert "git fetch --unshallow" in result.stderr
 
 
 def test_fails_when_gen_is_stale(repo: Path) -> None:
