@@ -20,9 +20,8 @@ if [[ -n "${PROTO_BASE:-}" ]]; then
   bases=("$(git rev-parse --verify "$PROTO_BASE^{commit}")")
 elif git rev-parse --verify -q HEAD >/dev/null; then
   if [[ "$(git rev-parse --is-shallow-repository)" == true ]]; then
-    echo "a shallow clone lacks the earlier contracts to compare with:" \
-      "run 'git fetch --unshallow' (or set PROTO_BASE)" >&2
-    exit 1
+    echo "warning: a shallow clone lacks earlier contracts; only the commits it has are" \
+      "compared ('git fetch --unshallow' for all, or set PROTO_BASE)" >&2
   fi
   mapfile -t bases < <(git log --format=%H -- protos buf.yaml)
 fi
