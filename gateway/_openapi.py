@@ -53,6 +53,42 @@ _UNREACHABLE = {
     "missing from this answer (present only when return_partial_success=true let it through)",
 }
 
+
+def _object(**properties: dict[str, Any]) -> dict[str, Any]:
+    """An object schema whose properties are all present."""
+    return {"type": "object", "required": list(properties), "properties": properties}
+
+
+_TIME = {"type": "string", "format": "date-time"}
+_MAYBE_TIME = {"type": ["string", "null"], "format": "date-time", "description": "null when unset"}
+_TEXT = {"type": "string"}
+# GET /v1/events: one enriched event, with the index's field names (gateway/_query.py).
+_EVENT_FIELDS: dict[str, Any] = {
+    "event_id": _TEXT,
+    "session_id": _TEXT,
+    "user_id": _TEXT,
+    "event_name": _TEXT,
+    "client_timestamp": _MAYBE_TIME,
+    "app_version": _TEXT,
+    "device_os": _TEXT,
+    "metadata": {"type": "object", "additionalProperties": _TEXT},
+    "ingestion_timestamp": {**_MAYBE_TIME, "description": "when the gateway received it"},
+    "enriched_at": _MAYBE_TIME,
+    "corrected_timestamp": {**_MAYBE_TIME, "description": "client time corrected for skew"},
+    "clock_skew_ms": {"type": "integer"},
+    "clock_status": {
+        "type": ["string", "integer"],
+        "description": "a CLOCK_STATUS_* name; a number for a status this gateway does not know",
+    },
+    "geo_country": _TEXT,
+    "geo_city": _TEXT,
+    "os_name": _TEXT,
+    "os_version": _TEXT,
+    "event_message": _TEXT,
+    "app_id": _TEXT,
+    "request_id": _TEXT,
+}
+
 _SCHEMAS: dict[str, Any] = {
     "Event": {
         "type": "object",
@@ -119,7 +155,11 @@ _SCHEMAS: dict[str, Any] = {
             "message": {"type": "string"},
         },
     },
-    "EnrichedEvent": {"type": "object", "additionalProperties": True},
+    "EnrichedEvent": {
+        "type": "object",
+        "required": list(_EVENT_FIELDS),
+        "properties": _EVENT_FIELDS,
+    },
     "Events": {
         "type": "object",
         "properties": {
@@ -133,12 +173,19 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "properties": {
             "total_count": {"type": "integer"},
-            "counts": {"type": "array", "items": {"type": "object"}},
+            "counts": {
+                "type": "array",
+                "description": "the most frequent values of group_by, most frequent first",
+                "items": _object(value={"type": "string"}, count={"type": "integer"}),
+            },
             "count_error_upper_bound": {
                 "type": "integer",
                 "description": "0: counts are exact; otherwise each may be short by up to this",
             },
-            "histogram": {"type": "array", "items": {"type": "object"}},
+            "histogram": {
+                "type": "array",
+                "items": _object(start_time=_TIME, count={"type": "integer"}),
+            },
             "unreachable": _UNREACHABLE,
         },
     },

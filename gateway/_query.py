@@ -170,6 +170,7 @@ def event_json(item: event_pb2.EnrichedEvent) -> dict[str, Any]:
         "device_os": event.device_os,
         "metadata": dict(event.metadata),
         "ingestion_timestamp": _stamp(item.received_at, item.HasField("received_at")),
+        "enriched_at": _stamp(item.enriched_at, item.HasField("enriched_at")),
         "corrected_timestamp": _stamp(
             item.corrected_timestamp, item.HasField("corrected_timestamp")
         ),

@@ -10,10 +10,11 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from starlette.routing import Route
-from telemetry.v1 import event_pb2
+from telemetry.v1 import event_pb2, query_service_pb2
 
 from gateway import Gateway
 from gateway._openapi import REQUEST_ID_PATTERN, document
+from gateway._query import aggregate_json, event_json
 from gateway.errors import Unavailable
 from tests.unit.gateway.conftest import (
     WRITE_KEY,
@@ -232,3 +233,26 @@ def test_the_openapi_document_lists_every_rejection_reason() -> None:
     listed = receipt["properties"]["rejected"]["items"]["properties"]["reason"]["enum"]
     names = [v.name for v in event_pb2.RejectionReason.DESCRIPTOR.values if v.number != 0]
     assert listed == names
+
+
+def test_the_query_answers_are_what_the_document_describes() -> None:
+    schemas = document()["components"]["schemas"]
+    item = event_pb2.EnrichedEvent(app_id="shop", clock_status=event_pb2.CLOCK_STATUS_CORRECTED)
+    item.event.event_id = "e-1"
+    item.event.metadata["k"] = "v"
+    item.enriched_at.FromSeconds(1_790_000_000)
+    event = event_json(item)
+    described = schemas["EnrichedEvent"]
+    assert set(event) == set(described["properties"]) == set(described["required"])
+    assert event["enriched_at"] == "2026-09-21T14:13:20Z"
+    assert event["client_timestamp"] is None  # unset: null, which the schema allows
+    assert "null" in described["properties"]["client_timestamp"]["type"]
+
+    counts = query_service_pb2.AggregateEventsResponse(total_count=3)
+    counts.counts.add(value="open", count=3)
+    counts.histogram.add(count=3).start_time.FromSeconds(1_790_000_000)
+    answer = aggregate_json(counts)
+    aggregate = schemas["Aggregate"]["properties"]
+    assert set(answer["counts"][0]) == set(aggregate["counts"]["items"]["required"])
+    assert set(answer["histogram"][0]) == set(aggregate["histogram"]["items"]["required"])
+    assert set(answer) <= set(aggregate)
