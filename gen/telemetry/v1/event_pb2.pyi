@@ -114,7 +114,7 @@ class _RejectionReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Rejec
     """
     REJECTION_REASON_INVALID_METADATA: _RejectionReason.ValueType  # 6
     """REJECTION_REASON_INVALID_METADATA means a metadata value is a nested
-    object or array, or null.
+    object or array, or null, or a metadata key is empty.
     """
     REJECTION_REASON_METADATA_TOO_LARGE: _RejectionReason.ValueType  # 7
     """REJECTION_REASON_METADATA_TOO_LARGE means metadata has too many entries
@@ -154,7 +154,7 @@ or is out of range.
 """
 REJECTION_REASON_INVALID_METADATA: RejectionReason.ValueType  # 6
 """REJECTION_REASON_INVALID_METADATA means a metadata value is a nested
-object or array, or null.
+object or array, or null, or a metadata key is empty.
 """
 REJECTION_REASON_METADATA_TOO_LARGE: RejectionReason.ValueType  # 7
 """REJECTION_REASON_METADATA_TOO_LARGE means metadata has too many entries
@@ -435,7 +435,8 @@ class EnrichedEvent(_message.Message):
     """
     event_message: _builtins.str
     """event_message is a text made for free-text search: the event name and
-    the metadata keys and values.
+    the metadata keys and values, cut at the enricher's
+    ENRICHER_EVENT_MESSAGE_MAX_CHARS (4,096 characters by default).
     """
     app_id: _builtins.str
     """app_id is the app the event was ingested for."""
