@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
 
 import grpc
@@ -65,20 +66,45 @@ class PartialAnswerError(IndexerError):
         )
 
 
+class BusyError(IndexerError):
+    """As many queries as allowed are being answered already."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"the event store answers {limit} queries at once already; try again shortly"
+        )
+
+
 class QueryServicer(qs_grpc.QueryServiceServicer):
-    """QueryEvents and AggregateEvents."""
+    """QueryEvents and AggregateEvents; past `max_in_flight` calls at once (None: no bound),
+    a call is answered RESOURCE_EXHAUSTED at once: each holds a page (up to 1,000 events) or
+    an aggregation's buckets in memory, beside the bulk indexing."""
 
     def __init__(
         self,
         search: SearchPort,
         *,
+        max_in_flight: int | None = None,
         metrics: Metrics | None = None,
         tracer: tracing.Tracing | None = None,
     ) -> None:
         self._search = search
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
         self._metrics = metrics or Metrics()
         self._tracing = tracer or tracing.Tracing.disabled()
         self._waits_ran_out = False  # the last wait for shards ran out, none whole since
+
+    @contextmanager
+    def _slot(self) -> Iterator[None]:
+        """Holds one of the `max_in_flight` calls; raises BusyError when none is free."""
+        if self._max_in_flight is not None and self._in_flight >= self._max_in_flight:
+            raise BusyError(self._max_in_flight)
+        self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
 
     async def QueryEvents(
         self, request: qs.QueryEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -88,11 +114,12 @@ class QueryServicer(qs_grpc.QueryServiceServicer):
         with self._span("QueryEvents", context) as span:
             try:
                 body, size = queries.search_body(request)
-                answer = await self._search_whole(body, queries.EVENTS_FILTER_PATH)
-                unreachable = await self._unreachable(
-                    "QueryEvents", answer, span, partial_ok=request.return_partial_success
-                )
-                response = queries.events_response(answer, size=size, flt=request.filter)
+                with self._slot():
+                    answer = await self._search_whole(body, queries.EVENTS_FILTER_PATH)
+                    unreachable = await self._unreachable(
+                        "QueryEvents", answer, span, partial_ok=request.return_partial_success
+                    )
+                    response = queries.events_response(answer, size=size, flt=request.filter)
                 response.unreachable.extend(unreachable)
                 span.set_attribute("pipeline.events", len(response.events))
                 return response
@@ -112,13 +139,13 @@ class QueryServicer(qs_grpc.QueryServiceServicer):
         code = grpc.StatusCode.OK
         with self._span("AggregateEvents", context) as span:
             try:
-                answer = await self._search_whole(
-                    queries.aggregate_body(request), queries.AGGREGATE_FILTER_PATH
-                )
-                unreachable = await self._unreachable(
-                    "AggregateEvents", answer, span, partial_ok=request.return_partial_success
-                )
-                counts = queries.aggregate_response(answer)
+                body = queries.aggregate_body(request)
+                with self._slot():
+                    answer = await self._search_whole(body, queries.AGGREGATE_FILTER_PATH)
+                    unreachable = await self._unreachable(
+                        "AggregateEvents", answer, span, partial_ok=request.return_partial_success
+                    )
+                    counts = queries.aggregate_response(answer)
                 counts.unreachable.extend(unreachable)
                 return counts
             except Exception as err:
@@ -216,6 +243,8 @@ def _status(err: Exception, *, paged: bool) -> tuple[grpc.StatusCode, str]:
         )
     if isinstance(err, PartialAnswerError):
         return grpc.StatusCode.UNAVAILABLE, str(err)
+    if isinstance(err, BusyError):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(err)
     if isinstance(err, SearchUnavailableError):
         # The caller only learns "retry"; the operator needs the cause.
         log.warning("query answered UNAVAILABLE: %s", err)
@@ -235,8 +264,8 @@ def _trailers(err: Exception) -> tuple[tuple[str, str], ...]:
 
 
 class QueryServer(grpcserver.GrpcServer):
-    """The gRPC server: QueryService, grpc.health.v1 and reflection; past `max_in_flight`
-    calls at once, a call is answered RESOURCE_EXHAUSTED."""
+    """The gRPC server: QueryService (at most `max_in_flight` calls at once), grpc.health.v1
+    and reflection."""
 
     def __init__(
         self,
@@ -248,16 +277,17 @@ class QueryServer(grpcserver.GrpcServer):
         metrics: Metrics | None = None,
         tracer: tracing.Tracing | None = None,
     ) -> None:
-        # A bound on the calls served at once: each holds a page (up to 1,000 events) or
-        # the buckets of an aggregation in memory, beside the bulk indexing.
-        super().__init__(
-            service_name=SERVICE_NAME, host=host, port=port, max_concurrent_rpcs=max_in_flight
-        )
+        super().__init__(service_name=SERVICE_NAME, host=host, port=port)
         self._search = search
+        self._max_in_flight = max_in_flight
         self._metrics = metrics
         self._tracing = tracer
 
     def register(self, server: grpc.aio.Server) -> None:
-        qs_grpc.add_QueryServiceServicer_to_server(
-            QueryServicer(self._search, metrics=self._metrics, tracer=self._tracing), server
+        servicer = QueryServicer(
+            self._search,
+            max_in_flight=self._max_in_flight,
+            metrics=self._metrics,
+            tracer=self._tracing,
         )
+        qs_grpc.add_QueryServiceServicer_to_server(servicer, server)

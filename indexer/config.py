@@ -210,7 +210,7 @@ class Config(NatsSettings, OpenSearchSettings, TracingSettings):
     query_max_in_flight: int = setting(
         "INDEXER_QUERY_MAX_IN_FLIGHT",
         DEFAULT_QUERY_MAX_IN_FLIGHT,
-        "QueryService calls served at once (health checks included); more are answered"
+        "QueryService calls served at once; more are answered"
         " RESOURCE_EXHAUSTED, a 429 at the gateway",
         check=positive,
     )

@@ -37,13 +37,10 @@ class GrpcServer:
         port: int,
         options: Sequence[tuple[str, Any]] = (),
         grace_s: float = DEFAULT_GRACE_S,
-        max_concurrent_rpcs: int | None = None,
     ) -> None:
         self._service_name = service_name
         self._address = f"{host}:{port}"
         self._options = list(options)
-        # Calls past it (health checks included) are answered RESOURCE_EXHAUSTED at once.
-        self._max_concurrent_rpcs = max_concurrent_rpcs
         self._grace_s = grace_s
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -57,9 +54,7 @@ class GrpcServer:
         """Binds and starts serving (idempotent); raises ListenError when it cannot bind."""
         if self._server is not None:
             return
-        server = grpc.aio.server(
-            options=self._options, maximum_concurrent_rpcs=self._max_concurrent_rpcs
-        )
+        server = grpc.aio.server(options=self._options)
         self.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from telemetry.v1 import query_service_pb2 as qs
 from telemetry.v1 import query_service_pb2_grpc as qs_grpc
@@ -335,9 +336,15 @@ async def test_calls_past_the_bound_are_resource_exhausted_and_the_others_answer
         assert search.searching == 3
 
         # Answered at once, not held (without the bound it would wait out its deadline).
-        code, _ = await _code(stub.AggregateEvents(qs.AggregateEventsRequest(), timeout=5))
+        code, details = await _code(stub.AggregateEvents(qs.AggregateEventsRequest(), timeout=5))
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "3 queries at once" in details
         assert search.searching == 3  # never reached the store
+        # Health checks are not queries: a probe is answered whatever the load (here
+        # NOT_SERVING, as no service has said it is ready), never RESOURCE_EXHAUSTED.
+        health = health_pb2_grpc.HealthStub(channel)
+        checked = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert checked.status == health_pb2.HealthCheckResponse.NOT_SERVING
 
         search.release.set()
         for call in held:
