@@ -285,18 +285,25 @@ class _Store:
         return [ItemResult(201 if n else 409) for n in range(lines)]
 
 
-async def test_bulk_span_links_each_message_once(exporter: InMemorySpanExporter) -> None:
-    store = _Store()
-    writer = BulkWriter(
-        store,
-        max_docs=100,
-        max_bytes=1_000_000,
+def _bulk_writer(
+    tracer: tracing.Tracing, *, store: _Store | None = None, max_docs: int = 100
+) -> BulkWriter:
+    """A bulk writer on a fake store that flushes when full (or drained), never on a timer."""
+    return BulkWriter(
+        store or _Store(),
+        max_docs=max_docs,
+        max_bytes=10_000_000,
         flush_interval_s=60,
         concurrency=1,
         retry_base_s=0.01,
         retry_max_s=0.01,
-        tracer=_tracing(exporter, "indexer"),
+        tracer=tracer,
     )
+
+
+async def test_bulk_span_links_each_message_once(exporter: InMemorySpanExporter) -> None:
+    store = _Store()
+    writer = _bulk_writer(_tracing(exporter, "indexer"), store=store)
     done: list[Outcome] = []
 
     async def on_done(_: BulkItem, outcome: Outcome, reason: str) -> None:
@@ -323,16 +330,7 @@ async def test_bulk_span_links_each_message_once(exporter: InMemorySpanExporter)
 async def test_a_bulk_span_keeps_a_link_for_each_of_many_messages(
     exporter: InMemorySpanExporter,
 ) -> None:
-    writer = BulkWriter(
-        _Store(),
-        max_docs=1000,
-        max_bytes=10_000_000,
-        flush_interval_s=60,
-        concurrency=1,
-        retry_base_s=0.01,
-        retry_max_s=0.01,
-        tracer=_tracing(exporter, "indexer"),
-    )
+    writer = _bulk_writer(_tracing(exporter, "indexer"), max_docs=1000)
 
     async def on_done(_: BulkItem, outcome: Outcome, reason: str) -> None:
         return None
@@ -381,16 +379,7 @@ class _CountingTracing(tracing.Tracing):
 async def test_untraced_bulk_makes_no_span() -> None:
     # Tracing off: not even a no-op span per bulk request, though the messages carry traces.
     counting = _CountingTracing()
-    writer = BulkWriter(
-        _Store(),
-        max_docs=100,
-        max_bytes=1_000_000,
-        flush_interval_s=60,
-        concurrency=1,
-        retry_base_s=0.01,
-        retry_max_s=0.01,
-        tracer=counting,
-    )
+    writer = _bulk_writer(counting)
     done: list[Outcome] = []
 
     async def on_done(_: BulkItem, outcome: Outcome, reason: str) -> None:
