@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from tpipe._args import Subparsers, add_command, positive_float, positive_int
-from tpipe._cmd_send import add_gateway_options
-from tpipe._track import TrackPoster, check_gateway_url, rfc3339_now
+from tpipe._cmd_send import add_gateway_options, gateway_poster
+from tpipe._track import TrackPoster, rfc3339_now
 from tpipe.errors import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -260,7 +260,6 @@ async def _report(stats: LoadStats, started: float, stop: asyncio.Event) -> None
 
 async def run(args: argparse.Namespace) -> int:
     """Runs the devices until the bound, then prints the summary."""
-    base = check_gateway_url(args.gateway, allow_remote=args.allow_remote)
     stats = LoadStats()
 
     def count_retry() -> None:
@@ -284,18 +283,15 @@ async def run(args: argparse.Namespace) -> int:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(interrupted.wait(), timeout=delay_s)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, interrupt)
-    deadline = loop.call_later(args.duration, stop.set)
-    poster = TrackPoster(
-        base,
-        write_key=args.key,
-        max_retries=max(0, args.retries),
-        timeout_s=args.timeout,
+    poster = gateway_poster(  # a bad URL or no key: said before anything starts
+        args,
         sleep=pause,
         on_retry=count_retry,
         may_retry=lambda: not interrupted.is_set(),
     )
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, interrupt)
+    deadline = loop.call_later(args.duration, stop.set)
     budget = _Budget(args.events)
     print(f"loadgen: run id {run_id}, {args.devices} devices -> {poster.url}", file=sys.stderr)
     started = time.monotonic()

@@ -65,6 +65,19 @@ def add_gateway_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def gateway_poster(args: argparse.Namespace, **hooks: Any) -> TrackPoster:
+    """The poster the options of `add_gateway_options` ask for (`hooks`: TrackPoster's
+    sleep, on_retry, may_retry, on_long_wait)."""
+    base = check_gateway_url(args.gateway, allow_remote=args.allow_remote)
+    return TrackPoster(
+        base,
+        write_key=args.key,
+        max_retries=max(0, args.retries),
+        timeout_s=args.timeout,
+        **hooks,
+    )
+
+
 def register(sub: Subparsers, name: str) -> None:
     """Adds `send`."""
     parser = add_command(
@@ -129,7 +142,6 @@ def not_sent(count: int, *, first: int) -> str:
 
 async def run(args: argparse.Namespace) -> int:
     """Sends the file batch by batch; prints the summary; 1 when anything was not accepted."""
-    base = check_gateway_url(args.gateway, allow_remote=args.allow_remote)
     progress = Progress(enabled=True if args.progress else None)
 
     def say_wait(text: str) -> None:
@@ -137,13 +149,7 @@ async def run(args: argparse.Namespace) -> int:
         print(f"tpipe send: {text}", file=sys.stderr, flush=True)
 
     # Made before the file is read: a missing key is said at once, not after a long read.
-    poster = TrackPoster(
-        base,
-        write_key=args.key,
-        max_retries=max(0, args.retries),
-        timeout_s=args.timeout,
-        on_long_wait=say_wait,
-    )
+    poster = gateway_poster(args, on_long_wait=say_wait)
     data, source = _read(args.file)
     events: list[Any] = parse_events(data, source=source)
     tally = Tally()
