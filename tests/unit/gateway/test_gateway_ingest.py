@@ -309,14 +309,7 @@ async def test_proto_batches_get_content_ids_unless_keyed() -> None:
 )
 async def test_a_proto_sent_at_out_of_range_is_invalid(sent_at: Timestamp) -> None:
     broker = FakeBroker()
-    event = event_pb2.Event(
-        event_id="e-1",
-        session_id="s",
-        user_id="u",
-        event_name="n",
-        client_timestamp=Timestamp(seconds=1),
-    )
-    request = ingest_service_pb2.IngestEventsRequest(events=[event], sent_at=sent_at)
+    request = proto_request(sent_at=sent_at)
 
     with pytest.raises(InvalidRequest, match="sent_at is out of range"):
         await core(broker).ingest_proto(request, origin())

@@ -58,16 +58,22 @@ def request(events: int) -> ingest_service_pb2.IngestEventsRequest:
     )
 
 
-async def test_a_request_past_the_bytes_budget_is_resource_exhausted() -> None:
-    config = unit_config(GATEWAY_MAX_IN_FLIGHT_BYTES="4000")
+def _served(limiter: RateLimiter, **settings: str) -> tuple[Gateway, IngestServicer]:
+    """A gateway on fakes, and an IngestServicer on its core answering Retry-After 7."""
+    config = unit_config(**settings)
     gateway = Gateway(config, broker=FakeBroker(), query=FakeQuery())
     servicer = IngestServicer(
         core=gateway.core,
         keys=KeyStore.from_config(config),
         metrics=Metrics(),
         retry_after_s=7,
-        limiter=RateLimiter(rate=0, burst=1),
+        limiter=limiter,
     )
+    return gateway, servicer
+
+
+async def test_a_request_past_the_bytes_budget_is_resource_exhausted() -> None:
+    gateway, servicer = _served(RateLimiter(rate=0, burst=1), GATEWAY_MAX_IN_FLIGHT_BYTES="4000")
     call: Any = Context()
     big = request(10)
     assert 2000 < big.ByteSize() < 4000
@@ -85,15 +91,7 @@ async def test_a_request_past_the_bytes_budget_is_resource_exhausted() -> None:
 
 
 async def test_a_principal_past_its_rate_is_told_when_its_next_token_comes() -> None:
-    config = unit_config()
-    gateway = Gateway(config, broker=FakeBroker(), query=FakeQuery())
-    servicer = IngestServicer(
-        core=gateway.core,
-        keys=KeyStore.from_config(config),
-        metrics=Metrics(),
-        retry_after_s=7,
-        limiter=RateLimiter(rate=0.05, burst=1),  # a token each 20 s
-    )
+    _, servicer = _served(RateLimiter(rate=0.05, burst=1))  # a token each 20 s
     call: Any = Context()
     await servicer.IngestEvents(request(1), call)
 
