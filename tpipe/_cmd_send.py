@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from tpipe._args import Subparsers, add_command, env_default, positive_float, positive_int
-from tpipe._events_file import parse_events
+from tpipe._events_file import read_events
 from tpipe._progress import Progress
 from tpipe._track import (
     DEFAULT_GATEWAY_URL,
@@ -87,6 +89,7 @@ def register(sub: Subparsers, name: str) -> None:
         description="Posts events (a JSON array, one JSON event per line, one event object "
         'or an object {"sent_at": ..., "events": [...]}) to POST /v1/track '
         "in gzip batches, retrying 429/503 after Retry-After, and sums up the receipts. "
+        "NDJSON is read a line at a time (a pipe's batches go as its lines come). "
         "Exit code 1 when any event was rejected or any batch failed.",
         examples=EXAMPLES,
         run=run,
@@ -104,13 +107,18 @@ def register(sub: Subparsers, name: str) -> None:
     add_gateway_options(parser)
 
 
-def _read(path: str) -> tuple[bytes, str]:
+@contextlib.contextmanager
+def _opened(path: str) -> Iterator[tuple[IO[bytes], str]]:
+    """The input as a binary stream, and its name for messages."""
     if path == "-":
-        return sys.stdin.buffer.read(), "stdin"
+        yield sys.stdin.buffer, "stdin"
+        return
     try:
-        return Path(path).read_bytes(), path
+        stream = Path(path).open("rb")  # noqa: SIM115 (closed below, after the whole send)
     except OSError as err:
         raise UsageError(f"cannot read {path}: {err.strerror or err}") from None
+    with stream:
+        yield stream, path
 
 
 def summary(tally: Tally, *, url: str) -> list[str]:
@@ -132,10 +140,12 @@ def summary(tally: Tally, *, url: str) -> list[str]:
     return lines
 
 
-def not_sent(count: int, *, first: int) -> str:
-    """What a send stopped by an error left out, and how to finish it."""
+def not_sent(count: int | None, *, first: int) -> str:
+    """What a send stopped by an error left out (`count` None: a pipe not read to its end),
+    and how to finish it."""
+    what = f"{count} events" if count is not None else "the rest of the input"
     return (
-        f"tpipe send: not sent: {count} events, from event #{first} on; sending the file "
+        f"tpipe send: not sent: {what}, from event #{first} on; sending the same input "
         "again with the same --batch-size finishes it (batches the gateway has are duplicates)"
     )
 
@@ -150,33 +160,35 @@ async def run(args: argparse.Namespace) -> int:
 
     # Made before the file is read: a missing key is said at once, not after a long read.
     poster = gateway_poster(args, on_long_wait=say_wait)
-    data, source = _read(args.file)
-    events: list[Any] = parse_events(data, source=source)
-    tally = Tally()
-    failures: list[str] = []
-    try:
-        async with poster:
-            for offset in range(0, len(events), args.batch_size):
-                batch = events[offset : offset + args.batch_size]
-                try:
-                    receipt = await poster.post(batch)
-                except InvalidArgument as err:
-                    # This batch was refused as a whole (too large, ...); the others may pass.
-                    tally.fail(size=len(batch))
-                    failures.append(str(err))
-                else:
-                    tally.add(receipt, size=len(batch), offset=offset)
-                progress.update(
-                    f"sending: {tally.events}/{len(events)} events, "
-                    f"accepted {tally.accepted}, rejected {len(tally.rejections)}"
-                )
-    except (ClientError, asyncio.CancelledError, KeyboardInterrupt):
-        # Stopped by an error or by Ctrl-C (asyncio.run cancels this task on SIGINT).
-        progress.done()
-        if tally.batches:  # part of the file went: say what, and what did not
-            print("\n".join(summary(tally, url=poster.url)))
-            print(not_sent(len(events) - tally.events, first=tally.events), file=sys.stderr)
-        raise
+    with _opened(args.file) as (stream, source):
+        events = read_events(stream, source=source)
+        of_total = f"/{events.total}" if events.total is not None else ""
+        tally = Tally()
+        failures: list[str] = []
+        try:
+            async with poster:
+                for batch in events.batches(args.batch_size):
+                    try:
+                        receipt = await poster.post(batch)
+                    except InvalidArgument as err:
+                        # This batch was refused as a whole (too large, ...); the others may pass.
+                        tally.fail(size=len(batch))
+                        failures.append(str(err))
+                    else:
+                        tally.add(receipt, size=len(batch), offset=tally.events)
+                    progress.update(
+                        f"sending: {tally.events}{of_total} events, "
+                        f"accepted {tally.accepted}, rejected {len(tally.rejections)}"
+                    )
+        except (ClientError, UsageError, asyncio.CancelledError, KeyboardInterrupt):
+            # Stopped by an error, a broken line further down a pipe, or Ctrl-C (asyncio.run
+            # cancels this task on SIGINT).
+            progress.done()
+            if tally.batches:  # part of the input went: say what, and what did not
+                print("\n".join(summary(tally, url=poster.url)))
+                left = events.total - tally.events if events.total is not None else None
+                print(not_sent(left, first=tally.events), file=sys.stderr)
+            raise
     progress.done()
     print("\n".join(summary(tally, url=poster.url)))
     for failure in failures[:MAX_LISTED_REJECTIONS]:

@@ -1,16 +1,81 @@
 """Reading events to send: a JSON array, a {"sent_at", "events"} object, one event object,
-or NDJSON."""
+or NDJSON.
+
+A JSON document is read whole. NDJSON is read a line at a time, so a file or pipe of any size
+is sent with bounded memory: a regular file's lines are checked in a first pass (a broken line
+is then found before anything is sent, and the total is known for the progress line); a pipe's
+are sent as they come.
+"""
 
 from __future__ import annotations
 
 import codecs
-from typing import Any
+import itertools
+from collections.abc import Iterable, Iterator
+from typing import IO, Any
 
 import orjson
 
 from tpipe.errors import UsageError
 
 EXPECTED = "expected a JSON array or one event per line"
+
+
+class Events:
+    """The events of one input, in batches; `total` is None while a pipe is still being read."""
+
+    def __init__(self, total: int | None, values: Iterator[Any]) -> None:
+        self.total = total
+        self._values = values
+
+    def batches(self, size: int) -> Iterator[list[Any]]:
+        """Lists of up to `size` events, in input order."""
+        while batch := list(itertools.islice(self._values, size)):
+            yield batch
+
+
+def read_events(stream: IO[bytes], *, source: str) -> Events:
+    """The events of `stream` (see `parse_events` for the shapes). NDJSON is streamed; a JSON
+    document, one event object and anything whose shape the first two lines leave in doubt
+    are read whole."""
+    head: list[bytes] = []  # the lines read to decide, blank ones included
+    filled: list[bytes] = []
+    for line in _lines(stream):
+        head.append(line)
+        if line.strip():
+            filled.append(line)
+            if len(filled) == 2:
+                break
+    if len(filled) < 2 or not _an_object(filled[0]):
+        events = parse_events(b"".join(head) + stream.read(), source=source)
+        return Events(len(events), iter(events))
+    if stream.seekable():
+        stream.seek(0)
+        total = sum(1 for _ in _values(_lines(stream), source))  # every line checked first
+        stream.seek(0)
+        return Events(total, _values(_lines(stream), source))
+    return Events(None, _values(itertools.chain(head, stream), source))
+
+
+def _lines(stream: IO[bytes]) -> Iterator[bytes]:
+    """The stream's lines, the first without a UTF-8 byte order mark."""
+    first = stream.readline()
+    if first:
+        yield first.removeprefix(codecs.BOM_UTF8)
+        # Not `yield from`: closing this generator would then close the stream.
+        for line in stream:  # noqa: UP028
+            yield line
+
+
+def _values(lines: Iterable[bytes], source: str) -> Iterator[Any]:
+    """One JSON value per non-empty line; a line that does not parse is a UsageError."""
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            yield orjson.loads(raw)
+        except orjson.JSONDecodeError as err:
+            raise _not_json(source, number, err) from None
 
 
 def parse_events(data: bytes, *, source: str) -> list[Any]:
@@ -34,14 +99,7 @@ def parse_events(data: bytes, *, source: str) -> list[Any]:
         if not whole:
             raise UsageError(f"{source}: no events (an empty list)")
         return list(whole)
-    events: list[Any] = []
-    for number, raw in enumerate(data.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            events.append(orjson.loads(raw))
-        except orjson.JSONDecodeError as err:
-            raise _not_json(source, number, err) from None
+    events = list(_values(data.splitlines(), source))
     if not events:
         raise UsageError(f"{source}: no events")
     return events
