@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 
 from google.protobuf import timestamp_pb2
@@ -20,6 +21,8 @@ from enricher._device import MAX_DEVICE_OS_CHARS, parse_device_os
 from enricher._geo import GeoLookup, geo_of
 from enricher._message import DEFAULT_MAX_CHARS, event_message
 from enricher.errors import PoisonMessageError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_SKEW_S = 365 * 24 * 3600
 
@@ -219,8 +222,10 @@ def split_enriched(
     largest can enrich to more than it takes. Each delivery of a raw message stamps its own
     enriched_at (the same in every event of the batch), whose encoding is `slack` bytes below
     its largest: sizes are counted as if it took the largest, so every delivery splits at the
-    same events, into parts of the same names. Raises PoisonMessageError for an event too
-    large for a message of its own.
+    same events, into parts of the same names. An event too large for a message of its own
+    has its event_message cut to fit (the gateway takes events up to what one message holds
+    before enrichment, which adds up to four bytes a character of event_message); raises
+    PoisonMessageError for one that does not fit even without it.
     """
     # Each event counts its size with the largest enriched_at and 8 bytes for its key and
     # length: the same on every delivery. Its key and length take 2 to 7 bytes of `data`, so
@@ -237,17 +242,38 @@ def split_enriched(
     start, size = 0, base
     for index, (event, one) in enumerate(zip(items, sizes, strict=True)):
         if base + one > limit:
-            raise PoisonMessageError(
-                "too_large",
-                f"event {index} ({event.event.event_id!r}) enriched is {one} bytes,"
-                f" more than a message may hold ({limit})",
-            )
+            one = _cut_to_fit(event, one, limit - base, index=index)
         if size + one > limit:
             parts.append((start, index, _part(batch, start, index)))
             start, size = index, base
         size += one
     parts.append((start, len(items), _part(batch, start, len(items))))
     return parts
+
+
+def _cut_to_fit(event: event_pb2.EnrichedEvent, one: int, room: int, *, index: int) -> int:
+    """Cuts the event's event_message (at a character boundary) so that its counted size `one`
+    comes within `room`; returns the size after. PoisonMessageError when even an empty text
+    would not do."""
+    over = one - room
+    text = event.event_message.encode()
+    if over > len(text):
+        raise PoisonMessageError(
+            "too_large",
+            f"event {index} ({event.event.event_id!r}) enriched is {one} bytes, more than a"
+            f" message may hold ({room}) even without its event_message",
+        )
+    before = event.ByteSize()
+    event.event_message = text[: len(text) - over].decode(errors="ignore")
+    log.warning(
+        "event %r enriched was %d bytes, more than a message holds (%d): its event_message "
+        "is cut to %d characters",
+        event.event.event_id,
+        one,
+        room,
+        len(event.event_message),
+    )
+    return one - (before - event.ByteSize())
 
 
 def _part(batch: event_pb2.EnrichedBatch, start: int, end: int) -> bytes:

@@ -513,6 +513,40 @@ async def test_a_redelivery_with_another_clock_splits_alike_and_stores_each_even
     assert all(len(data) <= limit for _, data, _ in sink.published)
 
 
+async def test_an_event_too_large_only_for_its_event_message_has_that_text_cut(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Its raw size fits a message; enriched, its event_message (the metadata again, 3 bytes
+    # a character) does not. The other events of the batch must not be lost with it.
+    raw = event_pb2.RawBatch()
+    raw.context.app_id = "shop"
+    big = raw.events.add(event_id="e-big", event_name="open", device_os="iOS 17.2")
+    big.metadata["text"] = "語" * 1000
+    raw.events.add(event_id="e-small", event_name="open", device_os="iOS 17.2")
+    sink, limit = FakeSink(), 4000
+
+    handler = _handler(sink, max_message_bytes=limit)
+    await handler.handle([FakeDelivery(raw.SerializeToString())])
+    first_ids = [h[subjects.MSG_ID_HEADER] for _, _, h in sink.published]
+    await handler.handle([FakeDelivery(raw.SerializeToString(), deliveries=2)])
+
+    assert sink.dead == []
+    assert all(len(data) <= limit for _, data, _ in sink.published)
+    events = [
+        e
+        for _, data, _ in sink.published[: len(first_ids)]
+        for e in event_pb2.EnrichedBatch.FromString(data).events
+    ]
+    assert [e.event.event_id for e in events] == ["e-big", "e-small"]
+    text = events[0].event_message
+    assert text.startswith("open text 語")
+    assert len(text) < len("open text ") + 1000
+    assert events[0].event.metadata["text"] == "語" * 1000  # the event itself is whole
+    # A redelivery cuts alike: the same part names, dropped as duplicates.
+    assert [h[subjects.MSG_ID_HEADER] for _, _, h in sink.published[len(first_ids) :]] == first_ids
+    assert "its event_message is cut to" in caplog.text
+
+
 async def test_an_event_too_large_for_any_message_goes_to_the_dlq() -> None:
     sink = FakeSink()
     delivery = FakeDelivery(_big(3))
