@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import email.header
 import json
 import os
 import sys
@@ -303,12 +304,22 @@ async def entries(
     return found
 
 
+def header_text(value: object) -> str:
+    """A header value as its text. nats-py's stream reads hand a value with non-ASCII bytes
+    (an OpenSearch reason quoting a field's value, an app id) over as an email.header.Header,
+    whose str() makes each such byte a replacement character: its bytes are read as UTF-8."""
+    if not isinstance(value, email.header.Header):
+        return str(value)
+    return "".join(
+        part.decode("utf-8", "replace") if isinstance(part, bytes) else part
+        for part, _ in email.header.decode_header(value)
+    )
+
+
 def _entry(
     seq: int, subject: str, raw_headers: Mapping[str, object], data: bytes | None, stamp: object
 ) -> Entry:
-    # nats-py's stream reads hand a header with non-ASCII text (an OpenSearch reason quoting
-    # a field's value) over as an email.header.Header: every value is made a str here.
-    headers = {str(key): str(value) for key, value in raw_headers.items()}
+    headers = {str(key): header_text(value) for key, value in raw_headers.items()}
     try:
         deliveries = int(headers.get(subjects.DLQ_DELIVERIES_HEADER, "0"))
     except ValueError:

@@ -14,7 +14,9 @@ import nats
 import orjson
 import pytest
 
-from pipeline import subjects
+from pipeline import natsconn, subjects
+from pipeline.config import load
+from pipeline.settings import NatsSettings
 from tests.faults.conftest import PipelineFactory
 from tests.faults.harness import document_counts, make_batch, settle
 from tests.procs import APP_ID, WRITE_KEY
@@ -145,3 +147,30 @@ def test_fault_dlq_list_and_replay_after_fix(
     assert {k: v for k, v in document_counts(opensearch_url, prefix).items() if k in ids} == {
         event_id: 1 for event_id in ids
     }
+
+
+def test_fault_dlq_list_reads_non_ascii_reasons_as_they_were_written(
+    nats_server: NatsProcess,
+) -> None:
+    # nats-py hands such a header over as an email Header, whose str() garbles it.
+    reason = "mapper_parsing_exception: failed to parse field [city] value 'São Paulo 東京'"
+
+    async def write() -> None:
+        nc = await nats.connect(nats_server.url)
+        try:
+            js = nc.jetstream()
+            await natsconn.ensure_streams(js, load(NatsSettings, {}))
+            await js.publish(
+                subjects.dlq_subject("indexer"),
+                b"event",
+                headers={subjects.DLQ_STAGE_HEADER: "indexer", subjects.DLQ_REASON_HEADER: reason},
+                timeout=5,
+            )
+        finally:
+            await nc.close()
+
+    asyncio.run(write())
+    [entry] = dead_letters(nats_server.url)
+
+    assert entry.reason == reason
+    assert entry.headers[subjects.DLQ_REASON_HEADER] == reason  # and so sent back on a replay
