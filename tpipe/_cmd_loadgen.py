@@ -181,7 +181,7 @@ class Device:
         stats = self._stats
         stats.batches += 1
         try:
-            receipt = await self._poster.post(batch, sent_at=rfc3339_now())
+            receipt = await self._poster.post(batch, sent_at=rfc3339_now)
         except (Unauthenticated, PermissionDenied) as err:
             stats.failed += len(batch)
             self._stop.set()  # every device would fail the same way

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import ipaddress
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -241,21 +242,33 @@ class TrackPoster:
         return self._session
 
     async def post(
-        self, events: Sequence[Mapping[str, Any]], *, sent_at: str | None = None
+        self, events: Sequence[Mapping[str, Any]], *, sent_at: Callable[[], str] | None = None
     ) -> Receipt:
         """Posts one batch (gzip); retries 429/503 and failed or garbled exchanges; returns the
-        receipt."""
-        payload: Any = list(events) if sent_at is None else {"sent_at": sent_at, "events": events}
-        body = gzip.compress(orjson.dumps(payload), compresslevel=5)
+        receipt.
+
+        Without `sent_at` the body is the events alone, the same on every attempt and every
+        run: the gateway knows a retry by its content. With it, each attempt's body carries
+        `sent_at()` read just before it goes (the gateway measures the device clock's skew
+        against it, so a stale one would read a retry's wait as skew), and one
+        Idempotency-Key for all the attempts tells the gateway they are one batch.
+        """
         headers = {
             "Authorization": f"Bearer {self._key}",
             "Content-Type": "application/json",
             "Content-Encoding": "gzip",
             "User-Agent": USER_AGENT,
         }
+        if sent_at is None:
+            body = gzip.compress(orjson.dumps(list(events)), compresslevel=5)
+        else:
+            headers["Idempotency-Key"] = str(uuid.uuid4())
         retries = 0
         while True:
             wait_floor: float | None = None
+            if sent_at is not None:
+                payload = {"sent_at": sent_at(), "events": events}
+                body = gzip.compress(orjson.dumps(payload), compresslevel=5)
             try:
                 async with self._client().post(self.url, data=body, headers=headers) as resp:
                     raw = await resp.read()
@@ -270,8 +283,8 @@ class TrackPoster:
                     wait_floor = retry_after_s(resp.headers.get("Retry-After"))
             except (aiohttp.ClientError, TimeoutError) as err:
                 # Refused or dropped connections, replies cut short or not HTTP at all: the
-                # batch may or may not be stored, and sending the same body again is harmless
-                # (the gateway recognises a retry by its content).
+                # batch may or may not be stored, and sending it again is harmless (the
+                # gateway recognises a retry by its content or its Idempotency-Key).
                 if isinstance(err, TimeoutError):
                     failure = Unavailable(f"{self.url}: timed out after {self._timeout_s:g} s")
                 else:

@@ -83,7 +83,7 @@ async def test_posts_gzip_with_the_key_and_reads_the_receipt(gateway: tuple[Gate
     fake, url = gateway
     events = [{"event_id": "a", "metadata": {"k": "v" * 500}}, {"event_id": "b"}]
     async with poster(url, Sleeps()) as send:
-        receipt = await send.post(events, sent_at="2026-01-01T00:00:00Z")
+        receipt = await send.post(events, sent_at=lambda: "2026-01-01T00:00:00Z")
 
     assert receipt == Receipt(
         accepted=1,
@@ -109,6 +109,39 @@ async def test_429_and_503_are_retried_no_sooner_than_retry_after(
     assert receipt.retries == 2
     assert sleeps.delays == [2.0, 0.2]
     assert len(fake.bodies) == 3
+
+
+async def test_each_attempt_carries_its_own_sent_at_under_one_idempotency_key(
+    gateway: tuple[Gateway, str],
+) -> None:
+    fake, url = gateway
+    fake.answers = [(503, {"Retry-After": "1"})] * 2
+    clock = iter(["2026-01-01T00:00:00Z", "2026-01-01T00:00:01Z", "2026-01-01T00:00:03Z"])
+    async with poster(url, Sleeps()) as send:
+        await send.post([{"event_id": "a"}], sent_at=lambda: next(clock))
+        await send.post([{"event_id": "b"}], sent_at=lambda: "2026-01-01T00:01:00Z")
+
+    assert [body["sent_at"] for body in fake.bodies] == [
+        "2026-01-01T00:00:00Z",
+        "2026-01-01T00:00:01Z",
+        "2026-01-01T00:00:03Z",
+        "2026-01-01T00:01:00Z",
+    ]
+    keys = [headers["Idempotency-Key"] for headers in fake.headers]
+    assert keys[0] == keys[1] == keys[2] != keys[3]
+
+
+async def test_without_sent_at_every_attempt_is_the_same_body_without_a_key(
+    gateway: tuple[Gateway, str],
+) -> None:
+    # The gateway knows a retry, and a file sent again, by its content.
+    fake, url = gateway
+    fake.answers = [(503, {"Retry-After": "1"})]
+    async with poster(url, Sleeps()) as send:
+        await send.post([{"event_id": "a"}])
+
+    assert fake.bodies == [[{"event_id": "a"}]] * 2
+    assert all("Idempotency-Key" not in headers for headers in fake.headers)
 
 
 async def test_overload_that_lasts_raises_after_the_retries(gateway: tuple[Gateway, str]) -> None:
