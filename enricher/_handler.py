@@ -136,12 +136,13 @@ class Handler:
         metrics: Metrics,
         clock_ns: Callable[[], int] = time.time_ns,
         tracer: tracing.Tracing | None = None,
-        max_message_bytes: int = 0,
+        max_message_bytes: int | Callable[[], int] = 0,
         max_events: int = 0,
         retry_log: logs.Throttle | None = None,
         touch_every_s: float = DEFAULT_TOUCH_EVERY_S,
     ) -> None:
-        """`max_message_bytes` (0: no limit) is the most an enriched message may hold;
+        """`max_message_bytes` (0: no limit; a function: read for each message, the server's
+        limit being able to change on a reconnect) is the most an enriched message may hold;
         a larger enriched batch is published as several; a raw message of more than
         `max_events` events (0: no limit) goes to the DLQ. `retry_log` paces the warnings
         about retried messages (default: one per RETRY_LOG_INTERVAL_S). A message waiting
@@ -154,7 +155,9 @@ class Handler:
         self._retry = retry
         self._metrics = metrics
         self._clock_ns = clock_ns
-        self._max_message_bytes = max_message_bytes
+        self._max_message_bytes = (
+            max_message_bytes if callable(max_message_bytes) else lambda: max_message_bytes
+        )
         self._max_events = max_events
         self._retry_log = retry_log or logs.Throttle(RETRY_LOG_INTERVAL_S)
         self._touch_every_s = touch_every_s
@@ -243,7 +246,7 @@ class Handler:
                 stream_seq=delivery.stream_seq,
                 raw_msg_id=headers.get(subjects.MSG_ID_HEADER, ""),
             )
-            limit = self._max_message_bytes
+            limit = self._max_message_bytes()
             split = (
                 split_enriched(data, limit, events=len(raw.events), slack=enriched_at_slack(now_ns))
                 if limit

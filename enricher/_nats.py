@@ -22,7 +22,7 @@ from nats.js.errors import Error as JsError
 
 from enricher._handler import Delivery, Handler
 from enricher._raw import dead_letter_id
-from enricher.errors import BrokerError, DeadLetterRefusedError
+from enricher.errors import BrokerError, DeadLetterRefusedError, PublishRefusedError
 from pipeline import natsconn, subjects
 from pipeline.settings import NatsSettings
 
@@ -68,6 +68,8 @@ class JsSink:
                 stream=subjects.ENRICHED_STREAM,
                 headers=dict(headers),
             )
+        except (nats.errors.MaxPayloadError, BadRequestError) as err:
+            raise PublishRefusedError(f"publish to {subject} refused: {err!r}") from err
         except _NATS_ERRORS as err:
             raise BrokerError(f"publish to {subject}: {err!r}") from err
         return bool(ack.duplicate)

@@ -141,7 +141,7 @@ class Enricher:
         """Connects, binds the consumer and runs the fetch loops until they are stopped."""
         config = self._config
         assert self._geo is not None
-        self._broker = await self._open_broker()
+        self._broker = broker = await self._open_broker()
         handler = Handler(
             sink=self._broker.sink(timeout_s=config.publish_timeout_s),
             geo=self._geo,
@@ -149,7 +149,7 @@ class Enricher:
             retry=self._retry,
             metrics=self.metrics,
             tracer=self.tracing,
-            max_message_bytes=self._broker.max_payload - PAYLOAD_HEADROOM_BYTES,
+            max_message_bytes=lambda: broker.max_payload - PAYLOAD_HEADROOM_BYTES,
             max_events=config.max_events_per_message,
             touch_every_s=config.ack_wait_s / 3,
         )

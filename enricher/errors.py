@@ -31,6 +31,12 @@ class BrokerError(EnricherError):
     """NATS did not confirm a publish in time, or is unreachable (worth retrying)."""
 
 
+class PublishRefusedError(EnricherError):
+    """NATS refused an enriched publish for good (larger than the server now takes, or a
+    JetStream 400): not retried in place; the message is given back to be enriched again
+    (split to the server's limit of then) and dead-lettered past its deliveries."""
+
+
 class DeadLetterRefusedError(EnricherError):
     """NATS refused a dead letter for good (too large, or a JetStream error that trying
     again will not change): the message cannot be stored anywhere."""

@@ -19,6 +19,7 @@ from enricher._handler import Handler
 from enricher._metrics import Metrics
 from enricher._nats import Broker, ConsumerSettings, JsSink, bind_consumer, consumer_pending
 from enricher._policy import RetryPolicy
+from enricher.errors import PublishRefusedError
 from pipeline import subjects
 from pipeline.natsconn import JetStreamDelivery
 from tests.integration.enricher.helpers import (
@@ -537,3 +538,15 @@ async def test_a_deleted_consumer_is_created_again_and_consumption_goes_on(
     info = await settle(js)
     assert (info.num_pending, info.num_ack_pending) == (0, 0)
     assert await enricher.ready() == (True, "ok")
+
+
+async def test_an_enriched_publish_the_server_refuses_for_good_is_not_a_broker_error(
+    js: JetStreamContext,
+) -> None:
+    # A BrokerError is tried again in place for as long as it lasts; a message larger than
+    # the server takes would hold its fetch loop for ever.
+    sink = JsSink(js, timeout_s=5.0, max_payload=lambda: 1_048_576)
+    too_large = b"x" * (2 * 1_048_576)  # the server's max_payload is NATS's default, 1 MiB
+
+    with pytest.raises(PublishRefusedError, match="refused"):
+        await sink.publish(subjects.enriched_subject("shop"), too_large, headers={})

@@ -15,7 +15,7 @@ from enricher._geo import GeoLookup, OfflineGeo
 from enricher._handler import Delivery, Handler
 from enricher._metrics import Metrics
 from enricher._policy import RetryPolicy
-from enricher.errors import BrokerError, DeadLetterRefusedError
+from enricher.errors import BrokerError, DeadLetterRefusedError, PublishRefusedError
 from pipeline import logs, subjects
 
 S = 1_000_000_000
@@ -98,7 +98,7 @@ def _handler(
     sink: FakeSink,
     metrics: Metrics | None = None,
     *,
-    max_message_bytes: int = 0,
+    max_message_bytes: int | Callable[[], int] = 0,
     max_events: int = 0,
     geo: GeoLookup | None = None,
     clock_ns: Callable[[], int] = lambda: 1_700_000_001 * S,
@@ -446,6 +446,34 @@ async def test_an_enriched_batch_past_the_limit_is_published_in_parts_then_acked
     assert [h[subjects.MSG_ID_HEADER] for _, _, h in sink.published] == [
         f"enr:7:raw-1:{r}" for r in ranges
     ]
+
+
+async def test_a_publish_refused_for_its_size_is_given_back_and_split_to_the_new_limit() -> None:
+    # The server's max_payload fell (a reconnect to another node): the publish prepared for
+    # the old one is refused for good, so it is not tried again in place; the redelivery
+    # reads the limit again and splits to it.
+    class Shrunk(FakeSink):
+        async def publish(self, subject: str, data: bytes, *, headers: Mapping[str, str]) -> bool:
+            if len(data) > 4000:
+                raise PublishRefusedError("maximum payload exceeded")
+            return await super().publish(subject, data, headers=headers)
+
+    sink, limits = Shrunk(), iter([1_000_000, 4000])
+    handler = _handler(sink, max_message_bytes=lambda: next(limits))
+    first = FakeDelivery(_big(40))
+    await asyncio.wait_for(handler.handle([first]), 5.0)
+    again = FakeDelivery(_big(40), deliveries=2)
+    await handler.handle([again])
+
+    assert first.log[0].startswith("nak")
+    assert again.log == ["ack"]
+    assert len(sink.published) > 1
+    stored = [
+        e.event.event_id
+        for _, data, _ in sink.published
+        for e in event_pb2.EnrichedBatch.FromString(data).events
+    ]
+    assert stored == [f"e{i:03d}" for i in range(40)]
 
 
 async def test_a_redelivered_split_batch_is_all_duplicates() -> None:
