@@ -245,6 +245,7 @@ class Handler:
             msg_id = enriched_msg_id(
                 stream_seq=delivery.stream_seq,
                 raw_msg_id=headers.get(subjects.MSG_ID_HEADER, ""),
+                data=delivery.data,
             )
             limit = self._max_message_bytes()
             split = (

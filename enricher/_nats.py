@@ -89,6 +89,7 @@ class JsSink:
                 msg_id=dead_letter_id(
                     stream_seq=delivery.stream_seq,
                     raw_msg_id=delivery.headers.get(subjects.MSG_ID_HEADER, ""),
+                    data=delivery.data,
                 ),
                 source_seq=delivery.stream_seq,
                 max_payload=self._max_payload(),

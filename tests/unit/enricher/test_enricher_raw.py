@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from telemetry.v1 import event_pb2
 
@@ -69,18 +71,28 @@ def test_invalid_app_id_is_refused() -> None:
 
 
 def test_msg_id_depends_on_the_raw_message_only() -> None:
-    assert enriched_msg_id(stream_seq=42, raw_msg_id="") == "enr:42"
-    assert enriched_msg_id(stream_seq=42, raw_msg_id="b-1") == "enr:42:b-1"
-    assert enriched_msg_id(stream_seq=42, raw_msg_id="b-1") != enriched_msg_id(
-        stream_seq=43, raw_msg_id="b-1"
+    assert enriched_msg_id(stream_seq=42, raw_msg_id="b-1", data=b"x") == "enr:42:b-1"
+    assert enriched_msg_id(stream_seq=42, raw_msg_id="b-1", data=b"x") != enriched_msg_id(
+        stream_seq=43, raw_msg_id="b-1", data=b"x"
+    )
+
+
+@pytest.mark.parametrize("name", [enriched_msg_id, dead_letter_id])
+def test_a_message_without_an_id_is_named_by_its_bytes(name: Callable[..., str]) -> None:
+    # A raw stream made anew numbers its messages from 1 again: within the duplicate
+    # window, a name by sequence alone would drop another message's batch as a duplicate.
+    assert name(stream_seq=42, raw_msg_id="", data=b"first") == name(
+        stream_seq=42, raw_msg_id="", data=b"first"
+    )
+    assert name(stream_seq=42, raw_msg_id="", data=b"first") != name(
+        stream_seq=42, raw_msg_id="", data=b"second"
     )
 
 
 def test_dead_letter_id_names_the_raw_message_id_and_hashes_a_long_one() -> None:
-    assert dead_letter_id(stream_seq=42, raw_msg_id="") == "42"
-    assert dead_letter_id(stream_seq=42, raw_msg_id="b-1") == "42:b-1"
+    assert dead_letter_id(stream_seq=42, raw_msg_id="b-1", data=b"x") == "42:b-1"
     long_a, long_b = "a" * 129 + "1", "a" * 129 + "2"
-    assert dead_letter_id(stream_seq=42, raw_msg_id=long_a) != dead_letter_id(
-        stream_seq=42, raw_msg_id=long_b
+    assert dead_letter_id(stream_seq=42, raw_msg_id=long_a, data=b"x") != dead_letter_id(
+        stream_seq=42, raw_msg_id=long_b, data=b"x"
     )
-    assert len(dead_letter_id(stream_seq=42, raw_msg_id=long_a)) < 80
+    assert len(dead_letter_id(stream_seq=42, raw_msg_id=long_a, data=b"x")) < 80
