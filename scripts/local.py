@@ -7,11 +7,15 @@
     python scripts/local.py exec [OPTIONS] -- CMD...
                                              start what is missing, run CMD with NATS_URL and
                                              OPENSEARCH_URL set, then stop only what it started
-    OPTIONS: --profile dev|test (default dev), --only NAMES (e.g. nats,opensearch)
+    OPTIONS: --profile dev|test (default dev), --only NAMES (e.g. nats,opensearch),
+             --port-offset N (default $PORT_OFFSET or 0: every port of the profile plus N)
 
 Everything lives under `.local/`: downloads in `cache/`, and per profile `<profile>/run/*.pid`,
 `<profile>/logs/<name>.log` (each process's output) and `<profile>/{nats,opensearch}/` (data).
-The `dev` and `test` profiles use different ports and folders, so both can run at once.
+The `dev` and `test` profiles use different ports and folders, so both can run at once; a second
+checkout (a git worktree) runs beside the first with a port offset. In one checkout, one `exec`
+at a time uses a profile's servers: a second one waits, rather than have the first stop them
+under it.
 
 Standard library only: this runs before (and without) the project's dependencies. Linux only
 (process checks read /proc).
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import fcntl
 import io
 import json
@@ -145,6 +150,27 @@ def loopback_no_proxy(environ: Mapping[str, str]) -> dict[str, str]:
     names = list(dict.fromkeys([*listed, HOST, "localhost", "::1"]))
     value = ",".join(names)
     return {"NO_PROXY": value, "no_proxy": value}
+
+
+MAX_PORT_OFFSET = 30000
+
+
+def offset_profile(profile: Profile, offset: int) -> Profile:
+    """`profile` with every port moved up by `offset`."""
+    if not 0 <= offset <= MAX_PORT_OFFSET:
+        raise InfraError(f"the port offset must be 0 to {MAX_PORT_OFFSET}, not {offset}")
+    if offset == 0:
+        return profile
+    return dataclasses.replace(
+        profile,
+        nats_port=profile.nats_port + offset,
+        nats_monitor_port=profile.nats_monitor_port + offset,
+        opensearch_port=profile.opensearch_port + offset,
+        opensearch_transport_port=profile.opensearch_transport_port + offset,
+        gateway_ports=(profile.gateway_ports[0] + offset, profile.gateway_ports[1] + offset),
+        enricher_ports=(profile.enricher_ports[0] + offset, profile.enricher_ports[1] + offset),
+        indexer_ports=(profile.indexer_ports[0] + offset, profile.indexer_ports[1] + offset),
+    )
 
 
 PROFILES = {
@@ -773,7 +799,7 @@ def check_ports_free(proc: ManagedProcess) -> None:
         if port_in_use(port):
             raise InfraError(
                 f"port {port} already in use by {port_owner(port)} (not ours): {proc.title} "
-                "needs it; stop that process or use another profile"
+                "needs it; stop that process, or move this profile's ports with PORT_OFFSET=N"
             )
 
 
@@ -1046,6 +1072,18 @@ def cmd_exec(profile: Profile, procs: list[ManagedProcess], command: list[str]) 
     # SIGTERM (a CI timeout) is handled like Ctrl-C: the command cleans up, the servers stop.
     signal.signal(signal.SIGTERM, _raise_terminated)
     sys.stdout = _OutputOrNothing(sys.stdout)
+    with exec_lock(profile) if procs else contextlib.nullcontext():
+        return _exec(profile, procs, command)
+
+
+def exec_lock(profile: Profile) -> contextlib.AbstractContextManager[None]:
+    """One `exec` at a time on a profile's servers in one checkout: a second one would find
+    them running, use them, and have them stopped under it when the first ends."""
+    what = f"running its command on profile {profile.name}"
+    return exclusive(profile.run_dir / "exec.lock", what)
+
+
+def _exec(profile: Profile, procs: list[ManagedProcess], command: list[str]) -> int:
     started: list[ManagedProcess] = []
     try:
         with profile_lock(profile):
@@ -1171,6 +1209,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--profile", choices=sorted(PROFILES), default="dev")
     common.add_argument("--only", metavar="NAMES", help="comma-separated, e.g. nats,opensearch")
+    common.add_argument(
+        "--port-offset",
+        metavar="N",
+        type=int,
+        default=None,
+        help="add N to every port of the profile (default: $PORT_OFFSET, else 0)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("install", help="fetch/build nats-server and OpenSearch if missing")
     for name, text in [
@@ -1185,12 +1230,23 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def port_offset(given: int | None, environ: Mapping[str, str] = os.environ) -> int:
+    """--port-offset, else $PORT_OFFSET, else 0."""
+    if given is not None:
+        return given
+    text = environ.get("PORT_OFFSET", "").strip()
+    try:
+        return int(text or "0")
+    except ValueError:
+        raise InfraError(f"PORT_OFFSET must be a whole number, not {text!r}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         if args.command == "install":
             return cmd_install()
-        profile = PROFILES[args.profile]
+        profile = offset_profile(PROFILES[args.profile], port_offset(args.port_offset))
         procs = select(profile, args.only)
         if args.command == "up":
             return cmd_up(procs)

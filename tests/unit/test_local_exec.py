@@ -10,6 +10,7 @@ import io
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import ModuleType
@@ -42,9 +43,10 @@ class ClosedPipe(io.StringIO):
 
 @pytest.mark.parametrize("allowed", [0, 1, 3])
 def test_exec_stops_what_it_started_when_stdout_is_gone(
-    monkeypatch: pytest.MonkeyPatch, allowed: int
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, allowed: int
 ) -> None:
     local = _load_local()
+    monkeypatch.setattr(local, "LOCAL", tmp_path)  # its locks, not those of a `make test`
     profile = local.PROFILES["test"]
     procs = [object(), object()]
     stopped: list[object] = []
@@ -69,6 +71,57 @@ def test_exec_stops_what_it_started_when_stdout_is_gone(
 
     assert code == 3
     assert stopped == list(reversed(procs))
+
+
+def test_a_second_exec_waits_for_the_first_instead_of_sharing_its_servers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The first would stop the servers it started under the second's command.
+    local = _load_local()
+    monkeypatch.setattr(local, "LOCAL", tmp_path)
+    profile = local.PROFILES["test"]
+    started = threading.Event()
+    monkeypatch.setattr(local, "start_all", lambda wanted, into: started.set())
+    monkeypatch.setattr(local, "running_pid", lambda proc: None)
+    monkeypatch.setattr(local.subprocess, "Popen", lambda *a, **k: object())
+    monkeypatch.setattr(local, "wait_command", lambda child: 0)
+    monkeypatch.setattr(local.signal, "signal", lambda *a: None)
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    second = threading.Thread(target=local.cmd_exec, args=(profile, [object()], ["pytest"]))
+
+    with local.exec_lock(profile):  # the first exec, running its command
+        second.start()
+        deadline = time.monotonic() + 30
+        while "to finish running its command on profile test" not in out.getvalue():
+            assert time.monotonic() < deadline, "the second exec did not wait"
+            time.sleep(0.01)
+        assert not started.is_set()
+    second.join(timeout=30)
+
+    assert started.is_set()
+
+
+def test_a_port_offset_moves_every_port_of_a_profile() -> None:
+    local = _load_local()
+    test = local.PROFILES["test"]
+    moved = local.offset_profile(test, 100)
+
+    assert moved.client_env() == {
+        "NATS_URL": "nats://127.0.0.1:14322",
+        "OPENSEARCH_URL": "http://127.0.0.1:19300",
+    }
+    assert [proc.ports for proc in local.managed_processes(moved)] == [
+        tuple(port + 100 for port in proc.ports) for proc in local.managed_processes(test)
+    ]
+    assert moved.root == test.root  # the same servers' data, on other ports
+    assert local.port_offset(None, {"PORT_OFFSET": "250"}) == 250
+    assert local.port_offset(7, {"PORT_OFFSET": "250"}) == 7
+    assert local.port_offset(None, {}) == 0
+    with pytest.raises(local.InfraError, match="PORT_OFFSET must be a whole number"):
+        local.port_offset(None, {"PORT_OFFSET": "ten"})
+    with pytest.raises(local.InfraError, match="0 to 30000"):
+        local.offset_profile(test, 40000)
 
 
 # A command that cleans up for a while when interrupted, as pytest's teardown does.
