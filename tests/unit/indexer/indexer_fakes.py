@@ -68,6 +68,23 @@ class FakeStore:
             self.in_flight -= 1
 
 
+class ShortAnswerPort:
+    """A `_bulk` whose first answer lists one item fewer than were sent and stores nothing;
+    the store answers every request after it."""
+
+    def __init__(self) -> None:
+        self.store = FakeStore()
+        self.sizes: list[int] = []
+
+    async def bulk(self, body: bytes) -> Sequence[ItemResult]:
+        sent = len(parse_bulk(body))
+        self.sizes.append(sent)
+        if len(self.sizes) == 1:
+            await asyncio.sleep(0)
+            return [ItemResult(201)] * (sent - 1)
+        return await self.store.bulk(body)
+
+
 @dataclass
 class FakeDelivery:
     data: bytes

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
-from indexer_fakes import FakeStore, parse_bulk
+from indexer_fakes import FakeStore, ShortAnswerPort, parse_bulk
 
 from indexer.bulk import BulkItem, BulkPort, BulkWriter, ItemResult, render
 from indexer.errors import SearchRequestError, SearchUnavailableError
@@ -58,7 +58,7 @@ def refuse_first(refusals: dict[str, int], status: int) -> Callable[[dict[str, A
     return item_status
 
 
-def writer(store: BulkPort, **options: float) -> BulkWriter:
+def writer(store: BulkPort, *, metrics: Metrics | None = None, **options: float) -> BulkWriter:
     settings: dict[str, float] = {
         "max_docs": 10,
         "max_bytes": 1_000_000,
@@ -76,6 +76,7 @@ def writer(store: BulkPort, **options: float) -> BulkWriter:
         concurrency=int(settings["concurrency"]),
         retry_base_s=settings["retry_base_s"],
         retry_max_s=settings["retry_max_s"],
+        metrics=metrics,
     )
 
 
@@ -215,6 +216,21 @@ async def test_a_429_item_among_successes_is_retried_until_written() -> None:
     assert rec.outcomes == {"a": Outcome.CREATED, "x": Outcome.CREATED, "b": Outcome.CREATED}
 
 
+async def test_an_answer_with_too_few_items_sends_the_whole_request_again() -> None:
+    # Which item the answer left out is unknown: every one must go again, or a document
+    # would never be told its outcome and its message would never be settled.
+    port, rec = ShortAnswerPort(), Recorder()
+    metrics = Metrics()
+    bulk = writer(port, metrics=metrics, flush_interval_s=3600)
+    for n in range(5):
+        await bulk.add(rec.item(f"e{n}"))
+    await bulk.drain()
+    assert rec.outcomes == {f"e{n}": Outcome.CREATED for n in range(5)}
+    assert port.sizes == [5, 5]  # the whole request, sent again once
+    assert len(port.store.docs) == 5
+    assert metrics.registry.get_sample_value("indexer_bulk_retries_total") == 5.0
+
+
 async def test_an_outage_holds_intake_and_recovers_without_loss() -> None:
     store, rec = FakeStore(), Recorder()
     store.down = True
@@ -283,16 +299,7 @@ async def test_a_refusal_after_an_outage_resumes_intake() -> None:
         SearchUnavailableError("opensearch answered 503"), SearchRequestError(413, "too large")
     )
     rec = Recorder()
-    bulk = BulkWriter(
-        port,
-        max_docs=10,
-        max_bytes=1_000_000,
-        flush_interval_s=60,
-        concurrency=2,
-        retry_base_s=0.001,
-        retry_max_s=0.01,
-        metrics=metrics,
-    )
+    bulk = writer(port, metrics=metrics, flush_interval_s=60)
     await bulk.add(rec.item("big"))
     await bulk.flush()
     while port.errors[1:]:  # noqa: ASYNC110 - until the 503 is answered

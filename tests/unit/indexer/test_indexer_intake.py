@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from indexer_fakes import FakeDeadLetters, FakeDelivery, FakeStore
+from indexer_fakes import FakeDeadLetters, FakeDelivery, FakeStore, ShortAnswerPort
 from telemetry.v1 import event_pb2
 
-from indexer.bulk import BulkWriter
+from indexer.bulk import BulkPort, BulkWriter
 from indexer.intake import Intake
 
 
@@ -27,11 +27,13 @@ def _batch(*events: event_pb2.EnrichedEvent) -> bytes:
     return event_pb2.EnrichedBatch(events=events).SerializeToString()
 
 
-def _setup(store: FakeStore | None = None) -> tuple[FakeStore, FakeDeadLetters, BulkWriter, Intake]:
+def _setup(
+    store: FakeStore | None = None, *, port: BulkPort | None = None
+) -> tuple[FakeStore, FakeDeadLetters, BulkWriter, Intake]:
     store = store or FakeStore()
     dead = FakeDeadLetters()
     writer = BulkWriter(
-        store,
+        port or store,
         max_docs=100,
         max_bytes=1_000_000,
         flush_interval_s=60,
@@ -276,6 +278,19 @@ async def test_a_message_is_settled_only_when_its_retried_events_are_written() -
     assert delivery.settled == ["ack"]
     assert attempts["slow"] == 2
     assert _counted(intake)["created"] == 3.0
+
+
+async def test_a_message_whose_request_was_answered_short_is_acked_once_all_are_written() -> None:
+    port = ShortAnswerPort()
+    _, dead, writer, intake = _setup(port.store, port=port)
+    delivery = FakeDelivery(_batch(_event("a"), _event("b"), _event("c")))
+    await intake.handle(delivery)
+    await writer.drain()
+    assert port.sizes == [3, 3]
+    assert delivery.settled == ["ack"]
+    assert dead.letters == []
+    assert set(port.store.docs) == {("t-2026-05-01", e) for e in "abc"}
+    assert _counted(intake) == {"created": 3.0, "duplicate": 0.0, "rejected": 0.0}
 
 
 async def test_dead_letters_stop_at_the_first_that_fails() -> None:
