@@ -125,6 +125,16 @@ async def test_too_many_deliveries_is_dead_lettered_and_terminated() -> None:
     assert store.docs == {}
 
 
+async def test_a_delivery_at_exactly_the_limit_is_still_processed() -> None:
+    store, dead, writer, intake = _setup()  # max_deliveries=3
+    delivery = FakeDelivery(_batch(_event("a")), deliveries=3)
+    await intake.handle(delivery)
+    await writer.drain()
+    assert delivery.settled == ["ack"]
+    assert dead.letters == []
+    assert set(store.docs) == {("t-2026-05-01", "a")}
+
+
 async def test_dlq_unavailable_means_nak_not_loss() -> None:
     store = FakeStore()
     store.item_status = lambda doc: 400 if doc["event_id"] == "bad" else None
