@@ -36,7 +36,11 @@ def test_negative_page_size_names_the_field() -> None:
 def test_empty_filter_matches_everything_newest_first() -> None:
     body, _ = queries.search_body(qs.QueryEventsRequest())
     assert body["query"] == {"bool": {"filter": []}}
-    assert [next(iter(s)) for s in body["sort"]] == ["corrected_timestamp", "event_id"]
+    # Written out, not read from queries.SORT: a flipped order must fail here.
+    assert body["sort"] == [
+        {"corrected_timestamp": {"order": "desc", "missing": "_last", "unmapped_type": "date"}},
+        {"event_id": {"order": "desc", "unmapped_type": "keyword"}},
+    ]
     assert body["track_total_hits"] is True
 
 
