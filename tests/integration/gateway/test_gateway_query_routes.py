@@ -287,15 +287,29 @@ async def test_bad_parameters_are_400_without_calling_the_service(
 
 @pytest.mark.parametrize("path", ["/v1/events", "/v1/events/aggregate"])
 @pytest.mark.parametrize(
-    ("headers", "status"),
-    [({}, 401), ({"X-Api-Key": "nope"}, 401), ({"X-Api-Key": WRITE_KEY}, 403)],
+    ("headers", "status", "code"),
+    [
+        ({}, 401, "unauthenticated"),
+        ({"X-Api-Key": "nope"}, 401, "unauthenticated"),
+        ({"X-Api-Key": WRITE_KEY}, 403, "permission_denied"),
+    ],
 )
 async def test_query_routes_need_a_read_key(
-    client: httpx.AsyncClient, path: str, headers: dict[str, str], status: int
+    client: httpx.AsyncClient,
+    fake_query: tuple[FakeQueryService, int],
+    path: str,
+    headers: dict[str, str],
+    status: int,
+    code: str,
 ) -> None:
+    servicer, _ = fake_query
+
     response = await client.get(path, headers=headers)
 
     assert response.status_code == status
+    assert response.json()["code"] == code
+    assert servicer.queries == []
+    assert servicer.aggregates == []
 
 
 async def test_query_service_down_is_503_with_retry_after(nats_server: NatsProcess) -> None:

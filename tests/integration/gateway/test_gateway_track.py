@@ -14,7 +14,13 @@ from nats.aio.client import Client
 from telemetry.v1 import event_pb2
 
 from gateway import Gateway
-from tests.integration.gateway.conftest import READ_KEY, WRITE_KEY, raw_messages, wait_ready
+from tests.integration.gateway.conftest import (
+    APP_ID,
+    READ_KEY,
+    WRITE_KEY,
+    raw_messages,
+    wait_ready,
+)
 from tests.integration.gateway.samples import SAMPLE_BATCH, SAMPLE_EVENTS, event
 
 pytestmark = pytest.mark.integration
@@ -131,12 +137,13 @@ async def test_gzip_body_is_accepted(http: httpx.AsyncClient, nc: Client) -> Non
     assert list(batch.events) == SAMPLE_EVENTS
 
 
-async def test_oversized_body_is_413(http: httpx.AsyncClient, gateway: Gateway) -> None:
+async def test_oversized_body_is_413(http: httpx.AsyncClient, gateway: Gateway, nc: Client) -> None:
     big = b"[" + b" " * (gateway.config.max_body_bytes + 10) + b"]"
 
     response = await http.post("/v1/track", content=big, headers=AUTH)
 
     assert response.status_code == 413
+    assert await raw_messages(nc) == []
 
 
 async def test_oversized_streamed_body_without_length_is_413(
@@ -156,12 +163,15 @@ async def test_oversized_streamed_body_without_length_is_413(
     assert response.status_code == 413
 
 
-async def test_too_many_events_is_413(http: httpx.AsyncClient, gateway: Gateway) -> None:
+async def test_too_many_events_is_413(
+    http: httpx.AsyncClient, gateway: Gateway, nc: Client
+) -> None:
     body = [event(n) for n in range(gateway.config.max_events_per_batch + 1)]
 
     response = await http.post("/v1/track", json=body, headers=AUTH)
 
     assert response.status_code == 413
+    assert await raw_messages(nc) == []  # not even the events that would have fitted
 
 
 async def test_gzip_bomb_is_413(http: httpx.AsyncClient, gateway: Gateway, nc: Client) -> None:
@@ -199,10 +209,15 @@ async def test_track_needs_a_write_key(
     assert await raw_messages(nc) == []
 
 
-async def test_x_api_key_header_works(http: httpx.AsyncClient) -> None:
+async def test_x_api_key_header_works(http: httpx.AsyncClient, nc: Client) -> None:
     response = await http.post("/v1/track", json=SAMPLE_BATCH, headers={"X-Api-Key": WRITE_KEY})
 
     assert response.status_code == 202
+    assert response.json()["accepted"] == len(SAMPLE_EVENTS)
+    [(headers, batch)] = await raw_messages(nc)
+    assert headers["Nats-Msg-Id"] == response.json()["batch_id"]
+    assert list(batch.events) == SAMPLE_EVENTS
+    assert batch.context.app_id == APP_ID  # the app the key belongs to
 
 
 @pytest.mark.parametrize(
