@@ -5,12 +5,13 @@ can inject faults with plain blocking calls while traffic flows. Every event has
 fresh id; an id counts as accepted only when the gateway answered 202 for its batch.
 A 429 or 503 is retried with the same batch, after the Retry-After the gateway asked
 for, up to a bound; a connection error (the gateway is gone) is retried the same way,
-and a batch that never got its 202 is not accepted (it may still be indexed: that is
-neither lost nor duplicated).
+and a batch that never got its 202 is not accepted (it may still be indexed: once, that is
+neither lost nor duplicated; twice, it is duplicated).
 
 The checker waits (bounded) until OpenSearch holds every accepted id, then counts the
 documents of each id under the test's index prefix: lost = accepted ids with no
-document, duplicated = ids with more than one.
+document, duplicated = ids with more than one, accepted or not (every id under the
+prefix is the test's own).
 """
 
 from __future__ import annotations
@@ -306,7 +307,8 @@ def post_batch(base_url: str, *, tag: str, write_key: str = WRITE_KEY) -> httpx.
 
 @dataclass
 class Verdict:
-    """How the accepted ids came out in OpenSearch."""
+    """How the accepted ids came out in OpenSearch, and which ids (accepted or not) were
+    indexed more than once."""
 
     accepted: int
     found: int
@@ -352,7 +354,8 @@ def document_counts(opensearch_url: str, prefix: str) -> dict[str, int]:
 def settle(
     opensearch_url: str, prefix: str, accepted: set[str], timeout_s: float = SETTLE_TIMEOUT_S
 ) -> Verdict:
-    """Waits (bounded) until every accepted id is searchable, then counts."""
+    """Waits (bounded) until every accepted id is searchable, then counts; any id under
+    `prefix` found more than once is duplicated, whether its batch got a 202 or not."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -367,7 +370,7 @@ def settle(
         accepted=len(accepted),
         found=len(accepted & counts.keys()),
         lost=sorted(missing),
-        duplicated={k: v for k, v in counts.items() if v > 1 and k in accepted},
+        duplicated={k: v for k, v in counts.items() if v > 1},
         documents=sum(counts.values()),
     )
 
