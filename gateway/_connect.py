@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from google.protobuf import json_format
 from telemetry.v1 import ingest_service_pb2
 
+from gateway._ingest import check_json_values
 from gateway.errors import InvalidRequest, UnsupportedMedia
 
 PATH = "/telemetry.v1.IngestService/IngestEvents"
@@ -33,9 +34,14 @@ def codec(media: str, protocol_version: str | None) -> str:
     raise UnsupportedMedia("Content-Type must be application/json or application/proto")
 
 
-def decode(body: bytes, media: str) -> ingest_service_pb2.IngestEventsRequest:
-    """The request message of a body; raises InvalidRequest for one that does not decode."""
+def decode(
+    body: bytes, media: str, *, most_json_values: int = 0
+) -> ingest_service_pb2.IngestEventsRequest:
+    """The request message of a body; raises InvalidRequest for one that does not decode,
+    and TooLarge for JSON of more than `most_json_values` values (when set)."""
     message = ingest_service_pb2.IngestEventsRequest()
+    if media == JSON and most_json_values:
+        check_json_values(body, most_json_values)
     try:
         if media == JSON:
             json_format.Parse(body.decode("utf-8"), message, ignore_unknown_fields=True)

@@ -188,7 +188,11 @@ class _Routes:
             span.set_attribute("pipeline.app_id", principal.name)
             check_encoding(headers.get("content-encoding"))
             with self._core.admit() as reservation:
-                message = _connect.decode(await self._body(request, reservation), codec)
+                message = _connect.decode(
+                    await self._body(request, reservation),
+                    codec,
+                    most_json_values=self._core.most_json_values,
+                )
                 origin = self._origin(
                     request, principal.name, received, event_pb2.INGEST_PROTOCOL_CONNECT
                 )

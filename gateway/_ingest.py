@@ -25,7 +25,7 @@ from gateway._validate import (
     read_json_events,
     read_proto_events,
 )
-from gateway.errors import InvalidRequest, Overloaded, TooLarge, Unavailable
+from gateway.errors import SEND_SMALLER, InvalidRequest, Overloaded, TooLarge, Unavailable
 from pipeline import tracing
 from pipeline.subjects import RAW_STREAM, raw_subject
 
@@ -134,14 +134,43 @@ def batch_id(
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def load_json(body: bytes) -> Any:
-    """The body's JSON; raises InvalidRequest for anything that is not JSON in UTF-8.
+# A JSON string, escapes included: what `check_json_values` does not count inside.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+
+
+def check_json_values(body: bytes, most: int) -> None:
+    """Raises TooLarge when the JSON in `body` holds more than `most` values (object members
+    counted too), before anything is parsed.
+
+    Every value but the first of an array or object follows a comma, and every array or
+    object opens with a bracket, so those bytes bound the values. Counted outside strings
+    only when the bytes alone are too many (commas and brackets in metadata values).
+    """
+    if _json_values_at_most(body) <= most:
+        return
+    if _json_values_at_most(_JSON_STRING.sub(b'""', body)) <= most:
+        return
+    raise TooLarge(
+        f"the body holds more than {most} JSON values, more than a batch of the largest events"
+        f" does: {SEND_SMALLER}"
+    )
+
+
+def _json_values_at_most(body: bytes) -> int:
+    return 1 + body.count(b",") + body.count(b"[") + body.count(b"{")
+
+
+def load_json(body: bytes, *, most_values: int = 0) -> Any:
+    """The body's JSON; raises InvalidRequest for anything that is not JSON in UTF-8, and
+    TooLarge for JSON of more than `most_values` values (when set).
 
     A string with half a surrogate pair (`"\\ud83d"`: code that cut an emoji in two) is
     JSON all the same; each such half becomes U+FFFD, as most JSON decoders do, instead of
     the whole batch being refused for one broken character. A leading byte order mark is
     skipped.
     """
+    if most_values:
+        check_json_values(body, most_values)
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -303,6 +332,7 @@ class IngestCore:
         self._max_in_flight = max_in_flight
         self._max_bytes = max_in_flight_bytes
         self._largest_event = limits.largest_event_bytes()
+        self._most_json_values = limits.most_json_values()
         self._in_flight = 0
         self._bytes = 0
         self._closed = False
@@ -343,6 +373,11 @@ class IngestCore:
         return sorted(rejections + added, key=lambda r: r.index)
 
     @property
+    def most_json_values(self) -> int:
+        """The most values a JSON batch body may hold (see Limits.most_json_values)."""
+        return self._most_json_values
+
+    @property
     def in_flight(self) -> int:
         """Ingest requests being handled now."""
         return self._in_flight
@@ -379,7 +414,15 @@ class IngestCore:
 
     async def ingest_json(self, body: bytes, origin: Origin) -> Receipt:
         """Ingests a POST /v1/track body (already decompressed)."""
-        doc = load_json(body)
+        # Read in a call of its own: the parsed document is gone before the publish is awaited.
+        batch, rejections, bid = self._read_json(body, origin)
+        return await self._finish(batch, rejections, origin, bid)
+
+    def _read_json(
+        self, body: bytes, origin: Origin
+    ) -> tuple[event_pb2.RawBatch, list[event_pb2.EventRejection], str]:
+        """The batch of a JSON body, its rejections and its id."""
+        doc = load_json(body, most_values=self._most_json_values)
         items, sent_at = parse_envelope(doc, max_events=self._limits.max_events)
         batch = event_pb2.RawBatch()
         rejections = self._drop_oversized(
@@ -395,7 +438,7 @@ class IngestCore:
             content=body,
             events=batch.events,
         )
-        return await self._finish(batch, rejections, origin, bid)
+        return batch, rejections, bid
 
     async def ingest_proto(
         self, request: ingest_service_pb2.IngestEventsRequest, origin: Origin

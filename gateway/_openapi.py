@@ -119,6 +119,7 @@ _SCHEMAS: dict[str, Any] = {
                     "sent_at": {"type": "string", "format": "date-time"},
                     "events": {"type": "array", "items": _ref("Event"), "minItems": 1},
                 },
+                "additionalProperties": False,
             },
         ]
     },
@@ -315,11 +316,15 @@ def document() -> dict[str, Any]:
                                 "content": {"application/json": {"schema": _ref("Receipt")}},
                             },
                             "400": _error(
-                                "not JSON, not a batch, empty; a bad sent_at, gzip body or "
+                                "not JSON, not a batch (an object with keys other than "
+                                "sent_at and events), empty; a bad sent_at, gzip body or "
                                 "Idempotency-Key"
                             ),
                             **_AUTH_ERRORS,
-                            "413": _error("body, decompressed body or event count past a limit"),
+                            "413": _error(
+                                "body, decompressed body, event count or JSON values (more "
+                                "than a batch of the largest events holds) past a limit"
+                            ),
                             "415": _error("unsupported Content-Type or Content-Encoding"),
                             "429": _error(
                                 "too many requests or bytes in flight, "

@@ -63,6 +63,21 @@ class Limits:
         metadata = self.max_metadata_entries * _field(entry)
         return strings + _TIMESTAMP_FIELD_BYTES + metadata
 
+    def most_json_values(self) -> int:
+        """The most values a JSON batch body may hold, object members included: every event
+        at its largest (its fields, its metadata object and entries), with room for a few
+        fields this gateway does not read. Parsing a body is then bounded by what a real
+        batch holds, not by its bytes alone (`[[],[],...]` is a value per 3 bytes)."""
+        per_event = self.max_metadata_entries + JSON_VALUES_PER_EVENT
+        return self.max_events * per_event + JSON_VALUES_PER_BODY
+
+
+# Values of one JSON event besides its metadata entries: the event, its eight fields and the
+# metadata object take ten; the rest is room for fields of a newer client, which are ignored.
+JSON_VALUES_PER_EVENT = 32
+# Values of the envelope around the events: the object, sent_at and the events array.
+JSON_VALUES_PER_BODY = 16
+
 
 # A Timestamp field: key and length, then seconds (a negative int64 takes 10 bytes) and nanos.
 _TIMESTAMP_FIELD_BYTES = 2 + 11 + 6
@@ -112,6 +127,9 @@ def go_float(value: float) -> str:
     return f"{neg}{digits[:point]}.{digits[point:]}"
 
 
+_ENVELOPE_KEYS = frozenset(("sent_at", "events"))
+
+
 def parse_envelope(doc: object, *, max_events: int) -> tuple[list[Any], tuple[int, int] | None]:
     """The events and the optional sent_at of a decoded JSON body; raises for a non-batch."""
     sent_at = None
@@ -119,6 +137,13 @@ def parse_envelope(doc: object, *, max_events: int) -> tuple[list[Any], tuple[in
     if isinstance(doc, list):
         items = doc
     elif isinstance(doc, dict):
+        unknown = doc.keys() - _ENVELOPE_KEYS
+        if unknown:
+            name = min(unknown)
+            raise InvalidRequest(
+                'an object body holds only "sent_at" and "events", not '
+                f"{name[:64]!r}{'…' if len(name) > 64 else ''}"
+            )
         items = doc.get("events")
         if not isinstance(items, list):
             raise InvalidRequest('an object body needs "events": [...]')
