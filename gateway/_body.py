@@ -15,6 +15,9 @@ from gateway.errors import SEND_SMALLER, InvalidRequest, TooLarge, UnsupportedMe
 # Output inflated per step, each charged before the next: a refused request holds at most
 # this much more than its budget allowed.
 INFLATE_STEP_BYTES = 256 * 1024
+# Gzip members a body may hold: `cat a.gz b.gz` makes a few; each costs an inflater, so a
+# body of thousands of empty members would cost far more than its bytes.
+MAX_GZIP_MEMBERS = 32
 
 
 def _free(size: int) -> None:
@@ -86,13 +89,21 @@ def gunzip(data: bytes, *, limit: int, charge: Callable[[int], None] = _free) ->
     """Decompresses a gzip body, producing at most `limit` bytes or raising TooLarge;
     `charge` is called with each step's output before the next step.
 
-    A gzip file is a series of members (RFC 1952), as `cat a.gz b.gz` makes; all are read.
+    A gzip file is a series of members (RFC 1952), as `cat a.gz b.gz` makes; all are read,
+    up to MAX_GZIP_MEMBERS of them.
     """
     out: list[bytes] = []
     size = 0
     rest = data
     first = True
+    members = 0
     while True:
+        members += 1
+        if members > MAX_GZIP_MEMBERS:
+            raise InvalidRequest(
+                f"the gzip body has more than {MAX_GZIP_MEMBERS} members; "
+                "compress the body as one gzip stream"
+            )
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
         pending = rest
         while not inflater.eof:

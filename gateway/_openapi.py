@@ -317,7 +317,8 @@ def document() -> dict[str, Any]:
                             },
                             "400": _error(
                                 "not JSON, not a batch (an object with keys other than "
-                                "sent_at and events), empty; a bad sent_at, gzip body or "
+                                "sent_at and events), empty; a bad sent_at, a gzip body that is "
+                                "broken or of more than 32 members, or a bad "
                                 "Idempotency-Key"
                             ),
                             **_AUTH_ERRORS,

@@ -87,6 +87,20 @@ def test_every_gzip_member_is_read() -> None:
     assert gunzip(data, limit=100) == b'[{"a": 1},{"b": 2}]'
 
 
+def test_a_body_of_more_than_32_gzip_members_is_refused() -> None:
+    # Each member costs an inflater: thousands of empty ones cost far more than their bytes.
+    data = gzip.compress(b"") * 1000 + gzip.compress(b"[]")
+
+    with pytest.raises(InvalidRequest, match="more than 32 members; compress the body as one"):
+        gunzip(data, limit=100)
+
+
+def test_32_gzip_members_are_read() -> None:
+    data = gzip.compress(b"") * 31 + gzip.compress(b"[]")
+
+    assert gunzip(data, limit=100) == b"[]"
+
+
 def test_the_limit_counts_every_member() -> None:
     data = gzip.compress(b"a" * 60) + gzip.compress(b"b" * 60)
 
