@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from telemetry.v1 import event_pb2, ingest_service_pb2, ingest_service_pb2_grpc
@@ -14,12 +16,46 @@ from gateway._ingest import IngestCore, Origin, annotate
 from gateway._metrics import Metrics
 from gateway._ratelimit import RateLimiter
 from gateway._status import code_of
-from gateway.errors import GatewayError
+from gateway.errors import SEND_SMALLER, GatewayError, TooLarge
 from pipeline import grpcserver, tracing
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
+INGEST_METHOD = f"/{SERVICE_NAME}/IngestEvents"
+
+
+def receive_cap(max_message_bytes: int) -> int:
+    """The most bytes gRPC reads of one message: twice the gateway's limit. Up to it, a
+    message past the limit is refused by the gateway as too large (INVALID_ARGUMENT, like
+    every batch past a limit) without being parsed; past it, gRPC itself refuses it
+    (RESOURCE_EXHAUSTED, 'Received message larger than max') without reading it."""
+    return 2 * max_message_bytes
+
+
+class _Refused:
+    """What the request deserializer yields for a message it will not parse."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: GatewayError) -> None:
+        self.error = error
+
+
+def request_reader(
+    max_message_bytes: int,
+) -> Callable[[bytes], ingest_service_pb2.IngestEventsRequest | _Refused]:
+    """The IngestEvents request deserializer: a message past `max_message_bytes` is not
+    parsed; the servicer refuses it as too large once the caller is authenticated."""
+
+    def read(data: bytes) -> ingest_service_pb2.IngestEventsRequest | _Refused:
+        if len(data) > max_message_bytes:
+            return _Refused(
+                TooLarge(f"the message is larger than {max_message_bytes} bytes; {SEND_SMALLER}")
+            )
+        return ingest_service_pb2.IngestEventsRequest.FromString(data)
+
+    return read
 
 
 class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
@@ -44,7 +80,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
 
     async def IngestEvents(
         self,
-        request: ingest_service_pb2.IngestEventsRequest,
+        request: ingest_service_pb2.IngestEventsRequest | _Refused,
         context: grpc.aio.ServicerContext[
             ingest_service_pb2.IngestEventsRequest, ingest_service_pb2.IngestEventsResponse
         ],
@@ -65,7 +101,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
 
     async def _ingest(
         self,
-        request: ingest_service_pb2.IngestEventsRequest,
+        request: ingest_service_pb2.IngestEventsRequest | _Refused,
         context: grpc.aio.ServicerContext[
             ingest_service_pb2.IngestEventsRequest, ingest_service_pb2.IngestEventsResponse
         ],
@@ -78,6 +114,8 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             principal = self._keys.require(key, Kind.WRITE)
             self._limiter.take(principal)
             span.set_attribute("pipeline.app_id", principal.name)
+            if isinstance(request, _Refused):
+                raise request.error
             with self._core.admit() as reservation:
                 reservation.charge(request.ByteSize())
                 origin = Origin(
@@ -91,18 +129,76 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                 )
                 receipt = await self._core.ingest_proto(request, origin)
         except GatewayError as err:
-            code = code_of(err)
-            self._metrics.grpc_requests.labels(method="IngestEvents", code=code.name).inc()
-            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            span.set_attribute("rpc.grpc.status_code", code_of(err).value[0])
             tracing.failed(span, type(err).__name__)
-            if err.retryable:
-                wait_s = err.retry_after(self._retry_after_s)
-                context.set_trailing_metadata((("retry-after", str(wait_s)),))
-            await context.abort(code, str(err))
+            await self.refuse(err, context)
         self._metrics.grpc_requests.labels(method="IngestEvents", code="OK").inc()
         span.set_attribute("rpc.grpc.status_code", 0)
         annotate(span, receipt)
         return receipt.to_proto()
+
+    async def refuse(self, err: GatewayError, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """Ends the call with the error's code (and Retry-After when retryable), counted."""
+        code = code_of(err)
+        self._metrics.grpc_requests.labels(method="IngestEvents", code=code.name).inc()
+        if err.retryable:
+            wait_s = err.retry_after(self._retry_after_s)
+            context.set_trailing_metadata((("retry-after", str(wait_s)),))
+        await context.abort(code, str(err))
+
+    def key_check(self) -> grpc.aio.ServerInterceptor:
+        """An interceptor refusing IngestEvents calls without a valid write key before their
+        message is read (see _KeyCheck)."""
+        return _KeyCheck(self)
+
+    def check_key(self, metadata: dict[str, str]) -> None:
+        """Raises for metadata without a valid write key."""
+        key = presented_key(metadata.get("authorization"), metadata.get("x-api-key"))
+        self._keys.require(key, Kind.WRITE)
+
+
+if TYPE_CHECKING:  # generic in grpc's stubs only
+    _Handler = grpc.RpcMethodHandler[Any, Any]
+
+
+class _KeyCheck(grpc.aio.ServerInterceptor):
+    """Refuses an IngestEvents call without a valid write key from its metadata alone.
+
+    grpc.aio runs interceptors once the call's metadata is in, before it reads the request;
+    a unary handler would then read the whole message (up to the receive cap) before it
+    runs, so a refused call gets a request-streaming handler that ends the call without
+    reading any message.
+    """
+
+    def __init__(self, servicer: IngestServicer) -> None:
+        self._servicer = servicer
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> _Handler | None:
+        if handler_call_details.method != INGEST_METHOD:
+            return await continuation(handler_call_details)
+        metadata = {
+            key: value
+            for key, value in handler_call_details.invocation_metadata or ()
+            if isinstance(value, str)
+        }
+        try:
+            self._servicer.check_key(metadata)
+        except GatewayError as err:
+            return _refusal(self._servicer, err)
+        return await continuation(handler_call_details)
+
+
+def _refusal(servicer: IngestServicer, err: GatewayError) -> _Handler:
+    async def refuse(
+        requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        await servicer.refuse(err, context)
+
+    return grpc.stream_unary_rpc_method_handler(refuse)
 
 
 class GrpcServer(grpcserver.GrpcServer):
@@ -123,13 +219,27 @@ class GrpcServer(grpcserver.GrpcServer):
             host=host,
             port=port,
             options=[
-                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", receive_cap(max_message_bytes)),
                 # Off unless asked: a second gateway must not silently share the port.
                 ("grpc.so_reuseport", 1 if reuse_port else 0),
             ],
             grace_s=graceful_stop_s,
+            interceptors=[servicer.key_check()],
         )
         self._servicer = servicer
+        self._read_request = request_reader(max_message_bytes)
 
     def register(self, server: grpc.aio.Server) -> None:
-        ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(self._servicer, server)
+        # The generated registration, with a request deserializer that does not parse a
+        # message past the limit.
+        handlers = {
+            "IngestEvents": grpc.unary_unary_rpc_method_handler(
+                self._servicer.IngestEvents,
+                request_deserializer=self._read_request,
+                response_serializer=ingest_service_pb2.IngestEventsResponse.SerializeToString,
+            )
+        }
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
+        )
+        server.add_registered_method_handlers(SERVICE_NAME, handlers)

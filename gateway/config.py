@@ -136,7 +136,7 @@ class GatewayConfig(NatsSettings, TracingSettings):
     max_decompressed_bytes: int = setting(
         "GATEWAY_MAX_DECOMPRESSED_BYTES",
         DEFAULT_MAX_DECOMPRESSED_BYTES,
-        "largest request body after gzip decompression, bytes",
+        "largest request body after gzip decompression, and largest gRPC message, bytes",
         check=positive,
     )
     max_events_per_batch: int = setting(

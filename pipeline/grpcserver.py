@@ -37,8 +37,10 @@ class GrpcServer:
         port: int,
         options: Sequence[tuple[str, Any]] = (),
         grace_s: float = DEFAULT_GRACE_S,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     ) -> None:
         self._service_name = service_name
+        self._interceptors = tuple(interceptors)
         self._address = f"{host}:{port}"
         self._options = list(options)
         self._grace_s = grace_s
@@ -54,7 +56,7 @@ class GrpcServer:
         """Binds and starts serving (idempotent); raises ListenError when it cannot bind."""
         if self._server is not None:
             return
-        server = grpc.aio.server(options=self._options)
+        server = grpc.aio.server(options=self._options, interceptors=self._interceptors)
         self.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

@@ -1,0 +1,80 @@
+"""IngestEvents over a real gRPC socket: a message past the limit is INVALID_ARGUMENT like
+every batch past a limit, and a call without a valid key is refused before its message is
+read."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from telemetry.v1 import ingest_service_pb2, ingest_service_pb2_grpc
+
+from gateway import Gateway
+from tests.unit.gateway.conftest import WRITE_KEY, FakeBroker, FakeQuery, unit_config
+from tests.unit.gateway.test_gateway_ingest import proto_request
+
+LIMIT = 64 * 1024
+KEY = (("x-api-key", WRITE_KEY),)
+
+
+def _request(size: int) -> ingest_service_pb2.IngestEventsRequest:
+    """A request of one valid event whose metadata makes it at least `size` bytes."""
+    request = proto_request()
+    request.events[0].metadata.update({f"k{n}": "x" * 1000 for n in range(size // 1000 + 1)})
+    return request
+
+
+@pytest.fixture
+async def stub() -> AsyncIterator[ingest_service_pb2_grpc.IngestServiceStub]:
+    config = unit_config(
+        GATEWAY_HTTP_PORT="0",
+        GATEWAY_GRPC_PORT="0",
+        GATEWAY_MAX_DECOMPRESSED_BYTES=str(LIMIT),
+        GATEWAY_MAX_METADATA_ENTRIES="1000",
+    )
+    gateway = Gateway(config, broker=FakeBroker(), query=FakeQuery())
+    await gateway.start()
+    channel = grpc.aio.insecure_channel(
+        f"127.0.0.1:{gateway.grpc_port}", options=[("grpc.max_send_message_length", 64 << 20)]
+    )
+    try:
+        yield ingest_service_pb2_grpc.IngestServiceStub(channel)
+    finally:
+        await channel.close()
+        await gateway.stop()
+
+
+async def test_a_message_past_the_limit_is_invalid_argument_not_retry_later(
+    stub: ingest_service_pb2_grpc.IngestServiceStub,
+) -> None:
+    request = _request(LIMIT + 1000)
+    assert LIMIT < request.ByteSize() < 2 * LIMIT
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.IngestEvents(request, metadata=KEY)
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details() == (
+        f"the message is larger than {LIMIT} bytes; split the batch and send the parts"
+    )
+
+
+async def test_a_message_within_the_limit_is_stored(
+    stub: ingest_service_pb2_grpc.IngestServiceStub,
+) -> None:
+    response = await stub.IngestEvents(_request(LIMIT - 2000), metadata=KEY)
+
+    assert response.accepted == 1
+
+
+async def test_a_call_without_a_key_is_refused_before_its_message_is_read(
+    stub: ingest_service_pb2_grpc.IngestServiceStub,
+) -> None:
+    # Past the receive cap: had the message been read, gRPC would have refused its size.
+    request = _request(4 * LIMIT)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.IngestEvents(request, metadata=(("x-api-key", "wk-nobody"),))
+
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
