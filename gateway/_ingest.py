@@ -111,14 +111,15 @@ def batch_id(
     app_id: str,
     *,
     idempotency_key: str,
-    content: bytes,
-    events: Iterable[event_pb2.Event] = (),
+    events: Iterable[event_pb2.Event],
 ) -> str:
     """The batch's id, per app: from the client's idempotency key and the ids of the events
-    it accepted, else from the content.
+    it accepted, else from those events' content.
 
     The event ids make a key reused for another batch (a client bug) name a new batch, stored
     like any other, instead of a retry whose events would be dropped as already stored.
+    Without a key, only the accepted events count, never the envelope: a retry carries a
+    fresh `sent_at` (the device clock when sending), and is the same batch all the same.
     """
     digest = hashlib.blake2b(digest_size=16)
     digest.update(app_id.encode())
@@ -127,7 +128,10 @@ def batch_id(
         for event in events:
             digest.update(b"\x00" + event.event_id.encode("utf-8", "surrogateescape"))
     else:
-        digest.update(b"\x00body\x00" + content)
+        digest.update(b"\x00events")
+        for event in events:
+            content = event.SerializeToString(deterministic=True)
+            digest.update(b"\x00" + len(content).to_bytes(4, "big") + content)
     return digest.hexdigest()
 
 
@@ -432,12 +436,7 @@ class IngestCore:
             batch.context.sent_at.seconds, batch.context.sent_at.nanos = sent_at
         if origin.idempotency_key:
             check_idempotency_key(origin.idempotency_key)
-        bid = batch_id(
-            origin.app_id,
-            idempotency_key=origin.idempotency_key,
-            content=body,
-            events=batch.events,
-        )
+        bid = batch_id(origin.app_id, idempotency_key=origin.idempotency_key, events=batch.events)
         return batch, rejections, bid
 
     async def ingest_proto(
@@ -458,10 +457,7 @@ class IngestCore:
         key = request.idempotency_key or origin.idempotency_key
         if key:
             check_idempotency_key(key)
-            content = b""
-        else:
-            content = request.SerializeToString(deterministic=True)
-        bid = batch_id(origin.app_id, idempotency_key=key, content=content, events=batch.events)
+        bid = batch_id(origin.app_id, idempotency_key=key, events=batch.events)
         return await self._finish(batch, rejections, origin, bid)
 
     async def _finish(

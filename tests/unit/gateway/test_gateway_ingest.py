@@ -66,16 +66,17 @@ def core(
     )
 
 
-def test_batch_ids_are_per_app_and_per_key_or_content() -> None:
-    a = batch_id("app-1", idempotency_key="", content=b"x")
-    assert a == batch_id("app-1", idempotency_key="", content=b"x")
-    assert a != batch_id("app-2", idempotency_key="", content=b"x")
-    assert a != batch_id("app-1", idempotency_key="", content=b"y")
+def test_batch_ids_are_per_app_and_per_key_or_events() -> None:
     ids = [event_pb2.Event(event_id="e-1"), event_pb2.Event(event_id="e-2")]
-    keyed = batch_id("app-1", idempotency_key="k", content=b"x", events=ids)
-    assert keyed == batch_id("app-1", idempotency_key="k", content=b"other", events=ids)
-    assert keyed != batch_id("app-2", idempotency_key="k", content=b"x", events=ids)
-    assert keyed != batch_id("app-1", idempotency_key="k", content=b"x", events=ids[:1])
+    other = [event_pb2.Event(event_id="e-1", user_id="u"), ids[1]]
+    a = batch_id("app-1", idempotency_key="", events=ids)
+    assert a == batch_id("app-1", idempotency_key="", events=list(ids))
+    assert a != batch_id("app-2", idempotency_key="", events=ids)
+    assert a != batch_id("app-1", idempotency_key="", events=other)
+    keyed = batch_id("app-1", idempotency_key="k", events=ids)
+    assert keyed == batch_id("app-1", idempotency_key="k", events=other)
+    assert keyed != batch_id("app-2", idempotency_key="k", events=ids)
+    assert keyed != batch_id("app-1", idempotency_key="k", events=ids[:1])
 
 
 async def test_batch_past_max_payload_is_split_with_derived_ids() -> None:
@@ -256,11 +257,11 @@ async def test_an_idempotency_key_within_the_limits_names_the_batch(key: str) ->
     broker = FakeBroker()
     receipt = await core(broker).ingest_json(body(1), origin(idempotency_key=key))
     event = event_pb2.Event(event_id="e-0")
-    assert receipt.batch_id == batch_id("app-1", idempotency_key=key, content=b"", events=[event])
+    assert receipt.batch_id == batch_id("app-1", idempotency_key=key, events=[event])
 
     proto = await core(broker).ingest_proto(proto_request(idempotency_key=key), origin())
     event = event_pb2.Event(event_id="e-1")
-    assert proto.batch_id == batch_id("app-1", idempotency_key=key, content=b"", events=[event])
+    assert proto.batch_id == batch_id("app-1", idempotency_key=key, events=[event])
 
 
 async def test_the_request_field_idempotency_key_wins_over_the_header() -> None:
@@ -272,12 +273,8 @@ async def test_the_request_field_idempotency_key_wins_over_the_header() -> None:
     receipt = await core(broker).ingest_proto(request, origin(idempotency_key="from-header"))
 
     events = list(request.events)
-    assert receipt.batch_id == batch_id(
-        "app-1", idempotency_key="from-field", content=b"", events=events
-    )
-    assert receipt.batch_id != batch_id(
-        "app-1", idempotency_key="from-header", content=b"", events=events
-    )
+    assert receipt.batch_id == batch_id("app-1", idempotency_key="from-field", events=events)
+    assert receipt.batch_id != batch_id("app-1", idempotency_key="from-header", events=events)
 
 
 async def test_proto_batches_get_content_ids_unless_keyed() -> None:
@@ -300,7 +297,7 @@ async def test_proto_batches_get_content_ids_unless_keyed() -> None:
     three = await ingest.ingest_proto(keyed, origin())
 
     assert (one.duplicate, two.duplicate, three.duplicate) == (False, True, False)
-    assert three.batch_id == batch_id("app-1", idempotency_key="k", content=b"", events=events)
+    assert three.batch_id == batch_id("app-1", idempotency_key="k", events=events)
 
 
 @pytest.mark.parametrize(
