@@ -15,6 +15,8 @@ _PATTERN = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})"
     r"(?:\.([0-9]+))?(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))"
 )
+# The nanoseconds of a leap second (`23:59:60` UTC), kept as the last instant of 23:59:59.
+LEAP_SECOND_NANOS = 999_999_999
 _DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
@@ -63,6 +65,7 @@ _MILLIS_NANOS = {f"{ms:03d}": ms * 1_000_000 for ms in range(1000)}
 
 def parse(text: str) -> tuple[int, int] | None:
     """(seconds, nanos) of an RFC 3339 date-time, or None when it is not one or out of range.
+    A leap second (`23:59:60` UTC) is 23:59:59.999999999 of its day.
 
     The clients' usual shapes, `YYYY-MM-DDTHH:MM:SSZ` and `YYYY-MM-DDTHH:MM:SS.fffZ`,
     in a minute seen before, take lookups only; anything else takes the full parse.
@@ -90,8 +93,15 @@ def parse_full(text: str) -> tuple[int, int] | None:
     year, month, day, hour, minute, second, frac, zulu, sign, off_h, off_m = match.groups()
     days = _days(text, year, month, day)
     h, mi, s = int(hour), int(minute), int(second)
-    if days is None or h > 23 or mi > 59 or s > 59:
+    if days is None or h > 23 or mi > 59 or s > 60:
         return None
+    # A leap second (`23:59:60Z`, or the same instant at another offset: RFC 3339 section
+    # 5.7) has no place on the epoch's time line: it is kept as the last instant of the
+    # day's last second, in order before the next day. `:60` of any other UTC minute is no
+    # time at all.
+    leap = s == 60
+    if leap:
+        s = 59
     seconds = days * 86400 + h * 3600 + mi * 60 + s
     if zulu is None:
         oh, om = int(off_h), int(off_m)
@@ -101,10 +111,14 @@ def parse_full(text: str) -> tuple[int, int] | None:
         seconds -= offset if sign == "+" else -offset
     if not MIN_SECONDS <= seconds <= MAX_SECONDS:
         return None
+    if leap and seconds % 86400 != 86399:
+        return None
     if zulu is not None:
         if len(_MINUTES_CACHE) >= _MINUTES_CACHE_SIZE:
             _MINUTES_CACHE.clear()
         _MINUTES_CACHE[text[:16]] = seconds - s
     # Any number of digits (RFC 3339 sets no bound); past nanoseconds they are cut off.
+    if leap:
+        return seconds, LEAP_SECOND_NANOS
     nanos = int(frac[:9].ljust(9, "0")) if frac else 0
     return seconds, nanos

@@ -247,7 +247,9 @@ def test_a_batch_of_exactly_the_most_events_is_taken() -> None:
         "0000-01-01T00:00:00Z",
         "2024-13-01T00:00:00Z",
         "2024-01-01T24:00:00Z",
-        "2024-01-01T00:00:60Z",
+        "2024-01-01T00:00:60Z",  # a leap second ends a UTC day, never another minute
+        "2016-12-31T23:59:60+01:00",
+        "2016-12-31T23:59:61Z",
         "2024-01-01T00:00:00.Z",
         "2024-01-01T00:00:00+24:00",
         "\uff12\uff10\uff12\uff14-01-01T00:00:00Z",  # full-width digits
@@ -256,6 +258,19 @@ def test_a_batch_of_exactly_the_most_events_is_taken() -> None:
 )
 def test_rfc3339_rejects(text: str) -> None:
     assert _rfc3339.parse(text) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2016-12-31T23:59:60Z",
+        "2016-12-31T23:59:60.5Z",
+        "2016-12-31T15:59:60-08:00",
+        "2017-01-01T00:59:60+01:00",
+    ],
+)
+def test_a_leap_second_is_the_last_instant_of_its_day(text: str) -> None:
+    assert _rfc3339.parse(text) == (1483228799, 999_999_999)  # 2016-12-31T23:59:59.999999999Z
 
 
 @pytest.mark.parametrize(
@@ -373,7 +388,9 @@ def test_rfc3339_shortcut_agrees_with_the_full_parse(
 @pytest.mark.parametrize(
     "text",
     [
-        "2024-01-01T00:00:60Z",
+        "2024-01-01T00:00:60Z",  # a leap second ends a UTC day, never another minute
+        "2016-12-31T23:59:60+01:00",
+        "2016-12-31T23:59:61Z",
         "2024-01-01T00:00:5xZ",
         "2024-01-01T00:00:0\u0663Z",
         "2024-01-01T00:00:00.2\u00b25Z",
@@ -464,3 +481,19 @@ def test_a_key_too_long_is_refused_before_a_detail_quotes_it(value: object) -> N
 
     assert rejection.reason == R.REJECTION_REASON_METADATA_TOO_LARGE
     assert rejection.detail == "metadata key longer than 8 characters"
+
+
+def test_an_event_at_a_leap_second_is_stored_at_the_last_instant_of_its_day() -> None:
+    batch, rejections = judge(good(client_timestamp="2016-12-31T23:59:60Z"))
+
+    assert rejections == []
+    stamp = batch.events[0].client_timestamp
+    assert (stamp.seconds, stamp.nanos) == (1483228799, 999_999_999)
+
+
+def test_a_sent_at_at_a_leap_second_is_read() -> None:
+    _, sent_at = parse_envelope(
+        {"sent_at": "2016-12-31T23:59:60Z", "events": [good()]}, max_events=10
+    )
+
+    assert sent_at == (1483228799, 999_999_999)
