@@ -81,7 +81,9 @@ class GatewayConfig(NatsSettings, TracingSettings):
     trusted_proxies: tuple[str, ...] = setting(
         "GATEWAY_TRUSTED_PROXIES",
         (),
-        "CIDRs whose X-Forwarded-For is believed, comma-separated",
+        "CIDRs whose X-Forwarded-For is believed, comma-separated (an IPv4 proxy matches an "
+        "IPv4 CIDR also when GATEWAY_HOST is :: and it connects as ::ffff:a.b.c.d; hops may "
+        "carry a port, IPv6 ones in brackets)",
         check=_cidrs,
     )
     publish_timeout_s: float = setting(
