@@ -119,7 +119,6 @@ _SCHEMAS: dict[str, Any] = {
                     "sent_at": {"type": "string", "format": "date-time"},
                     "events": {"type": "array", "items": _ref("Event"), "minItems": 1},
                 },
-                "additionalProperties": False,
             },
         ]
     },
@@ -316,10 +315,8 @@ def document() -> dict[str, Any]:
                                 "content": {"application/json": {"schema": _ref("Receipt")}},
                             },
                             "400": _error(
-                                "not JSON, not a batch (an object with keys other than "
-                                "sent_at and events), empty; a bad sent_at, a gzip body that is "
-                                "broken or of more than 32 members, or a bad "
-                                "Idempotency-Key"
+                                "not JSON, not a batch, empty; a bad sent_at, a gzip body that "
+                                "is broken or of more than 32 members, or a bad Idempotency-Key"
                             ),
                             **_AUTH_ERRORS,
                             "413": _error(

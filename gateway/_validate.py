@@ -127,9 +127,6 @@ def go_float(value: float) -> str:
     return f"{neg}{digits[:point]}.{digits[point:]}"
 
 
-_ENVELOPE_KEYS = frozenset(("sent_at", "events"))
-
-
 def parse_envelope(doc: object, *, max_events: int) -> tuple[list[Any], tuple[int, int] | None]:
     """The events and the optional sent_at of a decoded JSON body; raises for a non-batch."""
     sent_at = None
@@ -137,13 +134,6 @@ def parse_envelope(doc: object, *, max_events: int) -> tuple[list[Any], tuple[in
     if isinstance(doc, list):
         items = doc
     elif isinstance(doc, dict):
-        unknown = doc.keys() - _ENVELOPE_KEYS
-        if unknown:
-            name = min(unknown)
-            raise InvalidRequest(
-                'an object body holds only "sent_at" and "events", not '
-                f"{name[:64]!r}{'…' if len(name) > 64 else ''}"
-            )
         items = doc.get("events")
         if not isinstance(items, list):
             raise InvalidRequest('an object body needs "events": [...]')
