@@ -13,6 +13,7 @@ from google.protobuf import json_format
 from telemetry.v1 import ingest_service_pb2
 
 from gateway._ingest import check_json_values
+from gateway._validate import check_proto_count
 from gateway.errors import InvalidRequest, UnsupportedMedia
 
 PATH = "/telemetry.v1.IngestService/IngestEvents"
@@ -35,13 +36,16 @@ def codec(media: str, protocol_version: str | None) -> str:
 
 
 def decode(
-    body: bytes, media: str, *, most_json_values: int = 0
+    body: bytes, media: str, *, most_json_values: int = 0, max_events: int = 0
 ) -> ingest_service_pb2.IngestEventsRequest:
     """The request message of a body; raises InvalidRequest for one that does not decode,
-    and TooLarge for JSON of more than `most_json_values` values (when set)."""
+    and TooLarge for JSON of more than `most_json_values` values or protobuf of more than
+    `max_events` events (each when set), before it is parsed."""
     message = ingest_service_pb2.IngestEventsRequest()
     if media == JSON and most_json_values:
         check_json_values(body, most_json_values)
+    elif media != JSON and max_events:
+        check_proto_count(body, max_events=max_events)
     try:
         if media == JSON:
             json_format.Parse(body.decode("utf-8"), message, ignore_unknown_fields=True)

@@ -16,6 +16,7 @@ from gateway._ingest import IngestCore, Origin, annotate
 from gateway._metrics import Metrics
 from gateway._ratelimit import RateLimiter
 from gateway._status import code_of
+from gateway._validate import check_proto_count
 from gateway.errors import SEND_SMALLER, GatewayError, TooLarge
 from pipeline import grpcserver, tracing
 
@@ -43,16 +44,21 @@ class _Refused:
 
 
 def request_reader(
-    max_message_bytes: int,
+    max_message_bytes: int, *, max_events: int
 ) -> Callable[[bytes], ingest_service_pb2.IngestEventsRequest | _Refused]:
-    """The IngestEvents request deserializer: a message past `max_message_bytes` is not
-    parsed; the servicer refuses it as too large once the caller is authenticated."""
+    """The IngestEvents request deserializer: a message past `max_message_bytes`, or of more
+    than `max_events` events, is not parsed; the servicer refuses it as too large once the
+    caller is authenticated."""
 
     def read(data: bytes) -> ingest_service_pb2.IngestEventsRequest | _Refused:
         if len(data) > max_message_bytes:
             return _Refused(
                 TooLarge(f"the message is larger than {max_message_bytes} bytes; {SEND_SMALLER}")
             )
+        try:
+            check_proto_count(data, max_events=max_events)
+        except TooLarge as err:
+            return _Refused(err)
         return ingest_service_pb2.IngestEventsRequest.FromString(data)
 
     return read
@@ -146,6 +152,11 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             context.set_trailing_metadata((("retry-after", str(wait_s)),))
         await context.abort(code, str(err))
 
+    @property
+    def max_events(self) -> int:
+        """The most events a batch may hold."""
+        return self._core.max_events
+
     def key_check(self) -> grpc.aio.ServerInterceptor:
         """An interceptor refusing IngestEvents calls without a valid write key before their
         message is read (see _KeyCheck)."""
@@ -227,7 +238,7 @@ class GrpcServer(grpcserver.GrpcServer):
             interceptors=[servicer.key_check()],
         )
         self._servicer = servicer
-        self._read_request = request_reader(max_message_bytes)
+        self._read_request = request_reader(max_message_bytes, max_events=servicer.max_events)
 
     def register(self, server: grpc.aio.Server) -> None:
         # The generated registration, with a request deserializer that does not parse a

@@ -192,6 +192,7 @@ class _Routes:
                     await self._body(request, reservation),
                     codec,
                     most_json_values=self._core.most_json_values,
+                    max_events=self._core.max_events,
                 )
                 origin = self._origin(
                     request, principal.name, received, event_pb2.INGEST_PROTOCOL_CONNECT

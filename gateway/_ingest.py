@@ -377,6 +377,11 @@ class IngestCore:
         return sorted(rejections + added, key=lambda r: r.index)
 
     @property
+    def max_events(self) -> int:
+        """The most events a batch may hold."""
+        return self._limits.max_events
+
+    @property
     def most_json_values(self) -> int:
         """The most values a JSON batch body may hold (see Limits.most_json_values)."""
         return self._most_json_values

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from telemetry.v1 import ingest_service_pb2
 
 from gateway._connect import JSON, PROTO, decode
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, TooLarge
 
 
 @pytest.mark.parametrize(
@@ -35,3 +36,12 @@ def test_a_long_parse_error_is_cut() -> None:
         decode(body, JSON)
 
     assert len(str(raised.value)) < 400
+
+
+def test_binary_of_more_events_than_a_batch_holds_is_refused_before_it_is_parsed() -> None:
+    request = ingest_service_pb2.IngestEventsRequest()
+    for _ in range(100_000):
+        request.events.add()
+
+    with pytest.raises(TooLarge, match=r"^the batch has more than 1000 events"):
+        decode(request.SerializeToString(), PROTO, max_events=1000)

@@ -11,10 +11,13 @@ import pytest
 from telemetry.v1 import ingest_service_pb2, ingest_service_pb2_grpc
 
 from gateway import Gateway
+from gateway._validate import check_proto_count
+from gateway.errors import TooLarge
 from tests.unit.gateway.conftest import WRITE_KEY, FakeBroker, FakeQuery, unit_config
 from tests.unit.gateway.test_gateway_ingest import proto_request
 
 LIMIT = 64 * 1024
+MAX_EVENTS = 100
 KEY = (("x-api-key", WRITE_KEY),)
 
 
@@ -32,6 +35,7 @@ async def stub() -> AsyncIterator[ingest_service_pb2_grpc.IngestServiceStub]:
         GATEWAY_GRPC_PORT="0",
         GATEWAY_MAX_DECOMPRESSED_BYTES=str(LIMIT),
         GATEWAY_MAX_METADATA_ENTRIES="1000",
+        GATEWAY_MAX_EVENTS_PER_BATCH=str(MAX_EVENTS),
     )
     gateway = Gateway(config, broker=FakeBroker(), query=FakeQuery())
     await gateway.start()
@@ -78,3 +82,44 @@ async def test_a_call_without_a_key_is_refused_before_its_message_is_read(
         await stub.IngestEvents(request, metadata=(("x-api-key", "wk-nobody"),))
 
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_message_of_too_many_events_is_refused_before_it_is_parsed(
+    stub: ingest_service_pb2_grpc.IngestServiceStub,
+) -> None:
+    # Empty events take two bytes each on the wire and a Python object each once parsed.
+    request = ingest_service_pb2.IngestEventsRequest()
+    for _ in range(10_000):
+        request.events.add()
+    assert request.ByteSize() < LIMIT
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.IngestEvents(request, metadata=KEY)
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # "more than": counted on the wire, stopping past the limit, not after a parse.
+    assert caught.value.details().startswith(f"the batch has more than {MAX_EVENTS} events")
+
+
+def _wire(request: ingest_service_pb2.IngestEventsRequest) -> bytes:
+    return request.SerializeToString()
+
+
+def test_the_wire_count_reads_real_batches_and_leaves_broken_ones_to_the_parser() -> None:
+    full = proto_request()
+    template = full.events[0]
+    for n in range(999):
+        event = full.events.add()
+        event.CopyFrom(template)
+        event.event_id = f"e-{n}\n"  # 0x0a bytes inside events do not count
+    full.sent_at.seconds = 1_700_000_000
+    full.idempotency_key = "key\n" * 10
+    assert len(full.events) == 1000
+
+    full.events[0].metadata["lines"] = "\n" * 70_000  # and many
+    check_proto_count(_wire(full), max_events=1000)  # at the limit: not refused
+    with pytest.raises(TooLarge, match="more than 999 events"):
+        check_proto_count(_wire(full), max_events=999)
+    # Not protobuf (wire type 7, a group, a length past the end): left to the parser.
+    for broken in (b"\x0f", b"\x0b", b"\x0a\xff\x7f"):
+        check_proto_count(broken + b"\x0a\x00" * 70_000, max_events=1000)
