@@ -7,7 +7,9 @@ while OpenSearch is away the writer reports itself unhealthy so intake stops fet
 A whole request refused as wrong (400, 413) is sent again one document per request; one
 refused again and again with a retryable status that may be about its content (not 401,
 404, 407, 408, 429, 502, 503, 504, nor no answer) is sent again in halves, down to the one
-document it is about, which is retried alone without holding intake.
+document it is about, which is retried alone. A request of one document refused so (split
+out, or sent alone in the first place) never holds intake, and releases it: something
+answered about that document, and the others may well be written.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import orjson
 from indexer.errors import SearchRequestError
 from indexer.metrics import Metrics
 from indexer.outcomes import Outcome, backoff_s, failure_outcome, item_outcome, item_reason
-from pipeline import tracing
+from pipeline import logs, tracing
 from pipeline.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,8 @@ SPLIT_AFTER_REFUSALS = 3
 # Statuses that say OpenSearch is away, overloaded or not ours to use (credentials, address),
 # whatever the request: never split for.
 _AVAILABILITY_STATUSES = frozenset({401, 404, 407, 408, 429, 502, 503, 504})
+# Retries that hold no intake (and so show in no readiness) are logged at most this often.
+RETRY_LOG_INTERVAL_S = 30.0
 
 
 class BulkWriter:
@@ -117,6 +121,7 @@ class BulkWriter:
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.Task[None] | None = None
         self._failures = 0
+        self._refused_log = logs.Throttle(RETRY_LOG_INTERVAL_S)
         self._healthy = asyncio.Event()
         self._healthy.set()
 
@@ -289,9 +294,13 @@ class BulkWriter:
         if failure_outcome(err) is Outcome.RETRY:
             status = getattr(err, "status", None)
             about_content = status is not None and status not in _AVAILABILITY_STATUSES
-            if not (about_content and len(batch) == 1 and batch[0].limit == 1):
-                # A document isolated by splitting, refused alone again, says nothing of
-                # OpenSearch: it does not hold intake for the others.
+            if about_content and len(batch) == 1:
+                # One document refused alone, however it came to be alone (split out, or the
+                # only one in a timer's flush), says nothing of OpenSearch: it does not hold
+                # intake for the others, nor keep it held once its request was split down.
+                self._set_up()
+                self._log_refused_alone(err)
+            else:
                 self._set_down(err)
             if about_content and len(batch) > 1:
                 self._split_if_refused_again(batch, err)
@@ -336,6 +345,16 @@ class BulkWriter:
             err,
             extra={"documents": len(batch), "per_request": half},
         )
+
+    def _log_refused_alone(self, err: Exception) -> None:
+        held_back = self._refused_log.admit()
+        if held_back is not None:
+            log.warning(
+                "a document sent alone is refused with a retryable status; retrying it"
+                " without holding intake: %s (%d more refusals since the last line)",
+                err,
+                held_back,
+            )
 
     async def _finish(self, item: BulkItem, outcome: Outcome, reason: str) -> None:
         try:

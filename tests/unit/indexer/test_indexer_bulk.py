@@ -329,18 +329,18 @@ async def test_a_request_split_for_being_too_large_is_logged_once(
 
 
 class ContentRefusingPort:
-    """A proxy refusing, with a retryable status, every request that carries `bad`."""
+    """A proxy refusing, with a retryable status, every request that carries one of `bad`."""
 
-    def __init__(self, status: int, bad: str = "poison") -> None:
+    def __init__(self, status: int, *bad: str) -> None:
         self.status = status
-        self.bad = bad
+        self.bad = frozenset(bad or ("poison",))
         self.sizes: list[int] = []
         self.store = FakeStore()
 
     async def bulk(self, body: bytes) -> Sequence[ItemResult]:
         docs = [doc for _, doc in parse_bulk(body)]
         self.sizes.append(len(docs))
-        if any(doc["event_id"] == self.bad for doc in docs):
+        if any(doc["event_id"] in self.bad for doc in docs):
             await asyncio.sleep(0)
             raise SearchUnavailableError(f"answered {self.status}", status=self.status)
         return await self.store.bulk(body)
@@ -387,3 +387,52 @@ async def test_an_outage_does_not_split_requests(status: int | None) -> None:
     await bulk.drain()
     assert rec.outcomes == {f"e{n}": Outcome.CREATED for n in range(10)}
     assert sizes == [10] * 9
+
+
+@pytest.mark.parametrize("status", [403, 500])
+async def test_a_document_refused_alone_in_its_first_request_does_not_hold_intake(
+    status: int,
+) -> None:
+    # Light traffic: the timer sends a one-event message's document alone. A proxy refusing
+    # it says nothing of OpenSearch; it is retried, and the fetch loop keeps fetching.
+    metrics = Metrics()
+    port, rec = ContentRefusingPort(status), Recorder()
+    bulk = writer(port, metrics=metrics)
+    bulk.start()
+    await bulk.add(rec.item("poison"))
+    await until(lambda: len(port.sizes) >= 4, "retried")
+    assert bulk.healthy
+    assert metrics.registry.get_sample_value("indexer_intake_held") == 0.0
+    await bulk.add(rec.item("good"))
+    await until(lambda: "good" in rec.outcomes, "the next document written")
+    assert rec.outcomes == {"good": Outcome.CREATED}
+    await bulk.close()
+
+
+async def test_documents_refused_until_split_to_singles_release_intake() -> None:
+    # Two refused documents in one request: the request holds intake while it may be an
+    # outage, but once split down to single documents refused alone, intake resumes.
+    metrics = Metrics()
+    port, rec = ContentRefusingPort(403, "poison", "poison-2"), Recorder()
+    bulk = writer(port, metrics=metrics, max_docs=2, flush_interval_s=3600)
+    bulk.start()
+    await bulk.add(rec.item("poison"))
+    await bulk.add(rec.item("poison-2"))
+    await until(lambda: port.sizes.count(1) >= 4, "split down to single documents")
+    assert bulk.healthy
+    assert metrics.registry.get_sample_value("indexer_intake_held") == 0.0
+    assert rec.outcomes == {}  # retried, never rejected
+    await bulk.close()
+
+
+@pytest.mark.parametrize("status", [None, 401, 404, 407, 408, 429, 502, 503, 504])
+async def test_an_outage_answered_to_a_single_document_holds_intake(status: int | None) -> None:
+    port = ScriptedPort(*[SearchUnavailableError("away", status=status) for _ in range(3)])
+    rec = Recorder()
+    bulk = writer(port, flush_interval_s=3600)
+    await bulk.add(rec.item("only"))
+    await bulk.flush()
+    await until(lambda: not bulk.healthy, "intake held")
+    await bulk.drain()
+    assert bulk.healthy
+    assert rec.outcomes == {"only": Outcome.CREATED}
