@@ -2,6 +2,9 @@
 
 The only module of the indexer that touches `nats`. Fetching pauses while OpenSearch
 is away and while `max_ack_pending` messages are unsettled: backpressure, not memory.
+A durable consumer that disappears (deleted, or lost with the stream's state) is created
+again, with its configuration, when a fetch fails; while fetches keep failing, `problem`
+says so, for readiness.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Callable, Mapping
 
 from nats.js import JetStreamContext
 from nats.js import api as js_api
+from nats.js.errors import NotFoundError
 
 from indexer.bulk import BulkWriter
 from indexer.intake import Intake
@@ -30,6 +34,8 @@ FETCH_TIMEOUT_S = 0.1
 NATS_RETRY_S = 1.0
 ROOM_POLL_S = 0.02
 STOP_FETCH_WAIT_S = 5.0
+# JetStream's error code for a consumer that does not exist.
+_CONSUMER_NOT_FOUND = 10014
 
 
 class NatsDeadLetters:
@@ -111,15 +117,24 @@ class EnrichedConsumer:
         self._fetching = False
         self._fetch_task: asyncio.Task[None] | None = None
         self._side_tasks: list[asyncio.Task[None]] = []
+        self._fetch_error = ""  # the last fetch's error while fetches fail, else empty
+
+    @property
+    def problem(self) -> str | None:
+        """Why fetching fails, while it keeps failing (NATS away, the consumer lost and not
+        created again yet); None while fetches are answered."""
+        return f"fetch failing: {self._fetch_error}" if self._fetch_error else None
+
+    def _config(self) -> js_api.ConsumerConfig:
+        return consumer_config(
+            name=self._name, ack_wait_s=self._ack_wait_s, max_ack_pending=self._max_ack_pending
+        )
 
     async def start(self) -> None:
         """Creates (or updates) the durable consumer and starts fetching (idempotent)."""
         if self._fetch_task is not None:
             return
-        config = consumer_config(
-            name=self._name, ack_wait_s=self._ack_wait_s, max_ack_pending=self._max_ack_pending
-        )
-        await self._js.add_consumer(subjects.ENRICHED_STREAM, config=config)
+        await self._js.add_consumer(subjects.ENRICHED_STREAM, config=self._config())
         self._sub = await self._js.pull_subscribe_bind(
             durable=self._name, stream=subjects.ENRICHED_STREAM
         )
@@ -155,6 +170,12 @@ class EnrichedConsumer:
             self._sub = None
 
     async def _fetch_loop(self, sub: JetStreamContext.PullSubscription) -> None:
+        try:
+            await self._fetch_until_stopped(sub)
+        finally:
+            self._fetch_error = ""  # a stopped loop is not a failing one
+
+    async def _fetch_until_stopped(self, sub: JetStreamContext.PullSubscription) -> None:
         failing = False  # logged when fetching starts failing and when it recovers, not each try
         while self._fetching:
             if not self._writer.healthy:
@@ -167,22 +188,58 @@ class EnrichedConsumer:
                 continue
             try:
                 msgs = await sub.fetch(batch=min(self._fetch_batch, room), timeout=FETCH_TIMEOUT_S)
-            except TimeoutError:
-                continue
-            except Exception as err:  # NATS away: the client reconnects by itself
+            except TimeoutError:  # answered: nothing to fetch
+                msgs = []
+            except Exception as err:  # NATS away (it reconnects by itself), or the consumer lost
+                self._fetch_error = repr(err)
                 if not failing:
                     log.warning("fetch failing: %r; retrying", err)
                     failing = True
+                await self._restore()
                 await asyncio.sleep(NATS_RETRY_S)
                 continue
+            self._fetch_error = ""
             if failing:
                 log.info("fetch recovered")
                 failing = False
+            if not msgs:
+                continue
             deliveries = [natsconn.JetStreamDelivery(msg) for msg in msgs]
             # Handing them over may wait for bulk slots; meanwhile they are touched too.
             self._intake.received(deliveries)
             for delivery in deliveries:
                 await self._intake.handle(delivery)
+
+    async def _restore(self) -> None:
+        """Creates the durable consumer again when JetStream says it does not exist (a fetch
+        from a deleted consumer fails as one with NATS away does: nobody answers it).
+
+        Like the first one it delivers the enriched stream from its start (what the lost
+        consumer had acked is not known): nothing is lost, and the events indexed already
+        answer 409 and count as duplicates. NATS away: the next failing fetch asks again.
+        """
+        try:
+            await self._js.consumer_info(subjects.ENRICHED_STREAM, self._name)
+        except NotFoundError as err:
+            if err.err_code != _CONSUMER_NOT_FOUND:
+                return  # the stream itself is missing: readiness names it
+        except Exception as err:
+            log.debug("consumer info failed: %r", err)
+            return
+        else:
+            return  # it exists: the failure is something else
+        try:
+            await self._js.add_consumer(subjects.ENRICHED_STREAM, config=self._config())
+        except Exception as err:
+            log.warning(
+                "consumer %s is missing and could not be created again: %r", self._name, err
+            )
+            return
+        log.warning(
+            "consumer %s was missing; created it again (it delivers the enriched stream from"
+            " its start: events already indexed count as duplicates)",
+            self._name,
+        )
 
     async def _touch_loop(self) -> None:
         while True:

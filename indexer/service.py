@@ -223,7 +223,7 @@ class Indexer:
 
     async def ready(self) -> tuple[bool, str]:
         """Ready when NATS is connected, the streams exist, OpenSearch answers, the
-        template is installed and the durable consumer is fetching."""
+        template is installed and the durable consumer is fetching without failing."""
         if self._nc is None or not self._nc.is_connected or self._js is None:
             return False, "nats not connected"
         problem = await natsconn.stream_problem(self._js, _STREAMS)
@@ -235,4 +235,7 @@ class Indexer:
             return False, self._waiting or "index template not installed"
         if not self._consuming.is_set():
             return False, self._waiting or "not consuming yet"
+        failing = self._consumer.problem if self._consumer is not None else None
+        if failing is not None:
+            return False, failing
         return True, "ok"

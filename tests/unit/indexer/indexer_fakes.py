@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from indexer.bulk import ItemResult
+from indexer.bulk import BulkWriter, ItemResult
 from indexer.errors import SearchRequestError, SearchUnavailableError
 
 
@@ -66,6 +66,19 @@ class FakeStore:
             return results
         finally:
             self.in_flight -= 1
+
+
+def quiet_writer(store: FakeStore | None = None) -> BulkWriter:
+    """A writer over a `FakeStore` for tests where the writer is not what is looked at."""
+    return BulkWriter(
+        store or FakeStore(),
+        max_docs=10,
+        max_bytes=1_000_000,
+        flush_interval_s=1.0,
+        concurrency=1,
+        retry_base_s=0.01,
+        retry_max_s=0.1,
+    )
 
 
 class ShortAnswerPort:

@@ -1,0 +1,128 @@
+"""EnrichedConsumer: a lost durable consumer is created again; readiness sees failing fetches."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, cast
+
+import pytest
+from indexer_fakes import FakeDeadLetters, quiet_writer
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import NotFoundError, ServiceUnavailableError
+
+from indexer.consumer import EnrichedConsumer
+from indexer.intake import Intake
+from indexer.metrics import Metrics
+from pipeline import subjects
+
+NAME = "indexer"
+
+
+class FakeJetStream:
+    """The consumer's side of JetStream: a durable consumer that can be lost, and NATS away."""
+
+    def __init__(self) -> None:
+        self.configs: list[js_api.ConsumerConfig] = []
+        self.exists = False
+        self.nats_away = False
+        self.fetches = 0
+
+    async def add_consumer(self, stream: str, config: js_api.ConsumerConfig) -> None:
+        assert stream == subjects.ENRICHED_STREAM
+        if self.nats_away:
+            raise ConnectionError("nats away")
+        self.configs.append(config)
+        self.exists = True
+
+    async def consumer_info(self, stream: str, name: str) -> object:
+        if self.nats_away:
+            raise ConnectionError("nats away")
+        if not self.exists:
+            raise NotFoundError(code=404, err_code=10014, description="consumer not found")
+        return js_api.ConsumerInfo(name=name, stream_name=stream, num_pending=0)
+
+    async def pull_subscribe_bind(self, *, durable: str, stream: str) -> FakeSubscription:
+        return FakeSubscription(self)
+
+
+class FakeSubscription:
+    def __init__(self, js: FakeJetStream) -> None:
+        self._js = js
+
+    async def fetch(self, batch: int, timeout: float) -> list[Any]:  # noqa: ASYNC109 - nats-py's signature
+        self._js.fetches += 1
+        await asyncio.sleep(0)
+        if self._js.nats_away or not self._js.exists:
+            # What nats-py raises for a pull nobody answers (no responders).
+            raise ServiceUnavailableError()
+        raise TimeoutError  # answered: nothing to fetch
+
+    async def consumer_info(self) -> js_api.ConsumerInfo:
+        return await cast(Any, self._js.consumer_info(subjects.ENRICHED_STREAM, NAME))
+
+    async def unsubscribe(self) -> None:
+        return None
+
+
+def consumer(js: FakeJetStream) -> EnrichedConsumer:
+    # Real intake and writer: no message ever arrives here, fetches are answered or fail.
+    writer = quiet_writer()
+    intake = Intake(writer, FakeDeadLetters(), index_prefix="t-", max_deliveries=5)
+    return EnrichedConsumer(
+        cast(JetStreamContext, js),
+        intake,
+        writer,
+        name=NAME,
+        fetch_batch=10,
+        max_ack_pending=100,
+        ack_wait_s=30.0,
+        pending_refresh_s=60.0,
+        metrics=Metrics(),
+    )
+
+
+async def until(condition: Callable[[], bool], what: str, timeout_s: float = 10) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"never {what}"
+        await asyncio.sleep(0.001)
+
+
+@pytest.fixture(autouse=True)
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("indexer.consumer.NATS_RETRY_S", 0.001)
+
+
+async def test_a_lost_consumer_is_created_again_with_its_configuration() -> None:
+    js = FakeJetStream()
+    fetcher = consumer(js)
+    await fetcher.start()
+    await until(lambda: js.fetches >= 2, "fetched")
+    assert fetcher.problem is None
+    js.exists = False  # deleted by hand, or lost with the stream's state
+    await until(lambda: len(js.configs) == 2, "created again")
+    assert js.configs[1] == js.configs[0]
+    assert js.configs[1].durable_name == NAME
+    assert js.configs[1].ack_policy is js_api.AckPolicy.EXPLICIT
+    assert js.configs[1].max_ack_pending == 100
+    fetched = js.fetches
+    await until(lambda: js.fetches > fetched and fetcher.problem is None, "fetching again")
+    await fetcher.close()
+
+
+async def test_problem_names_fetches_that_keep_failing_until_they_are_answered() -> None:
+    js = FakeJetStream()
+    fetcher = consumer(js)
+    await fetcher.start()
+    await until(lambda: js.fetches >= 1, "fetched")
+    js.nats_away = True  # nobody answers: the consumer cannot be checked nor created
+    await until(lambda: fetcher.problem is not None, "a problem")
+    assert "fetch failing" in str(fetcher.problem)
+    assert "ServiceUnavailableError" in str(fetcher.problem)
+    assert len(js.configs) == 1  # not created again while NATS cannot say it is missing
+    js.nats_away = False
+    await until(lambda: fetcher.problem is None, "answered again")
+    assert len(js.configs) == 1  # it was there all along
+    await fetcher.close()
