@@ -70,14 +70,21 @@ def item_outcome(status: int, error: Mapping[str, Any] | None = None) -> Outcome
     return Outcome.RETRY
 
 
+_MAX_CAUSES = 4  # of an error's cause chain, in a dead letter's reason
+
+
 def item_reason(error: Mapping[str, Any] | None) -> str:
-    """OpenSearch's error type and reason for a failed item, for the DLQ."""
+    """OpenSearch's error type and reason for a failed item, with its causes, for the DLQ."""
     if not error:
         return "unknown error"
     text = f"{error.get('type', 'error')}: {error.get('reason', '')}".strip()
+    causes: list[str] = []
     cause = error.get("caused_by")
-    if isinstance(cause, Mapping):
-        text += f" (caused by {cause.get('type', 'error')}: {cause.get('reason', '')})"
+    while isinstance(cause, Mapping) and len(causes) < _MAX_CAUSES:
+        causes.append(f"{cause.get('type', 'error')}: {cause.get('reason', '')}")
+        cause = cause.get("caused_by")
+    if causes:
+        text += f" (caused by {'; caused by '.join(causes)})"
     return text
 
 

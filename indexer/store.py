@@ -35,7 +35,11 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_BULK_FILTER = "errors,items.*.status,items.*.error.type,items.*.error.reason"
+# What the writer reads of a `_bulk` answer: each item's status and error, with the error's
+# cause chain (`caused_by` names an object: filter_path keeps all of it, nested causes too).
+_BULK_FILTER = (
+    "errors,items.*.status,items.*.error.type,items.*.error.reason,items.*.error.caused_by"
+)
 _NDJSON = {"content-type": "application/x-ndjson"}
 _PLAIN_RESULTS = {status: ItemResult(status) for status in (200, 201, 409)}  # shared, immutable
 
