@@ -195,12 +195,16 @@ class OpenSearchStore:
     async def install_template(self) -> bool:
         """Installs the index template the settings call for, unless it is there already.
 
-        A template of a later version is left alone (a newer indexer owns it). When the
-        template is written, the settings that can change on a live index (replicas,
-        refresh interval) are applied to the existing indices this indexer writes too
-        (`<prefix>YYYY-MM-DD`, `<prefix>undated`; other `<prefix>*` names are left alone),
-        and so are the mappings of a new template version (fields added); shard counts apply
-        to indices created from then on. Returns True when it wrote the template.
+        A template of a later version is left alone (a newer indexer owns it). Before the
+        template is written, the existing indices this indexer writes (`<prefix>YYYY-MM-DD`,
+        `<prefix>undated`; other `<prefix>*` names are left alone) get the settings that can
+        change on a live index (replicas, refresh interval) and, when the template is new or
+        of an earlier version, its mappings (fields added); shard counts apply to indices
+        created from then on. So an upgrade interrupted or failed in between is done again
+        on the next try or start: the template written is the mark that it is done. Raises
+        `SearchUnavailableError` when OpenSearch does not answer a step (the caller tries the
+        whole again); an index refusing a change for good (400: a mapping conflicting with
+        its own) is logged and does not stop the rest. Returns True when it wrote the template.
         """
         name = template_name(self._prefix)
         body = template_body(
@@ -211,46 +215,63 @@ class OpenSearchStore:
             refresh_interval=self._refresh_interval,
         )
         installed = await self._installed_template()
-        if installed is not None:
-            version = int(installed.get("version") or 0)
+        previous = None if installed is None else int(installed.get("version") or 0)
+        if installed is not None and previous is not None:
             digest = (installed.get("_meta") or {}).get("digest")
-            if version > body["version"] or (
-                version == body["version"] and digest == body["_meta"]["digest"]
+            if previous > body["version"] or (
+                previous == body["version"] and digest == body["_meta"]["digest"]
             ):
                 return False
+        new_mappings = previous is None or previous < body["version"]
+        await self._update_existing(body["template"]["mappings"] if new_mappings else None)
         await _call(lambda: self._client.indices.put_index_template(name=name, body=body))
         log.info(
             "index template installed",
             extra={
                 "template": name,
                 "version": body["version"],
-                "previous": None if installed is None else installed.get("version"),
+                "previous": previous,
                 "refresh_interval": self._refresh_interval,
                 "replicas": self._replicas,
                 "shards": self._shards,
             },
         )
-        if installed is not None:
-            earlier = int(installed.get("version") or 0) < body["version"]
-            await self._update_existing(body["template"]["mappings"] if earlier else None)
         return True
 
     async def _update_existing(self, mappings: dict[str, Any] | None) -> None:
         """Brings the existing indices this indexer writes to the new template: its live
         settings, and `mappings` (those of a new template version) when given."""
+        # Only the indexer's own indices: `<prefix>*` may match someone else's too.
+        own = [name for name in await self.index_names() if self.owns(name)]
+        if not own:
+            return
+        live = {
+            "index": {
+                "number_of_replicas": self._replicas,
+                "refresh_interval": self._refresh_interval,
+            }
+        }
         try:
-            # Only the indexer's own indices: `<prefix>*` may match someone else's too.
-            own = [name for name in await self.index_names() if self.owns(name)]
-        except (SearchRequestError, SearchUnavailableError) as err:
+            await self._put_on(own, self._client.indices.put_settings, live)
+        except SearchRequestError as err:
             log.warning(
-                "existing indices not updated; new indices follow the template: %s",
+                "settings not applied to existing indices; new indices have them: %s",
+                err,
+                extra={"pattern": self.pattern, **live["index"]},
+            )
+        if mappings is None:
+            return
+        # Additive: fields a new version adds reach the existing indices, or their strict
+        # mappings would refuse every document that has them (as permanent rejections).
+        try:
+            await self._put_on(own, self._client.indices.put_mapping, mappings)
+        except SearchRequestError as err:
+            log.warning(
+                "template mappings refused by existing indices; documents with new fields"
+                " will be refused there: %s",
                 err,
                 extra={"pattern": self.pattern},
             )
-            return
-        await self._apply_live_settings(own)
-        if mappings is not None:
-            await self._apply_mappings(own, mappings)
 
     async def _put_on(
         self, own: Sequence[str], put: Callable[..., Awaitable[Any]], body: dict[str, Any]
@@ -265,36 +286,6 @@ class OpenSearchStore:
                 ignore_unavailable=True,  # closed, or deleted meanwhile
             )
             await _call(request)
-
-    async def _apply_mappings(self, own: Sequence[str], mappings: dict[str, Any]) -> None:
-        # Additive: fields a new version adds reach the existing indices, or their strict
-        # mappings would refuse every document that has them (as permanent rejections).
-        try:
-            await self._put_on(own, self._client.indices.put_mapping, mappings)
-        except (SearchRequestError, SearchUnavailableError) as err:
-            log.warning(
-                "template mappings not applied to existing indices; documents with new"
-                " fields will be refused there: %s",
-                err,
-                extra={"pattern": self.pattern},
-            )
-
-    async def _apply_live_settings(self, own: Sequence[str]) -> None:
-        live = {
-            "index": {
-                "number_of_replicas": self._replicas,
-                "refresh_interval": self._refresh_interval,
-            }
-        }
-        try:
-            await self._put_on(own, self._client.indices.put_settings, live)
-        except (SearchRequestError, SearchUnavailableError) as err:
-            # The template is in place, so new indices get the settings; say the old ones don't.
-            log.warning(
-                "settings not applied to existing indices; new indices have them: %s",
-                err,
-                extra={"pattern": self.pattern, **live["index"]},
-            )
 
     async def template_version(self) -> int | None:
         """The version of the installed template, None when there is none."""

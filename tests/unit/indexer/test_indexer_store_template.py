@@ -10,6 +10,7 @@ import pytest
 from opensearchpy import exceptions as os_errors
 
 from indexer import template
+from indexer.errors import SearchUnavailableError
 from indexer.store import OpenSearchStore
 
 
@@ -21,6 +22,8 @@ class _Indices:
         self.refuse_settings = False
         self.live_indices: list[str] = []
         self.mapped: list[str] = []
+        self.mappings_down = False
+        self.calls: list[str] = []
 
     async def get_index_template(self, *, name: str, ignore: list[int]) -> dict[str, Any]:
         if self.installed is None:
@@ -30,6 +33,7 @@ class _Indices:
     async def put_index_template(self, *, name: str, body: dict[str, Any]) -> None:
         self.installed = body
         self.puts += 1
+        self.calls.append("put_template")
 
     async def put_settings(self, *, index: str, body: dict[str, Any], **_: Any) -> None:
         if self.refuse_settings:
@@ -38,7 +42,10 @@ class _Indices:
         self.live_indices.append(index)
 
     async def put_mapping(self, *, index: str, body: dict[str, Any], **_: Any) -> None:
+        if self.mappings_down:
+            raise os_errors.TransportError(503, "unavailable_shards_exception", {})
         self.mapped.append(index)
+        self.calls.append("put_mapping")
 
 
 class _Cat:
@@ -63,10 +70,11 @@ def _store(client: _Client, **settings: Any) -> OpenSearchStore:
 async def test_only_a_changed_setting_rewrites_the_template_and_reaches_live_indices() -> None:
     client = _Client()
     assert await _store(client, refresh_interval="1s").install_template() is True
-    assert client.indices.live == []  # first install: no older indices to update
+    # First install: the indices already there are brought to it too.
+    assert client.indices.live == [{"number_of_replicas": 0, "refresh_interval": "1s"}]
     assert await _store(client, refresh_interval="1s").install_template() is False
     assert await _store(client, refresh_interval="200ms", replicas=1).install_template() is True
-    assert client.indices.live == [{"number_of_replicas": 1, "refresh_interval": "200ms"}]
+    assert client.indices.live[1:] == [{"number_of_replicas": 1, "refresh_interval": "200ms"}]
     assert client.indices.puts == 2
 
 
@@ -104,6 +112,7 @@ async def test_live_settings_reach_only_the_indexers_own_indices() -> None:
         "t-2026-02-30",  # not a date
         "t-2026-01-01-copy",
     ]
+    client.indices.live_indices = []
     assert await _store(client, refresh_interval="2s").install_template() is True
     assert client.indices.live_indices == ["t-2026-01-01,t-2026-01-02,t-undated"]
 
@@ -113,6 +122,7 @@ async def test_live_settings_go_in_requests_of_bounded_length() -> None:
     await _store(client, refresh_interval="1s").install_template()
     days = [date(2000, 1, 1) + timedelta(days=n) for n in range(3000)]
     client.cat.names = [f"t-{day.isoformat()}" for day in days]
+    client.indices.live_indices = []
     assert await _store(client, refresh_interval="2s").install_template() is True
     assert len(client.indices.live_indices) > 1
     assert max(len(index) for index in client.indices.live_indices) <= 3000
@@ -129,4 +139,38 @@ async def test_a_new_template_version_puts_its_mappings_on_own_indices_only() ->
     assert client.indices.mapped == ["t-2026-01-01,t-undated"]
     # The same version with other settings: the mappings are the same, nothing to put.
     assert await _store(client, refresh_interval="2s").install_template() is True
+    assert client.indices.mapped == ["t-2026-01-01,t-undated"]
+
+
+def _older_installed(client: _Client) -> None:
+    older = template.template_body(prefix="t-", shards=1, replicas=0, priority=200)
+    older["version"] = template.TEMPLATE_VERSION - 1
+    client.indices.installed = older
+
+
+async def test_an_upgrade_whose_mappings_fail_is_done_again_on_the_next_try() -> None:
+    client = _Client()
+    _older_installed(client)
+    client.indices.mappings_down = True  # a shard unavailable for a moment, say
+    with pytest.raises(SearchUnavailableError):
+        await _store(client).install_template()
+    assert client.indices.installed is not None
+    assert client.indices.installed["version"] == template.TEMPLATE_VERSION - 1  # not marked done
+    client.indices.mappings_down = False
+    assert await _store(client).install_template() is True  # the next try, or the next start
+    assert client.indices.mapped == ["t-2026-01-01"]
+    assert client.indices.installed["version"] == template.TEMPLATE_VERSION
+
+
+async def test_existing_indices_get_the_mappings_before_the_template_is_written() -> None:
+    client = _Client()
+    _older_installed(client)
+    assert await _store(client).install_template() is True
+    assert client.indices.calls.index("put_mapping") < client.indices.calls.index("put_template")
+
+
+async def test_existing_indices_get_the_mappings_when_the_template_is_missing() -> None:
+    client = _Client()  # indices kept, template deleted (by hand, or a new cluster's restore)
+    client.cat.names = ["t-2026-01-01", "t-undated", "t-metrics-foo"]
+    assert await _store(client).install_template() is True
     assert client.indices.mapped == ["t-2026-01-01,t-undated"]
