@@ -4,6 +4,9 @@
 source) and calls each item's `on_done` once with its final outcome. Retryable
 failures are sent again after a capped exponential backoff, for as long as it takes;
 while OpenSearch is away the writer reports itself unhealthy so intake stops fetching.
+Items answered with an error that is retried (the cluster's state: a 403, an index that
+cannot be created) hold no intake: they are logged (at most a line per 30 s) and counted
+in `indexer_documents_awaiting_retry`.
 A whole request refused as wrong (400, 413) is sent again one document per request; one
 refused again and again with a retryable status that may be about its content (not 401,
 404, 407, 408, 429, 502, 503, 504, nor no answer) is sent again in halves, down to the one
@@ -62,6 +65,7 @@ class BulkItem:
     attempts: int = 0
     limit: int = 0  # the most documents a request carrying it may hold; 0: no limit of its own
     refusals: int = 0  # whole requests that carried it refused in a row with a retryable status
+    retrying: bool = False  # failed once at least, no final outcome yet (counted as awaiting)
 
 
 _ACTION_HEADS: dict[str, bytes] = {}  # index name -> the action line up to the `_id` value
@@ -76,6 +80,15 @@ def render(*, index: str, doc_id: str, source: Mapping[str, Any]) -> bytes:
             _ACTION_HEADS.clear()
         _ACTION_HEADS[index] = head
     return b"".join((head, orjson.dumps(doc_id), b"}}\n", orjson.dumps(source), b"\n"))
+
+
+def _index_of(item: BulkItem) -> str:
+    """The index named in an item's action line."""
+    try:
+        action = orjson.loads(item.payload[: item.payload.index(b"\n")])
+        return str(next(iter(action.values()))["_index"])
+    except (ValueError, KeyError, TypeError, StopIteration):
+        return ""
 
 
 _OUTCOMES = {200: Outcome.CREATED, 201: Outcome.CREATED, 409: Outcome.DUPLICATE}
@@ -122,6 +135,7 @@ class BulkWriter:
         self._timer: asyncio.Task[None] | None = None
         self._failures = 0
         self._refused_log = logs.Throttle(RETRY_LOG_INTERVAL_S)
+        self._item_retry_log = logs.Throttle(RETRY_LOG_INTERVAL_S)
         self._healthy = asyncio.Event()
         self._healthy.set()
 
@@ -181,6 +195,7 @@ class BulkWriter:
         self._tasks.clear()
         self._buffer.clear()
         self._buffer_bytes = 0
+        self._metrics.awaiting_retry.set(0)  # abandoned: their messages come back
 
     def _take(self) -> list[BulkItem]:
         if not self._buffer:
@@ -260,15 +275,21 @@ class BulkWriter:
             self._retry(batch)
             return
         retry: list[BulkItem] = []
+        first_retry: ItemResult | None = None
         tally: dict[Outcome, int] = {}
         known, retry_, rejected = _OUTCOMES, Outcome.RETRY, Outcome.REJECTED
         for item, (status, error) in zip(batch, results, strict=True):
             outcome = known.get(status) or item_outcome(status, error)
             tally[outcome] = tally.get(outcome, 0) + 1
             if outcome is retry_:
+                if not retry:
+                    first_retry = ItemResult(status, error)
                 retry.append(item)
                 continue
             reason = item_reason(error) if outcome is rejected else ""
+            if item.retrying:
+                item.retrying = False
+                self._metrics.awaiting_retry.dec()
             # _finish, inlined: this runs once per document.
             try:
                 pending = item.on_done(item, outcome, reason)
@@ -286,9 +307,35 @@ class BulkWriter:
                 extra={"rejected": tally[Outcome.REJECTED]},
             )
         if retry:
+            if first_retry is not None:
+                self._log_item_retries(retry[0], first_retry, len(retry))
             self._retry(retry)
         else:
             self._failures = 0
+
+    def _log_item_retries(self, item: BulkItem, result: ItemResult, count: int) -> None:
+        """Items OpenSearch answered with an error that is retried (a state of the cluster
+        someone must fix, or an overload): the request succeeded, so intake is not held and
+        readiness stays ok; without this line they would be retried silently."""
+        held_back = self._item_retry_log.admit()
+        if held_back is None:
+            return
+        error = result.error or {}
+        log.warning(
+            "bulk items not written; retrying: %s %s (%d in this request, %d more requests"
+            " with such items since the last line)",
+            result.status,
+            item_reason(error) if error else "",
+            count,
+            held_back,
+            extra={
+                "status": result.status,
+                "error_type": str(error.get("type", "")),
+                "index": _index_of(item),
+                "documents": count,
+                "held_back": held_back,
+            },
+        )
 
     async def _request_failed(self, batch: list[BulkItem], err: Exception) -> None:
         if failure_outcome(err) is Outcome.RETRY:
@@ -357,6 +404,9 @@ class BulkWriter:
             )
 
     async def _finish(self, item: BulkItem, outcome: Outcome, reason: str) -> None:
+        if item.retrying:
+            item.retrying = False
+            self._metrics.awaiting_retry.dec()
         try:
             pending = item.on_done(item, outcome, reason)
             if pending is not None:
@@ -366,6 +416,12 @@ class BulkWriter:
 
     def _retry(self, items: list[BulkItem]) -> None:
         self._failures += 1
+        new = 0
+        for item in items:
+            if not item.retrying:
+                item.retrying = True
+                new += 1
+        self._metrics.awaiting_retry.inc(new)
         delay = self.retry_delay_s(items) * random.uniform(0.8, 1.0)  # spread concurrent retries
         self._metrics.bulk_retries.inc(len(items))
         self._spawn(self._requeue(items, delay))

@@ -53,6 +53,12 @@ class Metrics:
             " retryable errors (429, 5xx, timeout, no connection), else 0.",
             registry=self.registry,
         )
+        self.awaiting_retry = Gauge(
+            "indexer_documents_awaiting_retry",
+            "Documents whose write failed with a retryable error and that are not written yet"
+            " (retried after a backoff, for as long as it takes).",
+            registry=self.registry,
+        )
         self.consumer_pending = Gauge(
             "indexer_consumer_pending",
             "Messages in the stream the consumer has not received yet (lag).",

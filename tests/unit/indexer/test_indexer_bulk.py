@@ -436,3 +436,41 @@ async def test_an_outage_answered_to_a_single_document_holds_intake(status: int 
     await bulk.drain()
     assert bulk.healthy
     assert rec.outcomes == {"only": Outcome.CREATED}
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type"),
+    [
+        (400, "validation_exception"),
+        (404, "index_not_found_exception"),
+        (403, "security_exception"),
+    ],
+)
+async def test_items_retried_for_the_clusters_state_are_logged_and_counted_as_awaiting(
+    status: int, error_type: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The request succeeds, so intake is not held and readiness stays ok: the log line and
+    # the gauge are what show that documents wait (e.g. the shard limit at a new day's index).
+    metrics = Metrics()
+    store, rec = FakeStore(), Recorder()
+    store.forced_type = error_type
+    refusals = {"new-day": 6}
+    store.item_status = refuse_first(refusals, status)
+    bulk = writer(store, metrics=metrics)
+    bulk.start()
+    awaiting: list[float | None] = []
+    with caplog.at_level(logging.WARNING, logger="indexer.bulk"):
+        await bulk.add(rec.item("new-day"))
+        await until(lambda: refusals["new-day"] <= 3, "retried")
+        awaiting.append(metrics.registry.get_sample_value("indexer_documents_awaiting_retry"))
+        await until(lambda: "new-day" in rec.outcomes, "written")
+    assert bulk.healthy
+    assert rec.outcomes == {"new-day": Outcome.CREATED}
+    assert awaiting == [1.0]
+    assert metrics.registry.get_sample_value("indexer_documents_awaiting_retry") == 0.0
+    lines = [r for r in caplog.records if "bulk items not written; retrying" in r.getMessage()]
+    assert len(lines) == 1  # six retries, one line: at most one per interval
+    assert error_type in lines[0].getMessage()
+    assert f"status {status}" in lines[0].getMessage()  # OpenSearch's reason (the fake's)
+    assert lines[0].__dict__["index"] == "t-x"
+    await bulk.close()
