@@ -179,7 +179,8 @@ class Config(NatsSettings, OpenSearchSettings, TracingSettings):
     retention_days: int = setting(
         "INDEXER_RETENTION_DAYS",
         DEFAULT_RETENTION_DAYS,
-        "days a daily index is kept after its day and its creation (0 keeps indices forever)",
+        "full days a daily index is kept after its day ends, and after the day it was created"
+        " (deleted on the day after both; 0 keeps indices forever)",
         check=_retention_days,
     )
     retention_interval_s: float = setting(

@@ -3,11 +3,12 @@
 Only names of the exact form `<prefix>YYYY-MM-DD` with a real date are ever
 candidates; `<prefix>undated` and anything else matching `<prefix>*` is left alone.
 
-A daily index is deleted once both its day and the day it was created are past the
-retention. The second keeps what a device whose clock runs behind sends late: its events
-go to the index of their own (old) day, which a first late event creates again after
-retention deleted it; that index is then kept for the retention's days, not deleted within
-the hour with the events just accepted.
+A daily index is kept for the retention's full days after its day ends (with 30, the
+index of 1 March is kept through 31 March and deleted on 1 April), and deleted once both
+its day and the day it was created are past that. The second keeps what a device whose
+clock runs behind sends late: its events go to the index of their own (old) day, which a
+first late event creates again after retention deleted it; that index is then kept for the
+retention's days, not deleted within the hour with the events just accepted.
 """
 
 from __future__ import annotations
@@ -39,13 +40,15 @@ def expired(
     created: Mapping[str, date | None], *, prefix: str, today: date, keep_days: int
 ) -> list[str]:
     """The daily indices of `created` (name -> the UTC day it was created, None when not
-    known) older than `keep_days` days before `today` by both days; none when keep_days is 0.
+    known) kept `keep_days` full days after both their day and their creation day, and past
+    that on `today`; none when keep_days is 0.
 
-    With keep_days = 1 only today's index is kept.
+    An index of day D is kept through D + keep_days and deleted from D + keep_days + 1 on:
+    with keep_days = 1, yesterday's index is kept all of today.
     """
     if keep_days <= 0:
         return []
-    oldest_kept = today - timedelta(days=keep_days - 1)
+    oldest_kept = today - timedelta(days=keep_days)
     out = []
     for name, created_on in created.items():
         day = index_day(name, prefix=prefix)

@@ -160,7 +160,9 @@ async def test_retention_keeps_an_old_day_created_again_by_late_events(
     assert (await store.index_creation_days())[late] == today
     assert await retention.run_once(store, prefix=prefix, keep_days=2, today=today) == []
     assert await retention.run_once(store, prefix=prefix, keep_days=30, today=today) == []
-    later = today + timedelta(days=30)
+    kept_through = today + timedelta(days=30)  # 30 full days after the day it was created
+    assert await retention.run_once(store, prefix=prefix, keep_days=30, today=kept_through) == []
+    later = kept_through + timedelta(days=1)
     assert await retention.run_once(store, prefix=prefix, keep_days=30, today=later) == [late]
 
 

@@ -23,14 +23,25 @@ NAMES: dict[str, date | None] = {
 
 def test_expired_keeps_the_last_n_days_and_foreign_names() -> None:
     today = date(2026, 2, 1)
-    assert retention.expired(NAMES, prefix="t-", today=today, keep_days=2) == [
-        "t-2026-01-01",
-        "t-2026-01-30",
-    ]
+    assert retention.expired(NAMES, prefix="t-", today=today, keep_days=2) == ["t-2026-01-01"]
     assert retention.expired(NAMES, prefix="t-", today=today, keep_days=1) == [
         "t-2026-01-01",
         "t-2026-01-30",
-        "t-2026-01-31",
+    ]
+
+
+def test_an_index_is_kept_for_whole_days_after_its_day() -> None:
+    # keep_days full days after its day ends: yesterday's index is not deleted at midnight
+    # with events a minute old.
+    days = {f"t-2026-11-{day:02d}": date(2026, 11, day) for day in (24, 25, 26, 27)}
+    assert retention.expired(days, prefix="t-", today=date(2026, 11, 27), keep_days=1) == [
+        "t-2026-11-24",
+        "t-2026-11-25",
+    ]
+    october = {"t-2026-10-28": date(2026, 10, 28)}
+    assert retention.expired(october, prefix="t-", today=date(2026, 11, 27), keep_days=30) == []
+    assert retention.expired(october, prefix="t-", today=date(2026, 11, 28), keep_days=30) == [
+        "t-2026-10-28"
     ]
 
 
@@ -41,17 +52,17 @@ def test_an_old_day_created_again_by_late_events_is_kept_for_the_retention() -> 
     assert retention.expired(late, prefix="t-", today=date(2026, 2, 1), keep_days=2) == [
         "t-2026-01-02"  # no creation day known: by its name alone
     ]
-    assert retention.expired(late, prefix="t-", today=date(2026, 2, 2), keep_days=2) == [
+    assert retention.expired(late, prefix="t-", today=date(2026, 2, 3), keep_days=2) == [
         "t-2026-01-02"
     ]
-    assert retention.expired(late, prefix="t-", today=date(2026, 2, 3), keep_days=2) == [
+    assert retention.expired(late, prefix="t-", today=date(2026, 2, 4), keep_days=2) == [
         "t-2026-01-01",
         "t-2026-01-02",
     ]
     # Created early (a clock running ahead): its own day decides.
     ahead = {"t-2026-03-01": date(2026, 1, 1)}
-    assert retention.expired(ahead, prefix="t-", today=date(2026, 3, 2), keep_days=2) == []
-    assert retention.expired(ahead, prefix="t-", today=date(2026, 3, 3), keep_days=2) == [
+    assert retention.expired(ahead, prefix="t-", today=date(2026, 3, 3), keep_days=2) == []
+    assert retention.expired(ahead, prefix="t-", today=date(2026, 3, 4), keep_days=2) == [
         "t-2026-03-01"
     ]
 
@@ -76,7 +87,7 @@ class FakeAdmin:
 
 async def test_run_once_deletes_only_expired() -> None:
     admin = FakeAdmin(NAMES)
-    deleted = await retention.run_once(admin, prefix="t-", keep_days=2, today=date(2026, 2, 1))
+    deleted = await retention.run_once(admin, prefix="t-", keep_days=2, today=date(2026, 2, 2))
     assert deleted == admin.deleted == ["t-2026-01-01", "t-2026-01-30"]
     assert "t-undated" in admin.names
     assert "tx-2020-01-01" in admin.names
@@ -93,7 +104,7 @@ async def test_an_index_gone_meanwhile_is_skipped_and_not_counted() -> None:
     admin = Raced(NAMES)
     metrics = Metrics()
     deleted = await retention.run_once(
-        admin, prefix="t-", keep_days=2, today=date(2026, 2, 1), metrics=metrics
+        admin, prefix="t-", keep_days=2, today=date(2026, 2, 2), metrics=metrics
     )
     assert deleted == ["t-2026-01-30"]
     assert metrics.registry.get_sample_value("indexer_retention_deleted_indices_total") == 1.0
