@@ -11,6 +11,7 @@
 #   make bench    the end-to-end benchmark (bench/README.md); e.g. BENCH_ARGS="--rounds 1 --skip-query"
 #
 # PROFILE=test selects the test profile for run/stop/status (e.g. `make stop PROFILE=test`).
+# PORT_OFFSET=N adds N to every port of the profile (a second checkout beside the first).
 
 PYTHON ?= python3.11
 PROFILE ?= dev
