@@ -44,9 +44,16 @@ class ItemResult(NamedTuple):
 
 
 class BulkPort(Protocol):
-    """Sends one `_bulk` body; answers one result per item, in order."""
+    """Sends one `_bulk` body; answers one result per item, in order. Reads stored documents'
+    fields back (those a 409 was answered for)."""
 
     async def bulk(self, body: bytes) -> Sequence[ItemResult]: ...
+
+    async def sources(
+        self, keys: Sequence[tuple[str, str]], fields: Sequence[str]
+    ) -> Sequence[Mapping[str, Any] | None]:
+        """`fields` of the documents at (index, id) `keys`, in order; None for one not found."""
+        ...
 
 
 # Told once of an item's final outcome. It may do its work at once and return None, or
@@ -82,13 +89,33 @@ def render(*, index: str, doc_id: str, source: Mapping[str, Any]) -> bytes:
     return b"".join((head, orjson.dumps(doc_id), b"}}\n", orjson.dumps(source), b"\n"))
 
 
+def _collision(index: str, doc_id: str, stored: Mapping[str, Any]) -> str:
+    """The dead-letter reason of an event whose id another event has in `index`."""
+    who = ", ".join(f"{name} {str(stored.get(name, ''))[:80]!r}" for name in CLIENT_FIELDS[:3])
+    return (
+        f"event_id_collision: {index} holds event_id {doc_id[:128]!r} for another event ({who});"
+        " event ids must be unique across apps and users"
+    )
+
+
 def _index_of(item: BulkItem) -> str:
     """The index named in an item's action line."""
     try:
-        action = orjson.loads(item.payload[: item.payload.index(b"\n")])
-        return str(next(iter(action.values()))["_index"])
+        return _parsed(item)[0]
     except (ValueError, KeyError, TypeError, StopIteration):
         return ""
+
+
+def _parsed(item: BulkItem) -> tuple[str, str, dict[str, Any]]:
+    """The index, id and document of an item's two lines."""
+    head, _, source = item.payload.partition(b"\n")
+    action = next(iter(orjson.loads(head).values()))
+    return str(action["_index"]), str(action["_id"]), orjson.loads(source)
+
+
+# Fields the same in every copy of one event (a retry, a redelivery, a replay), whatever the
+# enricher added each time, and plain strings (a time's text could change with a new indexer).
+CLIENT_FIELDS = ("app_id", "user_id", "session_id", "event_name")
 
 
 _OUTCOMES = {200: Outcome.CREATED, 201: Outcome.CREATED, 409: Outcome.DUPLICATE}
@@ -275,9 +302,11 @@ class BulkWriter:
             self._retry(batch)
             return
         retry: list[BulkItem] = []
+        conflicts: list[BulkItem] = []
         first_retry: ItemResult | None = None
         tally: dict[Outcome, int] = {}
         known, retry_, rejected = _OUTCOMES, Outcome.RETRY, Outcome.REJECTED
+        duplicate = Outcome.DUPLICATE
         for item, (status, error) in zip(batch, results, strict=True):
             outcome = known.get(status) or item_outcome(status, error)
             tally[outcome] = tally.get(outcome, 0) + 1
@@ -285,6 +314,9 @@ class BulkWriter:
                 if not retry:
                     first_retry = ItemResult(status, error)
                 retry.append(item)
+                continue
+            if outcome is duplicate:
+                conflicts.append(item)
                 continue
             reason = item_reason(error) if outcome is rejected else ""
             if item.retrying:
@@ -306,12 +338,45 @@ class BulkWriter:
                 "bulk request rejected documents; they go to the DLQ",
                 extra={"rejected": tally[Outcome.REJECTED]},
             )
+        if conflicts:
+            retry += await self._settle_conflicts(conflicts)
         if retry:
             if first_retry is not None:
                 self._log_item_retries(retry[0], first_retry, len(retry))
             self._retry(retry)
         else:
             self._failures = 0
+
+    async def _settle_conflicts(self, items: list[BulkItem]) -> list[BulkItem]:
+        """Settles the items answered 409 (a document of that id is in that index); returns
+        those to send again.
+
+        The stored document is read back: the same event (a retry, a redelivery, a replay:
+        its client-set fields agree) is a duplicate, done; another event under the same id
+        (two apps or users whose clients chose one event_id) is rejected, so it reaches the
+        DLQ with the stored one named, instead of being dropped as a duplicate. When the
+        documents cannot be read, or one is gone since (deleted), they are sent again.
+        """
+        parsed = [_parsed(item) for item in items]
+        try:
+            stored = await self._port.sources(
+                [(index, doc_id) for index, doc_id, _ in parsed], CLIENT_FIELDS
+            )
+        except Exception as err:  # OpenSearch away since the bulk answer: ask again later
+            log.warning("documents answered 409 not read back (%s); sending them again", err)
+            return items
+        if len(stored) != len(items):
+            log.warning("read back %d documents of %d; sending them again", len(stored), len(items))
+            return items
+        again: list[BulkItem] = []
+        for item, (index, doc_id, source), found in zip(items, parsed, stored, strict=True):
+            if found is None:
+                again.append(item)
+            elif all(found.get(name) == source.get(name) for name in CLIENT_FIELDS):
+                await self._finish(item, Outcome.DUPLICATE, "")
+            else:
+                await self._finish(item, Outcome.REJECTED, _collision(index, doc_id, found))
+        return again
 
     def _log_item_retries(self, item: BulkItem, result: ItemResult, count: int) -> None:
         """Items OpenSearch answered with an error that is retried (a state of the cluster

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 
@@ -325,6 +325,24 @@ class OpenSearchStore:
             else:
                 append(ItemResult(int(status), error))
         return results
+
+    async def sources(
+        self, keys: Sequence[tuple[str, str]], fields: Sequence[str]
+    ) -> list[Mapping[str, Any] | None]:
+        """`fields` of the documents at (index, id) `keys` (`_mget`, real time: a document
+        just written is seen), in order; None for one not found (or in an index gone)."""
+        if not keys:
+            return []
+        body = {"docs": [{"_index": index, "_id": doc_id} for index, doc_id in keys]}
+        params = {"_source_includes": ",".join(fields), "filter_path": "docs.found,docs._source"}
+        answer = await _call(
+            lambda: self._client.transport.perform_request(
+                "POST", "/_mget", body=body, params=params
+            )
+        )
+        return [
+            doc.get("_source") or {} if doc.get("found") else None for doc in answer.get("docs", ())
+        ]
 
     async def search(self, body: dict[str, Any], *, filter_path: str = "") -> dict[str, Any]:
         """Runs `_search` over the indices in `searched`; no index yet is an empty answer.

@@ -109,6 +109,39 @@ async def test_a_rejected_document_goes_to_the_dlq_with_the_reason(
     assert indexer.metrics.documents.labels(outcome="rejected")._value.get() == 1
 
 
+async def test_another_apps_event_under_a_stored_id_goes_to_the_dlq_not_lost(
+    start_indexer: IndexerFactory, nc: Client, os_client: AsyncOpenSearch, prefix: str
+) -> None:
+    # One event_id chosen by two apps' clients: the second copy is answered 409. It is
+    # read back against the stored one, not dropped as a duplicate; a real retry still is.
+    when = datetime(2026, 3, 1, 8, tzinfo=UTC)
+    shop = enriched("evt-1", when=when, app_id="shop", user_id="alice")
+    news = enriched("evt-1", when=when, app_id="news", user_id="bob")
+    dlq = await nc.jetstream().pull_subscribe(
+        subjects.dlq_subject("indexer"), durable="dlq-reader", stream=subjects.DLQ_STREAM
+    )
+    indexer = await start_indexer()
+    await publish(nc, [shop], msg_id="m1")
+    await wait_count(os_client, prefix, 1)
+    await publish(nc, [news], msg_id="m2")
+    await publish(nc, [shop], msg_id="m3")  # the same event again
+    [letter] = await dlq.fetch(1, timeout=10)
+
+    assert letter.headers is not None
+    reason = letter.headers[subjects.DLQ_REASON_HEADER]
+    assert reason.startswith(f"event_id_collision: {prefix}2026-03-01 holds event_id 'evt-1'")
+    assert "app_id 'shop', user_id 'alice'" in reason
+    assert event_pb2.EnrichedEvent.FromString(letter.data).event.user_id == "bob"
+
+    async def settled() -> bool:
+        duplicates = indexer.metrics.documents.labels(outcome="duplicate")._value.get()
+        return bool(duplicates == 1)
+
+    await wait_for(settled, what="the same event counted a duplicate")
+    assert await count(os_client, prefix) == 1
+    assert indexer.metrics.documents.labels(outcome="rejected")._value.get() == 1
+
+
 async def test_an_undecodable_message_near_max_payload_is_dead_lettered_without_its_bytes(
     start_indexer: IndexerFactory, nc: Client, os_client: AsyncOpenSearch, prefix: str
 ) -> None:

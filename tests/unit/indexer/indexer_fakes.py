@@ -67,6 +67,16 @@ class FakeStore:
         finally:
             self.in_flight -= 1
 
+    async def sources(
+        self, keys: Sequence[tuple[str, str]], fields: Sequence[str]
+    ) -> list[Mapping[str, Any] | None]:
+        """The `fields` of the stored documents at `keys` (None for one not stored)."""
+        await asyncio.sleep(0)
+        if self.down:
+            raise SearchUnavailableError("connection refused")
+        found = [self.docs.get(key) for key in keys]
+        return [None if doc is None else {f: doc[f] for f in fields if f in doc} for doc in found]
+
 
 def quiet_writer(store: FakeStore | None = None) -> BulkWriter:
     """A writer over a `FakeStore` for tests where the writer is not what is looked at."""
@@ -96,6 +106,11 @@ class ShortAnswerPort:
             await asyncio.sleep(0)
             return [ItemResult(201)] * (sent - 1)
         return await self.store.bulk(body)
+
+    async def sources(
+        self, keys: Sequence[tuple[str, str]], fields: Sequence[str]
+    ) -> list[Mapping[str, Any] | None]:
+        return await self.store.sources(keys, fields)
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -344,6 +344,11 @@ class ContentRefusingPort:
             await asyncio.sleep(0)
             raise SearchUnavailableError(f"answered {self.status}", status=self.status)
         return await self.store.bulk(body)
+
+    async def sources(
+        self, keys: Sequence[tuple[str, str]], fields: Sequence[str]
+    ) -> list[Mapping[str, Any] | None]:
+        return await self.store.sources(keys, fields)
 
 
 @pytest.mark.parametrize("status", [403, 500])

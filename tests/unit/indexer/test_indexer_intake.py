@@ -11,6 +11,7 @@ from indexer_fakes import FakeDeadLetters, FakeDelivery, FakeStore, ShortAnswerP
 from telemetry.v1 import event_pb2
 
 from indexer.bulk import BulkPort, BulkWriter
+from indexer.errors import SearchUnavailableError
 from indexer.intake import Intake
 
 
@@ -66,6 +67,54 @@ async def test_redelivery_is_acked_as_duplicates() -> None:
     await writer.drain()
     assert first.settled == second.settled == ["ack"]
     assert len(store.docs) == 2
+
+
+async def test_another_event_under_a_stored_id_goes_to_the_dlq_not_counted_a_duplicate() -> None:
+    # Two apps (or users) whose clients chose one event_id: the second would be answered 409
+    # and dropped as "already stored". The same event again is still a duplicate.
+    store, dead, writer, intake = _setup()
+    first = _event("evt-1")
+    first.app_id, first.event.user_id = "shop", "alice"
+    other = _event("evt-1")
+    other.app_id, other.event.user_id = "news", "bob"
+    deliveries = [FakeDelivery(_batch(e), deliveries=1) for e in (first, other, first)]
+    for delivery in deliveries:
+        await intake.handle(delivery)
+        await writer.drain()
+
+    assert [d.settled for d in deliveries] == [["ack"]] * 3
+    assert store.docs[("t-2026-05-01", "evt-1")]["user_id"] == "alice"
+    [letter] = dead.letters
+    assert letter.reason.startswith(
+        "event_id_collision: t-2026-05-01 holds event_id 'evt-1' for another event "
+        "(app_id 'shop', user_id 'alice'"
+    )
+    assert event_pb2.EnrichedEvent.FromString(letter.data).event.user_id == "bob"
+    assert _counted(intake) == {"created": 1.0, "duplicate": 1.0, "rejected": 1.0}
+
+
+async def test_documents_answered_409_are_sent_again_when_they_cannot_be_read_back() -> None:
+    store, dead, writer, intake = _setup()
+    await intake.handle(FakeDelivery(_batch(_event("evt-1"))))
+    await writer.drain()
+    reads = 0
+    real = store.sources
+
+    async def flaky(keys: Any, fields: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        if reads == 1:
+            raise SearchUnavailableError("connection refused")
+        return await real(keys, fields)
+
+    store.sources = flaky  # type: ignore[method-assign]
+    again = FakeDelivery(_batch(_event("evt-1")), deliveries=2)
+    await intake.handle(again)
+    await writer.drain()
+
+    assert reads == 2
+    assert again.settled == ["ack"]
+    assert dead.letters == []
 
 
 async def test_a_rejected_event_goes_to_the_dlq_and_the_message_is_acked() -> None:
