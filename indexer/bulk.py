@@ -329,6 +329,8 @@ class BulkWriter:
                     await pending
             except Exception:
                 log.exception("bulk item callback failed")
+        if conflicts:
+            retry += await self._settle_conflicts(conflicts, tally)
         if span.is_recording():
             for outcome, count in tally.items():
                 span.set_attribute(f"pipeline.documents.{outcome.value}", count)
@@ -338,8 +340,6 @@ class BulkWriter:
                 "bulk request rejected documents; they go to the DLQ",
                 extra={"rejected": tally[Outcome.REJECTED]},
             )
-        if conflicts:
-            retry += await self._settle_conflicts(conflicts)
         if retry:
             if first_retry is not None:
                 self._log_item_retries(retry[0], first_retry, len(retry))
@@ -347,9 +347,11 @@ class BulkWriter:
         else:
             self._failures = 0
 
-    async def _settle_conflicts(self, items: list[BulkItem]) -> list[BulkItem]:
+    async def _settle_conflicts(
+        self, items: list[BulkItem], tally: dict[Outcome, int]
+    ) -> list[BulkItem]:
         """Settles the items answered 409 (a document of that id is in that index); returns
-        those to send again.
+        those to send again, and corrects `tally` (which counted them as duplicates).
 
         The stored document is read back: the same event (a retry, a redelivery, a replay:
         its client-set fields agree) is a duplicate, done; another event under the same id
@@ -358,24 +360,35 @@ class BulkWriter:
         documents cannot be read, or one is gone since (deleted), they are sent again.
         """
         parsed = [_parsed(item) for item in items]
+        stored: Sequence[Mapping[str, Any] | None] = [None] * len(items)
         try:
-            stored = await self._port.sources(
+            answer = await self._port.sources(
                 [(index, doc_id) for index, doc_id, _ in parsed], CLIENT_FIELDS
             )
         except Exception as err:  # OpenSearch away since the bulk answer: ask again later
             log.warning("documents answered 409 not read back (%s); sending them again", err)
-            return items
-        if len(stored) != len(items):
-            log.warning("read back %d documents of %d; sending them again", len(stored), len(items))
-            return items
+        else:
+            if len(answer) == len(items):
+                stored = answer
+            else:
+                log.warning(
+                    "read back %d documents of %d; sending them again", len(answer), len(items)
+                )
         again: list[BulkItem] = []
         for item, (index, doc_id, source), found in zip(items, parsed, stored, strict=True):
             if found is None:
                 again.append(item)
+                outcome = Outcome.RETRY
             elif all(found.get(name) == source.get(name) for name in CLIENT_FIELDS):
                 await self._finish(item, Outcome.DUPLICATE, "")
+                continue
             else:
-                await self._finish(item, Outcome.REJECTED, _collision(index, doc_id, found))
+                outcome = Outcome.REJECTED
+                await self._finish(item, outcome, _collision(index, doc_id, found))
+            tally[Outcome.DUPLICATE] -= 1
+            tally[outcome] = tally.get(outcome, 0) + 1
+        if not tally[Outcome.DUPLICATE]:
+            del tally[Outcome.DUPLICATE]
         return again
 
     def _log_item_retries(self, item: BulkItem, result: ItemResult, count: int) -> None:

@@ -216,7 +216,7 @@ class OpenSearchStore:
         )
         installed = await self._installed_template()
         previous = None if installed is None else int(installed.get("version") or 0)
-        if installed is not None and previous is not None:
+        if installed is not None:
             digest = (installed.get("_meta") or {}).get("digest")
             if previous > body["version"] or (
                 previous == body["version"] and digest == body["_meta"]["digest"]
