@@ -9,6 +9,12 @@ its day and the day it was created are past that. The second keeps what a device
 clock runs behind sends late: its events go to the index of their own (old) day, which a
 first late event creates again after retention deleted it; that index is then kept for the
 retention's days, not deleted within the hour with the events just accepted.
+
+The periodic deleter goes by the earlier of this host's day and OpenSearch's (the node it
+asks): a clock set ahead on one side (a bad RTC, a VM restored with a wrong time) would
+otherwise make every daily index look expired and delete them all in one run. A clock set
+behind only delays deletion. When OpenSearch's time cannot be read for want of permission
+(`cluster:monitor/nodes/stats`), this host's day alone decides, and each run says so.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Protocol
 
+from indexer.errors import SearchUnavailableError
 from indexer.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -71,6 +78,10 @@ class IndexAdmin(Protocol):
         """Deletes one index; False when it was gone already."""
         ...
 
+    async def cluster_day(self) -> date:
+        """The UTC day by OpenSearch's own clock."""
+        ...
+
 
 async def run_once(
     admin: IndexAdmin,
@@ -104,6 +115,38 @@ def _utc_today() -> date:
     return datetime.now(UTC).date()
 
 
+# Answers that say OpenSearch's time is not ours to read (a role without cluster monitoring,
+# a proxy passing only index paths), as opposed to OpenSearch being away.
+_NOT_READABLE = frozenset({401, 403, 404, 405})
+
+
+async def retention_day(admin: IndexAdmin, local: date) -> date:
+    """The day retention goes by: the earlier of `local` (this host's) and OpenSearch's.
+
+    Raises SearchUnavailableError when OpenSearch is away (the run is made again later).
+    """
+    try:
+        remote = await admin.cluster_day()
+    except SearchUnavailableError as err:
+        if err.status not in _NOT_READABLE:
+            raise
+        log.warning(
+            "retention: OpenSearch's time cannot be read (%s); going by this host's clock alone",
+            err,
+        )
+        return local
+    if remote < local:
+        log.warning(
+            "retention: this host's clock is ahead of OpenSearch's (%s against %s); going by"
+            " OpenSearch's day",
+            local,
+            remote,
+            extra={"local_day": local.isoformat(), "opensearch_day": remote.isoformat()},
+        )
+        return remote
+    return local
+
+
 async def run_forever(
     admin: IndexAdmin,
     *,
@@ -113,12 +156,12 @@ async def run_forever(
     metrics: Metrics | None = None,
     today: Callable[[], date] = _utc_today,
 ) -> None:
-    """Runs retention now and then every `interval_s` seconds, until cancelled."""
+    """Runs retention now and then every `interval_s` seconds, until cancelled; each run
+    goes by `retention_day` of `today()`."""
     while True:
         try:
-            await run_once(
-                admin, prefix=prefix, keep_days=keep_days, today=today(), metrics=metrics
-            )
+            day = await retention_day(admin, today())
+            await run_once(admin, prefix=prefix, keep_days=keep_days, today=day, metrics=metrics)
         except Exception as err:  # OpenSearch away: try again next round
             log.warning("retention run failed: %s", err)
         await asyncio.sleep(interval_s)

@@ -421,6 +421,21 @@ class OpenSearchStore:
         )
         return {str(row["index"]): _utc_day(row.get("creation.date")) for row in found}
 
+    async def cluster_day(self) -> date:
+        """The UTC day by the clock of the OpenSearch node answering (its node stats' time)."""
+        answer: dict[str, Any] = await _call(
+            lambda: self._client.transport.perform_request(
+                "GET",
+                "/_nodes/_local/stats/process",
+                params={"filter_path": "nodes.*.timestamp"},
+            )
+        )
+        for node in (answer.get("nodes") or {}).values():
+            day = _utc_day(node.get("timestamp"))
+            if day is not None:
+                return day
+        raise SearchUnavailableError(f"opensearch did not say its time: {answer}")
+
     async def delete_index(self, name: str) -> bool:
         """Deletes one index by its exact name; False when there was no such index (another
         indexer's retention deleted it first, say)."""

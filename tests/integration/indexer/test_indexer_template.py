@@ -148,6 +148,16 @@ async def test_retention_deletes_only_old_daily_indices(
     assert await store.index_names() == sorted(names[1:])
 
 
+async def test_retention_reads_opensearch_day(os_client: AsyncOpenSearch, prefix: str) -> None:
+    # The guard against a host clock set ahead: OpenSearch's own day (same machine here).
+    store = _store(os_client, prefix)
+    before = datetime.now(UTC).date()
+    day = await store.cluster_day()
+    assert before <= day <= datetime.now(UTC).date()
+    ahead = before + timedelta(days=400)
+    assert await retention.retention_day(store, ahead) == day
+
+
 async def test_retention_keeps_an_old_day_created_again_by_late_events(
     os_client: AsyncOpenSearch, prefix: str
 ) -> None:

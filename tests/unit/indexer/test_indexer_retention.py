@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from datetime import date
 
+import pytest
+
 from indexer import retention
+from indexer.errors import SearchUnavailableError
 from indexer.metrics import Metrics
 
 # Each index created on its own day (as its first timely event creates it), or long ago.
@@ -72,9 +77,17 @@ def test_zero_keeps_forever() -> None:
 
 
 class FakeAdmin:
-    def __init__(self, names: dict[str, date | None]) -> None:
+    def __init__(
+        self, names: dict[str, date | None], clock: date | Exception = date(2100, 1, 1)
+    ) -> None:
         self.names = dict(names)
         self.deleted: list[str] = []
+        self.clock = clock  # OpenSearch's day, or what asking for it raises
+
+    async def cluster_day(self) -> date:
+        if isinstance(self.clock, Exception):
+            raise self.clock
+        return self.clock
 
     async def index_creation_days(self) -> dict[str, date | None]:
         return dict(self.names)
@@ -118,3 +131,49 @@ def test_a_name_with_other_digits_than_ascii_is_not_a_day() -> None:
         == []
     )
     assert retention.index_day("t-2026-01-01", prefix="t-") == date(2026, 1, 1)
+
+
+async def _one_run(admin: FakeAdmin, local: date) -> None:
+    """run_forever's first run, with this host's day `local`."""
+    task = asyncio.create_task(
+        retention.run_forever(admin, prefix="t-", keep_days=2, interval_s=3600, today=lambda: local)
+    )
+    for _ in range(20):
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_host_clock_ahead_of_opensearch_deletes_only_by_opensearch_day(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A host whose clock jumped years ahead would find every daily index expired.
+    admin = FakeAdmin(NAMES, clock=date(2026, 2, 2))
+    with caplog.at_level(logging.WARNING, logger="indexer.retention"):
+        await _one_run(admin, local=date(2031, 6, 1))
+    assert admin.deleted == ["t-2026-01-01", "t-2026-01-30"]  # what 2026-02-02 expires
+    assert "clock is ahead of OpenSearch's (2031-06-01 against 2026-02-02)" in caplog.text
+
+
+async def test_an_opensearch_clock_ahead_of_the_host_deletes_by_the_host_day() -> None:
+    admin = FakeAdmin(NAMES, clock=date(2031, 6, 1))
+    await _one_run(admin, local=date(2026, 2, 2))
+    assert admin.deleted == ["t-2026-01-01", "t-2026-01-30"]
+
+
+async def test_opensearch_time_not_readable_goes_by_the_host_day(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    admin = FakeAdmin(NAMES, clock=SearchUnavailableError("forbidden", status=403))
+    with caplog.at_level(logging.WARNING, logger="indexer.retention"):
+        await _one_run(admin, local=date(2026, 2, 2))
+    assert admin.deleted == ["t-2026-01-01", "t-2026-01-30"]
+    assert "OpenSearch's time cannot be read" in caplog.text
+
+
+async def test_opensearch_away_deletes_nothing_this_run() -> None:
+    for status in (None, 503):
+        admin = FakeAdmin(NAMES, clock=SearchUnavailableError("away", status=status))
+        await _one_run(admin, local=date(2031, 6, 1))
+        assert admin.deleted == []
