@@ -116,9 +116,9 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         span: tracing.Span,
     ) -> ingest_service_pb2.IngestEventsResponse:
         try:
+            # The key's rate was taken by the interceptor, before the message was read.
             key = presented_key(metadata.get("authorization"), metadata.get("x-api-key"))
             principal = self._keys.require(key, Kind.WRITE)
-            self._limiter.take(principal)
             span.set_attribute("pipeline.app_id", principal.name)
             if isinstance(request, _Refused):
                 raise request.error
@@ -158,14 +158,15 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         return self._core.max_events
 
     def key_check(self) -> grpc.aio.ServerInterceptor:
-        """An interceptor refusing IngestEvents calls without a valid write key before their
-        message is read (see _KeyCheck)."""
+        """An interceptor refusing IngestEvents calls without a valid write key, or past
+        their key's rate, before their message is read (see _KeyCheck)."""
         return _KeyCheck(self)
 
     def check_key(self, metadata: dict[str, str]) -> None:
-        """Raises for metadata without a valid write key."""
+        """Raises for metadata without a valid write key, or a key past its rate (which
+        this takes a request from)."""
         key = presented_key(metadata.get("authorization"), metadata.get("x-api-key"))
-        self._keys.require(key, Kind.WRITE)
+        self._limiter.take(self._keys.require(key, Kind.WRITE))
 
 
 if TYPE_CHECKING:  # generic in grpc's stubs only
@@ -173,7 +174,8 @@ if TYPE_CHECKING:  # generic in grpc's stubs only
 
 
 class _KeyCheck(grpc.aio.ServerInterceptor):
-    """Refuses an IngestEvents call without a valid write key from its metadata alone.
+    """Refuses an IngestEvents call without a valid write key, or past its key's rate, from
+    its metadata alone.
 
     grpc.aio runs interceptors once the call's metadata is in, before it reads the request;
     a unary handler would then read the whole message (up to the receive cap) before it

@@ -1,6 +1,6 @@
 """IngestEvents over a real gRPC socket: a message past the limit is INVALID_ARGUMENT like
-every batch past a limit, and a call without a valid key is refused before its message is
-read."""
+every batch past a limit, and a call without a valid key, or past its key's rate, is refused
+before its message is read."""
 
 from __future__ import annotations
 
@@ -29,13 +29,23 @@ def _request(size: int) -> ingest_service_pb2.IngestEventsRequest:
 
 
 @pytest.fixture
-async def stub() -> AsyncIterator[ingest_service_pb2_grpc.IngestServiceStub]:
+def settings() -> dict[str, str]:
+    """Gateway settings beyond the limits below (a test overrides the fixture)."""
+    return {}
+
+
+@pytest.fixture
+async def stub(
+    settings: dict[str, str],
+) -> AsyncIterator[ingest_service_pb2_grpc.IngestServiceStub]:
     config = unit_config(
         GATEWAY_HTTP_PORT="0",
         GATEWAY_GRPC_PORT="0",
         GATEWAY_MAX_DECOMPRESSED_BYTES=str(LIMIT),
         GATEWAY_MAX_METADATA_ENTRIES="1000",
         GATEWAY_MAX_EVENTS_PER_BATCH=str(MAX_EVENTS),
+        GATEWAY_RETRY_AFTER_S="7",
+        **settings,
     )
     gateway = Gateway(config, broker=FakeBroker(), query=FakeQuery())
     await gateway.start()
@@ -82,6 +92,24 @@ async def test_a_call_without_a_key_is_refused_before_its_message_is_read(
         await stub.IngestEvents(request, metadata=(("x-api-key", "wk-nobody"),))
 
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize(
+    "settings", [{"GATEWAY_RATE_LIMIT_RPS": "0.05", "GATEWAY_RATE_LIMIT_BURST": "1"}]
+)
+async def test_a_call_past_its_rate_is_refused_before_its_message_is_read(
+    stub: ingest_service_pb2_grpc.IngestServiceStub,
+) -> None:
+    await stub.IngestEvents(_request(1000), metadata=KEY)  # the burst of one: a token each 20 s
+
+    # Past the receive cap: had the message been read, gRPC would have refused its size.
+    call = stub.IngestEvents(_request(4 * LIMIT), metadata=KEY)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "past its request rate" in (caught.value.details() or "")
+    assert ("retry-after", "20") in tuple(await call.trailing_metadata() or ())
 
 
 async def test_a_message_of_too_many_events_is_refused_before_it_is_parsed(
