@@ -78,8 +78,17 @@ def _int(params: Params, name: str) -> int:
     return max(-(2**31), min(int(text), 2**31 - 1))
 
 
-def _time(params: Params, name: str) -> Timestamp | None:
+def _present(params: Params, name: str) -> str:
+    """`name`'s value; "" when it is not given. Given empty, it is refused: dropped, it would
+    widen the query (a client with an unset variable reading every event)."""
     text = _one(params, name)
+    if not text and params.getlist(name):
+        raise InvalidRequest(f"{name} is empty: leave it out to match any event")
+    return text
+
+
+def _time(params: Params, name: str) -> Timestamp | None:
+    text = _present(params, name)
     if not text:
         return None
     parsed = _rfc3339.parse(text)
@@ -110,7 +119,7 @@ def _filter(params: Params) -> query_service_pb2.EventFilter:
         fields["start_time"] = start
     if end is not None:
         fields["end_time"] = end
-    text = _one(params, "q")
+    text = _present(params, "q")
     if text:
         fields["text"] = text
     return query_service_pb2.EventFilter(**fields)

@@ -135,16 +135,23 @@ def add_filter_options(parser: argparse.ArgumentParser) -> None:
         "--since", help="events at or after: RFC 3339 (2026-01-31T12:00:00Z) or an age (15m, 2d)"
     )
     group.add_argument("--until", help="events before: RFC 3339 or an age")
-    group.add_argument("--text", default="", help="free text: all words must match")
+    group.add_argument("--text", help="free text: all words must match")
 
 
 def build_filter(args: argparse.Namespace, *, now: datetime) -> query_service_pb2.EventFilter:
-    """The EventFilter the options describe; UsageError for a bad time or range."""
-    flt = query_service_pb2.EventFilter(text=args.text)
-    for field, _ in FILTER_OPTIONS.values():
-        getattr(flt, field).extend(value for value in getattr(args, field) if value)
-    since = parse_time(args.since, now=now) if args.since else None
-    until = parse_time(args.until, now=now) if args.until else None
+    """The EventFilter the options describe; UsageError for a bad time or range, or an empty
+    value: dropped, it would match every event (`--user "$U"` with U unset reading all)."""
+    for option, value in (("--since", args.since), ("--until", args.until), ("--text", args.text)):
+        if value is not None and not value.strip():
+            raise UsageError(f"{option} is empty: leave it out to match any event")
+    flt = query_service_pb2.EventFilter(text=args.text or "")
+    for option, (field, _) in FILTER_OPTIONS.items():
+        values = getattr(args, field)
+        if not all(values):
+            raise UsageError(f"{option} is empty: leave it out to match any value")
+        getattr(flt, field).extend(values)
+    since = parse_time(args.since, now=now) if args.since is not None else None
+    until = parse_time(args.until, now=now) if args.until is not None else None
     if since is not None and until is not None and since >= until:
         raise UsageError("--since must be before --until")
     if since is not None:

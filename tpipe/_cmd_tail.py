@@ -25,7 +25,7 @@ from pipeline import subjects
 from tpipe import _render
 from tpipe._args import Subparsers, add_command, env_default, positive_int, url_list
 from tpipe._timeparse import rfc3339
-from tpipe.errors import EXIT_OK, Unavailable, describe
+from tpipe.errors import EXIT_OK, Unavailable, UsageError, describe
 
 NATS_URL_ENV = "NATS_URL"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -117,6 +117,9 @@ async def _connect(url: str) -> Client:
 
 async def run(args: argparse.Namespace) -> int:
     """Subscribes, prints matching events until stopped; 0 on a clean stop."""
+    for option, values in (("--user", args.user), ("--event", args.event), ("--app", args.app)):
+        if not all(values):  # as query's: an unset variable names no value
+            raise UsageError(f"{option} is empty: leave it out to match any value")
     match = EventMatch(users=args.user, events=args.event, apps=args.app)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -58,6 +58,22 @@ def test_since_after_until_is_refused() -> None:
 
 
 @pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["--user", "u1", "--user", ""], "--user"),
+        (["--event", ""], "--event"),
+        (["--since", ""], "--since"),
+        (["--until", " "], "--until"),
+        (["--text", "  "], "--text"),
+    ],
+)
+def test_an_empty_value_is_refused_not_dropped(argv: list[str], option: str) -> None:
+    # `--user "$U"` with U unset: dropped, the filter would match every user's events.
+    with pytest.raises(UsageError, match=f"^{option} is empty: leave it out"):
+        build_filter(filter_args(*argv), now=NOW)
+
+
+@pytest.mark.parametrize(
     "argv",
     [
         ["query", "--page-size", "0"],
@@ -65,6 +81,9 @@ def test_since_after_until_is_refused() -> None:
         ["query", "--nope"],
         ["aggregate", "--by", "color"],
         ["tail", "--count", "-1"],
+        ["tail", "--user", ""],
+        ["query", "--since", ""],
+        ["aggregate", "--by", "event", "--event", ""],
         ["send"],
         ["loadgen", "--duration", "0"],
     ],
