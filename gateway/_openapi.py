@@ -212,7 +212,11 @@ def _query_errors() -> dict[str, Any]:
     return {
         "400": _error("a bad parameter (or INVALID_ARGUMENT from the query service)"),
         **_AUTH_ERRORS,
-        "429": _error("this key's reader is past its request rate", retry=True),
+        "429": _error(
+            "this key's reader is past its request rate, or the query service is answering"
+            " as many queries as it allows (RESOURCE_EXHAUSTED)",
+            retry=True,
+        ),
         "500": _error("the query service failed (INTERNAL, UNKNOWN or DATA_LOSS)"),
         "503": _error(
             "the query service is unavailable, or part of the event store did not answer "

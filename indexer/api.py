@@ -44,6 +44,10 @@ class SearchPort(Protocol):
 
     async def red_indices(self) -> list[str]: ...
 
+    async def has_words(self, text: str) -> bool:
+        """Whether event_message's analyser makes at least one word of `text`."""
+        ...
+
     async def wait_for_shards(self, timeout_s: float) -> bool: ...
 
 
@@ -55,12 +59,20 @@ class SearchPort(Protocol):
 SHARDS_WAIT_S = 1.0
 
 
+MAX_NAMED_INDICES = 20  # in the message refusing a partial answer
+
+
 class PartialAnswerError(IndexerError):
     """Part of the event store did not answer and the caller did not accept a partial answer."""
 
     def __init__(self, shards: int, indices: list[str]) -> None:
+        # Named in a gRPC status message, which travels in a trailer: gRPC drops a call whose
+        # trailers pass its metadata limit (16 KiB), which years of daily indices would.
+        named = ", ".join(indices[:MAX_NAMED_INDICES])
+        if len(indices) > MAX_NAMED_INDICES:
+            named += f" and {len(indices) - MAX_NAMED_INDICES} more"
         super().__init__(
-            f"{shards} shard(s) of the event store did not answer ({', '.join(indices)}): "
+            f"{shards} shard(s) of the event store did not answer ({named}): "
             "events in them would be missing; try again later, or set return_partial_success "
             "for what the rest holds"
         )
@@ -120,6 +132,8 @@ class QueryServicer(qs_grpc.QueryServiceServicer):
                         "QueryEvents", answer, span, partial_ok=request.return_partial_success
                     )
                     response = queries.events_response(answer, size=size, flt=request.filter)
+                    if not response.events and not request.page_token:
+                        await self._check_words(request.filter.text)
                 response.unreachable.extend(unreachable)
                 span.set_attribute("pipeline.events", len(response.events))
                 return response
@@ -146,6 +160,8 @@ class QueryServicer(qs_grpc.QueryServiceServicer):
                         "AggregateEvents", answer, span, partial_ok=request.return_partial_success
                     )
                     counts = queries.aggregate_response(answer)
+                    if not counts.total_count:
+                        await self._check_words(request.filter.text)
                 counts.unreachable.extend(unreachable)
                 return counts
             except Exception as err:
@@ -191,6 +207,21 @@ class QueryServicer(qs_grpc.QueryServiceServicer):
             if not await self._shards_started():
                 return answer
         return await self._search.search(body, filter_path=filter_path)
+
+    async def _check_words(self, text: str) -> None:
+        """Raises InvalidArgumentError for free text the analyser finds no word in (a symbol
+        it drops, say): its search matches nothing whatever is stored. Asked only once such a
+        search answered nothing, so other searches pay nothing for it; when the store cannot
+        say, the empty answer stands."""
+        if not text:
+            return
+        try:
+            words = await self._search.has_words(text)
+        except SearchUnavailableError as err:
+            log.debug("could not analyse free text: %s", err)
+            return
+        if not words:
+            raise InvalidArgumentError("filter.text", queries.NO_WORDS)
 
     async def _shards_started(self) -> bool:
         """Waits up to SHARDS_WAIT_S for the shards to start; at once False while the last
@@ -250,7 +281,10 @@ def _status(err: Exception, *, paged: bool) -> tuple[grpc.StatusCode, str]:
         log.warning("query answered UNAVAILABLE: %s", err)
         return grpc.StatusCode.UNAVAILABLE, "the event store is unavailable; try again later"
     if isinstance(err, SearchRequestError) and paged:
-        # Only a forged token can make our own query invalid.
+        # A forged token is what makes our own query invalid, as far as the caller can know;
+        # said for the operator too, should the store's state be the cause (a daily index
+        # mapped without the template, say).
+        log.warning("paged query refused by the event store, answered as a bad token: %s", err)
         return grpc.StatusCode.INVALID_ARGUMENT, "page_token: is not a valid page token"
     log.exception("query failed", exc_info=err)
     return grpc.StatusCode.INTERNAL, "internal error"

@@ -8,7 +8,6 @@ with search_after.
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,6 +34,10 @@ MIN_SHARD_SIZE = 1000
 SHARD_SIZE_PER_LIMIT = 10
 MAX_FILTER_VALUES = 1000  # values per repeated filter field
 MAX_TEXT_CHARS = 1000
+# Free text in which the analyser finds no word: refused, not a search that matches nothing.
+# Beyond ASCII, which characters make words is the analyser's (Unicode's word rules as its
+# version knows them, emoji included): a search with such text that answers nothing asks it.
+NO_WORDS = "has no words to search for"
 # The largest QueryEvents reply: gRPC clients refuse a message over 4 MiB unless told
 # otherwise (the gateway's and tpipe's channels among them). A page of large events
 # (metadata near its limits) is cut short of it and goes on with a next_page_token.
@@ -141,19 +144,14 @@ def filter_query(flt: qs.EventFilter) -> dict[str, Any]:
     text = flt.text.strip()
     if len(text) > MAX_TEXT_CHARS:
         raise InvalidArgumentError("filter.text", f"is longer than {MAX_TEXT_CHARS} characters")
-    if text and not any(_wordlike(char) for char in text):
-        # Analysed to no words at all, `match` would silently match nothing.
-        raise InvalidArgumentError("filter.text", "has no words to search for")
+    if flt.text and text.isascii() and not any(char.isalnum() for char in text):
+        # ASCII punctuation and spaces make no word: `match` would silently match nothing
+        # (and spaces alone, stripped, everything). Other text the analyser finds no word in
+        # (symbols it drops) is told apart once its search answers nothing: see NO_WORDS.
+        raise InvalidArgumentError("filter.text", NO_WORDS)
     if text:
         query["bool"]["must"] = [{"match": {"event_message": {"query": text, "operator": "and"}}}]
     return query
-
-
-def _wordlike(char: str) -> bool:
-    """True for a character the text analyser can keep in a word: letters and digits of any
-    script, and symbols such as emoji (searched as words of their own). Punctuation and
-    other marks only separate words."""
-    return char.isalnum() or unicodedata.category(char) == "So"
 
 
 def search_body(request: qs.QueryEventsRequest) -> tuple[dict[str, Any], int]:

@@ -400,6 +400,19 @@ class OpenSearchStore:
             if info.get("status") == "red" and self.owns(name)
         )
 
+    async def has_words(self, text: str) -> bool:
+        """Whether the standard analyser, event_message's (the template names no other),
+        makes at least one word of `text`."""
+        answer: dict[str, Any] = await _call(
+            lambda: self._client.transport.perform_request(
+                "POST",
+                "/_analyze",
+                body={"analyzer": "standard", "text": text},
+                params={"filter_path": "tokens.token"},
+            )
+        )
+        return bool(answer.get("tokens"))
+
     async def index_names(self) -> list[str]:
         """The names of the indices matching the prefix."""
         found = await _call(

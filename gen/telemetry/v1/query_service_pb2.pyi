@@ -118,9 +118,12 @@ class EventFilter(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """text is a free-text search over event_message (event name and metadata);
-    plain words, all of which must match. It is not a query language. At
-    most 1,000 characters; text with no word in it (punctuation alone, such
-    as "#!?") is INVALID_ARGUMENT rather than a search that matches nothing.
+    plain words, all of which must match, in any case. Words are whole as the
+    standard analyser splits them: "item_purchased", "screen.view" and
+    "2.3.1" are one word each, so "purchased" does not find "item_purchased".
+    It is not a query language. At most 1,000 characters; text with no word
+    in it (punctuation or symbols alone, such as "#!?" or "→") is
+    INVALID_ARGUMENT rather than a search that matches nothing.
     """
     @_builtins.property
     def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:

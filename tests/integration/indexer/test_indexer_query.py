@@ -163,6 +163,13 @@ async def test_filters_text_and_aggregations_count_exactly(
     assert await total(text="red shoes") == 5  # all words must match
     assert await total(text="shoes OR hat") == 0  # not a query language: "OR" is a word
     assert await total(text='red" AND *') == 0
+    assert await total(text="red ‼") == 0  # "‼" is a word to the analyser (emoji)
+    # Words only to Python: the analyser makes none of these symbols.
+    for text in ("½", "→ °", "#!?"):
+        request = qs.QueryEventsRequest(filter=qs.EventFilter(text=text))
+        assert (
+            await _invalid(stub.QueryEvents(request)) == "filter.text: has no words to search for"
+        )
     # Time range on the corrected timestamp: [start, end).
     start = BASE + timedelta(hours=1)
     end = BASE + timedelta(hours=2)

@@ -29,6 +29,15 @@ class FakeSearch:
         self.red_asked = 0
         self.shards_start = False  # what wait_for_shards answers
         self.waits: list[float] = []
+        self.hits: list[dict[str, Any]] = []  # what search answers
+        self.words: bool | Exception = True  # what has_words answers
+        self.analysed: list[str] = []
+
+    async def has_words(self, text: str) -> bool:
+        self.analysed.append(text)
+        if isinstance(self.words, Exception):
+            raise self.words
+        return self.words
 
     async def wait_for_shards(self, timeout_s: float) -> bool:
         self.waits.append(timeout_s)
@@ -44,7 +53,7 @@ class FakeSearch:
         self.bodies.append(body)
         if self.error is not None:
             raise self.error
-        return {"hits": {"total": {"value": 0}, "hits": []}}
+        return {"hits": {"total": {"value": len(self.hits)}, "hits": self.hits}}
 
 
 @pytest.fixture
@@ -99,6 +108,45 @@ async def test_store_refusing_a_forged_token_is_invalid_argument(
     code, details = await _code(stub.QueryEvents(qs.QueryEventsRequest()))
     assert code == grpc.StatusCode.INTERNAL
     assert "search_after" not in details  # internals are not leaked
+
+
+async def test_text_the_analyser_finds_no_word_in_is_invalid_once_nothing_matched(
+    served: tuple[FakeSearch, qs_grpc.QueryServiceAsyncStub],
+) -> None:
+    search, stub = served
+    search.words = False  # "→": no word for the analyser
+    arrow = qs.EventFilter(text="→")
+    code, details = await _code(stub.QueryEvents(qs.QueryEventsRequest(filter=arrow)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details == "filter.text: has no words to search for"
+    code, details = await _code(stub.AggregateEvents(qs.AggregateEventsRequest(filter=arrow)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details == "filter.text: has no words to search for"
+    assert search.analysed == ["→", "→"]
+
+
+async def test_no_word_check_costs_nothing_when_events_match_or_no_text(
+    served: tuple[FakeSearch, qs_grpc.QueryServiceAsyncStub],
+) -> None:
+    search, stub = served
+    search.words = False
+    await stub.QueryEvents(qs.QueryEventsRequest())  # nothing matched, but no text
+    search.hits = [{"_source": {"event_id": "e1"}, "sort": [1, "e1"]}]
+    reply = await stub.QueryEvents(qs.QueryEventsRequest(filter=qs.EventFilter(text="→")))
+    assert [e.event.event_id for e in reply.events] == ["e1"]
+    assert search.analysed == []
+
+
+@pytest.mark.parametrize("words", [True, SearchUnavailableError("analyse refused", status=403)])
+async def test_text_with_words_or_an_unanswered_analysis_keeps_the_empty_answer(
+    served: tuple[FakeSearch, qs_grpc.QueryServiceAsyncStub], words: bool | Exception
+) -> None:
+    search, stub = served
+    search.words = words
+    reply = await stub.QueryEvents(qs.QueryEventsRequest(filter=qs.EventFilter(text="‼")))
+    assert list(reply.events) == []
+    assert reply.total_size == 0
+    assert search.analysed == ["‼"]
 
 
 async def test_reflection_lists_query_and_health_services() -> None:
@@ -182,6 +230,29 @@ async def test_an_answer_missing_shards_is_refused_unless_partial_success_was_as
     for method in ("QueryEvents", "AggregateEvents"):
         assert _partial_count(metrics, method, "false") == 1, method
         assert _partial_count(metrics, method, "true") == 1, method
+
+
+async def test_a_refusal_names_at_most_20_indices_and_the_answer_lists_them_all() -> None:
+    # Years of red daily indices: named all, the status message (a trailer) would pass gRPC's
+    # 16 KiB metadata limit and the caller get RESOURCE_EXHAUSTED instead of the refusal.
+    search = PartialSearch({"total": 1100, "successful": 100})
+    search.red = [f"telemetry-20{n // 28 + 1:02d}-01-{n % 28 + 1:02d}" for n in range(1000)]
+    server, channel = await _serve(search, Metrics())
+    try:
+        stub = qs_grpc.QueryServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.QueryEvents(qs.QueryEventsRequest())
+        page = await stub.QueryEvents(qs.QueryEventsRequest(return_partial_success=True))
+    finally:
+        await channel.close()
+        await server.stop(grace_s=1)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    details = str(caught.value.details())
+    assert "(telemetry-2001-01-01, telemetry-2001-01-02," in details
+    assert "telemetry-2001-01-20 and 980 more)" in details
+    assert "telemetry-2001-01-21" not in details
+    assert dict(caught.value.trailing_metadata() or ()).get("telemetry-partial-answer") == "refused"
+    assert len(page.unreachable) == 1000
 
 
 async def test_unreachable_names_failed_and_red_indices_or_else_the_pattern() -> None:
