@@ -268,6 +268,9 @@ class BulkWriter:
         with self._tracing.span(
             "bulk",
             kind=tracing.SpanKind.CLIENT,
+            # Its own trace, linked to its messages': a retry is spawned from inside the
+            # failed request's span, and would otherwise be its child.
+            parent=tracing.NEW_TRACE,
             links=[tracing.Link(context) for context in contexts.values()],
             attributes={
                 "db.system": "opensearch",

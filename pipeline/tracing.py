@@ -10,8 +10,10 @@ trace context travels from stage to stage in the `traceparent` header of the mes
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import threading
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 
@@ -29,10 +31,12 @@ from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, Statu
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import Attributes
 
+from pipeline.errors import ConfigError
 from pipeline.settings import TracingSettings
 
 __all__ = [
     "INVALID_SPAN",
+    "NEW_TRACE",
     "Link",
     "Span",
     "SpanContext",
@@ -47,6 +51,14 @@ __all__ = [
 
 INSTRUMENTATION_NAME = "telemetry-pipeline"
 INVALID_SPAN = trace.INVALID_SPAN  # what a disabled `Tracing` hands out: every call a no-op
+# A span's `parent` when it starts a trace of its own whatever is current: work spawned from
+# inside a span (a retry scheduled by a failed request) would otherwise inherit it.
+NEW_TRACE = Context()
+# How long a stop waits for the last spans to be exported: a collector that is away would
+# hold it for the exporter's own timeouts (seconds, retried).
+SHUTDOWN_TIMEOUT_S = 3.0
+
+log = logging.getLogger(__name__)
 _PROPAGATOR = TraceContextTextMapPropagator()
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
@@ -75,10 +87,13 @@ class Tracing:
     @classmethod
     def exporting(cls, service: str, exporter: SpanExporter, *, batch: bool = True) -> Tracing:
         """Spans of `service` sent to `exporter` (batched, or one by one for tests)."""
-        provider = TracerProvider(
-            resource=Resource.create({SERVICE_NAME: service}),
+        try:
             # A bulk span links every message it carries: up to one per document.
-            span_limits=SpanLimits(max_links=None if _LINK_LIMIT_ENV in os.environ else MAX_LINKS),
+            limits = SpanLimits(max_links=None if _LINK_LIMIT_ENV in os.environ else MAX_LINKS)
+        except ValueError as err:  # an OTEL_*_LIMIT variable that is not a count; it names it
+            raise ConfigError(str(err)) from None
+        provider = TracerProvider(
+            resource=Resource.create({SERVICE_NAME: service}), span_limits=limits
         )
         processor = BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter)
         provider.add_span_processor(processor)
@@ -144,11 +159,21 @@ class Tracing:
             return INVALID_SPAN
         return self.tracer.start_span(name, context=parent, kind=kind, attributes=attributes)
 
-    def shutdown(self) -> None:
-        """Exports what is buffered and closes the exporter (idempotent)."""
+    def shutdown(self, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
+        """Exports what is buffered and closes the exporter, waiting at most `timeout_s`
+        (idempotent): spans a collector that is away did not take are left behind."""
         provider, self._provider = self._provider, None
-        if provider is not None:
-            provider.shutdown()
+        if provider is None:
+            return
+        # On a daemon thread: the exporter's own timeouts and retries are not this stop's.
+        closing = threading.Thread(target=provider.shutdown, name="tracing-shutdown", daemon=True)
+        closing.start()
+        closing.join(timeout_s)
+        if closing.is_alive():
+            log.warning(
+                "spans not exported within %.0f s of the stop (collector away?); left behind",
+                timeout_s,
+            )
 
 
 def failed(span: Span, error_type: str) -> None:

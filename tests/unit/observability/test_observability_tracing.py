@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from enricher._handler import Delivery, Handler
 from enricher._metrics import Metrics as EnricherMetrics
 from enricher._policy import RetryPolicy
 from indexer.bulk import BulkItem, BulkWriter, ItemResult, render
+from indexer.errors import SearchUnavailableError
 from indexer.outcomes import Outcome
 from pipeline import subjects, tracing
 from pipeline.config import load
@@ -402,3 +404,68 @@ async def test_untraced_bulk_makes_no_span() -> None:
     await writer.drain()
     assert sorted(done, key=lambda o: o.value) == [Outcome.CREATED, Outcome.DUPLICATE]
     assert counting.spans == 0
+
+
+async def test_a_retried_bulk_request_starts_a_trace_of_its_own(
+    exporter: InMemorySpanExporter,
+) -> None:
+    # The retry is spawned from inside the failed request's span; it must not become its child.
+    class FailingOnce(_Store):
+        async def bulk(self, body: bytes) -> Sequence[ItemResult]:
+            if not self.requests:
+                self.requests += 1
+                raise SearchUnavailableError("connection refused")
+            return await super().bulk(body)
+
+    store = FailingOnce()
+    writer = _bulk_writer(_tracing(exporter, "indexer"), store=store)
+    done: list[Outcome] = []
+
+    async def on_done(_: BulkItem, outcome: Outcome, reason: str) -> None:
+        done.append(outcome)
+
+    link = tracing.link_of({"traceparent": TRACEPARENT})
+    await writer.add(
+        BulkItem(payload=render(index="t", doc_id="a", source={}), on_done=on_done, link=link)
+    )
+    await writer.drain()
+
+    failed, retried = exporter.get_finished_spans()
+    assert done == [Outcome.DUPLICATE]  # the fake store answers 409 to a request's first item
+    for span in (failed, retried):
+        assert span.parent is None
+        assert [link.context.trace_id for link in span.links] == [int(TRACE_ID, 16)]
+    assert failed.context is not None
+    assert retried.context is not None
+    assert failed.context.trace_id != retried.context.trace_id
+
+
+def test_an_otel_limit_that_is_not_a_count_is_a_settings_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "abc")
+    settings = load(TracingSettings, {"OTEL_TRACES_EXPORTER": "console"})
+    with pytest.raises(ConfigError, match="OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT"):
+        tracing.setup("gateway", settings)
+
+
+def test_a_stop_waits_a_bounded_time_for_a_collector_that_does_not_answer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    released = threading.Event()
+
+    class Stuck(InMemorySpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> Any:
+            released.wait(30)  # an exporter retrying a collector that is away
+            return super().export(spans)
+
+    made = tracing.Tracing.exporting("gateway", Stuck())
+    with made.span("work"):
+        pass
+    try:
+        with caplog.at_level(logging.WARNING, logger="pipeline.tracing"):
+            made.shutdown(timeout_s=0.2)
+        assert not made.enabled
+        assert "spans not exported within 0 s of the stop" in caplog.text
+    finally:
+        released.set()
