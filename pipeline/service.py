@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Generator
@@ -169,11 +170,20 @@ class HttpServer:
 
 
 async def serve_until_signal(service: Service, *, name: str) -> None:
-    """Starts `service`, waits for SIGTERM/SIGINT, then stops it gracefully."""
+    """Starts `service`, waits for SIGTERM/SIGINT, then stops it gracefully; a second signal
+    during the stop exits at once (128 + its number), as an operator asking twice means.
+    What was not settled then comes back from JetStream (at-least-once on every hop)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.warning("%s: %s again, exiting without finishing the stop", name, sig.name)
+            os._exit(128 + sig.value)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     # A signal during a slow start (a broker that is down) cancels the start.
     starting = asyncio.create_task(service.start())
     stopping = asyncio.create_task(stop.wait())

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 
 import httpx
 from prometheus_client import CollectorRegistry, Counter
@@ -89,3 +91,39 @@ async def test_a_grace_under_a_second_still_lets_a_request_finish() -> None:
         response = await pending
 
     assert (response.status_code, response.text) == (200, "done")
+
+
+_SLOW_STOP = """
+import asyncio, logging, sys
+from pipeline.service import serve_until_signal
+
+class SlowStop:
+    async def start(self): print("started", flush=True)
+    async def stop(self): print("stopping", flush=True); await asyncio.sleep(60)
+    async def ready(self): return True, "ok"
+
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+asyncio.run(serve_until_signal(SlowStop(), name="slow"))
+"""
+
+
+def test_a_second_signal_during_a_slow_stop_exits_at_once() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_STOP],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "started"
+        process.send_signal(signal.SIGTERM)
+        assert process.stdout.readline().strip() == "stopping"
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=20)  # the stop alone would take 60 s
+    finally:
+        process.kill()
+    assert code == 128 + signal.SIGINT
+    assert process.stderr is not None
+    assert "slow: SIGINT again, exiting without finishing the stop" in process.stderr.read()
