@@ -111,6 +111,8 @@ class Profile:
     gateway_ports: tuple[int, int]
     enricher_ports: tuple[int, int]
     indexer_ports: tuple[int, int]
+    # What was added to each port of the named profile (PORT_OFFSET).
+    port_offset: int = 0
 
     @property
     def root(self) -> Path:
@@ -163,6 +165,7 @@ def offset_profile(profile: Profile, offset: int) -> Profile:
         return profile
     return dataclasses.replace(
         profile,
+        port_offset=profile.port_offset + offset,
         nats_port=profile.nats_port + offset,
         nats_monitor_port=profile.nats_monitor_port + offset,
         opensearch_port=profile.opensearch_port + offset,
@@ -339,11 +342,20 @@ def print_usage(profile: Profile) -> None:
     print(f"OpenAPI: {gateway}/openapi.json   gRPC QueryService: {HOST}:{profile.indexer_ports[1]}")
     tpipe = relative(Path(sys.executable).parent / "tpipe")  # the venv make run uses
     print("\nThe command line (docs/cli.md), not on PATH:")
-    if profile.name == "dev":  # the ports tpipe uses by default
-        print(f"  export TPIPE_WRITE_KEY={write_key}")
+    print(f"  export TPIPE_WRITE_KEY={write_key}")
+    if profile == PROFILES["dev"]:  # the ports tpipe uses by default
         print(f"  {tpipe} query --user user-123      {tpipe} status --once")
-    else:
-        print(f"  {tpipe} --help   (this profile's ports: --target, --gateway, --nats)")
+        return
+    # Other ports: each command is told where to connect.
+    target = f"--target {HOST}:{profile.indexer_ports[1]}"
+    enricher = f"http://{HOST}:{profile.enricher_ports[0]}"
+    indexer = f"http://{HOST}:{profile.indexer_ports[0]}"
+    print(f"  {tpipe} query --user user-123 {target}")
+    print(f"  {tpipe} status --once --gateway {gateway} \\")
+    print(f"    --enricher {enricher} --indexer {indexer} \\")
+    print(f"    --nats {profile.nats_url} --opensearch {profile.opensearch_url}")
+    print(f"  aggregate: {target}   send, loadgen: --gateway {gateway}")
+    print(f"  tail, dlq: --nats {profile.nats_url}")
 
 
 # --- NATS -------------------------------------------------------------------------------------
@@ -1040,7 +1052,8 @@ def cmd_down(procs: list[ManagedProcess]) -> int:
 
 
 def cmd_status(profile: Profile, procs: list[ManagedProcess]) -> int:
-    print(f"profile {profile.name} ({relative(profile.root)})")
+    offset = f", PORT_OFFSET={profile.port_offset}" if profile.port_offset else ""
+    print(f"profile {profile.name}{offset} ({relative(profile.root)})")
     for proc in procs:
         print(f"  {status_line(proc)}")
     return 0
@@ -1185,9 +1198,18 @@ def print_running(procs: list[ManagedProcess]) -> None:
     print(f"\nRunning (profile {profile.name}):")
     for proc in procs:
         print(f"  {proc.title:<11} pid {running_pid(proc)!s:<7} {'  '.join(proc.endpoints)}")
-    suffix = "" if profile.name == "dev" else f" PROFILE={profile.name}"
+    suffix = make_variables(profile)
     print(f"Data, logs, pids: {relative(profile.root)}/")
     print(f"Status: make status{suffix}   Stop: make stop{suffix}")
+
+
+def make_variables(profile: Profile) -> str:
+    """The make variables (` PROFILE=test PORT_OFFSET=1000`) that select `profile` again, so
+    that `make status` and `make stop` look at its ports and not another checkout's."""
+    variables = "" if profile.name == "dev" else f" PROFILE={profile.name}"
+    if profile.port_offset:
+        variables += f" PORT_OFFSET={profile.port_offset}"
+    return variables
 
 
 def select(profile: Profile, only: str | None) -> list[ManagedProcess]:
