@@ -6,7 +6,8 @@ then the size of the DLQ stream (from NATS) and OpenSearch's cluster health. It 
 only: nothing is created on any server.
 
 `--once` prints one snapshot and exits: 0 when every part answers and is ready (and
-OpenSearch is not red, and the indexer's intake is not held), 3 otherwise.
+OpenSearch is not red, and the indexer's intake is not held), 2 when OpenSearch refuses the
+credentials, 3 otherwise.
 """
 
 from __future__ import annotations
@@ -14,22 +15,33 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import logging
 import os
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import aiohttp
 import nats
 import orjson
+from opensearchpy import AsyncOpenSearch
+from opensearchpy.exceptions import ImproperlyConfigured, OpenSearchException, TransportError
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline import subjects
+from pipeline.config import load
+from pipeline.errors import ConfigError
+from pipeline.search import client_options
+from pipeline.settings import OpenSearchSettings
 from tpipe._args import Subparsers, add_command, env_default, positive_float, url_list
-from tpipe.errors import EXIT_OK, EXIT_UNAVAILABLE
+from tpipe.errors import EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, UsageError
 
+# OpenSearch's answers that say its credentials are refused (not that it is down).
+REFUSED_STATUSES = (401, 403)
 # Defaults match `make run`.
 DEFAULT_GATEWAY_URL = "http://127.0.0.1:3000"
 DEFAULT_ENRICHER_URL = "http://127.0.0.1:8081"
@@ -149,6 +161,16 @@ class Snapshot:
             and self.opensearch.get("status") != "red"
         )
 
+    @property
+    def exit_code(self) -> int:
+        """--once: 0 when healthy, 2 when OpenSearch refuses the credentials (a setting to
+        fix, not an outage to wait out), else 3."""
+        if self.healthy:
+            return EXIT_OK
+        if self.opensearch.get("http_status") in REFUSED_STATUSES:
+            return EXIT_USAGE
+        return EXIT_UNAVAILABLE
+
 
 def parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:
     """Prometheus text as (sample name, labels, value)."""
@@ -253,20 +275,86 @@ async def dlq_info(nats_urls: Sequence[str]) -> dict[str, object]:
     }
 
 
-async def opensearch_health(client: aiohttp.ClientSession, url: str) -> dict[str, object]:
-    """OpenSearch's cluster health (status, nodes, shards), or the error."""
-    auth = None
-    user = os.environ.get("OPENSEARCH_USERNAME", "")
-    if user:
-        auth = aiohttp.BasicAuth(user, os.environ.get("OPENSEARCH_PASSWORD", ""))
+class ClusterHealth:
+    """OpenSearch's cluster health (status, nodes, shards), asked of each URL in turn until
+    one answers; with the TLS and credentials the indexer uses (OPENSEARCH_CA_CERTS,
+    OPENSEARCH_VERIFY_CERTS, OPENSEARCH_USERNAME/PASSWORD)."""
+
+    KEYS = ("status", "number_of_nodes", "active_shards", "unassigned_shards")
+
+    def __init__(self, settings: OpenSearchSettings) -> None:
+        # A failed request is shown once, in the snapshot, not also logged on stderr.
+        logging.getLogger("opensearch").addHandler(logging.NullHandler())
+        self._clients = [
+            AsyncOpenSearch(
+                **client_options(
+                    dataclasses.replace(
+                        settings, opensearch_url=(url,), opensearch_timeout_s=REQUEST_TIMEOUT_S
+                    )
+                )
+            )
+            for url in settings.opensearch_url
+        ]
+
+    async def get(self) -> dict[str, object]:
+        """The health from the first URL that answers it, else the error."""
+        refused: list[tuple[int, str]] = []
+        failed: list[str] = []
+        for client in self._clients:
+            try:
+                doc: Any = await client.cluster.health()
+            except TransportError as err:
+                if isinstance(err.status_code, int):
+                    refused.append((err.status_code, err.error))
+                else:
+                    failed.append(_cause(err))
+                continue
+            except OpenSearchException as err:  # an answer that is not JSON: not OpenSearch
+                failed.append(type(err).__name__)
+                continue
+            except ImproperlyConfigured as err:  # TLS set up on the first request
+                raise UsageError(
+                    f"OpenSearch's TLS: {err} (OPENSEARCH_CA_CERTS, OPENSEARCH_VERIFY_CERTS)"
+                ) from None
+            if isinstance(doc, dict):
+                return {key: doc.get(key) for key in self.KEYS}
+            failed.append("not a cluster health")
+        if refused:  # it answered: an error status says more than a node that is down
+            status, error = refused[0]
+            if status in REFUSED_STATUSES:
+                hint = "check OPENSEARCH_USERNAME/PASSWORD"
+            else:  # OpenSearch's error type, or the start of a proxy's page
+                hint = " ".join(str(error).split())[:120] or "no cluster health"
+            return {"error": f"opensearch answered {status}: {hint}", "http_status": status}
+        where = f" at all {len(failed)} URLs" if len(failed) > 1 else ""
+        return {"error": f"opensearch unreachable{where} ({failed[0]})"}
+
+    async def close(self) -> None:
+        for client in self._clients:
+            with contextlib.suppress(Exception):
+                await client.close()
+
+
+def _cause(err: TransportError) -> str:
+    """What kept a request from an answer: aiohttp's error, with a hint for TLS."""
+    cause = err.info if isinstance(err.info, BaseException) else err
+    name = type(cause).__name__
+    if isinstance(cause, aiohttp.ClientSSLError):
+        return f"{name}: check OPENSEARCH_CA_CERTS, OPENSEARCH_VERIFY_CERTS"
+    return name
+
+
+def opensearch_settings(urls: Sequence[str]) -> OpenSearchSettings:
+    """The OpenSearch settings of the environment, for `urls` (--opensearch)."""
     try:
-        async with client.get(f"{url.rstrip('/')}/_cluster/health", auth=auth) as answer:
-            answer.raise_for_status()
-            doc = orjson.loads(await answer.read())
-    except (aiohttp.ClientError, TimeoutError, ValueError) as err:
-        return {"error": f"opensearch unreachable ({type(err).__name__})"}
-    keys = ("status", "number_of_nodes", "active_shards", "unassigned_shards")
-    return {key: doc.get(key) for key in keys}
+        settings = load(OpenSearchSettings)
+    except ConfigError as err:
+        raise UsageError(str(err)) from None
+    if not urls:
+        raise UsageError("--opensearch names no URL")
+    if settings.opensearch_ca_certs and not os.path.exists(settings.opensearch_ca_certs):
+        raise UsageError(f"OPENSEARCH_CA_CERTS={settings.opensearch_ca_certs!r}: no such file")
+    return dataclasses.replace(settings, opensearch_url=tuple(urls))
 
 
 @dataclass(frozen=True)
@@ -275,7 +363,7 @@ class Targets:
 
     services: dict[str, str]
     nats: tuple[str, ...]
-    opensearch: str
+    opensearch: tuple[str, ...]
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Targets:
@@ -287,16 +375,19 @@ class Targets:
             },
             nats=tuple(url_list(args.nats)),
             # OPENSEARCH_URL may list several nodes: any one tells the cluster's health.
-            opensearch=args.opensearch.split(",")[0].strip(),
+            opensearch=tuple(url.strip() for url in args.opensearch.split(",") if url.strip()),
         )
 
 
 class Monitor:
     """Scrapes the services; each refresh compares with the scrape before it."""
 
-    def __init__(self, targets: Targets, client: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, targets: Targets, client: aiohttp.ClientSession, opensearch: ClusterHealth
+    ) -> None:
         self._targets = targets
         self._client = client
+        self._opensearch = opensearch
         self._last: dict[str, Scrape] = {}
 
     async def _scrape_all(self) -> dict[str, Scrape]:
@@ -315,7 +406,7 @@ class Monitor:
         current, dlq, health = await asyncio.gather(
             self._scrape_all(),
             dlq_info(self._targets.nats),
-            opensearch_health(self._client, self._targets.opensearch),
+            self._opensearch.get(),
         )
         before = self._last or current
         rows = [stage_row(name, before[name], current[name]) for name in current]
@@ -391,22 +482,26 @@ def _print(snapshot: Snapshot, fmt: str, *, clear: bool) -> None:
 async def status(args: argparse.Namespace) -> int:
     """Runs the command: one snapshot with --once, else a refresh every --interval seconds."""
     targets = Targets.from_args(args)
+    opensearch = ClusterHealth(opensearch_settings(targets.opensearch))
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
-    async with aiohttp.ClientSession(timeout=timeout) as client:
-        monitor = Monitor(targets, client)
-        await monitor.prime()
-        if args.once:
-            await asyncio.sleep(args.sample)
-            snapshot = await monitor.snapshot()
-            _print(snapshot, args.format, clear=False)
-            return EXIT_OK if snapshot.healthy else EXIT_UNAVAILABLE
-        clear = args.format == "table" and sys.stdout.isatty()
-        try:
-            while True:
-                await asyncio.sleep(args.interval)
-                _print(await monitor.snapshot(), args.format, clear=clear)
-        except asyncio.CancelledError:  # Ctrl-C: the way out of the live view, not a failure
-            return EXIT_OK
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as client:
+            monitor = Monitor(targets, client, opensearch)
+            await monitor.prime()
+            if args.once:
+                await asyncio.sleep(args.sample)
+                snapshot = await monitor.snapshot()
+                _print(snapshot, args.format, clear=False)
+                return snapshot.exit_code
+            clear = args.format == "table" and sys.stdout.isatty()
+            try:
+                while True:
+                    await asyncio.sleep(args.interval)
+                    _print(await monitor.snapshot(), args.format, clear=clear)
+            except asyncio.CancelledError:  # Ctrl-C: the way out of the live view
+                return EXIT_OK
+    finally:
+        await opensearch.close()
 
 
 def register(sub: Subparsers, name: str) -> None:
@@ -418,7 +513,10 @@ def register(sub: Subparsers, name: str) -> None:
         description="Shows, per stage, events per second and in total, rejections and dead "
         "letters per second, consumer lag and work in flight (from each service's /metrics), "
         "the DLQ stream's size and OpenSearch's health. Refreshes until Ctrl-C; --once prints "
-        "one snapshot and exits 0 when all is ready and flowing, 3 otherwise; Ctrl-C exits 0.",
+        "one snapshot and exits 0 when all is ready and flowing, 2 when OpenSearch refuses the "
+        "credentials, 3 otherwise; Ctrl-C exits 0. OpenSearch's TLS and credentials are the "
+        "indexer's settings: OPENSEARCH_CA_CERTS, OPENSEARCH_VERIFY_CERTS, "
+        "OPENSEARCH_USERNAME, OPENSEARCH_PASSWORD.",
         examples=EXAMPLES,
         run=status,
     )
@@ -443,7 +541,12 @@ def register(sub: Subparsers, name: str) -> None:
         ("--enricher", "TPIPE_ENRICHER_URL", DEFAULT_ENRICHER_URL, "enricher /metrics base URL"),
         ("--indexer", "TPIPE_INDEXER_URL", DEFAULT_INDEXER_URL, "indexer /metrics base URL"),
         ("--nats", "NATS_URL", DEFAULT_NATS_URL, "NATS URLs, comma-separated"),
-        ("--opensearch", "OPENSEARCH_URL", DEFAULT_OPENSEARCH_URL, "OpenSearch URL"),
+        (
+            "--opensearch",
+            "OPENSEARCH_URL",
+            DEFAULT_OPENSEARCH_URL,
+            "OpenSearch URLs, comma-separated",
+        ),
     ):
         where.add_argument(
             option,
