@@ -102,6 +102,19 @@ FILTER_OPTIONS: dict[str, tuple[str, str]] = {
 NATS_SCHEMES = ("nats", "tls", "ws", "wss")
 
 
+def http_url(url: str) -> str:
+    """`url` without a trailing slash; UsageError unless it is an http(s) URL with a host
+    (`127.0.0.1:3000`, without its scheme, is not)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port that is not a number in 0-65535
+    except ValueError:
+        raise UsageError(f"{url!r} is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"{url!r} is not an http(s) URL with a host")
+    return url.rstrip("/")
+
+
 def url_list(text: str) -> list[str]:
     """The NATS URLs of a comma-separated list (as NATS_URL holds them), blanks dropped;
     UsageError for one that is not a NATS URL (another scheme, a port that is no number)."""

@@ -37,7 +37,14 @@ from pipeline.config import load
 from pipeline.errors import ConfigError
 from pipeline.search import client_options
 from pipeline.settings import OpenSearchSettings
-from tpipe._args import Subparsers, add_command, env_default, positive_float, url_list
+from tpipe._args import (
+    Subparsers,
+    add_command,
+    env_default,
+    http_url,
+    positive_float,
+    url_list,
+)
 from tpipe.errors import EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, UsageError
 
 # OpenSearch's answers that say its credentials are refused (not that it is down).
@@ -367,16 +374,28 @@ class Targets:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Targets:
+        """The options' URLs; UsageError for one that is not an http(s) URL with a host."""
         return cls(
             services={
-                "gateway": args.gateway.rstrip("/"),
-                "enricher": args.enricher.rstrip("/"),
-                "indexer": args.indexer.rstrip("/"),
+                "gateway": _http_url(args.gateway, "--gateway", "TPIPE_GATEWAY_URL"),
+                "enricher": _http_url(args.enricher, "--enricher", "TPIPE_ENRICHER_URL"),
+                "indexer": _http_url(args.indexer, "--indexer", "TPIPE_INDEXER_URL"),
             },
             nats=tuple(url_list(args.nats)),
             # OPENSEARCH_URL may list several nodes: any one tells the cluster's health.
-            opensearch=tuple(url.strip() for url in args.opensearch.split(",") if url.strip()),
+            opensearch=tuple(
+                _http_url(url.strip(), "--opensearch", "OPENSEARCH_URL")
+                for url in args.opensearch.split(",")
+                if url.strip()
+            ),
         )
+
+
+def _http_url(url: str, option: str, env: str) -> str:
+    try:
+        return http_url(url)
+    except UsageError as err:  # said with where the URL came from
+        raise UsageError(f"{option} (or {env}): {err}") from None
 
 
 class Monitor:

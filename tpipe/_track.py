@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
+from tpipe._args import http_url
 from tpipe._backoff import Backoff, parse_retry_after
 from tpipe.errors import (
     ClientError,
@@ -103,18 +104,11 @@ class Tally:
 
 def check_gateway_url(url: str, *, allow_remote: bool) -> str:
     """The base URL without a trailing slash; refuses non-loopback hosts unless allowed."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises for a port that is not a number in 0-65535
-    except ValueError:
-        raise UsageError(f"{url!r} is not a valid URL") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"{url!r} is not an http(s) URL with a host")
-    if not allow_remote and not _loopback(parts.hostname):
-        raise UsageError(
-            f"{parts.hostname!r} is not a loopback host; pass --allow-remote to send there"
-        )
-    return url.rstrip("/")
+    base = http_url(url)
+    host = urlsplit(base).hostname or ""
+    if not allow_remote and not _loopback(host):
+        raise UsageError(f"{host!r} is not a loopback host; pass --allow-remote to send there")
+    return base
 
 
 def _loopback(host: str) -> bool:

@@ -9,9 +9,11 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from tests.servers import free_port
+from tpipe import _commands
 from tpipe._cmd_status import Scrape, Snapshot, StageRow, scrape, stage_row
 
 _HEALTH = {"status": "green", "number_of_nodes": 1, "active_shards": 1, "unassigned_shards": 0}
@@ -104,3 +106,39 @@ def test_ctrl_c_ends_the_live_view_with_success() -> None:
     assert proc.returncode == 0, err
     assert "interrupted" not in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("option", "env", "value"),
+    [
+        ("--gateway", "TPIPE_GATEWAY_URL", "127.0.0.1:3000"),
+        ("--enricher", "TPIPE_ENRICHER_URL", "localhost:8081"),
+        ("--indexer", "TPIPE_INDEXER_URL", "ftp://127.0.0.1:8082"),
+        ("--opensearch", "OPENSEARCH_URL", "http://127.0.0.1:9200,127.0.0.1:9201"),
+    ],
+)
+def test_a_url_without_http_scheme_is_a_usage_error(
+    option: str,
+    env: str,
+    value: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Given as an option or by its environment variable: said before anything is asked."""
+    closed = "http://127.0.0.1:9"  # discard port: nothing answers
+    others = [
+        arg
+        for flag in ("--gateway", "--enricher", "--indexer", "--opensearch")
+        if flag != option
+        for arg in (flag, closed)
+    ]
+    base = ["status", "--once", "--sample", "0.05", "--nats", "nats://127.0.0.1:9", *others]
+    bad = value.split(",")[-1]
+    said = f"tpipe status: {option} (or {env}): {bad!r} is not an http(s) URL with a host\n"
+
+    assert _commands.run([*base, option, value]) == 2
+    assert capsys.readouterr().err == said
+
+    monkeypatch.setenv(env, value)
+    assert _commands.run(base) == 2
+    assert capsys.readouterr().err == said
