@@ -146,7 +146,7 @@ def not_sent(count: int | None, *, first: int) -> str:
     what = f"{count} events" if count is not None else "the rest of the input"
     return (
         f"tpipe send: not sent: {what}, from event #{first} on; sending the same input "
-        "again with the same --batch-size finishes it (batches the gateway has are duplicates)"
+        "again with the same --batch-size finishes it (what the gateway has is stored once)"
     )
 
 

@@ -273,6 +273,8 @@ async def test_a_send_stopped_by_an_outage_says_what_was_not_sent(
     out, err = capsys.readouterr()
     assert "sent 100 events in 1 batches" in out
     assert "tpipe send: not sent: 150 events, from event #100 on" in err
+    # Not "duplicates": past the duplicate window a batch sent again is accepted again.
+    assert "finishes it (what the gateway has is stored once)" in err
 
 
 async def test_send_without_a_key_says_so_before_reading_the_file(tmp_path: Path) -> None:
