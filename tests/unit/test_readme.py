@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import sys
 from pathlib import Path
 
+import pytest
+
 from scripts import settings_table
+from tests.script_modules import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,3 +27,35 @@ def test_readme_names_the_two_commands() -> None:
     text = (ROOT / "README.md").read_text()
     assert "make run" in text
     assert "make test" in text
+
+
+def test_the_readme_shows_what_make_run_prints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The sample after "make run returns once everything answers" is local.py's output for
+    the dev profile, but for what differs from run to run (pids, keys, event id, time)."""
+    local = load_script("local.py", "local_script_readme")
+    monkeypatch.setattr(local, "LOCAL", tmp_path / ".local")
+    monkeypatch.setattr(local, "running_pid", lambda proc: 4242)
+    profile = local.PROFILES["dev"]
+    local.print_running(local.managed_processes(profile))
+    local.print_usage(profile)
+    printed = capsys.readouterr().out.replace(f"{tmp_path}/", "")
+    tpipe = local.relative(Path(sys.executable).parent / "tpipe")  # where this venv is
+    printed = printed.replace(tpipe, ".local/venv/bin/tpipe")
+
+    text = (ROOT / "README.md").read_text()
+    start = text.index("```\nRunning (profile dev):") + len("```\n")
+    sample = text[start : text.index("```", start)]
+
+    def varying(output: str) -> str:
+        for pattern, stand_in in (
+            (r"pid \d+ +", "pid PID "),
+            (r"\b(wk|rk)_[A-Za-z0-9_-]+", r"\1_KEY"),
+            (r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}", "UUID"),
+            (r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", "TIME"),
+        ):
+            output = re.sub(pattern, stand_in, output)
+        return output
+
+    assert varying(sample) == varying(printed.lstrip("\n"))
