@@ -21,8 +21,12 @@ from enricher._device import MAX_DEVICE_OS_CHARS, parse_device_os
 from enricher._geo import GeoLookup, geo_of
 from enricher._message import DEFAULT_MAX_CHARS, event_message
 from enricher.errors import PoisonMessageError
+from pipeline import logs
 
 log = logging.getLogger(__name__)
+# Events cut to fit: a line at most this often (a NATS max_payload below the gateway's limits
+# would otherwise write one per large event, and again per redelivery).
+_CUT_LOG = logs.Throttle(30.0)
 
 DEFAULT_MAX_SKEW_S = 365 * 24 * 3600
 
@@ -265,14 +269,18 @@ def _cut_to_fit(event: event_pb2.EnrichedEvent, one: int, room: int, *, index: i
         )
     before = event.ByteSize()
     event.event_message = text[: len(text) - over].decode(errors="ignore")
-    log.warning(
-        "event %r enriched was %d bytes, more than a message holds (%d): its event_message "
-        "is cut to %d characters",
-        event.event.event_id,
-        one,
-        room,
-        len(event.event_message),
-    )
+    held_back = _CUT_LOG.admit()
+    if held_back is not None:
+        log.warning(
+            "event %r enriched was %d bytes, more than a message holds (%d): its event_message "
+            "is cut to %d characters (%d more events cut since the last line; NATS max_payload"
+            " below what the gateway accepts?)",
+            event.event.event_id[:128],
+            one,
+            room,
+            len(event.event_message),
+            held_back,
+        )
     return one - (before - event.ByteSize())
 
 

@@ -104,7 +104,7 @@ class Sink(Protocol):
 @dataclass(frozen=True, slots=True)
 class _Outgoing:
     subject: str
-    parts: list[tuple[str, bytes]]  # (Nats-Msg-Id, enriched batch); usually one
+    parts: list[tuple[str, bytes, int]]  # (Nats-Msg-Id, enriched batch, events); usually one
     headers: dict[str, str]
     events: int
 
@@ -259,9 +259,9 @@ class Handler:
             # again (the indexer answers 409 for their events), where a name reused for a
             # part holding more events would be taken for a duplicate and lose the difference.
             parts = (
-                [(msg_id, data)]
+                [(msg_id, data, len(raw.events))]
                 if split is None
-                else [(f"{msg_id}:{first}-{end}", part) for first, end, part in split]
+                else [(f"{msg_id}:{first}-{end}", part, end - first) for first, end, part in split]
             )
             out = {subjects.SCHEMA_HEADER: subjects.ENRICHED_SCHEMA}
             span.set_attribute("pipeline.app_id", app_id)
@@ -274,6 +274,9 @@ class Handler:
                 traceparent = headers.get(subjects.TRACEPARENT_HEADER)
                 if traceparent:
                     out[subjects.TRACEPARENT_HEADER] = traceparent
+                    state = headers.get(tracing.TRACESTATE)
+                    if state and len(state) <= tracing.MAX_TRACESTATE_CHARS:
+                        out[tracing.TRACESTATE] = state
             return _Outgoing(subjects.enriched_subject(app_id), parts, out, len(raw.events))
         except Exception as err:  # classified by _policy.on_failure
             return err
@@ -282,7 +285,7 @@ class Handler:
         if isinstance(item, _Outgoing):
             outgoing = item
             try:
-                duplicate = await self._until_taken(delivery, lambda: self._publish(outgoing))
+                published = await self._until_taken(delivery, lambda: self._publish(outgoing))
             except _Stopped:
                 await self._quietly(delivery.nak(0.0))
                 return
@@ -291,10 +294,10 @@ class Handler:
             else:
                 if len(outgoing.parts) > 1:
                     span.set_attribute("pipeline.messages", len(outgoing.parts))
+                duplicate = published == 0
                 span.set_attribute("pipeline.outcome", OUTCOME_ENRICHED)
                 span.set_attribute("pipeline.duplicate", duplicate)
                 self._metrics.messages.labels(outcome=OUTCOME_ENRICHED).inc()
-                self._metrics.events.inc(outgoing.events)
                 if duplicate:
                     self._metrics.duplicates.inc()
                 await self._quietly(delivery.ack())
@@ -364,14 +367,17 @@ class Handler:
         self._metrics.messages.labels(outcome=OUTCOME_RETRIED).inc()
         await self._quietly(delivery.nak(action.delay_s))
 
-    async def _publish(self, item: _Outgoing) -> bool:
-        """Publishes every part; True when the stream had them all already."""
-        duplicate = True
-        for msg_id, data in item.parts:
+    async def _publish(self, item: _Outgoing) -> int:
+        """Publishes every part; returns the events of the parts the stream did not have
+        already (0: a duplicate, all published before). Events are counted as their part is
+        taken: once each, whether a redelivery repeats all the parts or only the rest."""
+        published = 0
+        for msg_id, data, events in item.parts:
             headers = {subjects.MSG_ID_HEADER: msg_id, **item.headers}
-            one = await self._sink.publish(item.subject, data, headers=headers)
-            duplicate = duplicate and one
-        return duplicate
+            if not await self._sink.publish(item.subject, data, headers=headers):
+                self._metrics.events.inc(events)
+                published += events
+        return published
 
     async def _until_taken(self, delivery: Delivery, attempt: Callable[[], Awaitable[T]]) -> T:
         """`attempt()`'s result once NATS takes it. After a BrokerError it is tried again,

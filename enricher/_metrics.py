@@ -25,7 +25,8 @@ class Metrics:
         )
         self.events = Counter(
             "enricher_events",
-            "Events enriched and published (duplicates included)",
+            "Events enriched and published, once each (a redelivery's events, which JetStream"
+            " drops as duplicates, are not counted again)",
             registry=self.registry,
         )
         self.dlq = Counter(

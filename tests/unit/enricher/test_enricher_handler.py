@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 from telemetry.v1 import event_pb2
 
+from enricher import _enrich
 from enricher._enrich import EnrichOptions
 from enricher._geo import GeoLookup, OfflineGeo
 from enricher._handler import Delivery, Handler
@@ -179,6 +180,7 @@ async def test_redelivery_publishes_with_the_same_msg_id() -> None:
     assert len(ids) == 1
     assert ids.pop().startswith("enr:7:sha256-")  # no raw id: the digest of its bytes
     assert _sample(metrics, "enricher_duplicates_total") == 1
+    assert _sample(metrics, "enricher_events_total") == 2  # counted once, not per delivery
 
 
 async def test_garbage_goes_to_the_dlq_and_is_terminated() -> None:
@@ -513,11 +515,11 @@ async def test_a_redelivery_with_another_clock_splits_alike_and_stores_each_even
     # Each delivery stamps its own enriched_at, whose encoding is up to 4 bytes shorter
     # (nanoseconds of one byte instead of five), 160 bytes over 40 events. The first process
     # stops after one part was taken; the message goes to the next, with another clock.
-    sink = SinkFailingAfter()
+    sink, metrics = SinkFailingAfter(), Metrics()
     sink.good = 1
     clock = [1_700_000_001 * S + 999_999_999]
     stopping = _handler(
-        sink, clock_ns=lambda: clock[0], max_message_bytes=limit, touch_every_s=0.01
+        sink, metrics, clock_ns=lambda: clock[0], max_message_bytes=limit, touch_every_s=0.01
     )
     first = FakeDelivery(_big(40))
     handling = asyncio.create_task(stopping.handle([first]))
@@ -529,7 +531,9 @@ async def test_a_redelivery_with_another_clock_splits_alike_and_stores_each_even
     sink.good = 1_000
     clock[0] = 1_700_000_002 * S + 5
     again = FakeDelivery(_big(40), deliveries=2)
-    await _handler(sink, clock_ns=lambda: clock[0], max_message_bytes=limit).handle([again])
+    await _handler(sink, metrics, clock_ns=lambda: clock[0], max_message_bytes=limit).handle(
+        [again]
+    )
 
     assert again.log == ["ack"]
     assert len(sink.published) == len(sink.by_id) + 1  # the first part, again: a duplicate
@@ -539,12 +543,14 @@ async def test_a_redelivery_with_another_clock_splits_alike_and_stores_each_even
         for e in event_pb2.EnrichedBatch.FromString(data).events
     ]
     assert sorted(stored) == [f"e{i:03d}" for i in range(40)]  # each once
+    assert _sample(metrics, "enricher_events_total") == 40  # and counted once
     assert all(len(data) <= limit for _, data, _ in sink.published)
 
 
 async def test_an_event_too_large_only_for_its_event_message_has_that_text_cut(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(_enrich, "_CUT_LOG", logs.Throttle(30.0))  # none written yet
     # Its raw size fits a message; enriched, its event_message (the metadata again, 3 bytes
     # a character) does not. The other events of the batch must not be lost with it.
     raw = event_pb2.RawBatch()
@@ -573,7 +579,8 @@ async def test_an_event_too_large_only_for_its_event_message_has_that_text_cut(
     assert events[0].event.metadata["text"] == "語" * 1000  # the event itself is whole
     # A redelivery cuts alike: the same part names, dropped as duplicates.
     assert [h[subjects.MSG_ID_HEADER] for _, _, h in sink.published[len(first_ids) :]] == first_ids
-    assert "its event_message is cut to" in caplog.text
+    # One line, not one per delivery (the second within the throttle's 30 s).
+    assert caplog.text.count("its event_message is cut to") == 1
 
 
 async def test_an_event_too_large_for_any_message_goes_to_the_dlq() -> None:

@@ -263,9 +263,13 @@ async def test_enricher_makes_one_child_span_per_message_not_per_event(
 
 async def test_untraced_enricher_passes_the_raw_traceparent_on() -> None:
     sink = _Sink()
-    headers = {subjects.TRACEPARENT_HEADER: TRACEPARENT}
+    headers = {subjects.TRACEPARENT_HEADER: TRACEPARENT, "tracestate": "vendor=abc"}
     await _handler(sink, tracing.Tracing.disabled()).handle([_Delivery(_raw(1), headers)])
     assert sink.published[0][subjects.TRACEPARENT_HEADER] == TRACEPARENT
+    assert sink.published[0]["tracestate"] == "vendor=abc"  # a vendor's state goes on too
+    too_long = {**headers, "tracestate": "v=" + "x" * tracing.MAX_TRACESTATE_CHARS}
+    await _handler(sink, tracing.Tracing.disabled()).handle([_Delivery(_raw(1), too_long)])
+    assert "tracestate" not in sink.published[1]
 
 
 def _attributed(exporter: InMemorySpanExporter) -> Sequence[ReadableSpan]:
