@@ -39,10 +39,16 @@ def _cidrs(value: tuple[str, ...]) -> str | None:
 
 
 def _key_pairs(value: tuple[str, ...]) -> str | None:
-    for item in value:
+    """Checks <key>:<id> entries; a problem names the entry by position, never its text."""
+    for number, item in enumerate(value, 1):
         key, sep, owner = item.partition(":")
-        if not sep or not key or not owner:
-            return "each entry must be <key>:<id>"
+        entry = f"entry {number} of {len(value)}"
+        if not sep:
+            return f"{entry} has no ':' (each entry is <key>:<id>)"
+        if not key.strip():
+            return f"{entry} has no key before its ':' (each entry is <key>:<id>)"
+        if not owner.strip():
+            return f"{entry} has no id after its ':' (each entry is <key>:<id>)"
     return None
 
 
@@ -58,9 +64,14 @@ class GatewayConfig(NatsSettings, TracingSettings):
         (),
         "write keys as <key>:<app_id>, comma-separated (the app id becomes the subject token)",
         check=_key_pairs,
+        secret=True,
     )
     read_keys: tuple[str, ...] = setting(
-        "GATEWAY_READ_KEYS", (), "read keys as <key>:<name>, comma-separated", check=_key_pairs
+        "GATEWAY_READ_KEYS",
+        (),
+        "read keys as <key>:<name>, comma-separated",
+        check=_key_pairs,
+        secret=True,
     )
     keys_file: str = setting(
         "GATEWAY_KEYS_FILE",

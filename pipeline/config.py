@@ -3,7 +3,9 @@
 Each service declares its settings as fields of a frozen dataclass, each with
 `setting(...)`: the environment variable, the default and a help text. `load()`
 reads and validates them all at start and raises `ConfigError` naming the
-variable; `describe()` lists them for `--help`.
+variable; `describe()` lists them for `--help`. A setting declared `secret` (a key, a
+password, a URL that may carry credentials) never has its value in an error: its checks
+say which part is wrong without quoting it.
 
 Supported field types: str, int, float, bool and tuple[str, ...] (comma-separated).
 """
@@ -32,12 +34,14 @@ def setting(
     help: str,
     *,
     check: Callable[[Any], str | None] | None = None,
+    secret: bool = False,
 ) -> Any:
     """Declares one setting: a dataclass field read from `env`.
 
-    `check` returns an error text (without the variable's name) or None.
+    `check` returns an error text (without the variable's name) or None; for a `secret`
+    setting that text must not quote the value either (say "entry 2", not what it holds).
     """
-    meta = {"env": env, "help": help, "check": check}
+    meta = {"env": env, "help": help, "check": check, "secret": secret}
     if isinstance(default, list | dict | set):
         raise TypeError("mutable defaults are not supported; use a tuple")
     return dataclasses.field(default=default, metadata=meta)
@@ -63,7 +67,12 @@ def non_empty(value: str | tuple[str, ...]) -> str | None:
     return None if value else "must not be empty"
 
 
-def _parse(raw: str, kind: Any, env: str) -> Any:
+def _problem(env: str, value: Any, problem: str, *, secret: bool) -> ConfigError:
+    """The error of a bad value: `NAME=value: problem`, or `NAME: problem` for a secret."""
+    return ConfigError(f"{env}: {problem}" if secret else f"{env}={value!r}: {problem}")
+
+
+def _parse(raw: str, kind: Any, env: str, *, secret: bool = False) -> Any:
     text = raw.strip()
     if kind is str:
         return text
@@ -73,19 +82,19 @@ def _parse(raw: str, kind: Any, env: str) -> Any:
             return True
         if low in _FALSE:
             return False
-        raise ConfigError(f"{env}={raw!r}: expected true or false")
+        raise _problem(env, raw, "expected true or false", secret=secret)
     if kind is int:
         try:
             return int(text)
         except ValueError:
-            raise ConfigError(f"{env}={raw!r}: expected an integer") from None
+            raise _problem(env, raw, "expected an integer", secret=secret) from None
     if kind is float:
         try:
             number = float(text)
         except ValueError:
-            raise ConfigError(f"{env}={raw!r}: expected a number") from None
+            raise _problem(env, raw, "expected a number", secret=secret) from None
         if not math.isfinite(number):  # "inf" would make a timer never fire
-            raise ConfigError(f"{env}={raw!r}: expected a finite number")
+            raise _problem(env, raw, "expected a finite number", secret=secret)
         return number
     if typing.get_origin(kind) is tuple:
         return tuple(part.strip() for part in text.split(",") if part.strip())
@@ -109,13 +118,17 @@ def load(cls: type[T], environ: Mapping[str, str] | None = None) -> T:
         if name is None:
             continue
         kind = _field_type(cls, field)
+        secret = bool(field.metadata.get("secret"))
         raw = env.get(name)
-        value = field.default if raw is None or raw.strip() == "" else _parse(raw, kind, name)
+        if raw is None or raw.strip() == "":
+            value = field.default
+        else:
+            value = _parse(raw, kind, name, secret=secret)
         check = field.metadata.get("check")
         if check is not None:
             problem = check(value)
             if problem:
-                raise ConfigError(f"{name}={value!r}: {problem}")
+                raise _problem(name, value, problem, secret=secret)
         values[field.name] = value
     return cls(**values)
 

@@ -63,7 +63,11 @@ class NatsSettings(LogSettings):
     """Where NATS JetStream is and how the pipeline's streams are set up."""
 
     nats_url: tuple[str, ...] = setting(
-        "NATS_URL", (DEFAULT_NATS_URL,), "NATS server URLs, comma-separated", check=non_empty
+        "NATS_URL",
+        (DEFAULT_NATS_URL,),
+        "NATS server URLs, comma-separated",
+        check=non_empty,
+        secret=True,  # nats://user:password@host
     )
     nats_connect_timeout_s: float = setting(
         "NATS_CONNECT_TIMEOUT_S",
@@ -97,9 +101,12 @@ class OpenSearchSettings:
         (DEFAULT_OPENSEARCH_URL,),
         "OpenSearch URLs, comma-separated",
         check=non_empty,
+        secret=True,  # https://user:password@host
     )
     opensearch_username: str = setting("OPENSEARCH_USERNAME", "", "basic-auth user name")
-    opensearch_password: str = setting("OPENSEARCH_PASSWORD", "", "basic-auth password")
+    opensearch_password: str = setting(
+        "OPENSEARCH_PASSWORD", "", "basic-auth password", secret=True
+    )
     opensearch_ca_certs: str = setting(
         "OPENSEARCH_CA_CERTS", "", "path of a CA bundle to verify OpenSearch's TLS certificate"
     )

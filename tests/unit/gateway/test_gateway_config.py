@@ -120,3 +120,30 @@ def test_bad_app_id_in_keys_exits_2(
 
     assert main([]) == 2
     assert "app.with.dots" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "problem"),
+    [
+        ("GATEWAY_WRITE_KEYS", "wk-secret-1:app,wk-secret-2", "entry 2 of 2 has no ':'"),
+        ("GATEWAY_WRITE_KEYS", "wk-secret-1:,wk-secret-2:app", "entry 1 of 2 has no id"),
+        ("GATEWAY_READ_KEYS", "rk-secret-1:ops, :ops", "entry 2 of 2 has no key"),
+    ],
+)
+def test_a_bad_key_entry_is_named_by_its_position_never_by_its_text(
+    env: str,
+    value: str,
+    problem: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(GatewayConfig, {env: value})
+    assert str(err.value).startswith(f"{env}: {problem}")
+    assert "secret" not in str(err.value)
+
+    monkeypatch.setenv(env, value)
+    assert main([]) == 2
+    out = capsys.readouterr()
+    assert problem in out.err
+    assert "secret" not in out.err + out.out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from dataclasses import fields as fields_of
 
 import pytest
 
@@ -59,6 +60,42 @@ def test_invalid_values_name_the_variable(env: dict[str, str], message: str) -> 
     with pytest.raises(ConfigError) as err:
         load(Example, env)
     assert str(err.value).startswith(message)
+
+
+@dataclass(frozen=True)
+class Secrets:
+    password: str = setting(
+        "EX_PASSWORD",
+        "",
+        "password",
+        check=lambda v: "too short" if 0 < len(v) < 8 else None,
+        secret=True,
+    )
+    pin: int = setting("EX_PIN", 1234, "pin", secret=True)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"EX_PASSWORD": "hunter2"}, "EX_PASSWORD: too short"),
+        ({"EX_PIN": "hunter2"}, "EX_PIN: expected an integer"),
+    ],
+)
+def test_a_secret_setting_is_never_quoted_in_its_error(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(Secrets, env)
+    assert str(err.value) == message
+    assert "hunter2" not in str(err.value)
+
+
+def test_settings_that_may_hold_credentials_are_secret() -> None:
+    declared = {
+        field.metadata["env"]: field.metadata["secret"]
+        for cls in (NatsSettings, OpenSearchSettings)
+        for field in fields_of(cls)
+    }
+    for name in ("NATS_URL", "OPENSEARCH_URL", "OPENSEARCH_PASSWORD"):
+        assert declared[name], name
 
 
 def test_help_lists_every_variable_with_its_default() -> None:
