@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import enum
 import hmac
-from collections.abc import Iterable, Mapping
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import orjson
+from typing import Any
 
 from gateway.config import GatewayConfig
 from gateway.errors import PermissionDenied, Unauthenticated
@@ -22,6 +22,11 @@ from pipeline.subjects import valid_token
 
 # deploy/gateway-keys.example.json's keys begin so: a copy left as it is must not serve.
 PLACEHOLDER_PREFIX = "replace-with-"
+PLACEHOLDER_PROBLEM = (
+    f"is still a placeholder ({PLACEHOLDER_PREFIX}...) of the example keys file: put a long "
+    "random key in its place"
+)
+APP_ID_RULE = "must be 1-64 letters, digits, _ or - (it becomes a NATS subject token)"
 
 
 class Kind(enum.Enum):
@@ -45,14 +50,9 @@ class KeyStore:
     def __init__(self, *, write: Mapping[str, str], read: Mapping[str, str]) -> None:
         for app_id in write.values():
             if not valid_token(app_id):
-                raise ConfigError(
-                    f"app id {app_id!r} of a write key must be 1-64 letters, digits, _ or -"
-                )
+                raise ConfigError(f"app id {app_id!r} of a write key {APP_ID_RULE}")
         if any(key.startswith(PLACEHOLDER_PREFIX) for key in (*write, *read)):
-            raise ConfigError(
-                f"a key is still a placeholder ({PLACEHOLDER_PREFIX}...) of the example keys "
-                "file: put a long random key in its place"
-            )
+            raise ConfigError(f"a key {PLACEHOLDER_PROBLEM}")
         overlap = set(write) & set(read)
         if overlap:
             raise ConfigError("a key is configured both as a write key and as a read key")
@@ -63,14 +63,37 @@ class KeyStore:
 
     @classmethod
     def from_config(cls, config: GatewayConfig) -> KeyStore:
-        """Keys from GATEWAY_WRITE_KEYS, GATEWAY_READ_KEYS and the GATEWAY_KEYS_FILE."""
-        write = _pairs(config.write_keys)
-        read = _pairs(config.read_keys)
+        """Keys from GATEWAY_WRITE_KEYS, GATEWAY_READ_KEYS and the GATEWAY_KEYS_FILE.
+
+        A problem names where the key came from (variable or file, and the entry's
+        position), never the key: a key listed twice for two owners, an app id that is no
+        subject token, a placeholder, a key that is both a write and a read key.
+        """
+        write = _entries("GATEWAY_WRITE_KEYS", config.write_keys)
+        read = _entries("GATEWAY_READ_KEYS", config.read_keys)
         if config.keys_file:
             file_write, file_read = _load_file(Path(config.keys_file))
-            write.update(file_write)
-            read.update(file_read)
-        return cls(write=write, read=read)
+            write += file_write
+            read += file_read
+        for entry in write:
+            if not valid_token(entry.owner):
+                raise ConfigError(f"{entry.where}: app id {entry.owner!r} {APP_ID_RULE}")
+        for entry in (*write, *read):
+            if entry.key.startswith(PLACEHOLDER_PREFIX):
+                raise ConfigError(f"{entry.where}: the key {PLACEHOLDER_PROBLEM}")
+        writers = _merged(write, "app id")
+        readers = _merged(read, "name")
+        for key, entry in writers.items():
+            other = readers.get(key)
+            if other is not None:
+                raise ConfigError(
+                    f"{entry.where} and {other.where} hold one key: a key is either a write "
+                    "key or a read key"
+                )
+        return cls(
+            write={key: entry.owner for key, entry in writers.items()},
+            read={key: entry.owner for key, entry in readers.items()},
+        )
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -110,31 +133,68 @@ def presented_key(authorization: str | None, api_key: str | None) -> str | None:
     return None
 
 
-def _pairs(items: Iterable[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items:
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """One configured key, its owner (app id or reader name) and where it was written."""
+
+    key: str
+    owner: str
+    where: str  # "GATEWAY_WRITE_KEYS entry 2", never the key
+
+
+def _entries(variable: str, items: Sequence[str]) -> list[_Entry]:
+    out = []
+    for number, item in enumerate(items, 1):
         key, _, owner = item.partition(":")
-        out[key.strip()] = owner.strip()
+        out.append(_Entry(key.strip(), owner.strip(), f"{variable} entry {number}"))
     return out
 
 
-def _load_file(path: Path) -> tuple[dict[str, str], dict[str, str]]:
-    try:
-        doc = orjson.loads(path.read_bytes())
-    except OSError as err:
-        raise ConfigError(f"GATEWAY_KEYS_FILE={str(path)!r}: cannot read: {err.strerror}") from None
-    except orjson.JSONDecodeError:
-        raise ConfigError(f"GATEWAY_KEYS_FILE={str(path)!r}: not JSON") from None
-    if not isinstance(doc, dict):
-        raise ConfigError(f"GATEWAY_KEYS_FILE={str(path)!r}: expected a JSON object")
-    out: list[dict[str, str]] = []
-    for section in ("write_keys", "read_keys"):
-        part = doc.get(section, {})
-        if not isinstance(part, dict) or not all(
-            isinstance(k, str) and k and isinstance(v, str) and v for k, v in part.items()
-        ):
+def _merged(entries: Iterable[_Entry], owner: str) -> dict[str, _Entry]:
+    """Keys to their entries; a key listed again for another owner is refused (the same
+    owner again is harmless)."""
+    out: dict[str, _Entry] = {}
+    for entry in entries:
+        first = out.setdefault(entry.key, entry)
+        if first.owner != entry.owner:
             raise ConfigError(
-                f"GATEWAY_KEYS_FILE={str(path)!r}: {section} must map non-empty keys to names"
+                f"{first.where} and {entry.where} give one key two {owner}s "
+                f"({first.owner!r}, {entry.owner!r}): list each key once"
             )
-        out.append(dict(part))
+    return out
+
+
+class _Object(list[tuple[str, Any]]):
+    """A JSON object's members in file order, a name given twice kept twice."""
+
+
+def _load_file(path: Path) -> tuple[list[_Entry], list[_Entry]]:
+    where = f"GATEWAY_KEYS_FILE={str(path)!r}"
+    try:
+        doc = json.loads(path.read_bytes(), object_pairs_hook=_Object)
+    except OSError as err:
+        raise ConfigError(f"{where}: cannot read: {err.strerror}") from None
+    except ValueError:  # the message may quote the file, keys included
+        raise ConfigError(f"{where}: not JSON") from None
+    if not isinstance(doc, _Object):
+        raise ConfigError(f"{where}: expected a JSON object")
+    sections: dict[str, Any] = {}
+    for name, part in doc:
+        if name in sections:
+            raise ConfigError(f"{where}: {name} is given twice")
+        sections[name] = part
+    out: list[list[_Entry]] = []
+    for section in ("write_keys", "read_keys"):
+        part = sections.get(section, _Object())
+        if not isinstance(part, _Object):
+            raise ConfigError(f"{where}: {section} must be an object mapping keys to names")
+        entries = []
+        for number, (key, owner) in enumerate(part, 1):
+            entry = f"{section} entry {number} of {where}"
+            if not key:
+                raise ConfigError(f"{entry}: the key is empty")
+            if not isinstance(owner, str) or not owner:
+                raise ConfigError(f"{entry}: its name must be a non-empty string")
+            entries.append(_Entry(key, owner, entry))
+        out.append(entries)
     return out[0], out[1]

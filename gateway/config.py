@@ -62,7 +62,8 @@ class GatewayConfig(NatsSettings, TracingSettings):
     write_keys: tuple[str, ...] = setting(
         "GATEWAY_WRITE_KEYS",
         (),
-        "write keys as <key>:<app_id>, comma-separated (the app id becomes the subject token)",
+        "write keys as <key>:<app_id>, comma-separated (the app id, 1-64 letters, digits, _ or"
+        " -, becomes the subject token; a key given twice must name one app)",
         check=_key_pairs,
         secret=True,
     )
@@ -76,7 +77,9 @@ class GatewayConfig(NatsSettings, TracingSettings):
     keys_file: str = setting(
         "GATEWAY_KEYS_FILE",
         "",
-        'JSON file {"write_keys": {"<key>": "<app_id>"}, "read_keys": {"<key>": "<name>"}}',
+        'JSON file {"write_keys": {"<key>": "<app_id>"}, "read_keys": {"<key>": "<name>"}}, '
+        "added to the keys of GATEWAY_WRITE_KEYS and GATEWAY_READ_KEYS (a key in both must "
+        "name one owner)",
     )
     workers: int = setting(
         "GATEWAY_WORKERS",

@@ -124,3 +124,94 @@ def test_the_example_keys_file_as_it_is_does_not_serve() -> None:
         KeyStore.from_config(config)
     with pytest.raises(ConfigError, match="placeholder"):
         KeyStore(write={}, read={"replace-with-a-key": "ops"})
+
+
+def _keys_file(tmp_path: Path, doc: bytes) -> str:
+    path = tmp_path / "keys.json"
+    path.write_bytes(doc)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("env", "file", "where"),
+    [
+        (
+            {"GATEWAY_WRITE_KEYS": "wk-secret-1:app,wk-secret-1:app2"},
+            None,
+            "GATEWAY_WRITE_KEYS entry 1 and GATEWAY_WRITE_KEYS entry 2 give one key two app ids",
+        ),
+        (
+            {"GATEWAY_READ_KEYS": "rk-secret-1:ops,rk-secret-1:audit"},
+            None,
+            "GATEWAY_READ_KEYS entry 1 and GATEWAY_READ_KEYS entry 2 give one key two names",
+        ),
+        (
+            {"GATEWAY_WRITE_KEYS": "wk-other:app,wk-secret-1:app"},
+            b'{"write_keys": {"wk-secret-1": "app2"}}',
+            "GATEWAY_WRITE_KEYS entry 2 and write_keys entry 1 of GATEWAY_KEYS_FILE=",
+        ),
+        (
+            {},
+            b'{"write_keys": {"wk-secret-1": "app", "wk-secret-1": "app2"}}',
+            "write_keys entry 1 of GATEWAY_KEYS_FILE=",
+        ),
+    ],
+)
+def test_a_key_listed_twice_for_two_owners_is_refused_naming_where_not_the_key(
+    tmp_path: Path, env: dict[str, str], file: bytes | None, where: str
+) -> None:
+    if file is not None:
+        env = {**env, "GATEWAY_KEYS_FILE": _keys_file(tmp_path, file)}
+    config = load(GatewayConfig, env)
+
+    with pytest.raises(ConfigError) as err:
+        KeyStore.from_config(config)
+
+    assert where in str(err.value)
+    assert "-secret-1" not in str(err.value)
+
+
+def test_a_key_listed_twice_for_one_owner_is_kept(tmp_path: Path) -> None:
+    doc = b'{"write_keys": {"wk-1": "app"}}'
+    config = load(
+        GatewayConfig,
+        {"GATEWAY_WRITE_KEYS": "wk-1:app,wk-1:app", "GATEWAY_KEYS_FILE": _keys_file(tmp_path, doc)},
+    )
+
+    assert KeyStore.from_config(config).lookup("wk-1") == Principal(Kind.WRITE, "app")
+
+
+@pytest.mark.parametrize(
+    ("env", "file", "where"),
+    [
+        ({"GATEWAY_WRITE_KEYS": "wk-1:app,wk-2:my.app"}, None, "GATEWAY_WRITE_KEYS entry 2: "),
+        ({}, b'{"write_keys": {"wk-1": "app", "wk-2": "my.app"}}', "write_keys entry 2 of "),
+    ],
+)
+def test_an_app_id_that_breaks_the_rule_names_where_it_came_from(
+    tmp_path: Path, env: dict[str, str], file: bytes | None, where: str
+) -> None:
+    if file is not None:
+        env = {**env, "GATEWAY_KEYS_FILE": _keys_file(tmp_path, file)}
+
+    with pytest.raises(ConfigError) as err:
+        KeyStore.from_config(load(GatewayConfig, env))
+
+    assert str(err.value).startswith(where)
+    assert "app id 'my.app' must be 1-64 letters, digits, _ or -" in str(err.value)
+
+
+def test_a_key_both_written_and_read_names_both_places(tmp_path: Path) -> None:
+    doc = b'{"read_keys": {"k-secret": "ops"}}'
+    config = load(
+        GatewayConfig,
+        {"GATEWAY_WRITE_KEYS": "k-secret:app", "GATEWAY_KEYS_FILE": _keys_file(tmp_path, doc)},
+    )
+
+    with pytest.raises(ConfigError) as err:
+        KeyStore.from_config(config)
+
+    assert str(err.value).startswith(
+        "GATEWAY_WRITE_KEYS entry 1 and read_keys entry 1 of GATEWAY_KEYS_FILE="
+    )
+    assert "k-secret" not in str(err.value)
