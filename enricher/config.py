@@ -177,6 +177,7 @@ class Config(NatsSettings, TracingSettings):
     )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         in_flight = self.concurrency * self.fetch_batch
         if in_flight > self.max_ack_pending:
             raise ConfigError(

@@ -223,6 +223,7 @@ class Config(NatsSettings, OpenSearchSettings, TracingSettings):
     )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.retry_base_s > self.retry_max_s:
             raise ConfigError(
                 f"INDEXER_RETRY_BASE_S={self.retry_base_s!r}: "

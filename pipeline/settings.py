@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.config import non_empty, positive, setting
+from pipeline.errors import ConfigError
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DEFAULT_OPENSEARCH_URL = "http://127.0.0.1:9200"
@@ -16,6 +17,13 @@ DEFAULT_DUPLICATE_WINDOW_S = 600.0
 DEFAULT_STREAM_MAX_AGE_S = 7 * 24 * 3600.0
 DEFAULT_OTLP_ENDPOINT = "http://127.0.0.1:4317"
 TRACES_EXPORTERS = ("none", "console", "otlp")
+# What nats-server takes in a stream's configuration: it refuses a stream outside these
+# bounds (error 10052, or 10025 for a duration it cannot read), and the services would try
+# again for ever, never ready.
+STREAM_MAX_REPLICAS = 5
+STREAM_MIN_DURATION_S = 0.1  # max age and duplicate window: 100 ms at least
+# It reads durations as int64 nanoseconds: nothing longer than about 292 years.
+STREAM_MAX_DURATION_S = (2**63 - 1) // 10**9
 
 
 def _log_level(value: str) -> str | None:
@@ -58,6 +66,21 @@ class TracingSettings:
     )
 
 
+def _stream_replicas(value: int) -> str | None:
+    if 1 <= value <= STREAM_MAX_REPLICAS:
+        return None
+    return f"must be between 1 and {STREAM_MAX_REPLICAS} (JetStream's most)"
+
+
+def _stream_duration(value: float) -> str | None:
+    if STREAM_MIN_DURATION_S <= value <= STREAM_MAX_DURATION_S:
+        return None
+    return (
+        f"must be between {STREAM_MIN_DURATION_S:g} and {STREAM_MAX_DURATION_S} seconds "
+        "(JetStream's bounds)"
+    )
+
+
 @dataclass(frozen=True)
 class NatsSettings(LogSettings):
     """Where NATS JetStream is and how the pipeline's streams are set up."""
@@ -76,20 +99,33 @@ class NatsSettings(LogSettings):
         check=positive,
     )
     stream_replicas: int = setting(
-        "STREAM_REPLICAS", 1, "replicas of each stream (3 on a JetStream cluster)", check=positive
+        "STREAM_REPLICAS",
+        1,
+        f"replicas of each stream, 1-{STREAM_MAX_REPLICAS} (3 on a JetStream cluster)",
+        check=_stream_replicas,
     )
     stream_max_age_s: float = setting(
         "STREAM_MAX_AGE_S",
         DEFAULT_STREAM_MAX_AGE_S,
-        "seconds a message is kept in a stream",
-        check=positive,
+        "seconds a message is kept in a stream (at least 0.1)",
+        check=_stream_duration,
     )
     duplicate_window_s: float = setting(
         "STREAM_DUPLICATE_WINDOW_S",
         DEFAULT_DUPLICATE_WINDOW_S,
-        "seconds JetStream remembers message ids to drop retried publishes",
-        check=positive,
+        "seconds JetStream remembers message ids to drop retried publishes (at least 0.1, at"
+        " most STREAM_MAX_AGE_S)",
+        check=_stream_duration,
     )
+
+    def __post_init__(self) -> None:
+        """Checks the settings that bound one another (`load()` checks each alone first)."""
+        if self.duplicate_window_s > self.stream_max_age_s:
+            # nats-server: "duplicates window can not be larger then max age"
+            raise ConfigError(
+                f"STREAM_DUPLICATE_WINDOW_S={self.duplicate_window_s!r}: must not exceed "
+                f"STREAM_MAX_AGE_S={self.stream_max_age_s!r} (JetStream refuses such a stream)"
+            )
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,9 @@ from dataclasses import fields as fields_of
 
 import pytest
 
+from enricher.config import Config as EnricherConfig
+from gateway.config import GatewayConfig
+from indexer.config import Config as IndexerConfig
 from pipeline.config import help_text, load, port, positive, setting
 from pipeline.errors import ConfigError
 from pipeline.settings import NatsSettings, OpenSearchSettings
@@ -124,3 +127,40 @@ def test_subjects_follow_the_contract() -> None:
         assert not valid_token(bad)
         with pytest.raises(ValueError, match="subject token"):
             raw_subject(bad)
+
+
+# Each of these makes nats-server refuse the stream (error 10052, or 10025 for a duration
+# beyond int64 nanoseconds), leaving the services retrying for ever.
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"STREAM_MAX_AGE_S": "60", "STREAM_DUPLICATE_WINDOW_S": "600"},
+            "STREAM_DUPLICATE_WINDOW_S=600.0: must not exceed STREAM_MAX_AGE_S=60.0",
+        ),
+        ({"STREAM_MAX_AGE_S": "120"}, "STREAM_DUPLICATE_WINDOW_S=600.0: must not exceed"),
+        ({"STREAM_REPLICAS": "6"}, "STREAM_REPLICAS=6: must be between 1 and 5"),
+        ({"STREAM_REPLICAS": "0"}, "STREAM_REPLICAS=0: must be between 1 and 5"),
+        ({"STREAM_MAX_AGE_S": "0.05"}, "STREAM_MAX_AGE_S=0.05: must be between 0.1 and"),
+        ({"STREAM_MAX_AGE_S": "1e10"}, "STREAM_MAX_AGE_S=10000000000.0: must be between"),
+        ({"STREAM_DUPLICATE_WINDOW_S": "0.001"}, "STREAM_DUPLICATE_WINDOW_S=0.001: must be"),
+    ],
+)
+@pytest.mark.parametrize("service", [NatsSettings, GatewayConfig, EnricherConfig, IndexerConfig])
+def test_stream_settings_nats_would_refuse_stop_every_service_at_start(
+    service: type, env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(service, env)
+    assert str(err.value).startswith(message)
+
+
+def test_stream_settings_at_their_bounds_are_taken() -> None:
+    edge = {
+        "STREAM_MAX_AGE_S": "0.1",
+        "STREAM_DUPLICATE_WINDOW_S": "0.1",
+        "STREAM_REPLICAS": "5",
+    }
+    assert load(NatsSettings, edge).stream_max_age_s == 0.1
+    longest = load(NatsSettings, {"STREAM_MAX_AGE_S": "9223372036"})
+    assert longest.stream_max_age_s * 10**9 < 2**63
