@@ -96,9 +96,13 @@ async def connect(settings: NatsSettings, *, name: str) -> Client:
 
 
 def stream_configs(settings: NatsSettings) -> list[js_api.StreamConfig]:
-    """The pipeline's three streams: raw, enriched and dead letters, all on disk."""
+    """The pipeline's three streams: raw, enriched and dead letters, all on disk.
 
-    def one(name: str, subject: str, description: str) -> js_api.StreamConfig:
+    Raw and enriched messages are kept STREAM_MAX_AGE_S, dead letters STREAM_DLQ_MAX_AGE_S
+    (0: no age limit, kept until replayed or deleted).
+    """
+
+    def one(name: str, subject: str, description: str, max_age_s: float) -> js_api.StreamConfig:
         return js_api.StreamConfig(
             name=name,
             description=description,
@@ -106,20 +110,32 @@ def stream_configs(settings: NatsSettings) -> list[js_api.StreamConfig]:
             storage=js_api.StorageType.FILE,
             retention=js_api.RetentionPolicy.LIMITS,
             num_replicas=settings.stream_replicas,
-            max_age=settings.stream_max_age_s,
+            max_age=max_age_s,
             duplicate_window=settings.duplicate_window_s,
             discard=js_api.DiscardPolicy.OLD,
         )
 
+    age = settings.stream_max_age_s
     return [
-        one(subjects.RAW_STREAM, subjects.RAW_SUBJECTS, "accepted batches with ingest context"),
-        one(subjects.ENRICHED_STREAM, subjects.ENRICHED_SUBJECTS, "enriched batches"),
-        one(subjects.DLQ_STREAM, subjects.DLQ_SUBJECTS, "messages a stage gave up on"),
+        one(
+            subjects.RAW_STREAM,
+            subjects.RAW_SUBJECTS,
+            "accepted batches with ingest context",
+            age,
+        ),
+        one(subjects.ENRICHED_STREAM, subjects.ENRICHED_SUBJECTS, "enriched batches", age),
+        one(
+            subjects.DLQ_STREAM,
+            subjects.DLQ_SUBJECTS,
+            "messages a stage gave up on",
+            settings.dlq_max_age_s,
+        ),
     ]
 
 
 async def ensure_streams(js: JetStreamContext, settings: NatsSettings) -> None:
-    """Creates the streams, or updates them to the configuration (idempotent)."""
+    """Creates the streams, or updates them to the configuration (idempotent): a changed
+    setting (a max age, say) is applied to the existing stream at the next start."""
     for config in stream_configs(settings):
         try:
             await js.add_stream(config)

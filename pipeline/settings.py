@@ -15,6 +15,7 @@ DEFAULT_OPENSEARCH_URL = "http://127.0.0.1:9200"
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_DUPLICATE_WINDOW_S = 600.0
 DEFAULT_STREAM_MAX_AGE_S = 7 * 24 * 3600.0
+DEFAULT_DLQ_MAX_AGE_S = 30 * 24 * 3600.0  # 0: kept until replayed or deleted
 DEFAULT_OTLP_ENDPOINT = "http://127.0.0.1:4317"
 TRACES_EXPORTERS = ("none", "console", "otlp")
 # What nats-server takes in a stream's configuration: it refuses a stream outside these
@@ -81,6 +82,15 @@ def _stream_duration(value: float) -> str | None:
     )
 
 
+def _stream_age_or_none(value: float) -> str | None:
+    if value == 0 or STREAM_MIN_DURATION_S <= value <= STREAM_MAX_DURATION_S:
+        return None
+    return (
+        f"must be 0 (no age limit) or between {STREAM_MIN_DURATION_S:g} and "
+        f"{STREAM_MAX_DURATION_S} seconds (JetStream's bounds)"
+    )
+
+
 @dataclass(frozen=True)
 class NatsSettings(LogSettings):
     """Where NATS JetStream is and how the pipeline's streams are set up."""
@@ -107,14 +117,22 @@ class NatsSettings(LogSettings):
     stream_max_age_s: float = setting(
         "STREAM_MAX_AGE_S",
         DEFAULT_STREAM_MAX_AGE_S,
-        "seconds a message is kept in a stream (at least 0.1)",
+        "seconds a message is kept in the raw and enriched streams, processed or not: one"
+        " older is discarded (at least 0.1)",
         check=_stream_duration,
+    )
+    dlq_max_age_s: float = setting(
+        "STREAM_DLQ_MAX_AGE_S",
+        DEFAULT_DLQ_MAX_AGE_S,
+        "seconds a dead letter is kept in TELEMETRY_DLQ unless replayed; 0 keeps it until"
+        " replayed or deleted (at least 0.1 otherwise); applied to an existing stream at start",
+        check=_stream_age_or_none,
     )
     duplicate_window_s: float = setting(
         "STREAM_DUPLICATE_WINDOW_S",
         DEFAULT_DUPLICATE_WINDOW_S,
         "seconds JetStream remembers message ids to drop retried publishes (at least 0.1, at"
-        " most STREAM_MAX_AGE_S)",
+        " most STREAM_MAX_AGE_S and a non-zero STREAM_DLQ_MAX_AGE_S)",
         check=_stream_duration,
     )
 
@@ -125,6 +143,12 @@ class NatsSettings(LogSettings):
             raise ConfigError(
                 f"STREAM_DUPLICATE_WINDOW_S={self.duplicate_window_s!r}: must not exceed "
                 f"STREAM_MAX_AGE_S={self.stream_max_age_s!r} (JetStream refuses such a stream)"
+            )
+        if self.dlq_max_age_s and self.duplicate_window_s > self.dlq_max_age_s:
+            raise ConfigError(
+                f"STREAM_DUPLICATE_WINDOW_S={self.duplicate_window_s!r}: must not exceed "
+                f"STREAM_DLQ_MAX_AGE_S={self.dlq_max_age_s!r} (JetStream refuses such a stream;"
+                " 0 there means no age limit)"
             )
 
 

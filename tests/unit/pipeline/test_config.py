@@ -164,3 +164,26 @@ def test_stream_settings_at_their_bounds_are_taken() -> None:
     assert load(NatsSettings, edge).stream_max_age_s == 0.1
     longest = load(NatsSettings, {"STREAM_MAX_AGE_S": "9223372036"})
     assert longest.stream_max_age_s * 10**9 < 2**63
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"STREAM_DLQ_MAX_AGE_S": "0.05"}, "STREAM_DLQ_MAX_AGE_S=0.05: must be 0 (no age limit)"),
+        ({"STREAM_DLQ_MAX_AGE_S": "-1"}, "STREAM_DLQ_MAX_AGE_S=-1.0: must be 0 (no age limit)"),
+        (
+            {"STREAM_DLQ_MAX_AGE_S": "300"},
+            "STREAM_DUPLICATE_WINDOW_S=600.0: must not exceed STREAM_DLQ_MAX_AGE_S=300.0",
+        ),
+    ],
+)
+def test_the_dead_letters_age_is_checked_as_nats_would(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(NatsSettings, env)
+    assert str(err.value).startswith(message)
+
+
+def test_the_dead_letters_age_may_be_unlimited() -> None:
+    settings = load(NatsSettings, {"STREAM_DLQ_MAX_AGE_S": "0"})
+    assert settings.dlq_max_age_s == 0
+    assert load(NatsSettings, {}).dlq_max_age_s == 30 * 24 * 3600.0
