@@ -93,7 +93,7 @@ def _collision(index: str, doc_id: str, stored: Mapping[str, Any]) -> str:
     """The dead-letter reason of an event whose id another event has in `index`."""
     who = ", ".join(f"{name} {str(stored.get(name, ''))[:80]!r}" for name in CLIENT_FIELDS[:3])
     return (
-        f"event_id_collision: {index} holds event_id {doc_id[:128]!r} for another event ({who});"
+        f"{COLLISION}: {index} holds event_id {doc_id[:128]!r} for another event ({who});"
         " event ids must be unique across apps and users"
     )
 
@@ -116,6 +116,9 @@ def _parsed(item: BulkItem) -> tuple[str, str, dict[str, Any]]:
 # Fields the same in every copy of one event (a retry, a redelivery, a replay), whatever the
 # enricher added each time, and plain strings (a time's text could change with a new indexer).
 CLIENT_FIELDS = ("app_id", "user_id", "session_id", "event_name")
+# The first word of the dead-letter reason of another event under a stored event_id, and
+# its indexer_dlq_total label.
+COLLISION = "event_id_collision"
 
 
 _OUTCOMES = {200: Outcome.CREATED, 201: Outcome.CREATED, 409: Outcome.DUPLICATE}

@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError
 from telemetry.v1 import event_pb2
 
 from indexer import documents
-from indexer.bulk import BulkItem, BulkWriter, render
+from indexer.bulk import COLLISION, BulkItem, BulkWriter, render
 from indexer.errors import DocumentError
 from indexer.metrics import Metrics
 from indexer.outcomes import Outcome
@@ -30,6 +30,12 @@ log = logging.getLogger(__name__)
 NAK_DELAY_S = 5.0  # when a dead letter could not be published
 RELEASE_DELAY_S = 0.0  # messages given back on stop: for another replica, or the next start
 EVENT_SCHEMA = "telemetry.v1.EnrichedEvent"  # payload of a dead letter for one rejected event
+
+
+def _dlq_label(reason: str) -> str:
+    """The indexer_dlq_total label of a rejected event: event_id_collision for another event
+    under a stored id, rejected for one OpenSearch refused or that is no document."""
+    return COLLISION if reason.startswith(f"{COLLISION}:") else "rejected"
 
 
 class Delivery(Protocol):
@@ -290,7 +296,7 @@ class Intake:
                 break
             else:  # counted once, not again for a redelivery (after a DLQ failure, say)
                 if not again:
-                    self._metrics.dlq.labels(reason="rejected").inc()
+                    self._metrics.dlq.labels(reason=_dlq_label(reason)).inc()
                     self._counted[Outcome.REJECTED].inc()
         self._open.discard(message)
         self._metrics.messages_in_progress.set(len(self._open))

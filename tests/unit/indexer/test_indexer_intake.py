@@ -91,6 +91,30 @@ async def test_another_event_under_a_stored_id_goes_to_the_dlq_not_counted_a_dup
     )
     assert event_pb2.EnrichedEvent.FromString(letter.data).event.user_id == "bob"
     assert _counted(intake) == {"created": 1.0, "duplicate": 1.0, "rejected": 1.0}
+    assert _dead_lettered(intake) == {"event_id_collision": 1.0, "rejected": 0.0}
+
+
+async def test_a_collision_and_a_refused_document_are_told_apart_in_the_dlq_count() -> None:
+    store = FakeStore()
+    store.item_status = lambda doc: 400 if doc["event_id"] == "bad" else None
+    _, dead, writer, intake = _setup(store)
+    await intake.handle(FakeDelivery(_batch(_event("evt-1"))))
+    await writer.drain()
+    other = _event("evt-1")
+    other.event.user_id = "bob"
+    await intake.handle(FakeDelivery(_batch(other, _event("bad"), _event(""))))
+    await writer.drain()
+
+    assert len(dead.letters) == 3
+    assert _dead_lettered(intake) == {"event_id_collision": 1.0, "rejected": 2.0}
+
+
+def _dead_lettered(intake: Intake) -> dict[str, float]:
+    registry = intake._metrics.registry
+    return {
+        reason: registry.get_sample_value("indexer_dlq_total", {"reason": reason}) or 0.0
+        for reason in ("event_id_collision", "rejected")
+    }
 
 
 async def test_documents_answered_409_are_sent_again_when_they_cannot_be_read_back() -> None:
