@@ -9,6 +9,7 @@ from enricher.config import Config
 from enricher.errors import EnricherError
 from pipeline import logs
 from pipeline.config import help_text, load
+from pipeline.console import print_out
 from pipeline.errors import ConfigError
 from pipeline.service import run
 
@@ -27,9 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parses the arguments, loads the settings and runs; returns the exit status."""
     args = sys.argv[1:] if argv is None else argv
     if any(arg in ("-h", "--help") for arg in args):
-        print(USAGE)
-        print()
-        print(help_text(Config, "Settings"))
+        print_out(f"{USAGE}\n\n{help_text(Config, 'Settings')}")
         return EXIT_OK
     if args:
         print(f"enricher: unexpected argument {args[0]!r}", file=sys.stderr)

@@ -10,6 +10,7 @@ from gateway._workers import supervise
 from gateway.config import GatewayConfig
 from pipeline import logs, service
 from pipeline.config import help_text, load
+from pipeline.console import print_out
 from pipeline.errors import ConfigError
 
 USAGE = "usage: tpipe gateway [--help]   (also: python -m gateway)"
@@ -19,10 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the gateway; 0 on a clean stop, 2 on bad settings."""
     args = sys.argv[1:] if argv is None else argv
     if any(arg in ("-h", "--help") for arg in args):
-        print(USAGE)
-        print("Telemetry gateway: POST /v1/track, gRPC/Connect IngestService, GET /v1/events.")
-        print()
-        print(help_text(GatewayConfig, "Settings"))
+        print_out(
+            f"{USAGE}\n"
+            "Telemetry gateway: POST /v1/track, gRPC/Connect IngestService, GET /v1/events.\n\n"
+            f"{help_text(GatewayConfig, 'Settings')}"
+        )
         return 0
     if args:
         print(f"unexpected arguments: {' '.join(args)}\n{USAGE}", file=sys.stderr)

@@ -9,6 +9,7 @@ from indexer.config import Config
 from indexer.service import Indexer
 from pipeline import logs
 from pipeline.config import help_text, load
+from pipeline.console import print_out
 from pipeline.errors import ConfigError
 from pipeline.service import run
 
@@ -23,9 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code (2 for bad settings or arguments)."""
     args = sys.argv[1:] if argv is None else argv
     if any(arg in ("-h", "--help") for arg in args):
-        print(USAGE)
-        print()
-        print(help_text(Config, "Settings"))
+        print_out(f"{USAGE}\n\n{help_text(Config, 'Settings')}")
         return 0
     if args:
         print(f"indexer: unexpected arguments: {' '.join(args)}", file=sys.stderr)

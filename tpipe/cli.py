@@ -12,6 +12,7 @@ import importlib
 import sys
 from collections.abc import Callable
 
+from pipeline.console import print_out
 from tpipe import _commands
 
 SERVICES = {
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     """Dispatches to a service's own `main` or to a people command; returns the exit code."""
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help", "help"):
-        print(USAGE)
+        print_out(USAGE)
         return 0
     command, rest = args[0], args[1:]
     if command in SERVICES:
