@@ -18,6 +18,7 @@ from tpipe._args import (
     add_filter_options,
     build_filter,
     env_default,
+    non_negative_int,
     positive_float,
     positive_int,
 )
@@ -55,7 +56,7 @@ def _add_connection(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--retries",
-        type=int,
+        type=non_negative_int,
         default=DEFAULT_MAX_RETRIES,
         help="retries on UNAVAILABLE, RESOURCE_EXHAUSTED and DEADLINE_EXCEEDED "
         f"(default {DEFAULT_MAX_RETRIES})",
@@ -92,9 +93,7 @@ def _partial_hint() -> Iterator[None]:
 
 def _client(args: argparse.Namespace) -> TelemetryClient:
     return TelemetryClient(
-        ClientSettings(
-            query_target=args.target, deadline_s=args.deadline, max_retries=max(0, args.retries)
-        )
+        ClientSettings(query_target=args.target, deadline_s=args.deadline, max_retries=args.retries)
     )
 
 

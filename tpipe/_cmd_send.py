@@ -10,7 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from tpipe._args import Subparsers, add_command, env_default, positive_float, positive_int
+from tpipe._args import (
+    Subparsers,
+    add_command,
+    env_default,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from tpipe._events_file import read_events
 from tpipe._progress import Progress
 from tpipe._track import (
@@ -52,7 +59,7 @@ def add_gateway_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--retries",
-        type=int,
+        type=non_negative_int,
         default=DEFAULT_MAX_RETRIES,
         help=f"retries per batch on 429/503/connection errors (default {DEFAULT_MAX_RETRIES})",
     )
@@ -74,7 +81,7 @@ def gateway_poster(args: argparse.Namespace, **hooks: Any) -> TrackPoster:
     return TrackPoster(
         base,
         write_key=args.key,
-        max_retries=max(0, args.retries),
+        max_retries=args.retries,
         timeout_s=args.timeout,
         **hooks,
     )

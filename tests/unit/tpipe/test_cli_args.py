@@ -121,6 +121,30 @@ def test_seconds_and_rates_must_be_finite_and_not_negative(
     assert f"argument {option}: " in err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["query", "--retries", "-1"],
+        ["aggregate", "--retries", "-1"],
+        ["send", "f.json", "--retries", "-1"],
+        ["loadgen", "--retries", "-1"],
+        ["query", "--retries", "two"],
+    ],
+)
+def test_retries_must_be_a_whole_number_not_below_0(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as done:  # refused while parsing, not taken as 0
+        _commands._parse(argv)
+    assert done.value.code == 2
+    assert "argument --retries: " in capsys.readouterr().err
+
+
+def test_no_retries_is_allowed() -> None:
+    assert _commands._parse(["query", "--retries", "0"]).retries == 0
+    assert _commands._parse(["send", "f.json", "--retries", "0"]).retries == 0
+
+
 def test_dlq_replay_may_not_wait() -> None:
     assert _commands._parse(["dlq", "replay", "--wait", "0"]).wait == 0.0
 
