@@ -173,7 +173,10 @@ def add_parser(subparsers: Any) -> None:
     listing = commands.add_parser("list", help="show dead letters, oldest first")
     listing.add_argument("--stage", help="only this stage's (enricher, indexer)")
     listing.add_argument(
-        "--limit", type=_positive_int, default=DEFAULT_LIMIT, help="at most this many"
+        "--limit",
+        type=_positive_int,
+        default=DEFAULT_LIMIT,
+        help=f"at most this many (default {DEFAULT_LIMIT})",
     )
     listing.add_argument("--format", choices=("table", "jsonl"), default="table")
     listing.add_argument("--nats", default=argparse.SUPPRESS, help=nats_help)

@@ -145,6 +145,13 @@ def test_no_retries_is_allowed() -> None:
     assert _commands._parse(["send", "f.json", "--retries", "0"]).retries == 0
 
 
+def test_dlq_list_help_shows_the_limit_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        _commands._parse(["dlq", "list", "--help"])
+    assert "at most this many (default 100)" in capsys.readouterr().out
+    assert _commands._parse(["dlq", "list"]).limit == 100
+
+
 def test_dlq_replay_may_not_wait() -> None:
     assert _commands._parse(["dlq", "replay", "--wait", "0"]).wait == 0.0
 
