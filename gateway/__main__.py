@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     if args:
-        print(f"unexpected arguments: {' '.join(args)}\n{USAGE}", file=sys.stderr)
+        print(f"gateway: unexpected arguments: {' '.join(args)}\n{USAGE}", file=sys.stderr)
         return 2
     try:
         config = load(GatewayConfig)

@@ -91,6 +91,16 @@ def test_help_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
         assert field.metadata["env"] in out
 
 
+def test_an_unexpected_argument_exits_2_naming_the_gateway(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["--bogus"]) == 2
+
+    err = capsys.readouterr().err
+    assert err.startswith("gateway: unexpected arguments: --bogus\n")
+    assert "usage: tpipe gateway" in err
+
+
 def test_bad_setting_exits_2_with_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
