@@ -5,7 +5,10 @@ Service configs inherit these dataclasses, so each variable is declared once.
 
 from __future__ import annotations
 
+import os
+import ssl
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline.config import non_empty, positive, setting
 from pipeline.errors import ConfigError
@@ -152,6 +155,23 @@ class NatsSettings(LogSettings):
             )
 
 
+def _ca_certs(value: str) -> str | None:
+    """Checks a CA bundle as the OpenSearch client reads it: a PEM file or a directory."""
+    if not value:
+        return None
+    path = Path(value)
+    if path.is_dir():
+        readable = os.access(path, os.R_OK | os.X_OK)
+        return None if readable else "is a directory this process cannot read"
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+    except ssl.SSLError:  # an OSError too: first
+        return "holds no PEM certificate"
+    except OSError as err:
+        return f"cannot be read: {err.strerror or err}"
+    return None
+
+
 @dataclass(frozen=True)
 class OpenSearchSettings:
     """Where OpenSearch is and how to authenticate."""
@@ -168,7 +188,11 @@ class OpenSearchSettings:
         "OPENSEARCH_PASSWORD", "", "basic-auth password", secret=True
     )
     opensearch_ca_certs: str = setting(
-        "OPENSEARCH_CA_CERTS", "", "path of a CA bundle to verify OpenSearch's TLS certificate"
+        "OPENSEARCH_CA_CERTS",
+        "",
+        "path of a CA bundle (PEM), or a directory of CA certificates, to verify OpenSearch's"
+        " TLS certificate; read at start",
+        check=_ca_certs,
     )
     opensearch_verify_certs: bool = setting(
         "OPENSEARCH_VERIFY_CERTS", True, "verify OpenSearch's TLS certificate"

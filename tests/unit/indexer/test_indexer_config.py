@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -110,6 +111,23 @@ def test_bad_setting_exits_2_naming_the_variable(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert "INDEXER_BULK_MAX_DOCS" in err[0]
+
+
+def test_a_ca_bundle_that_is_not_there_exits_2_at_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Otherwise it is found at the first request only, and the indexer stays not ready.
+    monkeypatch.setenv("OPENSEARCH_URL", "https://127.0.0.1:9200")
+    monkeypatch.setenv("OPENSEARCH_CA_CERTS", str(tmp_path / "ca.pem"))
+    monkeypatch.setattr("indexer.__main__.run", lambda *_, **__: None)  # never started
+
+    assert main([]) == 2
+
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"indexer: OPENSEARCH_CA_CERTS={str(tmp_path / 'ca.pem')!r}: cannot be read: "
+        "No such file or directory"
+    ]
 
 
 @pytest.mark.parametrize("value", ["200ms", "1s", "30s", "2m", "-1"])

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from dataclasses import fields as fields_of
+from pathlib import Path
 
+import certifi
 import pytest
 
 from enricher.config import Config as EnricherConfig
@@ -187,3 +189,20 @@ def test_the_dead_letters_age_may_be_unlimited() -> None:
     settings = load(NatsSettings, {"STREAM_DLQ_MAX_AGE_S": "0"})
     assert settings.dlq_max_age_s == 0
     assert load(NatsSettings, {}).dlq_max_age_s == 30 * 24 * 3600.0
+
+
+def test_a_ca_bundle_is_read_at_start(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    bundle = certifi.where()
+
+    for value, problem in (
+        (tmp_path / "absent.pem", "cannot be read: No such file or directory"),
+        (junk, "holds no PEM certificate"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            load(OpenSearchSettings, {"OPENSEARCH_CA_CERTS": str(value)})
+        assert str(err.value) == f"OPENSEARCH_CA_CERTS={str(value)!r}: {problem}"
+    assert load(OpenSearchSettings, {"OPENSEARCH_CA_CERTS": bundle}).opensearch_ca_certs == bundle
+    # A directory of hashed certificates, as the client also takes (capath).
+    assert load(OpenSearchSettings, {"OPENSEARCH_CA_CERTS": str(tmp_path)}).opensearch_ca_certs

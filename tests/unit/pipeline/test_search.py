@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import certifi
+
 from pipeline.config import load
 from pipeline.search import client_options
 from pipeline.settings import OpenSearchSettings
@@ -19,14 +21,14 @@ def test_cluster_with_basic_auth_and_tls() -> None:
         "OPENSEARCH_URL": "https://os1:9200,https://os2:9200",
         "OPENSEARCH_USERNAME": "admin",
         "OPENSEARCH_PASSWORD": "s3cret",
-        "OPENSEARCH_CA_CERTS": "/etc/ssl/os-ca.pem",
+        "OPENSEARCH_CA_CERTS": certifi.where(),  # a CA bundle that is there (read at start)
     }
     options = client_options(load(OpenSearchSettings, env))
     assert options["hosts"] == ["https://os1:9200", "https://os2:9200"]
     assert options["http_auth"] == ("admin", "s3cret")
     assert options["use_ssl"] is True
     assert options["verify_certs"] is True
-    assert options["ca_certs"] == "/etc/ssl/os-ca.pem"
+    assert options["ca_certs"] == certifi.where()
 
 
 def test_certificate_checks_can_be_turned_off_explicitly() -> None:
