@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from enricher.config import Config as EnricherConfig
+from gateway._publisher import DRAIN_TIMEOUT_S
 from gateway.config import GatewayConfig
 from indexer.config import Config as IndexerConfig
 from pipeline.config import describe
@@ -30,6 +31,27 @@ def compose_environment(text: str) -> dict[str, set[str]]:
             block = line.strip().rstrip(":") if line.rstrip().endswith(":") else None
         elif indent == 6 and block == "environment" and service is not None:
             found.setdefault(service, set()).add(line.strip().split(":", 1)[0])
+    return found
+
+
+def compose_service_values(text: str) -> dict[str, dict[str, str]]:
+    """Each service's own scalar keys (stop_grace_period, ...) and environment values."""
+    found: dict[str, dict[str, str]] = {}
+    service = block = None
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        indent = len(line) - len(line.lstrip())
+        key, _, value = line.strip().partition(":")
+        value = value.split(" #", 1)[0].strip().strip('"')
+        if indent == 2 and not value:
+            service, block = key, None
+        elif indent == 4 and service is not None:
+            block = key if not value else None
+            if value:
+                found.setdefault(service, {})[key] = value
+        elif indent == 6 and block == "environment" and service is not None:
+            found.setdefault(service, {})[key] = value
     return found
 
 
@@ -56,3 +78,34 @@ def test_the_image_sets_only_settings_some_service_reads() -> None:
 def test_the_compose_parser_sees_real_blocks() -> None:
     sample = "services:\n  a:\n    environment:\n      X_Y: 1\n    ports:\n      - 1\n"
     assert compose_environment(sample) == {"a": {"X_Y"}}
+
+
+# The setting bounding each service's graceful stop, and what may follow it (the gateway
+# drains NATS for up to DRAIN_TIMEOUT_S after its requests are done).
+GRACEFUL_STOP = {
+    "gateway": "GATEWAY_GRACEFUL_STOP_S",
+    "enricher": "ENRICHER_STOP_TIMEOUT_S",
+    "indexer": "INDEXER_GRACEFUL_STOP_S",
+}
+
+
+@pytest.mark.parametrize("service", sorted(CONFIGS))
+def test_compose_gives_a_graceful_stop_its_time_before_sigkill(service: str) -> None:
+    values = compose_service_values((ROOT / "docker-compose.yml").read_text())[service]
+    grace = re.fullmatch(r"(\d+)s", values.get("stop_grace_period", ""))
+    assert grace, f"{service} has no stop_grace_period in seconds (compose's default is 10 s)"
+    defaults = {name: default for name, default, _ in describe(CONFIGS[service])}
+    variable = GRACEFUL_STOP[service]
+    graceful_s = float(values.get(variable, defaults[variable]))
+
+    assert int(grace[1]) >= graceful_s + DRAIN_TIMEOUT_S
+
+
+def test_the_compose_values_parser_sees_real_blocks() -> None:
+    sample = (
+        "services:\n  a:\n    build: .\n    stop_grace_period: 40s  # why\n"
+        '    environment:\n      X_Y: "1"\n    ports:\n      - 1\n'
+    )
+    assert compose_service_values(sample) == {
+        "a": {"build": ".", "stop_grace_period": "40s", "X_Y": "1"}
+    }
