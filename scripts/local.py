@@ -95,6 +95,11 @@ class InfraError(Exception):
     """A failure whose message says what went wrong and what to do about it."""
 
 
+class UsageError(InfraError):
+    """A command line or setting (PORT_OFFSET) that cannot work as given; exit code 2, as for
+    argparse's own usage errors."""
+
+
 # --- profiles ---------------------------------------------------------------------------------
 
 
@@ -154,13 +159,38 @@ def loopback_no_proxy(environ: Mapping[str, str]) -> dict[str, str]:
     return {"NO_PROXY": value, "no_proxy": value}
 
 
-MAX_PORT_OFFSET = 30000
+MAX_PORT = 65535
+
+
+def named_ports(profile: Profile) -> list[tuple[str, int]]:
+    """Every port of `profile`, each with what listens on it."""
+    return [
+        ("NATS client", profile.nats_port),
+        ("NATS monitoring", profile.nats_monitor_port),
+        ("OpenSearch HTTP", profile.opensearch_port),
+        ("OpenSearch transport", profile.opensearch_transport_port),
+        ("gateway HTTP", profile.gateway_ports[0]),
+        ("gateway gRPC", profile.gateway_ports[1]),
+        ("enricher HTTP", profile.enricher_ports[0]),
+        ("enricher gRPC", profile.enricher_ports[1]),
+        ("indexer HTTP", profile.indexer_ports[0]),
+        ("indexer gRPC", profile.indexer_ports[1]),
+    ]
 
 
 def offset_profile(profile: Profile, offset: int) -> Profile:
-    """`profile` with every port moved up by `offset`."""
-    if not 0 <= offset <= MAX_PORT_OFFSET:
-        raise InfraError(f"the port offset must be 0 to {MAX_PORT_OFFSET}, not {offset}")
+    """`profile` with every port moved up by `offset`; an offset that moves a port past 65535
+    is a usage error naming that port."""
+    if offset < 0:
+        raise UsageError(f"PORT_OFFSET must be 0 or more, not {offset}")
+    for what, port in named_ports(profile):
+        if port + offset > MAX_PORT:
+            highest = max(port for _, port in named_ports(profile))
+            raise UsageError(
+                f"PORT_OFFSET={offset} moves the {what} port of profile {profile.name} from "
+                f"{port} to {port + offset}, past {MAX_PORT}: at most "
+                f"{MAX_PORT - highest} for this profile"
+            )
     if offset == 0:
         return profile
     return dataclasses.replace(
@@ -1081,7 +1111,7 @@ class _OutputOrNothing(io.TextIOBase):
 
 def cmd_exec(profile: Profile, procs: list[ManagedProcess], command: list[str]) -> int:
     if not command:
-        raise InfraError("exec needs a command after `--`, e.g. `exec -- pytest`")
+        raise UsageError("exec needs a command after `--`, e.g. `exec -- pytest`")
     # SIGTERM (a CI timeout) is handled like Ctrl-C: the command cleans up, the servers stop.
     signal.signal(signal.SIGTERM, _raise_terminated)
     sys.stdout = _OutputOrNothing(sys.stdout)
@@ -1220,7 +1250,7 @@ def select(profile: Profile, only: str | None) -> list[ManagedProcess]:
     known = {proc.name for proc in procs}
     unknown = [name for name in names if name not in known]
     if unknown:
-        raise InfraError(f"unknown process {', '.join(unknown)}: choose from {', '.join(known)}")
+        raise UsageError(f"unknown process {', '.join(unknown)}: choose from {', '.join(known)}")
     return [proc for proc in procs if proc.name in names]
 
 
@@ -1260,7 +1290,7 @@ def port_offset(given: int | None, environ: Mapping[str, str] = os.environ) -> i
     try:
         return int(text or "0")
     except ValueError:
-        raise InfraError(f"PORT_OFFSET must be a whole number, not {text!r}") from None
+        raise UsageError(f"PORT_OFFSET must be a whole number, not {text!r}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1278,6 +1308,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_status(profile, procs)
         command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
         return cmd_exec(profile, procs, command)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except InfraError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

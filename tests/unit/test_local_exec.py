@@ -120,8 +120,48 @@ def test_a_port_offset_moves_every_port_of_a_profile() -> None:
     assert local.port_offset(None, {}) == 0
     with pytest.raises(local.InfraError, match="PORT_OFFSET must be a whole number"):
         local.port_offset(None, {"PORT_OFFSET": "ten"})
-    with pytest.raises(local.InfraError, match="0 to 30000"):
-        local.offset_profile(test, 40000)
+    with pytest.raises(local.InfraError, match="must be 0 or more"):
+        local.offset_profile(test, -1)
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "message"),
+    [
+        # gRPC 50051 + 20000 is no port: the port checks raised OverflowError with a traceback.
+        (
+            ["status"],
+            {"PORT_OFFSET": "20000"},
+            "gateway gRPC port of profile dev from 50051 to 70051, past 65535: at most 15482",
+        ),
+        (
+            ["down", "--port-offset", "46236", "--profile", "test"],
+            {},
+            "OpenSearch transport port of profile test from 19300 to 65536",
+        ),
+        (["status"], {"PORT_OFFSET": "-5"}, "PORT_OFFSET must be 0 or more, not -5"),
+        (["status"], {"PORT_OFFSET": "ten"}, "PORT_OFFSET must be a whole number"),
+    ],
+)
+def test_a_port_offset_past_the_last_port_is_a_usage_error_naming_the_port(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    environ: dict[str, str],
+    message: str,
+) -> None:
+    local = _load_local()
+    monkeypatch.setattr(local, "LOCAL", tmp_path)
+    monkeypatch.delenv("PORT_OFFSET", raising=False)
+    for key, value in environ.items():
+        monkeypatch.setenv(key, value)
+
+    assert local.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert "error: PORT_OFFSET" in err
+    assert message in err
+    assert out == ""
+    assert local.offset_profile(local.PROFILES["test"], 46235).opensearch_transport_port == 65535
 
 
 # A command that cleans up for a while when interrupted, as pytest's teardown does.
