@@ -239,6 +239,46 @@ def test_a_command_that_does_not_end_is_killed_after_the_grace(tmp_path: Path) -
     assert "killing it" in out
 
 
+# `local.py exec` stopped by SIGTERM while it starts the servers (a CI timeout).
+_STARTING_DRIVER = """
+import importlib.util, pathlib, sys, time
+spec = importlib.util.spec_from_file_location("local_script", sys.argv[1])
+local = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = local
+spec.loader.exec_module(local)
+local.LOCAL = pathlib.Path(sys.argv[2])
+def start_all(procs, started):
+    pathlib.Path(sys.argv[3]).write_text("starting")
+    time.sleep(60)
+local.start_all = start_all
+sys.exit(local.main(["exec", "--profile", "test", "--only", "nats", "--", "true"]))
+"""
+
+
+def test_sigterm_while_starting_exits_143_with_one_line(tmp_path: Path) -> None:
+    driver, marker = tmp_path / "driver.py", tmp_path / "starting"
+    driver.write_text(_STARTING_DRIVER)
+    argv = [sys.executable, str(driver), str(ROOT / "scripts" / "local.py"), str(tmp_path)]
+    proc = subprocess.Popen(
+        [*argv, str(marker)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert time.monotonic() < deadline, "exec did not start"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert err == "terminated\n"
+
+
 def test_loopback_never_goes_through_a_proxy(tmp_path: Path) -> None:
     # A CI machine that reaches the registries through a proxy: the command `exec` runs (the
     # tests) and the services it starts must still reach the servers on loopback directly.
