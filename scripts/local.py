@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import io
 import json
@@ -783,8 +784,25 @@ def spawn(proc: ManagedProcess, launch: Launch) -> int:
             start_new_session=True,
             **as_user,
         )
-    proc.pid_file.write_text(f"{child.pid}\n")
+    try:
+        write_atomically(proc.pid_file, f"{child.pid}\n")
+    except BaseException:
+        # Without its pid file nothing would stop it, and it would hold the ports.
+        signal_group(child.pid, signal.SIGKILL)
+        child.wait()
+        raise
     return child.pid
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """`path` holds `text` whole, or stays as it was (a temporary file is renamed over it)."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temp.write_text(text)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
 
 
 def keep_previous_log(log_file: Path) -> None:
@@ -1015,6 +1033,44 @@ def run(
     if result.returncode != 0:
         output = f":\n{result.stdout}" if result.stdout else ""
         raise InfraError(f"`{shown}` failed with exit code {result.returncode}{output}")
+
+
+# The make target behind each command, to say what to run again.
+MAKE_TARGETS = {"install": "install", "up": "run", "down": "stop", "status": "status"}
+
+
+def os_error_message(error: OSError, command: str) -> str:
+    """What an OSError (a file we may not write, a full disk) means here, naming its path."""
+    path = Path(error.filename) if isinstance(error.filename, str) else None
+    text = error.strerror or str(error)
+    where = f"{relative(path)}: " if path is not None else ""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{where}{text}: the disk (or your quota) is full; free some space and run it again"
+    if error.errno == errno.EROFS:
+        return f"{where}{text}: the file system is read-only"
+    if error.errno not in (errno.EACCES, errno.EPERM):
+        return f"{where}{text}"
+    again = f"make {MAKE_TARGETS.get(command, 'test')}"
+    if path is None:  # a signal to a process of another user
+        return f"{text}: what another user started (`sudo {again}`, say) is stopped by that user"
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None or existing.stat().st_uid == os.geteuid():
+        return f"{where}{text}: check its permissions and those of the folders above it"
+    owner, me = user_name(existing.stat().st_uid), user_name(os.geteuid())
+    run_as_owner = f"sudo {again}" if owner == "root" else f"{again} as {owner}"
+    return (
+        f"{where}{text}: {relative(existing)} belongs to {owner}, and this runs as {me} (an "
+        f"earlier command ran as {owner}). Run this one as {owner} too (`{run_as_owner}`), or, "
+        f"with nothing of this checkout running, give the folder back to {me} "
+        f"(`sudo chown -R {me} {relative(LOCAL)}`)"
+    )
+
+
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def relative(path: Path) -> str:
@@ -1320,6 +1376,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Terminated:
         print("terminated", file=sys.stderr)
         return 128 + signal.SIGTERM
+    except OSError as error:
+        print(f"error: {os_error_message(error, args.command)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

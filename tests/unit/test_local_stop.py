@@ -219,3 +219,86 @@ def test_spawn_moves_the_last_log_aside(tmp_path: Path) -> None:
     os.waitpid(pid, 0)
     assert (tmp_path / "logs" / "x.log.1").read_text() == "the last run's end\n"
     assert proc.log_file.read_text() == "new run\n"
+
+
+def test_a_pid_file_that_cannot_be_written_leaves_no_child_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Untracked, it would hold its ports with nothing to stop it by.
+    local = load_script("local.py", "local_script")
+    profile = SimpleNamespace(run_dir=tmp_path / "run", logs_dir=tmp_path / "logs")
+    proc = SimpleNamespace(
+        profile=profile,
+        log_file=tmp_path / "logs" / "x.log",
+        pid_file=tmp_path / "run" / "x.pid",
+        owner_tag="test",
+    )
+    proc.pid_file.mkdir(parents=True)  # where the pid file goes, nothing can be written
+    children: list[Any] = []
+    real_popen = local.subprocess.Popen
+
+    def popen(*args: Any, **kwargs: Any) -> Any:
+        children.append(real_popen(*args, **kwargs))
+        return children[-1]
+
+    monkeypatch.setattr(local.subprocess, "Popen", popen)
+    try:
+        with pytest.raises(IsADirectoryError):
+            local.spawn(proc, local.Launch(argv=("sleep", "60")))
+        (child,) = children
+        deadline = time.monotonic() + 5
+        while child.poll() is None:
+            assert time.monotonic() < deadline, "the child runs on without its pid file"
+            time.sleep(0.05)
+        assert [p.name for p in proc.pid_file.parent.iterdir()] == ["x.pid"]  # no temporary
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+
+
+@pytest.mark.parametrize("command", ["down", "status"])
+def test_a_file_of_another_user_is_an_error_naming_it_its_owner_and_what_to_do(
+    local: ModuleType,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+) -> None:
+    # `sudo make run`, then `make stop` as oneself: the lock file is root's.
+    profile = local.PROFILES["dev"]
+    lock = profile.run_dir / "local.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text("")
+    owner = local.user_name(lock.stat().st_uid)
+
+    def refused(profile: object) -> None:
+        raise PermissionError(13, "Permission denied", str(lock))
+
+    monkeypatch.setattr(local, "profile_lock", refused)
+    monkeypatch.setattr(local, "cmd_status", lambda profile, procs: refused(profile))
+    monkeypatch.setattr(local.os, "geteuid", lambda: 54321)
+
+    assert local.main([command]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {lock}: Permission denied: {lock} belongs to {owner}, ")
+    assert f"this runs as {local.user_name(54321)}" in err
+    target = {"down": "stop", "status": "status"}[command]
+    again = f"sudo make {target}" if owner == "root" else f"make {target} as {owner}"
+    assert f"Run this one as {owner} too (`{again}`)" in err
+    assert "Traceback" not in err
+
+
+def test_a_full_disk_is_an_error_naming_the_path(
+    local: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = local.LOCAL / "dev" / "logs" / "nats.log"
+
+    def full(procs: object) -> None:
+        raise OSError(28, "No space left on device", str(log))
+
+    monkeypatch.setattr(local, "cmd_up", full)
+    assert local.main(["up"]) == 1
+    assert capsys.readouterr().err == (
+        f"error: {log}: No space left on device: the disk (or your quota) is full; free some "
+        "space and run it again\n"
+    )
