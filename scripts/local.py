@@ -844,7 +844,11 @@ def stop(proc: ManagedProcess) -> None:
 
 def terminate(proc: ManagedProcess, pid: int) -> None:
     """SIGTERM the process group, SIGKILL it after `stop_timeout_s`; remove the pid file."""
-    print(f"{proc.name}: stopping (pid {pid})")
+    if leader_alive(pid):
+        print(f"{proc.name}: stopping (pid {pid})")
+    else:
+        left = len(group_members(pid))
+        print(f"{proc.name}: stopping (pid {pid} has exited; {left} of its processes run on)")
     signal_group(pid, signal.SIGTERM)
     if not wait_group_exit(pid, proc.stop_timeout_s):
         print(f"{proc.name}: still running after {proc.stop_timeout_s:.0f} s, sending SIGKILL")
@@ -864,19 +868,29 @@ def check_ports_free(proc: ManagedProcess) -> None:
 
 
 def running_pid(proc: ManagedProcess) -> int | None:
-    """The pid from the pid file if that process still runs and is the one we started.
+    """The pid from the pid file if the process group it leads still runs and is the one we
+    started.
 
     Ours means: a live session leader (we start each process in a new session) whose
-    environment carries our owner tag, so a pid reused by another process is never ours.
+    environment carries our owner tag, so a pid reused by another process is never ours. When
+    the leader has exited (a gateway supervisor that crashed), the group is ours while members
+    carrying the tag live on (its workers, holding the ports): the kernel reuses no pid while a
+    group of that number lives, so the group can only be the one we started.
     """
     try:
         pid = int(proc.pid_file.read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
     stat = proc_stat(pid)
-    if stat is None or stat.state == "Z" or stat.session != pid:
-        return None
-    return pid if owner_tag(pid) == proc.owner_tag else None
+    if stat is not None and stat.state != "Z" and stat.session == pid:
+        return pid if owner_tag(pid) == proc.owner_tag else None
+    members = group_members(pid)
+    return pid if any(owner_tag(member) == proc.owner_tag for member in members) else None
+
+
+def leader_alive(pid: int) -> bool:
+    stat = proc_stat(pid)
+    return stat is not None and stat.state != "Z"
 
 
 def owner_tag(pid: int) -> str | None:
@@ -1276,7 +1290,10 @@ def status_line(proc: ManagedProcess) -> str:
     health = probe(proc.ready_url) or "not ready"
     ports = ",".join(str(port) for port in proc.ports)
     where = proc.endpoints[0]
-    return f"{proc.name:<11} running  pid {pid:<7} ports {ports:<11} health {health:<9} {where}"
+    line = f"{proc.name:<11} running  pid {pid:<7} ports {ports:<11} health {health:<9} {where}"
+    if not leader_alive(pid):
+        line += f"; pid {pid} has exited, {len(group_members(pid))} of its processes run on"
+    return line
 
 
 def print_running(procs: list[ManagedProcess]) -> None:

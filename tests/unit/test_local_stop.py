@@ -8,6 +8,7 @@ after `make stop` (runuser's own SIGKILL to its child), whatever its shutdown st
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pwd
 import re
@@ -302,3 +303,43 @@ def test_a_full_disk_is_an_error_naming_the_path(
         f"error: {log}: No space left on device: the disk (or your quota) is full; free some "
         "space and run it again\n"
     )
+
+
+def test_stop_stops_what_runs_on_after_the_process_it_started_has_exited(
+    local: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A gateway supervisor that crashed leaves its workers holding the ports; `stop` said
+    # "stale pid file removed" and left them running.
+    profile = local.Profile("groupstop", 1, 2, 3, 4, (5, 6), (7, 8), (9, 10))
+    proc = dataclasses.replace(
+        _managed(local, profile, "gateway", stop_timeout_s=10.0), endpoints=("here",)
+    )
+    worker_pid = tmp_path / "worker.pid"
+    script = f'sleep 60 & echo $! > "{worker_pid}"; exit 0'  # the leader exits at once
+    pid = local.spawn(proc, local.Launch(argv=("sh", "-c", script)))
+    try:
+        deadline = time.monotonic() + 10
+        while not worker_pid.exists() or local.proc_stat(pid).state != "Z":
+            assert time.monotonic() < deadline, "the leader did not exit"
+            time.sleep(0.05)
+        assert local.group_alive(pid)
+        assert local.running_pid(proc) == pid
+        assert "1 of its processes run on" in local.status_line(proc)
+
+        local.stop(proc)
+
+        assert not local.group_alive(pid)
+        assert not proc.pid_file.exists()
+        out = capsys.readouterr().out
+        assert f"gateway: stopping (pid {pid} has exited; 1 of its processes run on)" in out
+        assert "gateway: stopped" in out
+    finally:
+        local.signal_group(pid, local.signal.SIGKILL)
+
+
+def test_a_group_without_our_tag_is_not_ours(local: ModuleType, tmp_path: Path) -> None:
+    profile = local.Profile("groupstop", 1, 2, 3, 4, (5, 6), (7, 8), (9, 10))
+    proc = _managed(local, profile, "gateway")
+    proc.pid_file.parent.mkdir(parents=True)
+    proc.pid_file.write_text(f"{os.getpgrp()}\n")  # a live group: this test's, without the tag
+    assert local.running_pid(proc) is None
