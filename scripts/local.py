@@ -1207,15 +1207,65 @@ def _exec(profile: Profile, procs: list[ManagedProcess], command: list[str]) -> 
         child = subprocess.Popen(
             command, env={**os.environ, **loopback_no_proxy(os.environ), **client_env}
         )
-        return wait_command(child)
-    finally:
-        print()
-        with profile_lock(profile):
-            for proc in reversed(procs):
+        code = wait_command(child)
+    except BaseException:
+        stop_started(profile, procs, started)
+        raise
+    interrupted = stop_started(profile, procs, started)
+    # As for an interrupt of the command: 128 + the signal, unless the command failed.
+    return 128 + interrupted if interrupted is not None and code == 0 else code
+
+
+def stop_started(
+    profile: Profile, procs: list[ManagedProcess], started: list[ManagedProcess]
+) -> int | None:
+    """Stops what `exec` started, in reverse order, and returns the number of the signal that
+    interrupted it (None: none did).
+
+    Every one is stopped even when a Ctrl-C or SIGTERM cuts a stop short: the interrupted one
+    is killed at once, and the stops go on with the next. Left to run, it would keep its pid
+    file, and the next `exec` would take it for one that was running before and never stop it.
+    """
+    interrupted: int | None = None
+    with contextlib.ExitStack() as stack:
+        try:
+            print()
+            stack.enter_context(profile_lock(profile))
+        except (KeyboardInterrupt, Terminated) as err:
+            interrupted = interrupt_signal(err)
+            print("interrupted while waiting for the lock: stopping without it")
+        for proc in reversed(procs):
+            try:
                 if proc in started:
                     stop(proc)
                 elif running_pid(proc) is not None:
                     print(f"{proc.name}: left running (it was running before)")
+            except (KeyboardInterrupt, Terminated) as err:
+                interrupted = interrupt_signal(err)
+                if proc in started:
+                    kill_now(proc)
+    return interrupted
+
+
+def kill_now(proc: ManagedProcess) -> None:
+    """SIGKILLs `proc`'s process group and removes its pid file, whatever interrupts arrive
+    meanwhile (each starts it over; it takes a moment)."""
+    while True:
+        try:
+            pid = running_pid(proc)
+            if pid is not None:
+                print(f"{proc.name}: interrupted, sending SIGKILL")
+                signal_group(pid, signal.SIGKILL)
+                wait_group_exit(pid, proc.stop_timeout_s)
+            proc.pid_file.unlink(missing_ok=True)
+            print(f"{proc.name}: killed" if pid is not None else f"{proc.name}: stopped")
+            return
+        except (KeyboardInterrupt, Terminated):
+            continue
+
+
+def interrupt_signal(err: BaseException) -> int:
+    return signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT
 
 
 class Terminated(Exception):

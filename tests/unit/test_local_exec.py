@@ -73,6 +73,70 @@ def test_exec_stops_what_it_started_when_stdout_is_gone(
     assert stopped == list(reversed(procs))
 
 
+# Ignores SIGTERM, as a server slow to stop does: only the stop timeout's SIGKILL ends it.
+_STUBBORN = "trap '' TERM; while :; do sleep 0.05; done"
+
+
+@pytest.mark.parametrize(("interrupt", "code"), [("KeyboardInterrupt", 130), ("Terminated", 143)])
+def test_an_interrupt_while_stopping_kills_that_server_and_stops_the_rest(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, interrupt: str, code: int
+) -> None:
+    # A second Ctrl-C while OpenSearch stopped ended the cleanup there: NATS ran on with its
+    # pid file, and later runs took it for one running before and never stopped it.
+    local = _load_local()
+    monkeypatch.setattr(local, "LOCAL", tmp_path)
+    profile = local.Profile("stoptest", 1, 2, 3, 4, (5, 6), (7, 8), (9, 10))
+    procs = [
+        local.ManagedProcess(
+            name=name,
+            title=name,
+            profile=profile,
+            prepare=lambda: local.Launch(argv=("sh", "-c", _STUBBORN)),
+            ready_url="http://127.0.0.1:1/",
+            ports=(),
+            endpoints=(),
+            stop_timeout_s=1.0,
+        )
+        for name in ("nats", "opensearch")
+    ]
+    pids: list[int] = []
+
+    def start_all(wanted: list[Any], started: list[Any]) -> None:
+        for proc in wanted:
+            pids.append(local.spawn(proc, proc.prepare()))
+            started.append(proc)
+
+    real_wait = local.wait_group_exit
+    waits: list[int] = []
+
+    def wait_group_exit(pgrp: int, timeout_s: float) -> bool:
+        waits.append(pgrp)
+        if len(waits) == 1:  # Ctrl-C (or SIGTERM) while the first stop waits
+            raise KeyboardInterrupt if interrupt == "KeyboardInterrupt" else local.Terminated
+        return bool(real_wait(pgrp, timeout_s))
+
+    monkeypatch.setattr(local, "start_all", start_all)
+    monkeypatch.setattr(local, "wait_group_exit", wait_group_exit)
+    monkeypatch.setattr(local.signal, "signal", lambda *a: None)
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    try:
+        try:
+            exit_code = local.cmd_exec(profile, procs, ["true"])  # the command exits 0
+        except (KeyboardInterrupt, local.Terminated) as err:
+            pytest.fail(f"the interrupt ended the stops: {err!r}")
+        assert exit_code == code
+        for pid in pids:
+            assert not local.group_alive(pid)
+        for proc in procs:
+            assert not proc.pid_file.exists()
+        assert "opensearch: interrupted, sending SIGKILL" in out.getvalue()
+        assert "nats: stopped" in out.getvalue()
+    finally:
+        for pid in pids:
+            local.signal_group(pid, signal.SIGKILL)
+
+
 def test_a_second_exec_waits_for_the_first_instead_of_sharing_its_servers(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
