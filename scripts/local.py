@@ -90,6 +90,8 @@ HTTP_PROBE_TIMEOUT_S = 2.0
 LOG_TAIL_LINES = 25
 # Set in the environment of every process we start: how `down` knows a pid is still ours.
 OWNER_ENV = "TELEMETRY_LOCAL_PROCESS"
+# Beside it: the PORT_OFFSET it was started with, so that no command probes other ports for it.
+PORT_OFFSET_ENV = "TELEMETRY_LOCAL_PORT_OFFSET"
 
 
 class InfraError(Exception):
@@ -777,6 +779,7 @@ def spawn(proc: ManagedProcess, launch: Launch) -> int:
                 **user_env,
                 **launch.env,
                 OWNER_ENV: proc.owner_tag,
+                PORT_OFFSET_ENV: str(proc.profile.port_offset),
             },
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -894,13 +897,46 @@ def leader_alive(pid: int) -> bool:
 
 
 def owner_tag(pid: int) -> str | None:
+    return environ_value(pid, OWNER_ENV)
+
+
+def environ_value(pid: int, name: str) -> str | None:
+    """The variable `name` in the environment process `pid` started with (None: unset, or
+    the process is gone or not ours to read)."""
     try:
         environ = Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
         return None
-    prefix = f"{OWNER_ENV}=".encode()
-    tags = [item[len(prefix) :] for item in environ.split(b"\0") if item.startswith(prefix)]
-    return tags[0].decode(errors="replace") if tags else None
+    prefix = f"{name}=".encode()
+    values = [item[len(prefix) :] for item in environ.split(b"\0") if item.startswith(prefix)]
+    return values[0].decode(errors="replace") if values else None
+
+
+def running_port_offset(proc: ManagedProcess, pid: int) -> int | None:
+    """The PORT_OFFSET `proc`'s running group `pid` was started with (None: not recorded, as
+    by an older local.py)."""
+    for member in [pid, *group_members(pid)]:
+        if owner_tag(member) == proc.owner_tag:
+            value = environ_value(member, PORT_OFFSET_ENV)
+            return int(value) if value is not None and value.isdigit() else None
+    return None
+
+
+def check_port_offset(procs: list[ManagedProcess]) -> None:
+    """Refuses a PORT_OFFSET other than the one the profile's running processes were started
+    with: their ports are elsewhere, so probing these would report a wrong health, or another
+    checkout's servers as ready (`down` needs no such check: it goes by pid)."""
+    for proc in procs:
+        pid = running_pid(proc)
+        theirs = running_port_offset(proc, pid) if pid is not None else None
+        if theirs is None or theirs == proc.profile.port_offset:
+            continue
+        again = make_variables(dataclasses.replace(proc.profile, port_offset=theirs))
+        raise UsageError(
+            f"profile {proc.profile.name} runs with PORT_OFFSET={theirs} ({proc.name}, pid "
+            f"{pid}), not {proc.profile.port_offset}: give the make command the same "
+            f"(`make status{again}`), or stop it first (`make stop{again}`)"
+        )
 
 
 @dataclass(frozen=True)
@@ -1137,6 +1173,7 @@ def cmd_install() -> int:
 
 def cmd_up(procs: list[ManagedProcess]) -> int:
     with profile_lock(procs[0].profile):
+        check_port_offset(procs)
         start_all(procs, started=[])
     print_running(procs)
     if any(proc.name == "gateway" for proc in procs):
@@ -1152,6 +1189,7 @@ def cmd_down(procs: list[ManagedProcess]) -> int:
 
 
 def cmd_status(profile: Profile, procs: list[ManagedProcess]) -> int:
+    check_port_offset(procs)
     offset = f", PORT_OFFSET={profile.port_offset}" if profile.port_offset else ""
     print(f"profile {profile.name}{offset} ({relative(profile.root)})")
     for proc in procs:
@@ -1200,6 +1238,7 @@ def _exec(profile: Profile, procs: list[ManagedProcess], command: list[str]) -> 
     started: list[ManagedProcess] = []
     try:
         with profile_lock(profile):
+            check_port_offset(procs)
             start_all(procs, started)
         client_env = profile.client_env()
         shown_env = " ".join(f"{key}={value}" for key, value in client_env.items())

@@ -207,7 +207,7 @@ def test_a_restart_keeps_the_previous_log(tmp_path: Path) -> None:
 
 def test_spawn_moves_the_last_log_aside(tmp_path: Path) -> None:
     local = load_script("local.py", "local_script")
-    profile = SimpleNamespace(run_dir=tmp_path / "run", logs_dir=tmp_path / "logs")
+    profile = SimpleNamespace(run_dir=tmp_path / "run", logs_dir=tmp_path / "logs", port_offset=0)
     proc = SimpleNamespace(
         profile=profile,
         log_file=tmp_path / "logs" / "x.log",
@@ -227,7 +227,7 @@ def test_a_pid_file_that_cannot_be_written_leaves_no_child_running(
 ) -> None:
     # Untracked, it would hold its ports with nothing to stop it by.
     local = load_script("local.py", "local_script")
-    profile = SimpleNamespace(run_dir=tmp_path / "run", logs_dir=tmp_path / "logs")
+    profile = SimpleNamespace(run_dir=tmp_path / "run", logs_dir=tmp_path / "logs", port_offset=0)
     proc = SimpleNamespace(
         profile=profile,
         log_file=tmp_path / "logs" / "x.log",
@@ -343,3 +343,37 @@ def test_a_group_without_our_tag_is_not_ours(local: ModuleType, tmp_path: Path) 
     proc.pid_file.parent.mkdir(parents=True)
     proc.pid_file.write_text(f"{os.getpgrp()}\n")  # a live group: this test's, without the tag
     assert local.running_pid(proc) is None
+
+
+def test_a_profile_running_with_another_port_offset_is_refused_naming_that_offset(
+    local: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `PORT_OFFSET=1000 make run`, then `make status`: it probed the ports without the offset,
+    # where another checkout's servers may answer as ready.
+    base = local.Profile("offsettest", 1, 2, 3, 4, (5, 6), (7, 8), (9, 10))
+    moved = dataclasses.replace(base, port_offset=1000)  # as offset_profile records it
+    running = dataclasses.replace(
+        _managed(local, moved, "nats", ready_timeout_s=0.5), endpoints=("here",)
+    )
+    pid = local.spawn(running, local.Launch(argv=("sleep", "60")))
+    try:
+        unshifted = dataclasses.replace(running, profile=base)
+        again = " PROFILE=offsettest PORT_OFFSET=1000"
+        for command in (
+            lambda: local.cmd_status(base, [unshifted]),
+            lambda: local.cmd_up([unshifted]),
+        ):
+            with pytest.raises(local.UsageError) as caught:
+                command()
+            assert str(caught.value) == (
+                f"profile offsettest runs with PORT_OFFSET=1000 (nats, pid {pid}), not 0: give "
+                f"the make command the same (`make status{again}`), or stop it first "
+                f"(`make stop{again}`)"
+            )
+        capsys.readouterr()
+        assert local.cmd_status(moved, [running]) == 0
+        assert f"nats        running  pid {pid}" in capsys.readouterr().out
+        local.stop(unshifted)  # stop goes by the pid file, whatever the offset
+        assert not local.group_alive(pid)
+    finally:
+        local.signal_group(pid, local.signal.SIGKILL)
