@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import fnmatch
 import io
 import json
 import os
@@ -70,6 +71,17 @@ OPENSEARCH_ARTIFACT = (
 )
 MAVEN_COPY_GOAL = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy"
 OPENSEARCH_HEAP_OPTS = "-Xms512m -Xmx1g"
+# What OpenSearch must not take from our environment: its scripts read OPENSEARCH_* (a home or a
+# Java other than the ones checked here), and every JVM the JAVA_TOOL_OPTIONS-like variables.
+OPENSEARCH_UNSET_ENV = (
+    "OPENSEARCH_*",
+    "JAVA_TOOL_OPTIONS",
+    "_JAVA_OPTIONS",
+    "JDK_JAVA_OPTIONS",
+    "JAVA_OPTS",
+    "CLASSPATH",
+    "KEYSTORE_PASSWORD",
+)
 # OpenSearch refuses to run as root; when we are root it runs as this system user.
 OPENSEARCH_USER = "telemetry-os"
 # OpenSearch 2.19 needs the Java security manager, which Java 24 removed.
@@ -222,13 +234,15 @@ PROFILES = {
 
 @dataclass(frozen=True)
 class Launch:
-    """How to start a process: argv, extra environment, working directory, and the user to run
-    it as (root only; None: as whoever runs this script)."""
+    """How to start a process: argv, extra environment, working directory, the user to run it
+    as (root only; None: as whoever runs this script), and the variables of our environment it
+    must not inherit (names or fnmatch patterns)."""
 
     argv: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: Path = REPO
     user: str | None = None
+    unset: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -570,17 +584,20 @@ def prepare_opensearch(profile: Profile) -> Launch:
     }
     argv = (str(home / "bin" / "opensearch"), *(f"-E{k}={v}" for k, v in settings.items()))
     env = {
+        # bin/opensearch-env takes OPENSEARCH_JAVA_HOME before JAVA_HOME.
+        "OPENSEARCH_JAVA_HOME": str(java),
         "JAVA_HOME": str(java),
         "OPENSEARCH_JAVA_OPTS": OPENSEARCH_HEAP_OPTS,
         "OPENSEARCH_PATH_CONF": str(config),
         "OPENSEARCH_TMPDIR": str(tmp),  # else each start leaves a new folder in /tmp
     }
+    unset = OPENSEARCH_UNSET_ENV
     if os.geteuid() != 0:
-        return Launch(argv=argv, env=env)
+        return Launch(argv=argv, env=env, unset=unset)
     ensure_service_user()
     chown_tree(base, OPENSEARCH_USER)
     check_user_can_reach(OPENSEARCH_USER, home / "bin" / "opensearch", data)
-    return Launch(argv=argv, env=env, user=OPENSEARCH_USER)
+    return Launch(argv=argv, env=env, user=OPENSEARCH_USER, unset=unset)
 
 
 def write_opensearch_config(home: Path, config: Path, *, data: Path, logs: Path) -> Path:
@@ -774,7 +791,7 @@ def spawn(proc: ManagedProcess, launch: Launch) -> int:
             launch.argv,
             cwd=launch.cwd,
             env={
-                **os.environ,
+                **inherited_env(launch.unset),
                 **loopback_no_proxy(os.environ),
                 **user_env,
                 **launch.env,
@@ -795,6 +812,15 @@ def spawn(proc: ManagedProcess, launch: Launch) -> int:
         child.wait()
         raise
     return child.pid
+
+
+def inherited_env(unset: Sequence[str]) -> dict[str, str]:
+    """Our environment but for the variables `unset` names (names or fnmatch patterns)."""
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if not any(fnmatch.fnmatchcase(key, pattern) for pattern in unset)
+    }
 
 
 def write_atomically(path: Path, text: str) -> None:

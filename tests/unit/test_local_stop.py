@@ -377,3 +377,42 @@ def test_a_profile_running_with_another_port_offset_is_refused_naming_that_offse
         assert not local.group_alive(pid)
     finally:
         local.signal_group(pid, local.signal.SIGKILL)
+
+
+def test_opensearch_runs_on_the_java_checked_and_its_own_home_whatever_the_shell_sets(
+    local: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # bin/opensearch-env takes OPENSEARCH_JAVA_HOME before JAVA_HOME and OPENSEARCH_HOME as
+    # given; the JVM reads JAVA_TOOL_OPTIONS and the like.
+    home, java = tmp_path / "opensearch-home", tmp_path / "java-17"
+    monkeypatch.setattr(local.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(local, "require_installed", lambda path, what: home)
+    monkeypatch.setattr(local, "java_home", lambda: java)
+    monkeypatch.setattr(
+        local, "write_opensearch_config", lambda home, config, *, data, logs: config
+    )
+    shell = {
+        "OPENSEARCH_JAVA_HOME": "/opt/java-24",
+        "OPENSEARCH_HOME": "/opt/opensearch-1.3",
+        "JAVA_TOOL_OPTIONS": "-Xmx64m",
+        "_JAVA_OPTIONS": "-Xmx64m",
+        "JDK_JAVA_OPTIONS": "-Xmx64m",
+        "TELEMETRY_KEPT": "yes",
+    }
+    for key, value in shell.items():
+        monkeypatch.setenv(key, value)
+    profile = local.Profile("envtest", 1, 2, 3, 4, (5, 6), (7, 8), (9, 10))
+    proc = _managed(local, profile, "opensearch")
+    seen = tmp_path / "env"
+
+    launch = local.prepare_opensearch(profile)
+    pid = local.spawn(proc, dataclasses.replace(launch, argv=("sh", "-c", f"env > {seen}")))
+    local.wait_group_exit(pid, 10)
+
+    env = dict(line.split("=", 1) for line in seen.read_text().splitlines() if "=" in line)
+    assert env["OPENSEARCH_JAVA_HOME"] == str(java)
+    assert env["JAVA_HOME"] == str(java)
+    for key in ("OPENSEARCH_HOME", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS"):
+        assert key not in env
+    assert env["TELEMETRY_KEPT"] == "yes"
+    assert env["OPENSEARCH_JAVA_OPTS"] == local.OPENSEARCH_HEAP_OPTS
