@@ -71,13 +71,15 @@ OPENSEARCH_ARTIFACT = (
 )
 MAVEN_COPY_GOAL = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy"
 OPENSEARCH_HEAP_OPTS = "-Xms512m -Xmx1g"
+JVM_DIR = Path("/usr/lib/jvm")
+# Read by every JVM at start: neither OpenSearch nor a probe of a Java's version takes them.
+JVM_OPTION_VARIABLES = ("JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS")
+JAVA_PROBE_TIMEOUT_S = 30.0
 # What OpenSearch must not take from our environment: its scripts read OPENSEARCH_* (a home or a
 # Java other than the ones checked here), and every JVM the JAVA_TOOL_OPTIONS-like variables.
 OPENSEARCH_UNSET_ENV = (
     "OPENSEARCH_*",
-    "JAVA_TOOL_OPTIONS",
-    "_JAVA_OPTIONS",
-    "JDK_JAVA_OPTIONS",
+    *JVM_OPTION_VARIABLES,
     "JAVA_OPTS",
     "CLASSPATH",
     "KEYSTORE_PASSWORD",
@@ -663,43 +665,78 @@ def extract_zip(archive: Path, dest: Path) -> None:
                 path.chmod(mode)
 
 
+@dataclass(frozen=True)
+class Java:
+    """A Java installation as its `java` describes itself."""
+
+    home: Path
+    major: int
+
+
 def java_home() -> Path:
-    """A Java home OpenSearch 2.19 runs on: $JAVA_HOME, the `java` on PATH, then /usr/lib/jvm."""
-    for home in java_candidates():
-        major = java_major(home)
-        if major is not None and JAVA_MIN_MAJOR <= major <= JAVA_MAX_MAJOR:
-            return home
+    """A Java home OpenSearch 2.19 runs on, from the first Java in range among $JAVA_HOME's,
+    the `java` on PATH (an asdf or jenv shim too) and those in /usr/lib/jvm."""
+    found: list[Java] = []
+    for java in java_candidates():
+        described = describe_java(java)
+        if described is None or described in found:
+            continue
+        if JAVA_MIN_MAJOR <= described.major <= JAVA_MAX_MAJOR:
+            return described.home
+        found.append(described)
+    needed = (
+        f"OpenSearch {OPENSEARCH_VERSION} runs on Java {JAVA_MIN_MAJOR} to {JAVA_MAX_MAJOR} (it "
+        f"needs the security manager, which Java 24 removed)"
+    )
+    if not found:
+        raise InfraError(
+            f"Java not found ($JAVA_HOME, java on PATH, {JVM_DIR}): {needed}; install "
+            "openjdk-17-jre-headless, or set JAVA_HOME to a Java in that range"
+        )
+    listed = ", ".join(f"Java {java.major} ({java.home})" for java in found)
     raise InfraError(
-        f"Java {JAVA_MIN_MAJOR}+ not found: install openjdk-17-jre-headless "
-        f"(OpenSearch {OPENSEARCH_VERSION} runs on Java {JAVA_MIN_MAJOR} to {JAVA_MAX_MAJOR}; "
-        "set JAVA_HOME to pick one)"
+        f"no Java {JAVA_MIN_MAJOR} to {JAVA_MAX_MAJOR} found, only {listed}: {needed}; install "
+        "openjdk-17-jre-headless, or set JAVA_HOME to a Java in that range"
     )
 
 
 def java_candidates() -> list[Path]:
-    homes = []
-    if "JAVA_HOME" in os.environ:
-        homes.append(Path(os.environ["JAVA_HOME"]))
+    """The `java` programs to ask, in order of preference, each once."""
+    programs = []
+    if os.environ.get("JAVA_HOME"):
+        programs.append(Path(os.environ["JAVA_HOME"]) / "bin" / "java")
     java_on_path = shutil.which("java")
     if java_on_path:
-        homes.append(Path(java_on_path).resolve().parent.parent)
-    jvm_dir = Path("/usr/lib/jvm")
-    if jvm_dir.is_dir():
-        homes.extend(sorted(jvm_dir.iterdir()))
-    unique = {home.resolve(): None for home in homes}
-    return list(unique)
+        programs.append(Path(java_on_path))  # as it is: a shim decides which Java it runs
+    if JVM_DIR.is_dir():
+        programs.extend(sorted(JVM_DIR.glob("*/bin/java")))
+    unique = {program.resolve(): program for program in programs if program.is_file()}
+    return list(unique.values())
 
 
-def java_major(home: Path) -> int | None:
-    java = home / "bin" / "java"
-    if not java.is_file():
+def describe_java(java: Path) -> Java | None:
+    """The home and major version `java` reports (`java.home` and
+    `java.specification.version` of -XshowSettings:properties), None when it answers none."""
+    try:
+        result = subprocess.run(
+            [java, "-XshowSettings:properties", "-version"],
+            env=inherited_env(JVM_OPTION_VARIABLES),
+            capture_output=True,
+            text=True,
+            timeout=JAVA_PROBE_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
         return None
-    result = subprocess.run([java, "-version"], capture_output=True, text=True, check=False)
-    match = re.search(r'version "(\d+)(?:\.(\d+))?', result.stderr)
-    if match is None:
+    properties = dict(re.findall(r"^\s*([\w.]+) = (.*?)\s*$", result.stderr, re.MULTILINE))
+    home = properties.get("java.home")
+    version = re.match(r"(\d+)(?:\.(\d+))?", properties.get("java.specification.version", ""))
+    if home is None or version is None or not (Path(home) / "bin" / "java").is_file():
         return None
-    major = int(match.group(1))
-    return int(match.group(2) or 0) if major == 1 else major
+    major = int(version.group(1))
+    if major == 1:  # 1.8 is Java 8
+        major = int(version.group(2) or 0)
+    return Java(home=Path(home), major=major)
 
 
 def ensure_service_user() -> None:

@@ -184,3 +184,66 @@ def test_dev_keys_cut_off_while_written_leave_no_file(
     assert list(path.parent.iterdir()) == []
     monkeypatch.setattr(local.os, "fdopen", real_fdopen)
     assert local.dev_keys(local.PROFILES["dev"])["write_keys"]  # the next run makes them
+
+
+# The shell's own printf: the tests leave nothing else on PATH.
+_FAKE_JAVA = """#!/bin/sh
+printf '%s\\n' >&2 \\
+  'Property settings:' \\
+  '    file.encoding = UTF-8' \\
+  '    java.home = {home}' \\
+  '    java.specification.version = {spec}' \\
+  '    java.version = {major}.0.1' \\
+  '' \\
+  'openjdk version "{major}.0.1" 2025-01-21'
+"""
+
+
+def _fake_java(program: Path, home: Path, major: int) -> None:
+    """`program` answering as the Java `major` installed at `home` (which gets a bin/java)."""
+    for java in (program, home / "bin" / "java"):
+        java.parent.mkdir(parents=True, exist_ok=True)
+        spec = f"1.{major}" if major < 9 else str(major)
+        java.write_text(_FAKE_JAVA.format(home=home, spec=spec, major=major))
+        java.chmod(0o755)
+
+
+@pytest.fixture
+def no_java(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """local.py with no Java but those a test makes: none on PATH, in JAVA_HOME or the JVM
+    folder."""
+    local = _load_local()
+    (tmp_path / "path").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "path"))
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setattr(local, "JVM_DIR", tmp_path / "jvm", raising=False)
+    return local
+
+
+def test_a_java_shim_on_path_is_asked_for_its_home(no_java: ModuleType, tmp_path: Path) -> None:
+    # An asdf or jenv shim: <shims>/../bin/java is no Java; the shim knows which one it runs.
+    real = tmp_path / "installs" / "java" / "17.0.2"
+    _fake_java(tmp_path / "path" / "java", real, 17)
+
+    assert no_java.java_home() == real
+
+
+def test_without_a_java_in_range_the_javas_found_are_listed(
+    no_java: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jdk24, jdk11, jdk8 = tmp_path / "jdk-24", tmp_path / "jvm" / "jdk-11", tmp_path / "jvm" / "j8"
+    _fake_java(jdk24 / "bin" / "java", jdk24, 24)
+    _fake_java(jdk11 / "bin" / "java", jdk11, 11)
+    _fake_java(jdk8 / "bin" / "java", jdk8, 8)
+    monkeypatch.setenv("JAVA_HOME", str(jdk24))
+
+    with pytest.raises(no_java.InfraError) as caught:
+        no_java.java_home()
+    message = str(caught.value)
+    assert message.startswith(
+        f"no Java 17 to 23 found, only Java 24 ({jdk24}), Java 8 ({jdk8}), Java 11 ({jdk11}): "
+        "OpenSearch 2.19.6 runs on Java 17 to 23"
+    )
+    assert "install openjdk-17-jre-headless, or set JAVA_HOME" in message
+    _fake_java(jdk11 / "bin" / "java", tmp_path / "jvm" / "jdk-21", 21)  # one in range
+    assert no_java.java_home() == tmp_path / "jvm" / "jdk-21"
