@@ -598,6 +598,7 @@ def prepare_opensearch(profile: Profile) -> Launch:
         return Launch(argv=argv, env=env, unset=unset)
     ensure_service_user()
     chown_tree(base, OPENSEARCH_USER)
+    let_through(home, base)
     check_user_can_reach(OPENSEARCH_USER, home / "bin" / "opensearch", data)
     return Launch(argv=argv, env=env, user=OPENSEARCH_USER, unset=unset)
 
@@ -771,15 +772,53 @@ def switch_user(user: str | None) -> tuple[dict[str, str], dict[str, Any]]:
     return env, {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
+def let_through(*paths: Path) -> None:
+    """Lets every user pass (r-x) the folders under `.local` on the way to `paths`, as the
+    usual umask (022) makes them: made by root under umask 077, they would be root's alone,
+    and the user OpenSearch runs as could not reach its home and data."""
+    for path in paths:
+        for folder in path.parents:
+            if folder == LOCAL or LOCAL in folder.parents:
+                mode = folder.stat().st_mode
+                if mode & 0o055 != 0o055:
+                    folder.chmod(mode & 0o7777 | 0o055)
+
+
 def check_user_can_reach(user: str, executable: Path, writable: Path) -> None:
+    """Fails naming the first folder (or file) on the way that `user` cannot pass (or run,
+    or write)."""
     env, as_user = switch_user(user)
-    probe = ["test", "-x", str(executable), "-a", "-w", str(writable)]
-    if subprocess.run(probe, env={**os.environ, **env}, check=False, **as_user).returncode != 0:
-        raise InfraError(
-            f"user {user} cannot reach {executable} or write {writable}: as root, OpenSearch "
-            f"runs as {user}, so every parent folder of {REPO} must be traversable "
-            "(chmod o+x), or clone the repository elsewhere (e.g. under /srv)"
-        )
+
+    def can(*test: str) -> bool:
+        probe = ["test", *test]
+        done = subprocess.run(probe, env={**os.environ, **env}, check=False, **as_user)
+        return done.returncode == 0
+
+    if can("-x", str(executable), "-a", "-w", str(writable)):
+        return
+    blocked, verb = writable, "write"
+    for path, last_test, last_verb in ((executable, "-x", "run"), (writable, "-w", "write")):
+        closed = next((f for f in reversed(path.parents) if not can("-x", str(f))), None)
+        if closed is not None:
+            blocked, verb = closed, "pass through"
+            break
+        if not can(last_test, str(path)):
+            blocked, verb = path, last_verb
+            break
+    raise InfraError(
+        f"user {user} cannot {verb} {blocked} ({describe_owner(blocked)}): as root, OpenSearch "
+        f"runs as {user}, so every folder above {relative(executable)} and {relative(writable)} "
+        f"must let it through: `chmod o+x {blocked}`, or clone the repository elsewhere (e.g. "
+        "under /srv)"
+    )
+
+
+def describe_owner(path: Path) -> str:
+    try:
+        stat = path.stat()
+    except OSError as err:
+        return err.strerror or "cannot be read"
+    return f"mode {stat.st_mode & 0o7777:04o}, owner {user_name(stat.st_uid)}"
 
 
 # --- starting, stopping, probing ---------------------------------------------------------------

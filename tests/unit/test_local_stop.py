@@ -112,7 +112,7 @@ def test_the_reach_check_runs_as_the_service_user(
             unreachable = private / "missing"
         executable = Path("/bin/sh")
         local.check_user_can_reach(user, executable, shared)
-        with pytest.raises(local.InfraError, match=f"user {user} cannot reach"):
+        with pytest.raises(local.InfraError, match=f"user {user} cannot "):
             local.check_user_can_reach(user, executable, unreachable)
     finally:
         os.rmdir(private)
@@ -416,3 +416,60 @@ def test_opensearch_runs_on_the_java_checked_and_its_own_home_whatever_the_shell
         assert key not in env
     assert env["TELEMETRY_KEPT"] == "yes"
     assert env["OPENSEARCH_JAVA_OPTS"] == local.OPENSEARCH_HEAP_OPTS
+
+
+def test_as_root_under_umask_077_the_folders_to_opensearch_let_its_user_through(
+    local: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Made 0700, .local, .local/cache and .local/<profile> stopped the service user; the error
+    # blamed the checkout's parents.
+    cache = local.LOCAL / "cache"
+    home = cache / "opensearch-home"
+    monkeypatch.setattr(local.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(local, "CACHE", cache)
+    monkeypatch.setattr(local, "require_installed", lambda path, what: home)
+    monkeypatch.setattr(local, "java_home", lambda: tmp_path / "java")
+    monkeypatch.setattr(
+        local, "write_opensearch_config", lambda home, config, *, data, logs: config
+    )
+    monkeypatch.setattr(local, "ensure_service_user", lambda: None)
+    monkeypatch.setattr(local, "chown_tree", lambda root, user: None)
+    monkeypatch.setattr(local, "check_user_can_reach", lambda user, executable, writable: None)
+    profile = local.Profile("umasktest", 1, 2, 3, 4, (5, 6), (7, 8), (9, 10))
+    previous = os.umask(0o077)
+    try:
+        (home / "bin").mkdir(parents=True)  # as `make install` made them
+        local.prepare_opensearch(profile)
+    finally:
+        os.umask(previous)
+
+    for folder in (local.LOCAL, cache, profile.root):
+        assert folder.stat().st_mode & 0o777 == 0o755, folder
+    assert (profile.root / "opensearch").stat().st_mode & 0o777 == 0o700  # chowned instead
+
+
+def test_the_reach_check_names_the_first_folder_that_stops_the_user(
+    local: ModuleType, shared: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = _service_user(local)
+    closed = shared / "checkout"
+    executable = closed / "inner" / "opensearch"
+    executable.parent.mkdir(parents=True)
+    executable.write_text("")
+    executable.chmod(0o755)
+    mode = 0o700  # root's alone
+    if user is None:  # not root: a folder closed to its owner too stops the probe
+        user = pwd.getpwuid(os.getuid()).pw_name
+        monkeypatch.setattr(local, "switch_user", lambda name: ({}, {}))
+        mode = 0o000
+    closed.chmod(mode)
+    try:
+        with pytest.raises(local.InfraError) as caught:
+            local.check_user_can_reach(user, executable, shared)
+    finally:
+        closed.chmod(0o700)
+    owner = local.user_name(os.getuid())
+    assert str(caught.value).startswith(
+        f"user {user} cannot pass through {closed} (mode {mode:04o}, owner {owner}): "
+    )
+    assert f"`chmod o+x {closed}`" in str(caught.value)
