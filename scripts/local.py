@@ -35,6 +35,7 @@ import os
 import pwd
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -332,19 +333,79 @@ def dev_keys(profile: Profile) -> dict[str, dict[str, str]]:
     return loaded
 
 
+# The addresses the services listen on: loopback in the local profiles, whatever the shell says
+# (GATEWAY_HOST=0.0.0.0 there would offer the dev keys' services on every interface).
+SERVICE_HOST_SETTINGS = (
+    "GATEWAY_HOST",
+    "ENRICHER_HTTP_HOST",
+    "ENRICHER_GRPC_HOST",
+    "INDEXER_HTTP_HOST",
+    "INDEXER_GRPC_HOST",
+)
+# The services' settings (pipeline/settings.py, */config.py): every variable with one of these
+# prefixes, and these names.
+PIPELINE_SETTING_PREFIXES = (
+    "GATEWAY_",
+    "ENRICHER_",
+    "INDEXER_",
+    "STREAM_",
+    "DLQ_",
+    "OTEL_",
+    "LOG_",
+)
+PIPELINE_SETTING_NAMES = (
+    "NATS_URL",
+    "NATS_CONNECT_TIMEOUT_S",
+    "OPENSEARCH_URL",
+    "OPENSEARCH_USERNAME",
+    "OPENSEARCH_PASSWORD",
+    "OPENSEARCH_CA_CERTS",
+    "OPENSEARCH_VERIFY_CERTS",
+    "OPENSEARCH_TIMEOUT_S",
+)
+# Settings whose values are not printed.
+SECRET_SETTING_WORDS = ("KEY", "PASSWORD", "SECRET", "TOKEN", "HEADERS", "CREDENTIAL")
+
+
+def is_pipeline_setting(name: str) -> bool:
+    return name.startswith(PIPELINE_SETTING_PREFIXES) or name in PIPELINE_SETTING_NAMES
+
+
 def service_env(profile: Profile, name: str) -> dict[str, str]:
+    """What a service's environment is given on top of ours: where the servers and the other
+    services are, its ports, and loopback for every address it could listen on."""
     http_port, grpc_port = service_ports(profile, name)
     prefix = name.upper()
+    hosts = [key for key in os.environ if is_pipeline_setting(key) and key.endswith("_HOST")]
     env = {
         **profile.client_env(),
+        **dict.fromkeys([*SERVICE_HOST_SETTINGS, *hosts], HOST),
         f"{prefix}_HTTP_PORT": str(http_port),
         f"{prefix}_GRPC_PORT": str(grpc_port),
     }
     if name == "gateway":
-        dev_keys(profile)
         env["GATEWAY_KEYS_FILE"] = str(keys_file(profile))
         env["GATEWAY_QUERY_TARGET"] = f"{HOST}:{profile.indexer_ports[1]}"
     return env
+
+
+def prepare_service(profile: Profile, name: str) -> Launch:
+    if name == "gateway":
+        dev_keys(profile)  # the file GATEWAY_KEYS_FILE names
+    return Launch(argv=(sys.executable, "-m", "tpipe", name), env=service_env(profile, name))
+
+
+def inherited_settings(profile: Profile) -> list[str]:
+    """The services' settings they take from our environment as they are (`NAME=value`, a
+    secret's value left out), those local.py sets aside."""
+    pinned = {key for name in SERVICES for key in service_env(profile, name)}
+    names = sorted(key for key in os.environ if is_pipeline_setting(key) and key not in pinned)
+    return [
+        f"{key}=(set)"
+        if any(word in key for word in SECRET_SETTING_WORDS)
+        else f"{key}={shlex.quote(os.environ[key])}"
+        for key in names
+    ]
 
 
 def service_process(profile: Profile, name: str) -> ManagedProcess:
@@ -354,9 +415,7 @@ def service_process(profile: Profile, name: str) -> ManagedProcess:
         name=name,
         title=name.capitalize(),
         profile=profile,
-        prepare=lambda: Launch(
-            argv=(sys.executable, "-m", "tpipe", name), env=service_env(profile, name)
-        ),
+        prepare=lambda: prepare_service(profile, name),
         ready_url=f"{base}/readyz",
         ports=(http_port, grpc_port),
         endpoints=(base, f"grpc {HOST}:{grpc_port}"),
@@ -832,6 +891,10 @@ def start_all(procs: list[ManagedProcess], started: list[ManagedProcess]) -> Non
     for proc in procs:
         if running_pid(proc) is None:
             check_ports_free(proc)
+    services = [proc for proc in procs if proc.name in SERVICES and running_pid(proc) is None]
+    inherited = inherited_settings(services[0].profile) if services else []
+    if inherited:  # a surprise (STREAM_REPLICAS=3 never gets ready on one server) shows here
+        print(f"the services take these settings from the environment: {' '.join(inherited)}")
     for proc in procs:
         if start(proc):
             started.append(proc)

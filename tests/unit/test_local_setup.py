@@ -247,3 +247,74 @@ def test_without_a_java_in_range_the_javas_found_are_listed(
     assert "install openjdk-17-jre-headless, or set JAVA_HOME" in message
     _fake_java(jdk11 / "bin" / "java", tmp_path / "jvm" / "jdk-21", 21)  # one in range
     assert no_java.java_home() == tmp_path / "jvm" / "jdk-21"
+
+
+def _declared_settings() -> set[str]:
+    """Every variable the services read, as their configs declare them."""
+    from enricher.config import Config as EnricherConfig
+    from gateway.config import GatewayConfig
+    from indexer.config import Config as IndexerConfig
+    from pipeline.config import describe
+
+    configs = (GatewayConfig, EnricherConfig, IndexerConfig)
+    return {name for config in configs for name, _, _ in describe(config)}
+
+
+def test_every_address_a_service_listens_on_is_loopback_whatever_the_shell_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # README: everything binds to 127.0.0.1. GATEWAY_HOST=0.0.0.0 in the shell put the dev
+    # services, with the dev keys, on every interface.
+    local = _load_local()
+    monkeypatch.setattr(local, "LOCAL", tmp_path)
+    hosts = sorted(name for name in _declared_settings() if name.endswith("_HOST"))
+    assert "GATEWAY_HOST" in hosts
+    assert "INDEXER_GRPC_HOST" in hosts
+    for name in hosts:
+        monkeypatch.setenv(name, "0.0.0.0")
+    monkeypatch.setenv("ENRICHER_FUTURE_HOST", "0.0.0.0")  # one a later version may read
+    for profile in (local.PROFILES["dev"], local.PROFILES["test"]):
+        for service in local.SERVICES:
+            env = local.service_process(profile, service).prepare().env
+            for name in [*hosts, "ENRICHER_FUTURE_HOST"]:
+                assert env[name] == "127.0.0.1", (service, name)
+
+
+def test_the_settings_taken_from_the_shell_are_printed_once_before_the_services_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # STREAM_REPLICAS=3 left over in the shell: dev never got ready, with nothing saying why.
+    local = _load_local()
+    monkeypatch.setattr(local, "LOCAL", tmp_path)
+    for name in list(os.environ):
+        if name in _declared_settings() or name.startswith(("OTEL_", "DLQ_")):
+            monkeypatch.delenv(name)
+    for name, value in {
+        "STREAM_REPLICAS": "3",
+        "GATEWAY_WORKERS": "4",
+        "LOG_FORMAT": "text",
+        "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer abc",
+        "OPENSEARCH_PASSWORD": "hunter2",
+        "GATEWAY_HOST": "0.0.0.0",  # set aside: not what the services take
+        "NATS_URL": "nats://elsewhere:4222",  # set aside too
+        "OPENSEARCH_JAVA_HOME": "/opt/java",  # OpenSearch's, not the services'
+    }.items():
+        monkeypatch.setenv(name, value)
+    procs = local.managed_processes(local.PROFILES["dev"])
+    monkeypatch.setattr(local, "running_pid", lambda proc: None)
+    monkeypatch.setattr(local, "check_ports_free", lambda proc: None)
+    monkeypatch.setattr(local, "start", lambda proc: print(f"starting {proc.name}") or True)
+
+    local.start_all(procs, [])
+
+    out = capsys.readouterr().out
+    line = (
+        "the services take these settings from the environment: GATEWAY_WORKERS=4 "
+        "LOG_FORMAT=text OPENSEARCH_PASSWORD=(set) OTEL_EXPORTER_OTLP_HEADERS=(set) "
+        "STREAM_REPLICAS=3\n"
+    )
+    assert out.count(line) == 1
+    assert out.index(line) < out.index("starting nats")
+    assert "hunter2" not in out
+    assert "abc" not in out
+    assert [name for name in _declared_settings() if not local.is_pipeline_setting(name)] == []
