@@ -65,6 +65,9 @@ NATS_MODULE = "github.com/nats-io/nats-server/v2"
 # The Go that builds NATS_VERSION (it needs Go 1.26+). Go 1.21+ fetches it by itself
 # (GOTOOLCHAIN=auto); an older Go, like Debian 12's 1.19, gets it as a module from the proxy.
 GO_TOOLCHAIN = "go1.26.8"
+# nats-server is built outside any module, for this machine: the shell's GOFLAGS (-mod=vendor,
+# say) would fail the build, and a GOOS or GOARCH would cross-compile it.
+GO_UNSET_ENV = ("GOFLAGS", "GOOS", "GOARCH")
 
 OPENSEARCH_VERSION = "2.19.6"
 OPENSEARCH_ARTIFACT = (
@@ -525,7 +528,8 @@ def build_nats(binary: Path) -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as gobin:
         # GOTOOLCHAIN=auto lets Go 1.21+ fetch the Go version nats-server needs from the Go proxy.
-        run([go, "install", target], env={"GOBIN": gobin, "GOTOOLCHAIN": "auto"})
+        go_env = {"GOBIN": gobin, "GOTOOLCHAIN": "auto"}
+        run([go, "install", target], env=go_env, unset=GO_UNSET_ENV)
         binary.parent.mkdir(parents=True, exist_ok=True)
         os.replace(Path(gobin) / "nats-server", binary)
     print(f"nats-server {NATS_VERSION}: installed ({relative(binary)})")
@@ -538,7 +542,11 @@ def find_go() -> str:
     if go is None:
         raise InfraError("Go not found: install Go (apt-get install -y golang-go)")
     version = subprocess.run(
-        [go, "env", "GOVERSION"], capture_output=True, text=True, check=False
+        [go, "env", "GOVERSION"],
+        env=inherited_env(GO_UNSET_ENV),
+        capture_output=True,
+        text=True,
+        check=False,
     ).stdout.strip()
     match = re.match(r"go1\.(\d+)", version)  # go1.19.8, go1.22rc1
     if match is not None and int(match.group(1)) >= 21:
@@ -549,12 +557,12 @@ def find_go() -> str:
 def fetch_go_toolchain(go: str, version: str) -> str:
     """GO_TOOLCHAIN downloaded by an older `go` from the Go proxy (checked against the Go
     checksum database like any module); the path of its `go`."""
+    env = inherited_env(GO_UNSET_ENV)
     arch = subprocess.run(
-        [go, "env", "GOARCH"], capture_output=True, text=True, check=False
+        [go, "env", "GOARCH"], env=env, capture_output=True, text=True, check=False
     ).stdout.strip()
     module = f"golang.org/toolchain@v0.0.1-{GO_TOOLCHAIN}.linux-{arch}"
     print(f"{version} cannot fetch Go toolchains: downloading {GO_TOOLCHAIN} ({module})")
-    env = {key: value for key, value in os.environ.items() if key != "GOFLAGS"}
     with tempfile.TemporaryDirectory() as outside_any_module:
         result = subprocess.run(
             [go, "mod", "download", "-json", module],
@@ -1230,16 +1238,18 @@ def run(
     argv: Sequence[str | Path],
     *,
     env: Mapping[str, str] | None = None,
+    unset: Sequence[str] = (),
     cwd: Path = REPO,
     show_output: bool = True,
 ) -> None:
-    """Run a command, echoing it; its output is shown live, or only when it fails."""
+    """Run a command, echoing it, with our environment but for `unset` and plus `env`; its
+    output is shown live, or only when it fails."""
     shown = " ".join(str(arg) for arg in argv)
     print(f"  $ {shown}", flush=True)
     result = subprocess.run(
         argv,
         cwd=cwd,
-        env={**os.environ, **(env or {})},
+        env={**inherited_env(unset), **(env or {})},
         stdout=None if show_output else subprocess.PIPE,
         stderr=None if show_output else subprocess.STDOUT,
         text=True,

@@ -318,3 +318,40 @@ def test_the_settings_taken_from_the_shell_are_printed_once_before_the_services_
     assert "hunter2" not in out
     assert "abc" not in out
     assert [name for name in _declared_settings() if not local.is_pipeline_setting(name)] == []
+
+
+# A `go` that records the Go variables of each call's environment, and "builds" nats-server.
+_FAKE_GO_BUILD = """#!/bin/sh
+echo "$1 GOFLAGS=$GOFLAGS GOOS=$GOOS GOARCH=$GOARCH" >> "{log}"
+case "$*" in
+  "env GOVERSION") echo go1.22.0 ;;
+  "install "*) echo built > "$GOBIN/nats-server" ;;
+esac
+"""
+
+
+def test_nats_is_built_for_this_machine_whatever_go_variables_the_shell_sets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GOFLAGS=-mod=vendor (a Go project's) failed `go install module@version`; the toolchain
+    # download already left it out.
+    local = _load_local()
+    monkeypatch.setattr(local, "CACHE", tmp_path / "cache")
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    go = bin_dir / "go"
+    go.write_text(_FAKE_GO_BUILD.format(log=log))
+    go.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}/usr/bin:/bin")
+    monkeypatch.setenv("GOFLAGS", "-mod=vendor")
+    monkeypatch.setenv("GOOS", "darwin")
+    monkeypatch.setenv("GOARCH", "arm64")
+    binary = tmp_path / "cache" / "nats" / "nats-server"
+
+    local.build_nats(binary)
+
+    assert binary.read_text() == "built\n"
+    assert log.read_text().splitlines() == [
+        "env GOFLAGS= GOOS= GOARCH=",
+        "install GOFLAGS= GOOS= GOARCH=",
+    ]
