@@ -894,22 +894,25 @@ def describe_owner(path: Path) -> str:
 def start_all(procs: list[ManagedProcess], started: list[ManagedProcess]) -> None:
     """Start `procs` in order, appending the ones this call launched to `started`.
 
-    Ports are checked for all of them first, so a conflict fails before anything starts.
+    Ports are checked, and prerequisites (an installed server, Java) prepared, for all of them
+    first, so a conflict or a missing one fails before anything starts.
     """
-    for proc in procs:
-        if running_pid(proc) is None:
-            check_ports_free(proc)
-    services = [proc for proc in procs if proc.name in SERVICES and running_pid(proc) is None]
+    waiting = [proc for proc in procs if running_pid(proc) is None]
+    for proc in waiting:
+        check_ports_free(proc)
+    launches = {proc.name: proc.prepare() for proc in waiting}
+    services = [proc for proc in waiting if proc.name in SERVICES]
     inherited = inherited_settings(services[0].profile) if services else []
     if inherited:  # a surprise (STREAM_REPLICAS=3 never gets ready on one server) shows here
         print(f"the services take these settings from the environment: {' '.join(inherited)}")
     for proc in procs:
-        if start(proc):
+        if start(proc, launches.get(proc.name)):
             started.append(proc)
 
 
-def start(proc: ManagedProcess) -> bool:
-    """Start `proc` unless it runs already; wait until ready. True if this call started it."""
+def start(proc: ManagedProcess, launch: Launch | None = None) -> bool:
+    """Start `proc` (as `launch`, else as it prepares) unless it runs already; wait until
+    ready. True if this call started it."""
     pid = running_pid(proc)
     if pid is not None:
         print(f"{proc.name}: already running (pid {pid}), checking it is ready")
@@ -917,8 +920,7 @@ def start(proc: ManagedProcess) -> bool:
         return False
     proc.pid_file.unlink(missing_ok=True)
     check_ports_free(proc)
-    launch = proc.prepare()
-    pid = spawn(proc, launch)
+    pid = spawn(proc, launch if launch is not None else proc.prepare())
     print(f"{proc.name}: started (pid {pid}), waiting up to {proc.ready_timeout_s:.0f} s")
     try:
         wait_ready(proc, pid)

@@ -300,10 +300,16 @@ def test_the_settings_taken_from_the_shell_are_printed_once_before_the_services_
         "OPENSEARCH_JAVA_HOME": "/opt/java",  # OpenSearch's, not the services'
     }.items():
         monkeypatch.setenv(name, value)
-    procs = local.managed_processes(local.PROFILES["dev"])
+    launch = local.Launch(argv=("true",))
+    procs = [
+        dataclasses.replace(proc, prepare=lambda: launch)
+        for proc in local.managed_processes(local.PROFILES["dev"])
+    ]
     monkeypatch.setattr(local, "running_pid", lambda proc: None)
     monkeypatch.setattr(local, "check_ports_free", lambda proc: None)
-    monkeypatch.setattr(local, "start", lambda proc: print(f"starting {proc.name}") or True)
+    monkeypatch.setattr(
+        local, "start", lambda proc, launch=None: print(f"starting {proc.name}") or True
+    )
 
     local.start_all(procs, [])
 
@@ -355,3 +361,32 @@ def test_nats_is_built_for_this_machine_whatever_go_variables_the_shell_sets(
         "env GOFLAGS= GOOS= GOARCH=",
         "install GOFLAGS= GOOS= GOARCH=",
     ]
+
+
+def test_a_missing_prerequisite_of_any_process_fails_before_one_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `make run` without Java started NATS, failed at OpenSearch, and left NATS running.
+    local = _load_local()
+    monkeypatch.setattr(local, "LOCAL", tmp_path)
+
+    def no_java() -> object:
+        raise local.InfraError("Java not found")
+
+    nats, opensearch, *services = local.managed_processes(local.PROFILES["dev"])
+    procs = [
+        dataclasses.replace(nats, prepare=lambda: local.Launch(argv=("true",))),
+        dataclasses.replace(opensearch, prepare=no_java),
+        *services,
+    ]
+    spawned: list[str] = []
+    monkeypatch.setattr(local, "running_pid", lambda proc: None)
+    monkeypatch.setattr(local, "check_ports_free", lambda proc: None)
+    monkeypatch.setattr(local, "spawn", lambda proc, launch: spawned.append(proc.name) or 1)
+    monkeypatch.setattr(local, "wait_ready", lambda proc, pid: None)
+    started: list[object] = []
+
+    with pytest.raises(local.InfraError, match="Java not found"):
+        local.start_all(procs, started)
+    assert spawned == []
+    assert started == []
