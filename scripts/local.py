@@ -638,7 +638,8 @@ def prepare_opensearch(profile: Profile) -> Launch:
     data, logs, tmp = base / "data", base / "logs", base / "tmp"
     for folder in (data, logs, tmp):
         folder.mkdir(parents=True, exist_ok=True)
-    config = write_opensearch_config(home, base / "config", data=data, logs=logs)
+    config_dir = base / f"config-{OPENSEARCH_VERSION}"  # another version's is not this one's
+    config = write_opensearch_config(home, config_dir, data=data, logs=logs)
     settings = {
         "cluster.name": f"telemetry-{profile.name}",
         "node.name": f"telemetry-{profile.name}",
@@ -671,17 +672,25 @@ def prepare_opensearch(profile: Profile) -> Launch:
 
 
 def write_opensearch_config(home: Path, config: Path, *, data: Path, logs: Path) -> Path:
-    """A config folder per profile, so the OpenSearch home stays read-only and shared.
+    """A config folder per profile (and OpenSearch version), so the OpenSearch home stays
+    read-only and shared.
 
-    OpenSearch writes its keystore into the config folder. Its jvm.options names the gc log,
+    It is copied whole from the home's or not at all: a copy cut short would be used as it
+    is from then on. OpenSearch writes its keystore into it. Its jvm.options names the gc log,
     the JVM error file and heap dumps relative to the home; they go to the profile instead.
     """
     if not config.exists():
-        shutil.copytree(home / "config", config)
+        temp = Path(tempfile.mkdtemp(dir=config.parent, prefix=f".{config.name}-"))
+        try:
+            shutil.copytree(home / "config", temp, dirs_exist_ok=True)
+            os.replace(temp, config)
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
     options = (home / "config" / "jvm.options").read_text()
     options = re.sub(r"(?<=[=:])logs/", f"{logs}/", options)
     options = options.replace("HeapDumpPath=data", f"HeapDumpPath={data}")
-    (config / "jvm.options").write_text(options)
+    write_atomically(config / "jvm.options", options)
     return config
 
 

@@ -9,6 +9,7 @@ import dataclasses
 import http.server
 import json
 import os
+import shutil
 import stat
 import threading
 from pathlib import Path
@@ -390,3 +391,56 @@ def test_a_missing_prerequisite_of_any_process_fails_before_one_starts(
         local.start_all(procs, started)
     assert spawned == []
     assert started == []
+
+
+def test_the_opensearch_config_is_copied_whole_once_per_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A copy cut short (Ctrl-C) was used as it was for ever after, as was one copied from an
+    # older OPENSEARCH_VERSION's home.
+    local = _load_local()
+    monkeypatch.setattr(local, "LOCAL", tmp_path / "local")
+    home = tmp_path / "opensearch-home"
+    (home / "config").mkdir(parents=True)
+    (home / "config" / "jvm.options").write_text("-XX:HeapDumpPath=data\n")
+    for name in ("opensearch.yml", "log4j2.properties"):
+        (home / "config" / name).write_text(f"# {name}\n")
+    monkeypatch.setattr(local, "require_installed", lambda path, what: home)
+    monkeypatch.setattr(local, "java_home", lambda: tmp_path / "java")
+    monkeypatch.setattr(local.os, "geteuid", lambda: 1000)
+    profile = local.Profile("configtest", 1, 2, 3, 4, (5, 6), (7, 8), (9, 10))
+    real_copytree = shutil.copytree
+
+    def cut_short(src: Path, dst: Path, **options: object) -> object:
+        copied: list[str] = []
+
+        def copy_one(source: str, target: str) -> object:
+            if copied:
+                raise KeyboardInterrupt  # Ctrl-C after the first file
+            copied.append(source)
+            return shutil.copy2(source, target)
+
+        return real_copytree(src, dst, copy_function=copy_one, **options)
+
+    monkeypatch.setattr(local.shutil, "copytree", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        local.prepare_opensearch(profile)
+    monkeypatch.setattr(local.shutil, "copytree", real_copytree)
+
+    config = Path(local.prepare_opensearch(profile).env["OPENSEARCH_PATH_CONF"])
+    assert sorted(p.name for p in config.iterdir()) == [
+        "jvm.options",
+        "log4j2.properties",
+        "opensearch.yml",
+    ]
+    assert config.name == f"config-{local.OPENSEARCH_VERSION}"
+    assert (config / "jvm.options").read_text() == (
+        f"-XX:HeapDumpPath={profile.root / 'opensearch' / 'data'}\n"
+    )
+    assert [p.name for p in config.parent.iterdir() if p.name.startswith(".")] == []
+
+    (home / "config" / "opensearch.yml").write_text("# the next version's\n")
+    monkeypatch.setattr(local, "OPENSEARCH_VERSION", "2.19.99")
+    newer = Path(local.prepare_opensearch(profile).env["OPENSEARCH_PATH_CONF"])
+    assert newer.name == "config-2.19.99"
+    assert (newer / "opensearch.yml").read_text() == "# the next version's\n"
