@@ -34,9 +34,11 @@ help:
 venv: $(VENV_STAMP)
 
 # Reinstall only when pyproject.toml or the lock changed since the last successful install; every
-# distribution comes at the version requirements.lock pins, and the check fails on any other.
+# distribution comes at the version requirements.lock pins, those it does not list (dropped by a
+# pull, or installed by hand) are uninstalled first, and the check fails on any other difference.
 $(VENV_STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
+	$(PY) scripts/lock.py prune
 	$(PY) -m pip install --quiet --constraint requirements.lock --upgrade pip
 	$(PY) -m pip install --quiet --constraint requirements.lock -e '.[dev]'
 	$(PY) scripts/lock.py check

@@ -1,12 +1,15 @@
 """The Python dependency lock: every distribution `pip install -e '.[dev]'` installs, pinned.
 
     python scripts/lock.py write   resolve pyproject.toml afresh, rewrite requirements.lock
+    python scripts/lock.py prune   uninstall from the running virtualenv what the lock does not list
     python scripts/lock.py check   the running interpreter's distributions are exactly the lock's
 
 pyproject.toml pins the direct dependencies; requirements.lock pins them and everything they pull
-in (and pip itself), so two installs on different days get the same code. `make venv` installs
-with `--constraint requirements.lock` and then runs `check`: a dependency added to pyproject.toml
-without `make lock` fails there, naming what is missing, instead of installing whatever is newest.
+in (and pip itself), so two installs on different days get the same code. `make venv` runs
+`prune` (pip's `--constraint` installs never uninstall: a distribution a pull dropped from the
+lock, or one installed by hand, would stay), installs with `--constraint requirements.lock`, and
+then runs `check`: a dependency added to pyproject.toml without `make lock` fails there, naming
+what is missing, instead of installing whatever is newest.
 
 Standard library only; `write` runs the pip of the interpreter that runs it (resolution only,
 nothing is installed).
@@ -170,20 +173,60 @@ def changes(before: Mapping[str, str], after: Mapping[str, str]) -> list[str]:
     return out
 
 
+def unlisted(lock: Mapping[str, str], found: Mapping[str, str]) -> list[str]:
+    """The distributions in `found` that `lock` does not list, but for the project and pip."""
+    return sorted(set(found) - set(lock) - {PROJECT, INSTALLER})
+
+
+def in_virtualenv() -> bool:
+    return sys.prefix != sys.base_prefix
+
+
+def cmd_prune() -> int:
+    if not in_virtualenv():  # never the system's or a user's packages
+        raise LockError(f"prune uninstalls only from a virtualenv; {sys.executable} runs in none")
+    if not LOCK.exists():
+        raise LockError("requirements.lock is missing; run `make lock`")
+    extra = unlisted(parse_lock(LOCK.read_text()), installed())
+    if not extra:
+        return 0
+    print(f"requirements.lock does not list {', '.join(extra)}: uninstalling")
+    command = [sys.executable, "-m", "pip", "uninstall", "--yes", "--quiet", *extra]
+    done = subprocess.run(command, check=False)
+    if done.returncode != 0:
+        raise LockError(f"pip could not uninstall them (exit {done.returncode}); {_afresh()}")
+    return 0
+
+
 def cmd_check() -> int:
     if not LOCK.exists():
         raise LockError("requirements.lock is missing; run `make lock`")
     lock = parse_lock(LOCK.read_text())
-    problems = pyproject_disagreements(direct_pins(_pyproject()), lock)
-    problems += differences(lock, installed(), ignore={PROJECT})
-    if problems:
+    behind = pyproject_disagreements(direct_pins(_pyproject()), lock)
+    drifted = differences(lock, installed(), ignore={PROJECT})
+    if behind or drifted:
+        advice = []
+        if behind:
+            advice.append("after changing pyproject.toml, run `make lock` and commit both")
+        if drifted:
+            advice.append(_afresh())
         raise LockError(
             "the environment does not match requirements.lock:\n  "
-            + "\n  ".join(problems)
-            + "\nafter changing pyproject.toml, run `make lock` and commit requirements.lock"
+            + "\n  ".join(behind + drifted)
+            + "\n"
+            + "\n".join(advice)
         )
     print(f"requirements.lock: {len(lock)} distributions, all installed as pinned")
     return 0
+
+
+def _afresh() -> str:
+    """How to install the environment afresh, from the lock."""
+    if not in_virtualenv():
+        return "install the versions requirements.lock pins (`make venv` makes a virtualenv)"
+    venv = Path(sys.prefix)
+    shown = venv.relative_to(ROOT) if venv.is_relative_to(ROOT) else venv
+    return f"to install the virtualenv afresh: `rm -rf {shown}`, then run the make command again"
 
 
 def _pyproject() -> dict[str, object]:
@@ -193,10 +236,11 @@ def _pyproject() -> dict[str, object]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["write", "check"])
+    parser.add_argument("command", choices=["write", "prune", "check"])
     args = parser.parse_args(argv)
+    commands = {"write": cmd_write, "prune": cmd_prune, "check": cmd_check}
     try:
-        return cmd_write() if args.command == "write" else cmd_check()
+        return commands[args.command]()
     except LockError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -4,6 +4,7 @@ pyproject.toml's pins, the environment the tests run in is exactly the lock, and
 
 from __future__ import annotations
 
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -64,7 +65,60 @@ def test_check_refuses_an_environment_that_drifted(
     assert f"multidict: requirements.lock has 0.0.1, installed is {committed['multidict']}" in err
     assert "not-installed-anywhere==1.0 is in requirements.lock but not installed" in err
     assert f"h11=={committed['h11']} is installed but not in requirements.lock" in err
-    assert "run `make lock`" in err
+    # Nothing to do with pyproject.toml (a pull, or a package installed by hand): start over.
+    assert "make lock" not in err
+    assert "to install the virtualenv afresh: `rm -rf " in err
+
+
+def test_prune_uninstalls_what_the_lock_does_not_list_but_pip_and_the_project(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # pip's --constraint installs never uninstall: a package a pull dropped from the lock (or
+    # one installed by hand) failed `check` on every `make run` after.
+    found = {**_committed(), "dropped-by-a-pull": "1.0", "Installed_By_Hand": "2.0"}
+    found.update({lock.PROJECT: "0.1.0", "pip": "1.0"})
+    found = {lock.canonical(name): version for name, version in found.items()}
+    commands: list[list[str]] = []
+    monkeypatch.setattr(lock, "installed", lambda: found)
+    monkeypatch.setattr(lock.sys, "prefix", "/venv")
+    monkeypatch.setattr(lock.sys, "base_prefix", "/usr")
+    monkeypatch.setattr(
+        lock.subprocess,
+        "run",
+        lambda argv, **_: commands.append(argv) or subprocess.CompletedProcess(argv, 0),
+    )
+
+    assert lock.main(["prune"]) == 0
+
+    uninstall = [lock.sys.executable, "-m", "pip", "uninstall", "--yes", "--quiet"]
+    assert commands == [[*uninstall, "dropped-by-a-pull", "installed-by-hand"]]
+    assert "does not list dropped-by-a-pull, installed-by-hand: uninstalling" in (
+        capsys.readouterr().out
+    )
+    commands.clear()
+    monkeypatch.setattr(lock, "installed", lambda: {**_committed(), lock.PROJECT: "0.1.0"})
+    assert lock.main(["prune"]) == 0
+    assert commands == []  # nothing to uninstall
+
+
+def test_prune_refuses_to_run_outside_a_virtualenv(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(lock.sys, "prefix", "/usr")
+    monkeypatch.setattr(lock.sys, "base_prefix", "/usr")
+    monkeypatch.setattr(lock, "installed", lambda: {"someones-package": "1.0"})
+    assert lock.main(["prune"]) == 1
+    assert "prune uninstalls only from a virtualenv" in capsys.readouterr().err
+
+
+def test_the_venv_is_pruned_to_the_lock_before_it_is_installed_and_checked() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = makefile.split("$(VENV_STAMP): pyproject.toml requirements.lock\n", 1)[1]
+    steps = [line.strip() for line in recipe.split("\n\n", 1)[0].splitlines()]
+    assert steps.index("$(PY) scripts/lock.py prune") < steps.index(
+        "$(PY) -m pip install --quiet --constraint requirements.lock -e '.[dev]'"
+    )
+    assert steps[-2:] == ["$(PY) scripts/lock.py check", "touch $@"]
 
 
 def test_check_refuses_a_lock_behind_a_pyproject_pin(
