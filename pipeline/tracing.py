@@ -70,6 +70,11 @@ _TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}"
 # would silently drop most of a bulk request's messages).
 MAX_LINKS = 10_000
 _LINK_LIMIT_ENV = "OTEL_SPAN_LINK_COUNT_LIMIT"
+# Spans per export unless the environment says: a bulk span of 1,000 links is about 35 KB
+# encoded, and the SDK's own 512 would make a request past an OTLP collector's usual 4 MiB
+# limit, which refuses it whole.
+EXPORT_BATCH_SPANS = 32
+_EXPORT_BATCH_ENV = "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"
 
 
 class Tracing:
@@ -95,7 +100,16 @@ class Tracing:
         provider = TracerProvider(
             resource=Resource.create({SERVICE_NAME: service}), span_limits=limits
         )
-        processor = BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter)
+        processor = (
+            BatchSpanProcessor(
+                exporter,
+                max_export_batch_size=None
+                if _EXPORT_BATCH_ENV in os.environ
+                else EXPORT_BATCH_SPANS,
+            )
+            if batch
+            else SimpleSpanProcessor(exporter)
+        )
         provider.add_span_processor(processor)
         return cls(provider.get_tracer(INSTRUMENTATION_NAME), provider)
 

@@ -473,3 +473,30 @@ def test_a_stop_waits_a_bounded_time_for_a_collector_that_does_not_answer(
         assert "spans not exported within 0 s of the stop" in caplog.text
     finally:
         released.set()
+
+
+class _Batches(InMemorySpanExporter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def export(self, spans: Sequence[ReadableSpan]) -> Any:
+        self.sizes.append(len(spans))
+        return super().export(spans)
+
+
+def test_spans_are_exported_32_at_a_time_unless_the_environment_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A bulk span of 1,000 links is ~35 KB: 512 a request would pass a collector's 4 MiB.
+    for env, most in ((None, 32), ("100", 100)):
+        if env is not None:
+            monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", env)
+        exporter = _Batches()
+        made = tracing.Tracing.exporting("indexer", exporter)
+        for n in range(100):
+            with made.span(f"s{n}"):
+                pass
+        made.shutdown()
+        assert sum(exporter.sizes) == 100
+        assert max(exporter.sizes) == most
