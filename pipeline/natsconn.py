@@ -19,13 +19,16 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import BadRequestError, NotFoundError
 
-from pipeline import subjects
+from pipeline import logs, subjects
 from pipeline.settings import NatsSettings
 
 log = logging.getLogger(__name__)
 
 RECONNECT_WAIT_S = 1.0
 CONNECT_RETRY_MAX_S = 5.0
+# nats-py reports every failed try of a reconnect (about one a second per connection) as
+# an error: while NATS is away, one line this often, with how many were left out.
+OUTAGE_ERROR_LOG_INTERVAL_S = 30.0
 
 
 def address(url: str | SplitResult | ParseResult | None) -> str:
@@ -44,15 +47,20 @@ def address(url: str | SplitResult | ParseResult | None) -> str:
     return f"{host}:{port}" if port else host
 
 
-async def connect(settings: NatsSettings, *, name: str) -> Client:
+async def connect(
+    settings: NatsSettings, *, name: str, outage_log: logs.Throttle | None = None
+) -> Client:
     """Connects to NATS, trying again until it answers; reconnects forever afterwards.
 
     A broker that is down at start is waited for (and logged), not a crash:
-    readiness stays false meanwhile.
+    readiness stays false meanwhile. The errors of the tries made while it is away (a
+    connect or reconnect that fails) are logged as `outage_log` paces them (default: one
+    line per OUTAGE_ERROR_LOG_INTERVAL_S); other errors, each.
     """
 
     context = {"connection": name}
     connected: list[Client] = []  # the client, once connected
+    outage_log = outage_log or logs.Throttle(OUTAGE_ERROR_LOG_INTERVAL_S)
 
     async def on_disconnect() -> None:
         if connected and (connected[0].is_draining or connected[0].is_closed):
@@ -65,7 +73,18 @@ async def connect(settings: NatsSettings, *, name: str) -> Client:
         log.info("nats reconnected", extra={**context, "server": address(server)})
 
     async def on_error(err: Exception) -> None:
-        log.warning("nats error: %s", err, extra=context)
+        if connected and not connected[0].is_reconnecting:
+            log.warning("nats error: %s", err, extra=context)
+            return
+        # A try that failed while NATS is away: disconnected/reconnected tell the outage.
+        held_back = outage_log.admit()
+        if held_back is not None:
+            log.warning(
+                "nats error while connecting: %s (%d more since the last line)",
+                err,
+                held_back,
+                extra={**context, "held_back": held_back},
+            )
 
     delay = RECONNECT_WAIT_S
     while True:

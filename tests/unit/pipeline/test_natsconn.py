@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import urlparse
 
+import nats.errors
 import pytest
 from nats.js.api import StreamConfig
 from nats.js.errors import BadRequestError
 
 from pipeline import natsconn
 from pipeline.config import load
+from pipeline.logs import Throttle
 from pipeline.settings import NatsSettings
 
 
@@ -81,3 +85,72 @@ async def test_an_existing_dlq_stream_gets_the_dead_letters_age() -> None:
         "TELEMETRY_ENRICHED": 3600.0,
         "TELEMETRY_DLQ": 0.0,  # no age limit: kept until replayed or deleted
     }
+
+
+class _Client:
+    """What connect() reads of a connected client."""
+
+    def __init__(self) -> None:
+        self.is_reconnecting = False
+        self.is_draining = False
+        self.is_closed = False
+        self.connected_url = urlparse("nats://127.0.0.1:4222")
+
+
+async def _connected(
+    monkeypatch: pytest.MonkeyPatch, **options: Any
+) -> tuple[_Client, Callable[[Exception], Awaitable[None]]]:
+    """A connection made through a stand-in nats.connect, and the error callback it got."""
+    client = _Client()
+    callbacks: dict[str, Any] = {}
+
+    async def fake_connect(**given: Any) -> _Client:
+        callbacks.update(given)
+        return client
+
+    monkeypatch.setattr(natsconn.nats, "connect", fake_connect)
+    await natsconn.connect(load(NatsSettings, {}), name="test", **options)
+    return client, callbacks["error_cb"]
+
+
+REFUSED = ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 4222)")
+
+
+async def test_the_failed_tries_of_a_reconnect_are_one_line_other_errors_each(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    client, on_error = await _connected(monkeypatch)
+
+    with caplog.at_level(logging.WARNING, logger=natsconn.log.name):
+        client.is_reconnecting = True  # nats-py reports each failed try, about once a second
+        for _ in range(60):
+            await on_error(REFUSED)
+        client.is_reconnecting = False
+        await on_error(nats.errors.SlowConsumerError(subject="s", reply="", sid=1, sub=None))
+        await on_error(nats.errors.Error("nats: permissions violation"))
+
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 3, lines
+    assert lines[0] == (
+        "nats error while connecting: [Errno 111] Connect call failed ('127.0.0.1', 4222)"
+        " (0 more since the last line)"
+    )
+    assert "slow consumer" in lines[1]
+    assert "permissions violation" in lines[2]
+
+
+async def test_the_next_line_of_an_outage_says_how_many_were_left_out(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = [0.0]
+    client, on_error = await _connected(
+        monkeypatch, outage_log=Throttle(30.0, clock=lambda: now[0])
+    )
+    client.is_reconnecting = True
+    with caplog.at_level(logging.WARNING, logger=natsconn.log.name):
+        for _ in range(61):
+            await on_error(REFUSED)
+            now[0] += 1.0
+
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.held_back for r in warnings] == [0, 29, 29]
