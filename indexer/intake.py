@@ -23,13 +23,16 @@ from indexer.bulk import COLLISION, BulkItem, BulkWriter, render
 from indexer.errors import DocumentError
 from indexer.metrics import Metrics
 from indexer.outcomes import Outcome
-from pipeline import subjects, tracing
+from pipeline import logs, subjects, tracing
 
 log = logging.getLogger(__name__)
 
 NAK_DELAY_S = 5.0  # when a dead letter could not be published
 RELEASE_DELAY_S = 0.0  # messages given back on stop: for another replica, or the next start
 EVENT_SCHEMA = "telemetry.v1.EnrichedEvent"  # payload of a dead letter for one rejected event
+# While the DLQ cannot be published to, every message and redelivery that needs a dead letter
+# fails again: one warning this often.
+DLQ_FAILURE_LOG_INTERVAL_S = 30.0
 
 
 def _dlq_label(reason: str) -> str:
@@ -122,7 +125,10 @@ class Intake:
         max_deliveries: int,
         metrics: Metrics | None = None,
         tracer: tracing.Tracing | None = None,
+        dlq_failure_log: logs.Throttle | None = None,
     ) -> None:
+        """`dlq_failure_log` paces the warnings about dead letters not published (default:
+        one per DLQ_FAILURE_LOG_INTERVAL_S)."""
         self._tracing = tracer or tracing.Tracing.disabled()
         self._writer = writer
         self._dead_letters = dead_letters
@@ -134,6 +140,7 @@ class Intake:
             for outcome in Outcome
             if outcome.done
         }
+        self._dlq_failure_log = dlq_failure_log or logs.Throttle(DLQ_FAILURE_LOG_INTERVAL_S)
         self._open: set[_Message] = set()
         # Fetched together, not handed to handle() yet (it waits while every bulk slot is
         # busy): touched too, by identity, or JetStream would redeliver them meanwhile.
@@ -246,7 +253,7 @@ class Intake:
                 msg_id=delivery.msg_id,
             )
         except Exception as err:
-            log.warning("dead letter not published, message left for redelivery: %s", err)
+            self._dlq_failed(delivery, err)
             await self._quietly(delivery.nak(NAK_DELAY_S), "nakked")
             return
         log.warning(
@@ -262,6 +269,23 @@ class Intake:
         if not again:
             self._metrics.dlq.labels(reason=label).inc()
         await self._quietly(delivery.term(), "termed")
+
+    def _dlq_failed(self, delivery: Delivery, err: Exception) -> None:
+        """Logs a dead letter not published, its message nak'd (one line per interval)."""
+        held_back = self._dlq_failure_log.admit()
+        if held_back is not None:
+            log.warning(
+                "dead letter not published, message left for redelivery: %s"
+                " (%d more since the last line)",
+                err,
+                held_back,
+                extra={
+                    "subject": delivery.subject,
+                    "message_id": delivery.msg_id,
+                    "deliveries": delivery.deliveries,
+                    "held_back": held_back,
+                },
+            )
 
     def _track(self, message: _Message) -> None:
         self._open.add(message)
@@ -291,7 +315,7 @@ class Intake:
                     msg_id=f"{delivery.msg_id}:{position}",
                 )
             except Exception as err:  # NATS away: nak the message, the event comes back
-                log.warning("dead letter not published: %s", err)
+                self._dlq_failed(delivery, err)
                 dlq_failed = True
                 break
             else:  # counted once, not again for a redelivery (after a DLQ failure, say)

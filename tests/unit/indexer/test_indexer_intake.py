@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from indexer_fakes import FakeDeadLetters, FakeDelivery, FakeStore, ShortAnswerPort
+from indexer_fakes import FakeDeadLetters, FakeDelivery, FakeStore, ShortAnswerPort, quiet_writer
 from telemetry.v1 import event_pb2
 
 from indexer.bulk import BulkPort, BulkWriter
 from indexer.errors import SearchUnavailableError
 from indexer.intake import Intake
+from pipeline.logs import Throttle
 
 
 def _event(event_id: str, **metadata: str) -> event_pb2.EnrichedEvent:
@@ -220,6 +223,45 @@ async def test_dlq_unavailable_means_nak_not_loss() -> None:
     poison = FakeDelivery(b"\xff garbage")
     await intake.handle(poison)
     assert poison.settled == ["nak"]
+
+
+async def test_an_unavailable_dlq_is_one_warning_per_interval_not_one_per_message(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = FakeStore()
+    store.item_status = lambda doc: 400 if doc["event_id"] == "bad" else None
+    _, dead, writer, intake = _setup(store)
+    dead.fail = True
+    with caplog.at_level(logging.WARNING, logger="indexer.intake"):
+        for deliveries in (1, 2, 3):  # each message and each of its redeliveries
+            await intake.handle(FakeDelivery(b"\xff garbage", deliveries=deliveries))
+            await intake.handle(FakeDelivery(_batch(_event("bad")), deliveries=deliveries))
+            await writer.drain()
+
+    [line] = [r for r in caplog.records if "dead letter not published" in r.getMessage()]
+    assert line.getMessage().endswith("nats away (0 more since the last line)")
+
+
+async def test_the_next_warning_about_the_dlq_says_how_many_were_left_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    dead = FakeDeadLetters()
+    dead.fail = True
+    intake = Intake(
+        quiet_writer(),
+        dead,
+        index_prefix="t-",
+        max_deliveries=3,
+        dlq_failure_log=Throttle(30.0, clock=lambda: now[0]),
+    )
+    with caplog.at_level(logging.WARNING, logger="indexer.intake"):
+        for _ in range(61):
+            await intake.handle(FakeDelivery(b"\xff garbage"))
+            now[0] += 1.0
+
+    lines = [r for r in caplog.records if "dead letter not published" in r.getMessage()]
+    assert [r.held_back for r in lines] == [0, 29, 29]
 
 
 async def test_empty_batch_is_acked_and_touch_reaches_open_messages() -> None:
