@@ -158,6 +158,7 @@ class Intake:
         each is, touch() tells JetStream about it too."""
         for delivery in deliveries:
             self._waiting[id(delivery)] = delivery
+        self._count()
 
     async def wait_idle(self) -> None:
         """Returns once every received message is settled."""
@@ -171,6 +172,7 @@ class Intake:
         """
         waiting = list(self._waiting.values())
         self._waiting.clear()
+        self._count()
         await self._release(waiting)
         return len(waiting)
 
@@ -186,7 +188,7 @@ class Intake:
         unsettled.extend(self._waiting.values())
         self._open.clear()
         self._waiting.clear()
-        self._metrics.messages_in_progress.set(0)
+        self._count()
         self._idle.set()
         await self._release(unsettled)
         return len(unsettled)
@@ -207,6 +209,12 @@ class Intake:
     async def handle(self, delivery: Delivery) -> None:
         """Processes one message; returns once its events are queued (not yet written)."""
         self._waiting.pop(id(delivery), None)
+        try:
+            await self._handle(delivery)
+        finally:
+            self._count()  # settled, or open now instead of waiting
+
+    async def _handle(self, delivery: Delivery) -> None:
         if delivery.deliveries > self._max_deliveries:
             reason = f"delivered {delivery.deliveries} times, more than {self._max_deliveries}"
             await self._give_up(delivery, reason, "max_deliveries")
@@ -290,7 +298,11 @@ class Intake:
     def _track(self, message: _Message) -> None:
         self._open.add(message)
         self._idle.clear()
-        self._metrics.messages_in_progress.set(len(self._open))
+        self._count()
+
+    def _count(self) -> None:
+        """indexer_messages_in_progress: open messages and those waiting to be handed over."""
+        self._metrics.messages_in_progress.set(self.in_progress)
 
     async def _settle(self, message: _Message) -> None:
         """Dead-letters the message's rejected events, then acks it (naks it if the DLQ failed).
@@ -323,7 +335,7 @@ class Intake:
                     self._metrics.dlq.labels(reason=_dlq_label(reason)).inc()
                     self._counted[Outcome.REJECTED].inc()
         self._open.discard(message)
-        self._metrics.messages_in_progress.set(len(self._open))
+        self._count()
         if not self._open:
             self._idle.set()
         if dlq_failed:

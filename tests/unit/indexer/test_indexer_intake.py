@@ -310,6 +310,30 @@ async def test_fetched_messages_waiting_for_a_bulk_slot_are_touched_too() -> Non
     assert intake.in_progress == 0
 
 
+async def test_the_in_progress_gauge_counts_messages_waiting_for_a_slot_too() -> None:
+    # indexer_messages_in_progress: received and not yet settled, handed over or not.
+    store = FakeStore()
+    store.gate = asyncio.Event()
+    _, _, writer, intake = _setup(store)
+
+    def gauge() -> float | None:
+        return intake._metrics.registry.get_sample_value("indexer_messages_in_progress")
+
+    first, second, third = (FakeDelivery(_batch(_event(f"e{n}"))) for n in range(3))
+    intake.received([first, second, third])
+    assert gauge() == 3
+    await intake.handle(first)  # open now, the other two still waiting
+    assert gauge() == 3
+    await intake.handle(FakeDelivery(b"\xff garbage"))  # never received: dead-lettered at once
+    assert gauge() == 3
+    assert await intake.release_waiting() == 2
+    assert gauge() == 1
+    store.gate.set()
+    await writer.drain()
+    assert first.settled == ["ack"]
+    assert gauge() == 0
+
+
 def _counted(intake: Intake) -> dict[str, float]:
     registry = intake._metrics.registry
     return {
