@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from pipeline.config import non_empty, port, positive, setting
 from pipeline.errors import ConfigError
-from pipeline.settings import NatsSettings, TracingSettings
+from pipeline.settings import NatsSettings, TracingSettings, nats_duration
 
 DEFAULT_CONSUMER_NAME = "enricher"
 DEFAULT_FETCH_BATCH = 32  # messages per fetch
@@ -69,7 +69,7 @@ class Config(NatsSettings, TracingSettings):
         "ENRICHER_FETCH_TIMEOUT_S",
         DEFAULT_FETCH_TIMEOUT_S,
         "seconds one fetch waits for messages (also bounds how long stop waits)",
-        check=positive,
+        check=nats_duration,
     )
     concurrency: int = setting(
         "ENRICHER_CONCURRENCY",
@@ -88,7 +88,7 @@ class Config(NatsSettings, TracingSettings):
         DEFAULT_ACK_WAIT_S,
         "seconds before an unacked raw message is redelivered (at least twice "
         "ENRICHER_PUBLISH_TIMEOUT_S)",
-        check=positive,
+        check=nats_duration,
     )
     max_deliver: int = setting(
         "ENRICHER_MAX_DELIVER",
@@ -109,13 +109,13 @@ class Config(NatsSettings, TracingSettings):
         DEFAULT_NAK_DELAY_S,
         "seconds before a failed message is tried again (a publish NATS did not take: in "
         "place, the message kept; any other failure: redelivered); doubles each time",
-        check=positive,
+        check=nats_duration,
     )
     nak_max_delay_s: float = setting(
         "ENRICHER_NAK_MAX_DELAY_S",
         DEFAULT_NAK_MAX_DELAY_S,
         "longest delay before a failed message is tried again, seconds",
-        check=positive,
+        check=nats_duration,
     )
     max_events_per_message: int = setting(
         "ENRICHER_MAX_EVENTS_PER_MESSAGE",

@@ -8,7 +8,12 @@ from dataclasses import dataclass
 from indexer.template import DEFAULT_REFRESH_INTERVAL
 from pipeline.config import non_negative, port, positive, setting
 from pipeline.errors import ConfigError
-from pipeline.settings import NatsSettings, OpenSearchSettings, TracingSettings
+from pipeline.settings import (
+    NatsSettings,
+    OpenSearchSettings,
+    TracingSettings,
+    nats_duration,
+)
 
 DEFAULT_INDEX_PREFIX = "telemetry-"
 DEFAULT_INDEX_SHARDS = 1
@@ -134,7 +139,7 @@ class Config(NatsSettings, OpenSearchSettings, TracingSettings):
         "INDEXER_ACK_WAIT_S",
         DEFAULT_ACK_WAIT_S,
         "seconds before JetStream redelivers an unacked message (extended while in progress)",
-        check=positive,
+        check=nats_duration,
     )
     max_deliveries: int = setting(
         "INDEXER_MAX_DELIVERIES",

@@ -28,6 +28,12 @@ STREAM_MAX_REPLICAS = 5
 STREAM_MIN_DURATION_S = 0.1  # max age and duplicate window: 100 ms at least
 # It reads durations as int64 nanoseconds: nothing longer than about 292 years.
 STREAM_MAX_DURATION_S = (2**63 - 1) // 10**9
+# A consumer's durations (its ack wait, a nak's delay, a fetch's expiry) go as int64
+# nanoseconds too: a longer ack wait is refused (error 10025), a longer delay is ignored (the
+# message redelivered at once), a longer fetch is refused; a shorter one than a nanosecond
+# is sent as 0, which for an ack wait means the server's default (30 s).
+NATS_MIN_DURATION_S = 1e-9
+NATS_MAX_DURATION_S = STREAM_MAX_DURATION_S
 
 
 def _log_level(value: str) -> str | None:
@@ -82,6 +88,16 @@ def _stream_duration(value: float) -> str | None:
     return (
         f"must be between {STREAM_MIN_DURATION_S:g} and {STREAM_MAX_DURATION_S} seconds "
         "(JetStream's bounds)"
+    )
+
+
+def nats_duration(value: float) -> str | None:
+    """Checks a consumer's duration (ack wait, nak delay, fetch expiry) as NATS reads it."""
+    if NATS_MIN_DURATION_S <= value <= NATS_MAX_DURATION_S:
+        return None
+    return (
+        f"must be between {NATS_MIN_DURATION_S:g} and {NATS_MAX_DURATION_S} seconds "
+        "(JetStream reads it as int64 nanoseconds)"
     )
 
 

@@ -61,7 +61,7 @@ def test_overrides() -> None:
         ("INDEXER_CONSUMER_NAME", "a.b", "letters"),
         ("INDEXER_FETCH_BATCH", "0", "greater than 0"),
         ("INDEXER_MAX_ACK_PENDING", "0", "greater than 0"),
-        ("INDEXER_ACK_WAIT_S", "0", "greater than 0"),
+        ("INDEXER_ACK_WAIT_S", "0", "must be between 1e-09 and"),
         ("INDEXER_MAX_DELIVERIES", "0", "greater than 0"),
         ("INDEXER_BULK_MAX_DOCS", "many", "expected an integer"),
         ("INDEXER_BULK_MAX_BYTES", "0", "between 1 and 104857600"),

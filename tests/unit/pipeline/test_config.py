@@ -168,6 +168,48 @@ def test_stream_settings_at_their_bounds_are_taken() -> None:
     assert longest.stream_max_age_s * 10**9 < 2**63
 
 
+# A consumer's durations reach nats-server as int64 nanoseconds as well: a longer ack wait is
+# refused (error 10025, the consumer never created), a longer nak delay ignored (the message
+# redelivered at once), a longer fetch refused; a shorter ack wait than 1 ns is sent as 0,
+# read as the server's default of 30 s.
+@pytest.mark.parametrize(
+    ("service", "env", "value"),
+    [
+        (EnricherConfig, "ENRICHER_ACK_WAIT_S", "1e10"),
+        (EnricherConfig, "ENRICHER_ACK_WAIT_S", "1e-10"),
+        (EnricherConfig, "ENRICHER_NAK_DELAY_S", "1e10"),
+        (EnricherConfig, "ENRICHER_NAK_MAX_DELAY_S", "1e10"),
+        (EnricherConfig, "ENRICHER_FETCH_TIMEOUT_S", "1e10"),
+        (IndexerConfig, "INDEXER_ACK_WAIT_S", "1e10"),
+        (IndexerConfig, "INDEXER_ACK_WAIT_S", "1e-10"),
+    ],
+)
+def test_consumer_durations_nats_cannot_read_stop_the_service_at_start(
+    service: type, env: str, value: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(service, {env: value})
+    assert str(err.value) == (
+        f"{env}={float(value)!r}: must be between 1e-09 and 9223372036 seconds"
+        " (JetStream reads it as int64 nanoseconds)"
+    )
+
+
+def test_consumer_durations_at_their_bounds_are_taken() -> None:
+    longest = "9223372036"
+    enricher = load(
+        EnricherConfig,
+        {
+            "ENRICHER_ACK_WAIT_S": longest,
+            "ENRICHER_NAK_DELAY_S": longest,
+            "ENRICHER_NAK_MAX_DELAY_S": longest,
+            "ENRICHER_FETCH_TIMEOUT_S": longest,
+        },
+    )
+    assert enricher.ack_wait_s * 10**9 < 2**63
+    assert load(IndexerConfig, {"INDEXER_ACK_WAIT_S": "1e-9"}).ack_wait_s == 1e-9
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
