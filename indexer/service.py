@@ -1,8 +1,9 @@
 """The indexer service: wires NATS, OpenSearch, bulk writing, QueryService and ops HTTP.
 
-start(): connect NATS (waits for it), ensure the streams, serve QueryService and the
-ops routes, install the index template (retried until OpenSearch answers), then
-consume (the durable consumer's creation retried the same way). stop(): stop fetching,
+start(): serve QueryService and the ops routes, then, in the background, connect NATS
+(waiting for it), ensure the streams (retried until JetStream answers), install the index
+template (retried until OpenSearch answers), and consume (the durable consumer's creation
+retried the same way); readiness says which step it waits for. stop(): stop fetching,
 let in-flight events be indexed and their messages acked (up to the graceful stop
 time), close the writer, nak what is left for redelivery at once, then close
 everything. Both are idempotent.
@@ -33,7 +34,7 @@ from pipeline.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
-TEMPLATE_RETRY_S = 2.0
+STEP_RETRY_S = 2.0
 _STREAMS = (subjects.ENRICHED_STREAM, subjects.DLQ_STREAM)
 
 
@@ -88,6 +89,7 @@ class Indexer:
         self._js: JetStreamContext | None = None
         self._intake: Intake | None = None
         self._consumer: EnrichedConsumer | None = None
+        self._streams_ready = asyncio.Event()
         self._template_ready = asyncio.Event()
         self._consuming = asyncio.Event()
         self._waiting = ""  # what _begin is retrying, for readiness
@@ -105,35 +107,22 @@ class Indexer:
         return self._http.port
 
     async def start(self) -> None:
-        """Starts everything; consumption begins once the index template is installed."""
+        """Serves QueryService and the ops routes, then starts the rest in the background.
+
+        Returns once the servers listen: NATS (however long it is down), the streams, the
+        index template and the consumer are waited for by a background task, so /healthz
+        answers, /readyz says what is waited for, and a stop signal is honoured meanwhile.
+        """
         if self._started:
             return
         self._started = True
         config = self._config
-        self._nc = nc = await natsconn.connect(config, name="indexer")
-        self._js = nc.jetstream()
-        await natsconn.ensure_streams(self._js, config)
-        await self._query.start()
-        await self._http.start()
-        self._intake = Intake(
-            self._writer,
-            NatsDeadLetters(self._js, max_payload=lambda: int(nc.max_payload)),
-            index_prefix=config.index_prefix,
-            max_deliveries=config.max_deliveries,
-            metrics=self.metrics,
-            tracer=self.tracing,
-        )
-        self._consumer = EnrichedConsumer(
-            self._js,
-            self._intake,
-            self._writer,
-            name=config.consumer_name,
-            fetch_batch=config.fetch_batch,
-            max_ack_pending=config.max_ack_pending,
-            ack_wait_s=config.ack_wait_s,
-            pending_refresh_s=config.pending_refresh_s,
-            metrics=self.metrics,
-        )
+        try:
+            await self._query.start()
+            await self._http.start()
+        except BaseException:
+            await self.stop()
+            raise
         self._writer.start()
         self._tasks.append(asyncio.create_task(self._begin(), name="indexer-begin"))
         if config.retention_days > 0:
@@ -155,13 +144,39 @@ class Indexer:
         )
 
     async def _begin(self) -> None:
-        # Each step is retried until it works (OpenSearch or JetStream not there yet, a
+        # Each step is retried until it works (NATS, JetStream or OpenSearch not there yet, a
         # conflicting consumer of the same name...); readiness says which one is waiting.
+        config = self._config
+        self._nc = nc = await natsconn.connect(config, name="indexer")  # waits for NATS
+        self._js = js = nc.jetstream()
+        await self._until_done(
+            "streams not ensured yet", lambda: natsconn.ensure_streams(js, config)
+        )
+        self._waiting = ""
+        self._streams_ready.set()
+        self._intake = Intake(
+            self._writer,
+            NatsDeadLetters(js, max_payload=lambda: int(nc.max_payload)),
+            index_prefix=config.index_prefix,
+            max_deliveries=config.max_deliveries,
+            metrics=self.metrics,
+            tracer=self.tracing,
+        )
+        self._consumer = EnrichedConsumer(
+            js,
+            self._intake,
+            self._writer,
+            name=config.consumer_name,
+            fetch_batch=config.fetch_batch,
+            max_ack_pending=config.max_ack_pending,
+            ack_wait_s=config.ack_wait_s,
+            pending_refresh_s=config.pending_refresh_s,
+            metrics=self.metrics,
+        )
         await self._until_done("index template not installed yet", self._store.install_template)
         self._waiting = ""
         self._template_ready.set()
         await self._query.set_serving(True)
-        assert self._consumer is not None
         await self._until_done("not consuming yet", self._consumer.start)
         self._waiting = ""
         self._consuming.set()
@@ -172,9 +187,10 @@ class Indexer:
                 await step()
                 return
             except Exception as err:
-                self._waiting = f"{what}: {err}"
-                log.warning("%s: %s", what, err)
-                await asyncio.sleep(TEMPLATE_RETRY_S)
+                detail = str(err) or type(err).__name__
+                self._waiting = f"{what}: {detail}"
+                log.warning("%s: %s", what, detail)
+                await asyncio.sleep(STEP_RETRY_S)
 
     async def stop(self) -> None:
         """Stops intake, drains in-flight events, acks, closes (idempotent)."""
@@ -226,6 +242,8 @@ class Indexer:
         template is installed and the durable consumer is fetching without failing."""
         if self._nc is None or not self._nc.is_connected or self._js is None:
             return False, "nats not connected"
+        if not self._streams_ready.is_set():
+            return False, self._waiting or "streams not ensured yet"
         problem = await natsconn.stream_problem(self._js, _STREAMS)
         if problem is not None:
             return False, problem.reason

@@ -27,7 +27,7 @@ from telemetry.v1 import event_pb2
 from telemetry.v1 import query_service_pb2 as qs
 
 from indexer import Indexer
-from indexer.service import TEMPLATE_RETRY_S
+from indexer.service import STEP_RETRY_S
 from pipeline import subjects
 from tests.servers import NatsProcess
 
@@ -363,11 +363,11 @@ async def test_a_consumer_that_cannot_be_created_is_retried_and_not_ready_meanwh
             return not ok and why.startswith("not consuming yet: ")
 
         await wait_for(waiting, what="readiness naming the consumer")
-        await asyncio.sleep(2 * TEMPLATE_RETRY_S)  # still retrying, still not ready
+        await asyncio.sleep(2 * STEP_RETRY_S)  # still retrying, still not ready
         assert await indexer.ready() != (True, "ok")
         await js.delete_consumer(subjects.ENRICHED_STREAM, "indexer")
         # Without a restart: the next attempt creates the consumer and the event comes in.
-        await wait_for(lambda: _is_ready(indexer), timeout_s=4 * TEMPLATE_RETRY_S, what="readiness")
+        await wait_for(lambda: _is_ready(indexer), timeout_s=4 * STEP_RETRY_S, what="readiness")
         await wait_count(os_client, prefix, 1)
     finally:
         await indexer.stop()

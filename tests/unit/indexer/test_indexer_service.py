@@ -1,0 +1,115 @@
+"""The indexer as a service, on real sockets, with NATS and OpenSearch stood in for: what it
+serves and what its readiness says while they are away."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from indexer.config import Config
+from indexer.service import Indexer
+from pipeline.config import load
+from pipeline.settings import NatsSettings
+from tests.unit.nats_fakes import FakeNats
+
+
+async def until(condition: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 10) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await condition():
+        assert asyncio.get_running_loop().time() < deadline, f"never {what}"
+        await asyncio.sleep(0.005)
+
+
+class Nats:
+    """natsconn.connect stood in for: waits until `up` is set, then hands over `client`."""
+
+    def __init__(self) -> None:
+        self.client = FakeNats()
+        self.up = asyncio.Event()
+        self.up.set()
+
+    async def connect(self, settings: NatsSettings, *, name: str, **_: Any) -> FakeNats:
+        await self.up.wait()
+        return self.client
+
+
+@pytest.fixture
+def nats(monkeypatch: pytest.MonkeyPatch) -> Nats:
+    stand_in = Nats()
+    monkeypatch.setattr("indexer.service.natsconn.connect", stand_in.connect)
+    monkeypatch.setattr("indexer.service.STEP_RETRY_S", 0.01)
+    monkeypatch.setattr("indexer.consumer.NATS_RETRY_S", 0.01)
+    return stand_in
+
+
+@pytest.fixture
+async def indexer(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Indexer]:
+    service = Indexer(
+        load(
+            Config,
+            {
+                "INDEXER_GRPC_PORT": "0",
+                "INDEXER_HTTP_PORT": "0",
+                "INDEXER_RETENTION_DAYS": "0",
+                "INDEXER_GRACEFUL_STOP_S": "1",
+            },
+        )
+    )
+
+    async def answers() -> bool:
+        return True
+
+    # OpenSearch answers and takes the template.
+    monkeypatch.setattr(service._store, "ping", answers)
+    monkeypatch.setattr(service._store, "install_template", answers)
+    yield service
+    await service.stop()
+
+
+async def readyz(indexer: Indexer) -> tuple[int, str]:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{indexer.http_port}") as http:
+        answer = await http.get("/readyz")
+    return answer.status_code, answer.json()["reason"]
+
+
+async def test_health_is_served_while_nats_is_away_and_readiness_says_so(
+    nats: Nats, indexer: Indexer
+) -> None:
+    nats.up.clear()  # NATS down at start
+
+    await asyncio.wait_for(indexer.start(), 5)  # returns without waiting for NATS
+
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{indexer.http_port}") as http:
+        assert (await http.get("/healthz")).status_code == 200
+    assert await readyz(indexer) == (503, "nats not connected")
+    nats.up.set()
+
+    async def ready() -> bool:
+        return await readyz(indexer) == (200, "ok")
+
+    await until(ready, "ready once NATS is there")
+
+
+async def test_a_jetstream_that_does_not_answer_is_waited_for_not_a_failed_start(
+    nats: Nats, indexer: Indexer
+) -> None:
+    nats.client.js.answering = False  # JetStream disabled, or no leader yet
+
+    await asyncio.wait_for(indexer.start(), 5)
+
+    async def waiting_for_streams() -> bool:
+        status, reason = await readyz(indexer)
+        return status == 503 and reason == "streams not ensured yet: nats: timeout"
+
+    await until(waiting_for_streams, "readiness naming the streams")
+    nats.client.js.answering = True
+
+    async def ready() -> bool:
+        return await readyz(indexer) == (200, "ok")
+
+    await until(ready, "ready once JetStream answers")
+    assert set(nats.client.js.streams) == {"TELEMETRY_RAW", "TELEMETRY_ENRICHED", "TELEMETRY_DLQ"}
