@@ -16,6 +16,7 @@ from enricher._policy import RetryPolicy
 from enricher.config import Config
 from enricher.errors import BrokerError
 from pipeline import tracing
+from pipeline.grpcserver import ReadinessHealth
 from pipeline.service import HttpServer, ops_app
 from pipeline.tasks import cancel_and_wait
 
@@ -68,7 +69,9 @@ class Enricher:
         self._loops: list[_nats.FetchLoop] = []
         self._handler: Handler | None = None
         self._consumer_task: asyncio.Task[None] | None = None
+        self._health_task: asyncio.Task[None] | None = None
         self._grpc: GrpcServer | None = None
+        self._health: ReadinessHealth | None = None
         self._http: HttpServer | None = None
         self._started = False
 
@@ -87,7 +90,8 @@ class Enricher:
 
         Returns once the servers listen; NATS is connected to (and waited for,
         however long it is down) by the consumer task, so /healthz answers,
-        /readyz says why not, and a stop signal is honoured meanwhile.
+        /readyz says why not, and a stop signal is honoured meanwhile. gRPC health
+        follows readiness: NOT_SERVING until the enricher is ready, and whenever it is not.
         """
         if self._started:
             return
@@ -98,6 +102,8 @@ class Enricher:
             await self.stop()
             raise
         self._consumer_task = asyncio.create_task(self._consume())
+        assert self._health is not None
+        self._health_task = asyncio.create_task(self._health.follow(self.ready))
 
     async def _serve(self) -> None:
         config = self._config
@@ -119,8 +125,8 @@ class Enricher:
             host=config.grpc_host,
             port=config.grpc_port,
         )
-        await self._grpc.start()
-        await self._grpc.set_serving(True)
+        await self._grpc.start()  # NOT_SERVING until ready() says otherwise
+        self._health = ReadinessHealth(self._grpc, name=NAME, logger=log)
 
     async def _open_broker(self) -> _nats.Broker:
         delay = BROKER_RETRY_S
@@ -170,7 +176,16 @@ class Enricher:
             await cancel_and_wait(lag)
 
     async def ready(self) -> tuple[bool, str]:
-        """Ready when NATS is connected, the streams exist and the consumer is bound."""
+        """Ready when NATS is connected, the streams exist and the consumer is bound.
+
+        Every answer (a /readyz probe or the health poll) also sets gRPC health.
+        """
+        ok, reason = await self._readiness()
+        if self._started and self._health is not None:
+            await self._health.record(ok, reason)
+        return ok, reason
+
+    async def _readiness(self) -> tuple[bool, str]:
         if self._broker is None or not self._loops:
             return False, "nats not connected"
         return await self._broker.ready()
@@ -180,6 +195,9 @@ class Enricher:
         if not self._started:
             return
         self._started = False
+        if self._health_task is not None:
+            await cancel_and_wait(self._health_task)
+            self._health_task = None
         task, self._consumer_task = self._consumer_task, None
         if task is not None:
             if not self._loops:
@@ -202,6 +220,7 @@ class Enricher:
         if self._grpc is not None:
             await self._grpc.stop(grace_s=self._config.stop_timeout_s)
             self._grpc = None
+            self._health = None
         if self._http is not None:
             await self._http.stop()
             self._http = None

@@ -29,6 +29,7 @@ from indexer.metrics import Metrics
 from indexer.store import OpenSearchStore
 from indexer.store import client as store_client
 from pipeline import natsconn, subjects, tracing
+from pipeline.grpcserver import ReadinessHealth
 from pipeline.service import HttpServer, ops_app
 from pipeline.tasks import cancel_and_wait
 
@@ -79,6 +80,8 @@ class Indexer:
             metrics=self.metrics,
             tracer=self.tracing,
         )
+        # NOT_SERVING until the indexer is ready, and whenever it is not.
+        self._health = ReadinessHealth(self._query, name="indexer", logger=log)
         self._http = HttpServer(
             ops_app(self, self.metrics.registry),
             host=config.http_host,
@@ -125,6 +128,9 @@ class Indexer:
             raise
         self._writer.start()
         self._tasks.append(asyncio.create_task(self._begin(), name="indexer-begin"))
+        self._tasks.append(
+            asyncio.create_task(self._health.follow(self.ready), name="indexer-health")
+        )
         if config.retention_days > 0:
             self._tasks.append(
                 asyncio.create_task(
@@ -176,7 +182,6 @@ class Indexer:
         await self._until_done("index template not installed yet", self._store.install_template)
         self._waiting = ""
         self._template_ready.set()
-        await self._query.set_serving(True)
         await self._until_done("not consuming yet", self._consumer.start)
         self._waiting = ""
         self._consuming.set()
@@ -239,7 +244,16 @@ class Indexer:
 
     async def ready(self) -> tuple[bool, str]:
         """Ready when NATS is connected, the streams exist, OpenSearch answers, the
-        template is installed and the durable consumer is fetching without failing."""
+        template is installed and the durable consumer is fetching without failing.
+
+        Every answer (a /readyz probe or the health poll) also sets gRPC health.
+        """
+        ok, reason = await self._readiness()
+        if self._started:
+            await self._health.record(ok, reason)
+        return ok, reason
+
+    async def _readiness(self) -> tuple[bool, str]:
         if self._nc is None or not self._nc.is_connected or self._js is None:
             return False, "nats not connected"
         if not self._streams_ready.is_set():

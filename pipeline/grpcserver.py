@@ -6,7 +6,9 @@ health reporting and the graceful stop are the same everywhere.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -15,7 +17,10 @@ from grpc_reflection.v1alpha import reflection
 
 from pipeline.errors import PipelineError
 
+log = logging.getLogger(__name__)
+
 DEFAULT_GRACE_S = 5.0
+HEALTH_POLL_S = 1.0
 
 
 class ListenError(PipelineError):
@@ -89,3 +94,46 @@ class GrpcServer:
             return
         await self._health.enter_graceful_shutdown()
         await server.stop(self._grace_s if grace_s is None else grace_s)
+
+
+class ReadinessHealth:
+    """Keeps a server's gRPC health in step with its service's readiness, so that /readyz and
+    gRPC health never disagree for long.
+
+    The service puts every readiness answer it gives (to a /readyz probe) into `record()`, and
+    `follow()` asks for one every HEALTH_POLL_S besides. A change is logged: `<name> ready`, or
+    `<name> not ready` with the reason (a warning when it was ready: at start, waiting is
+    normal).
+    """
+
+    def __init__(
+        self, server: GrpcServer, *, name: str, logger: logging.Logger | None = None
+    ) -> None:
+        self._server = server
+        self._name = name
+        self._log = logger or log
+        self._serving: bool | None = None
+        self._lock = asyncio.Lock()
+
+    async def record(self, ok: bool, reason: str) -> None:
+        """Sets SERVING or NOT_SERVING when the answer differs from the last one."""
+        async with self._lock:
+            if ok == self._serving:
+                return
+            was_ready, self._serving = self._serving, ok
+            await self._server.set_serving(ok)
+        if ok:
+            self._log.info("%s ready", self._name)
+        else:
+            level = logging.WARNING if was_ready else logging.INFO
+            self._log.log(level, "%s not ready", self._name, extra={"reason": reason})
+
+    async def follow(self, ready: Callable[[], Awaitable[tuple[bool, str]]]) -> None:
+        """Asks `ready()` (which records its answer) every HEALTH_POLL_S until cancelled; a
+        check that fails is recorded as not ready."""
+        while True:
+            try:
+                await ready()
+            except Exception as err:
+                await self.record(False, f"readiness check failed: {err!r}")
+            await asyncio.sleep(HEALTH_POLL_S)

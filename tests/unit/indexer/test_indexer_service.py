@@ -7,8 +7,10 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import grpc
 import httpx
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from indexer.config import Config
 from indexer.service import Indexer
@@ -113,3 +115,44 @@ async def test_a_jetstream_that_does_not_answer_is_waited_for_not_a_failed_start
 
     await until(ready, "ready once JetStream answers")
     assert set(nats.client.js.streams) == {"TELEMETRY_RAW", "TELEMETRY_ENRICHED", "TELEMETRY_DLQ"}
+
+
+async def health(indexer: Indexer) -> list[int]:
+    """gRPC health, overall and QueryService's."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{indexer.grpc_port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        return [
+            (await stub.Check(health_pb2.HealthCheckRequest(service=name))).status
+            for name in ("", "telemetry.v1.QueryService")
+        ]
+
+
+SERVING = [health_pb2.HealthCheckResponse.SERVING] * 2
+NOT_SERVING = [health_pb2.HealthCheckResponse.NOT_SERVING] * 2
+
+
+async def test_grpc_health_is_not_serving_until_ready_and_whenever_not_ready(
+    nats: Nats, indexer: Indexer
+) -> None:
+    nats.up.clear()
+    await indexer.start()
+    assert await readyz(indexer) == (503, "nats not connected")
+    assert await health(indexer) == NOT_SERVING
+
+    nats.up.set()
+
+    async def ready() -> bool:
+        return await readyz(indexer) == (200, "ok")
+
+    await until(ready, "ready")
+    assert await health(indexer) == SERVING
+
+    nats.client.is_connected = False  # NATS away: /readyz and health say so at once
+    assert await readyz(indexer) == (503, "nats not connected")
+    assert await health(indexer) == NOT_SERVING
+    nats.client.is_connected = True
+
+    async def serving_again() -> bool:  # without a probe: the health poll sees it
+        return await health(indexer) == SERVING
+
+    await until(serving_again, "serving again")
