@@ -28,6 +28,10 @@ PAYLOAD_HEADROOM_BYTES = 4096
 NAME = "enricher"
 BROKER_RETRY_S = 1.0
 BROKER_RETRY_MAX_S = 30.0
+# Consuming that ends on an unexpected error is started again after this pause, doubling up to
+# CONSUME_RESTART_MAX_S while it keeps ending so.
+CONSUME_RESTART_S = 1.0
+CONSUME_RESTART_MAX_S = 30.0
 
 
 class Enricher:
@@ -35,6 +39,11 @@ class Enricher:
 
     `start()` and `stop()` are idempotent. Stop: stop fetching, finish the
     batches in hand (publish, ack), drain the NATS connection, close.
+
+    Consuming that ends on an unexpected error (a fetch loop's, or one setting it up) is
+    logged with its stack and started again, on a new connection, after a pause
+    (CONSUME_RESTART_S, doubling up to CONSUME_RESTART_MAX_S); readiness names the error until
+    it runs again. What the ended loops held is redelivered after ack_wait.
     """
 
     def __init__(
@@ -69,6 +78,7 @@ class Enricher:
         self._loops: list[_nats.FetchLoop] = []
         self._handler: Handler | None = None
         self._consumer_task: asyncio.Task[None] | None = None
+        self._consume_failure = ""  # why consuming ended, until it runs again
         self._health_task: asyncio.Task[None] | None = None
         self._grpc: GrpcServer | None = None
         self._health: ReadinessHealth | None = None
@@ -101,7 +111,7 @@ class Enricher:
         except BaseException:
             await self.stop()
             raise
-        self._consumer_task = asyncio.create_task(self._consume())
+        self._consumer_task = asyncio.create_task(self._consume_until_stopped())
         assert self._health is not None
         self._health_task = asyncio.create_task(self._health.follow(self.ready))
 
@@ -143,8 +153,38 @@ class Enricher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BROKER_RETRY_MAX_S)
 
+    async def _consume_until_stopped(self) -> None:
+        """Runs `_consume` until the enricher stops; started again when it ends otherwise."""
+        delay = CONSUME_RESTART_S
+        while True:
+            error: Exception | None = None
+            try:
+                await self._consume()
+            except Exception as err:
+                error = err
+            if not self._started:
+                return  # stopped
+            self._consume_failure = (
+                f"consuming stopped on an error: {error!r}" if error else "consuming stopped"
+            )
+            log.error(
+                "%s; starting it again in %g s",
+                self._consume_failure,
+                delay,
+                exc_info=error,
+            )
+            self._loops = []
+            self._handler = None
+            broker = self._broker
+            if broker is not None:
+                await broker.close()
+                self._broker = None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, CONSUME_RESTART_MAX_S)
+
     async def _consume(self) -> None:
-        """Connects, binds the consumer and runs the fetch loops until they are stopped."""
+        """Connects, binds the consumer and runs the fetch loops until they are stopped, or
+        until one ends on an error (the others are cancelled then, and it is raised)."""
         config = self._config
         assert self._geo is not None
         self._broker = broker = await self._open_broker()
@@ -161,6 +201,7 @@ class Enricher:
         )
         self._handler = handler
         self._loops = self._broker.fetch_loops(handler, self._consumer)
+        self._consume_failure = ""
         lag = asyncio.create_task(self._refresh_lag())
         log.info(
             "enricher consuming",
@@ -170,10 +211,12 @@ class Enricher:
                 "http_port": self.http_port,
             },
         )
+        runs = [asyncio.create_task(loop.run(), name="enricher-fetch") for loop in self._loops]
         try:
-            await asyncio.gather(*(loop.run() for loop in self._loops))
+            await asyncio.gather(*runs)
         finally:
-            await cancel_and_wait(lag)
+            # The one that failed is logged by the caller; the others end here.
+            await cancel_and_wait(lag, *(run for run in runs if not run.done()))
 
     async def ready(self) -> tuple[bool, str]:
         """Ready when NATS is connected, the streams exist and the consumer is bound.
@@ -186,6 +229,8 @@ class Enricher:
         return ok, reason
 
     async def _readiness(self) -> tuple[bool, str]:
+        if self._consume_failure:
+            return False, self._consume_failure
         if self._broker is None or not self._loops:
             return False, "nats not connected"
         return await self._broker.ready()

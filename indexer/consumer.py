@@ -4,7 +4,9 @@ The only module of the indexer that touches `nats`. Fetching pauses while OpenSe
 is away and while `max_ack_pending` messages are unsettled: backpressure, not memory.
 A durable consumer that disappears (deleted, or lost with the stream's state) is created
 again, with its configuration, when a fetch fails; while fetches keep failing, `problem`
-says so, for readiness.
+says so, for readiness. Fetching that ends on an unexpected error is logged with its stack
+and started again after a pause (NATS_RETRY_S, doubling up to FETCH_RESTART_MAX_S), the
+messages it had fetched and not handed over given back; `problem` names the error meanwhile.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ FETCH_WAIT_S = 1.0  # waiting for OpenSearch to come back before fetching again
 # latency added when traffic is light.
 FETCH_TIMEOUT_S = 0.1
 NATS_RETRY_S = 1.0
+FETCH_RESTART_MAX_S = 30.0
 ROOM_POLL_S = 0.02
 STOP_FETCH_WAIT_S = 5.0
 # JetStream's error code for a consumer that does not exist.
@@ -118,11 +121,17 @@ class EnrichedConsumer:
         self._fetch_task: asyncio.Task[None] | None = None
         self._side_tasks: list[asyncio.Task[None]] = []
         self._fetch_error = ""  # the last fetch's error while fetches fail, else empty
+        self._fetch_failure = ""  # why fetching ended, until a fetch is answered again
+        self._stopping = asyncio.Event()
 
     @property
     def problem(self) -> str | None:
         """Why fetching fails, while it keeps failing (NATS away, the consumer lost and not
-        created again yet); None while fetches are answered."""
+        created again yet), or why it stopped; None while fetches are answered."""
+        if self._fetch_failure:
+            return self._fetch_failure
+        if self._fetching and self._fetch_task is not None and self._fetch_task.done():
+            return "fetching ended"
         return f"fetch failing: {self._fetch_error}" if self._fetch_error else None
 
     def _config(self) -> js_api.ConsumerConfig:
@@ -153,6 +162,7 @@ class EnrichedConsumer:
         stop naks it once the writer is closed.
         """
         self._fetching = False
+        self._stopping.set()
         task, self._fetch_task = self._fetch_task, None
         if task is None:
             return
@@ -170,10 +180,24 @@ class EnrichedConsumer:
             self._sub = None
 
     async def _fetch_loop(self, sub: JetStreamContext.PullSubscription) -> None:
+        delay = NATS_RETRY_S
         try:
-            await self._fetch_until_stopped(sub)
+            while self._fetching:
+                try:
+                    await self._fetch_until_stopped(sub)
+                except Exception as err:
+                    self._fetch_failure = f"fetching stopped on an error: {err!r}"
+                    log.error(
+                        "%s; starting it again in %g s", self._fetch_failure, delay, exc_info=err
+                    )
+                    # Fetched, never handed over: back to JetStream, or they would be touched
+                    # (held) for ever. The one being handed over comes back after ack_wait.
+                    await self._intake.release_waiting()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), delay)
+                    delay = min(delay * 2, FETCH_RESTART_MAX_S)
         finally:
-            self._fetch_error = ""  # a stopped loop is not a failing one
+            self._fetch_error = self._fetch_failure = ""  # a stopped loop is not a failing one
 
     async def _fetch_until_stopped(self, sub: JetStreamContext.PullSubscription) -> None:
         failing = False  # logged when fetching starts failing and when it recovers, not each try
@@ -198,7 +222,7 @@ class EnrichedConsumer:
                 await self._restore()
                 await asyncio.sleep(NATS_RETRY_S)
                 continue
-            self._fetch_error = ""
+            self._fetch_error = self._fetch_failure = ""
             if failing:
                 log.info("fetch recovered")
                 failing = False

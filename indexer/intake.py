@@ -167,8 +167,9 @@ class Intake:
     async def release_waiting(self) -> int:
         """Naks the fetched messages not handed to handle() yet, for redelivery at once.
 
-        For a stop, once fetching has ended: nothing else would take them, and JetStream
-        would otherwise hold them until their ack wait runs out. Returns how many.
+        Once fetching has ended (a stop, or an error it ended on): nothing else would take
+        them, and JetStream would otherwise hold them until their ack wait runs out, or for
+        ever, touch() keeping them in progress. Returns how many.
         """
         waiting = list(self._waiting.values())
         self._waiting.clear()
@@ -229,7 +230,6 @@ class Intake:
         if not events:
             await self._settle(message)
             return
-        self._track(message)
         link = self._tracing.incoming_link(delivery.headers)
         done = message.done
         prefix = self._prefix
@@ -245,6 +245,9 @@ class Intake:
                 continue
             payload = render(index=index, doc_id=doc["event_id"], source=doc)
             items.append(BulkItem(payload, done, position, link))
+        # Open from here on, not before: a message whose items could not be made (an error
+        # the fetch loop ends on) is then not held for ever, but redelivered after ack_wait.
+        self._track(message)
         if items:
             await self._writer.add_all(items)
         else:  # every event was unusable: nothing to write

@@ -4,6 +4,7 @@ gRPC health, and what becomes of its consuming."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -25,13 +26,27 @@ async def until(condition: Callable[[], Awaitable[bool]], what: str, timeout_s: 
 
 
 class Loop:
-    """A fetch loop that fetches nothing until it is stopped."""
+    """A fetch loop that fetches nothing until it is stopped, or ends on `error`."""
 
     def __init__(self) -> None:
         self._stopped = asyncio.Event()
+        self._failed = asyncio.Event()
+        self.error: Exception | None = None
+
+    def fail(self, error: Exception) -> None:
+        self.error = error
+        self._failed.set()
 
     async def run(self) -> None:
-        await self._stopped.wait()
+        stopped = asyncio.create_task(self._stopped.wait())
+        failed = asyncio.create_task(self._failed.wait())
+        try:
+            await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            failed.cancel()
+        if self.error is not None and not self._stopped.is_set():
+            raise self.error
 
     def stop(self) -> None:
         self._stopped.set()
@@ -47,6 +62,8 @@ class Broker:
         self.up = asyncio.Event()
         self.answers = True
         self.opened = 0
+        self.closed = 0
+        self.loops: list[Loop] = []
 
     async def open(self, *_: Any, **__: Any) -> Broker:
         await self.up.wait()
@@ -59,7 +76,8 @@ class Broker:
         return object()
 
     def fetch_loops(self, handler: object, settings: object) -> list[Loop]:
-        return [Loop()]
+        self.loops = [Loop(), Loop()]
+        return self.loops
 
     async def ready(self) -> tuple[bool, str]:
         return (True, "ok") if self.answers else (False, "stream TELEMETRY_RAW missing")
@@ -68,13 +86,14 @@ class Broker:
         return 0
 
     async def close(self) -> None:
-        pass
+        self.closed += 1
 
 
 @pytest.fixture
 def broker(monkeypatch: pytest.MonkeyPatch) -> Broker:
     stand_in = Broker()
     monkeypatch.setattr("enricher._service._nats.Broker.open", stand_in.open)
+    monkeypatch.setattr("enricher._service.CONSUME_RESTART_S", 0.01, raising=False)
     return stand_in
 
 
@@ -91,8 +110,13 @@ async def enricher() -> AsyncIterator[Enricher]:
 
 
 async def readyz(enricher: Enricher) -> int:
+    return (await readyz_answer(enricher))[0]
+
+
+async def readyz_answer(enricher: Enricher) -> tuple[int, str]:
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{enricher.http_port}") as http:
-        return (await http.get("/readyz")).status_code
+        answer = await http.get("/readyz")
+    return answer.status_code, answer.json()["reason"]
 
 
 async def health(enricher: Enricher) -> list[int]:
@@ -127,3 +151,37 @@ async def test_grpc_health_is_not_serving_until_ready_and_whenever_not_ready(
     broker.answers = False  # a stream lost, say
     assert await readyz(enricher) == 503
     assert await health(enricher) == NOT_SERVING
+
+
+async def test_consuming_that_ends_on_an_error_is_named_logged_and_started_again(
+    broker: Broker, enricher: Enricher, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker.up.set()
+    await enricher.start()
+
+    async def ready() -> bool:
+        return await readyz(enricher) == 200
+
+    await until(ready, "ready")
+    broker.up.clear()  # NATS away when it starts again: the error stays named meanwhile
+    first, second = broker.loops
+    first.fail(RuntimeError("fetch loop bug"))
+
+    async def named() -> bool:
+        return await readyz_answer(enricher) == (
+            503,
+            "consuming stopped on an error: RuntimeError('fetch loop bug')",
+        )
+
+    await until(named, "readiness naming the error")
+    [line] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert line.getMessage().startswith(
+        "consuming stopped on an error: RuntimeError('fetch loop bug'); starting it again in"
+    )
+    assert line.exc_info is not None  # with its stack
+    assert broker.closed == 1  # the other loop ended too, and the connection was closed
+
+    broker.up.set()
+    await until(ready, "ready again, without a restart of the process")
+    assert broker.opened == 2
+    assert broker.loops != [first, second]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -28,6 +29,7 @@ class FakeJetStream:
         self.exists = False
         self.nats_away = False
         self.fetches = 0
+        self.deliver: list[FakeMsg] = []  # handed to the next fetch
 
     async def add_consumer(self, stream: str, config: js_api.ConsumerConfig) -> None:
         assert stream == subjects.ENRICHED_STREAM
@@ -47,6 +49,17 @@ class FakeJetStream:
         return FakeSubscription(self)
 
 
+class FakeMsg:
+    """A fetched message as JetStreamDelivery reads it; remembers how it was settled."""
+
+    def __init__(self) -> None:
+        self.metadata = object()
+        self.settled: list[str] = []
+
+    async def nak(self, delay: float | None = None) -> None:
+        self.settled.append("nak")
+
+
 class FakeSubscription:
     def __init__(self, js: FakeJetStream) -> None:
         self._js = js
@@ -54,6 +67,9 @@ class FakeSubscription:
     async def fetch(self, batch: int, timeout: float) -> list[Any]:  # noqa: ASYNC109 - nats-py's signature
         self._js.fetches += 1
         await asyncio.sleep(0)
+        if self._js.deliver:
+            msgs, self._js.deliver = self._js.deliver, []
+            return msgs
         if self._js.nats_away or not self._js.exists:
             # What nats-py raises for a pull nobody answers (no responders).
             raise ServiceUnavailableError()
@@ -125,4 +141,35 @@ async def test_problem_names_fetches_that_keep_failing_until_they_are_answered()
     js.nats_away = False
     await until(lambda: fetcher.problem is None, "answered again")
     assert len(js.configs) == 1  # it was there all along
+    await fetcher.close()
+
+
+async def test_fetching_that_ends_on_an_error_is_named_logged_and_started_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    js = FakeJetStream()
+    fetcher = consumer(js)
+    intake: Intake = fetcher._intake
+    handled = intake.handle
+
+    async def broken(delivery: Any) -> None:  # a bug in handing a message over
+        raise RuntimeError("handle bug")
+
+    intake.handle = broken  # type: ignore[method-assign]
+    fetched = [FakeMsg() for _ in range(3)]
+    js.deliver = fetched
+    await fetcher.start()
+
+    await until(lambda: fetcher.problem is not None, "a problem")
+    assert fetcher.problem == "fetching stopped on an error: RuntimeError('handle bug')"
+    [line] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert line.getMessage().startswith("fetching stopped on an error: RuntimeError('handle bug')")
+    assert line.exc_info is not None  # with its stack
+    # Fetched and never handed over: given back, not held (touched) for ever.
+    await until(lambda: all(msg.settled == ["nak"] for msg in fetched), "given back")
+    assert intake.in_progress == 0
+
+    intake.handle = handled  # type: ignore[method-assign]
+    fetched_before = js.fetches
+    await until(lambda: js.fetches > fetched_before and fetcher.problem is None, "fetching again")
     await fetcher.close()

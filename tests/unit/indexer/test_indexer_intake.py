@@ -334,6 +334,26 @@ async def test_the_in_progress_gauge_counts_messages_waiting_for_a_slot_too() ->
     assert gauge() == 0
 
 
+async def test_a_message_whose_items_cannot_be_made_is_not_held_open(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An error the fetch loop ends on: the message must not stay open, touched for ever;
+    # untouched, JetStream redelivers it after ack_wait.
+    _, _, _, intake = _setup()
+
+    def broken(event: Any, *, prefix: str) -> Any:
+        raise RuntimeError("document bug")
+
+    monkeypatch.setattr("indexer.intake.documents.placed_document", broken)
+    delivery = FakeDelivery(_batch(_event("a")))
+    intake.received([delivery])
+    with pytest.raises(RuntimeError, match="document bug"):
+        await intake.handle(delivery)
+    assert intake.in_progress == 0
+    await intake.touch()
+    assert (delivery.touched, delivery.settled) == (0, [])
+
+
 def _counted(intake: Intake) -> dict[str, float]:
     registry = intake._metrics.registry
     return {
