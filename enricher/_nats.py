@@ -275,11 +275,17 @@ class Broker:
     """The enricher's side of NATS: the connection, the streams and the consumer's subscriptions."""
 
     def __init__(
-        self, nc: Client, js: JetStreamContext, subs: list[JetStreamContext.PullSubscription]
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        subs: list[JetStreamContext.PullSubscription],
+        *,
+        settings: NatsSettings,
     ) -> None:
         self._nc = nc
         self._js = js
         self.subscriptions = subs
+        self._repair = natsconn.StreamRepair(js, settings)
 
     @classmethod
     async def open(
@@ -302,7 +308,7 @@ class Broker:
         except BaseException:
             await nc.close()
             raise
-        return cls(nc, js, subs)
+        return cls(nc, js, subs, settings=settings)
 
     @property
     def max_payload(self) -> int:
@@ -320,11 +326,13 @@ class Broker:
         return JsSink(self._js, timeout_s=timeout_s, max_payload=lambda: int(self._nc.max_payload))
 
     async def ready(self) -> tuple[bool, str]:
-        """Connected, the streams and the consumer exist; or why not."""
+        """Connected, the streams and the consumer exist; or why not. A stream found missing
+        is created again in the background (and the consumer, by the fetch loops)."""
         if not self._nc.is_connected:
             return False, "nats not connected"
         problem = await natsconn.stream_problem(self._js, _STREAMS)
         if problem is not None:
+            self._repair.check(problem)
             return False, problem.reason
         try:
             await self.pending()
@@ -338,6 +346,7 @@ class Broker:
 
     async def close(self) -> None:
         """Releases the subscriptions, then drains the connection (flushing the last acks)."""
+        await self._repair.close()
         for sub in self.subscriptions:
             await release(sub)
         with contextlib.suppress(*_NATS_ERRORS):

@@ -90,6 +90,7 @@ class Indexer:
         )
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
+        self._repair: natsconn.StreamRepair | None = None  # streams found missing, made again
         self._intake: Intake | None = None
         self._consumer: EnrichedConsumer | None = None
         self._streams_ready = asyncio.Event()
@@ -159,6 +160,7 @@ class Indexer:
             "streams not ensured yet", lambda: natsconn.ensure_streams(js, config)
         )
         self._waiting = ""
+        self._repair = natsconn.StreamRepair(js, config)
         self._streams_ready.set()
         self._intake = Intake(
             self._writer,
@@ -204,6 +206,8 @@ class Indexer:
         self._started = False
         await cancel_and_wait(*self._tasks)
         self._tasks = []
+        if self._repair is not None:
+            await self._repair.close()
         if self._consumer is not None:
             await self._consumer.stop_fetching()
         if self._intake is not None:
@@ -244,7 +248,8 @@ class Indexer:
 
     async def ready(self) -> tuple[bool, str]:
         """Ready when NATS is connected, the streams exist, OpenSearch answers, the
-        template is installed and the durable consumer is fetching without failing.
+        template is installed and the durable consumer is fetching without failing. A stream
+        found missing is created again in the background (and the consumer, by the fetch loop).
 
         Every answer (a /readyz probe or the health poll) also sets gRPC health.
         """
@@ -260,6 +265,8 @@ class Indexer:
             return False, self._waiting or "streams not ensured yet"
         problem = await natsconn.stream_problem(self._js, _STREAMS)
         if problem is not None:
+            if self._repair is not None:  # a stream deleted, or lost: made again
+                self._repair.check(problem)
             return False, problem.reason
         if not await self._store.ping():
             return False, "opensearch not answering"

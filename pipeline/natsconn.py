@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import ParseResult, SplitResult, urlsplit
 
@@ -21,6 +22,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 
 from pipeline import logs, subjects
 from pipeline.settings import NatsSettings
+from pipeline.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,8 @@ CONNECT_RETRY_MAX_S = 5.0
 # nats-py reports every failed try of a reconnect (about one a second per connection) as
 # an error: while NATS is away, one line this often, with how many were left out.
 OUTAGE_ERROR_LOG_INTERVAL_S = 30.0
+# Ensuring the streams again (a stream found missing): a try at most this often.
+STREAM_RETRY_S = 1.0
 
 
 def address(url: str | SplitResult | ParseResult | None) -> str:
@@ -189,6 +193,61 @@ async def stream_problem(js: JetStreamContext, names: tuple[str, ...]) -> Stream
                 f"stream {name} not answering ({type(err).__name__})", missing=False
             )
     return None
+
+
+class StreamRepair:
+    """Ensures the streams again, in the background, when a readiness check finds one missing
+    (deleted by hand, or lost with the server's store), so a service does not stay not ready
+    until it is restarted. One run at a time, started at most once per STREAM_RETRY_S; a run
+    tries again every STREAM_RETRY_S until JetStream takes the streams. The durable consumers
+    of a deleted stream went with it: their fetch loops create them again once it is back.
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        settings: NatsSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._js = js
+        self._settings = settings
+        self._clock = clock
+        self._task: asyncio.Task[None] | None = None
+        self._started_at = float("-inf")
+        self._closed = False
+
+    def check(self, problem: StreamProblem) -> None:
+        """Starts a run when `problem` says a stream is missing and none is running (never
+        once closed: a readiness probe during a stop starts nothing)."""
+        if not problem.missing or self._closed:
+            return
+        if self._task is not None and not self._task.done():
+            return
+        now = self._clock()
+        if now - self._started_at < STREAM_RETRY_S:
+            return
+        self._started_at = now
+        log.warning("%s; ensuring the streams again", problem.reason)
+        self._task = asyncio.create_task(self._ensure(), name="ensure-streams")
+
+    async def _ensure(self) -> None:
+        while True:
+            try:
+                await ensure_streams(self._js, self._settings)
+            except Exception as err:  # whatever it is: log, retry, stay not ready
+                log.warning("cannot ensure streams yet: %s", err)
+                await asyncio.sleep(STREAM_RETRY_S)
+                continue
+            log.info("streams ensured")
+            return
+
+    async def close(self) -> None:
+        """Stops a run in progress, and starts none any more (idempotent)."""
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            await cancel_and_wait(task)
 
 
 # JetStream's own headers (Nats-Msg-Id, Nats-Expected-*, Nats-Rollup, Nats-TTL, ...) are

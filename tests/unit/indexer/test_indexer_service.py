@@ -156,3 +156,23 @@ async def test_grpc_health_is_not_serving_until_ready_and_whenever_not_ready(
         return await health(indexer) == SERVING
 
     await until(serving_again, "serving again")
+
+
+@pytest.mark.parametrize("stream", ["TELEMETRY_ENRICHED", "TELEMETRY_DLQ"])
+async def test_a_deleted_stream_is_created_again_and_the_consumer_too(
+    nats: Nats, indexer: Indexer, monkeypatch: pytest.MonkeyPatch, stream: str
+) -> None:
+    monkeypatch.setattr("pipeline.natsconn.STREAM_RETRY_S", 0.01, raising=False)
+    await indexer.start()
+
+    async def ready() -> bool:
+        return await readyz(indexer) == (200, "ok")
+
+    await until(ready, "ready")
+    js = nats.client.js
+    js.delete_stream(stream)  # by hand; the enriched stream's consumer goes with it
+    assert await readyz(indexer) == (503, f"stream {stream} missing")
+
+    await until(ready, "ready again, without a restart")
+    assert stream in js.streams
+    assert ("TELEMETRY_ENRICHED", "indexer") in js.consumers

@@ -17,6 +17,7 @@ from pipeline import natsconn
 from pipeline.config import load
 from pipeline.logs import Throttle
 from pipeline.settings import NatsSettings
+from tests.unit.nats_fakes import FakeJetStream
 
 
 @pytest.mark.parametrize(
@@ -154,3 +155,44 @@ async def test_the_next_line_of_an_outage_says_how_many_were_left_out(
 
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert [r.held_back for r in warnings] == [0, 29, 29]
+
+
+async def test_a_missing_stream_is_ensured_again_once_at_a_time_and_paced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(natsconn, "STREAM_RETRY_S", 0.01)
+    js = FakeJetStream()
+    js.answering = False  # JetStream does not take them at first
+    now = [0.0]
+    repair = natsconn.StreamRepair(
+        js,  # type: ignore[arg-type]
+        load(NatsSettings, {}),
+        clock=lambda: now[0],
+    )
+    missing = natsconn.StreamProblem("stream TELEMETRY_DLQ missing", missing=True)
+    slow = natsconn.StreamProblem("stream TELEMETRY_DLQ not answering (TimeoutError)", False)
+
+    repair.check(slow)  # may well exist: nothing is made
+    await asyncio.sleep(0.03)
+    assert js.streams_added == 0
+    repair.check(missing)
+    repair.check(missing)  # one run at a time
+    await asyncio.sleep(0.03)  # it tries again while JetStream does not answer
+    js.answering = True
+    for _ in range(100):
+        if js.streams_added:
+            break
+        await asyncio.sleep(0.01)
+    assert js.streams_added == 3  # one run: the three streams once
+    repair.check(missing)  # done, but a run started less than STREAM_RETRY_S ago
+    await asyncio.sleep(0.03)
+    assert js.streams_added == 3
+    now[0] += 1.0
+    repair.check(missing)
+    await asyncio.sleep(0.03)
+    assert js.streams_added == 6
+    await repair.close()
+    now[0] += 1.0
+    repair.check(missing)  # a readiness probe during a stop
+    await asyncio.sleep(0.03)
+    assert js.streams_added == 6
