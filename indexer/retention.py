@@ -136,13 +136,14 @@ async def retention_day(admin: IndexAdmin, local: date) -> date:
         )
         return local
     if remote < local:
-        log.warning(
-            "retention: this host's clock is ahead of OpenSearch's (%s against %s); going by"
-            " OpenSearch's day",
-            local,
-            remote,
-            extra={"local_day": local.isoformat(), "opensearch_day": remote.isoformat()},
-        )
+        if local - remote > timedelta(days=1):  # not seconds of skew around midnight
+            log.warning(
+                "retention: this host's clock is ahead of OpenSearch's (%s against %s); going"
+                " by OpenSearch's day",
+                local,
+                remote,
+                extra={"local_day": local.isoformat(), "opensearch_day": remote.isoformat()},
+            )
         return remote
     return local
 

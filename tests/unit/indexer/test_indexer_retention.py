@@ -156,6 +156,17 @@ async def test_a_host_clock_ahead_of_opensearch_deletes_only_by_opensearch_day(
     assert "clock is ahead of OpenSearch's (2031-06-01 against 2026-02-02)" in caplog.text
 
 
+async def test_a_day_of_difference_goes_by_the_earlier_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Seconds of skew around midnight: a day apart, not worth a warning every run.
+    admin = FakeAdmin(NAMES, clock=date(2026, 2, 1))
+    with caplog.at_level(logging.WARNING, logger="indexer.retention"):
+        await _one_run(admin, local=date(2026, 2, 2))
+    assert admin.deleted == ["t-2026-01-01"]  # what 2026-02-01 expires
+    assert caplog.text == ""
+
+
 async def test_an_opensearch_clock_ahead_of_the_host_deletes_by_the_host_day() -> None:
     admin = FakeAdmin(NAMES, clock=date(2031, 6, 1))
     await _one_run(admin, local=date(2026, 2, 2))
