@@ -217,7 +217,7 @@ class QueryServicer(qs_grpc.QueryServiceServicer):
             return
         try:
             words = await self._search.has_words(text)
-        except SearchUnavailableError as err:
+        except (SearchUnavailableError, SearchRequestError) as err:
             log.debug("could not analyse free text: %s", err)
             return
         if not words:

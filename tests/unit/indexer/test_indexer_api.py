@@ -137,7 +137,14 @@ async def test_no_word_check_costs_nothing_when_events_match_or_no_text(
     assert search.analysed == []
 
 
-@pytest.mark.parametrize("words", [True, SearchUnavailableError("analyse refused", status=403)])
+@pytest.mark.parametrize(
+    "words",
+    [
+        True,
+        SearchUnavailableError("analyse refused", status=403),
+        SearchRequestError(400, "analyse refused"),
+    ],
+)
 async def test_text_with_words_or_an_unanswered_analysis_keeps_the_empty_answer(
     served: tuple[FakeSearch, qs_grpc.QueryServiceAsyncStub], words: bool | Exception
 ) -> None:
