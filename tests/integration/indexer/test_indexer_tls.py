@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import ssl
-import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -33,42 +32,13 @@ from opensearchpy import AsyncOpenSearch
 from telemetry.v1 import query_service_pb2 as qs
 
 from indexer import Indexer
+from tests.certificates import make_certificates
 from tests.servers import NatsProcess
 
 pytestmark = pytest.mark.integration
 
 USER, PASSWORD = "indexer-user", "s3cret-Passw0rd"
 NOT_READY_WAIT_S = 3.0
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    done = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-
-
-def _make_certificates(folder: Path) -> tuple[Path, Path, Path]:
-    """A CA, and a certificate it signed for localhost / 127.0.0.1: (ca, cert, key)."""
-    _openssl(
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=telemetry test CA",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        cwd=folder,
-    )  # fmt: skip
-    _openssl(
-        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-        "-subj", "/CN=localhost",
-        cwd=folder,
-    )  # fmt: skip
-    (folder / "server.ext").write_text(
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
-    )
-    _openssl(
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-days", "2", "-out", "server.pem", "-extfile", "server.ext",
-        cwd=folder,
-    )  # fmt: skip
-    return folder / "ca.pem", folder / "server.pem", folder / "server.key"
 
 
 class TlsRelay:
@@ -129,7 +99,7 @@ async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> Non
 
 @pytest.fixture
 async def relay(opensearch_url: str, tmp_path: Path) -> AsyncIterator[tuple[TlsRelay, str, Path]]:
-    ca, cert, key = _make_certificates(tmp_path)
+    ca, cert, key = make_certificates(tmp_path)
     running = TlsRelay(opensearch_url, cert, key)
     url = await running.start()
     try:

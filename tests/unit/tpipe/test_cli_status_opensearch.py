@@ -13,7 +13,6 @@ import base64
 import http.server
 import json
 import ssl
-import subprocess
 import threading
 import warnings
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests.certificates import make_certificates
 from tests.servers import free_port
 from tpipe import _cmd_status, _commands
 
@@ -29,36 +29,10 @@ USER, PASSWORD = "monitor", "s3cret"
 _HEALTH = {"status": "green", "number_of_nodes": 3, "active_shards": 12, "unassigned_shards": 0}
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    done = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-
-
 @pytest.fixture(scope="module")
 def certificates(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """A private CA, and a certificate it signed for 127.0.0.1: (ca, cert, key)."""
-    folder = tmp_path_factory.mktemp("certs")
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    _openssl(
-        "req", "-x509", *ec, "-days", "2", "-keyout", "ca.key", "-out", "ca.pem",
-        "-subj", "/CN=status test CA",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        cwd=folder,
-    )  # fmt: skip
-    _openssl(
-        "req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost",
-        cwd=folder,
-    )  # fmt: skip
-    (folder / "server.ext").write_text(
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
-    )
-    _openssl(
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-days", "2", "-out", "server.pem", "-extfile", "server.ext",
-        cwd=folder,
-    )  # fmt: skip
-    return folder / "ca.pem", folder / "server.pem", folder / "server.key"
+    return make_certificates(tmp_path_factory.mktemp("certs"))
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
