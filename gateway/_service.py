@@ -18,12 +18,11 @@ from gateway._ratelimit import RateLimiter
 from gateway._validate import Limits
 from gateway.config import GatewayConfig
 from pipeline import tracing
+from pipeline.grpcserver import ReadinessHealth
 from pipeline.service import HttpServer
 from pipeline.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
-
-HEALTH_POLL_S = 1.0
 
 
 class Broker(Publisher, Protocol):
@@ -112,9 +111,12 @@ class Gateway:
             graceful_stop_s=config.graceful_stop_s,
             reuse_port=config.reuse_port,
         )
+        # gRPC health follows readiness; becoming ready, the limits are checked against the
+        # broker's max_payload (known once connected).
+        self._health = ReadinessHealth(
+            self._grpc, name="gateway", logger=log, on_ready=self._warn_if_events_may_not_fit
+        )
         self._health_task: asyncio.Task[None] | None = None
-        self._serving: bool | None = None
-        self._serving_lock = asyncio.Lock()
         self._started = False
 
     @property
@@ -135,30 +137,11 @@ class Gateway:
         await self._broker.start()
         await self._http.start()
         await self._grpc.start()
-        self._health_task = asyncio.create_task(self._track_health())
+        self._health_task = asyncio.create_task(self._health.follow(self.ready))
         log.info(
             "gateway listening",
             extra={"http_port": self.http_port, "grpc_port": self.grpc_port},
         )
-
-    async def _track_health(self) -> None:
-        while True:
-            await self.ready()
-            await asyncio.sleep(HEALTH_POLL_S)
-
-    async def _record(self, ok: bool, reason: str) -> None:
-        """Puts a readiness answer into gRPC health, so /readyz and gRPC never disagree."""
-        async with self._serving_lock:
-            if ok == self._serving:
-                return
-            was_ready, self._serving = self._serving, ok
-            await self._grpc.set_serving(ok)
-        if ok:
-            log.info("gateway ready")
-            self._warn_if_events_may_not_fit()
-        else:  # a warning when it was ready; at start, waiting for NATS is normal
-            level = logging.WARNING if was_ready else logging.INFO
-            log.log(level, "gateway not ready", extra={"reason": reason})
 
     def _warn_if_events_may_not_fit(self) -> None:
         """Warns when the limits allow events larger than one broker message (known once
@@ -202,5 +185,5 @@ class Gateway:
         """
         ok, reason = await self._broker.ready()
         if self._started:
-            await self._record(ok, reason)
+            await self._health.record(ok, reason)
         return ok, reason

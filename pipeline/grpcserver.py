@@ -107,11 +107,17 @@ class ReadinessHealth:
     """
 
     def __init__(
-        self, server: GrpcServer, *, name: str, logger: logging.Logger | None = None
+        self,
+        server: GrpcServer,
+        *,
+        name: str,
+        logger: logging.Logger | None = None,
+        on_ready: Callable[[], None] | None = None,
     ) -> None:
         self._server = server
         self._name = name
         self._log = logger or log
+        self._on_ready = on_ready  # called each time the service becomes ready
         self._serving: bool | None = None
         self._lock = asyncio.Lock()
 
@@ -124,6 +130,8 @@ class ReadinessHealth:
             await self._server.set_serving(ok)
         if ok:
             self._log.info("%s ready", self._name)
+            if self._on_ready is not None:
+                self._on_ready()
         else:
             level = logging.WARNING if was_ready else logging.INFO
             self._log.log(level, "%s not ready", self._name, extra={"reason": reason})
