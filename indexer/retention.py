@@ -26,8 +26,9 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Protocol
 
-from indexer.errors import SearchUnavailableError
+from indexer.errors import IndexerError, SearchUnavailableError
 from indexer.metrics import Metrics
+from pipeline.tasks import restarting
 
 log = logging.getLogger(__name__)
 
@@ -158,11 +159,22 @@ async def run_forever(
     today: Callable[[], date] = _utc_today,
 ) -> None:
     """Runs retention now and then every `interval_s` seconds, until cancelled; each run
-    goes by `retention_day` of `today()`."""
-    while True:
-        try:
-            day = await retention_day(admin, today())
-            await run_once(admin, prefix=prefix, keep_days=keep_days, today=day, metrics=metrics)
-        except Exception as err:  # OpenSearch away: try again next round
-            log.warning("retention run failed: %s", err)
-        await asyncio.sleep(interval_s)
+    goes by `retention_day` of `today()`.
+
+    A run OpenSearch does not answer, or refuses, is logged and made again at the next
+    interval. One that ends on any other error (a bug) is logged with its stack and made again
+    after a pause (pipeline.tasks.restarting: 1 s, doubling up to 30 s while it keeps failing).
+    """
+
+    async def runs() -> None:
+        while True:
+            try:
+                day = await retention_day(admin, today())
+                await run_once(
+                    admin, prefix=prefix, keep_days=keep_days, today=day, metrics=metrics
+                )
+            except IndexerError as err:  # OpenSearch away or refusing: try again next round
+                log.warning("retention run failed: %s", err)
+            await asyncio.sleep(interval_s)
+
+    await restarting(runs, what="retention", logger=log)

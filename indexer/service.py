@@ -3,7 +3,10 @@
 start(): serve QueryService and the ops routes, then, in the background, connect NATS
 (waiting for it), ensure the streams (retried until JetStream answers), install the index
 template (retried until OpenSearch answers), and consume (the durable consumer's creation
-retried the same way); readiness says which step it waits for. stop(): stop fetching,
+retried the same way); readiness says which step it waits for. Should that task end on an
+unexpected error, it is logged with its stack, what it had set up is closed, and it starts
+again after a pause (pipeline.tasks.restarting); readiness names the error until it is through.
+Retention runs in the background too, started again the same way. stop(): stop fetching,
 let in-flight events be indexed and their messages acked (up to the graceful stop
 time), close the writer, nak what is left for redelivery at once, then close
 everything. Both are idempotent.
@@ -31,7 +34,7 @@ from indexer.store import client as store_client
 from pipeline import natsconn, subjects, tracing
 from pipeline.grpcserver import ReadinessHealth
 from pipeline.service import HttpServer, ops_app
-from pipeline.tasks import cancel_and_wait
+from pipeline.tasks import cancel_and_wait, restarting
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +100,7 @@ class Indexer:
         self._template_ready = asyncio.Event()
         self._consuming = asyncio.Event()
         self._waiting = ""  # what _begin is retrying, for readiness
+        self._start_failure = ""  # the error _begin ended on, until a new run is through
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
 
@@ -128,7 +132,12 @@ class Indexer:
             await self.stop()
             raise
         self._writer.start()
-        self._tasks.append(asyncio.create_task(self._begin(), name="indexer-begin"))
+        self._tasks.append(
+            asyncio.create_task(
+                restarting(self._begin, what="start-up", logger=log, failed=self._begin_failed),
+                name="indexer-begin",
+            )
+        )
         self._tasks.append(
             asyncio.create_task(self._health.follow(self.ready), name="indexer-health")
         )
@@ -186,7 +195,28 @@ class Indexer:
         self._template_ready.set()
         await self._until_done("not consuming yet", self._consumer.start)
         self._waiting = ""
+        self._start_failure = ""
         self._consuming.set()
+
+    async def _begin_failed(self, failure: str) -> None:
+        # _begin ended on an error before it was through (the consumer was not started): what
+        # it set up is closed, and the next run sets it up again, on a new connection.
+        self._start_failure = failure
+        self._waiting = ""
+        self._streams_ready.clear()
+        self._template_ready.clear()
+        if self._repair is not None:
+            await self._repair.close()
+            self._repair = None
+        if self._consumer is not None:
+            await self._consumer.close()
+            self._consumer = None
+        self._intake = None
+        self._js = None
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+            self._nc = None
 
     async def _until_done(self, what: str, step: Callable[[], Awaitable[object]]) -> None:
         while True:
@@ -259,6 +289,8 @@ class Indexer:
         return ok, reason
 
     async def _readiness(self) -> tuple[bool, str]:
+        if self._start_failure:
+            return False, self._start_failure
         if self._nc is None or not self._nc.is_connected or self._js is None:
             return False, "nats not connected"
         if not self._streams_ready.is_set():

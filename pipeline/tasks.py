@@ -1,9 +1,11 @@
-"""Background tasks: cancelling them so that they really end."""
+"""Background tasks: cancelling them so that they really end, and starting again work that
+ended on an unexpected error."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -37,3 +39,37 @@ async def cancel_and_wait(*tasks: asyncio.Task[Any]) -> None:
             log.warning("%s ended on an error: %r", task.get_name(), task.exception())
     if interrupted:
         raise asyncio.CancelledError
+
+
+# Work that ends on an unexpected error is started again after this pause, doubling up to
+# RESTART_MAX_S while it keeps ending so.
+RESTART_S = 1.0
+RESTART_MAX_S = 30.0
+
+
+async def restarting(
+    work: Callable[[], Awaitable[None]],
+    *,
+    what: str,
+    logger: logging.Logger,
+    failed: Callable[[str], Awaitable[None]] | None = None,
+) -> None:
+    """Runs `work()` until it returns, starting it again each time it ends on an error.
+
+    The error is logged with its stack (`<what> stopped on an error: <error>; starting it
+    again in <n> s`), `failed` is given the first part of that line (for readiness, and to
+    undo what the run left half done), and `work()` starts again after a pause: RESTART_S,
+    doubling up to RESTART_MAX_S while it keeps failing. Cancelling ends it, in the pause too.
+    """
+    delay = RESTART_S
+    while True:
+        try:
+            await work()
+            return
+        except Exception as err:
+            failure = f"{what} stopped on an error: {err!r}"
+            logger.error("%s; starting it again in %g s", failure, delay, exc_info=err)
+            if failed is not None:
+                await failed(failure)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, RESTART_MAX_S)

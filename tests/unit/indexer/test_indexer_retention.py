@@ -188,3 +188,68 @@ async def test_opensearch_away_deletes_nothing_this_run() -> None:
         admin = FakeAdmin(NAMES, clock=SearchUnavailableError("away", status=status))
         await _one_run(admin, local=date(2031, 6, 1))
         assert admin.deleted == []
+
+
+async def test_a_run_ending_on_an_unexpected_error_is_logged_and_made_again_soon(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A bug, not OpenSearch away: logged with its stack, and the run made again after a short
+    # pause, not only after the interval (an hour here).
+    monkeypatch.setattr("pipeline.tasks.RESTART_S", 0.01)
+
+    class Broken(FakeAdmin):
+        calls = 0
+        ran = asyncio.Event()
+
+        async def index_creation_days(self) -> dict[str, date | None]:
+            self.calls += 1
+            if self.calls <= 2:
+                raise KeyError("creation.date")
+            return await super().index_creation_days()
+
+        async def delete_index(self, name: str) -> bool:
+            self.ran.set()
+            return await super().delete_index(name)
+
+    admin = Broken(NAMES)
+    task = asyncio.create_task(
+        retention.run_forever(
+            admin, prefix="t-", keep_days=2, interval_s=3600, today=lambda: date(2026, 2, 2)
+        )
+    )
+    try:
+        with caplog.at_level(logging.ERROR, logger="indexer.retention"):
+            await asyncio.wait_for(admin.ran.wait(), 5)
+            for _ in range(5):
+                await asyncio.sleep(0)  # the rest of the run
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert admin.deleted == ["t-2026-01-01", "t-2026-01-30"]
+    failures = [r for r in caplog.records if r.name == "indexer.retention"]
+    assert [r.getMessage() for r in failures] == [
+        "retention stopped on an error: KeyError('creation.date'); starting it again in 0.01 s",
+        "retention stopped on an error: KeyError('creation.date'); starting it again in 0.02 s",
+    ]
+    assert all(r.levelno == logging.ERROR and r.exc_info for r in failures)
+
+
+async def test_opensearch_away_is_a_warning_and_waits_for_the_next_run(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("pipeline.tasks.RESTART_S", 0.001)
+    admin = FakeAdmin(NAMES, clock=SearchUnavailableError("away", status=503))
+    task = asyncio.create_task(
+        retention.run_forever(
+            admin, prefix="t-", keep_days=2, interval_s=3600, today=lambda: date(2026, 2, 2)
+        )
+    )
+    with caplog.at_level(logging.WARNING, logger="indexer.retention"):
+        await asyncio.sleep(0.05)  # room for runs made again, were it taken for a bug
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.WARNING, "retention run failed: away")
+    ]

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from indexer import service as service_module
 from indexer.config import Config
 from indexer.service import Indexer
 from pipeline.config import load
@@ -176,3 +177,87 @@ async def test_a_deleted_stream_is_created_again_and_the_consumer_too(
     await until(ready, "ready again, without a restart")
     assert stream in js.streams
     assert ("TELEMETRY_ENRICHED", "indexer") in js.consumers
+
+
+async def test_a_start_up_ending_on_an_error_is_named_by_readiness_and_started_again(
+    nats: Nats, indexer: Indexer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What NATS's connect raises besides an outage (a bug, a setting it rejects late): once.
+    monkeypatch.setattr("pipeline.tasks.RESTART_S", 0.01)
+    calls = 0
+
+    async def connect(settings: NatsSettings, *, name: str, **options: Any) -> FakeNats:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("broken")
+        return await nats.connect(settings, name=name, **options)
+
+    monkeypatch.setattr("indexer.service.natsconn.connect", connect)
+    nats.up.clear()  # the second try waits for NATS: the failure is still what readiness says
+
+    await indexer.start()
+
+    async def failure_named() -> bool:
+        failure = "start-up stopped on an error: RuntimeError('broken')"
+        return await readyz(indexer) == (503, failure)
+
+    await until(failure_named, "readiness naming the error")
+    assert "start-up stopped on an error: RuntimeError('broken'); starting it again" in caplog.text
+    assert any(record.exc_info for record in caplog.records if "start-up" in record.message)
+    nats.up.set()
+
+    async def ready() -> bool:
+        return await readyz(indexer) == (200, "ok")
+
+    await until(ready, "ready once started again")
+    assert calls == 2
+
+
+async def test_what_a_failed_start_up_set_up_is_closed_and_set_up_again(
+    nats: Nats, indexer: Indexer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Connected, streams ensured, then a step in between raises: the next run starts over on a
+    # new connection, the first one closed.
+    monkeypatch.setattr("pipeline.tasks.RESTART_S", 0.01)
+    clients: list[FakeNats] = []
+    real_intake = service_module.Intake
+
+    async def connect(settings: NatsSettings, *, name: str, **_: Any) -> FakeNats:
+        client = FakeNats(js=nats.client.js)
+        clients.append(client)
+        return client
+
+    def intake(*args: Any, **kwargs: Any) -> Any:
+        if len(clients) == 1:
+            raise ValueError("broken")
+        return real_intake(*args, **kwargs)
+
+    monkeypatch.setattr("indexer.service.natsconn.connect", connect)
+    monkeypatch.setattr("indexer.service.Intake", intake)
+    await indexer.start()
+
+    async def ready() -> bool:
+        return await readyz(indexer) == (200, "ok")
+
+    await until(ready, "ready once started again")
+    assert len(clients) == 2
+    assert clients[0].is_closed
+    assert not clients[1].is_closed
+
+
+async def test_stop_ends_a_start_up_pausing_after_an_error(
+    nats: Nats, indexer: Indexer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("pipeline.tasks.RESTART_S", 60.0)
+    failed = asyncio.Event()
+
+    async def connect(settings: NatsSettings, *, name: str, **_: Any) -> FakeNats:
+        failed.set()
+        raise RuntimeError("broken")
+
+    monkeypatch.setattr("indexer.service.natsconn.connect", connect)
+    await indexer.start()
+    await asyncio.wait_for(failed.wait(), 5)
+
+    await asyncio.wait_for(indexer.stop(), 5)

@@ -1,13 +1,16 @@
-"""Cancelling background tasks so that they end, whatever the Python version drops."""
+"""Cancelling background tasks so that they end, whatever the Python version drops, and work
+started again after an unexpected error."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 import pytest
 
-from pipeline.tasks import cancel_and_wait
+from pipeline import tasks
+from pipeline.tasks import cancel_and_wait, restarting
 
 
 async def test_cancel_and_wait_ends_a_loop_whose_cancel_was_dropped() -> None:
@@ -76,3 +79,53 @@ async def test_cancel_and_wait_logs_a_task_that_had_failed(
     await cancel_and_wait(task)
 
     assert "checker ended on an error: RuntimeError('broken')" in caplog.text
+
+
+async def test_restarting_starts_failing_work_again_after_a_doubling_pause(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(tasks, "RESTART_S", 0.001)
+    monkeypatch.setattr(tasks, "RESTART_MAX_S", 0.004)
+    runs = 0
+    failures: list[str] = []
+
+    async def work() -> None:
+        nonlocal runs
+        runs += 1
+        if runs <= 4:
+            raise RuntimeError(f"broken {runs}")
+
+    async def failed(failure: str) -> None:
+        failures.append(failure)
+
+    logger = logging.getLogger("test.restarting")
+    with caplog.at_level(logging.ERROR, logger="test.restarting"):
+        await asyncio.wait_for(restarting(work, what="work", logger=logger, failed=failed), 5)
+
+    assert runs == 5  # returned once the work did
+    assert failures == [
+        f"work stopped on an error: RuntimeError('broken {n}')" for n in range(1, 5)
+    ]
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{failure}; starting it again in {delay:g} s"
+        for failure, delay in zip(failures, (0.001, 0.002, 0.004, 0.004), strict=True)
+    ]
+    assert all(record.exc_info is not None for record in caplog.records)  # with the stack
+
+
+async def test_restarting_is_cancelled_promptly_in_its_pause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tasks, "RESTART_S", 60.0)
+
+    async def work() -> None:
+        raise RuntimeError("broken")
+
+    task = asyncio.create_task(restarting(work, what="work", logger=logging.getLogger("test")))
+    for _ in range(5):
+        await asyncio.sleep(0)  # failed, pausing
+    assert not task.done()
+
+    await asyncio.wait_for(cancel_and_wait(task), 1.0)
+
+    assert task.cancelled()
