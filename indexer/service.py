@@ -6,9 +6,13 @@ template (retried until OpenSearch answers), and consume (the durable consumer's
 retried the same way); readiness says which step it waits for. Should that task end on an
 unexpected error, it is logged with its stack, what it had set up is closed, and it starts
 again after a pause (pipeline.tasks.restarting); readiness names the error until it is through.
-Retention runs in the background too, started again the same way. stop(): stop fetching,
-let in-flight events be indexed and their messages acked (up to the graceful stop
-time), close the writer, nak what is left for redelivery at once, then close
+Retention runs in the background too, started again the same way.
+
+gRPC health: the whole server's follows readiness; QueryService's follows whether queries can
+be answered, that is whether OpenSearch answers (SERVING while NATS is away).
+
+stop(): stop fetching, let in-flight events be indexed and their messages acked (up to the
+graceful stop time), close the writer, nak what is left for redelivery at once, then close
 everything. Both are idempotent.
 """
 
@@ -23,7 +27,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from indexer import retention
-from indexer.api import QueryServer
+from indexer.api import SERVICE_NAME, QueryServer
 from indexer.bulk import BulkWriter
 from indexer.config import Config
 from indexer.consumer import EnrichedConsumer, NatsDeadLetters
@@ -32,7 +36,7 @@ from indexer.metrics import Metrics
 from indexer.store import OpenSearchStore
 from indexer.store import client as store_client
 from pipeline import natsconn, subjects, tracing
-from pipeline.grpcserver import ReadinessHealth
+from pipeline.grpcserver import SERVER, ReadinessHealth
 from pipeline.service import HttpServer, ops_app
 from pipeline.tasks import cancel_and_wait, restarting
 
@@ -83,8 +87,13 @@ class Indexer:
             metrics=self.metrics,
             tracer=self.tracing,
         )
-        # NOT_SERVING until the indexer is ready, and whenever it is not.
-        self._health = ReadinessHealth(self._query, name="indexer", logger=log)
+        # The whole server: NOT_SERVING until the indexer is ready, and whenever it is not.
+        self._health = ReadinessHealth(self._query, name="indexer", logger=log, names=(SERVER,))
+        # QueryService: NOT_SERVING until OpenSearch answers, and whenever it does not; queries
+        # need nothing else, so a balancer checking it keeps the indexer while NATS is away.
+        self._query_health = ReadinessHealth(
+            self._query, name="QueryService", logger=log, names=(SERVICE_NAME,)
+        )
         self._http = HttpServer(
             ops_app(self, self.metrics.registry),
             host=config.http_host,
@@ -140,6 +149,11 @@ class Indexer:
         )
         self._tasks.append(
             asyncio.create_task(self._health.follow(self.ready), name="indexer-health")
+        )
+        self._tasks.append(
+            asyncio.create_task(
+                self._query_health.follow(self._answers_queries), name="indexer-query-health"
+            )
         )
         if config.retention_days > 0:
             self._tasks.append(
@@ -281,11 +295,21 @@ class Indexer:
         template is installed and the durable consumer is fetching without failing. A stream
         found missing is created again in the background (and the consumer, by the fetch loop).
 
-        Every answer (a /readyz probe or the health poll) also sets gRPC health.
+        Every answer (a /readyz probe or the health poll) also sets the whole server's gRPC
+        health.
         """
         ok, reason = await self._readiness()
         if self._started:
             await self._health.record(ok, reason)
+        return ok, reason
+
+    async def _answers_queries(self) -> tuple[bool, str]:
+        """Whether QueryService can answer: OpenSearch answers (as readiness asks it). Sets
+        QueryService's gRPC health."""
+        ok = await self._store.ping()
+        reason = "ok" if ok else "opensearch not answering"
+        if self._started:
+            await self._query_health.record(ok, reason)
         return ok, reason
 
     async def _readiness(self) -> tuple[bool, str]:

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_GRACE_S = 5.0
 HEALTH_POLL_S = 1.0
+SERVER = ""  # grpc.health.v1's name for the whole server
 
 
 class ListenError(PipelineError):
@@ -30,7 +31,8 @@ class ListenError(PipelineError):
 class GrpcServer:
     """grpc.aio server with one service, health checking and reflection.
 
-    Health is NOT_SERVING from start until `set_serving(True)`; `stop()` turns it to
+    Health is NOT_SERVING from start until `set_serving(True)`, for the whole server (SERVER)
+    and for the service (`service_name`), together or each on its own; `stop()` turns both to
     NOT_SERVING for good and lets calls in flight finish within the grace period.
     """
 
@@ -52,6 +54,11 @@ class GrpcServer:
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self.port = 0
+
+    @property
+    def service_name(self) -> str:
+        """The service's full name, as gRPC health and reflection know it."""
+        return self._service_name
 
     def register(self, server: grpc.aio.Server) -> None:
         """Adds the service's own servicer to `server`."""
@@ -77,14 +84,15 @@ class GrpcServer:
         self._server = server
         await self.set_serving(False)
 
-    async def set_serving(self, serving: bool) -> None:
-        """Reports SERVING or NOT_SERVING for the whole server and for the service."""
+    async def set_serving(self, serving: bool, *, names: Sequence[str] | None = None) -> None:
+        """Reports SERVING or NOT_SERVING under each of `names` (SERVER, the service's name);
+        by default for the whole server and the service. Ignored once `stop()` has begun."""
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for name in ("", self._service_name):
+        for name in (SERVER, self._service_name) if names is None else names:
             await self._health.set(name, status)
 
     async def stop(self, *, grace_s: float | None = None) -> None:
@@ -104,6 +112,10 @@ class ReadinessHealth:
     `follow()` asks for one every HEALTH_POLL_S besides. A change is logged: `<name> ready`, or
     `<name> not ready` with the reason (a warning when it was ready: at start, waiting is
     normal).
+
+    It sets the health of `names` (see `GrpcServer.set_serving`), by default the whole
+    server's and the service's; a service whose calls need less than it needs to be ready
+    keeps one of these for SERVER and one, following what its calls need, for its service.
     """
 
     def __init__(
@@ -113,9 +125,11 @@ class ReadinessHealth:
         name: str,
         logger: logging.Logger | None = None,
         on_ready: Callable[[], None] | None = None,
+        names: Sequence[str] | None = None,
     ) -> None:
         self._server = server
         self._name = name
+        self._names = names
         self._log = logger or log
         self._on_ready = on_ready  # called each time the service becomes ready
         self._serving: bool | None = None
@@ -127,7 +141,7 @@ class ReadinessHealth:
             if ok == self._serving:
                 return
             was_ready, self._serving = self._serving, ok
-            await self._server.set_serving(ok)
+            await self._server.set_serving(ok, names=self._names)
         if ok:
             self._log.info("%s ready", self._name)
             if self._on_ready is not None:

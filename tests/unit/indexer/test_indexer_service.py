@@ -4,6 +4,7 @@ serves and what its readiness says while they are away."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -128,17 +129,17 @@ async def health(indexer: Indexer) -> list[int]:
         ]
 
 
-SERVING = [health_pb2.HealthCheckResponse.SERVING] * 2
-NOT_SERVING = [health_pb2.HealthCheckResponse.NOT_SERVING] * 2
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-async def test_grpc_health_is_not_serving_until_ready_and_whenever_not_ready(
+async def test_grpc_health_of_the_server_is_not_serving_until_ready_and_whenever_not_ready(
     nats: Nats, indexer: Indexer
 ) -> None:
     nats.up.clear()
     await indexer.start()
     assert await readyz(indexer) == (503, "nats not connected")
-    assert await health(indexer) == NOT_SERVING
+    assert (await health(indexer))[0] == NOT_SERVING
 
     nats.up.set()
 
@@ -146,17 +147,122 @@ async def test_grpc_health_is_not_serving_until_ready_and_whenever_not_ready(
         return await readyz(indexer) == (200, "ok")
 
     await until(ready, "ready")
-    assert await health(indexer) == SERVING
+    assert await health(indexer) == [SERVING, SERVING]
 
     nats.client.is_connected = False  # NATS away: /readyz and health say so at once
     assert await readyz(indexer) == (503, "nats not connected")
-    assert await health(indexer) == NOT_SERVING
+    assert (await health(indexer))[0] == NOT_SERVING
     nats.client.is_connected = True
 
     async def serving_again() -> bool:  # without a probe: the health poll sees it
-        return await health(indexer) == SERVING
+        return (await health(indexer))[0] == SERVING
 
     await until(serving_again, "serving again")
+
+
+async def test_query_service_health_follows_opensearch_not_nats(
+    nats: Nats, indexer: Indexer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Queries need OpenSearch only: a balancer checking QueryService keeps an indexer that
+    # answers them while NATS is away.
+    monkeypatch.setattr("pipeline.grpcserver.HEALTH_POLL_S", 0.01)
+    opensearch = {"answers": False}
+
+    async def ping() -> bool:
+        return opensearch["answers"]
+
+    monkeypatch.setattr(indexer._store, "ping", ping)
+    nats.up.clear()
+    await indexer.start()
+
+    await asyncio.sleep(0.05)  # polled a few times
+    assert await health(indexer) == [NOT_SERVING, NOT_SERVING]
+
+    opensearch["answers"] = True
+
+    async def query_service_serving() -> bool:
+        return await health(indexer) == [NOT_SERVING, SERVING]
+
+    await until(query_service_serving, "QueryService serving while NATS is away")
+    assert await readyz(indexer) == (503, "nats not connected")
+
+    opensearch["answers"] = False
+
+    async def query_service_not_serving() -> bool:
+        return await health(indexer) == [NOT_SERVING, NOT_SERVING]
+
+    await until(query_service_not_serving, "QueryService not serving, OpenSearch away")
+
+
+async def test_query_service_health_changes_are_logged_once_each(
+    nats: Nats, indexer: Indexer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("pipeline.grpcserver.HEALTH_POLL_S", 0.01)
+    opensearch = {"answers": True}
+
+    async def ping() -> bool:
+        return opensearch["answers"]
+
+    monkeypatch.setattr(indexer._store, "ping", ping)
+    nats.up.clear()
+    with caplog.at_level(logging.INFO, logger="indexer.service"):
+        await indexer.start()
+
+        async def query_service_is(status: int) -> bool:
+            return (await health(indexer))[1] == status
+
+        await until(lambda: query_service_is(SERVING), "QueryService serving")
+        opensearch["answers"] = False
+        await until(lambda: query_service_is(NOT_SERVING), "QueryService not serving")
+        await asyncio.sleep(0.05)  # polled a few times more
+
+    lines = [
+        (r.levelno, r.getMessage(), getattr(r, "reason", None))
+        for r in caplog.records
+        if r.getMessage().startswith("QueryService")
+    ]
+    assert lines == [
+        (logging.INFO, "QueryService ready", None),
+        (logging.WARNING, "QueryService not ready", "opensearch not answering"),
+    ]
+
+
+async def test_query_service_health_is_not_serving_for_good_once_stop_begins(
+    nats: Nats, indexer: Indexer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("pipeline.grpcserver.HEALTH_POLL_S", 0.01)
+    opensearch = {"answers": True}
+
+    async def ping() -> bool:
+        return opensearch["answers"]
+
+    monkeypatch.setattr(indexer._store, "ping", ping)
+    await indexer.start()
+
+    async def ready() -> bool:
+        return await health(indexer) == [SERVING, SERVING]
+
+    await until(ready, "serving")
+    closing, release = asyncio.Event(), asyncio.Event()
+    close = indexer._writer.close
+
+    async def held_close() -> None:  # the stop held while queries are still answered
+        closing.set()
+        await release.wait()
+        await close()
+
+    monkeypatch.setattr(indexer._writer, "close", held_close)
+    stopping = asyncio.create_task(indexer.stop())
+    try:
+        await asyncio.wait_for(closing.wait(), 5)
+        opensearch["answers"] = False  # OpenSearch away and back: no poll sets SERVING again
+        await asyncio.sleep(0.05)
+        opensearch["answers"] = True
+        await asyncio.sleep(0.05)
+        assert await health(indexer) == [NOT_SERVING, NOT_SERVING]
+    finally:
+        release.set()
+        await asyncio.wait_for(stopping, 5)
 
 
 @pytest.mark.parametrize("stream", ["TELEMETRY_ENRICHED", "TELEMETRY_DLQ"])
