@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, key_problem
 from gateway.errors import PermissionDenied, Unauthenticated
 from pipeline.errors import ConfigError
 from pipeline.subjects import valid_token
@@ -53,6 +53,10 @@ class KeyStore:
                 raise ConfigError(f"app id {app_id!r} of a write key {APP_ID_RULE}")
         if any(key.startswith(PLACEHOLDER_PREFIX) for key in (*write, *read)):
             raise ConfigError(f"a key {PLACEHOLDER_PROBLEM}")
+        for key in (*write, *read):
+            problem = key_problem(key)
+            if problem:
+                raise ConfigError(f"a key {problem}")
         overlap = set(write) & set(read)
         if overlap:
             raise ConfigError("a key is configured both as a write key and as a read key")
@@ -66,8 +70,10 @@ class KeyStore:
         """Keys from GATEWAY_WRITE_KEYS, GATEWAY_READ_KEYS and the GATEWAY_KEYS_FILE.
 
         A problem names where the key came from (variable or file, and the entry's
-        position), never the key: a key listed twice for two owners, an app id that is no
-        subject token, a placeholder, a key that is both a write and a read key.
+        position), never the key: a key no request could send (empty, whitespace at an
+        end or inside, a control or non-ASCII character), a key listed twice for two
+        owners, an app id that is no subject token, a placeholder, a key that is both a
+        write and a read key. A key is taken as written, never trimmed.
         """
         write = _entries("GATEWAY_WRITE_KEYS", config.write_keys)
         read = _entries("GATEWAY_READ_KEYS", config.read_keys)
@@ -146,7 +152,9 @@ def _entries(variable: str, items: Sequence[str]) -> list[_Entry]:
     out = []
     for number, item in enumerate(items, 1):
         key, _, owner = item.partition(":")
-        out.append(_Entry(key.strip(), owner.strip(), f"{variable} entry {number}"))
+        # The key as written: load() refused one no request could send (whitespace
+        # around it included); the list's own spaces, around each entry, are gone.
+        out.append(_Entry(key, owner.strip(), f"{variable} entry {number}"))
     return out
 
 
@@ -191,8 +199,9 @@ def _load_file(path: Path) -> tuple[list[_Entry], list[_Entry]]:
         entries = []
         for number, (key, owner) in enumerate(part, 1):
             entry = f"{section} entry {number} of {where}"
-            if not key:
-                raise ConfigError(f"{entry}: the key is empty")
+            problem = key_problem(key)
+            if problem:
+                raise ConfigError(f"{entry}: the key {problem}")
             if not isinstance(owner, str) or not owner:
                 raise ConfigError(f"{entry}: its name must be a non-empty string")
             entries.append(_Entry(key, owner, entry))

@@ -38,6 +38,38 @@ def _cidrs(value: tuple[str, ...]) -> str | None:
     return None
 
 
+def key_problem(key: str) -> str | None:
+    """What keeps a configured key from ever matching a request's, or None.
+
+    A request presents its key in an `Authorization: Bearer` or `X-Api-Key` header, or in
+    gRPC metadata, and the gateway drops whitespace around it there: a key matches only if
+    it is printable ASCII without whitespace (what all three carry as it is). The text
+    follows "the key" and never quotes the key.
+    """
+    if not key:
+        return "is empty"
+    if key[0].isspace() or key[-1].isspace():
+        end = "begins" if key[0].isspace() else "ends"
+        return (
+            f"{end} with whitespace, which a request cannot send (it is dropped from the"
+            " header), so no request would match it: remove the whitespace"
+        )
+    for char in key:
+        if "!" <= char <= "~":
+            continue
+        if char.isspace():
+            what = "whitespace"
+        elif char.isprintable():
+            what = "a non-ASCII character"
+        else:
+            what = "a control or other invisible character"
+        return (
+            f"holds {what}, which a request cannot send as part of a key (a key is printable"
+            " ASCII without spaces), so no request would match it"
+        )
+    return None
+
+
 def _key_pairs(value: tuple[str, ...]) -> str | None:
     """Checks <key>:<id> entries; a problem names the entry by position, never its text."""
     for number, item in enumerate(value, 1):
@@ -49,6 +81,9 @@ def _key_pairs(value: tuple[str, ...]) -> str | None:
             return f"{entry} has no key before its ':' (each entry is <key>:<id>)"
         if not owner.strip():
             return f"{entry} has no id after its ':' (each entry is <key>:<id>)"
+        problem = key_problem(key)
+        if problem:
+            return f"{entry}: the key {problem}"
     return None
 
 
@@ -62,15 +97,16 @@ class GatewayConfig(NatsSettings, TracingSettings):
     write_keys: tuple[str, ...] = setting(
         "GATEWAY_WRITE_KEYS",
         (),
-        "write keys as <key>:<app_id>, comma-separated (the app id, 1-64 letters, digits, _ or"
-        " -, becomes the subject token; a key given twice must name one app)",
+        "write keys as <key>:<app_id>, comma-separated (a key is printable ASCII without"
+        " spaces; the app id, 1-64 letters, digits, _ or -, becomes the subject token; a key"
+        " given twice must name one app)",
         check=_key_pairs,
         secret=True,
     )
     read_keys: tuple[str, ...] = setting(
         "GATEWAY_READ_KEYS",
         (),
-        "read keys as <key>:<name>, comma-separated",
+        "read keys as <key>:<name>, comma-separated (a key is printable ASCII without spaces)",
         check=_key_pairs,
         secret=True,
     )

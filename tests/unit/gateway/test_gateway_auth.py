@@ -215,3 +215,93 @@ def test_a_key_both_written_and_read_names_both_places(tmp_path: Path) -> None:
         "GATEWAY_WRITE_KEYS entry 1 and read_keys entry 1 of GATEWAY_KEYS_FILE="
     )
     assert "k-secret" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("wk-1:app,wk-secret-2 :app", "entry 2 of 2: the key ends with whitespace"),
+        ("wk-1:app,wk-sec\tret-2:app", "entry 2 of 2: the key holds whitespace"),
+        ("wk-sec ret-2:app", "entry 1 of 1: the key holds whitespace"),
+        ("wk-secr\x01et-2:app", "entry 1 of 1: the key holds a control or other invisible"),
+        ("wk-secrét-2:app", "entry 1 of 1: the key holds a non-ASCII character"),
+    ],
+)
+def test_an_environment_key_no_request_could_send_is_refused_naming_its_entry(
+    value: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(GatewayConfig, {"GATEWAY_WRITE_KEYS": value})
+
+    assert str(err.value).startswith(f"GATEWAY_WRITE_KEYS: {problem}")
+    assert "secr" not in str(err.value)
+
+
+def test_spaces_around_an_environment_entry_are_the_list_s_not_the_key_s() -> None:
+    config = load(GatewayConfig, {"GATEWAY_WRITE_KEYS": " wk-1:app , wk-2:app "})
+
+    store = KeyStore.from_config(config)
+
+    assert store.lookup("wk-1") == Principal(Kind.WRITE, "app")
+    assert store.lookup("wk-2") == Principal(Kind.WRITE, "app")
+
+
+@pytest.mark.parametrize(
+    ("doc", "where", "problem"),
+    [
+        (
+            b'{"write_keys": {"wk-1": "app", "wk-secret-2 ": "app"}}',
+            "write_keys entry 2 of GATEWAY_KEYS_FILE=",
+            "the key ends with whitespace",
+        ),
+        (
+            b'{"read_keys": {" rk-secret-1": "ops"}}',
+            "read_keys entry 1 of GATEWAY_KEYS_FILE=",
+            "the key begins with whitespace",
+        ),
+        (
+            b'{"read_keys": {"rk-secret-1\\n": "ops"}}',
+            "read_keys entry 1 of GATEWAY_KEYS_FILE=",
+            "the key ends with whitespace",
+        ),
+        (
+            b'{"write_keys": {"wk-secret-1 wk-secret-2": "app"}}',
+            "write_keys entry 1 of GATEWAY_KEYS_FILE=",
+            "the key holds whitespace",
+        ),
+        (
+            b'{"write_keys": {"wk-secret\\u0000": "app"}}',
+            "write_keys entry 1 of GATEWAY_KEYS_FILE=",
+            "the key holds a control or other invisible character",
+        ),
+        (
+            b'{"write_keys": {"wk-secret-\\u00e9": "app"}}',
+            "write_keys entry 1 of GATEWAY_KEYS_FILE=",
+            "the key holds a non-ASCII character",
+        ),
+        (
+            b'{"write_keys": {"": "app"}}',
+            "write_keys entry 1 of GATEWAY_KEYS_FILE=",
+            "the key is empty",
+        ),
+    ],
+)
+def test_a_file_key_no_request_could_send_is_refused_naming_file_and_entry(
+    tmp_path: Path, doc: bytes, where: str, problem: str
+) -> None:
+    path = _keys_file(tmp_path, doc)
+    config = load(GatewayConfig, {"GATEWAY_KEYS_FILE": path})
+
+    with pytest.raises(ConfigError) as err:
+        KeyStore.from_config(config)
+
+    message = str(err.value)
+    assert message.startswith(f"{where}{path!r}: {problem}")
+    assert "secret" not in message.replace(path, "")
+
+
+def test_a_key_is_never_trimmed_whatever_builds_the_store() -> None:
+    with pytest.raises(ConfigError, match=r"^a key ends with whitespace"):
+        KeyStore(write={"wk-1 ": "app"}, read={})
+    with pytest.raises(ConfigError, match=r"^a key holds whitespace"):
+        KeyStore.from_config(GatewayConfig(read_keys=("rk 1:ops",)))

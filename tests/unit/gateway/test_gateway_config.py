@@ -138,6 +138,7 @@ def test_bad_app_id_in_keys_exits_2(
         ("GATEWAY_WRITE_KEYS", "wk-secret-1:app,wk-secret-2", "entry 2 of 2 has no ':'"),
         ("GATEWAY_WRITE_KEYS", "wk-secret-1:,wk-secret-2:app", "entry 1 of 2 has no id"),
         ("GATEWAY_READ_KEYS", "rk-secret-1:ops, :ops", "entry 2 of 2 has no key"),
+        ("GATEWAY_READ_KEYS", "rk-secret-1 :ops", "entry 1 of 1: the key ends with whitespace"),
     ],
 )
 def test_a_bad_key_entry_is_named_by_its_position_never_by_its_text(
