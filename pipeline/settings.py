@@ -9,6 +9,7 @@ import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pipeline.config import non_empty, positive, setting
 from pipeline.errors import ConfigError
@@ -58,6 +59,33 @@ def _traces_exporter(value: str) -> str | None:
     return None if value in TRACES_EXPORTERS else f"must be one of {', '.join(TRACES_EXPORTERS)}"
 
 
+def _otlp_endpoint(value: str) -> str | None:
+    """Checks the collector's address as the OTLP/gRPC exporter reads it: the host and port
+    of a URL (what follows them is dropped), or a bare host:port. Never quotes the value."""
+    if not value:
+        return "must not be empty"
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (read for the ValueError of a port out of range)
+    except ValueError:
+        return "is not a URL with a valid host and port (expected http://host:port)"
+    if "@" in (parts.netloc or value):
+        # The exporter would dial "user:password@host" (which never connects) and write it
+        # in each failed export's log line.
+        return (
+            "holds a user name or password, which OTLP/gRPC does not send: give credentials"
+            " in OTEL_EXPORTER_OTLP_HEADERS (authorization=...)"
+        )
+    if parts.netloc and (parts.query or parts.fragment):
+        return (
+            "has a query string or fragment, which OTLP/gRPC does not send: give credentials"
+            " in OTEL_EXPORTER_OTLP_HEADERS (authorization=...)"
+        )
+    if parts.netloc and not parts.hostname:
+        return "has no host (expected http://host:port)"
+    return None
+
+
 @dataclass(frozen=True)
 class TracingSettings:
     """Observability traces (OpenTelemetry), under the standard OTEL_* names."""
@@ -71,8 +99,10 @@ class TracingSettings:
     otlp_endpoint: str = setting(
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         DEFAULT_OTLP_ENDPOINT,
-        "OTLP/gRPC collector for OTEL_TRACES_EXPORTER=otlp (http:// means no TLS)",
-        check=non_empty,
+        "OTLP/gRPC collector for OTEL_TRACES_EXPORTER=otlp (http:// means no TLS; credentials"
+        " go in OTEL_EXPORTER_OTLP_HEADERS, read by the exporter, not in the URL)",
+        check=_otlp_endpoint,
+        secret=True,  # may be written with credentials in it, which the check refuses unquoted
     )
 
 

@@ -44,6 +44,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 import zipfile
@@ -406,9 +407,31 @@ def inherited_settings(profile: Profile) -> list[str]:
     return [
         f"{key}=(set)"
         if any(word in key for word in SECRET_SETTING_WORDS)
-        else f"{key}={shlex.quote(os.environ[key])}"
+        else f"{key}={shlex.quote(shown_value(os.environ[key]))}"
         for key in names
     ]
+
+
+def shown_value(value: str) -> str:
+    """A setting's value as printed: each URL in it without its user, password, query or
+    fragment (OTEL_EXPORTER_OTLP_ENDPOINT=https://user:token@collector:4317 is no secret
+    by its name), `***` in their place."""
+    return ",".join(_shown_url(part) for part in value.split(","))
+
+
+def _shown_url(text: str) -> str:
+    if "://" not in text:
+        return text
+    try:
+        url = urllib.parse.urlsplit(text)
+    except ValueError:  # not readable as a URL: it could hide anything
+        return "***"
+    netloc = url.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    query = "***" if url.query else ""
+    fragment = "***" if url.fragment else ""
+    return urllib.parse.urlunsplit((url.scheme, netloc, url.path, query, fragment))
 
 
 def service_process(profile: Profile, name: str) -> ManagedProcess:

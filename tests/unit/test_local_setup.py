@@ -327,6 +327,40 @@ def test_the_settings_taken_from_the_shell_are_printed_once_before_the_services_
     assert [name for name in _declared_settings() if not local.is_pipeline_setting(name)] == []
 
 
+def test_a_url_taken_from_the_shell_is_printed_without_its_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local = _load_local()
+    monkeypatch.setattr(local, "LOCAL", tmp_path)
+    for name in list(os.environ):
+        if local.is_pipeline_setting(name):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", "https://tracer:s3cret@collector:4317/?token=s3cret#s3cret"
+    )
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+
+    shown = local.inherited_settings(local.PROFILES["dev"])
+
+    assert shown == [
+        "OTEL_EXPORTER_OTLP_ENDPOINT='https://***@collector:4317/?***#***'",
+        "OTEL_TRACES_EXPORTER=otlp",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("http://collector:4317", "http://collector:4317"),
+        ("nats://a:b@h1:4222,nats://h2:4222", "nats://***@h1:4222,nats://h2:4222"),
+        ("http://[s3cret", "***"),
+        ("text", "text"),
+    ],
+)
+def test_shown_value_leaves_out_what_a_url_may_hide(value: str, shown: str) -> None:
+    assert _load_local().shown_value(value) == shown
+
+
 # A `go` that records the Go variables of each call's environment, and "builds" nats-server.
 _FAKE_GO_BUILD = """#!/bin/sh
 echo "$1 GOFLAGS=$GOFLAGS GOOS=$GOOS GOARCH=$GOARCH" >> "{log}"

@@ -58,6 +58,39 @@ def test_an_unknown_exporter_names_the_variable() -> None:
         load(TracingSettings, {"OTEL_TRACES_EXPORTER": "jaeger"})
 
 
+@pytest.mark.parametrize(
+    ("endpoint", "problem"),
+    [
+        ("http://tracer:s3cret@collector:4317", "holds a user name or password"),
+        ("tracer:s3cret@collector:4317", "holds a user name or password"),
+        ("https://collector:4317/?token=s3cret", "has a query string or fragment"),
+        ("https://collector:4317#s3cret", "has a query string or fragment"),
+        ("http://s3cret:99999", "is not a URL with a valid host and port"),
+        ("http://[s3cret::1", "is not a URL with a valid host and port"),
+        ("http://:4317", "has no host"),
+    ],
+)
+def test_an_otlp_endpoint_the_exporter_cannot_use_is_refused_without_quoting_it(
+    endpoint: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(TracingSettings, {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint})
+
+    assert str(err.value).startswith(f"OTEL_EXPORTER_OTLP_ENDPOINT: {problem}")
+    assert "s3cret" not in str(err.value)
+    assert "4317" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    ["http://collector:4317", "https://[::1]:4317", "collector:4317", "127.0.0.1:4317"],
+)
+def test_an_otlp_endpoint_as_the_exporter_reads_it_is_taken(endpoint: str) -> None:
+    settings = load(TracingSettings, {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint})
+
+    assert settings.otlp_endpoint == endpoint
+
+
 @pytest.mark.parametrize("exporter_name", ["console", "otlp"])
 def test_console_and_otlp_record_spans(exporter_name: str) -> None:
     settings = load(
