@@ -93,6 +93,22 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def add_format_option(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, formats: dict[str, str]
+) -> None:
+    """--format, one of `formats` (name -> what it prints); the first is the default.
+
+    Help texts say an option's default as "(default X)", written in the text rather than
+    added by a formatter: argparse's would show "None" for options without one, and an
+    environment variable's value (a key, a URL with credentials) for those read from it.
+    """
+    names = tuple(formats)
+    described = "; ".join(f"{name}: {what}" for name, what in formats.items())
+    parser.add_argument(
+        "--format", choices=names, default=names[0], help=f"{described} (default {names[0]})"
+    )
+
+
 def env_default(name: str, default: str) -> str:
     """The environment variable's value, or `default` when it is unset or empty."""
     return os.environ.get(name, "").strip() or default

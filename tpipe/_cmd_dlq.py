@@ -41,7 +41,7 @@ from nats.js import JetStreamContext
 from telemetry.v1 import event_pb2
 
 from pipeline import subjects
-from tpipe._args import non_negative_float, url_list
+from tpipe._args import add_format_option, non_negative_float, url_list
 from tpipe.errors import UsageError, describe
 
 NATS_URL_ENV = "NATS_URL"
@@ -162,7 +162,7 @@ def add_parser(subparsers: Any) -> None:
         epilog="examples:\n" + EXAMPLES.strip("\n"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    nats_help = f"NATS URLs, comma-separated (env {NATS_URL_ENV}, default {DEFAULT_NATS_URL})"
+    nats_help = f"NATS URLs, comma-separated (env {NATS_URL_ENV}; default {DEFAULT_NATS_URL})"
     parser.add_argument(
         "--nats",
         default=os.environ.get(NATS_URL_ENV, "").strip() or DEFAULT_NATS_URL,
@@ -178,7 +178,9 @@ def add_parser(subparsers: Any) -> None:
         default=DEFAULT_LIMIT,
         help=f"at most this many (default {DEFAULT_LIMIT})",
     )
-    listing.add_argument("--format", choices=("table", "jsonl"), default="table")
+    add_format_option(
+        listing, {"table": "columns to read", "jsonl": "one dead letter a line, as JSON"}
+    )
     listing.add_argument("--nats", default=argparse.SUPPRESS, help=nats_help)
     replay = commands.add_parser("replay", help="send dead letters back to their subjects")
     replay.add_argument("--stage", help="only this stage's (enricher, indexer)")

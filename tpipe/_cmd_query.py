@@ -16,6 +16,7 @@ from tpipe._args import (
     Subparsers,
     add_command,
     add_filter_options,
+    add_format_option,
     build_filter,
     env_default,
     non_negative_int,
@@ -121,7 +122,9 @@ def register(sub: Subparsers, name: str) -> None:
         out.add_argument(
             "--limit", type=positive_int, help="at most this many events (pages as needed)"
         )
-        out.add_argument("--format", choices=("table", "jsonl"), default="table")
+        add_format_option(
+            out, {"table": "columns to read", "jsonl": "one EnrichedEvent a line, as JSON"}
+        )
         _add_partial(out)
         _add_connection(parser)
     else:
@@ -141,7 +144,9 @@ def register(sub: Subparsers, name: str) -> None:
         out.add_argument(
             "--limit", type=positive_int, default=10, help="most values of --by (default 10)"
         )
-        out.add_argument("--format", choices=("text", "json"), default="text")
+        add_format_option(
+            out, {"text": "counts with bars", "json": "the AggregateEvents answer as JSON"}
+        )
         _add_partial(out)
         _add_connection(parser)
 

@@ -40,6 +40,7 @@ from pipeline.settings import OpenSearchSettings
 from tpipe._args import (
     Subparsers,
     add_command,
+    add_format_option,
     env_default,
     http_url,
     positive_float,
@@ -545,15 +546,17 @@ def register(sub: Subparsers, name: str) -> None:
         "--interval",
         type=positive_float,
         default=DEFAULT_INTERVAL_S,
-        help=f"seconds between refreshes (default {DEFAULT_INTERVAL_S})",
+        help=f"seconds between refreshes (default {DEFAULT_INTERVAL_S:g})",
     )
     when.add_argument(
         "--sample",
         type=positive_float,
         default=DEFAULT_SAMPLE_S,
-        help=f"--once: seconds between the two scrapes (default {DEFAULT_SAMPLE_S})",
+        help=f"--once: seconds between the two scrapes (default {DEFAULT_SAMPLE_S:g})",
     )
-    parser.add_argument("--format", choices=("table", "json"), default="table")
+    add_format_option(
+        parser, {"table": "one screen to read", "json": "each snapshot as one JSON object"}
+    )
     where = parser.add_argument_group("where the pipeline is")
     for option, env, default, what in (
         ("--gateway", "TPIPE_GATEWAY_URL", DEFAULT_GATEWAY_URL, "gateway base URL"),

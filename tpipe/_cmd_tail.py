@@ -23,7 +23,14 @@ from telemetry.v1 import event_pb2
 
 from pipeline import subjects
 from tpipe import _render
-from tpipe._args import Subparsers, add_command, env_default, positive_int, url_list
+from tpipe._args import (
+    Subparsers,
+    add_command,
+    add_format_option,
+    env_default,
+    positive_int,
+    url_list,
+)
 from tpipe._timeparse import rfc3339
 from tpipe.errors import EXIT_OK, Unavailable, UsageError, describe
 
@@ -59,7 +66,9 @@ def register(sub: Subparsers, name: str) -> None:
     group.add_argument("--event", action="append", default=[], help="match event_name")
     group.add_argument("--app", action="append", default=[], help="match app id")
     out = parser.add_argument_group("output")
-    out.add_argument("--format", choices=("table", "jsonl"), default="table")
+    add_format_option(
+        out, {"table": "columns to read", "jsonl": "one EnrichedEvent a line, as JSON"}
+    )
     out.add_argument("--count", type=positive_int, help="stop after this many events")
     conn = parser.add_argument_group("connection")
     conn.add_argument(

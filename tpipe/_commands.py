@@ -32,8 +32,8 @@ EXIT_CODES = """exit codes:
   130  interrupted"""
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
-    command = argv[0]
+def parser_of(command: str) -> tuple[Parser, Subparsers]:
+    """`tpipe`'s parser with `command` added, and its subparsers (`sub.choices[command]`)."""
     parser = Parser(prog="tpipe", description="The telemetry pipeline's command line.")
     sub: Subparsers = parser.add_subparsers(dest="command", required=True)
     module = importlib.import_module(COMMANDS[command][0])
@@ -44,6 +44,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         module.add_parser(sub)
         sync_run: Callable[[argparse.Namespace], int] = module.run
         sub.choices[command].set_defaults(sync_run=sync_run)
+    return parser, sub
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    command = argv[0]
+    parser, sub = parser_of(command)
     args, extra = parser.parse_known_args(argv)
     if extra:  # reported by the command's parser, so the message names the command
         sub.choices[command].error(f"unrecognized arguments: {' '.join(extra)}")

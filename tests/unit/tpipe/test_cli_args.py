@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -150,6 +151,93 @@ def test_dlq_list_help_shows_the_limit_default(capsys: pytest.CaptureFixture[str
         _commands._parse(["dlq", "list", "--help"])
     assert "at most this many (default 100)" in capsys.readouterr().out
     assert _commands._parse(["dlq", "list"]).limit == 100
+
+
+# Variables the options' defaults are read from: unset, the help shows the built-in ones.
+DEFAULT_SOURCES = (
+    "NATS_URL",
+    "OPENSEARCH_URL",
+    "TPIPE_QUERY_TARGET",
+    "TPIPE_GATEWAY_URL",
+    "TPIPE_WRITE_KEY",
+    "TPIPE_ENRICHER_URL",
+    "TPIPE_INDEXER_URL",
+)
+
+
+def _command_parsers() -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    """Every `tpipe` command's parser and those of its subcommands (`dlq list`)."""
+    for command in sorted(_commands.COMMANDS):
+        _, sub = _commands.parser_of(command)
+        found = [(f"tpipe {command}", sub.choices[command])]
+        while found:
+            name, parser = found.pop()
+            yield name, parser
+            for action in parser._actions:
+                if isinstance(action, argparse._SubParsersAction):
+                    found += [(f"{name} {n}", p) for n, p in action.choices.items()]
+
+
+def test_every_option_with_a_default_says_it_in_its_help(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in DEFAULT_SOURCES:
+        monkeypatch.delenv(name, raising=False)
+    checked = []
+    for command, parser in _command_parsers():
+        for action in parser._actions:
+            default = action.default
+            if not action.option_strings or default in (None, argparse.SUPPRESS, False, [], ""):
+                continue
+            shown = f"{default:g}" if isinstance(default, float) else str(default)
+            assert f"(default {shown}" in (action.help or "") or f"; default {shown})" in (
+                action.help or ""
+            ), (command, action.option_strings, action.help)
+            checked.append((command, action.option_strings[0]))
+    assert ("tpipe query", "--format") in checked
+    assert ("tpipe dlq list", "--format") in checked
+    assert ("tpipe status", "--interval") in checked
+    assert ("tpipe tail", "--nats") in checked
+
+
+@pytest.mark.parametrize(
+    ("argv", "shown"),
+    [
+        (["query"], ["(default table)", "(default 50, at most 1000)", "(default 10)"]),
+        (["aggregate"], ["(default text)", "(default 10)", "default 127.0.0.1:50053)"]),
+        (["tail"], ["(default table)", "default nats://127.0.0.1:4222)"]),
+        (["status"], ["(default table)", "(default 2)", "(default 1)"]),
+        (["dlq", "list"], ["(default table)", "(default 100)"]),
+        (["send", "x.json"], ["(default 100)", "(default 5)", "(default 30)"]),
+    ],
+)
+def test_help_shows_real_defaults_only(
+    argv: list[str],
+    shown: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name in DEFAULT_SOURCES:
+        monkeypatch.delenv(name, raising=False)
+
+    assert cli.main([*argv, "--help"]) == 0
+
+    out = " ".join(capsys.readouterr().out.split())  # as if never wrapped
+    for text in shown:
+        assert text in out
+    assert "default: None" not in out
+    assert "default None" not in out
+
+
+def test_help_never_shows_a_default_taken_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TPIPE_WRITE_KEY", "wk-secret-from-env")
+    monkeypatch.setenv("NATS_URL", "nats://user:secret@nats:4222")
+
+    for command in ("send", "loadgen", "tail", "dlq", "status"):
+        assert cli.main([command, "--help"]) == 0
+        assert "secret" not in capsys.readouterr().out
 
 
 def test_dlq_replay_may_not_wait() -> None:
