@@ -138,6 +138,17 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             span.set_attribute("rpc.grpc.status_code", code_of(err).value[0])
             tracing.failed(span, type(err).__name__)
             await self.refuse(err, context)
+        except Exception as err:
+            # Logged here, inside the request's span, so the line carries its trace (grpc
+            # would log it once the span has ended, and send the error's text to the caller).
+            log.exception(
+                "unexpected error in IngestEvents",
+                extra={} if self._tracing.enabled else tracing.trace_id_of(metadata),
+            )
+            span.set_attribute("rpc.grpc.status_code", grpc.StatusCode.INTERNAL.value[0])
+            tracing.failed(span, type(err).__name__)
+            self._metrics.grpc_requests.labels(method="IngestEvents", code="INTERNAL").inc()
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
         self._metrics.grpc_requests.labels(method="IngestEvents", code="OK").inc()
         span.set_attribute("rpc.grpc.status_code", 0)
         annotate(span, receipt)

@@ -86,10 +86,20 @@ def _guarded(handler: Handler, retry_after_s: int) -> Handler:
         except ClientDisconnect:
             return error_response(InvalidRequest("client disconnected"), retry_after_s=0)
         except Exception:
-            log.exception("unexpected error in %s", request.url.path)
+            log.exception("unexpected error in %s", request.url.path, extra=_trace_of(request))
             return internal_error()
 
     return guarded
+
+
+def _trace_of(request: Request) -> dict[str, str]:
+    """The request's trace for a log line written once its server span has ended: the ids
+    that span noted, else (nothing recorded) the trace id of the request's traceparent, as a
+    line about a message names its trace; {} when there is neither."""
+    ids: tuple[str, str] | None = getattr(request.state, "trace_ids", None)
+    if ids is not None:
+        return {"trace_id": ids[0], "span_id": ids[1]}
+    return tracing.trace_id_of(request.headers)
 
 
 class _Routes:
@@ -146,14 +156,22 @@ class _Routes:
             charge=reservation.charge,
         )
 
-    async def track(self, request: Request) -> Response:
-        received = time.time()
+    @contextmanager
+    def _server_span(self, request: Request, name: str) -> Iterator[tracing.Span]:
+        """A route's server span, continuing the caller's traceparent. Its ids are noted on
+        the request: an unexpected error is logged (by `_guarded`) after the span ends."""
         with self._tracing.span(
-            "POST /v1/track",
+            name,
             kind=tracing.SpanKind.SERVER,
             parent=self._tracing.incoming(request.headers),
             attributes={"pipeline.request_id": request.state.request_id},
         ) as span:
+            request.state.trace_ids = tracing.current_ids()
+            yield span
+
+    async def track(self, request: Request) -> Response:
+        received = time.time()
+        with self._server_span(request, "POST /v1/track") as span:
             principal = self._principal(request, Kind.WRITE)
             span.set_attribute("pipeline.app_id", principal.name)
             if media_type(request.headers.get("content-type")) not in ("", "application/json"):
@@ -169,12 +187,7 @@ class _Routes:
         return json_response(receipt.to_json(), status=202)
 
     async def connect_ingest(self, request: Request) -> Response:
-        with self._tracing.span(
-            _connect.PATH,
-            kind=tracing.SpanKind.SERVER,
-            parent=self._tracing.incoming(request.headers),
-            attributes={"pipeline.request_id": request.state.request_id},
-        ) as span:
+        with self._server_span(request, _connect.PATH) as span:
             return await self._connect_ingest(request, span)
 
     async def _connect_ingest(self, request: Request, span: tracing.Span) -> Response:
@@ -230,12 +243,7 @@ class _Routes:
     ) -> Iterator[tuple[tracing.Span, QueryParams]]:
         """A read route's server span (continuing the caller's traceparent), with the read key
         and the query parameters checked inside it; the span and the parameters."""
-        with self._tracing.span(
-            name,
-            kind=tracing.SpanKind.SERVER,
-            parent=self._tracing.incoming(request.headers),
-            attributes={"pipeline.request_id": request.state.request_id},
-        ) as span:
+        with self._server_span(request, name) as span:
             span.set_attribute("pipeline.reader", self._principal(request, Kind.READ).name)
             yield span, _query_params(request, allowed)
 
