@@ -37,6 +37,12 @@ _CONSUMER_NOT_FOUND = 10014
 _NATS_ERRORS = (nats.errors.Error, JsError, OSError, asyncio.TimeoutError)
 
 
+def describe(err: BaseException) -> str:
+    """What a NATS error says, for logs and readiness (the repr of most of nats-py's errors
+    is their class name alone, and asyncio's timeout says nothing)."""
+    return str(err) or type(err).__name__
+
+
 @dataclass(frozen=True, slots=True)
 class ConsumerSettings:
     """How the durable consumer on the raw stream is set up and read."""
@@ -131,15 +137,21 @@ async def bind_consumer(
 
     One subscription per fetch loop: fetches that share a subscription share its
     inbox, and one fetch would take the messages and status replies of another.
+    Raises BrokerError saying what JetStream answered (the subscriptions bound before
+    it are released).
     """
+    subs: list[JetStreamContext.PullSubscription] = []
     try:
         await js.add_consumer(subjects.RAW_STREAM, consumer_config(settings))
-        return [
-            await js.pull_subscribe_bind(durable=settings.name, stream=subjects.RAW_STREAM)
-            for _ in range(subscriptions)
-        ]
+        for _ in range(subscriptions):
+            subs.append(
+                await js.pull_subscribe_bind(durable=settings.name, stream=subjects.RAW_STREAM)
+            )
     except _NATS_ERRORS as err:
-        raise BrokerError(f"consumer {settings.name}: {err!r}") from err
+        for sub in subs:
+            await release(sub)
+        raise BrokerError(describe(err)) from err
+    return subs
 
 
 async def restore_consumer(js: JetStreamContext, settings: ConsumerSettings) -> bool:
@@ -272,43 +284,44 @@ async def release(subscription: JetStreamContext.PullSubscription) -> None:
 
 
 class Broker:
-    """The enricher's side of NATS: the connection, the streams and the consumer's subscriptions."""
+    """The enricher's side of NATS: the connection, the streams and the consumer's subscriptions.
 
-    def __init__(
-        self,
-        nc: Client,
-        js: JetStreamContext,
-        subs: list[JetStreamContext.PullSubscription],
-        *,
-        settings: NatsSettings,
-    ) -> None:
+    Set up in three steps, so that the service can say which one it waits for: `connect()`,
+    then `ensure_streams()` and `bind()`, each tried again on the same connection until
+    JetStream takes it.
+    """
+
+    def __init__(self, nc: Client, js: JetStreamContext, *, settings: NatsSettings) -> None:
         self._nc = nc
         self._js = js
-        self.subscriptions = subs
+        self._settings = settings
+        self.subscriptions: list[JetStreamContext.PullSubscription] = []
         self._repair = natsconn.StreamRepair(js, settings)
 
     @classmethod
-    async def open(
-        cls,
-        settings: NatsSettings,
-        consumer: ConsumerSettings,
-        *,
-        subscriptions: int,
-        timeout_s: float,
-    ) -> Broker:
-        """Connects (waiting for NATS), ensures the streams, binds the durable consumer."""
+    async def connect(cls, settings: NatsSettings, *, timeout_s: float) -> Broker:
+        """Connects, waiting for NATS however long it is down (it reconnects by itself
+        afterwards); `timeout_s` bounds each JetStream request."""
         nc = await natsconn.connect(settings, name=CLIENT_NAME)
+        return cls(nc, nc.jetstream(timeout=timeout_s), settings=settings)
+
+    @property
+    def connected(self) -> bool:
+        """Connected to NATS now (not while it reconnects)."""
+        return bool(self._nc.is_connected)
+
+    async def ensure_streams(self) -> None:
+        """Creates the pipeline's streams, or updates them to the configuration; raises
+        BrokerError saying what JetStream answered."""
         try:
-            js = nc.jetstream(timeout=timeout_s)
-            try:
-                await natsconn.ensure_streams(js, settings)
-            except _NATS_ERRORS as err:
-                raise BrokerError(f"streams: {err!r}") from err
-            subs = await bind_consumer(js, consumer, subscriptions=subscriptions)
-        except BaseException:
-            await nc.close()
-            raise
-        return cls(nc, js, subs, settings=settings)
+            await natsconn.ensure_streams(self._js, self._settings)
+        except _NATS_ERRORS as err:
+            raise BrokerError(describe(err)) from err
+
+    async def bind(self, consumer: ConsumerSettings, *, subscriptions: int) -> None:
+        """Creates or updates the durable consumer and binds `subscriptions` pull
+        subscriptions to it; raises BrokerError saying what JetStream answered."""
+        self.subscriptions = await bind_consumer(self._js, consumer, subscriptions=subscriptions)
 
     @property
     def max_payload(self) -> int:
@@ -341,7 +354,9 @@ class Broker:
         return True, "ok"
 
     async def pending(self) -> int:
-        """The consumer's lag; raises BrokerError."""
+        """The consumer's lag; raises BrokerError (also before `bind()`)."""
+        if not self.subscriptions:
+            raise BrokerError("the consumer is not bound yet")
         return await consumer_pending(self.subscriptions[0])
 
     async def close(self) -> None:

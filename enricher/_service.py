@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from enricher import _nats
 from enricher._clock import NANOS_PER_S
@@ -79,6 +80,7 @@ class Enricher:
         self._handler: Handler | None = None
         self._consumer_task: asyncio.Task[None] | None = None
         self._consume_failure = ""  # why consuming ended, until it runs again
+        self._waiting = ""  # the set-up step being tried again, with its last error
         self._health_task: asyncio.Task[None] | None = None
         self._grpc: GrpcServer | None = None
         self._health: ReadinessHealth | None = None
@@ -139,17 +141,32 @@ class Enricher:
         self._health = ReadinessHealth(self._grpc, name=NAME, logger=log)
 
     async def _open_broker(self) -> _nats.Broker:
+        """Connects (waiting for NATS), then ensures the streams and binds the consumer, each
+        step tried again on that connection until JetStream takes it (JetStream not there yet,
+        a consumer of the same name set up otherwise...); readiness says which one it waits
+        for, with its last error."""
+        config = self._config
+        self._broker = broker = await _nats.Broker.connect(
+            config, timeout_s=config.publish_timeout_s
+        )
+        await self._until_done("streams not ensured yet", broker.ensure_streams)
+        await self._until_done(
+            "consumer not created yet",
+            lambda: broker.bind(self._consumer, subscriptions=config.concurrency),
+        )
+        self._waiting = ""
+        return broker
+
+    async def _until_done(self, what: str, step: Callable[[], Awaitable[None]]) -> None:
+        self._waiting = what
         delay = BROKER_RETRY_S
         while True:
             try:
-                return await _nats.Broker.open(
-                    self._config,
-                    self._consumer,
-                    subscriptions=self._config.concurrency,
-                    timeout_s=self._config.publish_timeout_s,
-                )
+                await step()
+                return
             except BrokerError as err:
-                log.warning("cannot set up the consumer: %s; retrying", err)
+                self._waiting = f"{what}: {err}"
+                log.warning("%s: %s", what, err)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BROKER_RETRY_MAX_S)
 
@@ -187,9 +204,9 @@ class Enricher:
         until one ends on an error (the others are cancelled then, and it is raised)."""
         config = self._config
         assert self._geo is not None
-        self._broker = broker = await self._open_broker()
+        broker = await self._open_broker()
         handler = Handler(
-            sink=self._broker.sink(timeout_s=config.publish_timeout_s),
+            sink=broker.sink(timeout_s=config.publish_timeout_s),
             geo=self._geo,
             options=self._options,
             retry=self._retry,
@@ -200,7 +217,7 @@ class Enricher:
             touch_every_s=config.ack_wait_s / 3,
         )
         self._handler = handler
-        self._loops = self._broker.fetch_loops(handler, self._consumer)
+        self._loops = broker.fetch_loops(handler, self._consumer)
         self._consume_failure = ""
         lag = asyncio.create_task(self._refresh_lag())
         log.info(
@@ -219,7 +236,10 @@ class Enricher:
             await cancel_and_wait(lag, *(run for run in runs if not run.done()))
 
     async def ready(self) -> tuple[bool, str]:
-        """Ready when NATS is connected, the streams exist and the consumer is bound.
+        """Ready when NATS is connected, the streams exist and the consumer is bound; or why
+        not: `nats not connected`, the set-up step waited for (`streams not ensured yet` or
+        `consumer not created yet`, with JetStream's last answer), what the broker finds
+        wrong since, or why consuming stopped.
 
         Every answer (a /readyz probe or the health poll) also sets gRPC health.
         """
@@ -231,9 +251,12 @@ class Enricher:
     async def _readiness(self) -> tuple[bool, str]:
         if self._consume_failure:
             return False, self._consume_failure
-        if self._broker is None or not self._loops:
+        broker = self._broker
+        if broker is None or not broker.connected:
             return False, "nats not connected"
-        return await self._broker.ready()
+        if not self._loops:
+            return False, self._waiting or "not consuming yet"
+        return await broker.ready()
 
     async def stop(self) -> None:
         """Stops fetching, lets the batches in hand finish (publish, ack), then closes."""
@@ -246,7 +269,7 @@ class Enricher:
         task, self._consumer_task = self._consumer_task, None
         if task is not None:
             if not self._loops:
-                await cancel_and_wait(task)  # still waiting for NATS: nothing in hand
+                await cancel_and_wait(task)  # still setting up: nothing in hand
             for loop in self._loops:
                 loop.stop()
             if self._handler is not None:

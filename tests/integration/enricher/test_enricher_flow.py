@@ -517,7 +517,9 @@ async def test_a_broker_whose_consumer_is_deleted_is_not_ready(
     settings = ConsumerSettings(
         name="enricher", ack_wait_s=30.0, max_ack_pending=16, fetch_batch=4, fetch_timeout_s=0.2
     )
-    broker = await Broker.open(config, settings, subscriptions=1, timeout_s=5.0)
+    broker = await Broker.connect(config, timeout_s=5.0)
+    await broker.ensure_streams()
+    await broker.bind(settings, subscriptions=1)
     try:
         assert await broker.ready() == (True, "ok")
         await js.delete_consumer(subjects.RAW_STREAM, "enricher")

@@ -44,7 +44,10 @@ async def open_broker(nc: FakeNats, monkeypatch: pytest.MonkeyPatch) -> Broker:
         return nc
 
     monkeypatch.setattr("enricher._nats.natsconn.connect", connect)
-    return await Broker.open(load(NatsSettings, {}), SETTINGS, subscriptions=1, timeout_s=1.0)
+    broker = await Broker.connect(load(NatsSettings, {}), timeout_s=1.0)
+    await broker.ensure_streams()
+    await broker.bind(SETTINGS, subscriptions=1)
+    return broker
 
 
 @pytest.mark.parametrize("stream", ["TELEMETRY_RAW", "TELEMETRY_ENRICHED", "TELEMETRY_DLQ"])

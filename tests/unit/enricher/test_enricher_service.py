@@ -12,10 +12,14 @@ import grpc
 import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from nats.js import api as js_api
+from nats.js.errors import BadRequestError
 
 from enricher._service import Enricher
 from enricher.config import Config
 from pipeline.config import load
+from pipeline.settings import NatsSettings
+from tests.unit.nats_fakes import FakeJetStream, FakeNats
 
 
 async def until(condition: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 10) -> None:
@@ -56,19 +60,26 @@ class Loop:
 
 
 class Broker:
-    """The enricher's side of NATS: opened once `up` is set; ready while `answers`."""
+    """The enricher's side of NATS: connected once `up` is set; ready while `answers`."""
 
     def __init__(self) -> None:
         self.up = asyncio.Event()
+        self.connected = True
         self.answers = True
         self.opened = 0
         self.closed = 0
         self.loops: list[Loop] = []
 
-    async def open(self, *_: Any, **__: Any) -> Broker:
+    async def connect(self, *_: Any, **__: Any) -> Broker:
         await self.up.wait()
         self.opened += 1
         return self
+
+    async def ensure_streams(self) -> None:
+        return None
+
+    async def bind(self, *_: Any, **__: Any) -> None:
+        return None
 
     max_payload = 1024 * 1024
 
@@ -85,14 +96,14 @@ class Broker:
     async def pending(self) -> int:
         return 0
 
-    async def close(self) -> None:
+    async def close(self, **_: Any) -> None:
         self.closed += 1
 
 
 @pytest.fixture
 def broker(monkeypatch: pytest.MonkeyPatch) -> Broker:
     stand_in = Broker()
-    monkeypatch.setattr("enricher._service._nats.Broker.open", stand_in.open)
+    monkeypatch.setattr("enricher._service._nats.Broker.connect", stand_in.connect)
     monkeypatch.setattr("enricher._service.CONSUME_RESTART_S", 0.01, raising=False)
     return stand_in
 
@@ -185,3 +196,106 @@ async def test_consuming_that_ends_on_an_error_is_named_logged_and_started_again
     await until(ready, "ready again, without a restart of the process")
     assert broker.opened == 2
     assert broker.loops != [first, second]
+
+
+class RefusingJetStream(FakeJetStream):
+    """A JetStream that refuses the durable consumer with `refusal` while it is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refusal: Exception | None = None
+
+    async def add_consumer(
+        self, stream: str, config: js_api.ConsumerConfig | None = None, **kwargs: Any
+    ) -> js_api.ConsumerInfo:
+        if self.refusal is not None:
+            raise self.refusal
+        return await super().add_consumer(stream, config, **kwargs)
+
+
+class Nats:
+    """natsconn.connect stood in for: waits until `up` is set, then hands over `client`."""
+
+    def __init__(self) -> None:
+        self.client = FakeNats(js=RefusingJetStream())
+        self.js: RefusingJetStream = self.client.js
+        self.up = asyncio.Event()
+        self.connects = 0
+
+    async def connect(self, settings: NatsSettings, *, name: str, **_: Any) -> FakeNats:
+        await self.up.wait()
+        self.connects += 1
+        return self.client
+
+
+@pytest.fixture
+def nats(monkeypatch: pytest.MonkeyPatch) -> Nats:
+    stand_in = Nats()
+    monkeypatch.setattr("enricher._nats.natsconn.connect", stand_in.connect)
+    monkeypatch.setattr("enricher._service.BROKER_RETRY_S", 0.01)
+    monkeypatch.setattr("enricher._service.BROKER_RETRY_MAX_S", 0.01)
+    return stand_in
+
+
+CONSUMER_REFUSED = BadRequestError(code=400, err_code=10148, description="consumer already exists")
+
+
+async def test_readiness_names_the_set_up_step_it_waits_for_and_its_last_error(
+    nats: Nats, enricher: Enricher
+) -> None:
+    await enricher.start()
+    assert await readyz_answer(enricher) == (503, "nats not connected")
+
+    nats.js.answering = False  # NATS there, JetStream not answering (disabled, no leader)
+    nats.up.set()
+
+    def answers(expected: tuple[int, str]) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return await readyz_answer(enricher) == expected
+
+        return check
+
+    await until(answers((503, "streams not ensured yet: nats: timeout")), "naming the streams")
+    nats.client.is_connected = False  # the connection lost while it waits: that is the news
+    assert await readyz_answer(enricher) == (503, "nats not connected")
+    nats.client.is_connected = True
+
+    nats.js.refusal = CONSUMER_REFUSED  # e.g. a durable of that name set up otherwise
+    nats.js.answering = True
+    await until(
+        answers(
+            (
+                503,
+                "consumer not created yet: nats: BadRequestError: code=400 err_code=10148 "
+                "description='consumer already exists'",
+            )
+        ),
+        "naming the consumer and what JetStream answered",
+    )
+    assert set(nats.js.streams) == {"TELEMETRY_RAW", "TELEMETRY_ENRICHED", "TELEMETRY_DLQ"}
+
+    nats.js.refusal = None
+    await until(answers((200, "ok")), "ready once JetStream takes the consumer")
+    assert nats.connects == 1  # each step tried again on the one connection
+
+
+async def test_the_not_ready_log_line_and_the_retries_name_the_step(
+    nats: Nats, enricher: Enricher, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="enricher._service")
+    nats.js.refusal = CONSUMER_REFUSED
+    nats.up.set()  # connected at once: the first answer is about the consumer
+    await enricher.start()
+
+    async def named() -> bool:
+        return (await readyz_answer(enricher))[1].startswith("consumer not created yet: ")
+
+    await until(named, "readiness naming the consumer")
+    [not_ready] = [r for r in caplog.records if r.getMessage() == "enricher not ready"]
+    assert not_ready.reason.startswith("consumer not created yet: nats: BadRequestError")
+    assert await health(enricher) == NOT_SERVING
+    retries = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert retries[0] == (
+        "consumer not created yet: nats: BadRequestError: code=400 err_code=10148 "
+        "description='consumer already exists'"
+    )
