@@ -33,6 +33,9 @@ CONNECT_RETRY_MAX_S = 5.0
 OUTAGE_ERROR_LOG_INTERVAL_S = 30.0
 # Ensuring the streams again (a stream found missing): a try at most this often.
 STREAM_RETRY_S = 1.0
+# A connection not drained in time is closed without it, within this (closing waits for a
+# reconnect in progress to end, and writes what is buffered).
+CLOSE_TIMEOUT_S = 1.0
 
 
 def address(url: str | SplitResult | ParseResult | None) -> str:
@@ -116,6 +119,41 @@ async def connect(
             extra={**context, "server": address(nc.connected_url)},
         )
         return nc
+
+
+async def drain(nc: Client, *, timeout_s: float) -> bool:
+    """Drains `nc` (its subscriptions, then what it has still to send: acks, publishes) and
+    closes it, within `timeout_s`; True when the drain finished. One that did not (NATS away,
+    or not answering) is given up, and the connection closed without it in at most
+    CLOSE_TIMEOUT_S more: what was not sent is lost, and JetStream delivers again the
+    messages whose acks those were.
+
+    nats-py bounds its own drain by its drain timeout and then a flush (40 s by default), and
+    takes a first cancel only as the end of the first: the stop of a service would not fit.
+    """
+    if nc.is_closed:
+        return True
+    draining = asyncio.create_task(nc.drain(), name="nats-drain")
+    try:
+        await asyncio.wait({draining}, timeout=max(timeout_s, 0.0))
+    except asyncio.CancelledError:
+        await cancel_and_wait(draining)
+        raise
+    drained = False
+    if not draining.done():
+        log.warning("nats drain not finished within %.1f s; closing without it", timeout_s)
+        await cancel_and_wait(draining)  # cancelled again until it ends
+    elif (error := draining.exception()) is not None:  # reconnecting, say
+        log.warning("nats drain failed: %s; closing without it", str(error) or repr(error))
+    else:
+        drained = True
+    if not nc.is_closed:  # also a drain that returned at once, one being under way already
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await nc.close()
+        except Exception as err:  # TimeoutError too: the stop goes on without it
+            log.warning("nats connection not closed: %r", err)
+    return drained
 
 
 def stream_configs(settings: NatsSettings) -> list[js_api.StreamConfig]:

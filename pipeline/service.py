@@ -15,6 +15,7 @@ import math
 import os
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable, Generator
 from typing import Protocol
 
@@ -39,6 +40,25 @@ log = logging.getLogger(__name__)
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 DEFAULT_GRACEFUL_STOP_S = 20.0
+# However little of a service's graceful stop is left, each step that closes it (draining the
+# NATS connection, the servers' grace for calls in flight) gets at least this long.
+STOP_STEP_MIN_S = 1.0
+
+
+class StopDeadline:
+    """The one deadline of a service's whole stop, `graceful_stop_s` after it began: each
+    step gets what is left of it, so that steps bounded one by one do not add up to more
+    than the process manager waits before SIGKILL."""
+
+    def __init__(
+        self, graceful_stop_s: float, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._clock = clock
+        self._at = clock() + graceful_stop_s
+
+    def left(self, *, at_least: float = 0.0) -> float:
+        """Seconds left before the deadline, and never less than `at_least`."""
+        return max(self._at - self._clock(), at_least)
 
 
 class Service(Protocol):
@@ -89,6 +109,11 @@ class _Server(uvicorn.Server):
         yield
 
 
+def _whole_seconds(seconds: float) -> int:
+    """Whole seconds for uvicorn's grace, rounded up: 0.9 s must not become no grace at all."""
+    return math.ceil(seconds)
+
+
 class HttpServer:
     """An ASGI app served by uvicorn inside the running event loop.
 
@@ -112,8 +137,7 @@ class HttpServer:
             log_config=None,
             access_log=False,
             lifespan="off",
-            # Whole seconds for uvicorn, rounded up: 0.9 s must not become no grace at all.
-            timeout_graceful_shutdown=math.ceil(graceful_stop_s),
+            timeout_graceful_shutdown=_whole_seconds(graceful_stop_s),
             server_header=False,
             # The gateway resolves X-Forwarded-For itself, against GATEWAY_TRUSTED_PROXIES;
             # uvicorn's own rewriting would believe any loopback peer.
@@ -157,10 +181,14 @@ class HttpServer:
                 return int(sock.getsockname()[1])
         raise RuntimeError("not started")
 
-    async def stop(self) -> None:
-        """Stops accepting, lets in-flight requests finish, then returns."""
+    async def stop(self, *, grace_s: float | None = None) -> None:
+        """Stops accepting, lets in-flight requests finish, then returns. They get `grace_s`
+        (rounded up to whole seconds) when given, else the `graceful_stop_s` the server was
+        made with; those still running then are cancelled."""
         if self._task is None:
             return
+        if grace_s is not None:
+            self._server.config.timeout_graceful_shutdown = _whole_seconds(grace_s)
         self._server.should_exit = True
         await self._task
         self._task = None

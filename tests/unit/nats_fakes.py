@@ -8,6 +8,7 @@ nobody answers it: the stream or the consumer gone, JetStream away).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -117,19 +118,33 @@ class FakeSubscription:
 
 @dataclass
 class FakeNats:
-    """A connected client: its JetStream, `is_connected` to set, drain and close."""
+    """A connected client: its JetStream, `is_connected` to set, core publishes (acks and naks
+    among them) in `sent`, drain and close. With `drain_hangs` its drain never ends, as nats-py's
+    does not with a server that does not answer: a first cancel only moves it on to a flush
+    that hangs too."""
 
     js: FakeJetStream = field(default_factory=FakeJetStream)
     is_connected: bool = True
     is_closed: bool = False
     max_payload: int = 1024 * 1024
     connected_url: Any = None
+    drain_hangs: bool = False
+    drained: bool = False
+    sent: list[tuple[str, bytes]] = field(default_factory=list)
 
     def jetstream(self, **_: Any) -> FakeJetStream:
         return self.js
 
+    async def publish(self, subject: str, payload: bytes = b"", **_: Any) -> None:
+        self.sent.append((subject, payload))
+
     async def drain(self) -> None:
+        if self.drain_hangs:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.Event().wait()  # the subscriptions never drained
+            await asyncio.Event().wait()  # the flush never answered
         self.is_connected, self.is_closed = False, True
+        self.drained = True
 
     async def close(self) -> None:
         self.is_connected, self.is_closed = False, True

@@ -17,7 +17,7 @@ from pipeline import natsconn
 from pipeline.config import load
 from pipeline.logs import Throttle
 from pipeline.settings import NatsSettings
-from tests.unit.nats_fakes import FakeJetStream
+from tests.unit.nats_fakes import FakeJetStream, FakeNats
 
 
 @pytest.mark.parametrize(
@@ -79,7 +79,7 @@ async def test_an_existing_dlq_stream_gets_the_dead_letters_age() -> None:
     js = _ExistingStreams()
     settings = load(NatsSettings, {"STREAM_DLQ_MAX_AGE_S": "0", "STREAM_MAX_AGE_S": "3600"})
 
-    await natsconn.ensure_streams(js, settings)  # type: ignore[arg-type]
+    await natsconn.ensure_streams(js, settings)
 
     assert {config.name: config.max_age for config in js.updated} == {
         "TELEMETRY_RAW": 3600.0,
@@ -165,7 +165,7 @@ async def test_a_missing_stream_is_ensured_again_once_at_a_time_and_paced(
     js.answering = False  # JetStream does not take them at first
     now = [0.0]
     repair = natsconn.StreamRepair(
-        js,  # type: ignore[arg-type]
+        js,
         load(NatsSettings, {}),
         clock=lambda: now[0],
     )
@@ -196,3 +196,53 @@ async def test_a_missing_stream_is_ensured_again_once_at_a_time_and_paced(
     repair.check(missing)  # a readiness probe during a stop
     await asyncio.sleep(0.03)
     assert js.streams_added == 6
+
+
+async def test_a_drain_that_finishes_in_time_closes_the_connection_itself() -> None:
+    nc = FakeNats()
+
+    assert await natsconn.drain(nc, timeout_s=1.0) is True
+    assert nc.drained
+    assert nc.is_closed
+
+
+async def test_a_drain_that_hangs_is_given_up_within_its_time_and_the_connection_closed(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(natsconn, "CLOSE_TIMEOUT_S", 0.1)
+    nc = FakeNats(drain_hangs=True)  # and it takes a first cancel for the end of its drain
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    assert await asyncio.wait_for(natsconn.drain(nc, timeout_s=0.2), 5) is False
+
+    assert loop.time() - started < 0.2 + 0.1 + 0.3  # its time, closing, scheduling
+    assert nc.is_closed
+    assert not nc.drained
+    assert "nats drain not finished within 0.2 s; closing without it" in caplog.messages
+
+
+async def test_a_drain_that_fails_closes_the_connection(caplog: pytest.LogCaptureFixture) -> None:
+    class Reconnecting(FakeNats):
+        async def drain(self) -> None:
+            raise nats.errors.ConnectionReconnectingError
+
+    nc = Reconnecting()
+
+    assert await natsconn.drain(nc, timeout_s=1.0) is False
+    assert nc.is_closed
+    assert any(m.startswith("nats drain failed: ") for m in caplog.messages)
+
+
+async def test_a_close_that_hangs_too_is_left_after_its_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(natsconn, "CLOSE_TIMEOUT_S", 0.1)
+
+    class Stuck(FakeNats):
+        async def close(self) -> None:
+            await asyncio.Event().wait()
+
+    nc = Stuck(drain_hangs=True)
+
+    assert await asyncio.wait_for(natsconn.drain(nc, timeout_s=0.1), 2) is False

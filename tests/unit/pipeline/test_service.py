@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import httpx
 from prometheus_client import CollectorRegistry, Counter
 from starlette.types import Receive, Scope, Send
 
-from pipeline.service import HttpServer, ops_app, serve_until_signal
+from pipeline.service import HttpServer, StopDeadline, ops_app, serve_until_signal
 
 
 class FakeService:
@@ -127,3 +128,37 @@ def test_a_second_signal_during_a_slow_stop_exits_at_once() -> None:
     assert code == 128 + signal.SIGINT
     assert process.stderr is not None
     assert "slow: SIGINT again, exiting without finishing the stop" in process.stderr.read()
+
+
+def test_a_stop_deadline_gives_each_step_what_is_left_and_closing_steps_their_least() -> None:
+    now = [100.0]
+    deadline = StopDeadline(20.0, clock=lambda: now[0])
+
+    assert deadline.left() == 20.0
+    now[0] += 15.5
+    assert deadline.left() == 4.5
+    now[0] += 10.0
+    assert deadline.left() == 0.0
+    assert deadline.left(at_least=1.0) == 1.0
+
+
+async def test_a_grace_given_at_stop_cuts_a_request_that_would_outlast_it() -> None:
+    entered = asyncio.Event()
+
+    async def hangs(scope: Scope, receive: Receive, send: Send) -> None:
+        entered.set()
+        await asyncio.Event().wait()
+
+    server = HttpServer(hangs, host="127.0.0.1", port=0, graceful_stop_s=30)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
+        pending = asyncio.create_task(client.get("/"))
+        await entered.wait()
+        started = loop.time()
+        await asyncio.wait_for(server.stop(grace_s=0.5), 10)  # a whole second for uvicorn
+        elapsed = loop.time() - started
+        with contextlib.suppress(httpx.HTTPError):
+            await pending
+
+    assert elapsed < 1.0 + 0.5  # the second, uvicorn's polling, scheduling
