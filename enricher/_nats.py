@@ -359,10 +359,15 @@ class Broker:
             raise BrokerError("the consumer is not bound yet")
         return await consumer_pending(self.subscriptions[0])
 
-    async def close(self) -> None:
-        """Releases the subscriptions, then drains the connection (flushing the last acks)."""
+    async def close(self, *, timeout_s: float) -> None:
+        """Releases the subscriptions, then drains the connection (flushing the last acks),
+        within `timeout_s`: a connection not drained by then is closed without it, and
+        JetStream delivers again the messages whose acks were not sent."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         await self._repair.close()
-        for sub in self.subscriptions:
-            await release(sub)
-        with contextlib.suppress(*_NATS_ERRORS):
-            await self._nc.drain()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                for sub in self.subscriptions:
+                    await release(sub)
+        await natsconn.drain(self._nc, timeout_s=deadline - loop.time())

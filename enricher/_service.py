@@ -18,7 +18,7 @@ from enricher.config import Config
 from enricher.errors import BrokerError
 from pipeline import tracing
 from pipeline.grpcserver import ReadinessHealth
-from pipeline.service import HttpServer, ops_app
+from pipeline.service import STOP_STEP_MIN_S, HttpServer, StopDeadline, ops_app
 from pipeline.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ class Enricher:
             self._handler = None
             broker = self._broker
             if broker is not None:
-                await broker.close()
+                await broker.close(timeout_s=self._config.stop_timeout_s)
                 self._broker = None
             await asyncio.sleep(delay)
             delay = min(delay * 2, CONSUME_RESTART_MAX_S)
@@ -259,10 +259,18 @@ class Enricher:
         return await broker.ready()
 
     async def stop(self) -> None:
-        """Stops fetching, lets the batches in hand finish (publish, ack), then closes."""
+        """Stops fetching, lets the batches in hand finish (publish, ack), then closes.
+
+        All of it within ENRICHER_STOP_TIMEOUT_S: each step gets what is left of it, and the
+        closing ones (draining NATS, then the gRPC and HTTP servers' grace) at least
+        STOP_STEP_MIN_S each. A batch not finished by then is cancelled, its messages not
+        acked (nothing is acked before its publish is): JetStream delivers them again after
+        the ack wait.
+        """
         if not self._started:
             return
         self._started = False
+        deadline = StopDeadline(self._config.stop_timeout_s)
         if self._health_task is not None:
             await cancel_and_wait(self._health_task)
             self._health_task = None
@@ -278,20 +286,23 @@ class Enricher:
                 handler = self._handler
                 pulls = asyncio.gather(*(loop.pulls_done() for loop in self._loops))
                 pulls.add_done_callback(lambda _: handler.stop())
-            await asyncio.wait([task], timeout=self._config.stop_timeout_s)
+            await asyncio.wait([task], timeout=deadline.left())
             await cancel_and_wait(task)  # what it still holds comes back after ack_wait
         self._loops = []
         self._handler = None
         if self._broker is not None:
-            await self._broker.close()
+            await self._broker.close(timeout_s=deadline.left(at_least=STOP_STEP_MIN_S))
             self._broker = None
+        grace_s = deadline.left(at_least=STOP_STEP_MIN_S)
+        servers = []
         if self._grpc is not None:
-            await self._grpc.stop(grace_s=self._config.stop_timeout_s)
+            servers.append(self._grpc.stop(grace_s=grace_s))
             self._grpc = None
             self._health = None
         if self._http is not None:
-            await self._http.stop()
+            servers.append(self._http.stop(grace_s=grace_s))
             self._http = None
+        await asyncio.gather(*servers)
         if isinstance(self._geo, MaxMindGeo):
             self._geo.close()
         self._geo = None

@@ -172,7 +172,9 @@ class Config(NatsSettings, TracingSettings):
     stop_timeout_s: float = setting(
         "ENRICHER_STOP_TIMEOUT_S",
         DEFAULT_STOP_TIMEOUT_S,
-        "seconds a graceful stop may take",
+        "seconds a graceful stop may take, all of it: the batches in hand, then the NATS "
+        "drain and the servers' grace get what is left (at least 1 s each); what did not "
+        "finish is delivered again",
         check=positive,
     )
 

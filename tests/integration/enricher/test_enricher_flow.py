@@ -525,7 +525,7 @@ async def test_a_broker_whose_consumer_is_deleted_is_not_ready(
         await js.delete_consumer(subjects.RAW_STREAM, "enricher")
         assert await broker.ready() == (False, "consumer missing")
     finally:
-        await broker.close()
+        await broker.close(timeout_s=5.0)
 
 
 async def test_a_deleted_consumer_is_created_again_and_consumption_goes_on(

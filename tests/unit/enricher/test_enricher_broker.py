@@ -73,4 +73,4 @@ async def test_a_deleted_stream_is_created_again_and_its_consumer_too(
     finally:
         loop.stop()
         await asyncio.wait_for(running, 5)
-        await broker.close()
+        await broker.close(timeout_s=1.0)

@@ -4,6 +4,7 @@ gRPC health, and what becomes of its consuming."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -12,14 +13,17 @@ import grpc
 import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from nats.aio.msg import Msg
 from nats.js import api as js_api
 from nats.js.errors import BadRequestError
+from telemetry.v1 import event_pb2
 
 from enricher._service import Enricher
 from enricher.config import Config
 from pipeline.config import load
 from pipeline.settings import NatsSettings
-from tests.unit.nats_fakes import FakeJetStream, FakeNats
+from pipeline.tasks import cancel_and_wait
+from tests.unit.nats_fakes import FakeJetStream, FakeNats, FakeSubscription
 
 
 async def until(condition: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 10) -> None:
@@ -299,3 +303,110 @@ async def test_the_not_ready_log_line_and_the_retries_name_the_step(
         "consumer not created yet: nats: BadRequestError: code=400 err_code=10148 "
         "description='consumer already exists'"
     )
+
+
+REPLY = "$JS.ACK.TELEMETRY_RAW.enricher.1.7.1.1700000000000000000.0"  # how JetStream acks
+
+
+def raw_batch() -> bytes:
+    raw = event_pb2.RawBatch()
+    raw.context.app_id = "shop"
+    raw.events.add(event_id="e1", event_name="open")
+    return raw.SerializeToString()
+
+
+class OneMessage(FakeSubscription):
+    """Delivers `msg` at its first fetch, then nothing."""
+
+    def __init__(self, js: FakeJetStream, stream: str, durable: str, msg: Msg | None) -> None:
+        super().__init__(js, stream, durable)
+        self._msg = msg
+
+    async def fetch(self, batch: int = 1, timeout: float | None = 5, **kwargs: Any) -> list[Any]:  # noqa: ASYNC109 - nats-py's signature
+        if self._msg is not None:
+            msg, self._msg = self._msg, None
+            return [msg]
+        return await super().fetch(batch, timeout, **kwargs)
+
+
+class StuckJetStream(FakeJetStream):
+    """A JetStream that delivers one raw message and never acks a publish; with
+    `info_hangs`, never answers a stream info either (a /readyz probe then hangs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.client: FakeNats | None = None
+        self.delivered = False
+        self.publishing = asyncio.Event()
+        self.info_hangs = False
+        self.info_asked = asyncio.Event()
+
+    async def pull_subscribe_bind(self, *, durable: str, stream: str, **_: Any) -> OneMessage:
+        msg = None
+        if not self.delivered:
+            self.delivered = True
+            msg = Msg(_client=self.client, subject="telemetry.raw.v1.shop", reply=REPLY)
+            msg.data = raw_batch()
+        return OneMessage(self, stream, durable, msg)
+
+    async def publish(self, subject: str, payload: bytes = b"", **_: Any) -> js_api.PubAck:
+        self.publishing.set()
+        await asyncio.Event().wait()  # no PubAck, ever
+        raise AssertionError("unreachable")
+
+    async def stream_info(self, name: str) -> js_api.StreamInfo:
+        if self.info_hangs:
+            self.info_asked.set()
+            await asyncio.Event().wait()
+        return await super().stream_info(name)
+
+
+async def test_a_stop_whose_every_step_hangs_ends_within_its_time_and_acks_nothing_unpublished(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    step_min_s, close_s, stop_s = 0.2, 0.2, 1.0
+    monkeypatch.setattr("enricher._service.STOP_STEP_MIN_S", step_min_s, raising=False)
+    monkeypatch.setattr("pipeline.natsconn.CLOSE_TIMEOUT_S", close_s)
+    js = StuckJetStream()
+    nc = FakeNats(js=js, drain_hangs=True)  # NATS not answering: the drain never ends
+    js.client = nc
+
+    async def connect(settings: NatsSettings, *, name: str, **_: Any) -> FakeNats:
+        return nc
+
+    monkeypatch.setattr("enricher._nats.natsconn.connect", connect)
+    service = Enricher(
+        load(
+            Config,
+            {
+                "ENRICHER_GRPC_PORT": "0",
+                "ENRICHER_HTTP_PORT": "0",
+                "ENRICHER_STOP_TIMEOUT_S": str(stop_s),
+            },
+        )
+    )
+    await service.start()
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.wait_for(js.publishing.wait(), 10)  # a batch in hand, its publish hanging
+        js.info_hangs = True
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.http_port}") as http:
+            probe = asyncio.create_task(http.get("/readyz"))  # an ops call that never ends
+            await asyncio.wait_for(js.info_asked.wait(), 10)
+            started = loop.time()
+            stopping = asyncio.create_task(service.stop())
+            await asyncio.wait({stopping}, timeout=10)
+            elapsed = loop.time() - started
+            await cancel_and_wait(stopping)  # one that did not end is ended (a failed test)
+            with contextlib.suppress(httpx.HTTPError):
+                await probe
+    finally:
+        await service.stop()
+
+    # The batch gets what the stop is given; the drain and the servers their least (uvicorn
+    # rounds its grace up to a whole second); then scheduling.
+    assert stop_s <= elapsed < stop_s + (step_min_s + close_s) + 1.0 + 1.5
+    settled = [payload for subject, payload in nc.sent if subject == REPLY]
+    assert b"" not in settled  # never acked: it was not published
+    assert b"+TERM" not in settled
+    assert nc.is_closed
