@@ -203,8 +203,9 @@ class Config(NatsSettings, OpenSearchSettings, TracingSettings):
     graceful_stop_s: float = setting(
         "INDEXER_GRACEFUL_STOP_S",
         DEFAULT_GRACEFUL_STOP_S,
-        "seconds a stop waits for in-flight events to be indexed and acked; the messages"
-        " left are nak'd, for redelivery at once",
+        "seconds a graceful stop may take, all of it: in-flight events get what is left to"
+        " be indexed and acked (the messages left are nak'd, for redelivery at once), then"
+        " the servers' grace and the NATS drain (at least 1 s each)",
         check=non_negative,
     )
     grpc_host: str = setting(

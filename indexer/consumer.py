@@ -154,19 +154,19 @@ class EnrichedConsumer:
             asyncio.create_task(self._pending_loop(self._sub), name="indexer-pending"),
         ]
 
-    async def stop_fetching(self) -> None:
+    async def stop_fetching(self, *, timeout_s: float = STOP_FETCH_WAIT_S) -> None:
         """Stops asking for messages; returns after the fetch in progress (idempotent).
 
         A fetch loop stuck handing events to a writer that cannot send (OpenSearch away)
-        is cancelled after STOP_FETCH_WAIT_S: what it held is not acked; the service's
-        stop naks it once the writer is closed.
+        is cancelled after `timeout_s`: what it held is not acked; the service's stop naks
+        it once the writer is closed.
         """
         self._fetching = False
         self._stopping.set()
         task, self._fetch_task = self._fetch_task, None
         if task is None:
             return
-        await asyncio.wait({task}, timeout=STOP_FETCH_WAIT_S)
+        await asyncio.wait({task}, timeout=timeout_s)
         await cancel_and_wait(task)
 
     async def close(self) -> None:

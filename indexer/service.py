@@ -11,9 +11,9 @@ Retention runs in the background too, started again the same way.
 gRPC health: the whole server's follows readiness; QueryService's follows whether queries can
 be answered, that is whether OpenSearch answers (SERVING while NATS is away).
 
-stop(): stop fetching, let in-flight events be indexed and their messages acked (up to the
-graceful stop time), close the writer, nak what is left for redelivery at once, then close
-everything. Both are idempotent.
+stop(): stop fetching, let in-flight events be indexed and their messages acked, close the
+writer, nak what is left for redelivery at once, then close everything, all within the
+graceful stop time. Both are idempotent.
 """
 
 from __future__ import annotations
@@ -30,19 +30,21 @@ from indexer import retention
 from indexer.api import SERVICE_NAME, QueryServer
 from indexer.bulk import BulkWriter
 from indexer.config import Config
-from indexer.consumer import EnrichedConsumer, NatsDeadLetters
+from indexer.consumer import STOP_FETCH_WAIT_S, EnrichedConsumer, NatsDeadLetters
 from indexer.intake import Intake
 from indexer.metrics import Metrics
 from indexer.store import OpenSearchStore
 from indexer.store import client as store_client
 from pipeline import natsconn, subjects, tracing
 from pipeline.grpcserver import SERVER, ReadinessHealth
-from pipeline.service import HttpServer, ops_app
+from pipeline.service import STOP_STEP_MIN_S, HttpServer, StopDeadline, ops_app
 from pipeline.tasks import cancel_and_wait, restarting
 
 log = logging.getLogger(__name__)
 
 STEP_RETRY_S = 2.0
+# Queries in flight at a stop get at most this long (of what is left of the stop).
+QUERY_STOP_GRACE_S = 5.0
 _STREAMS = (subjects.ENRICHED_STREAM, subjects.DLQ_STREAM)
 
 
@@ -244,21 +246,28 @@ class Indexer:
                 await asyncio.sleep(STEP_RETRY_S)
 
     async def stop(self) -> None:
-        """Stops intake, drains in-flight events, acks, closes (idempotent)."""
+        """Stops intake, drains in-flight events, acks, closes (idempotent).
+
+        All of it within INDEXER_GRACEFUL_STOP_S: each step gets what is left of it (the
+        fetch in progress at most STOP_FETCH_WAIT_S of it), and the closing ones (the
+        servers' grace, then draining NATS) at least STOP_STEP_MIN_S each. Messages whose
+        events were not all indexed by then are nak'd, never acked.
+        """
         if not self._started:
             return
         self._started = False
+        deadline = StopDeadline(self._config.graceful_stop_s)
         await cancel_and_wait(*self._tasks)
         self._tasks = []
         if self._repair is not None:
             await self._repair.close()
         if self._consumer is not None:
-            await self._consumer.stop_fetching()
+            await self._consumer.stop_fetching(timeout_s=min(STOP_FETCH_WAIT_S, deadline.left()))
         if self._intake is not None:
             # Fetched, never handed over: nothing will take them now; back to JetStream.
             await self._intake.release_waiting()
         await self._query.set_serving(False)
-        await self._drain()
+        await self._drain(deadline.left())
         if self._consumer is not None:
             await self._consumer.close()
         await self._writer.close()
@@ -270,21 +279,23 @@ class Indexer:
                     "stopped with messages unsettled; nak'd for redelivery",
                     extra={"messages": released},
                 )
-        await self._query.stop(grace_s=min(self._config.graceful_stop_s, 5.0))
-        await self._http.stop()
+        grace_s = deadline.left(at_least=STOP_STEP_MIN_S)
+        await asyncio.gather(
+            self._query.stop(grace_s=min(grace_s, QUERY_STOP_GRACE_S)),
+            self._http.stop(grace_s=grace_s),
+        )
         if self._nc is not None:
-            with contextlib.suppress(Exception):
-                await self._nc.drain()
+            await natsconn.drain(self._nc, timeout_s=deadline.left(at_least=STOP_STEP_MIN_S))
             self._nc = None
         await self._store.close()
         if self._owns_tracing:
             self.tracing.shutdown()
 
-    async def _drain(self) -> None:
+    async def _drain(self, timeout_s: float) -> None:
         if self._intake is None:
             return
         try:
-            async with asyncio.timeout(self._config.graceful_stop_s):
+            async with asyncio.timeout(timeout_s):
                 await self._writer.drain()
                 await self._intake.wait_idle()
         except TimeoutError:

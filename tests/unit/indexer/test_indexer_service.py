@@ -4,21 +4,27 @@ serves and what its readiness says while they are away."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 import httpx
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from nats.aio.msg import Msg
+from telemetry.v1 import event_pb2
 
 from indexer import service as service_module
 from indexer.config import Config
 from indexer.service import Indexer
 from pipeline.config import load
 from pipeline.settings import NatsSettings
-from tests.unit.nats_fakes import FakeNats
+from pipeline.tasks import cancel_and_wait
+from tests.unit.nats_fakes import FakeJetStream, FakeNats, FakeSubscription
 
 
 async def until(condition: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 10) -> None:
@@ -367,3 +373,89 @@ async def test_stop_ends_a_start_up_pausing_after_an_error(
     await asyncio.wait_for(failed.wait(), 5)
 
     await asyncio.wait_for(indexer.stop(), 5)
+
+
+REPLY = "$JS.ACK.TELEMETRY_ENRICHED.indexer.1.7.1.1700000000000000000.0"  # how JetStream acks
+
+
+def enriched_batch() -> bytes:
+    stamp = Timestamp()
+    stamp.FromDatetime(datetime(2026, 5, 1, 12, tzinfo=UTC))
+    event = event_pb2.EnrichedEvent(
+        event=event_pb2.Event(event_id="e1", client_timestamp=stamp), corrected_timestamp=stamp
+    )
+    return event_pb2.EnrichedBatch(events=[event]).SerializeToString()
+
+
+class OneMessage(FakeSubscription):
+    """Delivers `msg` at its first fetch, then nothing."""
+
+    def __init__(self, js: FakeJetStream, stream: str, durable: str, msg: Msg) -> None:
+        super().__init__(js, stream, durable)
+        self._msg: Msg | None = msg
+
+    async def fetch(self, batch: int = 1, timeout: float | None = 5, **kwargs: Any) -> list[Any]:  # noqa: ASYNC109 - nats-py's signature
+        if self._msg is not None:
+            msg, self._msg = self._msg, None
+            return [msg]
+        return await super().fetch(batch, timeout, **kwargs)
+
+
+class OneMessageJetStream(FakeJetStream):
+    """Its consumer delivers one enriched message, whose acks go through `client`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.client: FakeNats | None = None
+
+    async def pull_subscribe_bind(self, *, durable: str, stream: str, **_: Any) -> OneMessage:
+        msg = Msg(_client=self.client, subject="telemetry.enriched.v1.shop", reply=REPLY)
+        msg.data = enriched_batch()
+        return OneMessage(self, stream, durable, msg)
+
+
+async def test_a_stop_whose_every_step_hangs_ends_within_its_time_and_acks_nothing_unindexed(
+    nats: Nats, indexer: Indexer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    step_min_s, close_s, stop_s = 0.2, 0.2, 1.0  # INDEXER_GRACEFUL_STOP_S is 1 s here
+    monkeypatch.setattr("indexer.service.STOP_STEP_MIN_S", step_min_s, raising=False)
+    monkeypatch.setattr("pipeline.natsconn.CLOSE_TIMEOUT_S", close_s)
+    js = OneMessageJetStream()
+    nats.client = FakeNats(js=js, drain_hangs=True)  # NATS not answering: the drain never ends
+    js.client = nats.client
+    writing, probed = asyncio.Event(), asyncio.Event()
+    opensearch_hangs = False
+
+    async def bulk(body: bytes) -> Any:  # OpenSearch never answers the _bulk
+        writing.set()
+        await asyncio.Event().wait()
+
+    async def ping() -> bool:  # nor, later, a /readyz probe's ping
+        if opensearch_hangs:
+            probed.set()
+            await asyncio.Event().wait()
+        return True
+
+    monkeypatch.setattr(indexer._store, "bulk", bulk)
+    monkeypatch.setattr(indexer._store, "ping", ping)
+    await indexer.start()
+    loop = asyncio.get_running_loop()
+    await asyncio.wait_for(writing.wait(), 10)  # the message's event being written
+    opensearch_hangs = True
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{indexer.http_port}") as http:
+        probe = asyncio.create_task(http.get("/readyz"))  # an ops call that never ends
+        await asyncio.wait_for(probed.wait(), 10)
+        started = loop.time()
+        stopping = asyncio.create_task(indexer.stop())
+        await asyncio.wait({stopping}, timeout=10)
+        elapsed = loop.time() - started
+        await cancel_and_wait(stopping)  # one that did not end is ended (a failed test)
+        with contextlib.suppress(httpx.HTTPError):
+            await probe
+
+    # The writing gets what the stop is given; the servers and the drain their least (uvicorn
+    # rounds its grace up to a whole second); then scheduling.
+    assert stop_s <= elapsed < stop_s + 1.0 + (step_min_s + close_s) + 1.5
+    settled = [payload for subject, payload in nats.client.sent if subject == REPLY]
+    assert settled == [b"-NAK"]  # given back for redelivery at once, never acked
+    assert nats.client.is_closed
