@@ -21,7 +21,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 STREAM_RETRY_S = 1.0
-DRAIN_TIMEOUT_S = 10.0
 
 
 class JetStreamPublisher:
@@ -57,19 +56,16 @@ class JetStreamPublisher:
             log.info("streams ensured")
             return
 
-    async def stop(self) -> None:
-        """Drains the connection (pending publishes are flushed) and closes it."""
+    async def stop(self, *, timeout_s: float) -> None:
+        """Drains the connection (pending publishes are flushed) and closes it, within
+        `timeout_s`: a connection not drained by then is closed without it."""
         task, self._task = self._task, None
         if task is not None:
             await cancel_and_wait(task)
         nc, self._nc, self._js = self._nc, None, None
         self._streams_ready = False
-        if nc is not None and not nc.is_closed:
-            try:
-                await asyncio.wait_for(nc.drain(), DRAIN_TIMEOUT_S)
-            except Exception as err:  # closing anyway
-                log.warning("nats drain failed: %s", err)
-                await nc.close()
+        if nc is not None:
+            await natsconn.drain(nc, timeout_s=timeout_s)
 
     @property
     def max_payload(self) -> int:

@@ -19,7 +19,7 @@ from gateway._validate import Limits
 from gateway.config import GatewayConfig
 from pipeline import tracing
 from pipeline.grpcserver import ReadinessHealth
-from pipeline.service import HttpServer
+from pipeline.service import STOP_STEP_MIN_S, HttpServer, StopDeadline
 from pipeline.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,9 @@ class Broker(Publisher, Protocol):
 
     async def start(self) -> None: ...
 
-    async def stop(self) -> None: ...
+    async def stop(self, *, timeout_s: float) -> None:
+        """Drains the connection and closes it, within `timeout_s`."""
+        ...
 
     async def ready(self) -> tuple[bool, str]: ...
 
@@ -162,16 +164,23 @@ class Gateway:
         )
 
     async def stop(self) -> None:
-        """Stops intake, lets in-flight requests (and their publishes) finish, drains NATS."""
+        """Stops intake, lets in-flight requests (and their publishes) finish, drains NATS.
+
+        All of it within GATEWAY_GRACEFUL_STOP_S: the requests get what the stop is given
+        (those still running then are cancelled, never answered 202), the NATS drain what is
+        left, at least STOP_STEP_MIN_S.
+        """
         if not self._started:
             return
         self._started = False
+        deadline = StopDeadline(self.config.graceful_stop_s)
         self.core.close()
         if self._health_task is not None:
             await cancel_and_wait(self._health_task)
             self._health_task = None
-        await asyncio.gather(self._http.stop(), self._grpc.stop())
-        await self._broker.stop()
+        grace_s = deadline.left(at_least=STOP_STEP_MIN_S)
+        await asyncio.gather(self._http.stop(grace_s=grace_s), self._grpc.stop(grace_s=grace_s))
+        await self._broker.stop(timeout_s=deadline.left(at_least=STOP_STEP_MIN_S))
         await self._query.close()
         if self._owns_tracing:
             self.tracing.shutdown()

@@ -242,6 +242,7 @@ class GatewayConfig(NatsSettings, TracingSettings):
     graceful_stop_s: float = setting(
         "GATEWAY_GRACEFUL_STOP_S",
         DEFAULT_GRACEFUL_STOP_S,
-        "seconds in-flight requests get to finish on stop",
+        "seconds a graceful stop may take: in-flight requests get them to finish, the NATS "
+        "drain what is left (at least 1 s)",
         check=positive,
     )

@@ -33,6 +33,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
+from pipeline import natsconn, tracing
+
 log = logging.getLogger(__name__)
 
 # No `<counter>_created` series (a start timestamp per counter and label set, which reads like
@@ -59,6 +61,12 @@ class StopDeadline:
     def left(self, *, at_least: float = 0.0) -> float:
         """Seconds left before the deadline, and never less than `at_least`."""
         return max(self._at - self._clock(), at_least)
+
+
+# The most a stop run by a StopDeadline may end past it: the least of its two closing steps
+# (the servers' grace, the NATS drain), closing NATS without the drain, exporting spans when
+# tracing is on, and a second for the rest (uvicorn's whole seconds and polling, cancels).
+STOP_OVERRUN_S = 2 * STOP_STEP_MIN_S + natsconn.CLOSE_TIMEOUT_S + tracing.SHUTDOWN_TIMEOUT_S + 1.0
 
 
 class Service(Protocol):

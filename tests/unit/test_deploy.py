@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from enricher.config import Config as EnricherConfig
-from gateway._publisher import DRAIN_TIMEOUT_S
 from gateway.config import GatewayConfig
 from indexer.config import Config as IndexerConfig
 from pipeline.config import describe
+from pipeline.service import STOP_OVERRUN_S
+from tests.script_modules import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = {"gateway": GatewayConfig, "enricher": EnricherConfig, "indexer": IndexerConfig}
@@ -80,8 +81,7 @@ def test_the_compose_parser_sees_real_blocks() -> None:
     assert compose_environment(sample) == {"a": {"X_Y"}}
 
 
-# The setting bounding each service's graceful stop, and what may follow it (the gateway
-# drains NATS for up to DRAIN_TIMEOUT_S after its requests are done).
+# The setting bounding each service's graceful stop (which may end up to STOP_OVERRUN_S past it).
 GRACEFUL_STOP = {
     "gateway": "GATEWAY_GRACEFUL_STOP_S",
     "enricher": "ENRICHER_STOP_TIMEOUT_S",
@@ -98,7 +98,16 @@ def test_compose_gives_a_graceful_stop_its_time_before_sigkill(service: str) -> 
     variable = GRACEFUL_STOP[service]
     graceful_s = float(values.get(variable, defaults[variable]))
 
-    assert int(grace[1]) >= graceful_s + DRAIN_TIMEOUT_S
+    assert int(grace[1]) >= graceful_s + STOP_OVERRUN_S
+
+
+@pytest.mark.parametrize("service", sorted(CONFIGS))
+def test_make_run_gives_a_graceful_stop_its_time_before_sigkill(service: str) -> None:
+    local = load_script("local.py", "local_script_deploy")
+    defaults = {name: default for name, default, _ in describe(CONFIGS[service])}
+    graceful_s = float(defaults[GRACEFUL_STOP[service]])
+
+    assert graceful_s + STOP_OVERRUN_S <= local.SERVICE_STOP_TIMEOUT_S
 
 
 def test_the_compose_values_parser_sees_real_blocks() -> None:

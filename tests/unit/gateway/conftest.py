@@ -29,7 +29,7 @@ class FakeBroker:
     async def start(self) -> None:
         pass
 
-    async def stop(self) -> None:
+    async def stop(self, *, timeout_s: float) -> None:
         pass
 
     async def ready(self) -> tuple[bool, str]:

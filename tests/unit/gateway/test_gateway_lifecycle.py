@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import grpc
 import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from nats.js import api as js_api
 
 from gateway import Gateway
+from gateway._publisher import JetStreamPublisher
+from pipeline.settings import NatsSettings
+from pipeline.tasks import cancel_and_wait
 from tests.unit.gateway.conftest import WRITE_KEY, FakeBroker, FakeQuery, unit_config
+from tests.unit.nats_fakes import FakeJetStream, FakeNats
 
 ONE = (
     b'[{"event_id":"e-1","session_id":"s","user_id":"u","event_name":"n",'
@@ -35,7 +41,7 @@ class GatedBroker(FakeBroker):
         self.closed_under_publish = self.stopped
         return await super().publish(subject, payload, msg_id=msg_id)
 
-    async def stop(self) -> None:
+    async def stop(self, *, timeout_s: float) -> None:
         self.stopped = True
 
 
@@ -132,3 +138,64 @@ async def test_a_warning_names_the_limits_when_events_may_not_fit_one_message(
     [message] = too_small
     assert "GATEWAY_MAX_METADATA_VALUE_CHARS" in message
     assert "max_payload" in message
+
+
+class UnansweringJetStream(FakeJetStream):
+    """Never acks a publish."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.publishing = asyncio.Event()
+
+    async def publish(self, subject: str, payload: bytes = b"", **_: Any) -> js_api.PubAck:
+        self.publishing.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_a_stop_whose_every_step_hangs_ends_within_its_time_and_never_answers_202(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    step_min_s, close_s, stop_s = 0.2, 0.2, 1.0
+    monkeypatch.setattr("gateway._service.STOP_STEP_MIN_S", step_min_s, raising=False)
+    monkeypatch.setattr("pipeline.natsconn.CLOSE_TIMEOUT_S", close_s)
+    js = UnansweringJetStream()
+    nc = FakeNats(js=js, drain_hangs=True)  # NATS not answering: the drain never ends
+
+    async def connect(settings: NatsSettings, *, name: str, **_: Any) -> FakeNats:
+        return nc
+
+    monkeypatch.setattr("gateway._publisher.natsconn.connect", connect)
+    config = unit_config(
+        GATEWAY_HTTP_PORT="0", GATEWAY_GRPC_PORT="0", GATEWAY_GRACEFUL_STOP_S=str(stop_s)
+    )
+    broker = JetStreamPublisher(config, publish_timeout_s=config.publish_timeout_s)
+    gateway = Gateway(config, broker=broker, query=FakeQuery())
+    await gateway.start()
+    loop = asyncio.get_running_loop()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.http_port}") as http:
+            for _ in range(500):
+                if (await http.get("/readyz")).status_code == 200:
+                    break
+                await asyncio.sleep(0.01)
+            pending = asyncio.create_task(
+                http.post("/v1/track", content=ONE, headers={"X-Api-Key": WRITE_KEY})
+            )
+            await asyncio.wait_for(js.publishing.wait(), 10)  # a request waiting for its PubAck
+            started = loop.time()
+            stopping = asyncio.create_task(gateway.stop())
+            await asyncio.wait({stopping}, timeout=10)
+            elapsed = loop.time() - started
+            await cancel_and_wait(stopping)  # one that did not end is ended (a failed test)
+            try:
+                status: int | None = (await pending).status_code
+            except httpx.HTTPError:
+                status = None  # cut off
+    finally:
+        await gateway.stop()
+
+    # The request gets what the stop is given, the drain its least; then scheduling.
+    assert stop_s <= elapsed < stop_s + (step_min_s + close_s) + 1.5
+    assert status != 202  # never stored
+    assert nc.is_closed
