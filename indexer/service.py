@@ -257,8 +257,9 @@ class Indexer:
             return
         self._started = False
         deadline = StopDeadline(self._config.graceful_stop_s)
-        await cancel_and_wait(*self._tasks)
+        await cancel_and_wait(*self._tasks)  # the health polls among them
         self._tasks = []
+        await self._query.set_serving(False)  # balancers look elsewhere from now on
         if self._repair is not None:
             await self._repair.close()
         if self._consumer is not None:
@@ -266,7 +267,6 @@ class Indexer:
         if self._intake is not None:
             # Fetched, never handed over: nothing will take them now; back to JetStream.
             await self._intake.release_waiting()
-        await self._query.set_serving(False)
         await self._drain(deadline.left())
         if self._consumer is not None:
             await self._consumer.close()

@@ -249,22 +249,20 @@ async def test_query_service_health_is_not_serving_for_good_once_stop_begins(
         return await health(indexer) == [SERVING, SERVING]
 
     await until(ready, "serving")
-    closing, release = asyncio.Event(), asyncio.Event()
-    close = indexer._writer.close
+    assert indexer._consumer is not None
+    stopping_fetch, release = asyncio.Event(), asyncio.Event()
+    stop_fetching = indexer._consumer.stop_fetching
 
-    async def held_close() -> None:  # the stop held while queries are still answered
-        closing.set()
+    async def held_stop_fetching(**kwargs: float) -> None:  # the stop's first wait, held
+        stopping_fetch.set()
         await release.wait()
-        await close()
+        await stop_fetching(**kwargs)
 
-    monkeypatch.setattr(indexer._writer, "close", held_close)
+    monkeypatch.setattr(indexer._consumer, "stop_fetching", held_stop_fetching)
     stopping = asyncio.create_task(indexer.stop())
     try:
-        await asyncio.wait_for(closing.wait(), 5)
-        opensearch["answers"] = False  # OpenSearch away and back: no poll sets SERVING again
-        await asyncio.sleep(0.05)
-        opensearch["answers"] = True
-        await asyncio.sleep(0.05)
+        await asyncio.wait_for(stopping_fetch.wait(), 5)
+        # Queries are still answered, but a balancer is told to look elsewhere already.
         assert await health(indexer) == [NOT_SERVING, NOT_SERVING]
     finally:
         release.set()
