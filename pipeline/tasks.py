@@ -58,7 +58,8 @@ async def restarting(
 
     The error is logged with its stack (`<what> stopped on an error: <error>; starting it
     again in <n> s`), `failed` is given the first part of that line (for readiness, and to
-    undo what the run left half done), and `work()` starts again after a pause: RESTART_S,
+    undo what the run left half done; its own error is logged too), and `work()` starts again
+    after a pause: RESTART_S,
     doubling up to RESTART_MAX_S while it keeps failing. Cancelling ends it, in the pause too.
     """
     delay = RESTART_S
@@ -70,6 +71,9 @@ async def restarting(
             failure = f"{what} stopped on an error: {err!r}"
             logger.error("%s; starting it again in %g s", failure, delay, exc_info=err)
             if failed is not None:
-                await failed(failure)
+                try:
+                    await failed(failure)
+                except Exception as undo_err:  # the next run starts over all the same
+                    logger.error("%s: undoing it failed: %r", what, undo_err, exc_info=undo_err)
         await asyncio.sleep(delay)
         delay = min(delay * 2, RESTART_MAX_S)

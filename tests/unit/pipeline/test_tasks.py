@@ -129,3 +129,31 @@ async def test_restarting_is_cancelled_promptly_in_its_pause(
     await asyncio.wait_for(cancel_and_wait(task), 1.0)
 
     assert task.cancelled()
+
+
+async def test_restarting_starts_the_work_again_when_undoing_a_failed_run_fails_too(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Undoing what a failed run set up (closing a connection, say) may fail as well: the work
+    # must still start again, or the service would never get through its start.
+    monkeypatch.setattr(tasks, "RESTART_S", 0.001)
+    runs = 0
+
+    async def work() -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            raise RuntimeError("broken")
+
+    async def failed(failure: str) -> None:
+        raise OSError("cannot undo")
+
+    logger = logging.getLogger("test.restarting")
+    with caplog.at_level(logging.ERROR, logger="test.restarting"):
+        await asyncio.wait_for(restarting(work, what="work", logger=logger, failed=failed), 5)
+
+    assert runs == 2
+    assert [record.getMessage() for record in caplog.records] == [
+        "work stopped on an error: RuntimeError('broken'); starting it again in 0.001 s",
+        "work: undoing it failed: OSError('cannot undo')",
+    ]
