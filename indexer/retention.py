@@ -28,7 +28,7 @@ from typing import Protocol
 
 from indexer.errors import IndexerError, SearchUnavailableError
 from indexer.metrics import Metrics
-from pipeline.tasks import restarting
+from pipeline import tasks
 
 log = logging.getLogger(__name__)
 
@@ -162,19 +162,27 @@ async def run_forever(
     goes by `retention_day` of `today()`.
 
     A run OpenSearch does not answer, or refuses, is logged and made again at the next
-    interval. One that ends on any other error (a bug) is logged with its stack and made again
-    after a pause (pipeline.tasks.restarting: 1 s, doubling up to 30 s while it keeps failing).
+    interval. One that ends on any other error (a bug, an answer not understood) is logged with
+    its stack and made again sooner: after pipeline.tasks.RESTART_S, doubling while it keeps
+    failing, up to the interval (a lasting failure is then logged once an interval).
     """
-
-    async def runs() -> None:
-        while True:
-            try:
-                day = await retention_day(admin, today())
-                await run_once(
-                    admin, prefix=prefix, keep_days=keep_days, today=day, metrics=metrics
-                )
-            except IndexerError as err:  # OpenSearch away or refusing: try again next round
-                log.warning("retention run failed: %s", err)
-            await asyncio.sleep(interval_s)
-
-    await restarting(runs, what="retention", logger=log)
+    retry_s = tasks.RESTART_S
+    while True:
+        pause_s = interval_s
+        try:
+            day = await retention_day(admin, today())
+            await run_once(admin, prefix=prefix, keep_days=keep_days, today=day, metrics=metrics)
+        except IndexerError as err:  # OpenSearch away or refusing: try again next round
+            log.warning("retention run failed: %s", err)
+        except Exception as err:
+            pause_s = min(retry_s, interval_s)
+            log.error(
+                "retention run ended on an error: %r; trying again in %g s",
+                err,
+                pause_s,
+                exc_info=err,
+            )
+            retry_s = min(retry_s * 2, interval_s)
+        else:
+            retry_s = tasks.RESTART_S
+        await asyncio.sleep(pause_s)

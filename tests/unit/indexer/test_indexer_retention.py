@@ -229,8 +229,8 @@ async def test_a_run_ending_on_an_unexpected_error_is_logged_and_made_again_soon
     assert admin.deleted == ["t-2026-01-01", "t-2026-01-30"]
     failures = [r for r in caplog.records if r.name == "indexer.retention"]
     assert [r.getMessage() for r in failures] == [
-        "retention stopped on an error: KeyError('creation.date'); starting it again in 0.01 s",
-        "retention stopped on an error: KeyError('creation.date'); starting it again in 0.02 s",
+        "retention run ended on an error: KeyError('creation.date'); trying again in 0.01 s",
+        "retention run ended on an error: KeyError('creation.date'); trying again in 0.02 s",
     ]
     assert all(r.levelno == logging.ERROR and r.exc_info for r in failures)
 
@@ -253,3 +253,42 @@ async def test_opensearch_away_is_a_warning_and_waits_for_the_next_run(
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
         (logging.WARNING, "retention run failed: away")
     ]
+
+
+async def test_quick_retries_after_unexpected_errors_grow_to_the_interval_and_start_over(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A lasting failure is retried at most once an interval (not every few seconds for ever),
+    # and one a good run came between starts from the short pause again.
+    monkeypatch.setattr("pipeline.tasks.RESTART_S", 0.01)
+    outcomes = iter(["bug", "bug", "bug", "bug", "ok", "bug", "stop"])
+    done = asyncio.Event()
+
+    class Flaky(FakeAdmin):
+        async def index_creation_days(self) -> dict[str, date | None]:
+            outcome = next(outcomes)
+            if outcome == "stop":
+                done.set()
+                await asyncio.Event().wait()
+            if outcome == "bug":
+                raise KeyError("creation.date")
+            return await super().index_creation_days()
+
+    task = asyncio.create_task(
+        retention.run_forever(
+            Flaky(NAMES), prefix="t-", keep_days=2, interval_s=0.03, today=lambda: date(2026, 2, 2)
+        )
+    )
+    try:
+        with caplog.at_level(logging.ERROR, logger="indexer.retention"):
+            await asyncio.wait_for(done.wait(), 5)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    pauses = [
+        r.getMessage().rpartition("trying again in ")[2]
+        for r in caplog.records
+        if r.name == "indexer.retention"
+    ]
+    assert pauses == ["0.01 s", "0.02 s", "0.03 s", "0.03 s", "0.01 s"]
