@@ -103,6 +103,8 @@ def _translate(err: Exception) -> Exception:
         )
     if isinstance(err, OSError | TimeoutError):
         return SearchUnavailableError(f"opensearch not reachable: {err}")
+    if isinstance(err, os_errors.SerializationError):  # a proxy's HTML page, say
+        return SearchUnavailableError(f"opensearch's answer is not JSON: {str(err)[:200]}")
     return err
 
 
@@ -135,7 +137,7 @@ def _utc_day(epoch_millis: object) -> date | None:
 async def _call(work: Callable[[], Awaitable[T]]) -> T:
     try:
         return await work()
-    except (os_errors.TransportError, OSError, TimeoutError) as err:
+    except (os_errors.TransportError, os_errors.SerializationError, OSError, TimeoutError) as err:
         raise _translate(err) from err
 
 

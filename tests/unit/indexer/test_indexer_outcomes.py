@@ -12,6 +12,7 @@ from indexer.errors import (
     SearchUnavailableError,
 )
 from indexer.outcomes import Outcome, backoff_s, failure_outcome, item_outcome, item_reason
+from indexer.store import _call as store_call
 from indexer.store import _translate
 
 
@@ -133,3 +134,15 @@ def test_a_retryable_answer_keeps_its_status_and_no_answer_has_none() -> None:
     unreachable = _translate(os_errors.ConnectionError("N/A", "refused", OSError("refused")))
     assert isinstance(unreachable, SearchUnavailableError)
     assert unreachable.status is None
+
+
+async def test_an_answer_that_is_not_json_is_opensearch_unavailable() -> None:
+    # A proxy in front of OpenSearch answering 200 with an HTML page: retried (bulk), UNAVAILABLE
+    # (queries), a warning (retention), not an unexpected error.
+    async def request() -> None:
+        raise os_errors.SerializationError("<html>maintenance</html>", ValueError("no JSON"))
+
+    with pytest.raises(SearchUnavailableError, match="not JSON") as raised:
+        await store_call(request)
+
+    assert failure_outcome(raised.value) is Outcome.RETRY
