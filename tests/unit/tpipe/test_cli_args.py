@@ -187,7 +187,12 @@ def test_every_option_with_a_default_says_it_in_its_help(
     for command, parser in _command_parsers():
         for action in parser._actions:
             default = action.default
-            if not action.option_strings or default in (None, argparse.SUPPRESS, False, [], ""):
+            # By identity: 0 == False, and a default of 0 must say so too.
+            if not action.option_strings or any(
+                default is nothing for nothing in (None, argparse.SUPPRESS, False)
+            ):
+                continue
+            if default in ([], ""):
                 continue
             shown = f"{default:g}" if isinstance(default, float) else str(default)
             assert f"(default {shown}" in (action.help or "") or f"; default {shown})" in (
