@@ -157,7 +157,7 @@ async def test_a_stop_whose_every_step_hangs_ends_within_its_time_and_never_answ
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     step_min_s, close_s, stop_s = 0.2, 0.2, 1.0
-    monkeypatch.setattr("gateway._service.STOP_STEP_MIN_S", step_min_s, raising=False)
+    monkeypatch.setattr("gateway._service.STOP_STEP_MIN_S", step_min_s)
     monkeypatch.setattr("pipeline.natsconn.CLOSE_TIMEOUT_S", close_s)
     js = UnansweringJetStream()
     nc = FakeNats(js=js, drain_hangs=True)  # NATS not answering: the drain never ends

@@ -273,7 +273,7 @@ async def test_query_service_health_is_not_serving_for_good_once_stop_begins(
 async def test_a_deleted_stream_is_created_again_and_the_consumer_too(
     nats: Nats, indexer: Indexer, monkeypatch: pytest.MonkeyPatch, stream: str
 ) -> None:
-    monkeypatch.setattr("pipeline.natsconn.STREAM_RETRY_S", 0.01, raising=False)
+    monkeypatch.setattr("pipeline.natsconn.STREAM_RETRY_S", 0.01)
     await indexer.start()
 
     async def ready() -> bool:
@@ -416,7 +416,7 @@ async def test_a_stop_whose_every_step_hangs_ends_within_its_time_and_acks_nothi
     nats: Nats, indexer: Indexer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     step_min_s, close_s, stop_s = 0.2, 0.2, 1.0  # INDEXER_GRACEFUL_STOP_S is 1 s here
-    monkeypatch.setattr("indexer.service.STOP_STEP_MIN_S", step_min_s, raising=False)
+    monkeypatch.setattr("indexer.service.STOP_STEP_MIN_S", step_min_s)
     monkeypatch.setattr("pipeline.natsconn.CLOSE_TIMEOUT_S", close_s)
     js = OneMessageJetStream()
     nats.client = FakeNats(js=js, drain_hangs=True)  # NATS not answering: the drain never ends
