@@ -113,6 +113,8 @@ class _Outgoing:
 RETRY_LOG_INTERVAL_S = 30.0
 # A message held for a failing publish is touched this often by default (below ack_wait).
 DEFAULT_TOUCH_EVERY_S = 10.0
+# Messages given back on stop: redelivered at once, to another process or the next start.
+RELEASE_DELAY_S = 0.0
 
 T = TypeVar("T")
 
@@ -162,11 +164,34 @@ class Handler:
         self._retry_log = retry_log or logs.Throttle(RETRY_LOG_INTERVAL_S)
         self._touch_every_s = touch_every_s
         self._stopping = asyncio.Event()
+        # Handed to handle(), not yet acked, nak'ed or terminated (by identity): those whose
+        # turn has not come yet, those being published, those waiting for NATS to take it.
+        self._unsettled: dict[int, Delivery] = {}
 
     def stop(self) -> None:
         """Messages waiting for NATS to take their publish are nak'ed at once from now on
         (redelivered to whichever process fetches next), so a stop does not wait for NATS."""
         self._stopping.set()
+
+    @property
+    def unsettled(self) -> int:
+        """Messages handed to `handle()` and not yet acked, nak'ed or terminated."""
+        return len(self._unsettled)
+
+    async def release_unsettled(self) -> int:
+        """Naks every message handed to `handle()` and not settled, for redelivery at once
+        (to another process, or the next start) instead of after the consumer's ack wait;
+        returns how many.
+
+        Only once no `handle()` runs any more (its fetch loops ended, cancelled or not): a
+        message nak'ed while its publish could still be taken would be redelivered and
+        enriched again beside it.
+        """
+        unsettled = list(self._unsettled.values())
+        self._unsettled.clear()
+        for delivery in unsettled:
+            await self._quietly(delivery.nak(RELEASE_DELAY_S))
+        return len(unsettled)
 
     async def handle(self, deliveries: Sequence[Delivery]) -> None:
         """Settles every delivery: acked after its publish, terminated, or nak'ed.
@@ -174,9 +199,12 @@ class Handler:
         Messages are enriched one after the other (CPU), each one's publish starting
         before the next is enriched, and the event loop gets a turn between them (for
         acks, touches, other fetch loops); the publishes wait for their acks
-        concurrently. Never raises for one bad message.
+        concurrently. Never raises for one bad message. Cancelled, it leaves the messages
+        it had not settled to `release_unsettled()`.
         """
         started = time.perf_counter()
+        for delivery in deliveries:
+            self._unsettled[id(delivery)] = delivery
         in_progress = self._metrics.messages_in_progress
         unsettled = len(deliveries)
         in_progress.inc(unsettled)
@@ -287,7 +315,7 @@ class Handler:
             try:
                 published = await self._until_taken(delivery, lambda: self._publish(outgoing))
             except _Stopped:
-                await self._quietly(delivery.nak(0.0))
+                await self._finish(delivery, delivery.nak(RELEASE_DELAY_S))
                 return
             except Exception as err:
                 item = err
@@ -300,7 +328,7 @@ class Handler:
                 self._metrics.messages.labels(outcome=OUTCOME_ENRICHED).inc()
                 if duplicate:
                     self._metrics.duplicates.inc()
-                await self._quietly(delivery.ack())
+                await self._finish(delivery, delivery.ack())
                 return
         action = (
             item
@@ -317,7 +345,7 @@ class Handler:
                     ),
                 )
             except _Stopped:
-                await self._quietly(delivery.nak(0.0))
+                await self._finish(delivery, delivery.nak(RELEASE_DELAY_S))
                 return
             except DeadLetterRefusedError as err:
                 # Refused for good: trying again would stall this fetch loop forever.
@@ -334,7 +362,7 @@ class Handler:
                     },
                 )
                 self._metrics.dlq_refused.inc()
-                await self._quietly(delivery.term())
+                await self._finish(delivery, delivery.term())
                 return
             except Exception as err:
                 # Not stored, and not NATS's doing: never term it, nak it to be tried again.
@@ -359,13 +387,13 @@ class Handler:
                 self._metrics.messages.labels(outcome=OUTCOME_DEAD_LETTERED).inc()
                 if not again:  # counted once, not again for a redelivery
                     self._metrics.dlq.labels(reason=letter.reason).inc()
-                await self._quietly(delivery.term())
+                await self._finish(delivery, delivery.term())
                 return
         assert isinstance(action, _policy.Retry)
         self._remember(delivery, item)
         span.set_attribute("pipeline.outcome", OUTCOME_RETRIED)
         self._metrics.messages.labels(outcome=OUTCOME_RETRIED).inc()
-        await self._quietly(delivery.nak(action.delay_s))
+        await self._finish(delivery, delivery.nak(action.delay_s))
 
     async def _publish(self, item: _Outgoing) -> int:
         """Publishes every part; returns the events of the parts the stream did not have
@@ -433,6 +461,12 @@ class Handler:
                     "held_back": held_back,
                 },
             )
+
+    async def _finish(self, delivery: Delivery, settling: Awaitable[None]) -> None:
+        """Acks, naks or terminates `delivery` (`settling`): from then on it is not unsettled,
+        whether NATS takes it or not (a message whose ack is lost comes back all the same)."""
+        self._unsettled.pop(id(delivery), None)
+        await self._quietly(settling)
 
     async def _quietly(self, settle: Awaitable[None]) -> None:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -44,7 +45,8 @@ class Enricher:
     Consuming that ends on an unexpected error (a fetch loop's, or one setting it up) is
     logged with its stack and started again, on a new connection, after a pause
     (CONSUME_RESTART_S, doubling up to CONSUME_RESTART_MAX_S); readiness names the error until
-    it runs again. What the ended loops held is redelivered after ack_wait.
+    it runs again. The messages the ended loops held unsettled are nak'd, for redelivery at
+    once, before that connection is closed.
     """
 
     def __init__(
@@ -191,11 +193,7 @@ class Enricher:
                 exc_info=error,
             )
             self._loops = []
-            self._handler = None
-            broker = self._broker
-            if broker is not None:
-                await broker.close(timeout_s=self._config.stop_timeout_s)
-                self._broker = None
+            await self._close_broker("consuming ended", timeout_s=self._config.stop_timeout_s)
             await asyncio.sleep(delay)
             delay = min(delay * 2, CONSUME_RESTART_MAX_S)
 
@@ -235,6 +233,29 @@ class Enricher:
             # The one that failed is logged by the caller; the others end here.
             await cancel_and_wait(lag, *(run for run in runs if not run.done()))
 
+    async def _close_broker(self, ended: str, *, timeout_s: float) -> None:
+        """Naks the messages the handler did not settle, then closes the broker (its drain
+        sends the naks), all within `timeout_s`. Only once the fetch loops have ended: no
+        publish of those messages can be taken any more.
+
+        They are redelivered at once, to another process or the next start, instead of after
+        the consumer's ack wait; a nak NATS does not take leaves its message to that.
+        """
+        closing = StopDeadline(timeout_s)
+        handler, self._handler = self._handler, None
+        if handler is not None and (unsettled := handler.unsettled):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(closing.left()):
+                    await handler.release_unsettled()
+            log.warning(
+                "%s with messages unsettled; nak'd for redelivery",
+                ended,
+                extra={"messages": unsettled},
+            )
+        if self._broker is not None:
+            await self._broker.close(timeout_s=closing.left())
+            self._broker = None
+
     async def ready(self) -> tuple[bool, str]:
         """Ready when NATS is connected, the streams exist and the consumer is bound; or why
         not: `nats not connected`, the set-up step waited for (`streams not ensured yet` or
@@ -264,8 +285,9 @@ class Enricher:
         All of it within ENRICHER_STOP_TIMEOUT_S: each step gets what is left of it, and the
         closing ones (draining NATS, then the gRPC and HTTP servers' grace) at least
         STOP_STEP_MIN_S each. A batch not finished by then is cancelled, its messages not
-        acked (nothing is acked before its publish is): JetStream delivers them again after
-        the ack wait.
+        acked (nothing is acked before its publish is); once it has ended, every message
+        fetched and not settled is nak'd before the drain, and JetStream delivers it again at
+        once (after the ack wait if the nak is lost).
         """
         if not self._started:
             return
@@ -287,12 +309,9 @@ class Enricher:
                 pulls = asyncio.gather(*(loop.pulls_done() for loop in self._loops))
                 pulls.add_done_callback(lambda _: handler.stop())
             await asyncio.wait([task], timeout=deadline.left())
-            await cancel_and_wait(task)  # what it still holds comes back after ack_wait
+            await cancel_and_wait(task)  # what it still holds is given back below
         self._loops = []
-        self._handler = None
-        if self._broker is not None:
-            await self._broker.close(timeout_s=deadline.left(at_least=STOP_STEP_MIN_S))
-            self._broker = None
+        await self._close_broker("stopped", timeout_s=deadline.left(at_least=STOP_STEP_MIN_S))
         grace_s = deadline.left(at_least=STOP_STEP_MIN_S)
         servers = []
         if self._grpc is not None:

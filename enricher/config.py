@@ -173,8 +173,8 @@ class Config(NatsSettings, TracingSettings):
         "ENRICHER_STOP_TIMEOUT_S",
         DEFAULT_STOP_TIMEOUT_S,
         "seconds a graceful stop may take, all of it: the batches in hand, then the NATS "
-        "drain and the servers' grace get what is left (at least 1 s each); what did not "
-        "finish is delivered again",
+        "drain and the servers' grace get what is left (at least 1 s each); the messages "
+        "left are nak'd, for redelivery at once",
         check=positive,
     )
 

@@ -280,6 +280,7 @@ async def test_a_held_message_is_touched_within_ack_wait_and_naked_at_once_on_st
     assert delivery.log[-1] == "nak 0.0"
     assert _sample(metrics, "enricher_messages_held") == 0
     assert sink.published == []
+    assert await handler.release_unsettled() == 0  # nak'ed already: not again
 
 
 async def test_a_message_leaves_in_progress_as_it_settles_not_with_its_fetch() -> None:
@@ -313,6 +314,43 @@ async def test_a_cancelled_fetch_leaves_nothing_in_progress() -> None:
         await handling
     assert _sample(metrics, "enricher_messages_in_progress") == 0
     assert _sample(metrics, "enricher_messages_held") == 0
+
+
+@dataclass
+class HangingSink(FakeSink):
+    """Takes the first `takes` publishes; every later one never returns (no PubAck, ever)."""
+
+    takes: int = 1
+    attempts: int = 0
+    hanging: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def publish(self, subject: str, data: bytes, *, headers: Mapping[str, str]) -> bool:
+        self.attempts += 1
+        if self.attempts > self.takes:
+            self.hanging.set()
+            await asyncio.Event().wait()
+        return await super().publish(subject, data, headers=headers)
+
+
+async def test_what_a_cancelled_handle_left_unsettled_is_released_with_naks_at_once() -> None:
+    sink = HangingSink(takes=1)
+    handler = _handler(sink)
+    deliveries = [FakeDelivery(_good(), stream_seq=n) for n in range(1, 21)]
+    handling = asyncio.create_task(handler.handle(deliveries))
+    await asyncio.wait_for(sink.hanging.wait(), 1.0)  # the second one's publish hangs
+
+    handling.cancel()  # as a stop past its time cancels a fetch loop
+    with pytest.raises(asyncio.CancelledError):
+        await handling
+    assert sink.attempts < len(deliveries)  # the last ones never had their turn
+    assert handler.unsettled == len(deliveries) - 1
+
+    assert await handler.release_unsettled() == len(deliveries) - 1
+    published, *rest = deliveries
+    assert published.log == ["ack"]  # published before the cancel: acked, not given back
+    assert [d.log for d in rest] == [["nak 0.0"]] * len(rest)
+    assert handler.unsettled == 0
+    assert await handler.release_unsettled() == 0  # each given back once
 
 
 async def test_a_dead_letter_stored_before_is_not_counted_again() -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import httpx
+import nats.errors
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nats.aio.msg import Msg
@@ -18,6 +19,7 @@ from nats.js import api as js_api
 from nats.js.errors import BadRequestError
 from telemetry.v1 import event_pb2
 
+from enricher._handler import Handler
 from enricher._service import Enricher
 from enricher.config import Config
 from pipeline.config import load
@@ -63,8 +65,63 @@ class Loop:
         await self._stopped.wait()
 
 
+class Delivery:
+    """A raw message whose acks, naks and terms go to `log`."""
+
+    subject = "telemetry.raw.v1.shop"
+    stream_seq = 7
+    deliveries = 1
+    stored_ns = 1_700_000_000_000_000_000
+
+    def __init__(self, log: list[str]) -> None:
+        self.data = raw_batch()
+        self.headers: dict[str, str] = {}
+        self._log = log
+
+    async def ack(self) -> None:
+        self._log.append("ack")
+
+    async def nak(self, delay_s: float) -> None:
+        self._log.append(f"nak {delay_s}")
+
+    async def term(self) -> None:
+        self._log.append("term")
+
+    async def in_progress(self) -> None:
+        return None
+
+
+class HandingLoop(Loop):
+    """A fetch loop that hands `deliveries` to the handler first, then fetches nothing."""
+
+    def __init__(self, handler: Handler, deliveries: list[Delivery]) -> None:
+        super().__init__()
+        self._handler = handler
+        self._deliveries = deliveries
+
+    async def run(self) -> None:
+        await self._handler.handle(self._deliveries)
+        await super().run()
+
+
+class HangingSink:
+    """NATS taking no publish: each waits for its PubAck for ever."""
+
+    def __init__(self) -> None:
+        self.publishing = asyncio.Event()
+
+    async def publish(self, subject: str, data: bytes, *, headers: Any) -> bool:
+        self.publishing.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def dead_letter(self, delivery: Any, *, reason: str, detail: str) -> bool:
+        raise AssertionError("nothing is dead-lettered")
+
+
 class Broker:
-    """The enricher's side of NATS: connected once `up` is set; ready while `answers`."""
+    """The enricher's side of NATS: connected once `up` is set; ready while `answers`. Its
+    first fetch loop hands `deliveries` to the handler; publishes never end."""
 
     def __init__(self) -> None:
         self.up = asyncio.Event()
@@ -73,6 +130,9 @@ class Broker:
         self.opened = 0
         self.closed = 0
         self.loops: list[Loop] = []
+        self.deliveries: list[Delivery] = []
+        self.sink_ = HangingSink()
+        self.log: list[str] = []  # closes, beside the deliveries' acks and naks
 
     async def connect(self, *_: Any, **__: Any) -> Broker:
         await self.up.wait()
@@ -87,11 +147,12 @@ class Broker:
 
     max_payload = 1024 * 1024
 
-    def sink(self, *, timeout_s: float) -> object:
-        return object()
+    def sink(self, *, timeout_s: float) -> HangingSink:
+        return self.sink_
 
-    def fetch_loops(self, handler: object, settings: object) -> list[Loop]:
-        self.loops = [Loop(), Loop()]
+    def fetch_loops(self, handler: Handler, settings: object) -> list[Loop]:
+        deliveries, self.deliveries = self.deliveries, []
+        self.loops = [HandingLoop(handler, deliveries) if deliveries else Loop(), Loop()]
         return self.loops
 
     async def ready(self) -> tuple[bool, str]:
@@ -102,6 +163,7 @@ class Broker:
 
     async def close(self, **_: Any) -> None:
         self.closed += 1
+        self.log.append("close")
 
 
 @pytest.fixture
@@ -200,6 +262,26 @@ async def test_consuming_that_ends_on_an_error_is_named_logged_and_started_again
     await until(ready, "ready again, without a restart of the process")
     assert broker.opened == 2
     assert broker.loops != [first, second]
+
+
+async def test_consuming_that_ends_on_an_error_naks_what_it_held_before_closing_nats(
+    broker: Broker, enricher: Enricher, caplog: pytest.LogCaptureFixture
+) -> None:
+    held = Delivery(broker.log)
+    broker.deliveries = [held]
+    broker.up.set()
+    await enricher.start()
+    await asyncio.wait_for(broker.sink_.publishing.wait(), 10)  # its publish never ends
+    broker.loops[1].fail(RuntimeError("fetch loop bug"))  # the other loop: both end
+
+    async def closed() -> bool:
+        return broker.closed == 1
+
+    await until(closed, "the connection closed")
+    assert broker.log == ["nak 0.0", "close"]  # given back at once, before the drain
+    [line] = [r for r in caplog.records if "unsettled" in r.getMessage()]
+    assert line.getMessage() == "consuming ended with messages unsettled; nak'd for redelivery"
+    assert line.messages == 1
 
 
 class RefusingJetStream(FakeJetStream):
@@ -410,3 +492,94 @@ async def test_a_stop_whose_every_step_hangs_ends_within_its_time_and_acks_nothi
     assert b"" not in settled  # never acked: it was not published
     assert b"+TERM" not in settled
     assert nc.is_closed
+
+
+def raw_message(client: FakeNats, *, app_id: str, seq: int) -> Msg:
+    """A raw batch of one event from `app_id`, as JetStream delivers it at stream sequence
+    `seq` (its acks go to `client`)."""
+    raw = event_pb2.RawBatch()
+    raw.context.app_id = app_id
+    raw.events.add(event_id=f"e{seq}", event_name="open")
+    reply = f"$JS.ACK.TELEMETRY_RAW.enricher.1.{seq}.{seq}.1700000000000000000.0"
+    msg = Msg(_client=client, subject=f"telemetry.raw.v1.{app_id}", reply=reply)
+    msg.data = raw.SerializeToString()
+    return msg
+
+
+class Delivering(FakeSubscription):
+    """Delivers `msgs` at its first fetch, then nothing."""
+
+    def __init__(self, js: FakeJetStream, stream: str, durable: str, msgs: list[Msg]) -> None:
+        super().__init__(js, stream, durable)
+        self._msgs = msgs
+
+    async def fetch(self, batch: int = 1, timeout: float | None = 5, **kwargs: Any) -> list[Any]:  # noqa: ASYNC109 - nats-py's signature
+        if self._msgs:
+            msgs, self._msgs = self._msgs, []
+            return msgs
+        return await super().fetch(batch, timeout, **kwargs)
+
+
+class OneAppStuck(FakeJetStream):
+    """A JetStream whose first subscription delivers `msgs` in one fetch, and that never acks
+    a publish to app `stuck`'s enriched subject (the others are acked at once)."""
+
+    def __init__(self, msgs: list[Msg], *, stuck: str) -> None:
+        super().__init__()
+        self._msgs = msgs
+        self._stuck = f"telemetry.enriched.v1.{stuck}"
+        self.publishing = asyncio.Event()
+
+    async def pull_subscribe_bind(self, *, durable: str, stream: str, **_: Any) -> Delivering:
+        msgs, self._msgs = self._msgs, []
+        return Delivering(self, stream, durable, msgs)
+
+    async def publish(self, subject: str, payload: bytes = b"", **kwargs: Any) -> js_api.PubAck:
+        if subject == self._stuck:
+            self.publishing.set()
+            await asyncio.Event().wait()  # no PubAck, ever
+        return await super().publish(subject, payload, **kwargs)
+
+
+class ClosingNats(FakeNats):
+    """A client that refuses to send once closed, as nats-py's does."""
+
+    async def publish(self, subject: str, payload: bytes = b"", **kwargs: Any) -> None:
+        if self.is_closed:
+            raise nats.errors.ConnectionClosedError
+        await super().publish(subject, payload, **kwargs)
+
+
+async def test_a_stop_naks_at_once_what_it_did_not_finish_and_acks_what_it_published(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    nc = ClosingNats()
+    published = raw_message(nc, app_id="shop", seq=7)
+    stuck = raw_message(nc, app_id="slow", seq=8)
+    js = OneAppStuck([published, stuck], stuck="slow")
+    nc.js = js
+
+    async def connect(settings: NatsSettings, *, name: str, **_: Any) -> FakeNats:
+        return nc
+
+    monkeypatch.setattr("enricher._nats.natsconn.connect", connect)
+    service = Enricher(
+        load(
+            Config,
+            {"ENRICHER_GRPC_PORT": "0", "ENRICHER_HTTP_PORT": "0", "ENRICHER_STOP_TIMEOUT_S": "1"},
+        )
+    )
+    await service.start()
+    try:
+        await asyncio.wait_for(js.publishing.wait(), 10)  # one publish taken, one hanging
+    finally:
+        await service.stop()
+
+    # Before the drain (the client sends nothing after it): the one published acked, the
+    # other nak'd without a delay, for redelivery at once rather than after the ack wait.
+    assert [payload for subject, payload in nc.sent if subject == published.reply] == [b""]
+    assert [payload for subject, payload in nc.sent if subject == stuck.reply] == [b"-NAK"]
+    assert nc.drained
+    [line] = [r for r in caplog.records if "unsettled" in r.getMessage()]
+    assert line.getMessage() == "stopped with messages unsettled; nak'd for redelivery"
+    assert line.messages == 1
