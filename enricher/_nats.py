@@ -37,12 +37,6 @@ _CONSUMER_NOT_FOUND = 10014
 _NATS_ERRORS = (nats.errors.Error, JsError, OSError, asyncio.TimeoutError)
 
 
-def describe(err: BaseException) -> str:
-    """What a NATS error says, for logs and readiness (the repr of most of nats-py's errors
-    is their class name alone, and asyncio's timeout says nothing)."""
-    return str(err) or type(err).__name__
-
-
 @dataclass(frozen=True, slots=True)
 class ConsumerSettings:
     """How the durable consumer on the raw stream is set up and read."""
@@ -75,9 +69,11 @@ class JsSink:
                 headers=dict(headers),
             )
         except (nats.errors.MaxPayloadError, BadRequestError) as err:
-            raise PublishRefusedError(f"publish to {subject} refused: {err!r}") from err
+            raise PublishRefusedError(
+                f"publish to {subject} refused: {natsconn.describe(err)}"
+            ) from err
         except _NATS_ERRORS as err:
-            raise BrokerError(f"publish to {subject}: {err!r}") from err
+            raise BrokerError(f"publish to {subject}: {natsconn.describe(err)}") from err
         return bool(ack.duplicate)
 
     async def dead_letter(self, delivery: Delivery, *, reason: str, detail: str) -> bool:
@@ -104,9 +100,9 @@ class JsSink:
         except (nats.errors.MaxPayloadError, BadRequestError) as err:
             # Too large for the server, or refused by the stream (a 400: a wrong expected
             # sequence, a message larger than the stream takes): the same every time.
-            raise DeadLetterRefusedError(f"the DLQ refused it: {err!r}") from err
+            raise DeadLetterRefusedError(f"the DLQ refused it: {natsconn.describe(err)}") from err
         except _NATS_ERRORS as err:
-            raise BrokerError(f"publish to the DLQ: {err!r}") from err
+            raise BrokerError(f"publish to the DLQ: {natsconn.describe(err)}") from err
 
 
 def consumer_config(settings: ConsumerSettings) -> js_api.ConsumerConfig:
@@ -150,7 +146,7 @@ async def bind_consumer(
     except _NATS_ERRORS as err:
         for sub in subs:
             await release(sub)
-        raise BrokerError(describe(err)) from err
+        raise BrokerError(natsconn.describe(err)) from err
     return subs
 
 
@@ -168,15 +164,15 @@ async def restore_consumer(js: JetStreamContext, settings: ConsumerSettings) -> 
         await js.consumer_info(subjects.RAW_STREAM, settings.name)
     except NotFoundError as err:
         if err.err_code != _CONSUMER_NOT_FOUND:
-            raise BrokerError(f"consumer {settings.name}: {err!r}") from err
+            raise BrokerError(f"consumer {settings.name}: {natsconn.describe(err)}") from err
     except _NATS_ERRORS as err:
-        raise BrokerError(f"consumer {settings.name}: {err!r}") from err
+        raise BrokerError(f"consumer {settings.name}: {natsconn.describe(err)}") from err
     else:
         return False
     try:
         await js.add_consumer(subjects.RAW_STREAM, consumer_config(settings))
     except _NATS_ERRORS as err:
-        raise BrokerError(f"consumer {settings.name}: {err!r}") from err
+        raise BrokerError(f"consumer {settings.name}: {natsconn.describe(err)}") from err
     return True
 
 
@@ -229,7 +225,7 @@ class FetchLoop:
                 continue
             except Exception as err:  # an outage or a client bug: keep trying, never die
                 if not failing and not self._stopping.is_set():  # a stop interrupts a fetch
-                    log.warning("fetch failing: %r; retrying", err)
+                    log.warning("fetch failing: %s; retrying", natsconn.describe(err))
                     failing = True
                 await self._restore()
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -269,7 +265,7 @@ async def consumer_pending(subscription: JetStreamContext.PullSubscription) -> i
     try:
         info = await subscription.consumer_info()
     except _NATS_ERRORS as err:
-        raise BrokerError(f"consumer info: {err!r}") from err
+        raise BrokerError(f"consumer info: {natsconn.describe(err)}") from err
     return int(info.num_pending or 0)
 
 
@@ -316,7 +312,7 @@ class Broker:
         try:
             await natsconn.ensure_streams(self._js, self._settings)
         except _NATS_ERRORS as err:
-            raise BrokerError(describe(err)) from err
+            raise BrokerError(natsconn.describe(err)) from err
 
     async def bind(self, consumer: ConsumerSettings, *, subscriptions: int) -> None:
         """Creates or updates the durable consumer and binds `subscriptions` pull

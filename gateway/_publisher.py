@@ -49,7 +49,7 @@ class JetStreamPublisher:
             try:
                 await natsconn.ensure_streams(js, self._settings)
             except Exception as err:  # whatever it is: log, retry, stay not ready
-                log.warning("cannot ensure streams yet: %s", err)
+                log.warning("cannot ensure streams yet: %s", natsconn.describe(err))
                 await asyncio.sleep(STREAM_RETRY_S)
                 continue
             self._streams_ready = True

@@ -215,9 +215,9 @@ class EnrichedConsumer:
             except TimeoutError:  # answered: nothing to fetch
                 msgs = []
             except Exception as err:  # NATS away (it reconnects by itself), or the consumer lost
-                self._fetch_error = repr(err)
+                self._fetch_error = natsconn.describe(err)
                 if not failing:
-                    log.warning("fetch failing: %r; retrying", err)
+                    log.warning("fetch failing: %s; retrying", self._fetch_error)
                     failing = True
                 await self._restore()
                 await asyncio.sleep(NATS_RETRY_S)
@@ -248,7 +248,7 @@ class EnrichedConsumer:
             if err.err_code != _CONSUMER_NOT_FOUND:
                 return  # the stream itself is missing: readiness names it
         except Exception as err:
-            log.debug("consumer info failed: %r", err)
+            log.debug("consumer info failed: %s", natsconn.describe(err))
             return
         else:
             return  # it exists: the failure is something else
@@ -256,7 +256,9 @@ class EnrichedConsumer:
             await self._js.add_consumer(subjects.ENRICHED_STREAM, config=self._config())
         except Exception as err:
             log.warning(
-                "consumer %s is missing and could not be created again: %r", self._name, err
+                "consumer %s is missing and could not be created again: %s",
+                self._name,
+                natsconn.describe(err),
             )
             return
         log.warning(
@@ -276,5 +278,5 @@ class EnrichedConsumer:
                 info = await sub.consumer_info()
                 self._metrics.consumer_pending.set(info.num_pending or 0)
             except Exception as err:
-                log.debug("consumer info failed: %s", err)
+                log.debug("consumer info failed: %s", natsconn.describe(err))
             await asyncio.sleep(self._pending_refresh_s)

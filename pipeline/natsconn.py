@@ -38,6 +38,14 @@ STREAM_RETRY_S = 1.0
 CLOSE_TIMEOUT_S = 1.0
 
 
+def describe(err: BaseException) -> str:
+    """What a NATS error says, for logs and readiness: its text, which for nats-py's errors is
+    what NATS answered (`nats: NotFoundError: code=404 err_code=10014 description='consumer
+    not found'`, where their repr is their class name alone), else its class name (asyncio's
+    timeout has no text)."""
+    return str(err) or type(err).__name__
+
+
 def address(url: str | SplitResult | ParseResult | None) -> str:
     """`host:port` of a NATS URL for logs: never the user, password or token it may carry."""
     if url is None:
@@ -81,14 +89,14 @@ async def connect(
 
     async def on_error(err: Exception) -> None:
         if connected and not connected[0].is_reconnecting:
-            log.warning("nats error: %s", err, extra=context)
+            log.warning("nats error: %s", describe(err), extra=context)
             return
         # A try that failed while NATS is away: disconnected/reconnected tell the outage.
         held_back = outage_log.admit()
         if held_back is not None:
             log.warning(
                 "nats error while connecting: %s (%d more since the last line)",
-                err,
+                describe(err),
                 held_back,
                 extra={**context, "held_back": held_back},
             )
@@ -109,7 +117,7 @@ async def connect(
             )
         except (OSError, TimeoutError, nats.errors.Error) as err:
             where = ",".join(address(url) for url in settings.nats_url)
-            log.warning("nats not reachable at %s: %s; retrying", where, err)
+            log.warning("nats not reachable at %s: %s; retrying", where, describe(err))
             await asyncio.sleep(delay)
             delay = min(delay * 2, CONNECT_RETRY_MAX_S)
             continue
@@ -144,7 +152,7 @@ async def drain(nc: Client, *, timeout_s: float) -> bool:
         log.warning("nats drain not finished within %.1f s; closing without it", timeout_s)
         await cancel_and_wait(draining)  # cancelled again until it ends
     elif (error := draining.exception()) is not None:  # reconnecting, say
-        log.warning("nats drain failed: %s; closing without it", str(error) or repr(error))
+        log.warning("nats drain failed: %s; closing without it", describe(error))
     else:
         drained = True
     if not nc.is_closed:  # also a drain that returned at once, one being under way already
@@ -152,7 +160,7 @@ async def drain(nc: Client, *, timeout_s: float) -> bool:
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
                 await nc.close()
         except Exception as err:  # TimeoutError too: the stop goes on without it
-            log.warning("nats connection not closed: %r", err)
+            log.warning("nats connection not closed: %s", describe(err))
     return drained
 
 
@@ -227,9 +235,7 @@ async def stream_problem(js: JetStreamContext, names: tuple[str, ...]) -> Stream
         except NotFoundError:
             return StreamProblem(f"stream {name} missing", missing=True)
         except Exception as err:
-            return StreamProblem(
-                f"stream {name} not answering ({type(err).__name__})", missing=False
-            )
+            return StreamProblem(f"stream {name} not answering ({describe(err)})", missing=False)
     return None
 
 
@@ -274,7 +280,7 @@ class StreamRepair:
             try:
                 await ensure_streams(self._js, self._settings)
             except Exception as err:  # whatever it is: log, retry, stay not ready
-                log.warning("cannot ensure streams yet: %s", err)
+                log.warning("cannot ensure streams yet: %s", describe(err))
                 await asyncio.sleep(STREAM_RETRY_S)
                 continue
             log.info("streams ensured")

@@ -8,9 +8,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import pytest
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import BadRequestError, ServiceUnavailableError
 
 from enricher._handler import Handler
-from enricher._nats import Broker, ConsumerSettings
+from enricher._nats import Broker, ConsumerSettings, JsSink, restore_consumer
+from enricher.errors import BrokerError, PublishRefusedError
 from pipeline import natsconn
 from pipeline.config import load
 from pipeline.settings import NatsSettings
@@ -73,4 +77,58 @@ async def test_a_deleted_stream_is_created_again_and_its_consumer_too(
     finally:
         loop.stop()
         await asyncio.wait_for(running, 5)
+        await broker.close(timeout_s=1.0)
+
+
+class Refusing(FakeJetStream):
+    """A JetStream whose publishes fail with `error`."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    async def publish(self, subject: str, payload: bytes = b"", **_: Any) -> js_api.PubAck:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "kind", "text"),
+    [
+        (
+            BadRequestError(code=400, err_code=10054, description="maximum message size exceeded"),
+            PublishRefusedError,
+            "publish to telemetry.enriched.v1.shop refused: nats: BadRequestError: code=400"
+            " err_code=10054 description='maximum message size exceeded'",
+        ),
+        (
+            ServiceUnavailableError(code=503, description="no leader"),
+            BrokerError,
+            "publish to telemetry.enriched.v1.shop: nats: ServiceUnavailableError: code=503"
+            " err_code=None description='no leader'",
+        ),
+    ],
+)
+async def test_a_publish_nats_fails_says_what_nats_answered(
+    error: Exception, kind: type[Exception], text: str
+) -> None:
+    sink = JsSink(cast(JetStreamContext, Refusing(error)), timeout_s=1.0, max_payload=lambda: 1024)
+    with pytest.raises(kind) as raised:
+        await sink.publish("telemetry.enriched.v1.shop", b"x", headers={})
+    assert str(raised.value) == text  # not `BadRequestError()`
+
+
+async def test_consumer_errors_say_what_jetstream_answered(monkeypatch: pytest.MonkeyPatch) -> None:
+    nc = FakeNats()
+    js: FakeJetStream = nc.js
+    broker = await open_broker(nc, monkeypatch)
+    try:
+        js.delete_stream("TELEMETRY_RAW")  # its consumer goes with it
+        answered = "nats: NotFoundError: code=404 err_code=10059 description='stream not found'"
+        with pytest.raises(BrokerError) as restoring:
+            await restore_consumer(cast(JetStreamContext, js), SETTINGS)
+        assert str(restoring.value) == f"consumer enricher: {answered}"
+        with pytest.raises(BrokerError) as asking:
+            await broker.pending()
+        assert str(asking.value) == f"consumer info: {answered}"
+    finally:
         await broker.close(timeout_s=1.0)

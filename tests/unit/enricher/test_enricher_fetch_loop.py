@@ -7,6 +7,7 @@ from typing import Any
 
 import nats.errors
 import pytest
+from nats.js.errors import NotFoundError
 
 from enricher._nats import ConsumerSettings, FetchLoop
 
@@ -84,3 +85,31 @@ async def test_an_idle_stream_is_not_logged_as_failing(caplog: pytest.LogCapture
     loop.stop()
     await asyncio.wait_for(running, 1.0)
     assert "fetch failing" not in caplog.text
+
+
+class Unanswered:
+    """A pull subscription whose fetches fail as JetStream answers them: the stream is gone."""
+
+    def __init__(self) -> None:
+        self.failed = asyncio.Event()
+
+    async def fetch(self, batch: int, *, timeout: float) -> list[Any]:  # noqa: ASYNC109
+        self.failed.set()
+        await asyncio.sleep(0.001)
+        raise NotFoundError(code=404, err_code=10059, description="stream not found")
+
+
+async def test_fetches_failing_are_logged_with_what_jetstream_answered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sub = Unanswered()
+    loop = FetchLoop(sub, Handler(), settings=SETTINGS)  # type: ignore[arg-type]
+    running = asyncio.create_task(loop.run())
+    await asyncio.wait_for(sub.failed.wait(), 1.0)
+    await asyncio.sleep(0.01)
+    loop.stop()
+    await asyncio.wait_for(running, 1.0)
+    assert caplog.messages[0] == (
+        "fetch failing: nats: NotFoundError: code=404 err_code=10059"
+        " description='stream not found'; retrying"
+    )  # not `NotFoundError()`

@@ -199,3 +199,41 @@ async def test_a_stop_whose_every_step_hangs_ends_within_its_time_and_never_answ
     assert stop_s <= elapsed < stop_s + (step_min_s + close_s) + 1.5
     assert status != 202  # never stored
     assert nc.is_closed
+
+
+class SilentFirst(FakeJetStream):
+    """A JetStream whose first stream request times out as asyncio's timeout does: no text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.silent = True
+
+    async def add_stream(self, config: js_api.StreamConfig) -> js_api.StreamInfo:
+        if self.silent:
+            self.silent = False
+            raise TimeoutError
+        return await super().add_stream(config)
+
+
+async def test_streams_not_ensured_yet_are_logged_with_a_word_for_the_error(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("gateway._publisher.STREAM_RETRY_S", 0.001)
+    nc = FakeNats(js=SilentFirst())
+
+    async def connect(settings: NatsSettings, *, name: str, **_: Any) -> FakeNats:
+        return nc
+
+    monkeypatch.setattr("gateway._publisher.natsconn.connect", connect)
+    config = unit_config()
+    broker = JetStreamPublisher(config, publish_timeout_s=config.publish_timeout_s)
+    await broker.start()
+    try:
+        for _ in range(500):
+            if (await broker.ready())[0]:
+                break
+            await asyncio.sleep(0.01)
+        assert await broker.ready() == (True, "ok")
+    finally:
+        await broker.stop(timeout_s=1.0)
+    assert "cannot ensure streams yet: TimeoutError" in caplog.messages  # not an empty text

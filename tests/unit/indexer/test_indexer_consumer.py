@@ -11,7 +11,7 @@ import pytest
 from indexer_fakes import FakeDeadLetters, quiet_writer
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import NotFoundError, ServiceUnavailableError
+from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 
 from indexer.consumer import EnrichedConsumer
 from indexer.intake import Intake
@@ -30,11 +30,15 @@ class FakeJetStream:
         self.nats_away = False
         self.fetches = 0
         self.deliver: list[FakeMsg] = []  # handed to the next fetch
+        self.fetch_error: Exception | None = None  # what every fetch fails with, if set
+        self.refusal: Exception | None = None  # what add_consumer fails with, if set
 
     async def add_consumer(self, stream: str, config: js_api.ConsumerConfig) -> None:
         assert stream == subjects.ENRICHED_STREAM
         if self.nats_away:
             raise ConnectionError("nats away")
+        if self.refusal is not None:
+            raise self.refusal
         self.configs.append(config)
         self.exists = True
 
@@ -70,6 +74,8 @@ class FakeSubscription:
         if self._js.deliver:
             msgs, self._js.deliver = self._js.deliver, []
             return msgs
+        if self._js.fetch_error is not None:
+            raise self._js.fetch_error
         if self._js.nats_away or not self._js.exists:
             # What nats-py raises for a pull nobody answers (no responders).
             raise ServiceUnavailableError()
@@ -141,6 +147,29 @@ async def test_problem_names_fetches_that_keep_failing_until_they_are_answered()
     js.nats_away = False
     await until(lambda: fetcher.problem is None, "answered again")
     assert len(js.configs) == 1  # it was there all along
+    await fetcher.close()
+
+
+async def test_fetches_failing_are_named_with_what_jetstream_answered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    js = FakeJetStream()
+    fetcher = consumer(js)
+    await fetcher.start()
+    await until(lambda: js.fetches >= 1, "fetched")
+    js.fetch_error = ServiceUnavailableError(code=503, description="JetStream not ready")
+    js.exists = False  # and the consumer is gone, but JetStream does not take it again
+    js.refusal = BadRequestError(code=400, err_code=10148, description="consumer already exists")
+    answered = (
+        "nats: ServiceUnavailableError: code=503 err_code=None description='JetStream not ready'"
+    )
+    await until(lambda: fetcher.problem == f"fetch failing: {answered}", "the problem named")
+    await until(lambda: len(caplog.messages) >= 2, "logged")
+    assert caplog.messages[:2] == [  # not `ServiceUnavailableError()`, `BadRequestError()`
+        f"fetch failing: {answered}; retrying",
+        "consumer indexer is missing and could not be created again: nats: BadRequestError:"
+        " code=400 err_code=10148 description='consumer already exists'",
+    ]
     await fetcher.close()
 
 

@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 import nats.errors
 import pytest
 from nats.js.api import StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 
 from pipeline import natsconn
 from pipeline.config import load
@@ -48,6 +48,58 @@ async def test_connect_retries_log_no_credentials(
     assert caplog.records  # each failed try is logged
     assert "s3cret" not in caplog.text
     assert "alice" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("err", "text"),
+    [
+        (
+            BadRequestError(code=400, err_code=10148, description="consumer already exists"),
+            "nats: BadRequestError: code=400 err_code=10148 description='consumer already exists'",
+        ),
+        (
+            NotFoundError(code=404, err_code=10059, description="stream not found"),
+            "nats: NotFoundError: code=404 err_code=10059 description='stream not found'",
+        ),
+        (nats.errors.TimeoutError(), "nats: timeout"),
+        (TimeoutError(), "TimeoutError"),  # asyncio's timeout: no text of its own
+    ],
+)
+def test_a_nats_error_is_described_by_what_nats_answered(err: Exception, text: str) -> None:
+    assert natsconn.describe(err) == text  # where repr() says `BadRequestError()`
+
+
+async def test_connect_retries_name_an_error_without_text_by_its_class(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    tries = [TimeoutError()]  # the first try times out, the second connects
+
+    async def fake_connect(**_: Any) -> _Client:
+        if tries:
+            raise tries.pop()
+        return _Client()
+
+    monkeypatch.setattr(natsconn.nats, "connect", fake_connect)
+    monkeypatch.setattr(natsconn, "RECONNECT_WAIT_S", 0.001)
+    with caplog.at_level(logging.WARNING, logger=natsconn.log.name):
+        await natsconn.connect(load(NatsSettings, {}), name="test")
+    assert caplog.messages == ["nats not reachable at 127.0.0.1:4222: TimeoutError; retrying"]
+
+
+async def test_a_stream_not_answering_is_named_with_what_jetstream_answered() -> None:
+    class Unavailable(FakeJetStream):
+        async def stream_info(self, name: str) -> Any:
+            raise ServiceUnavailableError(
+                code=503, description="JetStream system temporarily unavailable"
+            )
+
+    problem = await natsconn.stream_problem(Unavailable(), ("TELEMETRY_RAW",))  # type: ignore[arg-type]
+
+    assert problem == natsconn.StreamProblem(
+        "stream TELEMETRY_RAW not answering (nats: ServiceUnavailableError: code=503"
+        " err_code=None description='JetStream system temporarily unavailable')",
+        missing=False,
+    )
 
 
 def test_dead_letters_are_kept_longer_than_the_events_streams() -> None:
