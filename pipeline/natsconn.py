@@ -149,7 +149,9 @@ async def drain(nc: Client, *, timeout_s: float) -> bool:
         raise
     drained = False
     if not draining.done():
-        log.warning("nats drain not finished within %.1f s; closing without it", timeout_s)
+        log.warning(
+            "nats drain not finished within %.1f s; closing without it", max(timeout_s, 0.0)
+        )
         await cancel_and_wait(draining)  # cancelled again until it ends
     elif (error := draining.exception()) is not None:  # reconnecting, say
         log.warning("nats drain failed: %s; closing without it", describe(error))

@@ -40,7 +40,7 @@ class NoMessages:
 @pytest.fixture(autouse=True)
 def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("enricher._nats._RETRY_FETCH_AFTER_ERROR_S", 0.005)
-    monkeypatch.setattr(natsconn, "STREAM_RETRY_S", 0.01, raising=False)
+    monkeypatch.setattr(natsconn, "STREAM_RETRY_S", 0.01)
 
 
 async def open_broker(nc: FakeNats, monkeypatch: pytest.MonkeyPatch) -> Broker:

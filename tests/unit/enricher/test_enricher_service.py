@@ -170,7 +170,7 @@ class Broker:
 def broker(monkeypatch: pytest.MonkeyPatch) -> Broker:
     stand_in = Broker()
     monkeypatch.setattr("enricher._service._nats.Broker.connect", stand_in.connect)
-    monkeypatch.setattr("enricher._service.CONSUME_RESTART_S", 0.01, raising=False)
+    monkeypatch.setattr("enricher._service.CONSUME_RESTART_S", 0.01)
     return stand_in
 
 
@@ -447,7 +447,7 @@ async def test_a_stop_whose_every_step_hangs_ends_within_its_time_and_acks_nothi
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     step_min_s, close_s, stop_s = 0.2, 0.2, 1.0
-    monkeypatch.setattr("enricher._service.STOP_STEP_MIN_S", step_min_s, raising=False)
+    monkeypatch.setattr("enricher._service.STOP_STEP_MIN_S", step_min_s)
     monkeypatch.setattr("pipeline.natsconn.CLOSE_TIMEOUT_S", close_s)
     js = StuckJetStream()
     nc = FakeNats(js=js, drain_hangs=True)  # NATS not answering: the drain never ends
