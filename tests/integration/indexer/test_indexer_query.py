@@ -9,13 +9,22 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from indexer_support import IndexerFactory, enriched, publish_many, query_stub, stamp, wait_count
+from indexer_support import (
+    IndexerFactory,
+    enriched,
+    publish_many,
+    query_stub,
+    stamp,
+    wait_count,
+    wait_for,
+)
 from nats.aio.client import Client
 from opensearchpy import AsyncOpenSearch
 from telemetry.v1 import event_pb2
 from telemetry.v1 import query_service_pb2 as qs
 
 from indexer.store import OpenSearchStore
+from tests.servers import NatsProcess
 
 pytestmark = pytest.mark.integration
 
@@ -224,6 +233,50 @@ async def test_no_indices_yet_is_an_empty_answer_and_health_serves(
     health = health_pb2_grpc.HealthStub(channel)
     answer = await health.Check(health_pb2.HealthCheckRequest(service="telemetry.v1.QueryService"))
     assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    await channel.close()
+
+
+async def test_with_nats_stopped_queries_are_answered_and_health_says_so_per_service(
+    start_indexer: IndexerFactory,
+    nats_server: NatsProcess,
+    nc: Client,
+    os_client: AsyncOpenSearch,
+    prefix: str,
+) -> None:
+    # The whole server is not ready without NATS, but QueryService, which needs OpenSearch
+    # alone, stays SERVING: a balancer checking it keeps an indexer that answers queries.
+    indexer = await start_indexer()
+    await publish_many(nc, [enriched("kept", when=BASE)], per_batch=1)
+    await wait_count(os_client, prefix, 1)
+    await nc.close()
+    channel, stub = query_stub(indexer)
+    health = health_pb2_grpc.HealthStub(channel)
+
+    async def statuses() -> tuple[int, int]:
+        answers = [
+            await health.Check(health_pb2.HealthCheckRequest(service=name))
+            for name in ("", "telemetry.v1.QueryService")
+        ]
+        return answers[0].status, answers[1].status
+
+    serving, not_serving = (
+        health_pb2.HealthCheckResponse.SERVING,
+        health_pb2.HealthCheckResponse.NOT_SERVING,
+    )
+    assert await statuses() == (serving, serving)
+
+    nats_server.stop()
+
+    async def server_not_serving() -> bool:
+        return await statuses() == (not_serving, serving)
+
+    await wait_for(server_not_serving, what="health without NATS")
+    ok, reason = await indexer.ready()
+    assert (ok, reason) == (False, "nats not connected")
+    reply = await stub.QueryEvents(
+        qs.QueryEventsRequest(filter=qs.EventFilter(user_ids=["user-1"]))
+    )
+    assert [event.event.event_id for event in reply.events] == ["kept"]
     await channel.close()
 
 
