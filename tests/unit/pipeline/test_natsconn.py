@@ -268,7 +268,7 @@ async def test_a_drain_that_hangs_is_given_up_within_its_time_and_the_connection
 
     assert await asyncio.wait_for(natsconn.drain(nc, timeout_s=0.2), 5) is False
 
-    assert loop.time() - started < 0.2 + 0.1 + 0.3  # its time, closing, scheduling
+    assert loop.time() - started < 0.2 + 0.1 + 1.5  # its time, closing, a loaded machine
     assert nc.is_closed
     assert not nc.drained
     assert "nats drain not finished within 0.2 s; closing without it" in caplog.messages

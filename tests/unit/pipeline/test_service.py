@@ -161,4 +161,4 @@ async def test_a_grace_given_at_stop_cuts_a_request_that_would_outlast_it() -> N
         with contextlib.suppress(httpx.HTTPError):
             await pending
 
-    assert elapsed < 1.0 + 0.5  # the second, uvicorn's polling, scheduling
+    assert elapsed < 1.0 + 2.0  # the second, uvicorn's polling, a loaded machine (not 30 s)
