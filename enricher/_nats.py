@@ -345,7 +345,9 @@ class Broker:
             return False, problem.reason
         try:
             await self.pending()
-        except BrokerError:
+        except BrokerError as err:
+            if self.subscriptions and not isinstance(err.__cause__, NotFoundError):
+                return False, f"consumer not answering: {err}"  # a timeout, say: not gone
             return False, "consumer missing"
         return True, "ok"
 

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
+import nats.errors
 import pytest
 from nats.js import JetStreamContext
 from nats.js import api as js_api
@@ -130,5 +131,30 @@ async def test_consumer_errors_say_what_jetstream_answered(monkeypatch: pytest.M
         with pytest.raises(BrokerError) as asking:
             await broker.pending()
         assert str(asking.value) == f"consumer info: {answered}"
+    finally:
+        await broker.close(timeout_s=1.0)
+
+
+async def test_readiness_tells_a_consumer_gone_from_one_not_answering(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    nc = FakeNats()
+    js: FakeJetStream = nc.js
+    broker = await open_broker(nc, monkeypatch)
+    try:
+        assert await broker.ready() == (True, "ok")
+
+        async def times_out(stream: str, name: str, **_: Any) -> js_api.ConsumerInfo:
+            raise nats.errors.TimeoutError
+
+        with monkeypatch.context() as patched:
+            patched.setattr(js, "consumer_info", times_out)
+            assert await broker.ready() == (
+                False,
+                "consumer not answering: consumer info: nats: timeout",
+            )
+
+        del js.consumers[("TELEMETRY_RAW", "enricher")]
+        assert await broker.ready() == (False, "consumer missing")
     finally:
         await broker.close(timeout_s=1.0)
