@@ -13,7 +13,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from gateway.errors import Unavailable
-from pipeline import natsconn, subjects, tracing
+from pipeline import logs, natsconn, subjects, tracing
 from pipeline.settings import NatsSettings
 from pipeline.tasks import cancel_and_wait
 
@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 STREAM_RETRY_S = 1.0
+# Batches JetStream does not store while NATS is connected (its storage full, a timeout) are
+# answered 503 one by one: the reason is logged at most this often.
+PUBLISH_FAILURE_LOG_INTERVAL_S = 30.0
 
 
 class JetStreamPublisher:
@@ -33,6 +36,7 @@ class JetStreamPublisher:
         self._js: JetStreamContext | None = None
         self._streams_ready = False
         self._task: asyncio.Task[None] | None = None
+        self._failure_log = logs.Throttle(PUBLISH_FAILURE_LOG_INTERVAL_S)
 
     async def start(self) -> None:
         """Starts connecting (and creating the streams) in the background."""
@@ -87,8 +91,22 @@ class JetStreamPublisher:
                 subject, payload, timeout=self._timeout, stream=subjects.RAW_STREAM, headers=headers
             )
         except (nats.errors.Error, TimeoutError, OSError) as err:
+            self._log_failure(err)
+            # The client is told the kind of failure only, not what NATS said of itself.
             raise Unavailable(f"the broker did not store the batch: {type(err).__name__}") from err
         return bool(ack.duplicate)
+
+    def _log_failure(self, err: BaseException) -> None:
+        """Says what NATS answered to a publish that failed (one line per interval): the 503s
+        that follow say nothing of it, and readiness stays ok while the stream exists."""
+        held_back = self._failure_log.admit()
+        if held_back is not None:
+            log.warning(
+                "batch not stored, answered 503: %s (%d more since the last line)",
+                natsconn.describe(err),
+                held_back,
+                extra={"held_back": held_back},
+            )
 
     async def ready(self) -> tuple[bool, str]:
         """Ready when connected and the raw stream exists."""

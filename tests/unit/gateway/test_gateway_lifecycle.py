@@ -8,12 +8,14 @@ from typing import Any
 
 import grpc
 import httpx
+import nats.js.errors
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nats.js import api as js_api
 
 from gateway import Gateway
 from gateway._publisher import JetStreamPublisher
+from gateway.errors import Unavailable
 from pipeline.settings import NatsSettings
 from pipeline.tasks import cancel_and_wait
 from tests.unit.gateway.conftest import WRITE_KEY, FakeBroker, FakeQuery, unit_config
@@ -237,3 +239,43 @@ async def test_streams_not_ensured_yet_are_logged_with_a_word_for_the_error(
     finally:
         await broker.stop(timeout_s=1.0)
     assert "cannot ensure streams yet: TimeoutError" in caplog.messages  # not an empty text
+
+
+class FullStore(FakeJetStream):
+    """A JetStream that refuses publishes as one whose storage is exhausted does."""
+
+    async def publish(self, subject: str, payload: bytes = b"", **_: Any) -> js_api.PubAck:
+        raise nats.js.errors.ServiceUnavailableError(
+            code=503, err_code=10023, description="insufficient resources"
+        )
+
+
+async def test_batches_jetstream_does_not_store_are_logged_with_its_answer_once_an_interval(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # NATS connected and the stream there (ready), yet every batch refused: without a line
+    # the operator sees 503s and nothing of why.
+    nc = FakeNats(js=FullStore())
+
+    async def connect(settings: NatsSettings, *, name: str, **_: Any) -> FakeNats:
+        return nc
+
+    monkeypatch.setattr("gateway._publisher.natsconn.connect", connect)
+    config = unit_config()
+    broker = JetStreamPublisher(config, publish_timeout_s=config.publish_timeout_s)
+    await broker.start()
+    try:
+        for _ in range(500):
+            if (await broker.ready())[0]:
+                break
+            await asyncio.sleep(0.01)
+        for _ in range(3):
+            with pytest.raises(
+                Unavailable, match=r"did not store the batch: ServiceUnavailableError$"
+            ):
+                await broker.publish("telemetry.raw.v1.app", b"batch", msg_id="b")
+    finally:
+        await broker.stop(timeout_s=1.0)
+    lines = [message for message in caplog.messages if message.startswith("batch not stored")]
+    assert len(lines) == 1  # the other two held back
+    assert "insufficient resources" in lines[0]
