@@ -37,11 +37,20 @@ def nats_server_binary() -> str:
     raise RuntimeError("nats-server not found: run `make install` (or set NATS_SERVER_BIN)")
 
 
+# Every port handed out in this run: nothing holds one until its server binds it, seconds
+# later maybe, and the kernel may offer it again meanwhile (two servers on one port).
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port nobody listens on right now, and not handed out before in this run."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 class NatsProcess:
