@@ -74,7 +74,8 @@ def test_exec_stops_what_it_started_when_stdout_is_gone(
 
 
 # Ignores SIGTERM, as a server slow to stop does: only the stop timeout's SIGKILL ends it.
-_STUBBORN = "trap '' TERM; while :; do sleep 0.05; done"
+# $READY is written once the trap is set: a SIGTERM sent before would end it at once.
+_STUBBORN = "trap '' TERM; : > \"$READY\"; while :; do sleep 0.05; done"
 
 
 @pytest.mark.parametrize(("interrupt", "code"), [("KeyboardInterrupt", 130), ("Terminated", 143)])
@@ -91,7 +92,9 @@ def test_an_interrupt_while_stopping_kills_that_server_and_stops_the_rest(
             name=name,
             title=name,
             profile=profile,
-            prepare=lambda: local.Launch(argv=("sh", "-c", _STUBBORN)),
+            prepare=lambda name=name: local.Launch(
+                argv=("sh", "-c", _STUBBORN), env={"READY": str(tmp_path / f"{name}.ready")}
+            ),
             ready_url="http://127.0.0.1:1/",
             ports=(),
             endpoints=(),
@@ -105,6 +108,11 @@ def test_an_interrupt_while_stopping_kills_that_server_and_stops_the_rest(
         for proc in wanted:
             pids.append(local.spawn(proc, proc.prepare()))
             started.append(proc)
+            ready = tmp_path / f"{proc.name}.ready"
+            deadline = time.monotonic() + 10
+            while not ready.exists():  # ignoring SIGTERM from here on
+                assert time.monotonic() < deadline, f"{proc.name} never set its trap"
+                time.sleep(0.01)
 
     real_wait = local.wait_group_exit
     waits: list[int] = []
