@@ -100,7 +100,10 @@ def test_ctrl_c_ends_the_live_view_with_success() -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(2.0)  # started, past its first refresh or waiting for one
+    assert proc.stdout is not None
+    # Its first view printed: past its imports, its SIGINT handling in place.
+    assert "telemetry pipeline status" in proc.stdout.readline()
+    time.sleep(0.2)  # waiting for the next refresh
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
