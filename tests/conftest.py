@@ -6,8 +6,10 @@ OPENSEARCH_URL. A server that cannot be reached fails the tests that need it, ne
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pytest
@@ -16,6 +18,24 @@ from hypothesis import HealthCheck, settings
 # Property tests judge what the code does, not how fast a loaded 2-core machine runs it.
 settings.register_profile("project", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("project")
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_restored() -> Iterator[None]:
+    """A test that runs a service's main() configures the root logger (its level, a handler
+    on that test's captured stderr, closed when it ends): put back as it was, or later tests
+    log into a closed stream and their caplog sees other levels."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
+
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:14222"
 DEFAULT_OPENSEARCH_URL = "http://127.0.0.1:19200"
