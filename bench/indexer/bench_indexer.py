@@ -416,10 +416,18 @@ class CpuSplit:
         self.clients = set(cpus[1:])
 
     def _pin_server(self, cpus: set[int]) -> None:
-        # Per thread: a process's affinity call sets one thread's; new threads inherit.
-        for tid in os.listdir(f"/proc/{self._pid}/task"):
-            with contextlib.suppress(ProcessLookupError):
-                os.sched_setaffinity(int(tid), cpus)
+        # Per thread: a process's affinity call sets one thread's; new threads inherit their
+        # creator's. One started during a pass may inherit the old set: passes go on until
+        # one finds every thread on `cpus` already.
+        for _ in range(100):
+            moved = False
+            for tid in os.listdir(f"/proc/{self._pid}/task"):
+                with contextlib.suppress(ProcessLookupError):
+                    if os.sched_getaffinity(int(tid)) != cpus:
+                        os.sched_setaffinity(int(tid), cpus)
+                        moved = True
+            if not moved:
+                return
 
     def __enter__(self) -> CpuSplit:
         self._pin_server(self.server)
