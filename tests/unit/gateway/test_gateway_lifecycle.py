@@ -198,7 +198,7 @@ async def test_a_stop_whose_every_step_hangs_ends_within_its_time_and_never_answ
         await gateway.stop()
 
     # The request gets what the stop is given, the drain its least; then scheduling.
-    assert stop_s <= elapsed < stop_s + (step_min_s + close_s) + 1.5
+    assert stop_s <= elapsed < stop_s + (step_min_s + close_s) + 3.0
     assert status != 202  # never stored
     assert nc.is_closed
 
