@@ -16,6 +16,7 @@ import re
 import threading
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -205,10 +206,22 @@ def setup(service: str, settings: TracingSettings) -> Tracing:
         # Imported here: the gRPC exporter is heavy and most runs do not export.
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
+        if _has_path(settings.otlp_endpoint):
+            # Not quoted: the setting is secret. A path is the mark of an OTLP/HTTP address.
+            log.warning(
+                "OTEL_EXPORTER_OTLP_ENDPOINT has a path, which OTLP/gRPC does not use: spans go"
+                " to its host and port alone (an OTLP/HTTP address, such as .../v1/traces on"
+                " port 4318, is the wrong kind)"
+            )
         exporter = OTLPSpanExporter(endpoint=settings.otlp_endpoint)
     else:
         return Tracing.disabled()
     return Tracing.exporting(service, exporter)
+
+
+def _has_path(endpoint: str) -> bool:
+    """Whether a URL endpoint names a path beyond `/` (a bare host:port names none)."""
+    return "://" in endpoint and urlsplit(endpoint).path not in ("", "/")
 
 
 def inject(headers: MutableMapping[str, str], span: Span | None = None) -> bool:

@@ -533,3 +533,32 @@ def test_spans_are_exported_32_at_a_time_unless_the_environment_says(
         made.shutdown()
         assert sum(exporter.sizes) == 100
         assert max(exporter.sizes) == most
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "warned"),
+    [
+        ("http://127.0.0.1:4318/v1/traces", True),
+        ("http://127.0.0.1:4317/", False),
+        ("http://127.0.0.1:4317", False),
+        ("127.0.0.1:4317", False),
+    ],
+)
+def test_an_otlp_endpoint_with_a_path_is_warned_of_without_quoting_it(
+    endpoint: str, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The gRPC exporter drops the path: an OTLP/HTTP address would get no span, silently.
+    settings = load(
+        TracingSettings,
+        {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint},
+    )
+    with caplog.at_level(logging.WARNING, logger="pipeline.tracing"):
+        made = tracing.setup("indexer", settings)
+    made.shutdown()
+    lines = [
+        r.getMessage() for r in caplog.records if "OTEL_EXPORTER_OTLP_ENDPOINT" in r.getMessage()
+    ]
+    assert bool(lines) is warned
+    assert all(
+        "v1/traces" not in line.split("such as")[0] and "127.0.0.1" not in line for line in lines
+    )
