@@ -217,11 +217,8 @@ class SilentFirst(FakeJetStream):
         return await super().add_stream(config)
 
 
-async def test_streams_not_ensured_yet_are_logged_with_a_word_for_the_error(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    monkeypatch.setattr("gateway._publisher.STREAM_RETRY_S", 0.001)
-    nc = FakeNats(js=SilentFirst())
+async def ready_publisher(nc: FakeNats, monkeypatch: pytest.MonkeyPatch) -> JetStreamPublisher:
+    """A JetStreamPublisher on `nc`, started and ready (its streams ensured)."""
 
     async def connect(settings: NatsSettings, *, name: str, **_: Any) -> FakeNats:
         return nc
@@ -230,14 +227,21 @@ async def test_streams_not_ensured_yet_are_logged_with_a_word_for_the_error(
     config = unit_config()
     broker = JetStreamPublisher(config, publish_timeout_s=config.publish_timeout_s)
     await broker.start()
-    try:
-        for _ in range(500):
-            if (await broker.ready())[0]:
-                break
-            await asyncio.sleep(0.01)
-        assert await broker.ready() == (True, "ok")
-    finally:
-        await broker.stop(timeout_s=1.0)
+    for _ in range(500):
+        if (await broker.ready())[0]:
+            return broker
+        await asyncio.sleep(0.01)
+    reason = (await broker.ready())[1]
+    await broker.stop(timeout_s=1.0)
+    raise AssertionError(f"publisher never ready: {reason}")
+
+
+async def test_streams_not_ensured_yet_are_logged_with_a_word_for_the_error(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("gateway._publisher.STREAM_RETRY_S", 0.001)
+    broker = await ready_publisher(FakeNats(js=SilentFirst()), monkeypatch)
+    await broker.stop(timeout_s=1.0)
     assert "cannot ensure streams yet: TimeoutError" in caplog.messages  # not an empty text
 
 
@@ -255,20 +259,8 @@ async def test_batches_jetstream_does_not_store_are_logged_with_its_answer_once_
 ) -> None:
     # NATS connected and the stream there (ready), yet every batch refused: without a line
     # the operator sees 503s and nothing of why.
-    nc = FakeNats(js=FullStore())
-
-    async def connect(settings: NatsSettings, *, name: str, **_: Any) -> FakeNats:
-        return nc
-
-    monkeypatch.setattr("gateway._publisher.natsconn.connect", connect)
-    config = unit_config()
-    broker = JetStreamPublisher(config, publish_timeout_s=config.publish_timeout_s)
-    await broker.start()
+    broker = await ready_publisher(FakeNats(js=FullStore()), monkeypatch)
     try:
-        for _ in range(500):
-            if (await broker.ready())[0]:
-                break
-            await asyncio.sleep(0.01)
         for _ in range(3):
             with pytest.raises(
                 Unavailable, match=r"did not store the batch: ServiceUnavailableError$"

@@ -166,18 +166,26 @@ async def test_grpc_health_of_the_server_is_not_serving_until_ready_and_whenever
     await until(serving_again, "serving again")
 
 
+def switchable_ping(
+    indexer: Indexer, monkeypatch: pytest.MonkeyPatch, *, answers: bool
+) -> dict[str, bool]:
+    """The store's ping answers `["answers"]` of the dict returned, to switch in the test."""
+    opensearch = {"answers": answers}
+
+    async def ping() -> bool:
+        return opensearch["answers"]
+
+    monkeypatch.setattr(indexer._store, "ping", ping)
+    return opensearch
+
+
 async def test_query_service_health_follows_opensearch_not_nats(
     nats: Nats, indexer: Indexer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Queries need OpenSearch only: a balancer checking QueryService keeps an indexer that
     # answers them while NATS is away.
     monkeypatch.setattr("pipeline.grpcserver.HEALTH_POLL_S", 0.01)
-    opensearch = {"answers": False}
-
-    async def ping() -> bool:
-        return opensearch["answers"]
-
-    monkeypatch.setattr(indexer._store, "ping", ping)
+    opensearch = switchable_ping(indexer, monkeypatch, answers=False)
     nats.up.clear()
     await indexer.start()
 
@@ -204,12 +212,7 @@ async def test_query_service_health_changes_are_logged_once_each(
     nats: Nats, indexer: Indexer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr("pipeline.grpcserver.HEALTH_POLL_S", 0.01)
-    opensearch = {"answers": True}
-
-    async def ping() -> bool:
-        return opensearch["answers"]
-
-    monkeypatch.setattr(indexer._store, "ping", ping)
+    opensearch = switchable_ping(indexer, monkeypatch, answers=True)
     nats.up.clear()
     with caplog.at_level(logging.INFO, logger="indexer.service"):
         await indexer.start()
@@ -237,12 +240,7 @@ async def test_query_service_health_is_not_serving_for_good_once_stop_begins(
     nats: Nats, indexer: Indexer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("pipeline.grpcserver.HEALTH_POLL_S", 0.01)
-    opensearch = {"answers": True}
-
-    async def ping() -> bool:
-        return opensearch["answers"]
-
-    monkeypatch.setattr(indexer._store, "ping", ping)
+    switchable_ping(indexer, monkeypatch, answers=True)
     await indexer.start()
 
     async def ready() -> bool:
