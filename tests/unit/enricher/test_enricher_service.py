@@ -443,6 +443,17 @@ class StuckJetStream(FakeJetStream):
         return await super().stream_info(name)
 
 
+def enricher_on(nc: FakeNats, monkeypatch: pytest.MonkeyPatch, *, stop_s: float) -> Enricher:
+    """An enricher (not started) whose NATS connection is `nc`, on free ports."""
+
+    async def connect(settings: NatsSettings, *, name: str, **_: Any) -> FakeNats:
+        return nc
+
+    monkeypatch.setattr("enricher._nats.natsconn.connect", connect)
+    settings = {"ENRICHER_GRPC_PORT": "0", "ENRICHER_HTTP_PORT": "0"}
+    return Enricher(load(Config, {**settings, "ENRICHER_STOP_TIMEOUT_S": str(stop_s)}))
+
+
 async def test_a_stop_whose_every_step_hangs_ends_within_its_time_and_acks_nothing_unpublished(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -452,21 +463,7 @@ async def test_a_stop_whose_every_step_hangs_ends_within_its_time_and_acks_nothi
     js = StuckJetStream()
     nc = FakeNats(js=js, drain_hangs=True)  # NATS not answering: the drain never ends
     js.client = nc
-
-    async def connect(settings: NatsSettings, *, name: str, **_: Any) -> FakeNats:
-        return nc
-
-    monkeypatch.setattr("enricher._nats.natsconn.connect", connect)
-    service = Enricher(
-        load(
-            Config,
-            {
-                "ENRICHER_GRPC_PORT": "0",
-                "ENRICHER_HTTP_PORT": "0",
-                "ENRICHER_STOP_TIMEOUT_S": str(stop_s),
-            },
-        )
-    )
+    service = enricher_on(nc, monkeypatch, stop_s=stop_s)
     await service.start()
     loop = asyncio.get_running_loop()
     try:
@@ -558,17 +555,7 @@ async def test_a_stop_naks_at_once_what_it_did_not_finish_and_acks_what_it_publi
     stuck = raw_message(nc, app_id="slow", seq=8)
     js = OneAppStuck([published, stuck], stuck="slow")
     nc.js = js
-
-    async def connect(settings: NatsSettings, *, name: str, **_: Any) -> FakeNats:
-        return nc
-
-    monkeypatch.setattr("enricher._nats.natsconn.connect", connect)
-    service = Enricher(
-        load(
-            Config,
-            {"ENRICHER_GRPC_PORT": "0", "ENRICHER_HTTP_PORT": "0", "ENRICHER_STOP_TIMEOUT_S": "1"},
-        )
-    )
+    service = enricher_on(nc, monkeypatch, stop_s=1.0)
     await service.start()
     try:
         await asyncio.wait_for(js.publishing.wait(), 10)  # one publish taken, one hanging
