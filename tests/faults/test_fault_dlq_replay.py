@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import json
 import time
-from datetime import UTC, datetime
 
 import httpx
 import nats
@@ -75,16 +74,18 @@ def test_fault_dlq_list_and_replay_after_fix(
         nats_url=nats_server.url, opensearch_url=opensearch_url, index_prefix=prefix
     )
     pipeline.start()
-    # A bad mapping someone made by hand: user_id as a number. Every event is rejected.
-    today = f"{prefix}{datetime.now(UTC):%Y-%m-%d}"
-    created = httpx.put(
-        f"{opensearch_url}/{today}",
-        json={"mappings": {"properties": {"user_id": {"type": "integer"}}}},
-        timeout=30,
-    )
-    assert created.status_code == 200, created.text
     batch = make_batch(3, "dlq")
     ids = {event["event_id"] for event in batch}
+    # A bad mapping someone made by hand: user_id as a number. Every event is rejected. The
+    # daily indices of the events' own days (two, should the batch straddle midnight UTC).
+    days = sorted({f"{prefix}{event['client_timestamp'][:10]}" for event in batch})
+    for day in days:
+        created = httpx.put(
+            f"{opensearch_url}/{day}",
+            json={"mappings": {"properties": {"user_id": {"type": "integer"}}}},
+            timeout=30,
+        )
+        assert created.status_code == 200, created.text
     answer = httpx.post(
         f"{pipeline.gateway.base_url}/v1/track",
         content=orjson.dumps(batch),
@@ -119,8 +120,9 @@ def test_fault_dlq_list_and_replay_after_fix(
     assert "would replay 3, skipped 0" in capsys.readouterr().err
     assert len(dead_letters(nats_server.url)) == 4
 
-    # The fix: the hand-made index goes; the next one gets the template's mapping.
-    assert httpx.delete(f"{opensearch_url}/{today}", timeout=30).status_code == 200
+    # The fix: the hand-made indices go; the next ones get the template's mapping.
+    for day in days:
+        assert httpx.delete(f"{opensearch_url}/{day}", timeout=30).status_code == 200
     code = tpipe_dlq(nats_server.url, "replay", "--stage", "indexer", "--wait", "3")
     summary = capsys.readouterr().err
     with capsys.disabled():
