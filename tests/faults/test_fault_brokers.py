@@ -13,7 +13,8 @@ from tests.faults.harness import LoadGenerator, check, post_batch
 from tests.opensearch_node import OpenSearchNode
 from tests.servers import NatsCluster, NatsProcess
 
-pytestmark = pytest.mark.integration
+# Longer than the suite's 300 s: a fault test's own waits (accepted, settled) add up to more.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 RATE_BATCHES_S = 30.0  # x 10 events: 300 events/s offered
 NATS_DOWN_S = 5.0

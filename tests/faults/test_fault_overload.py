@@ -21,7 +21,8 @@ from tests.faults.conftest import PipelineFactory
 from tests.faults.harness import LoadGenerator, LoadResult, check
 from tests.servers import NatsProcess
 
-pytestmark = pytest.mark.integration
+# Longer than the suite's 300 s: a fault test's own waits (accepted, settled) add up to more.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 MEASURE_S = 5.0
 OVERLOAD_S = 60.0

@@ -10,7 +10,8 @@ from tests.faults.conftest import PipelineFactory
 from tests.faults.harness import BulkAnswerHolder, LoadGenerator, check
 from tests.servers import NatsProcess
 
-pytestmark = pytest.mark.integration
+# Longer than the suite's 300 s: a fault test's own waits (accepted, settled) add up to more.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 RATE_BATCHES_S = 30.0  # x 10 events: 300 events/s offered
 DOWN_S = 3.0
