@@ -20,7 +20,7 @@ from enricher.errors import BrokerError
 from pipeline import tracing
 from pipeline.grpcserver import ReadinessHealth
 from pipeline.service import STOP_STEP_MIN_S, HttpServer, StopDeadline, ops_app
-from pipeline.tasks import cancel_and_wait
+from pipeline.tasks import cancel_and_wait, until_done
 
 log = logging.getLogger(__name__)
 
@@ -161,16 +161,18 @@ class Enricher:
 
     async def _until_done(self, what: str, step: Callable[[], Awaitable[None]]) -> None:
         self._waiting = what
-        delay = BROKER_RETRY_S
-        while True:
-            try:
-                await step()
-                return
-            except BrokerError as err:
-                self._waiting = f"{what}: {err}"
-                log.warning("%s: %s", what, err)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, BROKER_RETRY_MAX_S)
+        await until_done(
+            step,
+            what=what,
+            logger=log,
+            waiting=self._set_waiting,
+            retry_s=BROKER_RETRY_S,
+            retry_max_s=BROKER_RETRY_MAX_S,
+            errors=(BrokerError,),
+        )
+
+    def _set_waiting(self, failure: str) -> None:
+        self._waiting = failure
 
     async def _consume_until_stopped(self) -> None:
         """Runs `_consume` until the enricher stops; started again when it ends otherwise."""

@@ -38,7 +38,7 @@ from indexer.store import client as store_client
 from pipeline import natsconn, subjects, tracing
 from pipeline.grpcserver import SERVER, ReadinessHealth
 from pipeline.service import STOP_STEP_MIN_S, HttpServer, StopDeadline, ops_app
-from pipeline.tasks import cancel_and_wait, restarting
+from pipeline.tasks import cancel_and_wait, restarting, until_done
 
 log = logging.getLogger(__name__)
 
@@ -235,15 +235,12 @@ class Indexer:
             self._nc = None
 
     async def _until_done(self, what: str, step: Callable[[], Awaitable[object]]) -> None:
-        while True:
-            try:
-                await step()
-                return
-            except Exception as err:
-                detail = str(err) or type(err).__name__
-                self._waiting = f"{what}: {detail}"
-                log.warning("%s: %s", what, detail)
-                await asyncio.sleep(STEP_RETRY_S)
+        await until_done(
+            step, what=what, logger=log, waiting=self._set_waiting, retry_s=STEP_RETRY_S
+        )
+
+    def _set_waiting(self, failure: str) -> None:
+        self._waiting = failure
 
     async def stop(self) -> None:
         """Stops intake, drains in-flight events, acks, closes (idempotent).

@@ -1,5 +1,5 @@
-"""Background tasks: cancelling them so that they really end, and starting again work that
-ended on an unexpected error."""
+"""Background tasks: cancelling them so that they really end, starting again work that ended
+on an unexpected error, and trying a set-up step again until it is done."""
 
 from __future__ import annotations
 
@@ -77,3 +77,34 @@ async def restarting(
                     logger.error("%s: undoing it failed: %r", what, undo_err, exc_info=undo_err)
         await asyncio.sleep(delay)
         delay = min(delay * 2, RESTART_MAX_S)
+
+
+async def until_done(
+    step: Callable[[], Awaitable[object]],
+    *,
+    what: str,
+    logger: logging.Logger,
+    waiting: Callable[[str], None],
+    retry_s: float,
+    retry_max_s: float | None = None,
+    errors: tuple[type[Exception], ...] = (Exception,),
+) -> None:
+    """Runs `step()` until it returns, trying again after each of `errors` (a server not
+    there yet, a setting it refuses...): a set-up step a service waits on.
+
+    Each failure is logged (`<what>: <error>`) and given to `waiting` (for readiness); the
+    next try comes after `retry_s`, doubling up to `retry_max_s` when given. Other errors
+    are raised.
+    """
+    delay = retry_s
+    while True:
+        try:
+            await step()
+            return
+        except errors as err:
+            failure = f"{what}: {str(err) or type(err).__name__}"
+            waiting(failure)
+            logger.warning("%s", failure)
+            await asyncio.sleep(delay)
+            if retry_max_s is not None:
+                delay = min(delay * 2, retry_max_s)

@@ -10,7 +10,7 @@ import logging
 import pytest
 
 from pipeline import tasks
-from pipeline.tasks import cancel_and_wait, restarting
+from pipeline.tasks import cancel_and_wait, restarting, until_done
 
 
 async def test_cancel_and_wait_ends_a_loop_whose_cancel_was_dropped() -> None:
@@ -157,3 +157,42 @@ async def test_restarting_starts_the_work_again_when_undoing_a_failed_run_fails_
         "work stopped on an error: RuntimeError('broken'); starting it again in 0.001 s",
         "work: undoing it failed: OSError('cannot undo')",
     ]
+
+
+async def test_until_done_tries_a_step_again_after_its_errors_and_raises_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    answers: list[BaseException | None] = [ValueError("not yet"), TimeoutError(), None]
+    waited: list[str] = []
+
+    async def step() -> None:
+        answer = answers.pop(0)
+        if answer is not None:
+            raise answer
+
+    logger = logging.getLogger("test.until_done")
+    with caplog.at_level(logging.WARNING, logger="test.until_done"):
+        await asyncio.wait_for(
+            until_done(
+                step,
+                what="streams not ensured yet",
+                logger=logger,
+                waiting=waited.append,
+                retry_s=0.001,
+                retry_max_s=0.002,
+                errors=(ValueError, TimeoutError),
+            ),
+            5,
+        )
+
+    # A timeout says nothing of itself: its class does.
+    assert waited == ["streams not ensured yet: not yet", "streams not ensured yet: TimeoutError"]
+    assert caplog.messages == waited
+
+    async def broken() -> None:
+        raise KeyError("a bug")
+
+    with pytest.raises(KeyError):
+        await until_done(
+            broken, what="x", logger=logger, waiting=waited.append, retry_s=0.001, errors=(OSError,)
+        )
