@@ -12,7 +12,12 @@ import orjson
 
 from pipeline.tracing import current_ids
 
-_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
+# A record's own attributes, and uvicorn's `color_message` extra (its message again, with
+# terminal colour codes): every other attribute is an `extra=` field, kept.
+_LEFT_OUT = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "color_message",
+}
 
 
 class JsonFormatter(logging.Formatter):
@@ -39,7 +44,7 @@ class JsonFormatter(logging.Formatter):
         if ids is not None:
             doc["trace_id"], doc["span_id"] = ids
         for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
+            if key not in _LEFT_OUT and not key.startswith("_"):
                 doc[key] = value
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import threading
 from collections.abc import Mapping, Sequence
@@ -562,3 +563,13 @@ def test_an_otlp_endpoint_with_a_path_is_warned_of_without_quoting_it(
     assert all(
         "v1/traces" not in line.split("such as")[0] and "127.0.0.1" not in line for line in lines
     )
+
+
+def test_json_logs_leave_out_uvicorns_coloured_copy_of_the_message() -> None:
+    record = logging.LogRecord(
+        "uvicorn.error", logging.INFO, "", 0, "Started server process [%d]", (7,), None
+    )
+    record.color_message = "Started server process [\x1b[36m%d\x1b[0m]"
+    line = json.loads(JsonFormatter("gateway").format(record))
+    assert line["msg"] == "Started server process [7]"
+    assert "color_message" not in line
