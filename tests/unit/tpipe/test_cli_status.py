@@ -101,14 +101,20 @@ def test_ctrl_c_ends_the_live_view_with_success() -> None:
         text=True,
     )
     assert proc.stdout is not None
-    # Its first view printed: past its imports, its SIGINT handling in place.
-    assert "telemetry pipeline status" in proc.stdout.readline()
-    time.sleep(0.2)  # waiting for the next refresh
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
+    try:
+        # Its first view printed: past its imports, its SIGINT handling in place.
+        first = proc.stdout.readline()
+        time.sleep(1.0)  # refreshing, or waiting to
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:  # a failed test leaves no live view running
+            proc.kill()
+            proc.wait()
+    assert "telemetry pipeline status" in first, (first, err)
     assert proc.returncode == 0, err
-    assert "interrupted" not in err
-    assert "Traceback" not in err
+    assert "interrupted" not in err, err
+    assert "Traceback" not in err, err
 
 
 @pytest.mark.parametrize(
