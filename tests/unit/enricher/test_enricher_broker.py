@@ -4,7 +4,6 @@ and its durable consumer with it, without a restart."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import nats.errors
@@ -20,17 +19,11 @@ from pipeline import natsconn
 from pipeline.config import load
 from pipeline.settings import NatsSettings
 from tests.unit.nats_fakes import FakeJetStream, FakeNats
+from tests.unit.polling import until
 
 SETTINGS = ConsumerSettings(
     name="enricher", ack_wait_s=30.0, max_ack_pending=16, fetch_batch=4, fetch_timeout_s=0.01
 )
-
-
-async def until(condition: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 10) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await condition():
-        assert asyncio.get_running_loop().time() < deadline, f"never {what}"
-        await asyncio.sleep(0.005)
 
 
 class NoMessages:

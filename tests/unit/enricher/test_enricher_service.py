@@ -26,13 +26,7 @@ from pipeline.config import load
 from pipeline.settings import NatsSettings
 from pipeline.tasks import cancel_and_wait
 from tests.unit.nats_fakes import FakeJetStream, FakeNats, FakeSubscription
-
-
-async def until(condition: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 10) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await condition():
-        assert asyncio.get_running_loop().time() < deadline, f"never {what}"
-        await asyncio.sleep(0.005)
+from tests.unit.polling import until
 
 
 class Loop:
