@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -147,8 +148,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             )
             span.set_attribute("rpc.grpc.status_code", grpc.StatusCode.INTERNAL.value[0])
             tracing.failed(span, type(err).__name__)
-            self._metrics.grpc_requests.labels(method="IngestEvents", code="INTERNAL").inc()
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            await self.fail(context)
         self._metrics.grpc_requests.labels(method="IngestEvents", code="OK").inc()
         span.set_attribute("rpc.grpc.status_code", 0)
         annotate(span, receipt)
@@ -162,6 +162,12 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             wait_s = err.retry_after(self._retry_after_s)
             context.set_trailing_metadata((("retry-after", str(wait_s)),))
         await context.abort(code, str(err))
+
+    async def fail(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """Ends the call on an unexpected error, already logged: INTERNAL with 'internal
+        error' (never the error's own text), counted."""
+        self._metrics.grpc_requests.labels(method="IngestEvents", code="INTERNAL").inc()
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
     @property
     def max_events(self) -> int:
@@ -191,7 +197,10 @@ class _KeyCheck(grpc.aio.ServerInterceptor):
     grpc.aio runs interceptors once the call's metadata is in, before it reads the request;
     a unary handler would then read the whole message (up to the receive cap) before it
     runs, so a refused call gets a request-streaming handler that ends the call without
-    reading any message.
+    reading any message. An unexpected error in the check ends the call as one in
+    IngestEvents does (INTERNAL, 'internal error', logged and counted), not as grpc would
+    (UNKNOWN with the error's text, unlogged here and uncounted); its line names the trace
+    of the call's traceparent, the call's span not having started yet.
     """
 
     def __init__(self, servicer: IngestServicer) -> None:
@@ -212,17 +221,22 @@ class _KeyCheck(grpc.aio.ServerInterceptor):
         try:
             self._servicer.check_key(metadata)
         except GatewayError as err:
-            return _refusal(self._servicer, err)
+            return _ending(partial(self._servicer.refuse, err))
+        except Exception:
+            log.exception("unexpected error in IngestEvents", extra=tracing.trace_id_of(metadata))
+            return _ending(self._servicer.fail)
         return await continuation(handler_call_details)
 
 
-def _refusal(servicer: IngestServicer, err: GatewayError) -> _Handler:
-    async def refuse(
+def _ending(end: Callable[[grpc.aio.ServicerContext[Any, Any]], Awaitable[None]]) -> _Handler:
+    """A handler that ends the call with `end`, reading no message."""
+
+    async def ended(
         requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
-        await servicer.refuse(err, context)
+        await end(context)
 
-    return grpc.stream_unary_rpc_method_handler(refuse)
+    return grpc.stream_unary_rpc_method_handler(ended)
 
 
 class GrpcServer(grpcserver.GrpcServer):

@@ -15,7 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode, format_span_id, format_trace_id
-from telemetry.v1 import event_pb2, ingest_service_pb2, query_service_pb2
+from telemetry.v1 import event_pb2, ingest_service_pb2, ingest_service_pb2_grpc, query_service_pb2
 
 from gateway import Gateway
 from gateway._auth import KeyStore
@@ -268,3 +268,40 @@ async def test_without_tracing_ingest_events_logs_the_trace_of_the_traceparent(
     line = lines.one("unexpected error in IngestEvents")
     assert line["trace_id"] == TRACE_ID
     assert "span_id" not in line
+
+
+class BrokenKeys(KeyStore):
+    def lookup(self, presented: str | None) -> None:
+        raise RuntimeError("a bug in the key check")
+
+
+async def test_an_unexpected_error_in_the_key_check_is_internal_and_logged_with_the_trace(
+    lines: Lines,
+) -> None:
+    config = unit_config(GATEWAY_HTTP_PORT="0", GATEWAY_GRPC_PORT="0")
+    gateway = Gateway(
+        config,
+        keys=BrokenKeys.from_config(config),
+        broker=FakeBroker(),
+        query=FakeQuery(),
+        tracer=_exporting(InMemorySpanExporter()),
+    )
+    await gateway.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
+            stub = ingest_service_pb2_grpc.IngestServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
+                await stub.IngestEvents(
+                    _request(), metadata=(("x-api-key", WRITE_KEY), ("traceparent", TRACEPARENT))
+                )
+    finally:
+        await gateway.stop()
+
+    assert ended.value.code() is grpc.StatusCode.INTERNAL
+    assert ended.value.details() == "internal error"  # never the error's own text
+    line = lines.one("unexpected error in IngestEvents")
+    assert line["level"] == "error"
+    assert line["trace_id"] == TRACE_ID
+    assert "RuntimeError: a bug in the key check" in line["exc"]
+    labels = {"method": "IngestEvents", "code": "INTERNAL"}
+    assert gateway.metrics.registry.get_sample_value("gateway_grpc_requests_total", labels) == 1
