@@ -6,7 +6,6 @@ import hashlib
 import json
 import math
 import re
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -499,18 +498,21 @@ class IngestCore:
         limit = self._publisher.max_payload - PAYLOAD_HEADROOM_BYTES
         payload = batch.SerializeToString()
         pieces = split(batch, limit, payload=payload)
-        started = time.perf_counter()
-        # The publisher writes this span's traceparent into the messages' headers.
-        with self._tracing.span(
-            f"publish {RAW_STREAM}",
-            kind=tracing.SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "nats",
-                "messaging.destination.name": subject,
-                "pipeline.app_id": batch.context.app_id,
-                "pipeline.events": len(batch.events),
-            },
-        ) as span:
+        # The publisher writes this span's traceparent into the messages' headers. A batch
+        # not stored (refused, timed out, not connected) is timed too, as failed.
+        with (
+            self._metrics.publishing(),
+            self._tracing.span(
+                f"publish {RAW_STREAM}",
+                kind=tracing.SpanKind.PRODUCER,
+                attributes={
+                    "messaging.system": "nats",
+                    "messaging.destination.name": subject,
+                    "pipeline.app_id": batch.context.app_id,
+                    "pipeline.events": len(batch.events),
+                },
+            ) as span,
+        ):
             if pieces is None:
                 parts = 1
                 duplicate = await self._publisher.publish(subject, payload, msg_id=bid)
@@ -526,5 +528,4 @@ class IngestCore:
                     duplicate = duplicate and one
             span.set_attribute("pipeline.messages", parts)
             span.set_attribute("pipeline.duplicate", duplicate)
-        self._metrics.publish_seconds.observe(time.perf_counter() - started)
         return duplicate

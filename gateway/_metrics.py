@@ -9,7 +9,9 @@ a per-worker answer would be a random share).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from telemetry.v1 import event_pb2
@@ -49,7 +51,9 @@ class Metrics:
         )
         self.publish_seconds = Histogram(
             "gateway_publish_seconds",
-            "time from publishing a batch to JetStream's ack, seconds",
+            "time from publishing a batch to JetStream's answer, seconds, by outcome:"
+            " acked, or failed (not stored: refused, timed out, not connected, an error)",
+            ["outcome"],
             buckets=_PUBLISH_BUCKETS,
             registry=self.registry,
         )
@@ -60,11 +64,26 @@ class Metrics:
             multiprocess_mode="livesum",  # workers' gauges add up; a stopped one's go away
         )
         self._accepted = self.events.labels(outcome="accepted", reason="")
+        # Both outcomes are exported from the start: a failure rate reads 0, not absent.
+        self._acked = self.publish_seconds.labels(outcome="acked")
+        self._failed = self.publish_seconds.labels(outcome="failed")
         self.exposed = _exposed(self.registry)
 
     def accepted(self, count: int) -> None:
         """Counts events made durable."""
         self._accepted.inc(count)
+
+    @contextmanager
+    def publishing(self) -> Iterator[None]:
+        """Times one batch's publish: "acked" when the block returns, "failed" when it raises
+        (a cancelled publish, which got no answer, is not observed)."""
+        started = time.perf_counter()
+        try:
+            yield
+        except Exception:
+            self._failed.observe(time.perf_counter() - started)
+            raise
+        self._acked.observe(time.perf_counter() - started)
 
     def rejected(self, rejections: Iterable[event_pb2.EventRejection]) -> None:
         """Counts rejected events by reason (one increment per reason, not per event)."""

@@ -126,7 +126,7 @@ def test_metrics_of_several_workers_add_up_whichever_answers(
                 sample(text, "gateway_http_requests_total", route="/v1/track", status="202")
                 == requests
             )
-            assert sample(text, "gateway_publish_seconds_count") == requests
+            assert sample(text, "gateway_publish_seconds_count", outcome="acked") == requests
             assert sample(text, "gateway_requests_in_flight") == 0
         code = gateway.stop()
     finally:

@@ -326,7 +326,7 @@ async def test_ops_routes_report_readiness_and_metrics(http: httpx.AsyncClient) 
         in metrics
     )
     assert 'gateway_http_requests_total{route="/v1/track",status="202"} 1.0' in metrics
-    assert "gateway_publish_seconds_count 1.0" in metrics
+    assert 'gateway_publish_seconds_count{outcome="acked"} 1.0' in metrics
     assert "gateway_requests_in_flight 0.0" in metrics
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 
@@ -15,6 +16,7 @@ from gateway._metrics import Metrics
 from gateway._validate import Limits
 from gateway.errors import InvalidRequest, Overloaded, Unavailable
 from tests.unit.gateway.conftest import FakeBroker
+from tests.unit.polling import until
 
 LIMITS = Limits(
     max_events=1000,
@@ -230,6 +232,68 @@ async def test_broker_failure_propagates_as_unavailable() -> None:
 
     with pytest.raises(Unavailable):
         await core(broker).ingest_json(body(1), origin())
+
+
+class SlowBroker(FakeBroker):
+    """Answers (or fails) each publish after `delay_s`, or never when it is None."""
+
+    def __init__(self, delay_s: float | None) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+        self.waiting = 0
+
+    async def publish(self, subject: str, payload: bytes, *, msg_id: str) -> bool:
+        self.waiting += 1
+        if self.delay_s is None:
+            await asyncio.Event().wait()
+        else:
+            await asyncio.sleep(self.delay_s)
+        self.waiting -= 1
+        return await super().publish(subject, payload, msg_id=msg_id)
+
+
+def publishes(metrics: Metrics, outcome: str) -> tuple[float | None, float | None]:
+    """(count, sum of seconds) of gateway_publish_seconds{outcome}."""
+    sample = metrics.registry.get_sample_value
+    labels = {"outcome": outcome}
+    return sample("gateway_publish_seconds_count", labels), sample(
+        "gateway_publish_seconds_sum", labels
+    )
+
+
+async def test_publishes_are_timed_by_outcome_failed_ones_too() -> None:
+    broker = SlowBroker(0.05)
+    metrics = Metrics()
+    ingest = IngestCore(publisher=broker, limits=LIMITS, metrics=metrics, max_in_flight=10)
+    assert publishes(metrics, "failed") == (0, 0)  # a failure rate reads 0, not absent
+
+    await ingest.ingest_json(body(1), origin())
+    broker.fail = Unavailable("timed out")
+    with pytest.raises(Unavailable):
+        await ingest.ingest_json(body(2), origin())
+
+    assert publishes(metrics, "acked")[0] == 1
+    failed, seconds = publishes(metrics, "failed")
+    assert failed == 1
+    assert seconds is not None
+    assert seconds >= 0.04  # the time the failing publish took
+
+
+async def test_a_cancelled_publish_is_not_timed() -> None:
+    broker = SlowBroker(None)
+    metrics = Metrics()
+    ingest = IngestCore(publisher=broker, limits=LIMITS, metrics=metrics, max_in_flight=10)
+    task = asyncio.create_task(ingest.ingest_json(body(1), origin()))
+
+    async def publishing() -> bool:
+        return broker.waiting == 1
+
+    await until(publishing, "published")
+    task.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert publishes(metrics, "acked")[0] == publishes(metrics, "failed")[0] == 0
 
 
 def proto_request(**fields: object) -> ingest_service_pb2.IngestEventsRequest:
