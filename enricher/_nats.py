@@ -357,10 +357,11 @@ class Broker:
             raise BrokerError("the consumer is not bound yet")
         return await consumer_pending(self.subscriptions[0])
 
-    async def close(self, *, timeout_s: float) -> None:
-        """Releases the subscriptions, then drains the connection (flushing the last acks),
-        within `timeout_s`: a connection not drained by then is closed without it, and
-        JetStream delivers again the messages whose acks were not sent."""
+    async def close(self, *, timeout_s: float, drain_at_least_s: float = 0.0) -> None:
+        """Releases the subscriptions, then drains the connection (flushing the last acks and
+        naks), within `timeout_s`; the drain gets what is left of it, and at least
+        `drain_at_least_s` however long the release took. A connection not drained by then is
+        closed without it, and JetStream delivers again the messages whose acks were not sent."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         await self._repair.close()
@@ -368,4 +369,4 @@ class Broker:
             async with asyncio.timeout_at(deadline):
                 for sub in self.subscriptions:
                     await release(sub)
-        await natsconn.drain(self._nc, timeout_s=deadline - loop.time())
+        await natsconn.drain(self._nc, timeout_s=max(deadline - loop.time(), drain_at_least_s))

@@ -237,8 +237,9 @@ class Enricher:
 
     async def _close_broker(self, ended: str, *, timeout_s: float) -> None:
         """Naks the messages the handler did not settle, then closes the broker (its drain
-        sends the naks), all within `timeout_s`. Only once the fetch loops have ended: no
-        publish of those messages can be taken any more.
+        sends the naks): the naks and the release of the subscriptions within `timeout_s`, the
+        drain within what is left of it, and at least STOP_STEP_MIN_S. Only once the fetch
+        loops have ended: no publish of those messages can be taken any more.
 
         They are redelivered at once, to another process or the next start, instead of after
         the consumer's ack wait; a nak NATS does not take leaves its message to that.
@@ -255,7 +256,7 @@ class Enricher:
                 extra={"messages": unsettled},
             )
         if self._broker is not None:
-            await self._broker.close(timeout_s=closing.left())
+            await self._broker.close(timeout_s=closing.left(), drain_at_least_s=STOP_STEP_MIN_S)
             self._broker = None
 
     async def ready(self) -> tuple[bool, str]:
@@ -313,7 +314,7 @@ class Enricher:
             await asyncio.wait([task], timeout=deadline.left())
             await cancel_and_wait(task)  # what it still holds is given back below
         self._loops = []
-        await self._close_broker("stopped", timeout_s=deadline.left(at_least=STOP_STEP_MIN_S))
+        await self._close_broker("stopped", timeout_s=deadline.left())
         grace_s = deadline.left(at_least=STOP_STEP_MIN_S)
         servers = []
         if self._grpc is not None:

@@ -564,3 +564,34 @@ async def test_a_stop_naks_at_once_what_it_did_not_finish_and_acks_what_it_publi
     [line] = [r for r in caplog.records if "unsettled" in r.getMessage()]
     assert line.getMessage() == "stopped with messages unsettled; nak'd for redelivery"
     assert line.messages == 1
+
+
+class RoundTripNats(ClosingNats):
+    """A client whose drain takes a round trip to NATS (its flush's PING and PONG)."""
+
+    async def drain(self) -> None:
+        await asyncio.sleep(0.05)
+        await super().drain()
+
+
+async def test_a_stop_whose_time_is_used_up_still_drains_its_least_after_releasing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def release(subscription: Any) -> None:
+        await asyncio.Event().wait()  # the unsubscribes never written
+
+    monkeypatch.setattr("enricher._nats.release", release)
+    js = StuckJetStream()
+    nc = RoundTripNats(js=js)
+    js.client = nc
+    service = enricher_on(nc, monkeypatch, stop_s=0.2)
+    await service.start()
+    try:
+        await asyncio.wait_for(js.publishing.wait(), 10)  # the batch in hand takes the stop's time
+    finally:
+        await service.stop()
+
+    # The release is not waited for past the stop's time; the drain still gets
+    # STOP_STEP_MIN_S, and the nak sent before it reaches NATS.
+    assert [payload for subject, payload in nc.sent if subject == REPLY] == [b"-NAK"]
+    assert nc.drained
