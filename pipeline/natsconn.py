@@ -129,25 +129,25 @@ async def connect(
         return nc
 
 
-async def drain(nc: Client, *, timeout_s: float) -> bool:
+async def drain(nc: Client, *, timeout_s: float) -> None:
     """Drains `nc` (its subscriptions, then what it has still to send: acks, publishes) and
-    closes it, within `timeout_s`; True when the drain finished. One that did not (NATS away,
-    or not answering) is given up, and the connection closed without it in at most
-    CLOSE_TIMEOUT_S more: what was not sent is lost, and JetStream delivers again the
-    messages whose acks those were.
+    closes it, within `timeout_s`. A drain that does not finish (NATS away, or not answering)
+    is given up, logged, and the connection closed without it in at most CLOSE_TIMEOUT_S
+    more: what was not sent is lost, and JetStream delivers again the messages whose acks
+    those were. Whether it finished is not returned (a stop goes on either way); a connection
+    closed already is left as it is.
 
     nats-py bounds its own drain by its drain timeout and then a flush (40 s by default), and
     takes a first cancel only as the end of the first: the stop of a service would not fit.
     """
     if nc.is_closed:
-        return True
+        return
     draining = asyncio.create_task(nc.drain(), name="nats-drain")
     try:
         await asyncio.wait({draining}, timeout=max(timeout_s, 0.0))
     except asyncio.CancelledError:
         await cancel_and_wait(draining)
         raise
-    drained = False
     if not draining.done():
         log.warning(
             "nats drain not finished within %.1f s; closing without it", max(timeout_s, 0.0)
@@ -155,15 +155,12 @@ async def drain(nc: Client, *, timeout_s: float) -> bool:
         await cancel_and_wait(draining)  # cancelled again until it ends
     elif (error := draining.exception()) is not None:  # reconnecting, say
         log.warning("nats drain failed: %s; closing without it", describe(error))
-    else:
-        drained = True
     if not nc.is_closed:  # also a drain that returned at once, one being under way already
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
                 await nc.close()
         except Exception as err:  # TimeoutError too: the stop goes on without it
             log.warning("nats connection not closed: %s", describe(err))
-    return drained
 
 
 def stream_configs(settings: NatsSettings) -> list[js_api.StreamConfig]:

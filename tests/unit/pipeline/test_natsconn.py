@@ -253,7 +253,8 @@ async def test_a_missing_stream_is_ensured_again_once_at_a_time_and_paced(
 async def test_a_drain_that_finishes_in_time_closes_the_connection_itself() -> None:
     nc = FakeNats()
 
-    assert await natsconn.drain(nc, timeout_s=1.0) is True
+    await natsconn.drain(nc, timeout_s=1.0)
+
     assert nc.drained
     assert nc.is_closed
 
@@ -266,7 +267,7 @@ async def test_a_drain_that_hangs_is_given_up_within_its_time_and_the_connection
     loop = asyncio.get_running_loop()
     started = loop.time()
 
-    assert await asyncio.wait_for(natsconn.drain(nc, timeout_s=0.2), 5) is False
+    await asyncio.wait_for(natsconn.drain(nc, timeout_s=0.2), 5)
 
     assert loop.time() - started < 0.2 + 0.1 + 1.5  # its time, closing, a loaded machine
     assert nc.is_closed
@@ -281,13 +282,14 @@ async def test_a_drain_that_fails_closes_the_connection(caplog: pytest.LogCaptur
 
     nc = Reconnecting()
 
-    assert await natsconn.drain(nc, timeout_s=1.0) is False
+    await natsconn.drain(nc, timeout_s=1.0)
+
     assert nc.is_closed
     assert any(m.startswith("nats drain failed: ") for m in caplog.messages)
 
 
 async def test_a_close_that_hangs_too_is_left_after_its_time(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(natsconn, "CLOSE_TIMEOUT_S", 0.1)
 
@@ -297,4 +299,14 @@ async def test_a_close_that_hangs_too_is_left_after_its_time(
 
     nc = Stuck(drain_hangs=True)
 
-    assert await asyncio.wait_for(natsconn.drain(nc, timeout_s=0.1), 2) is False
+    await asyncio.wait_for(natsconn.drain(nc, timeout_s=0.1), 2)
+
+    assert "nats connection not closed: TimeoutError" in caplog.messages
+
+
+async def test_a_connection_closed_already_is_left_as_it_is() -> None:
+    nc = FakeNats(is_connected=False, is_closed=True)
+
+    await natsconn.drain(nc, timeout_s=1.0)
+
+    assert not nc.drained
