@@ -190,6 +190,15 @@ async def readyz_answer(enricher: Enricher) -> tuple[int, str]:
     return answer.status_code, answer.json()["reason"]
 
 
+async def until_ready(enricher: Enricher, what: str = "ready") -> None:
+    """Waits until /readyz answers 200."""
+
+    async def ready() -> bool:
+        return await readyz(enricher) == 200
+
+    await until(ready, what)
+
+
 async def health(enricher: Enricher) -> list[int]:
     """gRPC health, overall and EnrichService's."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{enricher.grpc_port}") as channel:
@@ -213,10 +222,7 @@ async def test_grpc_health_is_not_serving_until_ready_and_whenever_not_ready(
 
     broker.up.set()
 
-    async def ready() -> bool:
-        return await readyz(enricher) == 200
-
-    await until(ready, "ready")
+    await until_ready(enricher)
     assert await health(enricher) == SERVING
 
     broker.answers = False  # a stream lost, say
@@ -230,10 +236,7 @@ async def test_consuming_that_ends_on_an_error_is_named_logged_and_started_again
     broker.up.set()
     await enricher.start()
 
-    async def ready() -> bool:
-        return await readyz(enricher) == 200
-
-    await until(ready, "ready")
+    await until_ready(enricher)
     broker.up.clear()  # NATS away when it starts again: the error stays named meanwhile
     first, second = broker.loops
     first.fail(RuntimeError("fetch loop bug"))
@@ -253,9 +256,23 @@ async def test_consuming_that_ends_on_an_error_is_named_logged_and_started_again
     assert broker.closed == 1  # the other loop ended too, and the connection was closed
 
     broker.up.set()
-    await until(ready, "ready again, without a restart of the process")
+    await until_ready(enricher, "ready again, without a restart of the process")
     assert broker.opened == 2
     assert broker.loops != [first, second]
+
+
+async def test_consuming_that_a_stop_ends_is_not_started_again(
+    broker: Broker, enricher: Enricher, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker.up.set()
+    await enricher.start()
+    await until_ready(enricher)
+
+    await enricher.stop()
+
+    assert broker.opened == 1  # not connected again while the stop waits for the loops
+    assert broker.closed == 1  # by the stop alone
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_consuming_that_ends_on_an_error_naks_what_it_held_before_closing_nats(
