@@ -37,6 +37,9 @@ NATS_RETRY_S = 1.0
 FETCH_RESTART_MAX_S = 30.0
 ROOM_POLL_S = 0.02
 STOP_FETCH_WAIT_S = 5.0
+# Unsubscribing is a write to the connection, which NATS not reading (nats-py's buffer to it
+# full) would hold up for ever: it is given up after this long, or less when the caller says.
+UNSUBSCRIBE_TIMEOUT_S = 1.0
 # JetStream's error code for a consumer that does not exist.
 _CONSUMER_NOT_FOUND = 10014
 
@@ -169,15 +172,29 @@ class EnrichedConsumer:
         await asyncio.wait({task}, timeout=timeout_s)
         await cancel_and_wait(task)
 
-    async def close(self) -> None:
-        """Stops every task and unsubscribes (idempotent)."""
+    async def close(self, *, timeout_s: float = UNSUBSCRIBE_TIMEOUT_S) -> None:
+        """Stops every task and unsubscribes, waiting at most `timeout_s` for that (idempotent).
+
+        An unsubscribe that fails or is not done in time (NATS not reading what nats-py writes
+        to it) is logged and given up: the connection's drain or close, which the service
+        does next, ends the subscription all the same.
+        """
         await self.stop_fetching()
         await cancel_and_wait(*self._side_tasks)
         self._side_tasks = []
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
+        sub, self._sub = self._sub, None
+        if sub is None:
+            return
+        limit = asyncio.timeout(timeout_s)
+        try:
+            async with limit:
+                await sub.unsubscribe()
+        except Exception as err:
+            if limit.expired():
+                why = f"not done within {timeout_s:.1f} s"
+            else:
+                why = f"failed: {natsconn.describe(err)}"
+            log.warning("consumer %s: unsubscribe %s; going on without it", self._name, why)
 
     async def _fetch_loop(self, sub: JetStreamContext.PullSubscription) -> None:
         delay = NATS_RETRY_S

@@ -30,7 +30,12 @@ from indexer import retention
 from indexer.api import SERVICE_NAME, QueryServer
 from indexer.bulk import BulkWriter
 from indexer.config import Config
-from indexer.consumer import STOP_FETCH_WAIT_S, EnrichedConsumer, NatsDeadLetters
+from indexer.consumer import (
+    STOP_FETCH_WAIT_S,
+    UNSUBSCRIBE_TIMEOUT_S,
+    EnrichedConsumer,
+    NatsDeadLetters,
+)
 from indexer.intake import Intake
 from indexer.metrics import Metrics
 from indexer.store import OpenSearchStore
@@ -246,9 +251,10 @@ class Indexer:
         """Stops intake, drains in-flight events, acks, closes (idempotent).
 
         All of it within INDEXER_GRACEFUL_STOP_S: each step gets what is left of it (the
-        fetch in progress at most STOP_FETCH_WAIT_S of it), and the closing ones (the
-        servers' grace, then draining NATS) at least STOP_STEP_MIN_S each. Messages whose
-        events were not all indexed by then are nak'd, never acked.
+        fetch in progress at most STOP_FETCH_WAIT_S of it, unsubscribing the consumer at most
+        UNSUBSCRIBE_TIMEOUT_S), and the closing ones (the servers' grace, then draining NATS)
+        at least STOP_STEP_MIN_S each. Messages whose events were not all indexed by then are
+        nak'd, never acked.
         """
         if not self._started:
             return
@@ -266,7 +272,7 @@ class Indexer:
             await self._intake.release_waiting()
         await self._drain(deadline.left())
         if self._consumer is not None:
-            await self._consumer.close()
+            await self._consumer.close(timeout_s=min(UNSUBSCRIBE_TIMEOUT_S, deadline.left()))
         await self._writer.close()
         if self._intake is not None:
             # Left over by the drain: nak'd only now, when nothing can ack them any more.

@@ -9,6 +9,7 @@ from typing import Any, cast
 
 import pytest
 from indexer_fakes import FakeDeadLetters, quiet_writer
+from nats.errors import ConnectionClosedError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
@@ -32,6 +33,9 @@ class FakeJetStream:
         self.deliver: list[FakeMsg] = []  # handed to the next fetch
         self.fetch_error: Exception | None = None  # what every fetch fails with, if set
         self.refusal: Exception | None = None  # what add_consumer fails with, if set
+        self.unsubscribed = False
+        self.unsubscribe_hangs = False  # NATS not reading what is written to it
+        self.unsubscribe_error: Exception | None = None  # what unsubscribe fails with, if set
 
     async def add_consumer(self, stream: str, config: js_api.ConsumerConfig) -> None:
         assert stream == subjects.ENRICHED_STREAM
@@ -85,7 +89,11 @@ class FakeSubscription:
         return await cast(Any, self._js.consumer_info(subjects.ENRICHED_STREAM, NAME))
 
     async def unsubscribe(self) -> None:
-        return None
+        if self._js.unsubscribe_hangs:
+            await asyncio.Event().wait()
+        if self._js.unsubscribe_error is not None:
+            raise self._js.unsubscribe_error
+        self._js.unsubscribed = True
 
 
 def consumer(js: FakeJetStream) -> EnrichedConsumer:
@@ -202,3 +210,49 @@ async def test_fetching_that_ends_on_an_error_is_named_logged_and_started_again(
     fetched_before = js.fetches
     await until(lambda: js.fetches > fetched_before and fetcher.problem is None, "fetching again")
     await fetcher.close()
+
+
+async def test_close_gives_up_an_unsubscribe_nats_does_not_take_in_time(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    js = FakeJetStream()
+    fetcher = consumer(js)
+    await fetcher.start()
+    js.unsubscribe_hangs = True  # nats-py's buffer to NATS full: the write waits for ever
+
+    await asyncio.wait_for(fetcher.close(timeout_s=0.1), 5)
+
+    assert caplog.messages == [
+        "consumer indexer: unsubscribe not done within 0.1 s; going on without it"
+    ]
+    assert caplog.records[0].levelno == logging.WARNING
+    assert not js.unsubscribed
+
+
+async def test_close_logs_an_unsubscribe_nats_refuses_with_what_it_said(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    js = FakeJetStream()
+    fetcher = consumer(js)
+    await fetcher.start()
+    js.unsubscribe_error = ConnectionClosedError()
+
+    await fetcher.close()
+
+    assert caplog.messages == [
+        "consumer indexer: unsubscribe failed: nats: connection closed; going on without it"
+    ]
+
+
+async def test_close_with_no_time_left_still_unsubscribes_when_that_needs_no_wait(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A stop past its deadline gives it 0 s: an unsubscribe NATS takes at once is still sent.
+    js = FakeJetStream()
+    fetcher = consumer(js)
+    await fetcher.start()
+
+    await fetcher.close(timeout_s=0.0)
+
+    assert js.unsubscribed
+    assert caplog.messages == []

@@ -378,7 +378,8 @@ def enriched_batch() -> bytes:
 
 
 class OneMessage(FakeSubscription):
-    """Delivers `msg` at its first fetch, then nothing."""
+    """Delivers `msg` at its first fetch, then nothing; its unsubscribe never ends, as
+    nats-py's does not while NATS does not read what it writes."""
 
     def __init__(self, js: FakeJetStream, stream: str, durable: str, msg: Msg) -> None:
         super().__init__(js, stream, durable)
@@ -389,6 +390,9 @@ class OneMessage(FakeSubscription):
             msg, self._msg = self._msg, None
             return [msg]
         return await super().fetch(batch, timeout, **kwargs)
+
+    async def unsubscribe(self) -> None:
+        await asyncio.Event().wait()
 
 
 class OneMessageJetStream(FakeJetStream):
