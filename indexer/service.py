@@ -3,7 +3,9 @@
 start(): serve QueryService and the ops routes, then, in the background, connect NATS
 (waiting for it), ensure the streams (retried until JetStream answers), install the index
 template (retried until OpenSearch answers), and consume (the durable consumer's creation
-retried the same way); readiness says which step it waits for. Should that task end on an
+retried the same way); readiness says which step it waits for. A step failing on an error
+that is no outage (a bug) is tried again too, less and less often, the error logged with its
+stack and named by readiness (pipeline.tasks.until_done). Should that task end on an
 unexpected error, it is logged with its stack, what it had set up is closed, and it starts
 again after a pause (pipeline.tasks.restarting); readiness names the error until it is through.
 Retention runs in the background too, started again the same way.
@@ -36,6 +38,7 @@ from indexer.consumer import (
     EnrichedConsumer,
     NatsDeadLetters,
 )
+from indexer.errors import IndexerError
 from indexer.intake import Intake
 from indexer.metrics import Metrics
 from indexer.store import OpenSearchStore
@@ -48,6 +51,10 @@ from pipeline.tasks import cancel_and_wait, restarting, until_done
 log = logging.getLogger(__name__)
 
 STEP_RETRY_S = 2.0
+# What a set-up step raises while NATS, JetStream or OpenSearch is away or refuses it (the
+# store's errors are translated into IndexerError): tried again every STEP_RETRY_S. Any
+# other error is a bug: tried again too, less and less often (see pipeline.tasks.until_done).
+_STEP_ERRORS = (IndexerError, *natsconn.ERRORS)
 # Queries in flight at a stop get at most this long (of what is left of the stop).
 QUERY_STOP_GRACE_S = 5.0
 _STREAMS = (subjects.ENRICHED_STREAM, subjects.DLQ_STREAM)
@@ -241,7 +248,13 @@ class Indexer:
 
     async def _until_done(self, what: str, step: Callable[[], Awaitable[object]]) -> None:
         await until_done(
-            step, what=what, logger=log, waiting=self._set_waiting, retry_s=STEP_RETRY_S
+            step,
+            what=what,
+            logger=log,
+            waiting=self._set_waiting,
+            retry_s=STEP_RETRY_S,
+            errors=_STEP_ERRORS,
+            retry_unexpected=True,
         )
 
     def _set_waiting(self, failure: str) -> None:

@@ -36,6 +36,9 @@ STREAM_RETRY_S = 1.0
 # A connection not drained in time is closed without it, within this (closing waits for a
 # reconnect in progress to end, and writes what is buffered).
 CLOSE_TIMEOUT_S = 1.0
+# What nats-py raises when NATS is away, slow, or refuses a request (JetStream's errors are
+# nats.errors.Error too): worth trying again, unlike any other error, which is a bug.
+ERRORS = (nats.errors.Error, OSError, TimeoutError)
 
 
 def describe(err: BaseException) -> str:
@@ -115,7 +118,7 @@ async def connect(
                 reconnected_cb=on_reconnect,
                 error_cb=on_error,
             )
-        except (OSError, TimeoutError, nats.errors.Error) as err:
+        except ERRORS as err:
             where = ",".join(address(url) for url in settings.nats_url)
             log.warning("nats not reachable at %s: %s; retrying", where, describe(err))
             await asyncio.sleep(delay)

@@ -87,24 +87,41 @@ async def until_done(
     waiting: Callable[[str], None],
     retry_s: float,
     retry_max_s: float | None = None,
-    errors: tuple[type[Exception], ...] = (Exception,),
+    errors: tuple[type[Exception], ...],
+    retry_unexpected: bool = False,
 ) -> None:
     """Runs `step()` until it returns, trying again after each of `errors` (a server not
     there yet, a setting it refuses...): a set-up step a service waits on.
 
-    Each failure is logged (`<what>: <error>`) and given to `waiting` (for readiness); the
-    next try comes after `retry_s`, doubling up to `retry_max_s` when given. Other errors
-    are raised.
+    Each of `errors` is logged as one line (`<what>: <error>`) and given to `waiting` (for
+    readiness); the next try comes after `retry_s`, doubling up to `retry_max_s` when given.
+    Any other error is raised; with `retry_unexpected` it is tried again too, as the bug it
+    is: logged as an error (`<what>: unexpected <error>; trying again in <n> s`), with its
+    stack unless the unexpected error before it was the same, and given to `waiting`
+    (`<what>: unexpected <error>`); the pause after it starts at `retry_s` and doubles each
+    time, up to RESTART_MAX_S.
     """
-    delay = retry_s
+    delay = retry_s  # after one of `errors`
+    unexpected_delay = retry_s
+    last_unexpected = ""
     while True:
         try:
             await step()
             return
         except errors as err:
             failure = f"{what}: {str(err) or type(err).__name__}"
-            waiting(failure)
             logger.warning("%s", failure)
-            await asyncio.sleep(delay)
+            pause = delay
             if retry_max_s is not None:
                 delay = min(delay * 2, retry_max_s)
+        except Exception as err:
+            if not retry_unexpected:
+                raise
+            failure = f"{what}: unexpected {err!r}"
+            pause = unexpected_delay
+            stack = err if failure != last_unexpected else None
+            logger.error("%s; trying again in %g s", failure, pause, exc_info=stack)
+            last_unexpected = failure
+            unexpected_delay = min(unexpected_delay * 2, RESTART_MAX_S)
+        waiting(failure)
+        await asyncio.sleep(pause)

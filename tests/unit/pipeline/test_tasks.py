@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -159,17 +160,22 @@ async def test_restarting_starts_the_work_again_when_undoing_a_failed_run_fails_
     ]
 
 
-async def test_until_done_tries_a_step_again_after_its_errors_and_raises_others(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    answers: list[BaseException | None] = [ValueError("not yet"), TimeoutError(), None]
-    waited: list[str] = []
+def answering(answers: list[Exception | None]) -> Callable[[], Awaitable[None]]:
+    """A step that raises each of `answers` in turn (taking it out), and returns at a None."""
 
     async def step() -> None:
         answer = answers.pop(0)
         if answer is not None:
             raise answer
 
+    return step
+
+
+async def test_until_done_tries_a_step_again_after_its_errors_and_raises_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    step = answering([ValueError("not yet"), TimeoutError(), None])
+    waited: list[str] = []
     logger = logging.getLogger("test.until_done")
     with caplog.at_level(logging.WARNING, logger="test.until_done"):
         await asyncio.wait_for(
@@ -196,3 +202,47 @@ async def test_until_done_tries_a_step_again_after_its_errors_and_raises_others(
         await until_done(
             broken, what="x", logger=logger, waiting=waited.append, retry_s=0.001, errors=(OSError,)
         )
+
+
+async def test_until_done_tries_again_after_an_unexpected_error_logged_with_its_stack_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A bug in a set-up step: the service must not die of it, nor log its stack every 2 s.
+    monkeypatch.setattr(tasks, "RESTART_MAX_S", 0.004)
+    answers: list[Exception | None] = [
+        TypeError("bug"),
+        TypeError("bug"),
+        OSError("not yet"),  # an outage in between: one line, as ever
+        TypeError("bug"),
+        KeyError("other bug"),
+        None,
+    ]
+    step = answering(answers)
+    waited: list[str] = []
+    logger = logging.getLogger("test.until_done")
+    with caplog.at_level(logging.WARNING, logger="test.until_done"):
+        await asyncio.wait_for(
+            until_done(
+                step,
+                what="not consuming yet",
+                logger=logger,
+                waiting=waited.append,
+                retry_s=0.001,
+                errors=(OSError,),
+                retry_unexpected=True,
+            ),
+            5,
+        )
+
+    assert answers == []  # done once the step returned
+    bug = "not consuming yet: unexpected TypeError('bug')"
+    other = "not consuming yet: unexpected KeyError('other bug')"
+    assert waited == [bug, bug, "not consuming yet: not yet", bug, other]
+    # The pause after a bug doubles up to RESTART_MAX_S; its stack only for a new one.
+    assert [(r.levelno, r.getMessage(), r.exc_info is not None) for r in caplog.records] == [
+        (logging.ERROR, f"{bug}; trying again in 0.001 s", True),
+        (logging.ERROR, f"{bug}; trying again in 0.002 s", False),  # the same: no stack again
+        (logging.WARNING, "not consuming yet: not yet", False),
+        (logging.ERROR, f"{bug}; trying again in 0.004 s", False),
+        (logging.ERROR, f"{other}; trying again in 0.004 s", True),
+    ]
