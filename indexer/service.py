@@ -11,7 +11,8 @@ again after a pause (pipeline.tasks.restarting); readiness names the error until
 Retention runs in the background too, started again the same way.
 
 gRPC health: the whole server's follows readiness; QueryService's follows whether queries can
-be answered, that is whether OpenSearch answers (SERVING while NATS is away).
+be answered, that is whether OpenSearch answers (SERVING while NATS is away). Their polls and
+/readyz go by one ping of OpenSearch per poll interval between them.
 
 stop(): stop fetching, let in-flight events be indexed and their messages acked, close the
 writer, nak what is left for redelivery at once, then close everything, all within the
@@ -23,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client
@@ -43,7 +46,7 @@ from indexer.intake import Intake
 from indexer.metrics import Metrics
 from indexer.store import OpenSearchStore
 from indexer.store import client as store_client
-from pipeline import natsconn, subjects, tracing
+from pipeline import grpcserver, natsconn, subjects, tracing
 from pipeline.grpcserver import SERVER, ReadinessHealth
 from pipeline.service import STOP_STEP_MIN_S, HttpServer, StopDeadline, ops_app
 from pipeline.tasks import cancel_and_wait, restarting, until_done
@@ -122,6 +125,9 @@ class Indexer:
         self._streams_ready = asyncio.Event()
         self._template_ready = asyncio.Event()
         self._consuming = asyncio.Event()
+        self._ping_lock = asyncio.Lock()  # one ping of OpenSearch at a time
+        self._pinged = False  # OpenSearch's last answer to a ping
+        self._pinged_at = -math.inf  # when it came
         self._waiting = ""  # what _begin is retrying, for readiness
         self._start_failure = ""  # the error _begin ended on, until a new run is through
         self._tasks: list[asyncio.Task[None]] = []
@@ -331,13 +337,24 @@ class Indexer:
         return ok, reason
 
     async def _answers_queries(self) -> tuple[bool, str]:
-        """Whether QueryService can answer: OpenSearch answers (as readiness asks it). Sets
-        QueryService's gRPC health."""
-        ok = await self._store.ping()
+        """Whether QueryService can answer: OpenSearch answers (the answer readiness goes by).
+        Sets QueryService's gRPC health."""
+        ok = await self._opensearch_answers()
         reason = "ok" if ok else "opensearch not answering"
         if self._started:
             await self._query_health.record(ok, reason)
         return ok, reason
+
+    async def _opensearch_answers(self) -> bool:
+        """Whether OpenSearch answers a ping: the answer of one that came less than a health
+        poll interval ago (HEALTH_POLL_S), else of a new one. So the whole server's health
+        poll, QueryService's and /readyz probes ping it once per interval between them, and
+        none goes by an older answer. One ping at a time: who asks meanwhile gets its answer."""
+        async with self._ping_lock:
+            if time.monotonic() - self._pinged_at >= grpcserver.HEALTH_POLL_S:
+                self._pinged = await self._store.ping()
+                self._pinged_at = time.monotonic()
+            return self._pinged
 
     async def _readiness(self) -> tuple[bool, str]:
         if self._start_failure:
@@ -351,7 +368,7 @@ class Indexer:
             if self._repair is not None:  # a stream deleted, or lost: made again
                 self._repair.check(problem)
             return False, problem.reason
-        if not await self._store.ping():
+        if not await self._opensearch_answers():
             return False, "opensearch not answering"
         if not self._template_ready.is_set():
             return False, self._waiting or "index template not installed"

@@ -261,6 +261,74 @@ async def test_query_service_health_is_not_serving_for_good_once_stop_begins(
         await asyncio.wait_for(stopping, 5)
 
 
+async def test_readiness_and_query_service_health_share_one_ping_of_opensearch(
+    nats: Nats, indexer: Indexer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both health polls and a /readyz probe ask while OpenSearch is slow to answer: one ping.
+    monkeypatch.setattr("pipeline.grpcserver.HEALTH_POLL_S", 0.01)
+    answer = asyncio.Event()
+    answer.set()
+    pinging = 0
+    most = 0
+
+    async def ping() -> bool:
+        nonlocal pinging, most
+        pinging += 1
+        most = max(most, pinging)
+        try:
+            await answer.wait()
+        finally:
+            pinging -= 1
+        return True
+
+    monkeypatch.setattr(indexer._store, "ping", ping)
+    await indexer.start()
+
+    async def serving() -> bool:
+        return await health(indexer) == [SERVING, SERVING]
+
+    await until(serving, "serving")
+    answer.clear()  # OpenSearch slow: the pings in flight pile up
+    probe = asyncio.create_task(readyz(indexer))
+    await asyncio.sleep(0.2)  # twenty poll intervals: every poll has asked
+    assert (pinging, most) == (1, 1)
+    answer.set()
+    assert await asyncio.wait_for(probe, 5) == (200, "ok")
+
+
+async def test_an_answer_of_opensearch_serves_every_check_until_it_is_a_poll_interval_old(
+    nats: Nats, indexer: Indexer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("pipeline.grpcserver.HEALTH_POLL_S", 0.05)
+    opensearch = {"answers": True}
+    pings = 0
+
+    async def ping() -> bool:
+        nonlocal pings
+        pings += 1
+        return opensearch["answers"]
+
+    monkeypatch.setattr(indexer._store, "ping", ping)
+    await indexer.start()
+
+    async def ready() -> bool:
+        return await readyz(indexer) == (200, "ok")
+
+    await until(ready, "ready")
+    monkeypatch.setattr("pipeline.grpcserver.HEALTH_POLL_S", 3600.0)  # every answer is young
+    pinged = pings
+    for _ in range(3):
+        assert await readyz(indexer) == (200, "ok")
+    await asyncio.sleep(0.1)  # both polls have asked too
+    assert pings == pinged
+
+    monkeypatch.setattr("pipeline.grpcserver.HEALTH_POLL_S", 0.05)
+    opensearch["answers"] = False
+    await asyncio.sleep(0.06)  # every answer before it is older than a poll interval
+
+    assert await readyz(indexer) == (503, "opensearch not answering")
+
+
 @pytest.mark.parametrize("stream", ["TELEMETRY_ENRICHED", "TELEMETRY_DLQ"])
 async def test_a_deleted_stream_is_created_again_and_the_consumer_too(
     nats: Nats, indexer: Indexer, monkeypatch: pytest.MonkeyPatch, stream: str
