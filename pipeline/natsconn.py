@@ -159,11 +159,31 @@ async def drain(nc: Client, *, timeout_s: float) -> None:
     elif (error := draining.exception()) is not None:  # reconnecting, say
         log.warning("nats drain failed: %s; closing without it", describe(error))
     if not nc.is_closed:  # also a drain that returned at once, one being under way already
-        try:
-            async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                await nc.close()
-        except Exception as err:  # TimeoutError too: the stop goes on without it
-            log.warning("nats connection not closed: %s", describe(err))
+        await close(nc)
+
+
+async def close(nc: Client) -> None:
+    """Closes `nc` without draining it, in at most CLOSE_TIMEOUT_S: closing waits for a
+    reconnect in progress to end, and writes what is buffered, which NATS not reading never
+    takes. A close not done by then, or failing, is given up and logged (`nats connection not
+    closed: <error>`); the caller goes on either way.
+
+    nats-py takes a cancel that comes while it waits for the reconnect for the end of that wait,
+    and goes on closing: it is cancelled again until it ends.
+    """
+    closing = asyncio.create_task(nc.close(), name="nats-close")
+    try:
+        await asyncio.wait({closing}, timeout=CLOSE_TIMEOUT_S)
+    except asyncio.CancelledError:
+        await cancel_and_wait(closing)
+        raise
+    if not closing.done():
+        await cancel_and_wait(closing)  # cancelled again until it ends
+        error: BaseException | None = TimeoutError()
+    else:
+        error = None if closing.cancelled() else closing.exception()
+    if error is not None:
+        log.warning("nats connection not closed: %s", describe(error))
 
 
 def stream_configs(settings: NatsSettings) -> list[js_api.StreamConfig]:

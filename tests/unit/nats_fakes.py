@@ -121,7 +121,9 @@ class FakeNats:
     """A connected client: its JetStream, `is_connected` to set, core publishes (acks and naks
     among them) in `sent`, drain and close. With `drain_hangs` its drain never ends, as nats-py's
     does not with a server that does not answer: a first cancel only moves it on to a flush
-    that hangs too."""
+    that hangs too. With `close_hangs` its close never ends either, as nats-py's does not while
+    NATS does not read what it writes: a first cancel only ends its wait for a reconnect in
+    progress."""
 
     js: FakeJetStream = field(default_factory=FakeJetStream)
     is_connected: bool = True
@@ -129,6 +131,7 @@ class FakeNats:
     max_payload: int = 1024 * 1024
     connected_url: Any = None
     drain_hangs: bool = False
+    close_hangs: bool = False
     drained: bool = False
     sent: list[tuple[str, bytes]] = field(default_factory=list)
 
@@ -147,4 +150,8 @@ class FakeNats:
         self.drained = True
 
     async def close(self) -> None:
+        if self.close_hangs:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.Event().wait()  # the reconnect in progress never ended
+            await asyncio.Event().wait()  # what was buffered never written
         self.is_connected, self.is_closed = False, True

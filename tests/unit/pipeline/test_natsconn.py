@@ -288,20 +288,27 @@ async def test_a_drain_that_fails_closes_the_connection(caplog: pytest.LogCaptur
     assert any(m.startswith("nats drain failed: ") for m in caplog.messages)
 
 
-async def test_a_close_that_hangs_too_is_left_after_its_time(
+async def test_a_close_that_hangs_too_is_left_after_its_time_though_it_takes_a_first_cancel(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(natsconn, "CLOSE_TIMEOUT_S", 0.1)
-
-    class Stuck(FakeNats):
-        async def close(self) -> None:
-            await asyncio.Event().wait()
-
-    nc = Stuck(drain_hangs=True)
+    nc = FakeNats(drain_hangs=True, close_hangs=True)  # a reconnect in progress, NATS not reading
 
     await asyncio.wait_for(natsconn.drain(nc, timeout_s=0.1), 2)
 
     assert "nats connection not closed: TimeoutError" in caplog.messages
+
+
+async def test_a_close_that_fails_is_logged_and_gone_past(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Failing(FakeNats):
+        async def close(self) -> None:
+            raise nats.errors.ConnectionReconnectingError
+
+    await natsconn.close(Failing())
+
+    assert caplog.messages == ["nats connection not closed: nats: connection reconnecting"]
 
 
 async def test_a_connection_closed_already_is_left_as_it_is() -> None:
