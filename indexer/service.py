@@ -6,8 +6,9 @@ template (retried until OpenSearch answers), and consume (the durable consumer's
 retried the same way); readiness says which step it waits for. A step failing on an error
 that is no outage (a bug) is tried again too, less and less often, the error logged with its
 stack and named by readiness (pipeline.tasks.until_done). Should that task end on an
-unexpected error, it is logged with its stack, what it had set up is closed, and it starts
-again after a pause (pipeline.tasks.restarting); readiness names the error until it is through.
+unexpected error, it is logged with its stack, what it had set up is closed (its NATS connection
+given natsconn.CLOSE_TIMEOUT_S, then left), and it starts again after a pause
+(pipeline.tasks.restarting); readiness names the error until it is through.
 Retention runs in the background too, started again the same way.
 
 gRPC health: the whole server's follows readiness; QueryService's follows whether queries can
@@ -22,7 +23,6 @@ graceful stop time. Both are idempotent.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -234,7 +234,9 @@ class Indexer:
 
     async def _begin_failed(self, failure: str) -> None:
         # _begin ended on an error before it was through (the consumer was not started): what
-        # it set up is closed, and the next run sets it up again, on a new connection.
+        # it set up is closed, and the next run sets it up again, on a new connection. A close
+        # of the old one that does not end (NATS not reading, a reconnect in progress) is given
+        # up after natsconn.CLOSE_TIMEOUT_S: it would hold every run after it.
         self._start_failure = failure
         self._waiting = ""
         self._streams_ready.clear()
@@ -248,8 +250,7 @@ class Indexer:
         self._intake = None
         self._js = None
         if self._nc is not None:
-            with contextlib.suppress(Exception):
-                await self._nc.close()
+            await natsconn.close(self._nc)
             self._nc = None
 
     async def _until_done(self, what: str, step: Callable[[], Awaitable[object]]) -> None:

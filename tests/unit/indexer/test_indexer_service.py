@@ -420,17 +420,18 @@ async def test_a_set_up_step_failing_on_a_bug_is_named_logged_with_its_stack_and
     assert "start-up stopped" not in caplog.text  # tried again in place, not started over
 
 
-async def test_what_a_failed_start_up_set_up_is_closed_and_set_up_again(
-    nats: Nats, indexer: Indexer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Connected, streams ensured, then a step in between raises: the next run starts over on a
-    # new connection, the first one closed.
+async def first_start_up_fails(
+    indexer: Indexer, nats: Nats, monkeypatch: pytest.MonkeyPatch, *, first: FakeNats
+) -> list[FakeNats]:
+    """Starts `indexer`, whose first start-up connects `first`, ensures the streams, then fails
+    on a step in between; the next ones connect a new client each, and go through. Returns the
+    clients, in the order they were connected."""
     monkeypatch.setattr("pipeline.tasks.RESTART_S", 0.01)
     clients: list[FakeNats] = []
     real_intake = service_module.Intake
 
     async def connect(settings: NatsSettings, *, name: str, **_: Any) -> FakeNats:
-        client = FakeNats(js=nats.client.js)
+        client = FakeNats(js=nats.client.js) if clients else first
         clients.append(client)
         return client
 
@@ -442,6 +443,16 @@ async def test_what_a_failed_start_up_set_up_is_closed_and_set_up_again(
     monkeypatch.setattr("indexer.service.natsconn.connect", connect)
     monkeypatch.setattr("indexer.service.Intake", intake)
     await indexer.start()
+    return clients
+
+
+async def test_what_a_failed_start_up_set_up_is_closed_and_set_up_again(
+    nats: Nats, indexer: Indexer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The next run starts over on a new connection, the first one closed.
+    clients = await first_start_up_fails(
+        indexer, nats, monkeypatch, first=FakeNats(js=nats.client.js)
+    )
 
     async def ready() -> bool:
         return await readyz(indexer) == (200, "ok")
@@ -450,6 +461,23 @@ async def test_what_a_failed_start_up_set_up_is_closed_and_set_up_again(
     assert len(clients) == 2
     assert clients[0].is_closed
     assert not clients[1].is_closed
+
+
+async def test_a_failed_start_up_whose_connection_does_not_close_is_started_again(
+    nats: Nats, indexer: Indexer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # NATS not reading, a reconnect in progress: the first connection's close never ends.
+    monkeypatch.setattr("pipeline.natsconn.CLOSE_TIMEOUT_S", 0.05)
+    clients = await first_start_up_fails(
+        indexer, nats, monkeypatch, first=FakeNats(js=nats.client.js, close_hangs=True)
+    )
+
+    async def ready() -> bool:
+        return await readyz(indexer) == (200, "ok")
+
+    await until(ready, "ready once started again, the close given up")
+    assert len(clients) == 2
+    assert "nats connection not closed: TimeoutError" in caplog.messages
 
 
 async def test_stop_ends_a_start_up_pausing_after_an_error(
