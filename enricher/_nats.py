@@ -18,7 +18,6 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import BadRequestError, NotFoundError
-from nats.js.errors import Error as JsError
 
 from enricher._handler import Delivery, Handler
 from enricher._raw import dead_letter_id
@@ -34,7 +33,6 @@ _STREAMS = (subjects.RAW_STREAM, subjects.ENRICHED_STREAM, subjects.DLQ_STREAM)
 _RETRY_FETCH_AFTER_ERROR_S = 0.5
 # JetStream's error code for a consumer that does not exist.
 _CONSUMER_NOT_FOUND = 10014
-_NATS_ERRORS = (nats.errors.Error, JsError, OSError, asyncio.TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +70,7 @@ class JsSink:
             raise PublishRefusedError(
                 f"publish to {subject} refused: {natsconn.describe(err)}"
             ) from err
-        except _NATS_ERRORS as err:
+        except natsconn.ERRORS as err:
             raise BrokerError(f"publish to {subject}: {natsconn.describe(err)}") from err
         return bool(ack.duplicate)
 
@@ -101,7 +99,7 @@ class JsSink:
             # Too large for the server, or refused by the stream (a 400: a wrong expected
             # sequence, a message larger than the stream takes): the same every time.
             raise DeadLetterRefusedError(f"the DLQ refused it: {natsconn.describe(err)}") from err
-        except _NATS_ERRORS as err:
+        except natsconn.ERRORS as err:
             raise BrokerError(f"publish to the DLQ: {natsconn.describe(err)}") from err
 
 
@@ -143,7 +141,7 @@ async def bind_consumer(
             subs.append(
                 await js.pull_subscribe_bind(durable=settings.name, stream=subjects.RAW_STREAM)
             )
-    except _NATS_ERRORS as err:
+    except natsconn.ERRORS as err:
         for sub in subs:
             await release(sub)
         raise BrokerError(natsconn.describe(err)) from err
@@ -165,13 +163,13 @@ async def restore_consumer(js: JetStreamContext, settings: ConsumerSettings) -> 
     except NotFoundError as err:
         if err.err_code != _CONSUMER_NOT_FOUND:
             raise BrokerError(f"consumer {settings.name}: {natsconn.describe(err)}") from err
-    except _NATS_ERRORS as err:
+    except natsconn.ERRORS as err:
         raise BrokerError(f"consumer {settings.name}: {natsconn.describe(err)}") from err
     else:
         return False
     try:
         await js.add_consumer(subjects.RAW_STREAM, consumer_config(settings))
-    except _NATS_ERRORS as err:
+    except natsconn.ERRORS as err:
         raise BrokerError(f"consumer {settings.name}: {natsconn.describe(err)}") from err
     return True
 
@@ -264,7 +262,7 @@ async def consumer_pending(subscription: JetStreamContext.PullSubscription) -> i
     """Raw messages not yet delivered to the consumer; raises BrokerError."""
     try:
         info = await subscription.consumer_info()
-    except _NATS_ERRORS as err:
+    except natsconn.ERRORS as err:
         raise BrokerError(f"consumer info: {natsconn.describe(err)}") from err
     return int(info.num_pending or 0)
 
@@ -275,7 +273,7 @@ async def release(subscription: JetStreamContext.PullSubscription) -> None:
     Done before draining the connection: the subscription's queue keeps the
     broker's status replies to expired pulls, and a drain would wait for them.
     """
-    with contextlib.suppress(*_NATS_ERRORS):
+    with contextlib.suppress(*natsconn.ERRORS):
         await subscription.unsubscribe()
 
 
@@ -311,7 +309,7 @@ class Broker:
         BrokerError saying what JetStream answered."""
         try:
             await natsconn.ensure_streams(self._js, self._settings)
-        except _NATS_ERRORS as err:
+        except natsconn.ERRORS as err:
             raise BrokerError(natsconn.describe(err)) from err
 
     async def bind(self, consumer: ConsumerSettings, *, subscriptions: int) -> None:
