@@ -46,7 +46,8 @@ class Enricher:
     logged with its stack and started again, on a new connection, after a pause
     (CONSUME_RESTART_S, doubling up to CONSUME_RESTART_MAX_S); readiness names the error until
     it runs again. The messages the ended loops held unsettled are nak'd, for redelivery at
-    once, before that connection is closed.
+    once, before that connection is closed. Consuming that ends on an error while the enricher
+    stops is logged as a warning, with its stack, and not started again.
     """
 
     def __init__(
@@ -175,7 +176,11 @@ class Enricher:
         self._waiting = failure
 
     async def _consume_until_stopped(self) -> None:
-        """Runs `_consume` until the enricher stops; started again when it ends otherwise."""
+        """Runs `_consume` until the enricher stops; started again when it ends otherwise.
+
+        An error it ends on while a stop is under way is logged as a warning, with its stack
+        (`consuming ended on an error while stopping: <error>`), and the stop goes on: nothing
+        is started again."""
         delay = CONSUME_RESTART_S
         while True:
             error: Exception | None = None
@@ -183,8 +188,12 @@ class Enricher:
                 await self._consume()
             except Exception as err:
                 error = err
-            if not self._started:
-                return  # stopped
+            if not self._started:  # stopped
+                if error is not None:
+                    log.warning(
+                        "consuming ended on an error while stopping: %r", error, exc_info=error
+                    )
+                return
             self._consume_failure = (
                 f"consuming stopped on an error: {error!r}" if error else "consuming stopped"
             )

@@ -275,6 +275,41 @@ async def test_consuming_that_a_stop_ends_is_not_started_again(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+class FailingAtStop(Loop):
+    """A fetch loop that ends on an error once it is stopped (handing over its last batch, say)."""
+
+    async def run(self) -> None:
+        await super().run()
+        raise RuntimeError("fetch loop bug at stop")
+
+
+async def test_consuming_that_ends_on_an_error_while_stopping_is_logged_not_started_again(
+    broker: Broker,
+    enricher: Enricher,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def fetch_loops(handler: Handler, settings: object) -> list[Loop]:
+        broker.loops = [FailingAtStop(), Loop()]
+        return broker.loops
+
+    monkeypatch.setattr(broker, "fetch_loops", fetch_loops)
+    broker.up.set()
+    await enricher.start()
+    await until_ready(enricher)
+
+    await asyncio.wait_for(enricher.stop(), 5)
+
+    [line] = [r for r in caplog.records if "while stopping" in r.getMessage()]
+    assert line.getMessage() == (
+        "consuming ended on an error while stopping: RuntimeError('fetch loop bug at stop')"
+    )
+    assert line.levelno == logging.WARNING
+    assert line.exc_info is not None  # with its stack
+    assert broker.opened == 1  # not started again
+    assert broker.closed == 1  # by the stop alone
+
+
 async def test_consuming_that_ends_on_an_error_naks_what_it_held_before_closing_nats(
     broker: Broker, enricher: Enricher, caplog: pytest.LogCaptureFixture
 ) -> None:
