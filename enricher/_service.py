@@ -46,7 +46,8 @@ class Enricher:
     logged with its stack and started again, on a new connection, after a pause
     (CONSUME_RESTART_S, doubling up to CONSUME_RESTART_MAX_S); readiness names the error until
     it runs again. The messages the ended loops held unsettled are nak'd, for redelivery at
-    once, before that connection is closed. Consuming that ends on an error while the enricher
+    once, before that connection is closed (closing it failing is logged with its stack, and
+    consuming started again all the same). Consuming that ends on an error while the enricher
     stops is logged as a warning, with its stack, and not started again.
     """
 
@@ -180,7 +181,9 @@ class Enricher:
 
         An error it ends on while a stop is under way is logged as a warning, with its stack
         (`consuming ended on an error while stopping: <error>`), and the stop goes on: nothing
-        is started again."""
+        is started again. A close of the connection of consuming that ended which fails is
+        logged as an error, with its stack (`consuming: closing its connection failed:
+        <error>`), and consuming is started again all the same, on a new connection."""
         delay = CONSUME_RESTART_S
         while True:
             error: Exception | None = None
@@ -204,7 +207,10 @@ class Enricher:
                 exc_info=error,
             )
             self._loops = []
-            await self._close_broker("consuming ended", timeout_s=self._config.stop_timeout_s)
+            try:
+                await self._close_broker("consuming ended", timeout_s=self._config.stop_timeout_s)
+            except Exception as err:  # the next run starts over, on a new connection, all the same
+                log.error("consuming: closing its connection failed: %r", err, exc_info=err)
             await asyncio.sleep(delay)
             delay = min(delay * 2, CONSUME_RESTART_MAX_S)
 

@@ -275,6 +275,39 @@ async def test_consuming_that_a_stop_ends_is_not_started_again(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+async def test_consuming_whose_connection_fails_to_close_is_logged_and_started_again(
+    broker: Broker,
+    enricher: Enricher,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def close(**_: Any) -> None:
+        broker.closed += 1
+        if broker.closed == 1:
+            raise RuntimeError("close bug")
+
+    monkeypatch.setattr(broker, "close", close)
+    broker.up.set()
+    await enricher.start()
+    await until_ready(enricher)
+    first = broker.loops[0]
+    first.fail(RuntimeError("fetch loop bug"))
+
+    async def close_tried() -> bool:
+        return broker.closed == 1
+
+    await until(close_tried, "the connection's close tried")
+    await until_ready(enricher, "ready again, the failed close gone past")
+    assert broker.opened == 2
+    assert broker.loops[0] is not first
+    [line] = [r for r in caplog.records if "closing its connection" in r.getMessage()]
+    assert line.getMessage() == (
+        "consuming: closing its connection failed: RuntimeError('close bug')"
+    )
+    assert line.levelno == logging.ERROR
+    assert line.exc_info is not None  # with its stack
+
+
 class FailingAtStop(Loop):
     """A fetch loop that ends on an error once it is stopped (handing over its last batch, say)."""
 
