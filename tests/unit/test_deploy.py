@@ -18,9 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = {"gateway": GatewayConfig, "enricher": EnricherConfig, "indexer": IndexerConfig}
 
 
-def compose_environment(text: str) -> dict[str, set[str]]:
-    """The variable names in each service's `environment:` block of a compose file."""
-    found: dict[str, set[str]] = {}
+def compose_block_lines(text: str, name: str) -> dict[str, list[str]]:
+    """The lines of each service's `<name>:` block of a compose file, stripped."""
+    found: dict[str, list[str]] = {}
     service = block = None
     for line in text.splitlines():
         if not line.strip() or line.lstrip().startswith("#"):
@@ -30,9 +30,24 @@ def compose_environment(text: str) -> dict[str, set[str]]:
             service, block = line.strip()[:-1], None
         elif indent == 4:
             block = line.strip().rstrip(":") if line.rstrip().endswith(":") else None
-        elif indent == 6 and block == "environment" and service is not None:
-            found.setdefault(service, set()).add(line.strip().split(":", 1)[0])
+        elif indent == 6 and block == name and service is not None:
+            found.setdefault(service, []).append(line.strip())
     return found
+
+
+def compose_environment(text: str) -> dict[str, set[str]]:
+    """The variable names in each service's `environment:` block of a compose file."""
+    blocks = compose_block_lines(text, "environment")
+    return {service: {line.split(":", 1)[0] for line in lines} for service, lines in blocks.items()}
+
+
+def compose_ports(text: str) -> dict[str, list[str]]:
+    """Each service's `ports:` entries as written (`[ip:][host:]container`)."""
+    blocks = compose_block_lines(text, "ports")
+    return {
+        service: [line.removeprefix("- ").split(" #", 1)[0].strip().strip('"') for line in lines]
+        for service, lines in blocks.items()
+    }
 
 
 def compose_service_values(text: str) -> dict[str, dict[str, str]]:
@@ -79,6 +94,28 @@ def test_the_image_sets_only_settings_some_service_reads() -> None:
 def test_the_compose_parser_sees_real_blocks() -> None:
     sample = "services:\n  a:\n    environment:\n      X_Y: 1\n    ports:\n      - 1\n"
     assert compose_environment(sample) == {"a": {"X_Y"}}
+
+
+def test_a_service_the_file_says_to_scale_publishes_no_fixed_host_port() -> None:
+    # A fixed host port is taken by the first container: the second of `--scale indexer=2`
+    # could not start.
+    text = (ROOT / "docker-compose.yml").read_text()
+    scaled = set(re.findall(r"--scale (\w+)=", text))
+    assert scaled == {"enricher", "indexer"}
+    ports = compose_ports(text)
+    for service in scaled:
+        for entry in ports.get(service, []):
+            *_, host, _container = ["", *entry.split(":")]
+            first, _, last = host.partition("-")
+            assert not host or int(last or first) > int(first), f"{service}: {entry}"
+
+
+def test_the_compose_ports_parser_sees_real_blocks() -> None:
+    sample = (
+        'services:\n  a:\n    ports:\n      - "127.0.0.1:1-4:1"  # why\n      - "2"\n'
+        "    environment:\n      X: 1\n"
+    )
+    assert compose_ports(sample) == {"a": ["127.0.0.1:1-4:1", "2"]}
 
 
 # The setting bounding each service's graceful stop (which may end up to STOP_OVERRUN_S past it).
