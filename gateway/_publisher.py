@@ -35,6 +35,7 @@ class JetStreamPublisher:
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._streams_ready = False
+        self._streams_error = ""  # the last try's, for readiness, until the streams are ensured
         self._task: asyncio.Task[None] | None = None
         self._failure_log = logs.Throttle(PUBLISH_FAILURE_LOG_INTERVAL_S)
 
@@ -53,10 +54,11 @@ class JetStreamPublisher:
             try:
                 await natsconn.ensure_streams(js, self._settings)
             except Exception as err:  # whatever it is: log, retry, stay not ready
-                log.warning("cannot ensure streams yet: %s", natsconn.describe(err))
+                self._streams_error = natsconn.describe(err)
+                log.warning("cannot ensure streams yet: %s", self._streams_error)
                 await asyncio.sleep(STREAM_RETRY_S)
                 continue
-            self._streams_ready = True
+            self._streams_ready, self._streams_error = True, ""
             log.info("streams ensured")
             return
 
@@ -67,7 +69,7 @@ class JetStreamPublisher:
         if task is not None:
             await cancel_and_wait(task)
         nc, self._nc, self._js = self._nc, None, None
-        self._streams_ready = False
+        self._streams_ready, self._streams_error = False, ""
         if nc is not None:
             await natsconn.drain(nc, timeout_s=timeout_s)
 
@@ -109,12 +111,14 @@ class JetStreamPublisher:
             )
 
     async def ready(self) -> tuple[bool, str]:
-        """Ready when connected and the raw stream exists."""
+        """Ready when connected and the raw stream exists; while the streams are not ensured
+        yet, the reason ends with the last try's error."""
         nc, js = self._nc, self._js
         if nc is None or js is None or not nc.is_connected:
             return False, "nats not connected"
         if not self._streams_ready:
-            return False, "streams not ensured yet"
+            reason, error = "streams not ensured yet", self._streams_error
+            return False, f"{reason}: {error}" if error else reason
         problem = await natsconn.stream_problem(js, (subjects.RAW_STREAM,))
         if problem is None:
             return True, "ok"

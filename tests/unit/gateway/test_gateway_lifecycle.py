@@ -16,10 +16,12 @@ from nats.js import api as js_api
 from gateway import Gateway
 from gateway._publisher import JetStreamPublisher
 from gateway.errors import Unavailable
+from pipeline import subjects
 from pipeline.settings import NatsSettings
 from pipeline.tasks import cancel_and_wait
 from tests.unit.gateway.conftest import WRITE_KEY, FakeBroker, FakeQuery, unit_config
 from tests.unit.nats_fakes import FakeJetStream, FakeNats
+from tests.unit.polling import until
 
 ONE = (
     b'[{"event_id":"e-1","session_id":"s","user_id":"u","event_name":"n",'
@@ -217,8 +219,8 @@ class SilentFirst(FakeJetStream):
         return await super().add_stream(config)
 
 
-async def ready_publisher(nc: FakeNats, monkeypatch: pytest.MonkeyPatch) -> JetStreamPublisher:
-    """A JetStreamPublisher on `nc`, started and ready (its streams ensured)."""
+async def started_publisher(nc: FakeNats, monkeypatch: pytest.MonkeyPatch) -> JetStreamPublisher:
+    """A JetStreamPublisher on `nc`, started (connecting and ensuring the streams)."""
 
     async def connect(settings: NatsSettings, *, name: str, **_: Any) -> FakeNats:
         return nc
@@ -227,6 +229,12 @@ async def ready_publisher(nc: FakeNats, monkeypatch: pytest.MonkeyPatch) -> JetS
     config = unit_config()
     broker = JetStreamPublisher(config, publish_timeout_s=config.publish_timeout_s)
     await broker.start()
+    return broker
+
+
+async def ready_publisher(nc: FakeNats, monkeypatch: pytest.MonkeyPatch) -> JetStreamPublisher:
+    """A JetStreamPublisher on `nc`, started and ready (its streams ensured)."""
+    broker = await started_publisher(nc, monkeypatch)
     for _ in range(500):
         if (await broker.ready())[0]:
             return broker
@@ -243,6 +251,48 @@ async def test_streams_not_ensured_yet_are_logged_with_a_word_for_the_error(
     broker = await ready_publisher(FakeNats(js=SilentFirst()), monkeypatch)
     await broker.stop(timeout_s=1.0)
     assert "cannot ensure streams yet: TimeoutError" in caplog.messages  # not an empty text
+
+
+class HeldJetStream(FakeJetStream):
+    """A JetStream whose stream requests wait while `held` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held = False
+        self.released = asyncio.Event()
+
+    async def add_stream(self, config: js_api.StreamConfig) -> js_api.StreamInfo:
+        if self.held:
+            await self.released.wait()
+        return await super().add_stream(config)
+
+
+async def test_readiness_names_the_last_error_of_ensuring_the_streams_until_they_are(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("gateway._publisher.STREAM_RETRY_S", 0.001)
+    js = HeldJetStream()
+    js.answering = False  # JetStream not answering yet: each try times out
+    broker = await started_publisher(FakeNats(js=js), monkeypatch)
+    try:
+
+        async def answers(expected: tuple[bool, str]) -> bool:
+            return await broker.ready() == expected
+
+        waiting = (False, "streams not ensured yet: nats: timeout")
+        await until(lambda: answers(waiting), "naming the error")
+        js.answering = True
+        await until(lambda: answers((True, "ok")), "ready once the streams are ensured")
+
+        # Lost and ensured again, the first try not answered yet: no error of the earlier tries.
+        js.delete_stream(subjects.RAW_STREAM)
+        js.held = True
+        assert await broker.ready() == (False, f"stream {subjects.RAW_STREAM} missing")
+        assert await broker.ready() == (False, "streams not ensured yet")
+        js.released.set()
+        await until(lambda: answers((True, "ok")), "ready once ensured again")
+    finally:
+        await broker.stop(timeout_s=1.0)
 
 
 class FullStore(FakeJetStream):
