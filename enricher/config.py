@@ -80,7 +80,8 @@ class Config(NatsSettings, TracingSettings):
     max_ack_pending: int = setting(
         "ENRICHER_MAX_ACK_PENDING",
         DEFAULT_MAX_ACK_PENDING,
-        "raw messages delivered and not yet acked, over all enricher processes",
+        "raw messages delivered and not yet acked, over all enricher processes (at least "
+        "ENRICHER_CONCURRENCY x ENRICHER_FETCH_BATCH)",
         check=_at_least_one,
     )
     ack_wait_s: float = setting(
@@ -114,7 +115,8 @@ class Config(NatsSettings, TracingSettings):
     nak_max_delay_s: float = setting(
         "ENRICHER_NAK_MAX_DELAY_S",
         DEFAULT_NAK_MAX_DELAY_S,
-        "longest delay before a failed message is tried again, seconds",
+        "longest delay before a failed message is tried again, seconds (at least "
+        "ENRICHER_NAK_DELAY_S)",
         check=nats_duration,
     )
     max_events_per_message: int = setting(

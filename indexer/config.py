@@ -172,7 +172,7 @@ class Config(NatsSettings, OpenSearchSettings, TracingSettings):
     retry_base_s: float = setting(
         "INDEXER_RETRY_BASE_S",
         DEFAULT_RETRY_BASE_S,
-        "seconds before the first retry of a failed bulk item",
+        "seconds before the first retry of a failed bulk item (at most INDEXER_RETRY_MAX_S)",
         check=positive,
     )
     retry_max_s: float = setting(
