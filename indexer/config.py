@@ -206,7 +206,7 @@ class Config(NatsSettings, OpenSearchSettings, TracingSettings):
         "seconds a graceful stop may take, all of it: in-flight events get what is left to"
         " be indexed and acked (the messages left are nak'd, for redelivery at once), then"
         " the servers' grace and the NATS drain (at least 1 s each)",
-        check=non_negative,
+        check=positive,
     )
     grpc_host: str = setting(
         "INDEXER_GRPC_HOST", DEFAULT_GRPC_HOST, "address QueryService listens on"

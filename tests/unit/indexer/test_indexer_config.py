@@ -75,7 +75,8 @@ def test_overrides() -> None:
         ("INDEXER_ACK_WAIT_S", "inf", "finite"),
         ("INDEXER_RETENTION_INTERVAL_S", "0", "greater than 0"),
         ("INDEXER_PENDING_REFRESH_S", "0", "greater than 0"),
-        ("INDEXER_GRACEFUL_STOP_S", "-1", "0 or greater"),
+        ("INDEXER_GRACEFUL_STOP_S", "0", "greater than 0"),  # as the other services' stops
+        ("INDEXER_GRACEFUL_STOP_S", "-1", "greater than 0"),
         ("INDEXER_GRPC_PORT", "70000", "port number"),
         ("INDEXER_HTTP_PORT", "-1", "port number"),
         ("INDEXER_QUERY_MAX_IN_FLIGHT", "0", "greater than 0"),
