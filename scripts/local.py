@@ -31,6 +31,7 @@ import fcntl
 import fnmatch
 import io
 import json
+import math
 import os
 import pwd
 import re
@@ -100,7 +101,12 @@ OPENSEARCH_READY_TIMEOUT_S = 120.0
 NATS_STOP_TIMEOUT_S = 15.0
 OPENSEARCH_STOP_TIMEOUT_S = 60.0
 SERVICE_READY_TIMEOUT_S = 60.0
+# A service's stop gets this at least, and its own graceful-stop setting plus
+# SERVICE_STOP_OVERRUN_S when that is longer (see ManagedProcess.stop_setting).
 SERVICE_STOP_TIMEOUT_S = 30.0
+# How far a service's stop may run past its graceful-stop setting: pipeline.service's
+# STOP_OVERRUN_S (this script imports nothing of the project's; a test checks they agree).
+SERVICE_STOP_OVERRUN_S = 7.0
 # How long `exec`'s command (pytest) gets to clean up after an interrupt before it is killed:
 # its fixtures stop the private servers the tests started, OpenSearch nodes included.
 EXEC_CLEANUP_TIMEOUT_S = 180.0
@@ -270,6 +276,9 @@ class ManagedProcess:
     endpoints: tuple[str, ...]
     ready_timeout_s: float = 60.0
     stop_timeout_s: float = 30.0
+    # The variable bounding its own graceful stop (None: it has none). As the environment it
+    # was started with sets it, plus SERVICE_STOP_OVERRUN_S, it lengthens stop_timeout_s.
+    stop_setting: str | None = None
     # Why a process that runs is still not ready, when it can tell (None: no more to say).
     not_ready_reason: Callable[[], str | None] = lambda: None
 
@@ -298,6 +307,12 @@ def managed_processes(profile: Profile) -> list[ManagedProcess]:
 # --- the pipeline's services ------------------------------------------------------------------
 
 SERVICES = ("indexer", "enricher", "gateway")  # start order: the query backend before the gateway
+# The setting bounding each service's graceful stop.
+GRACEFUL_STOP_SETTINGS = {
+    "gateway": "GATEWAY_GRACEFUL_STOP_S",
+    "enricher": "ENRICHER_STOP_TIMEOUT_S",
+    "indexer": "INDEXER_GRACEFUL_STOP_S",
+}
 DEV_APP_ID = "demo-app"
 
 
@@ -447,6 +462,7 @@ def service_process(profile: Profile, name: str) -> ManagedProcess:
         endpoints=(base, f"grpc {HOST}:{grpc_port}"),
         ready_timeout_s=SERVICE_READY_TIMEOUT_S,
         stop_timeout_s=SERVICE_STOP_TIMEOUT_S,
+        stop_setting=GRACEFUL_STOP_SETTINGS[name],
     )
 
 
@@ -1053,19 +1069,38 @@ def stop(proc: ManagedProcess) -> None:
 
 
 def terminate(proc: ManagedProcess, pid: int) -> None:
-    """SIGTERM the process group, SIGKILL it after `stop_timeout_s`; remove the pid file."""
+    """SIGTERM the process group, SIGKILL it after its stop timeout (`stop_timeout`);
+    remove the pid file."""
+    timeout_s = stop_timeout(proc, pid)
     if leader_alive(pid):
         print(f"{proc.name}: stopping (pid {pid})")
     else:
         left = len(group_members(pid))
         print(f"{proc.name}: stopping (pid {pid} has exited; {left} of its processes run on)")
     signal_group(pid, signal.SIGTERM)
-    if not wait_group_exit(pid, proc.stop_timeout_s):
-        print(f"{proc.name}: still running after {proc.stop_timeout_s:.0f} s, sending SIGKILL")
+    if not wait_group_exit(pid, timeout_s):
+        print(f"{proc.name}: still running after {timeout_s:.0f} s, sending SIGKILL")
         signal_group(pid, signal.SIGKILL)
         wait_group_exit(pid, proc.stop_timeout_s)
     proc.pid_file.unlink(missing_ok=True)
     print(f"{proc.name}: stopped")
+
+
+def stop_timeout(proc: ManagedProcess, pid: int) -> float:
+    """How long `proc`'s running group `pid` has between SIGTERM and SIGKILL: `stop_timeout_s`,
+    or its graceful-stop setting plus SERVICE_STOP_OVERRUN_S when that is longer. The setting
+    is read from the environment the process was started with (/proc), what the service got:
+    `down` runs long after, in another shell, whose value may differ."""
+    if proc.stop_setting is None:
+        return proc.stop_timeout_s
+    value = started_value(proc, pid, proc.stop_setting)
+    try:
+        graceful_s = float(value) if value is not None else 0.0
+    except ValueError:  # refused by the service at start: it has no stop of its own
+        graceful_s = 0.0
+    if not math.isfinite(graceful_s):
+        graceful_s = 0.0
+    return max(proc.stop_timeout_s, graceful_s + SERVICE_STOP_OVERRUN_S)
 
 
 def check_ports_free(proc: ManagedProcess) -> None:
@@ -1122,10 +1157,17 @@ def environ_value(pid: int, name: str) -> str | None:
 def running_port_offset(proc: ManagedProcess, pid: int) -> int | None:
     """The PORT_OFFSET `proc`'s running group `pid` was started with (None: not recorded, as
     by an older local.py)."""
+    value = started_value(proc, pid, PORT_OFFSET_ENV)
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def started_value(proc: ManagedProcess, pid: int, name: str) -> str | None:
+    """The variable `name` in the environment `proc`'s running group `pid` was started with:
+    its leader's, or, the leader gone, a member's carrying our tag (None: unset, or no such
+    process)."""
     for member in [pid, *group_members(pid)]:
         if owner_tag(member) == proc.owner_tag:
-            value = environ_value(member, PORT_OFFSET_ENV)
-            return int(value) if value is not None and value.isdigit() else None
+            return environ_value(member, name)
     return None
 
 

@@ -145,6 +145,9 @@ def test_make_run_gives_a_graceful_stop_its_time_before_sigkill(service: str) ->
     graceful_s = float(defaults[GRACEFUL_STOP[service]])
 
     assert graceful_s + STOP_OVERRUN_S <= local.SERVICE_STOP_TIMEOUT_S
+    # A longer setting lengthens the wait by as much (scripts/local.py imports none of ours).
+    assert local.GRACEFUL_STOP_SETTINGS[service] == GRACEFUL_STOP[service]
+    assert local.SERVICE_STOP_OVERRUN_S == STOP_OVERRUN_S
 
 
 def test_the_compose_values_parser_sees_real_blocks() -> None:

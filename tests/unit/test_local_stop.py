@@ -49,7 +49,7 @@ def shared() -> Iterator[Path]:
         yield Path(folder)
 
 
-def _managed(local: ModuleType, profile: Any, name: str, **options: float) -> Any:
+def _managed(local: ModuleType, profile: Any, name: str, **options: Any) -> Any:
     """A managed process with no ports or health URL of its own; `spawn` starts it."""
     return local.ManagedProcess(
         name=name,
@@ -61,6 +61,14 @@ def _managed(local: ModuleType, profile: Any, name: str, **options: float) -> An
         endpoints=(),
         **options,
     )
+
+
+def _wait_started(proc: Any, shared: Path) -> None:
+    """Returns once the _SLOW_STOP script `proc` runs has its TERM trap set."""
+    deadline = time.monotonic() + 10
+    while not (shared / "user").exists() or not (shared / "user").read_text():
+        assert time.monotonic() < deadline, f"never started: {proc.log_file.read_text()}"
+        time.sleep(0.05)
 
 
 def _service_user(local: ModuleType) -> str | None:
@@ -80,10 +88,7 @@ def test_a_slow_stop_gets_its_whole_timeout_as_the_service_user(
     )
     proc = _managed(local, profile, "slow", stop_timeout_s=15.0)
     pid = local.spawn(proc, launch)
-    deadline = time.monotonic() + 10
-    while not (shared / "user").exists() or not (shared / "user").read_text():
-        assert time.monotonic() < deadline, f"never started: {proc.log_file.read_text()}"
-        time.sleep(0.05)
+    _wait_started(proc, shared)
     expected = user if user is not None else pwd.getpwuid(os.geteuid()).pw_name
     assert (shared / "user").read_text().strip() == expected
     assert local.running_pid(proc) == pid  # its own session leader, tagged as ours
@@ -95,6 +100,58 @@ def test_a_slow_stop_gets_its_whole_timeout_as_the_service_user(
     assert time.monotonic() - started >= 3
     assert not local.group_alive(pid)
     assert not proc.pid_file.exists()
+
+
+def test_a_stop_gets_the_graceful_stop_setting_the_process_was_started_with(
+    local: ModuleType, shared: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `INDEXER_GRACEFUL_STOP_S=60 make run`, then `make stop`: the indexer was killed after
+    # 30 s, in the middle of its stop.
+    monkeypatch.setattr(local, "SERVICE_STOP_OVERRUN_S", 0.5)
+    profile = local.Profile("stoptest", 1, 2, 3, 4, (5, 6), (7, 8), (9, 10))
+    launch = local.Launch(
+        argv=("sh", "-c", _SLOW_STOP.format(cleanup_s=2)),
+        env={"SHARED": str(shared), "SLOW_GRACEFUL_STOP_S": "2.5"},
+    )
+    proc = _managed(local, profile, "slow", stop_timeout_s=0.5, stop_setting="SLOW_GRACEFUL_STOP_S")
+    pid = local.spawn(proc, launch)
+    _wait_started(proc, shared)
+    monkeypatch.setenv("SLOW_GRACEFUL_STOP_S", "0")  # the stopping shell's own: not the one
+
+    assert local.stop_timeout(proc, pid) == 3.0
+    started = time.monotonic()
+    local.terminate(proc, pid)
+
+    assert (shared / "stopped").read_text().strip() == "graceful"
+    assert time.monotonic() - started >= 2
+    assert not local.group_alive(pid)
+
+
+@pytest.mark.parametrize(
+    ("started_with", "timeout_s"),
+    [
+        ("60", 67.0),  # its setting plus SERVICE_STOP_OVERRUN_S
+        ("1", 30.0),  # never less than SERVICE_STOP_TIMEOUT_S
+        (None, 30.0),  # unset: the service's default, 20 s
+        ("soon", 30.0),  # refused by the service at start
+        ("nan", 30.0),
+    ],
+)
+def test_a_service_stop_waits_its_own_setting_and_overrun_never_less_than_30_s(
+    local: ModuleType, monkeypatch: pytest.MonkeyPatch, started_with: str | None, timeout_s: float
+) -> None:
+    profile = local.Profile("stoptest", 1, 2, 3, 4, (5, 6), (7, 8), (9, 10))
+    proc = local.service_process(profile, "indexer")
+    read: list[str] = []
+
+    def started_value(_proc: Any, _pid: int, name: str) -> str | None:
+        read.append(name)
+        return started_with
+
+    monkeypatch.setattr(local, "started_value", started_value)
+
+    assert local.stop_timeout(proc, 12345) == timeout_s
+    assert read == ["INDEXER_GRACEFUL_STOP_S"]
 
 
 def test_the_reach_check_runs_as_the_service_user(
