@@ -289,9 +289,13 @@ async def test_readiness_and_query_service_health_share_one_ping_of_opensearch(
 
     await until(serving, "serving")
     answer.clear()  # OpenSearch slow: the pings in flight pile up
+    # No answer is young enough to be given again: every check asks for a ping.
+    monkeypatch.setattr("pipeline.grpcserver.HEALTH_POLL_S", 0.0)
     probe = asyncio.create_task(readyz(indexer))
-    await asyncio.sleep(0.2)  # twenty poll intervals: every poll has asked
+    await asyncio.sleep(0.2)  # every poll and the probe have asked
     assert (pinging, most) == (1, 1)
+    assert not probe.done()  # waiting for the one ping, not given an older answer
+    monkeypatch.setattr("pipeline.grpcserver.HEALTH_POLL_S", 0.01)
     answer.set()
     assert await asyncio.wait_for(probe, 5) == (200, "ok")
 
@@ -546,6 +550,9 @@ async def test_a_stop_whose_every_step_hangs_ends_within_its_time_and_acks_nothi
     step_min_s, close_s, stop_s = 0.2, 0.2, 1.0  # INDEXER_GRACEFUL_STOP_S is 1 s here
     monkeypatch.setattr("indexer.service.STOP_STEP_MIN_S", step_min_s)
     monkeypatch.setattr("pipeline.natsconn.CLOSE_TIMEOUT_S", close_s)
+    # The health polls ask once, at the start, then sleep through the test: the probe's
+    # ping below is the only one that hangs.
+    monkeypatch.setattr("pipeline.grpcserver.HEALTH_POLL_S", 3600.0)
     js = OneMessageJetStream()
     nats.client = FakeNats(js=js, drain_hangs=True)  # NATS not answering: the drain never ends
     js.client = nats.client
@@ -568,9 +575,12 @@ async def test_a_stop_whose_every_step_hangs_ends_within_its_time_and_acks_nothi
     loop = asyncio.get_running_loop()
     await asyncio.wait_for(writing.wait(), 10)  # the message's event being written
     opensearch_hangs = True
+    # No answer of OpenSearch is young enough to be given again: the probe pings.
+    monkeypatch.setattr("pipeline.grpcserver.HEALTH_POLL_S", 0.0)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{indexer.http_port}") as http:
         probe = asyncio.create_task(http.get("/readyz"))  # an ops call that never ends
         await asyncio.wait_for(probed.wait(), 10)
+        assert not probe.done()  # still running when the stop begins
         started = loop.time()
         stopping = asyncio.create_task(indexer.stop())
         await asyncio.wait({stopping}, timeout=10)
