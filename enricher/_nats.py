@@ -359,12 +359,15 @@ class Broker:
         """Releases the subscriptions, then drains the connection (flushing the last acks and
         naks), within `timeout_s`; the drain gets what is left of it, and at least
         `drain_at_least_s` however long the release took. A connection not drained by then is
-        closed without it, and JetStream delivers again the messages whose acks were not sent."""
+        closed without it, and JetStream delivers again the messages whose acks were not sent.
+        It is drained and closed whatever the steps before raise (raised after it)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        await self._repair.close()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout_at(deadline):
-                for sub in self.subscriptions:
-                    await release(sub)
-        await natsconn.drain(self._nc, timeout_s=max(deadline - loop.time(), drain_at_least_s))
+        try:
+            await self._repair.close()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    for sub in self.subscriptions:
+                        await release(sub)
+        finally:
+            await natsconn.drain(self._nc, timeout_s=max(deadline - loop.time(), drain_at_least_s))

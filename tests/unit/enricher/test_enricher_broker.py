@@ -151,3 +151,25 @@ async def test_readiness_tells_a_consumer_gone_from_one_not_answering(
         assert await broker.ready() == (False, "consumer missing")
     finally:
         await broker.close(timeout_s=1.0)
+
+
+@pytest.mark.parametrize("failing", ["repair", "release"])
+async def test_a_close_whose_first_steps_fail_still_drains_the_connection(
+    failing: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Left open, the connection would go on reconnecting while consuming starts on a new one.
+    nc = FakeNats()
+    broker = await open_broker(nc, monkeypatch)
+
+    async def fails(*_: Any) -> None:
+        raise RuntimeError("broken")
+
+    if failing == "repair":
+        monkeypatch.setattr(broker._repair, "close", fails)
+    else:
+        monkeypatch.setattr(broker.subscriptions[0], "unsubscribe", fails)
+
+    with pytest.raises(RuntimeError, match="broken"):  # still raised, for the caller to log
+        await broker.close(timeout_s=1.0)
+    assert nc.drained
+    assert nc.is_closed
