@@ -304,8 +304,9 @@ class Enricher:
         closing ones (draining NATS, then the gRPC and HTTP servers' grace) at least
         STOP_STEP_MIN_S each. A batch not finished by then is cancelled, its messages not
         acked (nothing is acked before its publish is); once it has ended, every message
-        fetched and not settled is nak'd before the drain, and JetStream delivers it again at
-        once (after the ack wait if the nak is lost).
+        fetched and not settled is nak'd before the drain, in what is left of the stop, and
+        JetStream delivers it again at once (after the ack wait if the nak is lost, or not
+        sent: with nothing left, those after one that waits for room in the outgoing buffer).
         """
         if not self._started:
             return
