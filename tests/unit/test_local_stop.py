@@ -49,6 +49,11 @@ def shared() -> Iterator[Path]:
         yield Path(folder)
 
 
+def _profile(local: ModuleType, name: str) -> Any:
+    """A profile of its own for a test, its ports never bound."""
+    return local.Profile(name, 1, 2, 3, 4, (5, 6), (7, 8), (9, 10))
+
+
 def _managed(local: ModuleType, profile: Any, name: str, **options: Any) -> Any:
     """A managed process with no ports or health URL of its own; `spawn` starts it."""
     return local.ManagedProcess(
@@ -82,7 +87,7 @@ def test_a_slow_stop_gets_its_whole_timeout_as_the_service_user(
     local: ModuleType, shared: Path
 ) -> None:
     user = _service_user(local)
-    profile = local.Profile("stoptest", 1, 2, 3, 4, (5, 6), (7, 8), (9, 10))
+    profile = _profile(local, "stoptest")
     launch = local.Launch(
         argv=("sh", "-c", _SLOW_STOP.format(cleanup_s=3)), env={"SHARED": str(shared)}, user=user
     )
@@ -106,19 +111,20 @@ def test_a_stop_gets_the_graceful_stop_setting_the_process_was_started_with(
     local: ModuleType, shared: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # `INDEXER_GRACEFUL_STOP_S=60 make run`, then `make stop`: the indexer was killed after
-    # 30 s, in the middle of its stop.
+    # 30 s, in the middle of its stop. Here the process's own stop timeout would kill it 0.5 s
+    # into its 2 s clean-up; its setting gives it 8.5 s, which a loaded machine does not use up.
     monkeypatch.setattr(local, "SERVICE_STOP_OVERRUN_S", 0.5)
-    profile = local.Profile("stoptest", 1, 2, 3, 4, (5, 6), (7, 8), (9, 10))
+    profile = _profile(local, "stoptest")
     launch = local.Launch(
         argv=("sh", "-c", _SLOW_STOP.format(cleanup_s=2)),
-        env={"SHARED": str(shared), "SLOW_GRACEFUL_STOP_S": "2.5"},
+        env={"SHARED": str(shared), "SLOW_GRACEFUL_STOP_S": "8"},
     )
     proc = _managed(local, profile, "slow", stop_timeout_s=0.5, stop_setting="SLOW_GRACEFUL_STOP_S")
     pid = local.spawn(proc, launch)
     _wait_started(proc, shared)
     monkeypatch.setenv("SLOW_GRACEFUL_STOP_S", "0")  # the stopping shell's own: not the one
 
-    assert local.stop_timeout(proc, pid) == 3.0
+    assert local.stop_timeout(proc, pid) == 8.5
     started = time.monotonic()
     local.terminate(proc, pid)
 
@@ -140,7 +146,7 @@ def test_a_stop_gets_the_graceful_stop_setting_the_process_was_started_with(
 def test_a_service_stop_waits_its_own_setting_and_overrun_never_less_than_30_s(
     local: ModuleType, monkeypatch: pytest.MonkeyPatch, started_with: str | None, timeout_s: float
 ) -> None:
-    profile = local.Profile("stoptest", 1, 2, 3, 4, (5, 6), (7, 8), (9, 10))
+    profile = _profile(local, "stoptest")
     proc = local.service_process(profile, "indexer")
     read: list[str] = []
 
@@ -195,7 +201,7 @@ def test_only_root_launches_opensearch_as_the_service_user(
         "check_user_can_reach",
         lambda user, executable, writable: calls.append(("reach", user, executable, writable)),
     )
-    profile = local.Profile("launchtest", 1, 2, 3, 4, (5, 6), (7, 8), (9, 10))
+    profile = _profile(local, "launchtest")
 
     launch = local.prepare_opensearch(profile)
 
@@ -219,7 +225,7 @@ def test_two_ups_of_one_profile_take_turns(
     local: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Each would otherwise find nothing running and start its own servers on the same ports."""
-    profile = local.Profile("locktest", 1, 2, 3, 4, (5, 6), (7, 8), (9, 10))
+    profile = _profile(local, "locktest")
     spans: list[tuple[float, float]] = []
 
     def start_all(procs: list[object], started: list[object]) -> None:
@@ -370,7 +376,7 @@ def test_stop_stops_what_runs_on_after_the_process_it_started_has_exited(
 ) -> None:
     # A gateway supervisor that crashed leaves its workers holding the ports; `stop` said
     # "stale pid file removed" and left them running.
-    profile = local.Profile("groupstop", 1, 2, 3, 4, (5, 6), (7, 8), (9, 10))
+    profile = _profile(local, "groupstop")
     proc = dataclasses.replace(
         _managed(local, profile, "gateway", stop_timeout_s=10.0), endpoints=("here",)
     )
@@ -399,7 +405,7 @@ def test_stop_stops_what_runs_on_after_the_process_it_started_has_exited(
 
 
 def test_a_group_without_our_tag_is_not_ours(local: ModuleType, tmp_path: Path) -> None:
-    profile = local.Profile("groupstop", 1, 2, 3, 4, (5, 6), (7, 8), (9, 10))
+    profile = _profile(local, "groupstop")
     proc = _managed(local, profile, "gateway")
     proc.pid_file.parent.mkdir(parents=True)
     proc.pid_file.write_text(f"{os.getpgrp()}\n")  # a live group: this test's, without the tag
@@ -411,7 +417,7 @@ def test_a_profile_running_with_another_port_offset_is_refused_naming_that_offse
 ) -> None:
     # `PORT_OFFSET=1000 make run`, then `make status`: it probed the ports without the offset,
     # where another checkout's servers may answer as ready.
-    base = local.Profile("offsettest", 1, 2, 3, 4, (5, 6), (7, 8), (9, 10))
+    base = _profile(local, "offsettest")
     moved = dataclasses.replace(base, port_offset=1000)  # as offset_profile records it
     running = dataclasses.replace(
         _managed(local, moved, "nats", ready_timeout_s=0.5), endpoints=("here",)
@@ -462,7 +468,7 @@ def test_opensearch_runs_on_the_java_checked_and_its_own_home_whatever_the_shell
     }
     for key, value in shell.items():
         monkeypatch.setenv(key, value)
-    profile = local.Profile("envtest", 1, 2, 3, 4, (5, 6), (7, 8), (9, 10))
+    profile = _profile(local, "envtest")
     proc = _managed(local, profile, "opensearch")
     seen = tmp_path / "env"
 
@@ -496,7 +502,7 @@ def test_as_root_under_umask_077_the_folders_to_opensearch_let_its_user_through(
     monkeypatch.setattr(local, "ensure_service_user", lambda: None)
     monkeypatch.setattr(local, "chown_tree", lambda root, user: None)
     monkeypatch.setattr(local, "check_user_can_reach", lambda user, executable, writable: None)
-    profile = local.Profile("umasktest", 1, 2, 3, 4, (5, 6), (7, 8), (9, 10))
+    profile = _profile(local, "umasktest")
     previous = os.umask(0o077)
     try:
         (home / "bin").mkdir(parents=True)  # as `make install` made them
