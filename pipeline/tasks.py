@@ -98,11 +98,11 @@ async def until_done(
     Any other error is raised; with `retry_unexpected` it is tried again too, as the bug it
     is: logged as an error (`<what>: unexpected <error>; trying again in <n> s`), with its
     stack unless the unexpected error before it was the same, and given to `waiting`
-    (`<what>: unexpected <error>`); the pause after it starts at `retry_s` and doubles each
-    time, up to RESTART_MAX_S.
+    (`<what>: unexpected <error>`); the pause after it starts at `retry_s` (RESTART_MAX_S at
+    most) and doubles each time, up to RESTART_MAX_S.
     """
     delay = retry_s  # after one of `errors`
-    unexpected_delay = retry_s
+    unexpected_delay = min(retry_s, RESTART_MAX_S)
     last_unexpected = ""
     while True:
         try:

@@ -246,3 +246,27 @@ async def test_until_done_tries_again_after_an_unexpected_error_logged_with_its_
         (logging.ERROR, f"{bug}; trying again in 0.004 s", False),
         (logging.ERROR, f"{other}; trying again in 0.004 s", True),
     ]
+
+
+async def test_until_done_pauses_after_an_unexpected_error_at_most_restart_max_s(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A retry_s longer than RESTART_MAX_S does not lengthen the pause after a bug.
+    monkeypatch.setattr(tasks, "RESTART_MAX_S", 0.002)
+    answers: list[Exception | None] = [TypeError("bug"), None]
+    logger = logging.getLogger("test.until_done")
+    with caplog.at_level(logging.WARNING, logger="test.until_done"):
+        await asyncio.wait_for(
+            until_done(
+                answering(answers),
+                what="x",
+                logger=logger,
+                waiting=lambda _: None,
+                retry_s=0.5,
+                errors=(OSError,),
+                retry_unexpected=True,
+            ),
+            5,
+        )
+
+    assert caplog.messages == ["x: unexpected TypeError('bug'); trying again in 0.002 s"]
