@@ -73,8 +73,9 @@ class KeyStore:
         position), never the key: a key no request could send (empty, whitespace at an
         end or inside, a control or non-ASCII character), a key listed twice for two
         owners, an app id that is no subject token, a placeholder, a key that is both a
-        write and a read key. A key is taken as written, never trimmed (load() trims each
-        entry of the two lists at its ends, and here its id, never the key before its `:`).
+        write and a read key. Each entry of the two lists is trimmed at its ends (by load()),
+        its id too (here); the key before its `:` is taken as written, and so is every key of
+        the file, which trims nothing.
         """
         write = _entries("GATEWAY_WRITE_KEYS", config.write_keys)
         read = _entries("GATEWAY_READ_KEYS", config.read_keys)
