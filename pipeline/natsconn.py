@@ -145,18 +145,14 @@ async def drain(nc: Client, *, timeout_s: float) -> None:
     """
     if nc.is_closed:
         return
+    waited_s = max(timeout_s, 0.0)
+
+    def given_up() -> None:
+        log.warning("nats drain not finished within %.1f s; closing without it", waited_s)
+
     draining = asyncio.create_task(nc.drain(), name="nats-drain")
-    try:
-        await asyncio.wait({draining}, timeout=max(timeout_s, 0.0))
-    except asyncio.CancelledError:
-        await cancel_and_wait(draining)
-        raise
-    if not draining.done():
-        log.warning(
-            "nats drain not finished within %.1f s; closing without it", max(timeout_s, 0.0)
-        )
-        await cancel_and_wait(draining)  # cancelled again until it ends
-    elif (error := draining.exception()) is not None:  # reconnecting, say
+    ended = await _ended_within(draining, waited_s, given_up=given_up)
+    if ended and (error := draining.exception()) is not None:  # reconnecting, say
         log.warning("nats drain failed: %s; closing without it", describe(error))
     if not nc.is_closed:  # also a drain that returned at once, one being under way already
         await close(nc)
@@ -166,24 +162,38 @@ async def close(nc: Client) -> None:
     """Closes `nc` without draining it, in at most CLOSE_TIMEOUT_S: closing waits for a
     reconnect in progress to end, and writes what is buffered, which NATS not reading never
     takes. A close not done by then, or failing, is given up and logged (`nats connection not
-    closed: <error>`); the caller goes on either way.
+    closed: <error>`); the caller goes on either way. One given up part-way may leave the
+    socket open: nats-py marks the client closed first, so it does not reconnect.
 
     nats-py takes a cancel that comes while it waits for the reconnect for the end of that wait,
     and goes on closing: it is cancelled again until it ends.
     """
     closing = asyncio.create_task(nc.close(), name="nats-close")
-    try:
-        await asyncio.wait({closing}, timeout=CLOSE_TIMEOUT_S)
-    except asyncio.CancelledError:
-        await cancel_and_wait(closing)
-        raise
-    if not closing.done():
-        await cancel_and_wait(closing)  # cancelled again until it ends
+    if not await _ended_within(closing, CLOSE_TIMEOUT_S):
         error: BaseException | None = TimeoutError()
     else:
         error = None if closing.cancelled() else closing.exception()
     if error is not None:
         log.warning("nats connection not closed: %s", describe(error))
+
+
+async def _ended_within(
+    task: asyncio.Task[None], timeout_s: float, *, given_up: Callable[[], None] = lambda: None
+) -> bool:
+    """Waits at most `timeout_s` for `task`; whether it ended by then. One that did not is
+    given up: `given_up()` is called, then the task is cancelled again until it ends (nats-py
+    takes a first cancel for the end of a wait of its own, and goes on). Cancelled itself
+    meanwhile, it ends the task the same way, then raises CancelledError."""
+    try:
+        await asyncio.wait({task}, timeout=timeout_s)
+    except asyncio.CancelledError:
+        await cancel_and_wait(task)
+        raise
+    if task.done():
+        return True
+    given_up()
+    await cancel_and_wait(task)
+    return False
 
 
 def stream_configs(settings: NatsSettings) -> list[js_api.StreamConfig]:
