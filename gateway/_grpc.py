@@ -142,10 +142,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         except Exception as err:
             # Logged here, inside the request's span, so the line carries its trace (grpc
             # would log it once the span has ended, and send the error's text to the caller).
-            log.exception(
-                "unexpected error in IngestEvents",
-                extra={} if self._tracing.enabled else tracing.trace_id_of(metadata),
-            )
+            _log_unexpected(metadata, in_span=self._tracing.enabled)
             span.set_attribute("rpc.grpc.status_code", grpc.StatusCode.INTERNAL.value[0])
             tracing.failed(span, type(err).__name__)
             await self.fail(context)
@@ -223,9 +220,20 @@ class _KeyCheck(grpc.aio.ServerInterceptor):
         except GatewayError as err:
             return _ending(partial(self._servicer.refuse, err))
         except Exception:
-            log.exception("unexpected error in IngestEvents", extra=tracing.trace_id_of(metadata))
+            _log_unexpected(metadata, in_span=False)
             return _ending(self._servicer.fail)
         return await continuation(handler_call_details)
+
+
+def _log_unexpected(metadata: dict[str, str], *, in_span: bool) -> None:
+    """Logs the error being handled, with its stack, as an unexpected error in IngestEvents.
+    Its line names the call's trace: that of the span recorded for it when `in_span` (the log
+    formatter adds its trace and span ids), else that of the call's traceparent."""
+    log.exception(
+        "unexpected error in IngestEvents",
+        extra={} if in_span else tracing.trace_id_of(metadata),
+        stacklevel=2,
+    )
 
 
 def _ending(end: Callable[[grpc.aio.ServicerContext[Any, Any]], Awaitable[None]]) -> _Handler:
