@@ -118,12 +118,15 @@ def test_the_compose_ports_parser_sees_real_blocks() -> None:
     assert compose_ports(sample) == {"a": ["127.0.0.1:1-4:1", "2"]}
 
 
-# The setting bounding each service's graceful stop (which may end up to STOP_OVERRUN_S past it).
-GRACEFUL_STOP = {
-    "gateway": "GATEWAY_GRACEFUL_STOP_S",
-    "enricher": "ENRICHER_STOP_TIMEOUT_S",
-    "indexer": "INDEXER_GRACEFUL_STOP_S",
-}
+def graceful_stop_setting(service: str) -> str:
+    """The setting bounding `service`'s graceful stop (which may end up to STOP_OVERRUN_S past
+    it), as its configuration describes it."""
+    [name] = [
+        name
+        for name, _, text in describe(CONFIGS[service])
+        if text.startswith("seconds a graceful stop may take")
+    ]
+    return name
 
 
 @pytest.mark.parametrize("service", sorted(CONFIGS))
@@ -132,7 +135,7 @@ def test_compose_gives_a_graceful_stop_its_time_before_sigkill(service: str) -> 
     grace = re.fullmatch(r"(\d+)s", values.get("stop_grace_period", ""))
     assert grace, f"{service} has no stop_grace_period in seconds (compose's default is 10 s)"
     defaults = {name: default for name, default, _ in describe(CONFIGS[service])}
-    variable = GRACEFUL_STOP[service]
+    variable = graceful_stop_setting(service)
     graceful_s = float(values.get(variable, defaults[variable]))
 
     assert int(grace[1]) >= graceful_s + STOP_OVERRUN_S
@@ -142,11 +145,11 @@ def test_compose_gives_a_graceful_stop_its_time_before_sigkill(service: str) -> 
 def test_make_run_gives_a_graceful_stop_its_time_before_sigkill(service: str) -> None:
     local = load_script("local.py", "local_script_deploy")
     defaults = {name: default for name, default, _ in describe(CONFIGS[service])}
-    graceful_s = float(defaults[GRACEFUL_STOP[service]])
+    graceful_s = float(defaults[graceful_stop_setting(service)])
 
     assert graceful_s + STOP_OVERRUN_S <= local.SERVICE_STOP_TIMEOUT_S
     # A longer setting lengthens the wait by as much (scripts/local.py imports none of ours).
-    assert local.GRACEFUL_STOP_SETTINGS[service] == GRACEFUL_STOP[service]
+    assert local.GRACEFUL_STOP_SETTINGS[service] == graceful_stop_setting(service)
     assert local.SERVICE_STOP_OVERRUN_S == STOP_OVERRUN_S
 
 
