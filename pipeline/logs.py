@@ -20,6 +20,26 @@ _LEFT_OUT = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) 
 }
 
 
+def _context(record: logging.LogRecord) -> dict[str, Any]:
+    """A line's context: the trace and span ids inside a recorded span, then the record's
+    `extra=` fields."""
+    fields: dict[str, Any] = {}
+    ids = current_ids()
+    if ids is not None:
+        fields["trace_id"], fields["span_id"] = ids
+    for key, value in record.__dict__.items():
+        if key not in _LEFT_OUT and not key.startswith("_"):
+            fields[key] = value
+    return fields
+
+
+def _utc(record: logging.LogRecord) -> str:
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        + f".{int(record.msecs):03d}Z"
+    )
+
+
 class JsonFormatter(logging.Formatter):
     """Formats a record as one JSON object; `extra=` fields are kept as keys.
 
@@ -33,22 +53,47 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": _utc(record),
             "level": record.levelname.lower(),
             "service": self._service,
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        ids = current_ids()
-        if ids is not None:
-            doc["trace_id"], doc["span_id"] = ids
-        for key, value in record.__dict__.items():
-            if key not in _LEFT_OUT and not key.startswith("_"):
-                doc[key] = value
+        doc.update(_context(record))
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(doc, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """Formats a record as a line for people: time, service, level, logger and message, then
+    the JSON line's other fields as `key=value` (a value with a space, a quote or an `=` in
+    JSON quotes), and the stack below it."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self._service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        parts = [
+            _utc(record),
+            self._service,
+            record.levelname,
+            f"{record.name}:",
+            record.getMessage(),
+        ]
+        parts.extend(f"{key}={_text_value(value)}" for key, value in _context(record).items())
+        line = " ".join(parts)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def _text_value(value: Any) -> str:
+    text = value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
+    if not text or any(c.isspace() or c in '"=' for c in text):
+        return orjson.dumps(text).decode()
+    return text
 
 
 class Throttle:
@@ -80,12 +125,7 @@ class Throttle:
 def configure(service: str, *, level: str = "INFO", fmt: str = "json") -> None:
     """Sends the root logger to stderr in the chosen format."""
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter(service))
-    else:
-        handler.setFormatter(
-            logging.Formatter(f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s")
-        )
+    handler.setFormatter(JsonFormatter(service) if fmt == "json" else TextFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -50,7 +50,8 @@ class LogSettings:
     log_format: str = setting(
         "LOG_FORMAT",
         "json",
-        "log format: json (one object a line) or text",
+        "log format: json (one object a line) or text (a line for people, with the same fields"
+        " as key=value)",
         check=lambda v: None if v in ("json", "text") else "must be json or text",
     )
 

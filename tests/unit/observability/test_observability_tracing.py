@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,10 +26,10 @@ from enricher._policy import RetryPolicy
 from indexer.bulk import BulkItem, BulkWriter, ItemResult, render
 from indexer.errors import SearchUnavailableError
 from indexer.outcomes import Outcome
-from pipeline import subjects, tracing
+from pipeline import logs, subjects, tracing
 from pipeline.config import load
 from pipeline.errors import ConfigError
-from pipeline.logs import JsonFormatter
+from pipeline.logs import JsonFormatter, TextFormatter
 from pipeline.settings import TracingSettings
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -573,3 +574,43 @@ def test_json_logs_leave_out_uvicorns_coloured_copy_of_the_message() -> None:
     line = json.loads(JsonFormatter("gateway").format(record))
     assert line["msg"] == "Started server process [7]"
     assert "color_message" not in line
+
+
+def _text_line(formatter: logging.Formatter, **extra: object) -> str:
+    record = logging.LogRecord(
+        "indexer.service", logging.WARNING, "", 0, "%s not ready", ("indexer",), None
+    )
+    record.__dict__.update(extra)
+    return formatter.format(record)
+
+
+def test_text_logs_carry_the_context_fields_json_logs_do() -> None:
+    line = _text_line(
+        TextFormatter("indexer"),
+        reason="nats not connected",
+        messages=3,
+        subject="a=b",
+        quoted='say "hi"',
+        empty="",
+        color_message="\x1b[36mx\x1b[0m",
+    )
+    assert line.endswith(
+        ' indexer WARNING indexer.service: indexer not ready reason="nats not connected"'
+        ' messages=3 subject="a=b" quoted="say \\"hi\\"" empty=""'
+    )
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ", line)
+
+
+def test_text_logs_carry_trace_and_span_ids_inside_a_span(exporter: InMemorySpanExporter) -> None:
+    with _tracing(exporter).span("request") as span:
+        line = _text_line(TextFormatter("gateway"))
+    context = span.get_span_context()
+    assert line.endswith(
+        f"trace_id={format_trace_id(context.trace_id)} span_id={format_span_id(context.span_id)}"
+    )
+
+
+def test_the_text_log_format_is_the_text_formatter() -> None:
+    logs.configure("gateway", fmt="text")
+    (handler,) = logging.getLogger().handlers
+    assert isinstance(handler.formatter, TextFormatter)
