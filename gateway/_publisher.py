@@ -15,12 +15,13 @@ from nats.js import JetStreamContext
 from gateway.errors import Unavailable
 from pipeline import logs, natsconn, subjects, tracing
 from pipeline.settings import NatsSettings
-from pipeline.tasks import cancel_and_wait
+from pipeline.tasks import cancel_and_wait, until_done
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 STREAM_RETRY_S = 1.0
+STREAMS_WAITING = "streams not ensured yet"  # readiness's reason, until they are
 # Batches JetStream does not store while NATS is connected (its storage full, a timeout) are
 # answered 503 one by one: the reason is logged at most this often.
 PUBLISH_FAILURE_LOG_INTERVAL_S = 30.0
@@ -35,7 +36,7 @@ class JetStreamPublisher:
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._streams_ready = False
-        self._streams_error = ""  # the last try's, for readiness, until the streams are ensured
+        self._streams_error = ""  # the last try's failure, for readiness, until they are ensured
         self._task: asyncio.Task[None] | None = None
         self._failure_log = logs.Throttle(PUBLISH_FAILURE_LOG_INTERVAL_S)
 
@@ -50,17 +51,23 @@ class JetStreamPublisher:
         await self._ensure_streams(self._js)
 
     async def _ensure_streams(self, js: JetStreamContext) -> None:
-        while True:
-            try:
-                await natsconn.ensure_streams(js, self._settings)
-            except Exception as err:  # whatever it is: log, retry, stay not ready
-                self._streams_error = natsconn.describe(err)
-                log.warning("cannot ensure streams yet: %s", self._streams_error)
-                await asyncio.sleep(STREAM_RETRY_S)
-                continue
-            self._streams_ready, self._streams_error = True, ""
-            log.info("streams ensured")
-            return
+        """Tried again until JetStream answers, as the enricher's and the indexer's first step:
+        `streams not ensured yet: <error>` logged and in readiness (a bug, one that is no NATS
+        error, logged with its stack and tried again less and less often)."""
+        await until_done(
+            lambda: natsconn.ensure_streams(js, self._settings),
+            what=STREAMS_WAITING,
+            logger=log,
+            waiting=self._set_streams_error,
+            retry_s=STREAM_RETRY_S,
+            errors=natsconn.ERRORS,
+            retry_unexpected=True,
+        )
+        self._streams_ready, self._streams_error = True, ""
+        log.info("streams ensured")
+
+    def _set_streams_error(self, failure: str) -> None:
+        self._streams_error = failure
 
     async def stop(self, *, timeout_s: float) -> None:
         """Drains the connection (pending publishes are flushed) and closes it, within
@@ -117,8 +124,7 @@ class JetStreamPublisher:
         if nc is None or js is None or not nc.is_connected:
             return False, "nats not connected"
         if not self._streams_ready:
-            reason, error = "streams not ensured yet", self._streams_error
-            return False, f"{reason}: {error}" if error else reason
+            return False, self._streams_error or STREAMS_WAITING
         problem = await natsconn.stream_problem(js, (subjects.RAW_STREAM,))
         if problem is None:
             return True, "ok"

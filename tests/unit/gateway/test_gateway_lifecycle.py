@@ -205,17 +205,17 @@ async def test_a_stop_whose_every_step_hangs_ends_within_its_time_and_never_answ
     assert nc.is_closed
 
 
-class SilentFirst(FakeJetStream):
-    """A JetStream whose first stream request times out as asyncio's timeout does: no text."""
+class FailsFirst(FakeJetStream):
+    """A JetStream whose first stream request raises `error`."""
 
-    def __init__(self) -> None:
+    def __init__(self, error: Exception) -> None:
         super().__init__()
-        self.silent = True
+        self.error: Exception | None = error
 
     async def add_stream(self, config: js_api.StreamConfig) -> js_api.StreamInfo:
-        if self.silent:
-            self.silent = False
-            raise TimeoutError
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
         return await super().add_stream(config)
 
 
@@ -248,9 +248,25 @@ async def test_streams_not_ensured_yet_are_logged_with_a_word_for_the_error(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr("gateway._publisher.STREAM_RETRY_S", 0.001)
-    broker = await ready_publisher(FakeNats(js=SilentFirst()), monkeypatch)
+    timed_out = FailsFirst(TimeoutError())  # no text, as asyncio's timeout
+    broker = await ready_publisher(FakeNats(js=timed_out), monkeypatch)
     await broker.stop(timeout_s=1.0)
-    assert "cannot ensure streams yet: TimeoutError" in caplog.messages  # not an empty text
+    assert "streams not ensured yet: TimeoutError" in caplog.messages  # not an empty text
+
+
+async def test_a_bug_ensuring_the_streams_is_logged_with_its_stack_and_tried_again(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("gateway._publisher.STREAM_RETRY_S", 0.001)
+    buggy = FailsFirst(TypeError("a bug in the stream config"))
+    broker = await ready_publisher(FakeNats(js=buggy), monkeypatch)
+    await broker.stop(timeout_s=1.0)
+    (record,) = [r for r in caplog.records if "unexpected" in r.getMessage()]
+    assert record.levelno == logging.ERROR
+    assert record.getMessage().startswith(
+        "streams not ensured yet: unexpected TypeError('a bug in the stream config')"
+    )
+    assert record.exc_info is not None
 
 
 class HeldJetStream(FakeJetStream):
