@@ -187,10 +187,17 @@ def load_json(body: bytes, *, most_values: int = 0) -> Any:
         )
     except json.JSONDecodeError as err:
         raise InvalidRequest(
-            f"the body is not valid JSON ({err.msg} at line {err.lineno} column {err.colno})"
+            f"the body is not valid JSON ({err.msg}: line {err.lineno} column {err.colno})"
         ) from None
-    except (ValueError, RecursionError):
-        raise InvalidRequest("the body is not valid JSON (UTF-8)") from None
+    except UnicodeDecodeError as err:
+        byte = err.object[err.start]
+        raise InvalidRequest(
+            f"the body is not valid JSON (not UTF-8: byte {err.start} is {byte:#04x})"
+        ) from None
+    except RecursionError:
+        raise InvalidRequest("the body is not valid JSON (nested too deeply)") from None
+    except ValueError as err:  # NaN, Infinity, a number past the float range, huge integers
+        raise InvalidRequest(f"the body is not valid JSON ({err})") from None
 
 
 def _no_constant(name: str) -> Any:

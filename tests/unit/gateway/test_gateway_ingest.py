@@ -467,8 +467,25 @@ async def test_what_is_not_json_in_utf8_is_still_a_400(data: bytes) -> None:
 
 async def test_broken_json_is_refused_with_where_it_breaks() -> None:
     body = b'[\n  {"event_id": "e-1",\n   "user_id": "u" "x"}\n]'
-    with pytest.raises(InvalidRequest, match=r"not valid JSON \(.* at line 3 column 19\)"):
+    with pytest.raises(InvalidRequest, match=r"not valid JSON \(.*: line 3 column 19\)"):
         await core(FakeBroker()).ingest_json(body, origin())
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (b'[{"event_id": NaN}]', "(NaN is not JSON)"),
+        (b'[{"event_id": -Infinity}]', "(-Infinity is not JSON)"),
+        (b'[{"metadata": {"n": 1e400}}]', "(1e400 is past the float range)"),
+        (b'[{"event_id": "e\xff"}]', "(not UTF-8: byte 16 is 0xff)"),
+        (b'{"bad json', "(Unterminated string starting at: line 1 column 2)"),
+        (b"[" * 50_000, "(nested too deeply)"),
+    ],
+)
+async def test_what_is_not_json_is_refused_saying_what_is_wrong(data: bytes, says: str) -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        await core(FakeBroker()).ingest_json(data, origin())
+    assert str(refused.value) == f"the body is not valid JSON {says}"
 
 
 BIG_METADATA = {f"k{n}": "v" * 2000 for n in range(12)}  # within LIMITS, 24 KB
