@@ -104,6 +104,10 @@ def filter_query(flt: qs.EventFilter) -> dict[str, Any]:
             )
         if not values:
             continue
+        if "" in values:  # matches nothing, which no caller means: "any" is the field left out
+            raise InvalidArgumentError(
+                f"filter.{name}[{values.index('')}]", "is empty: leave it out to match any value"
+            )
         if name == "device_os":
             clauses.append(
                 {

@@ -100,8 +100,8 @@ Global___HistogramInterval: _TypeAlias = HistogramInterval  # noqa: Y015
 @_typing.final
 class EventFilter(_message.Message):
     """EventFilter selects events. Fields left empty do not filter; a repeated
-    field matches any of its values (at most 1,000 values per field, else
-    INVALID_ARGUMENT); all set fields must match.
+    field matches any of its values (at most 1,000 values per field, none of
+    them empty, else INVALID_ARGUMENT); all set fields must match.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -123,6 +123,25 @@ def test_a_token_survives_the_text_filter_sent_with_spaces_around_it() -> None:
     assert paging.filter_hash(_filter(text="shoe")) != paging.filter_hash(_filter(text="shoes"))
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "user_ids",
+        "session_ids",
+        "event_names",
+        "app_versions",
+        "country_codes",
+        "app_ids",
+        "device_os",
+    ],
+)
+def test_an_empty_filter_value_is_invalid_not_a_filter_that_matches_nothing(name: str) -> None:
+    with pytest.raises(InvalidArgumentError) as caught:
+        queries.filter_query(_filter(**{name: ["a", ""]}))
+    assert caught.value.field == f"filter.{name}[1]"
+    assert caught.value.description == "is empty: leave it out to match any value"
+
+
 def test_end_before_start_is_invalid() -> None:
     with pytest.raises(InvalidArgumentError, match="end_time"):
         queries.filter_query(
