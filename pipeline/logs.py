@@ -130,5 +130,9 @@ def configure(service: str, *, level: str = "INFO", fmt: str = "json") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Third-party libraries are chatty at INFO.
-    for noisy in ("opensearch", "urllib3", "uvicorn.access", "aiohttp.access"):
+    for noisy in ("urllib3", "uvicorn.access", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # opensearch-py writes a warning with a whole traceback for every request that fails (a
+    # readiness ping a second while OpenSearch is away: megabytes an hour); the indexer says
+    # what failed itself, once per change or throttled.
+    logging.getLogger("opensearch").setLevel(logging.ERROR)

@@ -614,3 +614,20 @@ def test_the_text_log_format_is_the_text_formatter() -> None:
     logs.configure("gateway", fmt="text")
     (handler,) = logging.getLogger().handlers
     assert isinstance(handler.formatter, TextFormatter)
+
+
+def test_the_opensearch_clients_warning_per_failed_request_is_left_out(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    logs.configure("indexer", fmt="json")
+    try:
+        raise ConnectionRefusedError("connect failed")
+    except OSError:
+        logging.getLogger("opensearch").warning(
+            "HEAD http://127.0.0.1:9200/ [status:N/A]", exc_info=True
+        )
+    logging.getLogger("indexer.bulk").warning("opensearch unavailable, holding intake")
+    lines = capsys.readouterr().err.splitlines()
+    assert [orjson.loads(line)["msg"] for line in lines] == [
+        "opensearch unavailable, holding intake"
+    ]
