@@ -481,8 +481,9 @@ class IngestCore:
         accepted = len(batch.events)
         if accepted == 0:
             # Nothing to store: the receipt says so, and a retry would be rejected the same way.
+            # No batch id either: none is stored, and every such batch would share one.
             self._metrics.rejected(rejections)
-            return Receipt(accepted=0, rejected=rejections, duplicate=False, batch_id=bid)
+            return Receipt(accepted=0, rejected=rejections, duplicate=False, batch_id="")
         context = batch.context
         context.received_at.CopyFrom(_timestamp(origin.received_at))
         context.client_ip = origin.client_ip

@@ -144,7 +144,11 @@ _SCHEMAS: dict[str, Any] = {
                 "type": "boolean",
                 "description": "true when the batch had been stored before (a retry)",
             },
-            "batch_id": {"type": "string"},
+            "batch_id": {
+                "type": "string",
+                "description": "the id the batch is stored under; empty when no event was"
+                " accepted (nothing is stored)",
+            },
         },
     },
     "Error": {

@@ -76,7 +76,9 @@ class IngestEventsResponse(_message.Message):
     retry); the events are stored once.
     """
     batch_id: _builtins.str
-    """batch_id is the id the batch is stored under."""
+    """batch_id is the id the batch is stored under; empty when no event was
+    accepted (nothing is stored).
+    """
     @_builtins.property
     def rejected(self) -> _containers.RepeatedCompositeFieldContainer[_event_pb2.EventRejection]:
         """rejected lists the events that were not accepted, and why."""

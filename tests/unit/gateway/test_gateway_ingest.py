@@ -224,6 +224,7 @@ async def test_nothing_is_published_when_every_event_is_invalid() -> None:
     assert receipt.accepted == 0
     assert len(receipt.rejected) == 2
     assert broker.calls == 0
+    assert receipt.batch_id == ""  # none stored: not one id every such batch would share
 
 
 async def test_broker_failure_propagates_as_unavailable() -> None:
