@@ -261,18 +261,20 @@ class Enricher:
         """
         closing = StopDeadline(timeout_s)
         handler, self._handler = self._handler, None
-        if handler is not None and (unsettled := handler.unsettled):
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(closing.left()):
-                    await handler.release_unsettled()
-            log.warning(
-                "%s with messages unsettled; nak'd for redelivery",
-                ended,
-                extra={"messages": unsettled},
-            )
-        if self._broker is not None:
-            await self._broker.close(timeout_s=closing.left(), drain_at_least_s=STOP_STEP_MIN_S)
-            self._broker = None
+        broker, self._broker = self._broker, None
+        try:
+            if handler is not None and (unsettled := handler.unsettled):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(closing.left()):
+                        await handler.release_unsettled()
+                log.warning(
+                    "%s with messages unsettled; nak'd for redelivery",
+                    ended,
+                    extra={"messages": unsettled},
+                )
+        finally:  # the connection is closed whatever the naks did
+            if broker is not None:
+                await broker.close(timeout_s=closing.left(), drain_at_least_s=STOP_STEP_MIN_S)
 
     async def ready(self) -> tuple[bool, str]:
         """Ready when NATS is connected, the streams exist and the consumer is bound; or why
@@ -330,7 +332,10 @@ class Enricher:
             await asyncio.wait([task], timeout=deadline.left())
             await cancel_and_wait(task)  # what it still holds is given back below
         self._loops = []
-        await self._close_broker("stopped", timeout_s=deadline.left())
+        try:
+            await self._close_broker("stopped", timeout_s=deadline.left())
+        except Exception as err:  # the servers and GeoIP are closed all the same
+            log.error("stop: closing the NATS connection failed: %r", err, exc_info=err)
         grace_s = deadline.left(at_least=STOP_STEP_MIN_S)
         servers = []
         if self._grpc is not None:

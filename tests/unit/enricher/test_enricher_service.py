@@ -127,6 +127,7 @@ class Broker:
         self.deliveries: list[Delivery] = []
         self.sink_ = HangingSink()
         self.log: list[str] = []  # closes, beside the deliveries' acks and naks
+        self.failing_closes = 0  # how many closes to come raise a bug
 
     async def connect(self, *_: Any, **__: Any) -> Broker:
         await self.up.wait()
@@ -158,6 +159,9 @@ class Broker:
     async def close(self, **_: Any) -> None:
         self.closed += 1
         self.log.append("close")
+        if self.failing_closes:
+            self.failing_closes -= 1
+            raise RuntimeError("close bug")
 
 
 @pytest.fixture
@@ -276,17 +280,9 @@ async def test_consuming_that_a_stop_ends_is_not_started_again(
 
 
 async def test_consuming_whose_connection_fails_to_close_is_logged_and_started_again(
-    broker: Broker,
-    enricher: Enricher,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    broker: Broker, enricher: Enricher, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def close(**_: Any) -> None:
-        broker.closed += 1
-        if broker.closed == 1:
-            raise RuntimeError("close bug")
-
-    monkeypatch.setattr(broker, "close", close)
+    broker.failing_closes = 1
     broker.up.set()
     await enricher.start()
     await until_ready(enricher)
@@ -306,6 +302,37 @@ async def test_consuming_whose_connection_fails_to_close_is_logged_and_started_a
     )
     assert line.levelno == logging.ERROR
     assert line.exc_info is not None  # with its stack
+
+
+async def refuses(port: int) -> bool:
+    """Whether nothing listens on `port` any more."""
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except ConnectionRefusedError:
+        return True
+    writer.close()
+    return False
+
+
+async def test_a_stop_whose_connection_fails_to_close_still_closes_its_servers(
+    broker: Broker, enricher: Enricher, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker.failing_closes = 1
+    broker.up.set()
+    await enricher.start()
+    await until_ready(enricher)
+    http_port, grpc_port = enricher.http_port, enricher.grpc_port
+
+    await enricher.stop()
+
+    assert broker.closed == 1
+    [line] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert line.getMessage() == (
+        "stop: closing the NATS connection failed: RuntimeError('close bug')"
+    )
+    assert line.exc_info is not None
+    assert await refuses(http_port)  # both servers closed
+    assert await refuses(grpc_port)
 
 
 class FailingAtStop(Loop):
@@ -361,6 +388,32 @@ async def test_consuming_that_ends_on_an_error_naks_what_it_held_before_closing_
     [line] = [r for r in caplog.records if "unsettled" in r.getMessage()]
     assert line.getMessage() == "consuming ended with messages unsettled; nak'd for redelivery"
     assert line.messages == 1
+
+
+async def test_a_stop_whose_naks_fail_still_closes_nats_and_its_servers(
+    broker: Broker,
+    enricher: Enricher,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def release_unsettled(self: Handler) -> int:
+        raise RuntimeError("release bug")
+
+    monkeypatch.setattr(Handler, "release_unsettled", release_unsettled)
+    broker.deliveries = [Delivery(broker.log)]
+    broker.up.set()
+    await enricher.start()
+    await asyncio.wait_for(broker.sink_.publishing.wait(), 10)  # its publish never ends
+    http_port = enricher.http_port
+
+    await enricher.stop()
+
+    assert broker.log == ["close"]  # no nak sent, the connection closed all the same
+    [line] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert line.getMessage() == (
+        "stop: closing the NATS connection failed: RuntimeError('release bug')"
+    )
+    assert await refuses(http_port)
 
 
 class RefusingJetStream(FakeJetStream):
