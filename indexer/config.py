@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from indexer.documents import DEFAULT_FUTURE_DAYS, DEFAULT_PAST_DAYS, DatedWindow
 from indexer.template import DEFAULT_REFRESH_INTERVAL
 from pipeline.config import non_negative, port, positive, setting
 from pipeline.errors import ConfigError
@@ -70,6 +71,12 @@ def _time_value(value: str) -> str | None:
 def _retention_days(value: int) -> str | None:
     if not 0 <= value <= MAX_RETENTION_DAYS:
         return f"must be between 0 (keep forever) and {MAX_RETENTION_DAYS}"
+    return None
+
+
+def _window_days(value: int) -> str | None:
+    if not 0 <= value <= MAX_RETENTION_DAYS:
+        return f"must be between 0 and {MAX_RETENTION_DAYS}"
     return None
 
 
@@ -188,6 +195,21 @@ class Config(NatsSettings, OpenSearchSettings, TracingSettings):
         " (deleted on the day after both; 0 keeps indices forever)",
         check=_retention_days,
     )
+    dated_past_days: int = setting(
+        "INDEXER_DATED_PAST_DAYS",
+        DEFAULT_PAST_DAYS,
+        "days before the UTC day an event arrived that its client day may lie and still get a"
+        " daily index; an older one goes to <prefix>undated (bounds how many indices clients"
+        " can make)",
+        check=_window_days,
+    )
+    dated_future_days: int = setting(
+        "INDEXER_DATED_FUTURE_DAYS",
+        DEFAULT_FUTURE_DAYS,
+        "days after the UTC day an event arrived that its client day may lie and still get a"
+        " daily index; a later one goes to <prefix>undated",
+        check=_window_days,
+    )
     retention_interval_s: float = setting(
         "INDEXER_RETENTION_INTERVAL_S",
         DEFAULT_RETENTION_INTERVAL_S,
@@ -227,6 +249,11 @@ class Config(NatsSettings, OpenSearchSettings, TracingSettings):
     http_port: int = setting(
         "INDEXER_HTTP_PORT", DEFAULT_HTTP_PORT, "port of /healthz, /readyz and /metrics", check=port
     )
+
+    @property
+    def dated_window(self) -> DatedWindow:
+        """The client days that get a daily index, around each event's arrival."""
+        return DatedWindow(self.dated_past_days, self.dated_future_days)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -9,15 +9,26 @@ The index rule (effectively-once indexing):
   a device resends the same stored event, a redelivery or restart replays the same
   bytes, while `received_at`, `corrected_timestamp` and `enriched_at` all differ from
   one attempt to the next (a retry the next day would otherwise land in another index).
-- An unset client timestamp, or one before 2000-01-01 or from 2100-01-01 on (a device
-  with an absurd clock), goes to the fixed index `<prefix>undated`, just as stable.
+- Only days near the event's arrival get an index of their own: a client day more than
+  `DatedWindow.past_days` before the UTC day of `received_at`, or more than
+  `future_days` after it, goes to the fixed index `<prefix>undated`, as does an unset
+  client timestamp or one outside 2000-2099. Otherwise every distinct day a client
+  sends (a device clock reset to 2001, a client stamping random dates) would create an
+  index, and with it a shard, until OpenSearch's shard limit stops every write. The
+  rule is stable for a retry whose client day stays on one side of the window's edges:
+  a day behind it only falls further behind with a later retry, and a day in it stays
+  in it unless the retry comes after the day has left it (an event first sent when
+  `past_days` old), or one ahead of it comes into it (a clock more than `future_days`
+  ahead, retried after it is no longer that far ahead): then the retry is a second
+  document.
 
 Queries search `<prefix>*` and filter on `corrected_timestamp`, so the index an event
 sits in does not decide whether it is found. Retention deletes whole daily indices once
 both the date in their name and the day they were created are past it: an event from a
 device whose clock runs days behind goes with its day's index (or, when that index was
 deleted already, is kept the retention's days in the one it creates again), and one whose
-clock runs ahead is kept longer; `<prefix>undated` is never deleted by retention.
+clock runs ahead is kept longer. In `<prefix>undated` it deletes the events that arrived
+(`ingestion_timestamp`) before the retention's days.
 """
 
 from __future__ import annotations
@@ -25,7 +36,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from telemetry.v1 import event_pb2
@@ -37,6 +48,20 @@ UNDATED = "undated"
 EARLIEST_DATED = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST_DATED = datetime(2100, 1, 1, tzinfo=UTC)
 MAX_ID_BYTES = 512  # OpenSearch's limit on `_id`
+
+DEFAULT_PAST_DAYS = 30
+DEFAULT_FUTURE_DAYS = 7
+
+
+class DatedWindow(NamedTuple):
+    """The client days that get a daily index: from `past_days` before the UTC day of the
+    event's arrival (`received_at`) to `future_days` after it; the others go undated."""
+
+    past_days: int = DEFAULT_PAST_DAYS
+    future_days: int = DEFAULT_FUTURE_DAYS
+
+
+DEFAULT_WINDOW = DatedWindow()
 
 _EPOCH = datetime(1970, 1, 1)  # naive: isoformat() without an offset
 _DAY_S = 86400
@@ -60,19 +85,28 @@ _ENRICHED_TIMES = {
 }
 
 
-def index_name(event: event_pb2.EnrichedEvent, *, prefix: str) -> str:
+def index_name(
+    event: event_pb2.EnrichedEvent, *, prefix: str, window: DatedWindow = DEFAULT_WINDOW
+) -> str:
     """The daily index of `event`: `<prefix>YYYY-MM-DD` of its client timestamp, or undated."""
     inner = event.event
     if not inner.HasField("client_timestamp"):
         return prefix + UNDATED
-    return _dated_index(inner.client_timestamp.seconds, prefix)
+    received_s = event.received_at.seconds if event.HasField("received_at") else None
+    return _dated_index(inner.client_timestamp.seconds, received_s, prefix, window)
 
 
-def _dated_index(seconds: int, prefix: str) -> str:
-    """The index rule for a set client timestamp of `seconds`."""
+def _dated_index(seconds: int, received_s: int | None, prefix: str, window: DatedWindow) -> str:
+    """The index rule for a set client timestamp of `seconds`, of an event that arrived at
+    `received_s` (None: not known, then the client day alone decides)."""
     if not _EARLIEST_S <= seconds < _LATEST_S:
         return prefix + UNDATED
-    return prefix + _day(seconds // _DAY_S)
+    day = seconds // _DAY_S
+    if received_s is not None:
+        arrived = received_s // _DAY_S
+        if not arrived - window.past_days <= day <= arrived + window.future_days:
+            return prefix + UNDATED
+    return prefix + _day(day)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -119,10 +153,13 @@ def to_document(event: event_pb2.EnrichedEvent) -> dict[str, Any]:
     return placed_document(event, prefix="")[1]
 
 
-def placed_document(event: event_pb2.EnrichedEvent, *, prefix: str) -> tuple[str, dict[str, Any]]:
-    """`index_name` and `to_document` of `event` at once (they share the client timestamp)."""
+def placed_document(
+    event: event_pb2.EnrichedEvent, *, prefix: str, window: DatedWindow = DEFAULT_WINDOW
+) -> tuple[str, dict[str, Any]]:
+    """`index_name` and `to_document` of `event` at once (they share its timestamps)."""
     # Written out field by field: this runs once per event and is the indexer's hot path.
-    index = prefix + UNDATED
+    client_s: int | None = None
+    received_s: int | None = None
     inner = event.event
     event_id = inner.event_id
     if not event_id:
@@ -145,7 +182,7 @@ def placed_document(event: event_pb2.EnrichedEvent, *, prefix: str) -> tuple[str
     if inner.HasField("client_timestamp"):
         stamp = inner.client_timestamp
         doc["client_timestamp"] = _time_text(stamp, "client_timestamp")
-        index = _dated_index(stamp.seconds, prefix)
+        client_s = stamp.seconds
     if metadata := inner.metadata:
         # Iterating the map's keys runs in C; dict(map) and items() go through Python.
         doc["metadata"] = {key: metadata[key] for key in metadata}
@@ -160,7 +197,9 @@ def placed_document(event: event_pb2.EnrichedEvent, *, prefix: str) -> tuple[str
     if value := event.request_id:
         doc["request_id"] = value
     if event.HasField("received_at"):
-        doc["ingestion_timestamp"] = _time_text(event.received_at, "received_at")
+        stamp = event.received_at
+        doc["ingestion_timestamp"] = _time_text(stamp, "received_at")
+        received_s = stamp.seconds
     if event.HasField("enriched_at"):
         doc["enriched_at"] = _time_text(event.enriched_at, "enriched_at")
     if event.HasField("corrected_timestamp"):
@@ -174,7 +213,9 @@ def placed_document(event: event_pb2.EnrichedEvent, *, prefix: str) -> tuple[str
         doc["geo_country"] = value
     if value := geo.city:
         doc["geo_city"] = value
-    return index, doc
+    if client_s is None:
+        return prefix + UNDATED, doc
+    return _dated_index(client_s, received_s, prefix, window), doc
 
 
 _SECOND = timedelta(seconds=1)

@@ -123,6 +123,7 @@ class Intake:
         *,
         index_prefix: str,
         max_deliveries: int,
+        dated_window: documents.DatedWindow = documents.DEFAULT_WINDOW,
         metrics: Metrics | None = None,
         tracer: tracing.Tracing | None = None,
         dlq_failure_log: logs.Throttle | None = None,
@@ -133,6 +134,7 @@ class Intake:
         self._writer = writer
         self._dead_letters = dead_letters
         self._prefix = index_prefix
+        self._window = dated_window
         self._max_deliveries = max_deliveries
         self._metrics = metrics or Metrics()
         self._counted = {
@@ -233,11 +235,12 @@ class Intake:
         link = self._tracing.incoming_link(delivery.headers)
         done = message.done
         prefix = self._prefix
+        window = self._window
         placed_document = documents.placed_document
         items: list[BulkItem] = []
         for position, event in enumerate(events):
             try:
-                index, doc = placed_document(event, prefix=prefix)
+                index, doc = placed_document(event, prefix=prefix, window=window)
             except DocumentError as err:
                 # Not a document at all: dead-lettered with the others when the message settles.
                 message.rejected.append((position, str(err)))

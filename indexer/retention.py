@@ -1,7 +1,9 @@
 """Retention: which daily indices are past their age (pure), and the periodic deleter.
 
 Only names of the exact form `<prefix>YYYY-MM-DD` with a real date are ever
-candidates; `<prefix>undated` and anything else matching `<prefix>*` is left alone.
+candidates; anything else matching `<prefix>*` is left alone. In `<prefix>undated` (events
+whose client day is absurd or far from their arrival), the events that arrived before the
+retention's days are deleted, as their arrival day's index would be.
 
 A daily index is kept for the retention's full days after its day ends (with 30, the
 index of 1 March is kept through 31 March and deleted on 1 April), and deleted once both
@@ -26,6 +28,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Protocol
 
+from indexer.documents import UNDATED
 from indexer.errors import IndexerError, SearchUnavailableError
 from indexer.metrics import Metrics
 from pipeline import tasks
@@ -79,6 +82,10 @@ class IndexAdmin(Protocol):
         """Deletes one index; False when it was gone already."""
         ...
 
+    async def delete_arrived_before(self, name: str, day: date) -> int:
+        """Deletes the documents of `name` that arrived before `day`; returns how many."""
+        ...
+
     async def cluster_day(self) -> date:
         """The UTC day by OpenSearch's own clock."""
         ...
@@ -92,13 +99,26 @@ async def run_once(
     today: date,
     metrics: Metrics | None = None,
 ) -> list[str]:
-    """Deletes the expired daily indices; returns the names of those it deleted.
+    """Deletes the expired daily indices, and the events of `<prefix>undated` that arrived
+    before the retention's days (kept as long as they would be in their arrival day's index);
+    returns the names of the indices it deleted.
 
     An index gone meanwhile (another replica's retention deleted it) is skipped, not an error.
     """
     if keep_days <= 0:
         return []
     created = await admin.index_creation_days()
+    undated = prefix + UNDATED
+    if undated in created:
+        before = today - timedelta(days=keep_days)
+        events = await admin.delete_arrived_before(undated, before)
+        if events:
+            log.info(
+                "retention deleted events of %s that arrived before %s",
+                undated,
+                before,
+                extra={"index": undated, "events": events, "keep_days": keep_days},
+            )
     names = expired(created, prefix=prefix, today=today, keep_days=keep_days)
     deleted = []
     for name in names:

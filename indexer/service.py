@@ -210,6 +210,7 @@ class Indexer:
             NatsDeadLetters(js, max_payload=lambda: int(nc.max_payload)),
             index_prefix=config.index_prefix,
             max_deliveries=config.max_deliveries,
+            dated_window=config.dated_window,
             metrics=self.metrics,
             tracer=self.tracing,
         )

@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# Documents retention deletes from `<prefix>undated` per search and `_bulk`.
+DELETE_PAGE_SIZE = 1000
+_PAGE_OF_IDS = "hits.hits._id,hits.hits.sort"
+
 # What the writer reads of a `_bulk` answer: each item's status and error, with the error's
 # cause chain (`caused_by` names an object: filter_path keeps all of it, nested causes too).
 _BULK_FILTER = (
@@ -139,6 +143,13 @@ async def _call(work: Callable[[], Awaitable[T]]) -> T:
         return await work()
     except (os_errors.TransportError, os_errors.SerializationError, OSError, TimeoutError) as err:
         raise _translate(err) from err
+
+
+def _index_not_found(err: SearchUnavailableError) -> bool:
+    """Whether OpenSearch itself said the index does not exist (a 404 from a proxy is
+    about the address, not the index)."""
+    cause = err.__cause__
+    return isinstance(cause, os_errors.NotFoundError) and cause.error == "index_not_found_exception"
 
 
 class OpenSearchStore:
@@ -451,18 +462,59 @@ class OpenSearchStore:
                 return day
         raise SearchUnavailableError(f"opensearch did not say its time: {answer}")
 
+    async def delete_arrived_before(self, name: str, day: date) -> int:
+        """Deletes the documents of index `name` that arrived (`ingestion_timestamp`) before
+        the start of `day`, UTC; returns how many. 0 when there is no such index.
+
+        Page by page: a search for their ids (by event_id, `search_after`, so what a page
+        deletes does not move the next one), then a `_bulk` of deletes. Core APIs only:
+        `_delete_by_query` comes with OpenSearch's reindex module, which a minimal node has not.
+        """
+        body: dict[str, Any] = {
+            "query": {"range": {"ingestion_timestamp": {"lt": day.isoformat()}}},
+            "size": DELETE_PAGE_SIZE,
+            "_source": False,
+            "sort": [{"event_id": "asc"}],
+            "track_total_hits": False,
+        }
+        deleted = 0
+        while True:
+            try:
+                answer: dict[str, Any] = await _call(
+                    lambda: self._client.search(
+                        index=name, body=body, params={"filter_path": _PAGE_OF_IDS}
+                    )
+                )
+            except SearchUnavailableError as err:
+                if _index_not_found(err):
+                    return deleted
+                raise
+            hits = (answer.get("hits") or {}).get("hits") or []
+            if not hits:
+                return deleted
+            lines = b"".join(
+                orjson.dumps({"delete": {"_index": name, "_id": hit["_id"]}}) + b"\n"
+                for hit in hits
+            )
+            for result in await self.bulk(lines):
+                if result.status == 200:
+                    deleted += 1
+                elif result.status != 404:  # 404: deleted meanwhile
+                    raise SearchUnavailableError(
+                        f"deleting from {name} failed: {result.status} {result.error}",
+                        status=result.status,
+                    )
+            if len(hits) < DELETE_PAGE_SIZE:
+                return deleted
+            body["search_after"] = hits[-1]["sort"]
+
     async def delete_index(self, name: str) -> bool:
         """Deletes one index by its exact name; False when there was no such index (another
         indexer's retention deleted it first, say)."""
         try:
             await _call(lambda: self._client.indices.delete(index=name))
         except SearchUnavailableError as err:
-            cause = err.__cause__
-            # Only OpenSearch's own answer: a 404 from a proxy is about the address.
-            if (
-                isinstance(cause, os_errors.NotFoundError)
-                and cause.error == "index_not_found_exception"
-            ):
+            if _index_not_found(err):
                 return False
             raise
         return True

@@ -83,6 +83,29 @@ async def test_same_event_three_times_across_a_day_change_is_one_document(
     assert duplicates(after) == 1  # the third delivery, seen by the restarted indexer
 
 
+async def test_client_days_far_from_the_arrival_go_to_the_undated_index(
+    start_indexer: IndexerFactory, nc: Client, os_client: AsyncOpenSearch, prefix: str
+) -> None:
+    arrived = datetime(2026, 5, 20, 12, tzinfo=UTC)
+    events = [
+        enriched("near", when=arrived - timedelta(days=2), received=arrived),
+        enriched("behind", when=arrived - timedelta(days=4), received=arrived),
+        enriched("reset", when=datetime(2001, 1, 1, tzinfo=UTC), received=arrived),
+        enriched("ahead", when=arrived + timedelta(days=2), received=arrived),
+    ]
+    await start_indexer(INDEXER_DATED_PAST_DAYS="3", INDEXER_DATED_FUTURE_DAYS="1")
+    await publish(nc, events, msg_id="m1")
+    await wait_count(os_client, prefix, 4)
+    answer = await os_client.search(index=f"{prefix}*", body={"size": 10})
+    placed = {hit["_id"]: hit["_index"] for hit in answer["hits"]["hits"]}
+    assert placed == {
+        "near": f"{prefix}2026-05-18",
+        "behind": f"{prefix}undated",
+        "reset": f"{prefix}undated",
+        "ahead": f"{prefix}undated",
+    }
+
+
 async def test_a_rejected_document_goes_to_the_dlq_with_the_reason(
     start_indexer: IndexerFactory, nc: Client, os_client: AsyncOpenSearch, prefix: str
 ) -> None:

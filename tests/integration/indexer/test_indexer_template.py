@@ -148,6 +148,33 @@ async def test_retention_deletes_only_old_daily_indices(
     assert await store.index_names() == sorted(names[1:])
 
 
+async def test_retention_deletes_undated_events_by_their_arrival(
+    os_client: AsyncOpenSearch, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("indexer.store.DELETE_PAGE_SIZE", 1)  # a page per event
+    store = _store(os_client, prefix)
+    await store.install_template()
+    today = datetime.now(UTC).date() + timedelta(days=10)
+    arrivals = {"u-old": 4, "u-edge": 3, "u-kept": 2, "u-new": 0}  # days before `today`
+    body = b""
+    for event_id, days in arrivals.items():
+        received = datetime.combine(today - timedelta(days=days), datetime.min.time(), UTC)
+        event = enriched(event_id, when=datetime(1990, 1, 1, tzinfo=UTC), received=received)
+        index = documents.index_name(event, prefix=prefix)
+        assert index == f"{prefix}undated"
+        body += render(index=index, doc_id=event_id, source=documents.to_document(event))
+    assert [r.status for r in await store.bulk(body)] == [201] * 4
+    await os_client.indices.refresh(index=f"{prefix}undated")
+
+    assert await retention.run_once(store, prefix=prefix, keep_days=2, today=today) == []
+
+    await os_client.indices.refresh(index=f"{prefix}undated")
+    found = await os_client.search(index=f"{prefix}undated", body={"size": 10})
+    assert sorted(hit["_id"] for hit in found["hits"]["hits"]) == ["u-kept", "u-new"]
+    assert await store.index_names() == [f"{prefix}undated"]  # the index itself stays
+    assert await store.delete_arrived_before(f"{prefix}gone", today) == 0  # no such index
+
+
 async def test_retention_reads_opensearch_day(os_client: AsyncOpenSearch, prefix: str) -> None:
     # The guard against a host clock set ahead: OpenSearch's own day (same machine here).
     store = _store(os_client, prefix)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -103,10 +103,80 @@ def test_unset_client_time_goes_to_the_undated_index() -> None:
 
 def test_edges_of_the_dated_range() -> None:
     event = sample()
-    event.event.client_timestamp.CopyFrom(_stamp(datetime(2000, 1, 1, tzinfo=UTC)))
-    assert documents.index_name(event, prefix="t-") == "t-2000-01-01"
-    event.event.client_timestamp.CopyFrom(_stamp(datetime(2099, 12, 31, 23, 59, tzinfo=UTC)))
-    assert documents.index_name(event, prefix="t-") == "t-2099-12-31"
+    for when, index in (
+        (datetime(2000, 1, 1, tzinfo=UTC), "t-2000-01-01"),
+        (datetime(2099, 12, 31, 23, 59, tzinfo=UTC), "t-2099-12-31"),
+    ):
+        event.event.client_timestamp.CopyFrom(_stamp(when))
+        event.received_at.CopyFrom(_stamp(when))
+        assert documents.index_name(event, prefix="t-") == index
+        event.ClearField("received_at")  # an enricher's before received_at: the day alone
+        assert documents.index_name(event, prefix="t-") == index
+
+
+def _arrived(client: datetime, received: datetime) -> event_pb2.EnrichedEvent:
+    event = sample()
+    event.event.client_timestamp.CopyFrom(_stamp(client))
+    event.received_at.CopyFrom(_stamp(received))
+    return event
+
+
+WINDOW = documents.DatedWindow(past_days=30, future_days=7)
+ARRIVED = datetime(2026, 3, 31, 12, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("client", "index"),
+    [
+        (datetime(2026, 3, 1, 0, 0, tzinfo=UTC), "t-2026-03-01"),  # 30 days before: dated
+        (datetime(2026, 2, 28, 23, 59, 59, tzinfo=UTC), "t-undated"),  # 31 days before
+        (datetime(2026, 4, 7, 23, 59, 59, tzinfo=UTC), "t-2026-04-07"),  # 7 days after: dated
+        (datetime(2026, 4, 8, 0, 0, tzinfo=UTC), "t-undated"),  # 8 days after
+        (datetime(2001, 1, 1, tzinfo=UTC), "t-undated"),  # a device clock reset long ago
+        (datetime(2090, 6, 1, tzinfo=UTC), "t-undated"),  # far ahead
+    ],
+)
+def test_only_client_days_near_the_arrival_get_a_daily_index(client: datetime, index: str) -> None:
+    event = _arrived(client, ARRIVED)
+    assert documents.index_name(event, prefix="t-", window=WINDOW) == index
+    assert documents.placed_document(event, prefix="t-", window=WINDOW)[0] == index
+
+
+def test_the_window_is_a_setting() -> None:
+    event = _arrived(datetime(2026, 3, 20, tzinfo=UTC), ARRIVED)  # 11 days before
+    assert documents.index_name(event, prefix="t-", window=WINDOW) == "t-2026-03-20"
+    narrow = documents.DatedWindow(past_days=10, future_days=0)
+    assert documents.index_name(event, prefix="t-", window=narrow) == "t-undated"
+    ahead = _arrived(datetime(2026, 4, 1, tzinfo=UTC), ARRIVED)  # the next day
+    assert documents.index_name(ahead, prefix="t-", window=narrow) == "t-undated"
+
+
+def test_a_retry_on_either_side_of_the_window_keeps_its_index() -> None:
+    # Dated when first sent, retried days later while still in the window: the same index.
+    sent = datetime(2026, 3, 25, 8, tzinfo=UTC)
+    first = _arrived(sent, sent)
+    retry = _arrived(sent, datetime(2026, 4, 20, tzinfo=UTC))  # 26 days later
+    assert documents.index_name(first, prefix="t-", window=WINDOW) == "t-2026-03-25"
+    assert documents.index_name(retry, prefix="t-", window=WINDOW) == "t-2026-03-25"
+    # Behind the window when first sent: later retries only fall further behind.
+    reset = datetime(2001, 1, 1, tzinfo=UTC)
+    for received in (ARRIVED, datetime(2027, 1, 1, tzinfo=UTC)):
+        event = _arrived(reset, received)
+        assert documents.index_name(event, prefix="t-", window=WINDOW) == "t-undated"
+
+
+def test_many_distinct_client_days_make_few_indices() -> None:
+    # A client stamping every day of a century: only the window's days get an index.
+    indices = {
+        documents.index_name(
+            _arrived(datetime(2000, 1, 1, tzinfo=UTC) + timedelta(days=n), ARRIVED),
+            prefix="t-",
+            window=WINDOW,
+        )
+        for n in range(0, 36_500, 3)
+    }
+    assert len(indices) <= WINDOW.past_days + WINDOW.future_days + 2  # and undated
+    assert "t-undated" in indices
 
 
 def test_event_id_must_fit_an_opensearch_id() -> None:

@@ -341,7 +341,7 @@ async def test_a_message_whose_items_cannot_be_made_is_not_held_open(
     # untouched, JetStream redelivers it after ack_wait.
     _, _, _, intake = _setup()
 
-    def broken(event: Any, *, prefix: str) -> Any:
+    def broken(event: Any, **_: Any) -> Any:
         raise RuntimeError("document bug")
 
     monkeypatch.setattr("indexer.intake.documents.placed_document", broken)

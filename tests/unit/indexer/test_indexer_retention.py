@@ -83,6 +83,7 @@ class FakeAdmin:
         self.names = dict(names)
         self.deleted: list[str] = []
         self.clock = clock  # OpenSearch's day, or what asking for it raises
+        self.arrivals: dict[str, list[date]] = {}  # an index's events, by arrival day
 
     async def cluster_day(self) -> date:
         if isinstance(self.clock, Exception):
@@ -97,6 +98,12 @@ class FakeAdmin:
         del self.names[name]
         return True
 
+    async def delete_arrived_before(self, name: str, day: date) -> int:
+        kept = [arrived for arrived in self.arrivals.get(name, []) if arrived >= day]
+        deleted = len(self.arrivals.get(name, [])) - len(kept)
+        self.arrivals[name] = kept
+        return deleted
+
 
 async def test_run_once_deletes_only_expired() -> None:
     admin = FakeAdmin(NAMES)
@@ -104,6 +111,26 @@ async def test_run_once_deletes_only_expired() -> None:
     assert deleted == admin.deleted == ["t-2026-01-01", "t-2026-01-30"]
     assert "t-undated" in admin.names
     assert "tx-2020-01-01" in admin.names
+
+
+async def test_undated_events_are_kept_the_retention_days_after_they_arrived(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="indexer.retention")
+    admin = FakeAdmin(NAMES)
+    admin.arrivals["t-undated"] = [date(2026, 1, 30), date(2026, 1, 31), date(2026, 2, 2)]
+    await retention.run_once(admin, prefix="t-", keep_days=2, today=date(2026, 2, 2))
+    # Like the index of their arrival day: that of 30 January is deleted on 2 February.
+    assert admin.arrivals["t-undated"] == [date(2026, 1, 31), date(2026, 2, 2)]
+    assert "t-undated" in admin.names  # the index itself stays
+    [line] = [r for r in caplog.records if "events of" in r.getMessage()]
+    assert line.getMessage() == (
+        "retention deleted events of t-undated that arrived before 2026-01-31"
+    )
+    assert line.events == 1
+
+    await retention.run_once(admin, prefix="t-", keep_days=0, today=date(2030, 1, 1))
+    assert len(admin.arrivals["t-undated"]) == 2  # 0 keeps everything
 
 
 async def test_an_index_gone_meanwhile_is_skipped_and_not_counted() -> None:
