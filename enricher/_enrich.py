@@ -19,7 +19,7 @@ from enricher._clock import (
 )
 from enricher._device import MAX_DEVICE_OS_CHARS, parse_device_os
 from enricher._geo import GeoLookup, geo_of
-from enricher._message import DEFAULT_MAX_CHARS, event_message
+from enricher._message import DEFAULT_MAX_CHARS, event_message, event_message_chars
 from enricher.errors import PoisonMessageError
 from pipeline import logs
 
@@ -135,6 +135,7 @@ def enrich_batch_bytes(
     now_ns: int,
     geo: GeoLookup,
     options: EnrichOptions,
+    cut: set[int] | None = None,
 ) -> bytes:
     """Enriches every event of `raw`, in order; returns the serialised EnrichedBatch.
 
@@ -144,6 +145,10 @@ def enrich_batch_bytes(
     clock skew) is encoded once; per event there remain the clock correction,
     the OS fields (cached per device_os) and the event_message. Each
     EnrichedEvent is the event, the batch's common fields, then the event's own.
+
+    The index of each event whose event_message is cut to
+    `options.event_message_max_chars` is added to `cut`, when given: free-text
+    search finds no word past the cut.
     """
     context = raw.context
     received = received_ns(raw, fallback_ns=fallback_received_ns)
@@ -172,7 +177,7 @@ def enrich_batch_bytes(
 
     parts: list[bytes] = []
     append = parts.append
-    for event in raw.events:
+    for index, event in enumerate(raw.events):
         client = event.client_timestamp
         corrected = corrected_ns(client.seconds * NANOS_PER_S + client.nanos)
         if corrected is None:
@@ -181,6 +186,13 @@ def enrich_batch_bytes(
             clock_fields = _timestamp_field(_CORRECTED_TIMESTAMP, corrected) + status_fields
         os_fields = _os_fields(event.device_os[:MAX_DEVICE_OS_CHARS])  # a bounded cache key
         message = event_message(event.event_name, event.metadata, max_chars=max_chars)
+        # A cut text is as long as the limit: only such a one has its whole length counted.
+        if (
+            len(message) == max_chars
+            and cut is not None
+            and event_message_chars(event.event_name, event.metadata) > max_chars
+        ):
+            cut.add(index)
         message_field = wire.string_field(_EVENT_MESSAGE, message)
         event_bytes = event.SerializeToString()
         event_length = wire.varint(len(event_bytes))
@@ -217,7 +229,7 @@ def enriched_at_slack(now_ns: int) -> int:
 
 
 def split_enriched(
-    data: bytes, limit: int, *, events: int, slack: int
+    data: bytes, limit: int, *, events: int, slack: int, cut: set[int] | None = None
 ) -> list[tuple[int, int, bytes]] | None:
     """A serialised EnrichedBatch of `events` events as batches of at most `limit` bytes,
     each with the range of its events, `(first, end, part)`; None when it fits as it is.
@@ -228,8 +240,9 @@ def split_enriched(
     its largest: sizes are counted as if it took the largest, so every delivery splits at the
     same events, into parts of the same names. An event too large for a message of its own
     has its event_message cut to fit (the gateway takes events up to what one message holds
-    before enrichment, which adds up to four bytes a character of event_message); raises
-    PoisonMessageError for one that does not fit even without it.
+    before enrichment, which adds up to four bytes a character of event_message), its index
+    added to `cut` when given; raises PoisonMessageError for one that does not fit even
+    without it.
     """
     # Each event counts its size with the largest enriched_at and 8 bytes for its key and
     # length: the same on every delivery. Its key and length take 2 to 7 bytes of `data`, so
@@ -247,6 +260,8 @@ def split_enriched(
     for index, (event, one) in enumerate(zip(items, sizes, strict=True)):
         if base + one > limit:
             one = _cut_to_fit(event, one, limit - base, index=index)
+            if cut is not None:
+                cut.add(index)
         if size + one > limit:
             parts.append((start, index, _part(batch, start, index)))
             start, size = index, base

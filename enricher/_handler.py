@@ -104,9 +104,15 @@ class Sink(Protocol):
 @dataclass(frozen=True, slots=True)
 class _Outgoing:
     subject: str
-    parts: list[tuple[str, bytes, int]]  # (Nats-Msg-Id, enriched batch, events); usually one
+    # (Nats-Msg-Id, enriched batch, events, events whose event_message is cut); usually one
+    parts: list[tuple[str, bytes, int, int]]
     headers: dict[str, str]
     events: int
+
+
+def _among(indices: set[int], first: int, end: int) -> int:
+    """How many of `indices` are in [first, end): the cut events of one part."""
+    return sum(first <= index < end for index in indices) if indices else 0
 
 
 # While publishing fails, every message and redelivery is retried: one warning this often.
@@ -262,6 +268,7 @@ class Handler:
             raw = decode_raw(delivery.data, headers, max_events=self._max_events)
             app_id = app_id_of(raw, delivery.subject)
             now_ns = self._clock_ns()
+            cut: set[int] = set()  # the events whose event_message is cut
             data = enrich_batch_bytes(
                 raw,
                 app_id=app_id,
@@ -269,6 +276,7 @@ class Handler:
                 now_ns=now_ns,
                 geo=self._geo,
                 options=self._options,
+                cut=cut,
             )
             msg_id = enriched_msg_id(
                 stream_seq=delivery.stream_seq,
@@ -277,7 +285,9 @@ class Handler:
             )
             limit = self._max_message_bytes()
             split = (
-                split_enriched(data, limit, events=len(raw.events), slack=enriched_at_slack(now_ns))
+                split_enriched(
+                    data, limit, events=len(raw.events), slack=enriched_at_slack(now_ns), cut=cut
+                )
                 if limit
                 else None
             )
@@ -287,9 +297,12 @@ class Handler:
             # again (the indexer answers 409 for their events), where a name reused for a
             # part holding more events would be taken for a duplicate and lose the difference.
             parts = (
-                [(msg_id, data, len(raw.events))]
+                [(msg_id, data, len(raw.events), len(cut))]
                 if split is None
-                else [(f"{msg_id}:{first}-{end}", part, end - first) for first, end, part in split]
+                else [
+                    (f"{msg_id}:{first}-{end}", part, end - first, _among(cut, first, end))
+                    for first, end, part in split
+                ]
             )
             out = {subjects.SCHEMA_HEADER: subjects.ENRICHED_SCHEMA}
             span.set_attribute("pipeline.app_id", app_id)
@@ -398,12 +411,15 @@ class Handler:
     async def _publish(self, item: _Outgoing) -> int:
         """Publishes every part; returns the events of the parts the stream did not have
         already (0: a duplicate, all published before). Events are counted as their part is
-        taken: once each, whether a redelivery repeats all the parts or only the rest."""
+        taken: once each, whether a redelivery repeats all the parts or only the rest; those
+        whose event_message is cut likewise."""
         published = 0
-        for msg_id, data, events in item.parts:
+        for msg_id, data, events, cut in item.parts:
             headers = {subjects.MSG_ID_HEADER: msg_id, **item.headers}
             if not await self._sink.publish(item.subject, data, headers=headers):
                 self._metrics.events.inc(events)
+                if cut:
+                    self._metrics.event_message_truncated.inc(cut)
                 published += events
         return published
 

@@ -76,6 +76,12 @@ class Metrics:
             "Raw messages kept while NATS does not take their publish (enriched stream or DLQ)",
             registry=self.registry,
         )
+        self.event_message_truncated = Counter(
+            "enricher_event_message_truncated",
+            "Events published whose event_message, the text free-text search matches, was cut "
+            "(to ENRICHER_EVENT_MESSAGE_MAX_CHARS, or shorter to fit a NATS message), once each",
+            registry=self.registry,
+        )
         self.grpc_events = Counter(
             "enricher_grpc_events",
             "Events enriched through gRPC EnrichEvents",

@@ -112,6 +112,7 @@ def bench_pure(events: int, rounds: int) -> None:
             now_ns=time.time_ns(),
             geo=geo,
             options=options,
+            cut=set(),  # as the consumer asks, to count the events whose text is cut
         )
         return len(raw.events)
 

@@ -353,7 +353,10 @@ def test_bytes_equal_the_serialised_parts_put_together(
         "geo": _FixedGeo(location),
         "options": EnrichOptions(max_skew_ns=max_skew_s * S, event_message_max_chars=max_chars),
     }
-    assert enrich_batch_bytes(raw, **given_args) == _assembled_reference(raw, **given_args)
+    cut: set[int] = set()
+    assert enrich_batch_bytes(raw, **given_args, cut=cut) == _assembled_reference(raw, **given_args)
+    whole = [event_message(e.event_name, e.metadata, max_chars=10**9) for e in raw.events]
+    assert cut == {index for index, text in enumerate(whole) if len(text) > max_chars}
 
 
 def test_a_device_os_is_read_and_cached_only_up_to_the_gateways_limit() -> None:
@@ -386,6 +389,38 @@ def test_caches_of_encoded_values_are_bounded() -> None:
 def _cuts(data: bytes, limit: int, *, events: int, now_ns: int) -> list[tuple[int, int]] | None:
     split = split_enriched(data, limit, events=events, slack=enriched_at_slack(now_ns))
     return None if split is None else [(first, end) for first, end, _ in split]
+
+
+def test_an_event_cut_to_fit_a_message_is_added_to_those_cut() -> None:
+    raw = event_pb2.RawBatch()
+    raw.context.app_id = "shop"
+    raw.events.add(event_id="e0", event_name="open").metadata["k"] = "x" * 200  # cut: 100
+    raw.events.add(event_id="e1", event_name="open")
+    # 97 characters, not cut at 100, but of 3 bytes each: about 570 bytes enriched.
+    raw.events.add(event_id="e2", event_name="open").metadata["k"] = "語" * 90
+    cut: set[int] = set()
+    data = enrich_batch_bytes(
+        raw,
+        app_id="shop",
+        fallback_received_ns=1_700_000_000 * S,
+        now_ns=NOW_NS,
+        geo=OfflineGeo(),
+        options=EnrichOptions(event_message_max_chars=100),
+        cut=cut,
+    )
+    assert cut == {0}
+
+    split = split_enriched(data, 450, events=3, slack=enriched_at_slack(NOW_NS), cut=cut)
+
+    assert split is not None
+    texts = [
+        e.event_message
+        for *_, part in split
+        for e in event_pb2.EnrichedBatch.FromString(part).events
+    ]
+    assert [len(text) for text in texts[:2]] == [100, len("open")]
+    assert len(texts[2]) < len("open k ") + 90
+    assert cut == {0, 2}
 
 
 def test_every_delivery_splits_alike_whatever_enriched_at_takes() -> None:

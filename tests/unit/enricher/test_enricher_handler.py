@@ -106,11 +106,12 @@ def _handler(
     retry_log: logs.Throttle | None = None,
     retry: RetryPolicy = RETRY,
     touch_every_s: float = 10.0,
+    options: EnrichOptions | None = None,
 ) -> Handler:
     return Handler(
         sink=sink,
         geo=geo or OfflineGeo(),
-        options=EnrichOptions(),
+        options=options or EnrichOptions(),
         retry=retry,
         metrics=metrics or Metrics(),
         clock_ns=clock_ns,
@@ -596,9 +597,9 @@ async def test_an_event_too_large_only_for_its_event_message_has_that_text_cut(
     big = raw.events.add(event_id="e-big", event_name="open", device_os="iOS 17.2")
     big.metadata["text"] = "語" * 1000
     raw.events.add(event_id="e-small", event_name="open", device_os="iOS 17.2")
-    sink, limit = FakeSink(), 4000
+    sink, limit, metrics = FakeSink(), 4000, Metrics()
 
-    handler = _handler(sink, max_message_bytes=limit)
+    handler = _handler(sink, metrics, max_message_bytes=limit)
     await handler.handle([FakeDelivery(raw.SerializeToString())])
     first_ids = [h[subjects.MSG_ID_HEADER] for _, _, h in sink.published]
     await handler.handle([FakeDelivery(raw.SerializeToString(), deliveries=2)])
@@ -619,6 +620,80 @@ async def test_an_event_too_large_only_for_its_event_message_has_that_text_cut(
     assert [h[subjects.MSG_ID_HEADER] for _, _, h in sink.published[len(first_ids) :]] == first_ids
     # One line, not one per delivery (the second within the throttle's 30 s).
     assert caplog.text.count("its event_message is cut to") == 1
+    assert _sample(metrics, TRUNCATED) == 1  # counted too, once
+
+
+TRUNCATED = "enricher_event_message_truncated_total"
+_CUT_AT = EnrichOptions(event_message_max_chars=100)
+
+
+def _texts(*lengths: int) -> bytes:
+    """A raw message of one event per length, whose event_message ("open k " and a value)
+    has that many characters before it is cut."""
+    raw = event_pb2.RawBatch()
+    raw.context.app_id = "shop"
+    for i, length in enumerate(lengths):
+        event = raw.events.add(event_id=f"e{i:03d}", event_name="open")
+        event.metadata["k"] = "v" * (length - len("open k "))
+    return raw.SerializeToString()
+
+
+async def test_each_event_whose_event_message_is_cut_is_counted_once() -> None:
+    sink, metrics = FakeSink(), Metrics()
+    handler = _handler(sink, metrics, options=_CUT_AT)
+
+    await handler.handle([FakeDelivery(_texts(20, 101, 99, 100, 5000))])
+
+    texts = [
+        e.event_message for e in event_pb2.EnrichedBatch.FromString(sink.published[0][1]).events
+    ]
+    assert [len(text) for text in texts] == [20, 100, 99, 100, 100]
+    assert _sample(metrics, TRUNCATED) == 2  # 101 and 5000; 100 is whole
+    assert _sample(metrics, "enricher_events_total") == 5
+
+    await handler.handle([FakeDelivery(_texts(20, 101, 99, 100, 5000), deliveries=2)])
+    assert _sample(metrics, "enricher_duplicates_total") == 1
+    assert _sample(metrics, TRUNCATED) == 2  # a redelivery's events are not counted again
+
+
+async def test_a_message_none_of_whose_event_messages_is_cut_leaves_the_count_alone() -> None:
+    sink, metrics = FakeSink(), Metrics()
+    handler = _handler(sink, metrics, options=_CUT_AT)
+    assert metrics.registry.get_sample_value(TRUNCATED) == 0  # there from the start
+
+    await handler.handle([FakeDelivery(_texts(101), stream_seq=1)])
+    await handler.handle([FakeDelivery(_texts(7, 99, 100, 100), stream_seq=2)])
+
+    assert _sample(metrics, "enricher_events_total") == 5
+    assert _sample(metrics, TRUNCATED) == 1  # the first message's
+
+
+async def test_the_cut_events_of_a_split_message_are_counted_once_as_their_part_is_taken() -> None:
+    # The first process publishes one part and stops; the next publishes that part again
+    # (a duplicate) and the rest. Each cut event counts as its own part is taken.
+    lengths = (150, 20, 150, 150, 20, 20, 150, 20)
+    limit = 700  # parts of 2 to 4 events
+    sink, metrics = SinkFailingAfter(), Metrics()
+    sink.good = 1
+    stopping = _handler(sink, metrics, options=_CUT_AT, max_message_bytes=limit, touch_every_s=0.01)
+    first = FakeDelivery(_texts(*lengths))
+    handling = asyncio.create_task(stopping.handle([first]))
+    await asyncio.wait_for(first.touches(1), 1.0)
+    stopping.stop()
+    await handling
+    taken = event_pb2.EnrichedBatch.FromString(sink.published[0][1]).events
+    cut = sum(len(e.event.metadata["k"]) > 100 - len("open k ") for e in taken)
+    assert 0 < cut < 4
+    assert _sample(metrics, TRUNCATED) == cut
+
+    sink.good = 1_000
+    again = FakeDelivery(_texts(*lengths), deliveries=2)
+    await _handler(sink, metrics, options=_CUT_AT, max_message_bytes=limit).handle([again])
+
+    assert again.log == ["ack"]
+    assert len(sink.by_id) > 2
+    assert _sample(metrics, "enricher_events_total") == len(lengths)
+    assert _sample(metrics, TRUNCATED) == 4
 
 
 async def test_an_event_too_large_for_any_message_goes_to_the_dlq() -> None:

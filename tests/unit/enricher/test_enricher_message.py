@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from enricher._message import event_message
+from enricher._message import event_message, event_message_chars
 
 
 def test_name_then_keys_and_values_in_key_order() -> None:
@@ -41,3 +41,22 @@ def test_every_value_is_findable_when_it_fits(
     assert full.startswith(text)
     for key, value in metadata.items():
         assert f"{key} {value}" in full
+
+
+@given(
+    name=st.text(max_size=50),
+    metadata=st.dictionaries(st.text(max_size=20), st.text(max_size=50), max_size=10),
+)
+def test_the_length_before_the_cut_is_that_of_the_whole_text(
+    name: str, metadata: dict[str, str]
+) -> None:
+    assert event_message_chars(name, metadata) == len(
+        event_message(name, metadata, max_chars=10**9)
+    )
+
+
+def test_a_text_exactly_as_long_as_the_limit_is_not_cut() -> None:
+    text = event_message("e", {"k": "v" * 96}, max_chars=100)
+    assert len(text) == 100
+    assert event_message_chars("e", {"k": "v" * 96}) == 100
+    assert event_message_chars("e", {"k": "v" * 97}) == 101
