@@ -140,7 +140,9 @@ class Config(NatsSettings, TracingSettings):
     event_message_max_chars: int = setting(
         "ENRICHER_EVENT_MESSAGE_MAX_CHARS",
         DEFAULT_EVENT_MESSAGE_MAX_CHARS,
-        "characters of event_message at most",
+        "characters of event_message at most: the one text free-text search matches, the "
+        "event name then each metadata key and value, keys in sorted order; no word past the cut "
+        "is found (enricher_event_message_truncated_total counts the events cut)",
         check=_at_least_one,
     )
     lag_refresh_s: float = setting(

@@ -208,7 +208,15 @@ def _filter_params() -> list[dict[str, Any]]:
             param["description"] = 'the device OS, or the OS name alone ("iOS" matches "iOS 17.2")'
     params.append(_param("start", {"type": "string", "format": "date-time"}))
     params.append(_param("end", {"type": "string", "format": "date-time"}))
-    params.append(_param("q", {"type": "string"}))
+    params.append(
+        {
+            **_param("q", {"type": "string"}),
+            "description": "free text: whole words, all of which must match, in any case, in the "
+            "event name and the metadata keys and values as one text, keys in sorted order, up to "
+            "its first ENRICHER_EVENT_MESSAGE_MAX_CHARS characters (4,096 by default): no word "
+            "past them is found",
+        }
+    )
     return params
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from enricher.config import DEFAULT_EVENT_MESSAGE_MAX_CHARS
+from gateway._openapi import document
 from scripts import settings_table
 from tests.script_modules import load_script
 
@@ -21,6 +23,18 @@ def test_readme_lists_every_setting_as_the_code_declares_it() -> None:
     assert "`INDEXER_INDEX_PREFIX`" in expected
     current = tool.readme_table((ROOT / "README.md").read_text())
     assert current == expected, "README.md is stale: run scripts/settings_table.py --write"
+
+
+def test_what_free_text_search_reaches_is_said_with_the_enrichers_default() -> None:
+    """q and EventFilter.text search event_message, which the enricher cuts: the README, the
+    OpenAPI document and the proto say so, with the default the enricher has."""
+    bound = f"`ENRICHER_EVENT_MESSAGE_MAX_CHARS` characters ({DEFAULT_EVENT_MESSAGE_MAX_CHARS:,}"
+    assert bound in (ROOT / "README.md").read_text()
+    params = document()["paths"]["/v1/events"]["get"]["parameters"]
+    (q,) = [param for param in params if param["name"] == "q"]
+    proto = (ROOT / "protos" / "telemetry" / "v1" / "query_service.proto").read_text()
+    for text in (q["description"], " ".join(proto.split("//"))):
+        assert bound.replace("`", "") in " ".join(text.split())
 
 
 def test_readme_names_the_two_commands() -> None:

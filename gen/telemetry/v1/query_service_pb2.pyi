@@ -117,10 +117,14 @@ class EventFilter(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     text: _builtins.str
-    """text is a free-text search over event_message (event name and metadata);
-    plain words, all of which must match, in any case. Words are whole as the
-    standard analyser splits them: "item_purchased", "screen.view" and
-    "2.3.1" are one word each, so "purchased" does not find "item_purchased".
+    """text is a free-text search over event_message: the event name and the
+    metadata keys and values as one text, keys in sorted order, up to its
+    first ENRICHER_EVENT_MESSAGE_MAX_CHARS characters (4,096 by default; no
+    word past them is found, and the enricher counts the events cut in
+    enricher_event_message_truncated_total). Plain words, all of which must
+    match, in any case. Words are whole as the standard analyser splits them:
+    "item_purchased", "screen.view" and "2.3.1" are one word each, so
+    "purchased" does not find "item_purchased".
     It is not a query language. At most 1,000 characters; text with no word
     in it (punctuation or symbols alone, such as "#!?" or "→") is
     INVALID_ARGUMENT rather than a search that matches nothing.
