@@ -50,6 +50,10 @@ class GrpcServer:
         self._interceptors = tuple(interceptors)
         self._address = f"{host}:{port}"
         self._options = list(options)
+        if not any(name == "grpc.so_reuseport" for name, _ in self._options):
+            # grpcio turns SO_REUSEPORT on by default on Linux: a second process on the same
+            # port would start without an error and take part of the calls.
+            self._options.append(("grpc.so_reuseport", 0))
         self._grace_s = grace_s
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
