@@ -20,7 +20,6 @@ from nats.js import api as js_api
 from nats.js.errors import BadRequestError, NotFoundError
 
 from enricher._handler import Delivery, Handler
-from enricher._raw import dead_letter_id
 from enricher.errors import BrokerError, DeadLetterRefusedError, PublishRefusedError
 from pipeline import natsconn, subjects
 from pipeline.settings import NatsSettings
@@ -86,9 +85,9 @@ class JsSink:
                 source_subject=delivery.subject,
                 headers=delivery.headers,
                 deliveries=delivery.deliveries,
-                msg_id=dead_letter_id(
+                msg_id=subjects.dead_letter_id(
                     stream_seq=delivery.stream_seq,
-                    raw_msg_id=delivery.headers.get(subjects.MSG_ID_HEADER, ""),
+                    msg_id=delivery.headers.get(subjects.MSG_ID_HEADER, ""),
                     data=delivery.data,
                 ),
                 source_seq=delivery.stream_seq,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 
 from google.protobuf.message import DecodeError
@@ -66,26 +65,4 @@ def enriched_msg_id(*, stream_seq: int, raw_msg_id: str, data: bytes) -> str:
     id, or the digest of its bytes when it has none, keeps ids apart should the raw
     stream be made anew (its sequences start at 1 again) within that window.
     """
-    return f"enr:{stream_seq}:{raw_msg_id or _digest(data)}"
-
-
-def _digest(data: bytes) -> str:
-    return "sha256-" + hashlib.sha256(data).hexdigest()
-
-
-# A raw message id longer than this is named in a dead letter's id by its hash.
-_DEAD_LETTER_ID_RAW_CHARS = 128
-
-
-def dead_letter_id(*, stream_seq: int, raw_msg_id: str, data: bytes) -> str:
-    """What names the dead letter of one raw message (the DLQ's Nats-Msg-Id after
-    `dlq:enricher:`): the same on every redelivery, so a message dead-lettered again is
-    dropped as a duplicate; with the raw message id (the digest of its bytes when it has
-    none), so that a new message of a raw stream made anew (its sequences start at 1
-    again) within the duplicate window is not taken for an earlier one.
-    """
-    if not raw_msg_id:
-        return f"{stream_seq}:{_digest(data)}"
-    if len(raw_msg_id) > _DEAD_LETTER_ID_RAW_CHARS:
-        raw_msg_id = _digest(raw_msg_id.encode())
-    return f"{stream_seq}:{raw_msg_id}"
+    return f"enr:{stream_seq}:{raw_msg_id or subjects.digest(data)}"

@@ -61,6 +61,7 @@ class NatsDeadLetters:
         headers: Mapping[str, str],
         deliveries: int,
         msg_id: str,
+        source_seq: int,
     ) -> bool:
         return await natsconn.publish_dlq(
             self._js,
@@ -71,6 +72,7 @@ class NatsDeadLetters:
             headers=headers,
             deliveries=deliveries,
             msg_id=msg_id,
+            source_seq=source_seq,
             max_payload=self._max_payload(),
         )
 

@@ -35,6 +35,21 @@ EVENT_SCHEMA = "telemetry.v1.EnrichedEvent"  # payload of a dead letter for one 
 DLQ_FAILURE_LOG_INTERVAL_S = 30.0
 
 
+def _dead_letter_id(delivery: Delivery) -> str:
+    """The id of the dead letters of a message (that of one of its events adds the event's
+    position): its stream sequence and its own Nats-Msg-Id, or the digest of its bytes when it
+    has none. The same on every redelivery, so a dead letter published again is dropped as a
+    duplicate. The sequence alone would not do: TELEMETRY_ENRICHED made anew (the stream
+    repair does it) numbers its messages from 1 again, and within the duplicate window the DLQ
+    would drop a new message's dead letter as an earlier one's, the message settled all the
+    same and its dead letter lost."""
+    return subjects.dead_letter_id(
+        stream_seq=delivery.stream_seq,
+        msg_id=delivery.headers.get(subjects.MSG_ID_HEADER, ""),
+        data=delivery.data,
+    )
+
+
 def _dlq_label(reason: str) -> str:
     """The indexer_dlq_total label of a rejected event: event_id_collision for another event
     under a stored id, rejected for one OpenSearch refused or that is no document."""
@@ -57,8 +72,14 @@ class Delivery(Protocol):
     def deliveries(self) -> int: ...
 
     @property
+    def stream_seq(self) -> int:
+        """The message's sequence in the enriched stream (the same on every redelivery)."""
+        ...
+
+    @property
     def msg_id(self) -> str:
-        """A stable id of the message (its stream sequence)."""
+        """`<stream>:<sequence>`, for logs (not for dead letters' ids: a stream made anew
+        numbers its messages from 1 again)."""
         ...
 
     async def ack(self) -> None: ...
@@ -82,8 +103,13 @@ class DeadLetters(Protocol):
         headers: Mapping[str, str],
         deliveries: int,
         msg_id: str,
+        source_seq: int,
     ) -> bool:
-        """True when the DLQ already had it (dead-lettered before, by an earlier delivery)."""
+        """True when the DLQ already had it (dead-lettered before, by an earlier delivery).
+
+        `msg_id` names it in the DLQ's duplicate window; `source_seq` is the sequence of the
+        message it came from in the enriched stream (Telemetry-Dlq-Source-Seq).
+        """
         ...
 
 
@@ -264,7 +290,8 @@ class Intake:
                 subject=delivery.subject,
                 headers=delivery.headers,
                 deliveries=delivery.deliveries,
-                msg_id=delivery.msg_id,
+                msg_id=_dead_letter_id(delivery),
+                source_seq=delivery.stream_seq,
             )
         except Exception as err:
             self._dlq_failed(delivery, err)
@@ -320,6 +347,7 @@ class Intake:
         """
         dlq_failed = False
         delivery = message.delivery
+        letter_id = _dead_letter_id(delivery) if message.rejected else ""
         for position, reason in message.rejected:
             event = message.events[position]
             try:
@@ -330,7 +358,8 @@ class Intake:
                     headers={**delivery.headers, subjects.SCHEMA_HEADER: EVENT_SCHEMA},
                     deliveries=delivery.deliveries,
                     # By position: two rejected events may share an id (both empty, say).
-                    msg_id=f"{delivery.msg_id}:{position}",
+                    msg_id=f"{letter_id}:{position}",
+                    source_seq=delivery.stream_seq,
                 )
             except Exception as err:  # NATS away: nak the message, the event comes back
                 self._dlq_failed(delivery, err)

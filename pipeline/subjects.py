@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 RAW_STREAM = "TELEMETRY_RAW"
@@ -65,3 +66,29 @@ def dlq_subject(stage: str) -> str:
 def app_of(subject: str) -> str:
     """The app id at the end of a raw or enriched subject."""
     return subject.rsplit(".", 1)[-1]
+
+
+def digest(data: bytes) -> str:
+    """`sha256-<hex>` of `data`: what names a message that has no id of its own."""
+    return "sha256-" + hashlib.sha256(data).hexdigest()
+
+
+# A message id longer than this is named in a dead letter's id by its hash.
+_DEAD_LETTER_ID_MSG_ID_CHARS = 128
+
+
+def dead_letter_id(*, stream_seq: int, msg_id: str, data: bytes) -> str:
+    """What names the dead letter of one stream message (the DLQ's Nats-Msg-Id after
+    `dlq:<stage>:`), from its sequence in its stream and its own Nats-Msg-Id (`msg_id`; the
+    digest of its bytes `data` when it has none).
+
+    The same on every redelivery, so a message dead-lettered again is dropped as a
+    duplicate; not the sequence alone, so that a new message of a stream made anew (its
+    sequences start at 1 again) within the DLQ's duplicate window is not taken for an
+    earlier one, dropped, and lost.
+    """
+    if not msg_id:
+        return f"{stream_seq}:{digest(data)}"
+    if len(msg_id) > _DEAD_LETTER_ID_MSG_ID_CHARS:
+        msg_id = digest(msg_id.encode())
+    return f"{stream_seq}:{msg_id}"

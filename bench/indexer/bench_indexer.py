@@ -305,6 +305,7 @@ class _Settled:
     subject = subjects.enriched_subject(APP_ID)
     headers: ClassVar[dict[str, str]] = {}
     deliveries = 1
+    stream_seq = 1
     msg_id = "bench"
 
     def __init__(self, data: bytes) -> None:

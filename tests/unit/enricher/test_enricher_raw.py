@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 from telemetry.v1 import event_pb2
 
@@ -13,7 +11,6 @@ from enricher._raw import (
     REASON_UNDECODABLE,
     REASON_WRONG_SCHEMA,
     app_id_of,
-    dead_letter_id,
     decode_raw,
     enriched_msg_id,
 )
@@ -77,22 +74,12 @@ def test_msg_id_depends_on_the_raw_message_only() -> None:
     )
 
 
-@pytest.mark.parametrize("name", [enriched_msg_id, dead_letter_id])
-def test_a_message_without_an_id_is_named_by_its_bytes(name: Callable[..., str]) -> None:
+def test_a_message_without_an_id_is_named_by_its_bytes() -> None:
     # A raw stream made anew numbers its messages from 1 again: within the duplicate
     # window, a name by sequence alone would drop another message's batch as a duplicate.
-    assert name(stream_seq=42, raw_msg_id="", data=b"first") == name(
+    assert enriched_msg_id(stream_seq=42, raw_msg_id="", data=b"first") == enriched_msg_id(
         stream_seq=42, raw_msg_id="", data=b"first"
     )
-    assert name(stream_seq=42, raw_msg_id="", data=b"first") != name(
+    assert enriched_msg_id(stream_seq=42, raw_msg_id="", data=b"first") != enriched_msg_id(
         stream_seq=42, raw_msg_id="", data=b"second"
     )
-
-
-def test_dead_letter_id_names_the_raw_message_id_and_hashes_a_long_one() -> None:
-    assert dead_letter_id(stream_seq=42, raw_msg_id="b-1", data=b"x") == "42:b-1"
-    long_a, long_b = "a" * 129 + "1", "a" * 129 + "2"
-    assert dead_letter_id(stream_seq=42, raw_msg_id=long_a, data=b"x") != dead_letter_id(
-        stream_seq=42, raw_msg_id=long_b, data=b"x"
-    )
-    assert len(dead_letter_id(stream_seq=42, raw_msg_id=long_a, data=b"x")) < 80

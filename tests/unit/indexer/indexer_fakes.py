@@ -119,9 +119,13 @@ class FakeDelivery:
     subject: str = "telemetry.enriched.v1.shop"
     headers: Mapping[str, str] = field(default_factory=dict)
     deliveries: int = 1
-    msg_id: str = "TELEMETRY_ENRICHED:1"
+    stream_seq: int = 1
     settled: list[str] = field(default_factory=list)
     touched: int = 0
+
+    @property
+    def msg_id(self) -> str:
+        return f"TELEMETRY_ENRICHED:{self.stream_seq}"
 
     async def ack(self) -> None:
         self.settled.append("ack")
@@ -144,6 +148,7 @@ class DeadLetter:
     headers: Mapping[str, str]
     deliveries: int
     msg_id: str
+    source_seq: int
 
 
 class FakeDeadLetters:
@@ -160,11 +165,14 @@ class FakeDeadLetters:
         headers: Mapping[str, str],
         deliveries: int,
         msg_id: str,
+        source_seq: int,
     ) -> bool:
         """Keeps one letter per message id, as JetStream's duplicate window does."""
         if self.fail:
             raise ConnectionError("nats away")
         if any(letter.msg_id == msg_id for letter in self.letters):
             return True
-        self.letters.append(DeadLetter(reason, data, subject, dict(headers), deliveries, msg_id))
+        self.letters.append(
+            DeadLetter(reason, data, subject, dict(headers), deliveries, msg_id, source_seq)
+        )
         return False

@@ -1,4 +1,5 @@
-"""EnrichedConsumer: a lost durable consumer is created again; readiness sees failing fetches."""
+"""The NATS adapter: a lost durable consumer is created again, readiness sees failing
+fetches, and a dead letter carries its id and the sequence of its message."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 
-from indexer.consumer import EnrichedConsumer
+from indexer.consumer import EnrichedConsumer, NatsDeadLetters
 from indexer.intake import Intake
 from indexer.metrics import Metrics
 from pipeline import subjects
@@ -256,3 +257,45 @@ async def test_close_with_no_time_left_still_unsubscribes_when_that_needs_no_wai
 
     assert js.unsubscribed
     assert caplog.messages == []
+
+
+class RecordingJetStream:
+    """js.publish as the DLQ publisher calls it: what was published, and a PubAck."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes, dict[str, str]]] = []
+
+    async def publish(
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        timeout: float,  # noqa: ASYNC109 - nats-py's signature
+        stream: str,
+        headers: dict[str, str],
+    ) -> js_api.PubAck:
+        assert stream == subjects.DLQ_STREAM
+        self.published.append((subject, payload, headers))
+        return js_api.PubAck(stream=stream, seq=len(self.published), duplicate=False)
+
+
+async def test_a_dead_letter_carries_its_id_and_the_sequence_of_its_message() -> None:
+    js = RecordingJetStream()
+    dead_letters = NatsDeadLetters(cast(JetStreamContext, js))
+
+    again = await dead_letters.publish(
+        reason="undecodable: not an EnrichedBatch",
+        data=b"\xff garbage",
+        subject="telemetry.enriched.v1.shop",
+        headers={subjects.MSG_ID_HEADER: "enr:7:a"},
+        deliveries=2,
+        msg_id="41:enr:7:a",
+        source_seq=41,
+    )
+
+    assert again is False
+    [(subject, payload, headers)] = js.published
+    assert (subject, payload) == ("telemetry.dlq.v1.indexer", b"\xff garbage")
+    assert headers[subjects.MSG_ID_HEADER] == "dlq:indexer:41:enr:7:a"
+    assert headers[subjects.DLQ_SOURCE_SEQ_HEADER] == "41"
+    assert headers[subjects.DLQ_DELIVERIES_HEADER] == "2"

@@ -1,5 +1,5 @@
-"""The dead letter a stage stores for a message it gives up on: headers the DLQ stream
-takes, and a message that fits the server's max_payload (pure function, no server)."""
+"""The dead letter a stage stores for a message it gives up on: its id, headers the DLQ
+stream takes, and a message that fits the server's max_payload (pure functions, no server)."""
 
 from __future__ import annotations
 
@@ -96,3 +96,26 @@ def test_original_headers_too_large_for_any_dead_letter_are_left_out_too() -> No
     assert "X-Huge" not in out
     assert out[subjects.DLQ_STAGE_HEADER] == "enricher"
     assert _sent_size(payload, out) <= MAX_PAYLOAD
+
+
+def test_a_dead_letter_is_named_by_the_sequence_and_the_message_id() -> None:
+    assert subjects.dead_letter_id(stream_seq=42, msg_id="b-1", data=b"x") == "42:b-1"
+    # The same message again (a redelivery): the same name, dropped by the DLQ as a duplicate.
+    assert subjects.dead_letter_id(stream_seq=42, msg_id="b-1", data=b"y") == "42:b-1"
+    # A stream made anew numbers its messages from 1 again: another message at 42 is not it.
+    assert subjects.dead_letter_id(stream_seq=42, msg_id="b-2", data=b"x") == "42:b-2"
+
+
+def test_a_message_without_an_id_is_named_by_its_bytes() -> None:
+    first = subjects.dead_letter_id(stream_seq=42, msg_id="", data=b"first")
+    assert first == subjects.dead_letter_id(stream_seq=42, msg_id="", data=b"first")
+    assert first != subjects.dead_letter_id(stream_seq=42, msg_id="", data=b"second")
+    assert first == f"42:{subjects.digest(b'first')}"
+
+
+def test_a_long_message_id_is_named_by_its_hash() -> None:
+    long_a, long_b = "a" * 129 + "1", "a" * 129 + "2"
+    named_a = subjects.dead_letter_id(stream_seq=42, msg_id=long_a, data=b"x")
+    assert named_a != subjects.dead_letter_id(stream_seq=42, msg_id=long_b, data=b"x")
+    assert len(named_a) < 80
+    assert subjects.dead_letter_id(stream_seq=42, msg_id="a" * 128, data=b"x") == "42:" + "a" * 128
