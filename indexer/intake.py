@@ -3,8 +3,8 @@
 `Intake.handle()` takes one delivered message (through the `Delivery` port, so tests
 use fakes), turns each event of its `EnrichedBatch` into a bulk item and settles the
 message when the last item is done: ack, or nak when a dead letter could not be
-published. Undecodable messages and messages delivered too often go to the DLQ whole
-and are terminated.
+published. Undecodable messages, batches of no events and messages delivered too often go
+to the DLQ whole and are terminated.
 """
 
 from __future__ import annotations
@@ -254,10 +254,13 @@ class Intake:
             await self._give_up(delivery, f"not an EnrichedBatch: {err}", "undecodable")
             return
         events = batch.events
-        message = _Message(self, delivery, events, len(events))
         if not events:
-            await self._settle(message)
+            # The enricher never publishes one (it dead-letters a raw batch of no events):
+            # these are the bytes of something else that happened to parse, or none at all.
+            reason = "an EnrichedBatch of no events (the enricher publishes none)"
+            await self._give_up(delivery, reason, "empty_batch")
             return
+        message = _Message(self, delivery, events, len(events))
         link = self._tracing.incoming_link(delivery.headers)
         done = message.done
         prefix = self._prefix

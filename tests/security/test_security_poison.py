@@ -49,7 +49,11 @@ def _poison(marker: bytes) -> dict[str, list[tuple[bytes, dict[str, str]]]]:
             ),
             (not_an_app, {}),
         ],
-        subjects.enriched_subject(APP_ID): [*common, (no_id, {})],
+        subjects.enriched_subject(APP_ID): [
+            *common,
+            (b"", {"X-Marker": marker.decode()}),  # a batch of nothing
+            (no_id, {}),
+        ],
     }
 
 
@@ -106,7 +110,7 @@ def test_security_poison_on_every_subject_goes_to_the_dlq(secured: Pipeline) -> 
     }
     assert by_subject == {
         subjects.raw_subject(APP_ID): ["enricher"] * 6,
-        subjects.enriched_subject(APP_ID): ["indexer"] * 4,
+        subjects.enriched_subject(APP_ID): ["indexer"] * 5,
     }
     # The oversized ones are kept whole, so a replay has what was sent.
     assert sum(1 for e in found if e.size > OVERSIZED_BYTES) == 2

@@ -344,11 +344,32 @@ async def test_the_next_warning_about_the_dlq_says_how_many_were_left_out(
     assert [r.held_back for r in lines] == [0, 29, 29]
 
 
-async def test_empty_batch_is_acked_and_touch_reaches_open_messages() -> None:
+@pytest.mark.parametrize(
+    "data",
+    [b"", event_pb2.EnrichedBatch(batch_id="b-1", app_id="shop").SerializeToString()],
+    ids=["no-bytes", "no-events"],
+)
+async def test_a_batch_of_no_events_is_dead_lettered_and_terminated(data: bytes) -> None:
+    # The enricher never publishes one: acked, it would leave no trace but a count of acks.
+    _, dead, _, intake = _setup()
+    delivery = FakeDelivery(data, headers={"X-Origin": "test"}, stream_seq=5)
+    await intake.handle(delivery)
+
+    assert delivery.settled == ["term"]
+    [letter] = dead.letters
+    assert letter.reason == (
+        "empty_batch: an EnrichedBatch of no events (the enricher publishes none)"
+    )
+    assert (letter.data, letter.headers, letter.source_seq) == (data, {"X-Origin": "test"}, 5)
+    assert intake.in_progress == 0
+    registry = intake._metrics.registry
+    assert registry.get_sample_value("indexer_dlq_total", {"reason": "empty_batch"}) == 1.0
+    assert registry.get_sample_value("indexer_messages_total", {"outcome": "termed"}) == 1.0
+    assert registry.get_sample_value("indexer_messages_total", {"outcome": "acked"}) is None
+
+
+async def test_touch_reaches_open_messages() -> None:
     _, _, writer, intake = _setup()
-    empty = FakeDelivery(_batch())
-    await intake.handle(empty)
-    assert empty.settled == ["ack"]
     waiting = FakeDelivery(_batch(_event("a")))
     await intake.handle(waiting)
     await intake.touch()
