@@ -17,7 +17,7 @@ def parse_time(text: str, *, now: datetime) -> datetime:
     """The moment `text` names: `now`, an age before `now` (`2d`), or an RFC 3339 date-time.
 
     An RFC 3339 value must carry its offset (`Z` or `+02:00`); a bare local time is refused
-    rather than guessed.
+    rather than guessed. A lowercase `t` or `z` is taken, as RFC 3339 and the gateway take it.
     """
     value = text.strip()
     if value == "now":
@@ -29,6 +29,8 @@ def parse_time(text: str, *, now: datetime) -> datetime:
             return now - timedelta(seconds=amount * _UNIT_S[unit])
         except OverflowError:
             raise UsageError(f"{text!r} reaches before the year 1") from None
+    if value.endswith("z"):  # fromisoformat takes a lowercase "t" but only "Z"
+        value = value[:-1] + "Z"
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:

@@ -36,6 +36,20 @@ def test_rfc3339_with_offset_is_converted_to_utc() -> None:
 @pytest.mark.parametrize(
     "text",
     [
+        "2026-01-31T12:00:00z",
+        "2026-01-31t12:00:00Z",
+        "2026-01-31t12:00:00.000z",
+        " 2026-01-31T12:00:00z ",
+    ],
+)
+def test_rfc3339_takes_a_lowercase_t_and_z(text: str) -> None:
+    """RFC 3339 (section 5.6) allows them, and the gateway's start/end take them."""
+    assert parse_time(text, now=NOW) == datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
         "yesterday",
         "1y",
         "-1h",
