@@ -93,6 +93,8 @@ def _time(params: Params, name: str) -> Timestamp | None:
         return None
     parsed = _rfc3339.parse(text)
     if parsed is None:
+        if _rfc3339.out_of_range(text):
+            raise InvalidRequest(f"{name} {_rfc3339.OUT_OF_RANGE}")
         hint = (
             " (a '+' in a URL must be sent as %2B)"
             if " " in text

@@ -9,7 +9,18 @@ import re
 
 from pipeline.rfc3339 import MAX_SECONDS, MIN_SECONDS, format_utc
 
-__all__ = ["MAX_SECONDS", "MIN_SECONDS", "format_utc", "parse", "parse_full"]
+__all__ = [
+    "MAX_SECONDS",
+    "MIN_SECONDS",
+    "OUT_OF_RANGE",
+    "format_utc",
+    "out_of_range",
+    "parse",
+    "parse_full",
+]
+
+# What is wrong with a date-time that `out_of_range` finds, after the name of its field.
+OUT_OF_RANGE = "is out of range: it lies outside the years 0001-9999 in UTC"
 
 _PATTERN = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})"
@@ -87,6 +98,27 @@ def parse(text: str) -> tuple[int, int] | None:
 
 def parse_full(text: str) -> tuple[int, int] | None:
     """`parse` without the shortcut: reads every character of any RFC 3339 date-time."""
+    instant = _instant(text)
+    if instant is None or not MIN_SECONDS <= instant[0] <= MAX_SECONDS:
+        return None
+    if text[-1] in "Zz":
+        if len(_MINUTES_CACHE) >= _MINUTES_CACHE_SIZE:
+            _MINUTES_CACHE.clear()
+        _MINUTES_CACHE[text[:16]] = instant[0] - instant[0] % 60
+    return instant
+
+
+def out_of_range(text: str) -> bool:
+    """Whether `text` is an RFC 3339 date-time whose instant lies outside the years 0001-9999
+    once in UTC (`9999-12-31T23:59:59-01:00`): `parse` gives None for it as for text that is
+    no date-time, and this tells the two apart for the message."""
+    instant = _instant(text)
+    return instant is not None and not MIN_SECONDS <= instant[0] <= MAX_SECONDS
+
+
+def _instant(text: str) -> tuple[int, int] | None:
+    """(seconds, nanos) of an RFC 3339 date-time, in or out of Timestamp's range, or None
+    when `text` is not one."""
     match = _PATTERN.fullmatch(text)
     if match is None:
         return None
@@ -109,16 +141,8 @@ def parse_full(text: str) -> tuple[int, int] | None:
             return None
         offset = oh * 3600 + om * 60
         seconds -= offset if sign == "+" else -offset
-    if not MIN_SECONDS <= seconds <= MAX_SECONDS:
-        return None
-    if leap and seconds % 86400 != 86399:
-        return None
-    if zulu is not None:
-        if len(_MINUTES_CACHE) >= _MINUTES_CACHE_SIZE:
-            _MINUTES_CACHE.clear()
-        _MINUTES_CACHE[text[:16]] = seconds - s
-    # Any number of digits (RFC 3339 sets no bound); past nanoseconds they are cut off.
     if leap:
-        return seconds, LEAP_SECOND_NANOS
+        return (seconds, LEAP_SECOND_NANOS) if seconds % 86400 == 86399 else None
+    # Any number of digits (RFC 3339 sets no bound); past nanoseconds they are cut off.
     nanos = int(frac[:9].ljust(9, "0")) if frac else 0
     return seconds, nanos

@@ -141,6 +141,8 @@ def parse_envelope(doc: object, *, max_events: int) -> tuple[list[Any], tuple[in
         if raw is not None:
             sent_at = _rfc3339.parse(raw) if isinstance(raw, str) else None
             if sent_at is None:
+                if isinstance(raw, str) and _rfc3339.out_of_range(raw):
+                    raise InvalidRequest(f"sent_at {_rfc3339.OUT_OF_RANGE}")
                 raise InvalidRequest("sent_at is not an RFC 3339 timestamp")
     else:
         raise InvalidRequest("the body must be a JSON array of events or an object with events")
@@ -320,7 +322,9 @@ def _checked_timestamp(stamp: object) -> tuple[int, int]:
     if parsed is None:
         raise _Reject(
             R.REJECTION_REASON_INVALID_TIMESTAMP,
-            "client_timestamp is not an RFC 3339 date-time with its offset, such as"
+            f"client_timestamp {_rfc3339.OUT_OF_RANGE}"
+            if _rfc3339.out_of_range(stamp)
+            else "client_timestamp is not an RFC 3339 date-time with its offset, such as"
             " 2026-11-27T08:00:00.000Z",
         )
     return parsed

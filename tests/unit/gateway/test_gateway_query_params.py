@@ -181,3 +181,15 @@ def test_a_clock_status_this_gateway_does_not_know_is_its_number() -> None:
 )
 def test_query_service_field_names_become_the_query_parameters(details: str, shown: str) -> None:
     assert http_names(details) == shown
+
+
+@pytest.mark.parametrize(
+    ("query", "name"),
+    [("start=9999-12-31T23:59:59-01:00", "start"), ("end=0001-01-01T00:00:00%2B00:01", "end")],
+)
+def test_a_time_outside_the_years_1_to_9999_in_utc_says_so(query: str, name: str) -> None:
+    message = f"^{name} is out of range: it lies outside the years 0001-9999 in UTC$"
+    with pytest.raises(InvalidRequest, match=message):
+        events_request(QueryParams(query))
+    with pytest.raises(InvalidRequest, match=message):
+        aggregate_request(QueryParams(query))

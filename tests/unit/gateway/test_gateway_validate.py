@@ -497,3 +497,44 @@ def test_a_sent_at_at_a_leap_second_is_read() -> None:
     )
 
     assert sent_at == (1483228799, 999_999_999)
+
+
+# RFC 3339 date-times whose instant is before 0001-01-01T00:00:00Z or after 9999-12-31T23:59:59Z.
+OUT_OF_RANGE = [
+    "9999-12-31T23:59:59-23:59",
+    "9999-12-31T23:59:59.5-00:01",
+    "0001-01-01T00:00:00+00:01",
+    "0001-01-01T00:00:60+00:01",  # the leap second ending 0000-12-31 UTC
+]
+
+
+@pytest.mark.parametrize("text", OUT_OF_RANGE)
+def test_a_client_timestamp_outside_the_years_1_to_9999_in_utc_says_so(text: str) -> None:
+    _, [rejection] = judge(good(client_timestamp=text))
+
+    assert rejection.reason == R.REJECTION_REASON_INVALID_TIMESTAMP
+    assert rejection.detail == (
+        "client_timestamp is out of range: it lies outside the years 0001-9999 in UTC"
+    )
+
+
+@pytest.mark.parametrize(
+    "text", ["2024-02-30T00:00:00Z", "2024-01-01T00:00:00", "0001-01-01T00:00:00+24:00", "x"]
+)
+def test_a_client_timestamp_that_is_no_date_time_is_not_called_out_of_range(text: str) -> None:
+    assert not _rfc3339.out_of_range(text)
+    _, [rejection] = judge(good(client_timestamp=text))
+
+    assert rejection.detail.startswith("client_timestamp is not an RFC 3339 date-time")
+
+
+def test_the_edges_of_the_range_are_in_it() -> None:
+    for text in ("0001-01-01T00:00:00Z", "0001-01-01T00:01:00+00:01", "9999-12-31T23:59:59-00:00"):
+        assert _rfc3339.parse(text) is not None
+        assert not _rfc3339.out_of_range(text)
+
+
+@pytest.mark.parametrize("text", OUT_OF_RANGE)
+def test_a_sent_at_outside_the_years_1_to_9999_in_utc_says_so(text: str) -> None:
+    with pytest.raises(InvalidRequest, match=r"^sent_at is out of range: it lies outside the"):
+        parse_envelope({"sent_at": text, "events": [good()]}, max_events=10)
