@@ -22,6 +22,7 @@ from typing import Any
 from tpipe._args import Subparsers, add_command, positive_float, positive_int
 from tpipe._cmd_send import add_gateway_options, gateway_poster
 from tpipe._track import TrackPoster, rfc3339_now
+from tpipe._words import counted
 from tpipe.errors import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -238,7 +239,7 @@ def summary_line(stats: LoadStats, *, devices: int, elapsed_s: float) -> str:
     """The final line on stdout."""
     rate = stats.accepted / elapsed_s if elapsed_s > 0 else 0.0
     return (
-        f"loadgen: {devices} devices, {elapsed_s:.1f} s: generated {stats.generated}, "
+        f"loadgen: {counted(devices, 'device')}, {elapsed_s:.1f} s: generated {stats.generated}, "
         f"accepted {stats.accepted} ({rate:.1f} events/s), rejected {stats.rejected}, "
         f"duplicate batches {stats.duplicates}, failed {stats.failed}, retries {stats.retries}, "
         f"batches {stats.batches}"
@@ -293,7 +294,8 @@ async def run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, interrupt)
     deadline = loop.call_later(args.duration, stop.set)
     budget = _Budget(args.events)
-    print(f"loadgen: run id {run_id}, {args.devices} devices -> {poster.url}", file=sys.stderr)
+    fleet = counted(args.devices, "device")
+    print(f"loadgen: run id {run_id}, {fleet} -> {poster.url}", file=sys.stderr)
     started = time.monotonic()
     fatal: _Fatal | None = None
     reporter: asyncio.Task[None] | None = None

@@ -23,6 +23,7 @@ from tpipe._args import (
     positive_float,
     positive_int,
 )
+from tpipe._words import counted
 from tpipe.client import DEFAULT_MAX_RETRIES, DEFAULT_QUERY_TARGET, ClientSettings, TelemetryClient
 from tpipe.errors import EXIT_OK
 
@@ -77,7 +78,8 @@ def _add_partial(group: argparse._ArgumentGroup) -> None:
 def _warn_unreachable(names: set[str] | list[str]) -> None:
     if names:
         print(
-            f"warning: {len(names)} index(es) did not answer; events in them are missing: "
+            f"warning: {counted(len(names), 'index', 'indices')} did not answer; "
+            f"{'its' if len(names) == 1 else 'their'} events are missing: "
             + ", ".join(sorted(names)),
             file=sys.stderr,
         )
@@ -199,7 +201,7 @@ async def _fetch(
 def _print_table(events: list[event_pb2.EnrichedEvent], *, total: int, more: bool) -> None:
     if events:
         print("\n".join(_render.table(events)))
-    shown = f"{len(events)} event" + ("" if len(events) == 1 else "s")
+    shown = counted(len(events), "event")
     if total >= 0 and more:
         shown += f" of {total} (more with --all or --limit)"
     print(shown, file=sys.stderr)

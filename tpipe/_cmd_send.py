@@ -28,6 +28,7 @@ from tpipe._track import (
     TrackPoster,
     check_gateway_url,
 )
+from tpipe._words import counted
 from tpipe.errors import EXIT_FAILURE, EXIT_OK, ClientError, InvalidArgument, UsageError
 
 GATEWAY_URL_ENV = "TPIPE_GATEWAY_URL"
@@ -131,7 +132,8 @@ def _opened(path: str) -> Iterator[tuple[IO[bytes], str]]:
 def summary(tally: Tally, *, url: str) -> list[str]:
     """The receipts summed up, for people (stdout)."""
     lines = [
-        f"sent {tally.events} events in {tally.batches} batches to {url}",
+        f"sent {counted(tally.events, 'event')} in {counted(tally.batches, 'batch', 'batches')} "
+        f"to {url}",
         f"accepted: {tally.accepted}",
         f"rejected: {len(tally.rejections)}",
     ]
@@ -143,14 +145,21 @@ def summary(tally: Tally, *, url: str) -> list[str]:
         lines.append(f"  ... and {len(tally.rejections) - MAX_LISTED_REJECTIONS} more")
     lines.append(f"duplicate batches: {tally.duplicates}")
     lines.append(f"retries: {tally.retries}")
-    lines.append(f"failed batches: {tally.failed_batches} ({tally.failed_events} events)")
+    lines.append(
+        f"failed batches: {tally.failed_batches} ({counted(tally.failed_events, 'event')})"
+    )
     return lines
+
+
+def _so_far(sent: int, total: int | None) -> str:
+    """The events sent, of how many when that is known: "3 events", "3/10 events"."""
+    return f"{sent}/{counted(total, 'event')}" if total is not None else counted(sent, "event")
 
 
 def not_sent(count: int | None, *, first: int) -> str:
     """What a send stopped by an error left out (`count` None: a pipe not read to its end),
     and how to finish it."""
-    what = f"{count} events" if count is not None else "the rest of the input"
+    what = counted(count, "event") if count is not None else "the rest of the input"
     return (
         f"tpipe send: not sent: {what}, from event #{first} on; sending the same input "
         "again with the same --batch-size finishes it (what the gateway has is stored once)"
@@ -169,7 +178,6 @@ async def run(args: argparse.Namespace) -> int:
     poster = gateway_poster(args, on_long_wait=say_wait)
     with _opened(args.file) as (stream, source):
         events = read_events(stream, source=source)
-        of_total = f"/{events.total}" if events.total is not None else ""
         tally = Tally()
         failures: list[str] = []
         try:
@@ -184,7 +192,7 @@ async def run(args: argparse.Namespace) -> int:
                     else:
                         tally.add(receipt, size=len(batch), offset=tally.events)
                     progress.update(
-                        f"sending: {tally.events}{of_total} events, "
+                        f"sending: {_so_far(tally.events, events.total)}, "
                         f"accepted {tally.accepted}, rejected {len(tally.rejections)}"
                     )
         except (ClientError, UsageError, asyncio.CancelledError, KeyboardInterrupt):

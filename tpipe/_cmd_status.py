@@ -46,6 +46,7 @@ from tpipe._args import (
     positive_float,
     url_list,
 )
+from tpipe._words import counted
 from tpipe.errors import EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, UsageError
 
 # OpenSearch's answers that say its credentials are refused (not that it is down).
@@ -477,16 +478,24 @@ def render(snapshot: Snapshot) -> list[str]:
     if "error" in dlq:
         lines.append(f"DLQ: {dlq['error']}")
     else:
-        lines.append(f"DLQ {dlq['stream']}: {dlq['messages']:,} messages, {dlq['bytes']:,} bytes")
+        messages = _counted(dlq["messages"], "message", spec=",")
+        lines.append(f"DLQ {dlq['stream']}: {messages}, {_counted(dlq['bytes'], 'byte', spec=',')}")
     health = snapshot.opensearch
     if "error" in health:
         lines.append(f"OpenSearch: {health['error']}")
     else:
         lines.append(
-            f"OpenSearch: {health['status']}, {health['number_of_nodes']} nodes, "
-            f"{health['active_shards']} active shards, {health['unassigned_shards']} unassigned"
+            f"OpenSearch: {health['status']}, {_counted(health['number_of_nodes'], 'node')}, "
+            f"{_counted(health['active_shards'], 'active shard')}, "
+            f"{health['unassigned_shards']} unassigned"
         )
     return lines
+
+
+def _counted(value: object, noun: str, *, spec: str = "") -> str:
+    """`counted` for a number of an answer; anything else (OpenSearch's health without the
+    key, None) is shown as it is, with the plural."""
+    return counted(value, noun, spec=spec) if isinstance(value, int) else f"{value} {noun}s"
 
 
 def _print(snapshot: Snapshot, fmt: str, *, clear: bool) -> None:

@@ -137,7 +137,7 @@ def test_a_red_index_fails_queries_unless_partial_which_names_it(
     assert "pass --partial" in refused.stderr
     assert partial.returncode == 0, partial.stderr
     assert len(partial.stdout.splitlines()) == 3
-    warning = f"warning: 1 index(es) did not answer; events in them are missing: {red}"
+    warning = f"warning: 1 index did not answer; its events are missing: {red}"
     assert warning in partial.stderr
     assert counts.returncode == 0, counts.stderr
     assert int(orjson.loads(counts.stdout)["total_count"]) == 3

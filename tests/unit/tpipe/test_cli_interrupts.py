@@ -56,7 +56,7 @@ async def test_an_interrupted_send_prints_what_went_and_what_did_not(
         await send
 
     out, err = capsys.readouterr()
-    assert "sent 100 events in 1 batches" in out
+    assert "sent 100 events in 1 batch" in out
     assert "accepted: 100" in out
     assert "tpipe send: not sent: 150 events, from event #100 on" in err
 

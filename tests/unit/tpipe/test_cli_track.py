@@ -260,6 +260,20 @@ def test_summary_counts_rejections_by_reason_with_input_positions() -> None:
     assert "failed batches: 1 (3 events)" in lines
 
 
+def test_the_summary_says_one_event_and_one_batch_in_the_singular() -> None:
+    tally = Tally()
+    tally.fail(size=1)
+
+    lines = summary(tally, url="http://gw/v1/track")
+
+    assert lines[0] == "sent 1 event in 1 batch to http://gw/v1/track"
+    assert "failed batches: 1 (1 event)" in lines
+    assert _cmd_send.not_sent(1, first=7).startswith("tpipe send: not sent: 1 event, from event #7")
+    assert _cmd_send._so_far(1, None) == "1 event"
+    assert _cmd_send._so_far(0, 1) == "0/1 event"
+    assert _cmd_send._so_far(1, 2) == "1/2 events"
+
+
 async def test_a_send_stopped_by_an_outage_says_what_was_not_sent(
     gateway: tuple[Gateway, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -271,7 +285,7 @@ async def test_a_send_stopped_by_an_outage_says_what_was_not_sent(
         await _cmd_send.run(args)
 
     out, err = capsys.readouterr()
-    assert "sent 100 events in 1 batches" in out
+    assert "sent 100 events in 1 batch" in out
     assert "tpipe send: not sent: 150 events, from event #100 on" in err
     # Not "duplicates": past the duplicate window a batch sent again is accepted again.
     assert "finishes it (what the gateway has is stored once)" in err

@@ -97,7 +97,7 @@ async def test_a_broken_line_down_a_pipe_says_what_went_and_what_did_not(
 
     assert fake.ids == [f"e-{n}" for n in range(100)]
     out, err = capsys.readouterr()
-    assert "sent 100 events in 1 batches" in out
+    assert "sent 100 events in 1 batch" in out
     assert "not sent: the rest of the input, from event #100 on" in err
 
 

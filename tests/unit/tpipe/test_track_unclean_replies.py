@@ -107,7 +107,7 @@ async def test_send_cut_short_by_unclean_replies_says_what_was_not_sent(
         await _cmd_send.run(args)
 
     out, err = capsys.readouterr()
-    assert "sent 100 events in 1 batches" in out
+    assert "sent 100 events in 1 batch" in out
     assert "tpipe send: not sent: 150 events, from event #100 on" in err
 
 
