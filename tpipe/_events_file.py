@@ -81,7 +81,8 @@ def _values(lines: Iterable[bytes], source: str) -> Iterator[Any]:
 def parse_events(data: bytes, *, source: str) -> list[Any]:
     """The events in `data`: the items of a JSON array (or of an object's "events"), one
     event object, or one JSON value per non-empty line. Items are passed on as they are: the
-    gateway judges them. A leading UTF-8 byte order mark is skipped, as the gateway does.
+    gateway judges them. An input that is one number, string, boolean or null is refused: it
+    holds no event at all. A leading UTF-8 byte order mark is skipped, as the gateway does.
     """
     data = data.removeprefix(codecs.BOM_UTF8)
     text = data.lstrip()
@@ -102,7 +103,23 @@ def parse_events(data: bytes, *, source: str) -> list[Any]:
     events = list(_values(data.splitlines(), source))
     if not events:
         raise UsageError(f"{source}: no events")
+    if len(events) == 1 and not isinstance(events[0], dict | list):
+        # A lone number, string, boolean or null can never be a batch (sent, it came back
+        # NOT_AN_OBJECT); one among the items of an array or the lines of NDJSON is an event
+        # like the others, for the gateway to judge.
+        raise UsageError(
+            f"{source}: the input is one JSON {_kind(events[0])}, not an event; {EXPECTED}"
+        )
     return events
+
+
+def _kind(value: object) -> str:
+    """The JSON name of a scalar's type."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    return "string" if isinstance(value, str) else "number"
 
 
 def _ndjson(text: bytes) -> bool:

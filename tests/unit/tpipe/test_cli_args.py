@@ -7,6 +7,7 @@ import io
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from nats.js.api import RawStreamMsg, StreamConfig, StreamInfo, StreamState
@@ -352,6 +353,44 @@ def test_a_single_event_object_is_one_event(data: bytes) -> None:
 def test_bad_events_files_name_the_problem(data: bytes, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         parse_events(data, source="f")
+
+
+@pytest.mark.parametrize(
+    ("data", "kind"),
+    [
+        (b"42", "number"),
+        (b"  -1.5e3 \n\n", "number"),
+        (b'"an event"\n', "string"),
+        (b"true", "boolean"),
+        (b"\xef\xbb\xbfnull\n", "null"),
+    ],
+)
+def test_an_input_that_is_one_scalar_is_refused(data: bytes, kind: str) -> None:
+    """It can never be a batch: sent, it came back NOT_AN_OBJECT with exit 1."""
+    with pytest.raises(UsageError, match=f"^f: the input is one JSON {kind}, not an event; "):
+        parse_events(data, source="f")
+
+
+@pytest.mark.parametrize(
+    ("data", "events"),
+    [(b"[42]", [42]), (b'{"event_id": "a"}\n42\n', [{"event_id": "a"}, 42]), (b"1\n2\n", [1, 2])],
+)
+def test_scalars_among_events_are_left_to_the_gateway(data: bytes, events: list[object]) -> None:
+    assert parse_events(data, source="f") == events
+
+
+def test_send_of_one_scalar_is_a_usage_error_before_anything_is_sent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "f.json"
+    path.write_text("42\n")
+    closed = "http://127.0.0.1:9"  # discard port: a send would fail with exit 3
+
+    assert cli.main(["send", str(path), "--gateway", closed, "--key", "k"]) == 2
+    assert capsys.readouterr().err == (
+        f"tpipe send: {path}: the input is one JSON number, not an event; "
+        "expected a JSON array or one event per line\n"
+    )
 
 
 async def _interrupted(*_: object) -> int:
