@@ -142,6 +142,18 @@ def http_url(url: str) -> str:
     return url.rstrip("/")
 
 
+def base_url(url: str) -> str:
+    """`http_url(url)` for a base URL, to which a command adds its paths (`/v1/track`,
+    `/readyz`): UsageError for one with a path other than "/", a query or a fragment
+    (`http://127.0.0.1:3000/v1/track` would post to `.../v1/track/v1/track`, a 404)."""
+    base = http_url(url)
+    parts = urllib.parse.urlsplit(base)
+    if parts.path or parts.query or parts.fragment or base.endswith(("?", "#")):
+        root = f"{parts.scheme}://{parts.netloc}"
+        raise UsageError(f"{url!r} has a path, query or fragment: give the base URL alone, {root}")
+    return base
+
+
 def url_list(text: str) -> list[str]:
     """The NATS URLs of a comma-separated list (as NATS_URL holds them), blanks dropped;
     UsageError for one that is not a NATS URL (another scheme, a port that is no number)."""

@@ -41,6 +41,7 @@ from tpipe._args import (
     Subparsers,
     add_command,
     add_format_option,
+    base_url,
     env_default,
     http_url,
     positive_float,
@@ -376,7 +377,8 @@ class Targets:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Targets:
-        """The options' URLs; UsageError for one that is not an http(s) URL with a host."""
+        """The options' URLs; UsageError for one that is not an http(s) URL with a host, or,
+        for a service, not a base URL (OpenSearch may sit under a path, behind a proxy)."""
         return cls(
             services={
                 "gateway": _http_url(args.gateway, "--gateway", "TPIPE_GATEWAY_URL"),
@@ -386,16 +388,16 @@ class Targets:
             nats=tuple(url_list(args.nats)),
             # OPENSEARCH_URL may list several nodes: any one tells the cluster's health.
             opensearch=tuple(
-                _http_url(url.strip(), "--opensearch", "OPENSEARCH_URL")
+                _http_url(url.strip(), "--opensearch", "OPENSEARCH_URL", base=False)
                 for url in args.opensearch.split(",")
                 if url.strip()
             ),
         )
 
 
-def _http_url(url: str, option: str, env: str) -> str:
+def _http_url(url: str, option: str, env: str, *, base: bool = True) -> str:
     try:
-        return http_url(url)
+        return base_url(url) if base else http_url(url)
     except UsageError as err:  # said with where the URL came from
         raise UsageError(f"{option} (or {env}): {err}") from None
 

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from tpipe._args import http_url
+from tpipe._args import base_url
 from tpipe._backoff import Backoff, parse_retry_after
 from tpipe.errors import (
     ClientError,
@@ -103,8 +103,9 @@ class Tally:
 
 
 def check_gateway_url(url: str, *, allow_remote: bool) -> str:
-    """The base URL without a trailing slash; refuses non-loopback hosts unless allowed."""
-    base = http_url(url)
+    """The base URL without a trailing slash; refuses one with a path (see `base_url`), and
+    non-loopback hosts unless allowed."""
+    base = base_url(url)
     host = urlsplit(base).hostname or ""
     if not allow_remote and not _loopback(host):
         raise UsageError(f"{host!r} is not a loopback host; pass --allow-remote to send there")

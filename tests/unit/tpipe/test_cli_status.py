@@ -14,7 +14,7 @@ from aiohttp import web
 
 from tests.servers import free_port
 from tpipe import _commands
-from tpipe._cmd_status import Scrape, Snapshot, StageRow, scrape, stage_row
+from tpipe._cmd_status import Scrape, Snapshot, StageRow, Targets, scrape, stage_row
 
 _HEALTH = {"status": "green", "number_of_nodes": 1, "active_shards": 1, "unassigned_shards": 0}
 _DLQ = {"stream": "TELEMETRY_DLQ", "messages": 0, "bytes": 0}
@@ -151,3 +151,39 @@ def test_a_url_without_http_scheme_is_a_usage_error(
     monkeypatch.setenv(env, value)
     assert _commands.run(base) == 2
     assert capsys.readouterr().err == said
+
+
+@pytest.mark.parametrize(
+    ("option", "env"),
+    [
+        ("--gateway", "TPIPE_GATEWAY_URL"),
+        ("--enricher", "TPIPE_ENRICHER_URL"),
+        ("--indexer", "TPIPE_INDEXER_URL"),
+    ],
+)
+def test_a_service_url_with_a_path_is_a_usage_error(
+    option: str, env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """status adds /readyz and /metrics to them, as send adds /v1/track to the gateway's."""
+    closed = "http://127.0.0.1:9"  # discard port: nothing answers
+    base = ["status", "--once", "--sample", "0.05", "--nats", "nats://127.0.0.1:9"]
+    others = [arg for flag in ("--gateway", "--enricher", "--indexer") for arg in (flag, closed)]
+    url = f"{closed}/metrics"
+    said = (
+        f"tpipe status: {option} (or {env}): {url!r} has a path, query or fragment: "
+        f"give the base URL alone, {closed}\n"
+    )
+
+    assert _commands.run([*base, "--opensearch", closed, *others, option, url]) == 2
+    assert capsys.readouterr().err == said
+
+
+def test_an_opensearch_url_may_have_a_path() -> None:
+    """OpenSearch may be served under a path, behind a proxy: its URL is taken whole."""
+    args = _commands._parse(
+        ["status", "--opensearch", "http://127.0.0.1:9/search/,http://127.0.0.1:9/other"]
+    )
+
+    targets = Targets.from_args(args)
+
+    assert targets.opensearch == ("http://127.0.0.1:9/search", "http://127.0.0.1:9/other")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from aiohttp import web
 
 from tests.servers import free_port
 from tests.unit.tpipe.send_support import ndjson_file, send_args, track_server
-from tpipe import _cmd_send, errors
+from tpipe import _cmd_send, cli, errors
 from tpipe._backoff import Backoff
 from tpipe._cmd_send import summary
 from tpipe._track import (
@@ -201,6 +202,53 @@ def test_gateway_urls_are_loopback_only_unless_allowed() -> None:
     for broken in ("http://[::1", "http://127.0.0.1:99999", "http://127.0.0.1:abc"):
         with pytest.raises(errors.UsageError, match="is not a valid URL"):
             check_gateway_url(broken, allow_remote=True)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:3000/v1/track",
+        "http://127.0.0.1:3000/v1",
+        "http://127.0.0.1:3000/?",
+        "http://127.0.0.1:3000?key=wk",
+        "http://127.0.0.1:3000#top",
+        "http://127.0.0.1:3000#",
+    ],
+)
+def test_a_gateway_url_is_a_base_url_without_a_path(url: str) -> None:
+    """TrackPoster adds /v1/track: with the path given too it posted to .../v1/track/v1/track."""
+    said = f"^{re.escape(repr(url))} has a path, query or fragment: give the base URL alone, "
+    with pytest.raises(errors.UsageError, match=said + re.escape("http://127.0.0.1:3000") + "$"):
+        check_gateway_url(url, allow_remote=False)
+
+
+@pytest.mark.parametrize(
+    ("argv", "env"),
+    [
+        (["send", "f.json", "--gateway", "http://127.0.0.1:9/v1/track"], {}),
+        (["send", "f.json", "--target-url", "http://127.0.0.1:9/v1/track"], {}),
+        (["send", "f.json"], {"TPIPE_GATEWAY_URL": "http://127.0.0.1:9/v1/track"}),
+        (["loadgen", "--target-url", "http://127.0.0.1:9/v1/track", "--duration", "1"], {}),
+    ],
+)
+def test_send_and_loadgen_refuse_a_gateway_url_with_a_path(
+    argv: list[str],
+    env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "f.json").write_text('[{"event_id": "a"}]')
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+    # The discard port: a send to it would fail with exit 3.
+    assert cli.main([*argv, "--key", "k", "--retries", "0"]) == 2
+    assert capsys.readouterr().err == (
+        f"tpipe {argv[0]}: 'http://127.0.0.1:9/v1/track' has a path, query or fragment: "
+        "give the base URL alone, http://127.0.0.1:9\n"
+    )
 
 
 def test_retry_after_values() -> None:
