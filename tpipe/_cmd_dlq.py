@@ -198,11 +198,13 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Runs `dlq list` or `dlq replay`; returns the exit code."""
+    """Runs `dlq list` or `dlq replay`; returns the exit code. Its errors are said as
+    `tpipe dlq list: ...` or `tpipe dlq replay: ...`, as other commands name themselves."""
+    said = f"tpipe dlq {args.dlq_command}:"
     stage = getattr(args, "stage", None)
     if stage is not None and stage not in STAGES:
         print(
-            f"tpipe dlq: --stage {stage!r} is not a stage with a DLQ ({', '.join(STAGES)})",
+            f"{said} --stage {stage!r} is not a stage with a DLQ ({', '.join(STAGES)})",
             file=sys.stderr,
         )
         return EXIT_USAGE
@@ -213,15 +215,15 @@ def run(args: argparse.Namespace) -> int:
             )
         return asyncio.run(_replay(args.nats, stage, args.dry_run, args.wait, sys.stderr))
     except DlqError as err:
-        print(f"tpipe dlq: {err}", file=sys.stderr)
+        print(f"{said} {err}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     except UsageError as err:
-        print(f"tpipe dlq: {err}", file=sys.stderr)
+        print(f"{said} {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         unfinished = args.dlq_command == "replay" and not args.dry_run
         hint = " (run replay again to finish)" if unfinished else ""
-        print(f"tpipe dlq: interrupted{hint}", file=sys.stderr)
+        print(f"{said} interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

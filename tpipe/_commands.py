@@ -52,8 +52,19 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser, sub = parser_of(command)
     args, extra = parser.parse_known_args(argv)
     if extra:  # reported by the command's parser, so the message names the command
-        sub.choices[command].error(f"unrecognized arguments: {' '.join(extra)}")
+        _chosen(sub.choices[command], args).error(f"unrecognized arguments: {' '.join(extra)}")
     return args
+
+
+def _chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the subcommand `args` chose under `parser` (`dlq replay`'s under
+    `dlq`'s), or `parser` itself when it has none."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            name = getattr(args, action.dest, None)
+            if name in action.choices:
+                return _chosen(action.choices[name], args)
+    return parser
 
 
 def run(argv: list[str]) -> int:

@@ -404,7 +404,9 @@ def test_an_interrupted_dlq_command_exits_130(
     args = argparse.Namespace(dlq_command="replay", nats="nats://x", dry_run=False, wait=0.0)
 
     assert _cmd_dlq.run(args) == 130
-    assert capsys.readouterr().err == "tpipe dlq: interrupted (run replay again to finish)\n"
+    assert capsys.readouterr().err == (
+        "tpipe dlq replay: interrupted (run replay again to finish)\n"
+    )
 
 
 def test_an_interrupted_dlq_list_does_not_ask_for_a_replay(
@@ -413,7 +415,7 @@ def test_an_interrupted_dlq_list_does_not_ask_for_a_replay(
     monkeypatch.setattr(_cmd_dlq, "_list", _interrupted)
 
     assert _commands.run(["dlq", "list"]) == 130
-    assert capsys.readouterr().err == "tpipe dlq: interrupted\n"
+    assert capsys.readouterr().err == "tpipe dlq list: interrupted\n"
 
 
 def test_dlq_list_into_a_pipe_closed_early_exits_quietly(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -457,6 +459,40 @@ def test_nats_urls_are_checked() -> None:
     for wrong in ("http://h:4222", "nats://h:abc", "nats://:4222", "nats://h:0"):
         with pytest.raises(errors.UsageError, match="is not a NATS URL"):
             url_list(wrong)
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["replay", "--stage", "x"], "--stage 'x' is not a stage with a DLQ (enricher, indexer)"),
+        (["list", "--stage", "x"], "--stage 'x' is not a stage with a DLQ (enricher, indexer)"),
+        (["replay", "--nats", "http://h:4222"], "'http://h:4222' is not a NATS URL"),
+        (["list", "--bogus"], "unrecognized arguments: --bogus (see tpipe dlq list --help)"),
+        (["replay", "--bogus"], "unrecognized arguments: --bogus (see tpipe dlq replay --help)"),
+    ],
+)
+def test_dlq_errors_name_the_subcommand(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tpipe <command>: <what went wrong>`, the command being `dlq list` or `dlq replay`."""
+    assert cli.main(["dlq", *argv]) == errors.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith(f"tpipe dlq {argv[0]}: {said}")
+    assert err.count("\n") == 1
+
+
+def test_an_unreachable_nats_is_said_by_the_dlq_subcommand(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def unreachable(*_: object) -> int:
+        raise _cmd_dlq.DlqError("NATS not reachable at nats://127.0.0.1:9: refused")
+
+    monkeypatch.setattr(_cmd_dlq, "_replay", unreachable)
+
+    assert cli.main(["dlq", "replay", "--nats", "nats://127.0.0.1:9"]) == errors.EXIT_UNAVAILABLE
+    assert capsys.readouterr().err == (
+        "tpipe dlq replay: NATS not reachable at nats://127.0.0.1:9: refused\n"
+    )
 
 
 def test_dlq_with_a_wrong_nats_url_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
