@@ -142,7 +142,12 @@ def register(sub: Subparsers, name: str) -> None:
         add_filter_options(parser)
         out = parser.add_argument_group("output")
         out.add_argument("--by", choices=tuple(GROUP_BY), help="count by this field")
-        out.add_argument("--interval", choices=tuple(INTERVALS), help="histogram bucket width")
+        out.add_argument(
+            "--interval",
+            choices=tuple(INTERVALS),
+            help="histogram bucket width: UTC minutes, hours or days, whatever the offset of "
+            "--since/--until (a day bucket starts at 00:00 UTC)",
+        )
         out.add_argument(
             "--limit", type=positive_int, default=10, help="most values of --by (default 10)"
         )

@@ -78,23 +78,31 @@ class _HistogramIntervalEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_His
     HISTOGRAM_INTERVAL_UNSPECIFIED: _HistogramInterval.ValueType  # 0
     """HISTOGRAM_INTERVAL_UNSPECIFIED means no histogram."""
     HISTOGRAM_INTERVAL_MINUTE: _HistogramInterval.ValueType  # 1
-    """HISTOGRAM_INTERVAL_MINUTE buckets by minute."""
+    """HISTOGRAM_INTERVAL_MINUTE buckets by UTC minute."""
     HISTOGRAM_INTERVAL_HOUR: _HistogramInterval.ValueType  # 2
-    """HISTOGRAM_INTERVAL_HOUR buckets by hour."""
+    """HISTOGRAM_INTERVAL_HOUR buckets by UTC hour (in a zone such as +05:30
+    they start at half past the local hour).
+    """
     HISTOGRAM_INTERVAL_DAY: _HistogramInterval.ValueType  # 3
-    """HISTOGRAM_INTERVAL_DAY buckets by UTC day."""
+    """HISTOGRAM_INTERVAL_DAY buckets by UTC day, from 00:00 UTC."""
 
 class HistogramInterval(_HistogramInterval, metaclass=_HistogramIntervalEnumTypeWrapper):
-    """HistogramInterval is the width of a date histogram bucket."""
+    """HistogramInterval is the width of a date histogram bucket. Buckets are
+    UTC minutes, hours and days, whatever time zone the filter's times were
+    written in: a day bucket starts at 00:00 UTC, so a range that starts at
+    local midnight east of UTC has a first bucket starting the day before.
+    """
 
 HISTOGRAM_INTERVAL_UNSPECIFIED: HistogramInterval.ValueType  # 0
 """HISTOGRAM_INTERVAL_UNSPECIFIED means no histogram."""
 HISTOGRAM_INTERVAL_MINUTE: HistogramInterval.ValueType  # 1
-"""HISTOGRAM_INTERVAL_MINUTE buckets by minute."""
+"""HISTOGRAM_INTERVAL_MINUTE buckets by UTC minute."""
 HISTOGRAM_INTERVAL_HOUR: HistogramInterval.ValueType  # 2
-"""HISTOGRAM_INTERVAL_HOUR buckets by hour."""
+"""HISTOGRAM_INTERVAL_HOUR buckets by UTC hour (in a zone such as +05:30
+they start at half past the local hour).
+"""
 HISTOGRAM_INTERVAL_DAY: HistogramInterval.ValueType  # 3
-"""HISTOGRAM_INTERVAL_DAY buckets by UTC day."""
+"""HISTOGRAM_INTERVAL_DAY buckets by UTC day, from 00:00 UTC."""
 Global___HistogramInterval: _TypeAlias = HistogramInterval  # noqa: Y015
 
 @_typing.final
@@ -304,7 +312,7 @@ class AggregateEventsRequest(_message.Message):
     """
     interval: Global___HistogramInterval.ValueType
     """interval is the date histogram bucket width over the corrected
-    timestamp; unspecified for no histogram.
+    timestamp, in UTC (see HistogramInterval); unspecified for no histogram.
     """
     return_partial_success: _builtins.bool
     """return_partial_success asks for counts over the part of the event store
