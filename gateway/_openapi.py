@@ -196,26 +196,72 @@ _SCHEMAS: dict[str, Any] = {
 }
 
 
-def _param(name: str, kind: dict[str, Any], *, repeat: bool = False) -> dict[str, Any]:
+def _param(
+    name: str, kind: dict[str, Any], description: str, *, repeat: bool = False
+) -> dict[str, Any]:
     schema = {"type": "array", "items": kind} if repeat else kind
-    return {"name": name, "in": "query", "required": False, "schema": schema, "explode": True}
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema,
+        "explode": True,
+    }
+
+
+# What each filter parameter matches; every one may be given more than once (_FILTER_REPEAT).
+_FILTERS = {
+    "user_id": "events of this user_id, matched exactly (case included)",
+    "session_id": "events of this session_id, matched exactly (case included)",
+    "event_name": "events with this event_name, matched exactly (case included)",
+    "app_version": "events with this app_version, matched exactly (case included)",
+    "device_os": 'events with this device_os, or with this OS name alone ("iOS" matches '
+    '"iOS 17.2"), matched exactly (case included)',
+    "country": "events whose client address the enricher placed in this country, its ISO "
+    "3166-1 alpha-2 code in capitals (GB)",
+    "app_id": "events ingested for this app, the app of the write key that sent them",
+}
+_FILTER_REPEAT = (
+    "; given more than once, events with any of the values (at most 1,000 values, each of at "
+    f"most {_query.MAX_PARAM_CHARS:,} characters; an empty one is a 400, not any value)"
+)
+# A time parameter: what it keeps, then how it is written.
+_TIME_FORMAT = (
+    "an RFC 3339 date-time with its offset (Z or ±hh:mm, a + sent as %2B), in the years "
+    "0001-9999 in UTC, compared to the millisecond"
+)
 
 
 def _filter_params() -> list[dict[str, Any]]:
-    params = [_param(name, {"type": "string"}, repeat=True) for name in _query.FILTER_PARAMS]
-    for param in params:
-        if param["name"] == "device_os":
-            param["description"] = 'the device OS, or the OS name alone ("iOS" matches "iOS 17.2")'
-    params.append(_param("start", {"type": "string", "format": "date-time"}))
-    params.append(_param("end", {"type": "string", "format": "date-time"}))
+    params = [
+        _param(name, {"type": "string"}, _FILTERS[name] + _FILTER_REPEAT, repeat=True)
+        for name in _query.FILTER_PARAMS
+    ]
     params.append(
-        {
-            **_param("q", {"type": "string"}),
-            "description": "free text: whole words, all of which must match, in any case, in the "
-            "event name and the metadata keys and values as one text, keys in sorted order, up to "
-            "its first ENRICHER_EVENT_MESSAGE_MAX_CHARS characters (4,096 by default): no word "
-            "past them is found",
-        }
+        _param(
+            "start",
+            {"type": "string", "format": "date-time"},
+            "events whose corrected timestamp is at or after this: " + _TIME_FORMAT,
+        )
+    )
+    params.append(
+        _param(
+            "end",
+            {"type": "string", "format": "date-time"},
+            "events whose corrected timestamp is before this, which must not be before start: "
+            + _TIME_FORMAT,
+        )
+    )
+    params.append(
+        _param(
+            "q",
+            {"type": "string"},
+            "free text: whole words, all of which must match, in any case, in the event name and "
+            "the metadata keys and values as one text, keys in sorted order, up to its first "
+            "ENRICHER_EVENT_MESSAGE_MAX_CHARS characters (4,096 by default): no word past them "
+            "is found",
+        )
     )
     return params
 
@@ -239,11 +285,12 @@ def _query_errors() -> dict[str, Any]:
     }
 
 
-_PARTIAL_PARAM = {
-    **_param("return_partial_success", {"type": "boolean", "default": False}),
-    "description": "true: when part of the event store does not answer, answer from the rest "
-    "and name the missing daily indices in `unreachable`; false: answer 503 instead",
-}
+_PARTIAL_PARAM = _param(
+    "return_partial_success",
+    {"type": "boolean", "default": False},
+    "true: when part of the event store does not answer, answer from the rest and name the "
+    "missing daily indices in `unreachable`; false: answer 503 instead",
+)
 
 
 def _ops(summary: str) -> dict[str, Any]:
@@ -378,8 +425,20 @@ def document() -> dict[str, Any]:
                         "security": read,
                         "parameters": [
                             *_filter_params(),
-                            _param("page_size", {"type": "integer"}),
-                            _param("page_token", {"type": "string"}),
+                            _param(
+                                "page_size",
+                                {"type": "integer"},
+                                "the most events in the page: absent or 0 means 50, more than "
+                                "1000 is taken as 1000, a negative number is a 400; a page too "
+                                "large for one 4 MiB gRPC message holds fewer",
+                            ),
+                            _param(
+                                "page_token",
+                                {"type": "string"},
+                                "the next_page_token of the page before, for the next one; "
+                                "absent for the first page; a token that is not one, or that "
+                                "was made for other filter parameters, is a 400",
+                            ),
                             _PARTIAL_PARAM,
                         ],
                         "responses": {
@@ -397,9 +456,27 @@ def document() -> dict[str, Any]:
                         "security": read,
                         "parameters": [
                             *_filter_params(),
-                            _param("group_by", {"type": "string", "enum": list(GROUP_BY)}),
-                            _param("interval", {"type": "string", "enum": list(INTERVALS)}),
-                            _param("limit", {"type": "integer"}),
+                            _param(
+                                "group_by",
+                                {"type": "string", "enum": list(GROUP_BY)},
+                                "the field to count events by, in `counts`; absent for no "
+                                "counts by field",
+                            ),
+                            _param(
+                                "interval",
+                                {"type": "string", "enum": list(INTERVALS)},
+                                "the width of the `histogram` buckets over the corrected "
+                                "timestamp: UTC minutes, hours or days, whatever the offset of "
+                                "start and end (a day starts at 00:00 UTC); absent for no "
+                                "histogram",
+                            ),
+                            _param(
+                                "limit",
+                                {"type": "integer"},
+                                "how many of the most frequent values of group_by `counts` lists: "
+                                "absent or 0 means 10, more than 1000 is taken as 1000, a "
+                                "negative number is a 400",
+                            ),
                             _PARTIAL_PARAM,
                         ],
                         "responses": {

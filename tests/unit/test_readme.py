@@ -10,6 +10,7 @@ import pytest
 
 from enricher.config import DEFAULT_EVENT_MESSAGE_MAX_CHARS
 from gateway._openapi import document
+from indexer import paging, queries
 from scripts import settings_table
 from tests.script_modules import load_script
 
@@ -35,6 +36,25 @@ def test_what_free_text_search_reaches_is_said_with_the_enrichers_default() -> N
     proto = (ROOT / "protos" / "telemetry" / "v1" / "query_service.proto").read_text()
     for text in (q["description"], " ".join(proto.split("//"))):
         assert bound.replace("`", "") in " ".join(text.split())
+
+
+def test_the_openapi_document_gives_the_indexers_paging_and_limits() -> None:
+    """The gateway cannot import the indexer: its OpenAPI document writes the indexer's
+    defaults and bounds as numbers, checked here against the indexer's own."""
+    described = {
+        (path, param["name"]): " ".join(param["description"].split())
+        for path, item in document()["paths"].items()
+        for operation in item.values()
+        for param in operation["parameters"]
+    }
+    page_size = described[("/v1/events", "page_size")]
+    assert f"0 means {paging.DEFAULT_PAGE_SIZE}," in page_size
+    assert f"more than {paging.MAX_PAGE_SIZE} is taken as {paging.MAX_PAGE_SIZE}" in page_size
+    limit = described[("/v1/events/aggregate", "limit")]
+    assert f"0 means {queries.DEFAULT_LIMIT}," in limit
+    assert f"more than {queries.MAX_LIMIT} is taken as {queries.MAX_LIMIT}" in limit
+    for path in ("/v1/events", "/v1/events/aggregate"):
+        assert f"at most {queries.MAX_FILTER_VALUES:,} values" in described[(path, "user_id")]
 
 
 def test_readme_names_the_two_commands() -> None:

@@ -228,6 +228,21 @@ async def test_every_forwarded_for_line_is_read_behind_a_trusted_proxy(
     assert batch.context.client_ip == "198.51.100.1"
 
 
+def test_every_parameter_in_the_openapi_document_has_a_description() -> None:
+    """start, end, the filters, page_size, page_token, group_by, interval, limit and the
+    others say what they do, not only their type."""
+    params = [
+        (path, param)
+        for path, item in document()["paths"].items()
+        for operation in item.values()
+        for param in operation.get("parameters", [])
+    ]
+    names = {param["name"] for path, param in params if path == "/v1/events/aggregate"}
+    assert {"start", "end", "user_id", "country", "group_by", "interval", "limit"} <= names
+    for path, param in params:
+        assert param.get("description", "").strip(), (path, param["name"])
+
+
 def test_the_openapi_document_lists_every_rejection_reason() -> None:
     receipt = document()["components"]["schemas"]["Receipt"]
     listed = receipt["properties"]["rejected"]["items"]["properties"]["reason"]["enum"]
