@@ -142,15 +142,30 @@ def http_url(url: str) -> str:
     return url.rstrip("/")
 
 
+# The paths the commands add to a service's base URL (the gateway's routes, the ops ones).
+_SERVICE_PATHS = (
+    "/v1/track",
+    "/v1/events",
+    "/v1/events/aggregate",
+    "/v1",
+    "/readyz",
+    "/healthz",
+    "/metrics",
+)
+
+
 def base_url(url: str) -> str:
     """`http_url(url)` for a base URL, to which a command adds its paths (`/v1/track`,
-    `/readyz`): UsageError for one with a path other than "/", a query or a fragment
-    (`http://127.0.0.1:3000/v1/track` would post to `.../v1/track/v1/track`, a 404)."""
+    `/readyz`): UsageError for one ending with such a path (`http://127.0.0.1:3000/v1/track`
+    would post to `.../v1/track/v1/track`, a 404), or with a query or a fragment. Any other
+    path is a prefix a reverse proxy serves the service under, kept."""
     base = http_url(url)
     parts = urllib.parse.urlsplit(base)
-    if parts.path or parts.query or parts.fragment or base.endswith(("?", "#")):
-        root = f"{parts.scheme}://{parts.netloc}"
-        raise UsageError(f"{url!r} has a path, query or fragment: give the base URL alone, {root}")
+    route = next((path for path in _SERVICE_PATHS if parts.path.endswith(path)), "")
+    if route or parts.query or parts.fragment or base.endswith(("?", "#")):
+        root = f"{parts.scheme}://{parts.netloc}{parts.path.removesuffix(route).rstrip('/')}"
+        what = f"ends with {route}, which the command adds" if route else "has a query or fragment"
+        raise UsageError(f"{url!r} {what}: give the base URL alone, {root}")
     return base
 
 

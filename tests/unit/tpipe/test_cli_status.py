@@ -170,8 +170,8 @@ def test_a_service_url_with_a_path_is_a_usage_error(
     others = [arg for flag in ("--gateway", "--enricher", "--indexer") for arg in (flag, closed)]
     url = f"{closed}/metrics"
     said = (
-        f"tpipe status: {option} (or {env}): {url!r} has a path, query or fragment: "
-        f"give the base URL alone, {closed}\n"
+        f"tpipe status: {option} (or {env}): {url!r} ends with /metrics, which the command"
+        f" adds: give the base URL alone, {closed}\n"
     )
 
     assert _commands.run([*base, "--opensearch", closed, *others, option, url]) == 2

@@ -205,21 +205,31 @@ def test_gateway_urls_are_loopback_only_unless_allowed() -> None:
 
 
 @pytest.mark.parametrize(
-    "url",
+    ("url", "what", "base"),
     [
-        "http://127.0.0.1:3000/v1/track",
-        "http://127.0.0.1:3000/v1",
-        "http://127.0.0.1:3000/?",
-        "http://127.0.0.1:3000?key=wk",
-        "http://127.0.0.1:3000#top",
-        "http://127.0.0.1:3000#",
+        ("http://127.0.0.1:3000/v1/track", "ends with /v1/track, which the command adds", ""),
+        ("http://127.0.0.1:3000/v1", "ends with /v1, which the command adds", ""),
+        (
+            "http://127.0.0.1:3000/tm/v1/track/",
+            "ends with /v1/track, which the command adds",
+            "/tm",
+        ),
+        ("http://127.0.0.1:3000/?", "has a query or fragment", ""),
+        ("http://127.0.0.1:3000?key=wk", "has a query or fragment", ""),
+        ("http://127.0.0.1:3000#top", "has a query or fragment", ""),
+        ("http://127.0.0.1:3000#", "has a query or fragment", ""),
     ],
 )
-def test_a_gateway_url_is_a_base_url_without_a_path(url: str) -> None:
+def test_a_gateway_url_is_a_base_url(url: str, what: str, base: str) -> None:
     """TrackPoster adds /v1/track: with the path given too it posted to .../v1/track/v1/track."""
-    said = f"^{re.escape(repr(url))} has a path, query or fragment: give the base URL alone, "
-    with pytest.raises(errors.UsageError, match=said + re.escape("http://127.0.0.1:3000") + "$"):
+    said = f"{url!r} {what}: give the base URL alone, http://127.0.0.1:3000{base}"
+    with pytest.raises(errors.UsageError, match=f"^{re.escape(said)}$"):
         check_gateway_url(url, allow_remote=False)
+
+
+def test_a_gateway_url_may_have_a_proxy_prefix() -> None:
+    url = "http://127.0.0.1:3000/telemetry/"
+    assert check_gateway_url(url, allow_remote=False) == "http://127.0.0.1:3000/telemetry"
 
 
 @pytest.mark.parametrize(
@@ -246,8 +256,8 @@ def test_send_and_loadgen_refuse_a_gateway_url_with_a_path(
     # The discard port: a send to it would fail with exit 3.
     assert cli.main([*argv, "--key", "k", "--retries", "0"]) == 2
     assert capsys.readouterr().err == (
-        f"tpipe {argv[0]}: 'http://127.0.0.1:9/v1/track' has a path, query or fragment: "
-        "give the base URL alone, http://127.0.0.1:9\n"
+        f"tpipe {argv[0]}: 'http://127.0.0.1:9/v1/track' ends with /v1/track, which the command"
+        " adds: give the base URL alone, http://127.0.0.1:9\n"
     )
 
 
