@@ -16,11 +16,13 @@ import contextlib
 import logging
 from collections.abc import Callable, Mapping
 
+import nats.errors
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from indexer.bulk import BulkWriter
+from indexer.errors import DeadLetterRefusedError
 from indexer.intake import Intake
 from indexer.metrics import Metrics
 from pipeline import natsconn, subjects
@@ -46,7 +48,10 @@ _CONSUMER_NOT_FOUND = 10014
 
 class NatsDeadLetters:
     """Publishes to telemetry.dlq.v1.indexer through the shared helper, each dead letter made
-    to fit the largest message the server takes (`max_payload()`, 0: no limit)."""
+    to fit the largest message the server takes (`max_payload()`, 0: no limit).
+
+    A dead letter NATS refuses for good raises DeadLetterRefusedError; any other error (NATS
+    away, a timeout, the DLQ stream unavailable) is raised as it is, to be tried again."""
 
     def __init__(self, js: JetStreamContext, *, max_payload: Callable[[], int] = lambda: 0) -> None:
         self._js = js
@@ -63,18 +68,23 @@ class NatsDeadLetters:
         msg_id: str,
         source_seq: int,
     ) -> bool:
-        return await natsconn.publish_dlq(
-            self._js,
-            stage=STAGE,
-            reason=reason,
-            data=data,
-            source_subject=subject,
-            headers=headers,
-            deliveries=deliveries,
-            msg_id=msg_id,
-            source_seq=source_seq,
-            max_payload=self._max_payload(),
-        )
+        try:
+            return await natsconn.publish_dlq(
+                self._js,
+                stage=STAGE,
+                reason=reason,
+                data=data,
+                source_subject=subject,
+                headers=headers,
+                deliveries=deliveries,
+                msg_id=msg_id,
+                source_seq=source_seq,
+                max_payload=self._max_payload(),
+            )
+        except (nats.errors.MaxPayloadError, BadRequestError) as err:
+            # Too large for the server, or refused by the stream (a 400: a message larger than
+            # it takes, say): the same every time, as the enricher's.
+            raise DeadLetterRefusedError(f"the DLQ refused it: {natsconn.describe(err)}") from err
 
 
 def consumer_config(*, name: str, ack_wait_s: float, max_ack_pending: int) -> js_api.ConsumerConfig:

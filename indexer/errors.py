@@ -11,6 +11,11 @@ class DocumentError(IndexerError):
     """An event cannot become an OpenSearch document (for example an empty event_id)."""
 
 
+class DeadLetterRefusedError(IndexerError):
+    """NATS refused a dead letter for good (too large for the server, or a JetStream 400 from
+    the DLQ stream): publishing it again will be refused again."""
+
+
 class SearchUnavailableError(IndexerError):
     """OpenSearch did not answer, timed out, or answered 429/5xx or a 4xx about credentials,
     permissions or its address (401, 403, 404...): worth trying again. `status` is the HTTP

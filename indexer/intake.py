@@ -4,7 +4,9 @@
 use fakes), turns each event of its `EnrichedBatch` into a bulk item and settles the
 message when the last item is done: ack, or nak when a dead letter could not be
 published. Undecodable messages, batches of no events and messages delivered too often go
-to the DLQ whole and are terminated.
+to the DLQ whole and are terminated. A dead letter NATS refuses for good (too large, a 400
+from the DLQ stream) is logged as an error and counted, not tried again: its message is
+terminated, or for a rejected event acked with the others.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from telemetry.v1 import event_pb2
 
 from indexer import documents
 from indexer.bulk import COLLISION, BulkItem, BulkWriter, render
-from indexer.errors import DocumentError
+from indexer.errors import DeadLetterRefusedError, DocumentError
 from indexer.metrics import Metrics
 from indexer.outcomes import Outcome
 from pipeline import logs, subjects, tracing
@@ -106,6 +108,8 @@ class DeadLetters(Protocol):
         source_seq: int,
     ) -> bool:
         """True when the DLQ already had it (dead-lettered before, by an earlier delivery).
+        Raises DeadLetterRefusedError when NATS refuses it for good; any other error means it
+        may be taken later.
 
         `msg_id` names it in the DLQ's duplicate window; `source_seq` is the sequence of the
         message it came from in the enriched stream (Telemetry-Dlq-Source-Seq).
@@ -296,6 +300,13 @@ class Intake:
                 msg_id=_dead_letter_id(delivery),
                 source_seq=delivery.stream_seq,
             )
+        except DeadLetterRefusedError as err:
+            # Refused for good: nak'd, the message would come back and be refused again for
+            # ever, holding an ack-pending slot.
+            self._log_refused("message dropped", delivery, err, reason=label)
+            self._metrics.dlq_refused.inc()
+            await self._quietly(delivery.term(), "termed")
+            return
         except Exception as err:
             self._dlq_failed(delivery, err)
             await self._quietly(delivery.nak(NAK_DELAY_S), "nakked")
@@ -313,6 +324,33 @@ class Intake:
         if not again:
             self._metrics.dlq.labels(reason=label).inc()
         await self._quietly(delivery.term(), "termed")
+
+    def _log_refused(
+        self,
+        what: str,
+        delivery: Delivery,
+        err: DeadLetterRefusedError,
+        *,
+        reason: str,
+        position: int | None = None,
+    ) -> None:
+        """Logs a message or event dropped because NATS refused its dead letter for good: an
+        error, as it is lost and should never be (something makes dead letters the DLQ cannot
+        take). `position` is a rejected event's in its batch."""
+        at = {} if position is None else {"position": position}
+        log.error(
+            "%s: its dead letter was refused: %s",
+            what,
+            err,
+            extra={
+                "reason": reason,
+                "subject": delivery.subject,
+                "message_id": delivery.msg_id,
+                "deliveries": delivery.deliveries,
+                **at,
+                **tracing.trace_id_of(delivery.headers),
+            },
+        )
 
     def _dlq_failed(self, delivery: Delivery, err: Exception) -> None:
         """Logs a dead letter not published, its message nak'd (one line per interval)."""
@@ -347,8 +385,14 @@ class Intake:
         follows, and each publish more could wait its whole timeout, holding the writer's
         answer to the other messages. The redelivery publishes them all again; JetStream
         drops those it has by their message ids.
+
+        A dead letter NATS refuses for good does not stop the others, and the message is
+        settled as if it had been stored: trying again cannot help. Its event is logged as an
+        error when the message is not nak'd, and counted with the ack (a message nak'd comes
+        back and its event is refused again then).
         """
         dlq_failed = False
+        refused: list[tuple[int, str, DeadLetterRefusedError]] = []  # (position, reason, error)
         delivery = message.delivery
         letter_id = _dead_letter_id(delivery) if message.rejected else ""
         for position, reason in message.rejected:
@@ -364,6 +408,8 @@ class Intake:
                     msg_id=f"{letter_id}:{position}",
                     source_seq=delivery.stream_seq,
                 )
+            except DeadLetterRefusedError as err:  # the same on every delivery: given up
+                refused.append((position, reason, err))
             except Exception as err:  # NATS away: nak the message, the event comes back
                 self._dlq_failed(delivery, err)
                 dlq_failed = True
@@ -379,14 +425,25 @@ class Intake:
         if dlq_failed:
             await self._quietly(delivery.nak(NAK_DELAY_S), "nakked")
             return
-        # Written documents are counted with the ack that ends their message: a message
-        # nak'd or not acked comes back, and its documents are counted then (as duplicates),
-        # not twice.
+        for position, reason, refusal in refused:
+            self._log_refused(
+                "rejected event dropped",
+                delivery,
+                refusal,
+                reason=_dlq_label(reason),
+                position=position,
+            )
+        # Written documents, and events whose dead letter was refused, are counted with the ack
+        # that ends their message: a message nak'd or not acked comes back, and they are
+        # counted then (the documents as duplicates), not twice.
         if await self._quietly(delivery.ack(), "acked"):
             if message.created:
                 self._counted[Outcome.CREATED].inc(message.created)
             if message.duplicates:
                 self._counted[Outcome.DUPLICATE].inc(message.duplicates)
+            if refused:
+                self._metrics.dlq_refused.inc(len(refused))
+                self._counted[Outcome.REJECTED].inc(len(refused))
 
     async def _quietly(self, settling: Awaitable[None], label: str) -> bool:
         """Settles a message; False when NATS did not take it (the message comes back)."""

@@ -30,6 +30,12 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.dlq_refused = Counter(
+            "indexer_dlq_refused",
+            "Messages terminated, or rejected events dropped, without a dead letter: the DLQ"
+            " refused it for good.",
+            registry=self.registry,
+        )
         self.messages = Counter(
             "indexer_messages",
             "NATS messages by how they were settled: acked, termed or nakked.",

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from indexer.bulk import BulkWriter, ItemResult
-from indexer.errors import SearchRequestError, SearchUnavailableError
+from indexer.errors import DeadLetterRefusedError, SearchRequestError, SearchUnavailableError
 
 
 def parse_bulk(body: bytes) -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -155,6 +155,8 @@ class FakeDeadLetters:
     def __init__(self) -> None:
         self.letters: list[DeadLetter] = []
         self.fail = False
+        # Whether NATS refuses a letter for good (the consumer's DeadLetterRefusedError).
+        self.refuse: Callable[[str], bool] = lambda msg_id: False
 
     async def publish(
         self,
@@ -170,6 +172,8 @@ class FakeDeadLetters:
         """Keeps one letter per message id, as JetStream's duplicate window does."""
         if self.fail:
             raise ConnectionError("nats away")
+        if self.refuse(msg_id):
+            raise DeadLetterRefusedError("the DLQ refused it: nats: maximum payload exceeded")
         if any(letter.msg_id == msg_id for letter in self.letters):
             return True
         self.letters.append(

@@ -1,5 +1,6 @@
 """The NATS adapter: a lost durable consumer is created again, readiness sees failing
-fetches, and a dead letter carries its id and the sequence of its message."""
+fetches, and a dead letter carries its id and the sequence of its message, and is refused
+for good only when NATS will refuse it again."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from typing import Any, cast
 
 import pytest
 from indexer_fakes import FakeDeadLetters, quiet_writer
-from nats.errors import ConnectionClosedError
+from nats.errors import ConnectionClosedError, MaxPayloadError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 
 from indexer.consumer import EnrichedConsumer, NatsDeadLetters
+from indexer.errors import DeadLetterRefusedError
 from indexer.intake import Intake
 from indexer.metrics import Metrics
 from pipeline import subjects
@@ -299,3 +301,65 @@ async def test_a_dead_letter_carries_its_id_and_the_sequence_of_its_message() ->
     assert headers[subjects.MSG_ID_HEADER] == "dlq:indexer:41:enr:7:a"
     assert headers[subjects.DLQ_SOURCE_SEQ_HEADER] == "41"
     assert headers[subjects.DLQ_DELIVERIES_HEADER] == "2"
+
+
+class FailingJetStream:
+    """js.publish failing with `error`."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def publish(self, subject: str, payload: bytes, **_: Any) -> js_api.PubAck:
+        raise self.error
+
+
+async def _dead_letter_failing_with(error: Exception) -> None:
+    dead_letters = NatsDeadLetters(cast(JetStreamContext, FailingJetStream(error)))
+    await dead_letters.publish(
+        reason="undecodable: not an EnrichedBatch",
+        data=b"\xff garbage",
+        subject="telemetry.enriched.v1.shop",
+        headers={},
+        deliveries=1,
+        msg_id="41:enr:7:a",
+        source_seq=41,
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "text"),
+    [
+        (MaxPayloadError(), "the DLQ refused it: nats: maximum payload exceeded"),
+        (
+            BadRequestError(code=400, err_code=10054, description="maximum message size exceeded"),
+            "the DLQ refused it: nats: BadRequestError: code=400 err_code=10054"
+            " description='maximum message size exceeded'",
+        ),
+    ],
+    ids=["max_payload", "bad_request"],
+)
+async def test_a_dead_letter_nats_refuses_for_good_raises_dead_letter_refused(
+    error: Exception, text: str
+) -> None:
+    with pytest.raises(DeadLetterRefusedError) as raised:
+        await _dead_letter_failing_with(error)
+    assert str(raised.value) == text
+    assert raised.value.__cause__ is error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ServiceUnavailableError(code=503, description="no leader"),
+        ConnectionClosedError(),
+        TimeoutError(),
+    ],
+    ids=["unavailable", "closed", "timeout"],
+)
+async def test_a_dead_letter_nats_may_take_later_raises_its_error_as_it_is(
+    error: Exception,
+) -> None:
+    # Intake naks its message: the redelivery tries it again.
+    with pytest.raises(type(error)) as raised:
+        await _dead_letter_failing_with(error)
+    assert raised.value is error

@@ -512,6 +512,104 @@ async def test_a_redelivery_after_a_failed_dead_letter_counts_each_rejection_onc
     assert _counted(intake)["rejected"] == 2.0
 
 
+@pytest.mark.parametrize(
+    ("data", "deliveries", "label"),
+    [
+        (b"\xff garbage", 1, "undecodable"),
+        (b"", 1, "empty_batch"),
+        (_batch(_event("a")), 4, "max_deliveries"),
+    ],
+    ids=["undecodable", "empty_batch", "max_deliveries"],
+)
+async def test_a_message_whose_dead_letter_is_refused_for_good_is_terminated_not_nakked(
+    caplog: pytest.LogCaptureFixture, data: bytes, deliveries: int, label: str
+) -> None:
+    # Nak'd, it would come back every NAK_DELAY_S and be refused again, for ever.
+    _, dead, _, intake = _setup()
+    dead.refuse = lambda msg_id: True
+    delivery = FakeDelivery(data, deliveries=deliveries, stream_seq=9)
+    with caplog.at_level(logging.WARNING, logger="indexer.intake"):
+        await intake.handle(delivery)
+
+    assert delivery.settled == ["term"]
+    assert dead.letters == []
+    assert intake.in_progress == 0
+    registry = intake._metrics.registry
+    assert registry.get_sample_value("indexer_dlq_refused_total") == 1.0
+    assert registry.get_sample_value("indexer_dlq_total", {"reason": label}) is None
+    assert registry.get_sample_value("indexer_messages_total", {"outcome": "termed"}) == 1.0
+    assert registry.get_sample_value("indexer_messages_total", {"outcome": "nakked"}) is None
+    [line] = caplog.records
+    assert line.levelno == logging.ERROR
+    assert line.getMessage() == (
+        "message dropped: its dead letter was refused:"
+        " the DLQ refused it: nats: maximum payload exceeded"
+    )
+    assert (line.reason, line.subject, line.message_id, line.deliveries) == (
+        label,
+        "telemetry.enriched.v1.shop",
+        "TELEMETRY_ENRICHED:9",
+        deliveries,
+    )
+
+
+async def test_a_rejected_event_whose_dead_letter_is_refused_for_good_lets_the_message_be_acked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The event after it is still dead-lettered, and the message acked as if both had been.
+    store = FakeStore()
+    store.item_status = lambda doc: 400 if doc["event_id"].startswith("bad") else None
+    _, dead, writer, intake = _setup(store)
+    dead.refuse = lambda msg_id: msg_id.endswith(":1")
+    delivery = FakeDelivery(_batch(_event("ok"), _event("bad1"), _event("bad2")), stream_seq=9)
+    with caplog.at_level(logging.WARNING, logger="indexer.intake"):
+        await intake.handle(delivery)
+        await writer.drain()
+
+    assert delivery.settled == ["ack"]
+    [letter] = dead.letters
+    assert event_pb2.EnrichedEvent.FromString(letter.data).event.event_id == "bad2"
+    registry = intake._metrics.registry
+    assert registry.get_sample_value("indexer_dlq_refused_total") == 1.0
+    assert registry.get_sample_value("indexer_dlq_total", {"reason": "rejected"}) == 1.0
+    assert _counted(intake) == {"created": 1.0, "duplicate": 0.0, "rejected": 2.0}
+    [line] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert line.getMessage().startswith("rejected event dropped: its dead letter was refused:")
+    assert (line.reason, line.message_id, line.position) == ("rejected", "TELEMETRY_ENRICHED:9", 1)
+
+
+async def test_a_refused_dead_letter_of_a_message_nakked_for_another_is_counted_once() -> None:
+    # Another dead letter of the message is not taken for now: the message is nak'd and
+    # comes back, and the refused one is counted with the delivery that is acked.
+    store = FakeStore()
+    store.item_status = lambda doc: 400 if doc["event_id"].startswith("bad") else None
+    _, dead, writer, intake = _setup(store)
+    dead.refuse = lambda msg_id: msg_id.endswith(":1")
+    data = _batch(_event("ok"), _event("bad1"), _event("bad2"))
+    stored = dead.publish
+
+    async def second_fails(**letter: Any) -> bool:
+        if letter["msg_id"].endswith(":2"):
+            raise ConnectionError("nats away")
+        return await stored(**letter)
+
+    dead.publish = second_fails  # type: ignore[method-assign]
+    first = FakeDelivery(data)
+    await intake.handle(first)
+    await writer.drain()
+    registry = intake._metrics.registry
+    assert first.settled == ["nak"]
+    assert registry.get_sample_value("indexer_dlq_refused_total") == 0.0
+    dead.publish = stored  # type: ignore[method-assign]
+    again = FakeDelivery(data, deliveries=2)
+    await intake.handle(again)
+    await writer.drain()
+
+    assert again.settled == ["ack"]
+    assert registry.get_sample_value("indexer_dlq_refused_total") == 1.0
+    assert _counted(intake) == {"created": 0.0, "duplicate": 1.0, "rejected": 2.0}
+
+
 async def test_a_message_of_only_unusable_events_is_dead_lettered_without_a_request() -> None:
     store, dead, _, intake = _setup()
     delivery = FakeDelivery(_batch(_event(""), _event("x" * 600)))
