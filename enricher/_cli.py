@@ -25,7 +25,8 @@ EXIT_USAGE = 2
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parses the arguments, loads the settings and runs; returns the exit status."""
+    """Parses the arguments, loads the settings and runs; returns the exit status (2 for bad
+    settings or arguments, 3 when it cannot listen)."""
     args = sys.argv[1:] if argv is None else argv
     if any(arg in ("-h", "--help") for arg in args):
         print_out(f"{USAGE}\n\n{help_text(Config, 'Settings')}")
@@ -41,8 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     logs.configure(NAME, level=config.log_level, fmt=config.log_format)
     try:
-        run(lambda: Enricher(config), name=NAME)
-    except EnricherError as err:
+        return run(lambda: Enricher(config), name=NAME)
+    except EnricherError as err:  # its GeoIP data unusable
         print(f"enricher: {err}", file=sys.stderr)
         return EXIT_USAGE
-    return EXIT_OK

@@ -10,7 +10,6 @@ from telemetry.v1 import enrich_service_pb2, enrich_service_pb2_grpc, event_pb2
 from enricher._enrich import EnrichOptions, enrich_batch_bytes
 from enricher._geo import GeoLookup
 from enricher._metrics import Metrics
-from enricher.errors import SetupError
 from pipeline import grpcserver, subjects
 
 SERVICE_NAME = enrich_service_pb2.DESCRIPTOR.services_by_name["EnrichService"].full_name
@@ -75,15 +74,14 @@ class GrpcServer(grpcserver.GrpcServer):
     """The gRPC server: EnrichService, grpc.health.v1 and server reflection."""
 
     def __init__(self, servicer: EnrichServicer, *, host: str, port: int) -> None:
-        super().__init__(service_name=SERVICE_NAME, host=host, port=port)
+        super().__init__(
+            service_name=SERVICE_NAME,
+            host=host,
+            port=port,
+            host_setting="ENRICHER_GRPC_HOST",
+            port_setting="ENRICHER_GRPC_PORT",
+        )
         self._servicer = servicer
 
     def register(self, server: grpc.aio.Server) -> None:
         enrich_service_pb2_grpc.add_EnrichServiceServicer_to_server(self._servicer, server)
-
-    async def start(self) -> None:
-        """Binds and serves; raises SetupError when the address cannot be bound."""
-        try:
-            await super().start()
-        except grpcserver.ListenError as err:
-            raise SetupError(str(err)) from err

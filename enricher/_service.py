@@ -129,6 +129,8 @@ class Enricher:
             host=config.http_host,
             port=config.http_port,
             graceful_stop_s=config.stop_timeout_s,
+            host_setting="ENRICHER_HTTP_HOST",
+            port_setting="ENRICHER_HTTP_PORT",
         )
         await self._http.start()
         self._grpc = GrpcServer(

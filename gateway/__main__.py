@@ -17,7 +17,7 @@ USAGE = "usage: tpipe gateway [--help]   (also: python -m gateway)"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the gateway; 0 on a clean stop, 2 on bad settings."""
+    """Runs the gateway; 0 on a clean stop, 2 on bad settings, 3 when it cannot listen."""
     args = sys.argv[1:] if argv is None else argv
     if any(arg in ("-h", "--help") for arg in args):
         print_out(
@@ -43,8 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if config.workers > 1:
         return supervise(config.workers)
-    service.run(lambda: Gateway(config, keys=keys), name="gateway")
-    return 0
+    return service.run(lambda: Gateway(config, keys=keys), name="gateway")
 
 
 if __name__ == "__main__":

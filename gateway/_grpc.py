@@ -271,6 +271,8 @@ class GrpcServer(grpcserver.GrpcServer):
             ],
             grace_s=graceful_stop_s,
             interceptors=[servicer.key_check()],
+            host_setting="GATEWAY_HOST",
+            port_setting="GATEWAY_GRPC_PORT",
         )
         self._servicer = servicer
         self._read_request = request_reader(max_message_bytes, max_events=servicer.max_events)

@@ -97,6 +97,8 @@ class Gateway:
             port=config.http_port,
             graceful_stop_s=config.graceful_stop_s,
             reuse_port=config.reuse_port,
+            host_setting="GATEWAY_HOST",
+            port_setting="GATEWAY_HTTP_PORT",
         )
         self._grpc = GrpcServer(
             IngestServicer(
@@ -132,13 +134,22 @@ class Gateway:
         return self._grpc.port
 
     async def start(self) -> None:
-        """Starts connecting to NATS and serves HTTP and gRPC at once (not ready until NATS is)."""
+        """Serves HTTP and gRPC, then starts connecting to NATS in the background (not ready
+        until NATS is).
+
+        A server that cannot listen raises ListenError before NATS is connected to; what was
+        started is stopped first.
+        """
         if self._started:
             return
         self._started = True
-        await self._broker.start()
-        await self._http.start()
-        await self._grpc.start()
+        try:
+            await self._http.start()
+            await self._grpc.start()
+            await self._broker.start()
+        except BaseException:
+            await self.stop()
+            raise
         self._health_task = asyncio.create_task(self._health.follow(self.ready))
         log.info(
             "gateway listening",

@@ -2,10 +2,10 @@
 
 `GATEWAY_WORKERS=N` makes `python -m gateway` a small supervisor: it starts N worker
 processes with `GATEWAY_REUSE_PORT=true`, passes SIGTERM/SIGINT on to them, and exits
-when they have all stopped (non-zero when one stopped on its own). The kernel spreads
-connections over the workers. The workers share a metrics folder of the supervisor's
-(PROMETHEUS_MULTIPROC_DIR, removed when they stop), so /metrics on the shared port
-reports the whole gateway, whichever worker answers.
+when they have all stopped (non-zero when one stopped on its own: with its exit code, 3
+when it could not listen). The kernel spreads connections over the workers. The workers
+share a metrics folder of the supervisor's (PROMETHEUS_MULTIPROC_DIR, removed when they
+stop), so /metrics on the shared port reports the whole gateway, whichever worker answers.
 """
 
 from __future__ import annotations
@@ -70,13 +70,19 @@ def _supervise(workers: int, shared_metrics: str) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     log.info("gateway supervisor started %d workers", workers)
-    failed = False
+    failed: subprocess.Popen[bytes] | None = None  # the first worker that stopped on its own
     while any(proc.poll() is None for proc in procs):
-        if not stopping and any(proc.poll() is not None for proc in procs):
+        if not stopping and (ended := [proc for proc in procs if proc.poll() is not None]):
             # A worker stopped on its own: stop the rest and let the process manager restart us.
-            failed = True
+            failed = ended[0]
             forward(signal.SIGTERM, None)
         time.sleep(WORKER_POLL_S)
     codes = [proc.wait(timeout=WORKER_STOP_TIMEOUT_S) for proc in procs]
     log.info("gateway workers stopped", extra={"exit_codes": codes})
-    return 1 if failed or any(codes) else 0
+    if not stopping:  # all of them stopped on their own between two looks
+        failed = procs[0]
+    if failed is not None:
+        # With its code (3: it could not listen), as one gateway process would exit; 1 for a
+        # worker ended by a signal.
+        return failed.returncode if failed.returncode > 0 else 1
+    return 1 if any(codes) else 0

@@ -21,7 +21,8 @@ USAGE = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the process exit code (2 for bad settings or arguments)."""
+    """Entry point; returns the process exit code (2 for bad settings or arguments, 3 when it
+    cannot listen)."""
     args = sys.argv[1:] if argv is None else argv
     if any(arg in ("-h", "--help") for arg in args):
         print_out(f"{USAGE}\n\n{help_text(Config, 'Settings')}")
@@ -40,8 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     # young generation less often, and never rescan what was loaded at start.
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
-    run(lambda: Indexer(config), name="indexer")
-    return 0
+    return run(lambda: Indexer(config), name="indexer")
 
 
 if __name__ == "__main__":

@@ -311,7 +311,13 @@ class QueryServer(grpcserver.GrpcServer):
         metrics: Metrics | None = None,
         tracer: tracing.Tracing | None = None,
     ) -> None:
-        super().__init__(service_name=SERVICE_NAME, host=host, port=port)
+        super().__init__(
+            service_name=SERVICE_NAME,
+            host=host,
+            port=port,
+            host_setting="INDEXER_GRPC_HOST",
+            port_setting="INDEXER_GRPC_PORT",
+        )
         self._search = search
         self._max_in_flight = max_in_flight
         self._metrics = metrics

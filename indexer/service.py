@@ -116,6 +116,8 @@ class Indexer:
             host=config.http_host,
             port=config.http_port,
             graceful_stop_s=config.graceful_stop_s,
+            host_setting="INDEXER_HTTP_HOST",
+            port_setting="INDEXER_HTTP_PORT",
         )
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None

@@ -15,17 +15,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from pipeline.errors import PipelineError
+from pipeline.errors import ListenError
+from pipeline.listen import address, cannot_listen, check_bindable
 
 log = logging.getLogger(__name__)
 
 DEFAULT_GRACE_S = 5.0
 HEALTH_POLL_S = 1.0
 SERVER = ""  # grpc.health.v1's name for the whole server
-
-
-class ListenError(PipelineError):
-    """The server cannot listen on its address (taken, or not an address of this host)."""
 
 
 class GrpcServer:
@@ -45,10 +42,14 @@ class GrpcServer:
         options: Sequence[tuple[str, Any]] = (),
         grace_s: float = DEFAULT_GRACE_S,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        host_setting: str = "the host",
+        port_setting: str = "the port",
     ) -> None:
         self._service_name = service_name
         self._interceptors = tuple(interceptors)
-        self._address = f"{host}:{port}"
+        self._host, self._port = host, port
+        self._host_setting, self._port_setting = host_setting, port_setting  # named in errors
+        self._address = address(host, port)
         self._options = list(options)
         if not any(name == "grpc.so_reuseport" for name, _ in self._options):
             # grpcio turns SO_REUSEPORT on by default on Linux: a second process on the same
@@ -69,9 +70,23 @@ class GrpcServer:
         raise NotImplementedError
 
     async def start(self) -> None:
-        """Binds and starts serving (idempotent); raises ListenError when it cannot bind."""
+        """Binds and starts serving (idempotent); raises ListenError when it cannot bind,
+        naming the setting to change."""
         if self._server is not None:
             return
+        # gRPC shares a port with SO_REUSEPORT unless told not to.
+        reuse_port = bool(dict(self._options).get("grpc.so_reuseport", 1))
+        try:
+            check_bindable(self._host, self._port, reuse_port=reuse_port)
+        except OSError as err:
+            raise cannot_listen(
+                "gRPC",
+                self._host,
+                self._port,
+                err,
+                host_setting=self._host_setting,
+                port_setting=self._port_setting,
+            ) from err
         server = grpc.aio.server(options=self._options, interceptors=self._interceptors)
         self.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -80,10 +95,13 @@ class GrpcServer:
         )
         try:
             self.port = server.add_insecure_port(self._address)
-        except RuntimeError as err:
-            raise ListenError(f"gRPC cannot listen on {self._address}: {err}") from err
-        if self.port == 0:
-            raise ListenError(f"gRPC cannot listen on {self._address}")
+        except RuntimeError:  # gRPC's "Failed to bind to address", which says no more
+            self.port = 0
+        if self.port == 0:  # taken since the check, say
+            raise ListenError(
+                f"gRPC cannot listen on {self._address}: check {self._host_setting} and"
+                f" {self._port_setting}"
+            )
         await server.start()
         self._server = server
         await self.set_serving(False)

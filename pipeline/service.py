@@ -34,6 +34,9 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
 from pipeline import natsconn, tracing
+from pipeline.errors import ListenError
+from pipeline.listen import address, cannot_listen
+from pipeline.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +112,25 @@ def ops_app(service: Service, registry: CollectorRegistry) -> Starlette:
     return Starlette(routes=ops_routes(service.ready, registry))
 
 
+class _StartFailed(Exception):
+    """uvicorn's start failed: it logged why and called sys.exit (the bind's OSError is the
+    exit's context)."""
+
+
 class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: `run()` owns the signals."""
+    """uvicorn without its own signal handling (`run()` owns the signals), whose failed start
+    raises an error in its task rather than SystemExit: that would end the event loop at once,
+    the service never stopped, its tasks left to asyncio, which cancels them once and waits."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().startup(sockets=sockets)
+        except SystemExit as exit_:
+            raise _StartFailed(f"uvicorn exited with {exit_.code}") from exit_.__context__
 
 
 def _whole_seconds(seconds: float) -> int:
@@ -137,6 +153,8 @@ class HttpServer:
         port: int,
         graceful_stop_s: float = DEFAULT_GRACEFUL_STOP_S,
         reuse_port: bool = False,
+        host_setting: str = "the host",
+        port_setting: str = "the port",
     ) -> None:
         config = uvicorn.Config(
             app,
@@ -153,31 +171,80 @@ class HttpServer:
         )
         self._server = _Server(config)
         self._host, self._port, self._reuse_port = host, port, reuse_port
+        self._host_setting, self._port_setting = host_setting, port_setting  # named in errors
         self._socket: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None
 
     def _bind_shared(self) -> socket.socket:
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((self._host, self._port))
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((self._host, self._port))
+        except OSError:
+            sock.close()
+            raise
         return sock
 
+    async def _check_bindable(self) -> None:
+        """Binds the address as uvicorn will, and lets it go: uvicorn, failing to, would log
+        an error line of its own before ours."""
+        if self._port == 0:
+            return
+        probe = await asyncio.get_running_loop().create_server(
+            asyncio.Protocol, host=self._host, port=self._port, start_serving=False
+        )
+        probe.close()
+        await probe.wait_closed()
+
+    def _cannot_listen(self, err: OSError) -> ListenError:
+        return cannot_listen(
+            "HTTP",
+            self._host,
+            self._port,
+            err,
+            host_setting=self._host_setting,
+            port_setting=self._port_setting,
+        )
+
     async def start(self) -> None:
-        """Starts serving; returns once the socket listens (raises if it cannot bind)."""
+        """Starts serving; returns once the socket listens. Raises ListenError, naming the
+        setting to change, when it cannot bind."""
         if self._task is not None:
             return
-        if self._reuse_port:
-            self._socket = self._bind_shared()
-            self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
-        else:
-            self._task = asyncio.create_task(self._server.serve())
+        try:
+            if self._reuse_port:
+                self._socket = self._bind_shared()
+            else:
+                await self._check_bindable()
+        except OSError as err:
+            raise self._cannot_listen(err) from err
+        sockets = None if self._socket is None else [self._socket]
+        self._task = task = asyncio.create_task(self._server.serve(sockets=sockets))
         while not self._server.started:
-            if self._task.done():
-                self._task.result()
-                raise OSError(f"HTTP server could not listen on {self._host}:{self._port}")
+            if task.done():
+                self._task = None
+                if self._socket is not None:
+                    self._socket.close()
+                    self._socket = None
+                raise self._start_failure(task)
             await asyncio.sleep(0.02)
+
+    def _start_failure(self, task: asyncio.Task[None]) -> Exception:
+        """The error of a server task that ended before it listened (its address taken
+        since the check, say)."""
+        error = None if task.cancelled() else task.exception()
+        if isinstance(error, _StartFailed):
+            error = error.__cause__
+        if isinstance(error, OSError):
+            return self._cannot_listen(error)
+        if isinstance(error, Exception):
+            return error
+        return ListenError(
+            f"HTTP cannot listen on {address(self._host, self._port)}: check "
+            f"{self._host_setting} and {self._port_setting}"
+        )
 
     @property
     def port(self) -> int:
@@ -208,7 +275,12 @@ class HttpServer:
 async def serve_until_signal(service: Service, *, name: str) -> None:
     """Starts `service`, waits for SIGTERM/SIGINT, then stops it gracefully; a second signal
     during the stop exits at once (128 + its number), as an operator asking twice means.
-    What was not settled then comes back from JetStream (at-least-once on every hop)."""
+    What was not settled then comes back from JetStream (at-least-once on every hop).
+
+    A start that fails is stopped too (what it began in the background, a connect waiting
+    for NATS, would otherwise outlive it), and its error raised: ListenError when a server
+    cannot listen where its settings say. Once this returns, a signal has its default effect.
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -220,23 +292,46 @@ async def serve_until_signal(service: Service, *, name: str) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await _serve(service, name=name, stop=stop)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def _serve(service: Service, *, name: str, stop: asyncio.Event) -> None:
     # A signal during a slow start (a broker that is down) cancels the start.
     starting = asyncio.create_task(service.start())
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if starting.done():
-        starting.result()
+        if starting.exception() is not None:
+            await cancel_and_wait(stopping)
+            try:
+                await service.stop()
+            finally:
+                starting.result()  # its error, the stop's (if any) as its context
         log.info("%s started", name)
         await stopping
     else:
-        starting.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await starting
+        await cancel_and_wait(starting)
     log.info("%s stopping", name)
     await service.stop()
     log.info("%s stopped", name)
 
 
-def run(make_service: Callable[[], Service], *, name: str) -> None:
-    """Runs a service in a fresh uvloop event loop until a signal stops it."""
-    uvloop.run(serve_until_signal(make_service(), name=name))
+# The exit code of a service that cannot start where its settings say (a port taken, a host
+# that is no address of this one); uvicorn's own for a failed start.
+EXIT_CANNOT_START = 3
+
+
+def run(make_service: Callable[[], Service], *, name: str) -> int:
+    """Runs a service in a fresh uvloop event loop until a signal stops it; returns its exit
+    code: 0, or EXIT_CANNOT_START when one of its servers cannot listen, after one line
+    saying why and which setting to change."""
+    try:
+        uvloop.run(serve_until_signal(make_service(), name=name))
+    except ListenError as err:
+        log.error("%s cannot start: %s", name, err)
+        return EXIT_CANNOT_START
+    return 0

@@ -1,4 +1,4 @@
-"""Shared fixtures: where the real servers are.
+"""Shared fixtures: where the real servers are, and a port another process would hold.
 
 `make test` starts NATS and OpenSearch on the test profile's ports and exports NATS_URL and
 OPENSEARCH_URL. A server that cannot be reached fails the tests that need it, never skips them.
@@ -70,3 +70,13 @@ def nats_url() -> str:
 def opensearch_url() -> str:
     """opensearch_url is the OpenSearch node the tests talk to."""
     return _require_reachable("OpenSearch", "OPENSEARCH_URL", DEFAULT_OPENSEARCH_URL)
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port another process would hold: bound and listening on 127.0.0.1, without
+    SO_REUSEPORT."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])

@@ -17,6 +17,7 @@ from gateway import Gateway
 from gateway._publisher import JetStreamPublisher
 from gateway.errors import Unavailable
 from pipeline import subjects
+from pipeline.errors import ListenError
 from pipeline.settings import NatsSettings
 from pipeline.tasks import cancel_and_wait
 from tests.unit.gateway.conftest import WRITE_KEY, FakeBroker, FakeQuery, unit_config
@@ -76,6 +77,23 @@ async def test_stop_lets_in_flight_publishes_finish_before_closing_the_broker() 
     assert broker.closed_under_publish is False
     assert broker.stopped
     await gateway.stop()  # idempotent
+
+
+@pytest.mark.parametrize("taken", ["GATEWAY_HTTP_PORT", "GATEWAY_GRPC_PORT"])
+async def test_a_port_taken_is_an_error_naming_its_setting_and_leaves_nothing_running(
+    taken: str, taken_port: int
+) -> None:
+    """NATS unreachable, whose connect takes a cancel for the end of a wait of its own:
+    left running, it kept the process from ever exiting."""
+    ports = {"GATEWAY_HTTP_PORT": "0", "GATEWAY_GRPC_PORT": "0", taken: str(taken_port)}
+    gateway = Gateway(unit_config(NATS_URL="nats://127.0.0.1:1", **ports), query=FakeQuery())
+
+    with pytest.raises(ListenError) as caught:
+        await asyncio.wait_for(gateway.start(), 10)
+
+    assert f"127.0.0.1:{taken_port}: address already in use" in str(caught.value)
+    assert f"set {taken} to a free port" in str(caught.value)
+    assert asyncio.all_tasks() == {asyncio.current_task()}
 
 
 class LateBroker(FakeBroker):

@@ -4,25 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import subprocess
 import sys
 
 import httpx
+import pytest
 from prometheus_client import CollectorRegistry, Counter
+from starlette.responses import PlainTextResponse
 from starlette.types import Receive, Scope, Send
 
+from pipeline import service as lifecycle
+from pipeline.errors import ListenError
 from pipeline.service import HttpServer, StopDeadline, ops_app, serve_until_signal
+from pipeline.tasks import cancel_and_wait
 
 
 class FakeService:
-    def __init__(self, *, start_forever: bool = False) -> None:
+    def __init__(
+        self, *, start_forever: bool = False, start_error: Exception | None = None
+    ) -> None:
         self.start_forever = start_forever
+        self.start_error = start_error
         self.calls: list[str] = []
 
     async def start(self) -> None:
         self.calls.append("start")
+        if self.start_error is not None:
+            raise self.start_error
         if self.start_forever:
             await asyncio.Event().wait()
 
@@ -49,6 +60,30 @@ async def test_sigterm_during_a_start_that_waits_forever_still_stops() -> None:
     service = FakeService(start_forever=True)
     asyncio.get_running_loop().create_task(_terminate_soon())
     await asyncio.wait_for(serve_until_signal(service, name="fake"), 5)
+    assert service.calls == ["start", "stop"]
+
+
+class SwallowsACancel(FakeService):
+    """A start that takes its first cancel for the end of a wait of its own and goes on, as
+    nats-py's connect may."""
+
+    async def start(self) -> None:
+        self.calls.append("start")
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
+        await asyncio.Event().wait()
+
+
+async def test_sigterm_during_a_start_that_swallows_a_cancel_still_stops() -> None:
+    service = SwallowsACancel()
+    asyncio.get_running_loop().create_task(_terminate_soon())
+    serving = asyncio.create_task(serve_until_signal(service, name="fake"))
+    try:
+        # Not wait_for: cancelling it at its timeout would cancel the start a second time.
+        await asyncio.wait({serving}, timeout=5)
+        assert serving.done(), "the start still runs: SIGTERM did not stop the service"
+    finally:
+        await cancel_and_wait(serving)
     assert service.calls == ["start", "stop"]
 
 
@@ -162,3 +197,70 @@ async def test_a_grace_given_at_stop_cuts_a_request_that_would_outlast_it() -> N
             await pending
 
     assert elapsed < 1.0 + 2.0  # the second, uvicorn's polling, a loaded machine (not 30 s)
+
+
+def _taken_error(port: int) -> str:
+    return (
+        f"HTTP cannot listen on 127.0.0.1:{port}: address already in use; another process"
+        " listens there: stop it, or set X_HTTP_PORT to a free port"
+    )
+
+
+@pytest.mark.parametrize("reuse_port", [False, True])
+async def test_an_http_port_taken_is_one_error_naming_it_and_its_setting(
+    taken_port: int, reuse_port: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = HttpServer(
+        PlainTextResponse("ok"),
+        host="127.0.0.1",
+        port=taken_port,
+        reuse_port=reuse_port,
+        port_setting="X_HTTP_PORT",
+    )
+    with caplog.at_level(logging.INFO), pytest.raises(ListenError) as caught:
+        await server.start()
+    assert str(caught.value) == _taken_error(taken_port)
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+    await server.stop()  # nothing to stop
+
+
+async def test_an_http_port_taken_after_the_check_is_a_listen_error_not_an_exit(
+    taken_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvicorn failing to bind calls sys.exit: that SystemExit must not end the event loop
+    (the service would never be stopped, and a NATS connect left running kept the process
+    from ever exiting)."""
+
+    async def free(self: HttpServer) -> None:  # the port taken just after the check
+        pass
+
+    monkeypatch.setattr(HttpServer, "_check_bindable", free)
+    server = HttpServer(
+        PlainTextResponse("ok"), host="127.0.0.1", port=taken_port, port_setting="X_HTTP_PORT"
+    )
+    with pytest.raises(ListenError) as caught:
+        await server.start()
+    assert str(caught.value) == _taken_error(taken_port)
+    await server.stop()  # nothing to stop
+
+
+async def test_a_start_that_fails_is_stopped_its_error_raised_and_the_signals_let_go() -> None:
+    service = FakeService(start_error=ListenError("HTTP cannot listen on 127.0.0.1:1"))
+    with pytest.raises(ListenError):
+        await asyncio.wait_for(serve_until_signal(service, name="fake"), 5)
+    assert service.calls == ["start", "stop"]
+    # A signal now ends the process, as no stop is waited for any more.
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_run_exits_3_with_one_line_when_a_server_cannot_listen(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    service = FakeService(start_error=ListenError("HTTP cannot listen on 127.0.0.1:1: ..."))
+    with caplog.at_level(logging.INFO, logger=lifecycle.log.name):
+        code = lifecycle.run(lambda: service, name="fake")
+    assert code == lifecycle.EXIT_CANNOT_START == 3
+    assert [
+        (r.levelno, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING
+    ] == [(logging.ERROR, "fake cannot start: HTTP cannot listen on 127.0.0.1:1: ...")]
+    assert service.calls == ["start", "stop"]
