@@ -38,6 +38,56 @@ def _cidrs(value: tuple[str, ...]) -> str | None:
     return None
 
 
+_TARGET_FORMS = "host:port (or dns:///host:port, ipv4:addr:port, ipv6:[addr]:port, unix:path)"
+
+
+def _host_port(text: str) -> str | None:
+    """Checks `host:port` or `[v6]:port`, the port a number from 1 to 65535."""
+    if "/" in text:  # http://host:port, xds:///name...
+        return f"must be {_TARGET_FORMS}"
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or not rest.startswith(":"):
+            return f"must be {_TARGET_FORMS}"
+        port = rest[1:]
+    else:
+        host, colon, port = text.rpartition(":")
+        if not colon:
+            # gRPC would dial port 443.
+            return f"has no port: must be {_TARGET_FORMS}"
+        if ":" in host:
+            return "has an IPv6 address that is not in brackets ([::1]:50053)"
+    if not host:
+        return f"has no host: must be {_TARGET_FORMS}"
+    if not (port.isascii() and port.isdigit() and 0 < int(port) <= 65535):
+        return "has a port that is not a number from 1 to 65535"
+    return None
+
+
+def _query_target(value: str) -> str | None:
+    """Checks a gRPC target as grpc dials it: host:port, dns:[//authority/]host:port,
+    ipv4:/ipv6: lists of addresses with their ports, unix:path or unix-abstract:name. gRPC
+    takes a host without a port too, and dials it on 443."""
+    if not value:
+        return "must not be empty"
+    scheme, colon, rest = value.partition(":")
+    if colon and scheme in ("unix", "unix-abstract"):
+        return None if rest.strip("/") else "names no socket (unix:/path/to/socket)"
+    if colon and scheme == "dns":
+        if rest.startswith("//"):  # dns://authority/host:port, the authority often empty
+            _, slash, rest = rest[2:].partition("/")
+            if not slash:
+                return f"must be {_TARGET_FORMS}"
+        return _host_port(rest)
+    if colon and scheme in ("ipv4", "ipv6"):
+        for address in rest.split(","):
+            problem = _host_port(address)
+            if problem:
+                return problem
+        return None
+    return _host_port(value)
+
+
 def key_problem(key: str) -> str | None:
     """What keeps a configured key from ever matching a request's, or None.
 
@@ -230,8 +280,8 @@ class GatewayConfig(NatsSettings, TracingSettings):
     query_target: str = setting(
         "GATEWAY_QUERY_TARGET",
         DEFAULT_QUERY_TARGET,
-        "host:port of the gRPC QueryService",
-        check=lambda v: None if v.strip() else "must not be empty",
+        "host:port of the gRPC QueryService (or a gRPC target: dns:///host:port, unix:path)",
+        check=_query_target,
     )
     query_timeout_s: float = setting(
         "GATEWAY_QUERY_TIMEOUT_S",

@@ -72,6 +72,14 @@ def _problem(env: str, value: Any, problem: str, *, secret: bool) -> ConfigError
     return ConfigError(f"{env}: {problem}" if secret else f"{env}={value!r}: {problem}")
 
 
+def _as_written(value: Any, raw: str | None) -> Any:
+    """A value to show in its error: a list as it was written (`10.0.0.0/8, 10.0.0.0/33`),
+    not as the tuple it became; any other value as it was read."""
+    if not isinstance(value, tuple):
+        return value
+    return raw.strip() if raw is not None and raw.strip() else ",".join(value)
+
+
 def _parse(raw: str, kind: Any, env: str, *, secret: bool = False) -> Any:
     text = raw.strip()
     if kind is str:
@@ -128,7 +136,7 @@ def load(cls: type[T], environ: Mapping[str, str] | None = None) -> T:
         if check is not None:
             problem = check(value)
             if problem:
-                raise _problem(name, value, problem, secret=secret)
+                raise _problem(name, _as_written(value, raw), problem, secret=secret)
         values[field.name] = value
     return cls(**values)
 

@@ -6,6 +6,7 @@ Service configs inherit these dataclasses, so each variable is declared once.
 from __future__ import annotations
 
 import os
+import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,11 @@ from pipeline.config import non_empty, positive, setting
 from pipeline.errors import ConfigError
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+# The schemes nats-py connects with (a URL without one is nats://); it takes no mix of
+# websocket URLs and others.
+NATS_SCHEMES = ("nats", "tls", "ws", "wss")
+_WEBSOCKET_SCHEMES = ("ws", "wss")
+_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,15}")
 DEFAULT_OPENSEARCH_URL = "http://127.0.0.1:9200"
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_DUPLICATE_WINDOW_S = 600.0
@@ -141,6 +147,44 @@ def _stream_age_or_none(value: float) -> str | None:
     )
 
 
+def _nats_urls(value: tuple[str, ...]) -> str | None:
+    """Checks NATS URLs as nats-py reads them: nats://, tls://, ws:// or wss:// (none is
+    nats://), with a host, and a port from 1 to 65535 when one is given; nats-py would take
+    another scheme for a host name and try it for ever (`http://h:4222` as the host `http`).
+    An entry is named by its position, never quoted: it may hold a password."""
+    if not value:
+        return "must not be empty"
+    schemes = set()
+    for number, url in enumerate(value, 1):
+        entry = f"entry {number} of {len(value)}"
+        scheme, sep, _ = url.partition("://")
+        if not sep:
+            scheme, url = "nats", f"nats://{url}"
+        if scheme not in NATS_SCHEMES:
+            # A scheme holds no credentials; what does not look like one is not shown.
+            shown = f" {scheme}://" if _URL_SCHEME.fullmatch(scheme) else ""
+            return (
+                f"{entry}: NATS does not take the scheme{shown}; use nats://, tls://, ws:// or"
+                " wss://"
+            )
+        schemes.add(scheme)
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # an unclosed [ of an IPv6 address
+            return f"{entry} is not a valid URL (expected nats://host:port)"
+        if not parts.hostname:
+            return f"{entry} has no host (expected nats://host:port)"
+        try:
+            port_ok = parts.port != 0
+        except ValueError:
+            port_ok = False
+        if not port_ok:
+            return f"{entry} has a port that is not a number from 1 to 65535"
+    if schemes & set(_WEBSOCKET_SCHEMES) and schemes - set(_WEBSOCKET_SCHEMES):
+        return "mixes ws:// or wss:// URLs with others, which NATS does not take"
+    return None
+
+
 @dataclass(frozen=True)
 class NatsSettings(LogSettings):
     """Where NATS JetStream is and how the pipeline's streams are set up."""
@@ -148,8 +192,8 @@ class NatsSettings(LogSettings):
     nats_url: tuple[str, ...] = setting(
         "NATS_URL",
         (DEFAULT_NATS_URL,),
-        "NATS server URLs, comma-separated",
-        check=non_empty,
+        "NATS server URLs, comma-separated: nats://host:port (tls://, ws:// or wss:// also)",
+        check=_nats_urls,
         secret=True,  # nats://user:password@host
     )
     nats_connect_timeout_s: float = setting(

@@ -13,6 +13,7 @@ from typing import NoReturn, TypeAlias
 
 from telemetry.v1 import query_service_pb2
 
+from pipeline.settings import NATS_SCHEMES
 from tpipe._timeparse import parse_time, to_timestamp
 from tpipe.errors import EXIT_USAGE, UsageError
 
@@ -124,9 +125,6 @@ FILTER_OPTIONS: dict[str, tuple[str, str]] = {
     "--country": ("country_codes", "ISO country code of the client (GB)"),
     "--app": ("app_ids", "app id (the write key's app)"),
 }
-
-
-NATS_SCHEMES = ("nats", "tls", "ws", "wss")
 
 
 def http_url(url: str) -> str:

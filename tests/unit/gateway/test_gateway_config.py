@@ -158,3 +158,54 @@ def test_a_bad_key_entry_is_named_by_its_position_never_by_its_text(
     out = capsys.readouterr()
     assert problem in out.err
     assert "secret" not in out.err + out.out
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "127.0.0.1:50053",
+        "indexer.internal:50053",
+        "[::1]:50053",
+        "dns:///indexer.internal:50053",
+        "dns://10.0.0.2/indexer.internal:50053",
+        "dns:indexer.internal:50053",
+        "ipv4:10.0.0.1:50053,10.0.0.2:50053",
+        "ipv6:[::1]:50053",
+        "unix:/run/indexer.sock",
+        "unix:///run/indexer.sock",
+        "unix-abstract:indexer",
+    ],
+)
+def test_the_query_target_takes_what_grpc_dials(target: str) -> None:
+    assert load(GatewayConfig, {"GATEWAY_QUERY_TARGET": target}).query_target == target
+
+
+@pytest.mark.parametrize(
+    ("target", "problem"),
+    [
+        ("nohostport", "has no port: must be host:port"),  # gRPC would dial port 443
+        ("dns:///indexer", "has no port: must be host:port"),
+        ("ipv4:10.0.0.1:50053,10.0.0.2", "has no port: must be host:port"),
+        (":50053", "has no host: must be host:port"),
+        ("indexer:0", "has a port that is not a number from 1 to 65535"),
+        ("indexer:http", "has a port that is not a number from 1 to 65535"),
+        ("::1:50053", "has an IPv6 address that is not in brackets"),
+        ("http://indexer:50053", "must be host:port"),
+        ("unix:", "names no socket"),
+    ],
+)
+def test_a_query_target_grpc_cannot_dial_stops_the_gateway_at_start(
+    target: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(GatewayConfig, {"GATEWAY_QUERY_TARGET": target})
+    assert str(err.value).startswith(f"GATEWAY_QUERY_TARGET={target!r}: {problem}")
+
+
+def test_a_bad_trusted_proxy_shows_the_setting_as_written() -> None:
+    with pytest.raises(ConfigError) as err:
+        load(GatewayConfig, {"GATEWAY_TRUSTED_PROXIES": "10.0.0.0/8, 10.0.0.0/33"})
+    assert str(err.value) == (
+        "GATEWAY_TRUSTED_PROXIES='10.0.0.0/8, 10.0.0.0/33': '10.0.0.0/33' is not an IP network"
+        " (CIDR)"
+    )

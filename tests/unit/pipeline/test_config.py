@@ -103,6 +103,59 @@ def test_settings_that_may_hold_credentials_are_secret() -> None:
         assert declared[name], name
 
 
+@pytest.mark.parametrize(
+    ("urls", "problem"),
+    [
+        ("http://127.0.0.1:4222", "entry 1 of 1: NATS does not take the scheme http://; use"),
+        (
+            "nats://h1:4222,https://u:s3cret@h2",
+            "entry 2 of 2: NATS does not take the scheme https://",
+        ),
+        ("NATS://h1:4222", "entry 1 of 1: NATS does not take the scheme NATS://"),
+        ("nats://u:s3cret@:4222", "entry 1 of 1 has no host"),
+        ("nats://h1:0", "entry 1 of 1 has a port that is not a number from 1 to 65535"),
+        ("u:s3cret@h1:port", "entry 1 of 1 has a port that is not a number from 1 to 65535"),
+        ("nats://[::1:4222", "entry 1 of 1 is not a valid URL"),
+        ("ws://h1:80,nats://h2:4222", "mixes ws:// or wss:// URLs with others"),
+    ],
+)
+def test_a_nats_url_nats_py_cannot_connect_to_stops_the_service_at_start(
+    urls: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(NatsSettings, {"NATS_URL": urls})
+    assert str(err.value).startswith(f"NATS_URL: {problem}")
+    assert "s3cret" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "urls",
+    [
+        "nats://127.0.0.1:4222",
+        "127.0.0.1:4222",  # nats:// is the default
+        "nats://u:s3cret@h1:4222, tls://h2:4222, h3",
+        "nats://[::1]:4222",
+        "ws://h1:8080,wss://h2",
+    ],
+)
+def test_every_url_nats_py_connects_to_is_taken(urls: str) -> None:
+    assert load(NatsSettings, {"NATS_URL": urls}).nats_url == tuple(
+        url.strip() for url in urls.split(",")
+    )
+
+
+def test_a_bad_list_shows_the_setting_as_written_not_as_a_tuple() -> None:
+    @dataclass(frozen=True)
+    class Lists:
+        hosts: tuple[str, ...] = setting(
+            "EX_HOSTS", (), "hosts", check=lambda v: "b is bad" if "b" in v else None
+        )
+
+    with pytest.raises(ConfigError) as err:
+        load(Lists, {"EX_HOSTS": " a, b "})
+    assert str(err.value) == "EX_HOSTS='a, b': b is bad"
+
+
 def test_help_lists_every_variable_with_its_default() -> None:
     text = help_text(Example, "example")
     for name in ("EX_FLUSH_S", "EX_PORT", "EX_VERBOSE", "EX_URLS", "EX_NAME"):
