@@ -78,5 +78,5 @@ def test_the_screen() -> None:
     assert lines[0] == "telemetry pipeline status at 2026-01-31T12:00:00Z (rates over 2.0 s)"
     assert lines[3].split() == ["indexer", "ready", "20.0", "150", "1.0", "2.0", "7", "1"]
     assert lines[5] == "DLQ TELEMETRY_DLQ: 1,234 messages, 56,789 bytes"
-    assert lines[6] == "OpenSearch: red, 1 nodes, 5 active shards, 2 unassigned"
+    assert lines[6] == "OpenSearch: red, 1 node, 5 active shards, 2 unassigned"
     assert not snapshot.healthy  # a red cluster is not healthy
