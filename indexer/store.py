@@ -35,8 +35,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Documents retention deletes from `<prefix>undated` per search and `_bulk`.
+# Documents retention deletes from `<prefix>undated` per search and `_bulk`, and pages per
+# run at most (the rest in the next runs: a backlog does not hold one run for long).
 DELETE_PAGE_SIZE = 1000
+DELETE_PAGES_PER_CALL = 100
 _PAGE_OF_IDS = "hits.hits._id,hits.hits.sort"
 
 # What the writer reads of a `_bulk` answer: each item's status and error, with the error's
@@ -464,7 +466,8 @@ class OpenSearchStore:
 
     async def delete_arrived_before(self, name: str, day: date) -> int:
         """Deletes the documents of index `name` that arrived (`ingestion_timestamp`) before
-        the start of `day`, UTC; returns how many. 0 when there is no such index.
+        the start of `day`, UTC, DELETE_PAGES_PER_CALL pages of them at most; returns how
+        many. 0 when there is no such index.
 
         Page by page: a search for their ids (by event_id, `search_after`, so what a page
         deletes does not move the next one), then a `_bulk` of deletes. Core APIs only:
@@ -478,7 +481,7 @@ class OpenSearchStore:
             "track_total_hits": False,
         }
         deleted = 0
-        while True:
+        for _ in range(DELETE_PAGES_PER_CALL):
             try:
                 answer: dict[str, Any] = await _call(
                     lambda: self._client.search(
@@ -507,6 +510,7 @@ class OpenSearchStore:
             if len(hits) < DELETE_PAGE_SIZE:
                 return deleted
             body["search_after"] = hits[-1]["sort"]
+        return deleted
 
     async def delete_index(self, name: str) -> bool:
         """Deletes one index by its exact name; False when there was no such index (another

@@ -152,6 +152,7 @@ async def test_retention_deletes_undated_events_by_their_arrival(
     os_client: AsyncOpenSearch, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("indexer.store.DELETE_PAGE_SIZE", 1)  # a page per event
+    monkeypatch.setattr("indexer.store.DELETE_PAGES_PER_CALL", 1)  # an event per run
     store = _store(os_client, prefix)
     await store.install_template()
     today = datetime.now(UTC).date() + timedelta(days=10)
@@ -166,11 +167,15 @@ async def test_retention_deletes_undated_events_by_their_arrival(
     assert [r.status for r in await store.bulk(body)] == [201] * 4
     await os_client.indices.refresh(index=f"{prefix}undated")
 
-    assert await retention.run_once(store, prefix=prefix, keep_days=2, today=today) == []
+    async def left() -> list[str]:
+        await os_client.indices.refresh(index=f"{prefix}undated")
+        found = await os_client.search(index=f"{prefix}undated", body={"size": 10})
+        return sorted(hit["_id"] for hit in found["hits"]["hits"])
 
-    await os_client.indices.refresh(index=f"{prefix}undated")
-    found = await os_client.search(index=f"{prefix}undated", body={"size": 10})
-    assert sorted(hit["_id"] for hit in found["hits"]["hits"]) == ["u-kept", "u-new"]
+    assert await retention.run_once(store, prefix=prefix, keep_days=2, today=today) == []
+    assert await left() == ["u-kept", "u-new", "u-old"]  # one page: u-edge, first by id
+    assert await retention.run_once(store, prefix=prefix, keep_days=2, today=today) == []
+    assert await left() == ["u-kept", "u-new"]
     assert await store.index_names() == [f"{prefix}undated"]  # the index itself stays
     assert await store.delete_arrived_before(f"{prefix}gone", today) == 0  # no such index
 

@@ -133,6 +133,24 @@ async def test_undated_events_are_kept_the_retention_days_after_they_arrived(
     assert len(admin.arrivals["t-undated"]) == 2  # 0 keeps everything
 
 
+async def test_undated_events_not_deleted_leave_the_daily_indices_deleted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A disk past OpenSearch's flood stage refuses deleting documents, not whole indices.
+    class Refusing(FakeAdmin):
+        async def delete_arrived_before(self, name: str, day: date) -> int:
+            raise SearchUnavailableError("429: cluster_block_exception", status=429)
+
+    admin = Refusing(NAMES)
+    deleted = await retention.run_once(admin, prefix="t-", keep_days=2, today=date(2026, 2, 2))
+    assert deleted == admin.deleted == ["t-2026-01-01", "t-2026-01-30"]
+    [line] = [r for r in caplog.records if "not deleted" in r.getMessage()]
+    assert line.getMessage() == (
+        "retention: events of t-undated not deleted: 429: cluster_block_exception"
+    )
+    assert line.levelno == logging.WARNING
+
+
 async def test_an_index_gone_meanwhile_is_skipped_and_not_counted() -> None:
     class Raced(FakeAdmin):
         async def delete_index(self, name: str) -> bool:
