@@ -47,6 +47,10 @@ class GrpcServer:
     ) -> None:
         self._service_name = service_name
         self._interceptors = tuple(interceptors)
+        # `[::]`, as gRPC took the host before its address was put together here: one pair
+        # of brackets is the address's, not the host's.
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
         self._host, self._port = host, port
         self._host_setting, self._port_setting = host_setting, port_setting  # named in errors
         self._address = address(host, port)
