@@ -140,16 +140,8 @@ def http_url(url: str) -> str:
     return url.rstrip("/")
 
 
-# The paths the commands add to a service's base URL (the gateway's routes, the ops ones).
-_SERVICE_PATHS = (
-    "/v1/track",
-    "/v1/events",
-    "/v1/events/aggregate",
-    "/v1",
-    "/readyz",
-    "/healthz",
-    "/metrics",
-)
+# The paths the commands add to a service's base URL: send's and loadgen's route, status's.
+_ADDED_PATHS = ("/v1/track", "/readyz", "/metrics")
 
 
 def base_url(url: str) -> str:
@@ -159,7 +151,7 @@ def base_url(url: str) -> str:
     path is a prefix a reverse proxy serves the service under, kept."""
     base = http_url(url)
     parts = urllib.parse.urlsplit(base)
-    route = next((path for path in _SERVICE_PATHS if parts.path.endswith(path)), "")
+    route = next((path for path in _ADDED_PATHS if parts.path.endswith(path)), "")
     if route or parts.query or parts.fragment or base.endswith(("?", "#")):
         root = f"{parts.scheme}://{parts.netloc}{parts.path.removesuffix(route).rstrip('/')}"
         what = f"ends with {route}, which the command adds" if route else "has a query or fragment"

@@ -208,7 +208,6 @@ def test_gateway_urls_are_loopback_only_unless_allowed() -> None:
     ("url", "what", "base"),
     [
         ("http://127.0.0.1:3000/v1/track", "ends with /v1/track, which the command adds", ""),
-        ("http://127.0.0.1:3000/v1", "ends with /v1, which the command adds", ""),
         (
             "http://127.0.0.1:3000/tm/v1/track/",
             "ends with /v1/track, which the command adds",
@@ -227,9 +226,10 @@ def test_a_gateway_url_is_a_base_url(url: str, what: str, base: str) -> None:
         check_gateway_url(url, allow_remote=False)
 
 
-def test_a_gateway_url_may_have_a_proxy_prefix() -> None:
-    url = "http://127.0.0.1:3000/telemetry/"
-    assert check_gateway_url(url, allow_remote=False) == "http://127.0.0.1:3000/telemetry"
+@pytest.mark.parametrize("prefix", ["/telemetry", "/api/v1", "/v1/events"])
+def test_a_gateway_url_may_have_a_proxy_prefix(prefix: str) -> None:
+    url = f"http://127.0.0.1:3000{prefix}/"
+    assert check_gateway_url(url, allow_remote=False) == f"http://127.0.0.1:3000{prefix}"
 
 
 @pytest.mark.parametrize(
