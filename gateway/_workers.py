@@ -79,8 +79,8 @@ def _supervise(workers: int, shared_metrics: str) -> int:
         time.sleep(WORKER_POLL_S)
     codes = [proc.wait(timeout=WORKER_STOP_TIMEOUT_S) for proc in procs]
     log.info("gateway workers stopped", extra={"exit_codes": codes})
-    if not stopping:  # all of them stopped on their own between two looks
-        failed = procs[0]
+    if not stopping:  # all of them stopped on their own between two looks: the first failed
+        failed = next((proc for proc in procs if proc.returncode != 0), procs[0])
     if failed is not None:
         # With its code (3: it could not listen), as one gateway process would exit; 1 for a
         # worker ended by a signal.
