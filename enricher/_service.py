@@ -20,7 +20,7 @@ from enricher.errors import BrokerError
 from pipeline import tracing
 from pipeline.grpcserver import ReadinessHealth
 from pipeline.service import STOP_STEP_MIN_S, HttpServer, StopDeadline, ops_app
-from pipeline.tasks import cancel_and_wait, until_done
+from pipeline.tasks import cancel_and_wait, to_the_end, until_done
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,8 @@ class Enricher:
         try:
             await self._serve()
         except BaseException:
-            await self.stop()
+            # Whole, even when a stop signal cancels the start again and again meanwhile.
+            await to_the_end(self.stop())
             raise
         self._consumer_task = asyncio.create_task(self._consume_until_stopped())
         assert self._health is not None

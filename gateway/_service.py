@@ -20,7 +20,7 @@ from gateway.config import GatewayConfig
 from pipeline import tracing
 from pipeline.grpcserver import ReadinessHealth
 from pipeline.service import STOP_STEP_MIN_S, HttpServer, StopDeadline
-from pipeline.tasks import cancel_and_wait
+from pipeline.tasks import cancel_and_wait, to_the_end
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,8 @@ class Gateway:
             await self._grpc.start()
             await self._broker.start()
         except BaseException:
-            await self.stop()
+            # Whole, even when a stop signal cancels the start again and again meanwhile.
+            await to_the_end(self.stop())
             raise
         self._health_task = asyncio.create_task(self._health.follow(self.ready))
         log.info(

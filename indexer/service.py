@@ -49,7 +49,7 @@ from indexer.store import client as store_client
 from pipeline import grpcserver, natsconn, subjects, tracing
 from pipeline.grpcserver import SERVER, ReadinessHealth
 from pipeline.service import STOP_STEP_MIN_S, HttpServer, StopDeadline, ops_app
-from pipeline.tasks import cancel_and_wait, restarting, until_done
+from pipeline.tasks import cancel_and_wait, restarting, to_the_end, until_done
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,8 @@ class Indexer:
             await self._query.start()
             await self._http.start()
         except BaseException:
-            await self.stop()
+            # Whole, even when a stop signal cancels the start again and again meanwhile.
+            await to_the_end(self.stop())
             raise
         self._writer.start()
         self._tasks.append(

@@ -14,6 +14,25 @@ log = logging.getLogger(__name__)
 CANCEL_AGAIN_S = 0.05
 
 
+async def to_the_end(work: Awaitable[Any]) -> None:
+    """Awaits `work` until it has ended, however often the caller is cancelled meanwhile, then
+    raises the CancelledError if there was one: for a clean-up (a failed start stopping what
+    it began) that a cancel, again and again from `cancel_and_wait`, would otherwise cut
+    short, leaving a server listening. `work` must end by itself (a stop has its deadline)."""
+    task = asyncio.ensure_future(work)
+    interrupted = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done() and task.cancelled():
+                break  # itself cancelled, not by us
+            interrupted = True
+    if interrupted:
+        raise asyncio.CancelledError
+    task.result()
+
+
 async def cancel_and_wait(*tasks: asyncio.Task[Any]) -> None:
     """Cancels `tasks` and returns once every one has ended.
 

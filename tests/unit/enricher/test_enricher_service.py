@@ -19,6 +19,7 @@ from nats.js import api as js_api
 from nats.js.errors import BadRequestError
 from telemetry.v1 import event_pb2
 
+from enricher._grpc import GrpcServer
 from enricher._handler import Handler
 from enricher._service import Enricher
 from enricher.config import Config
@@ -333,6 +334,30 @@ async def test_a_stop_whose_connection_fails_to_close_still_closes_its_servers(
     assert line.exc_info is not None
     assert await refuses(http_port)  # both servers closed
     assert await refuses(grpc_port)
+
+
+async def test_a_start_cancelled_again_and_again_still_closes_what_it_opened(
+    broker: Broker, enricher: Enricher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stop signal during the start: serve_until_signal cancels it every 50 ms until it ends.
+    grpc_start = GrpcServer.start
+    grpc_starting = asyncio.Event()
+
+    async def slow_start(self: GrpcServer) -> None:
+        grpc_starting.set()
+        await asyncio.sleep(0.3)
+        await grpc_start(self)
+
+    monkeypatch.setattr(GrpcServer, "start", slow_start)
+    starting = asyncio.create_task(enricher.start())
+    await asyncio.wait_for(grpc_starting.wait(), 10)
+    assert enricher._http is not None
+    http_port = enricher.http_port
+
+    await cancel_and_wait(starting)
+
+    assert starting.cancelled()
+    assert await refuses(http_port)  # its stop ran whole, the HTTP server's too
 
 
 class FailingAtStop(Loop):
