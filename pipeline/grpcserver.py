@@ -78,8 +78,7 @@ class GrpcServer:
         naming the setting to change."""
         if self._server is not None:
             return
-        # gRPC shares a port with SO_REUSEPORT unless told not to.
-        reuse_port = bool(dict(self._options).get("grpc.so_reuseport", 1))
+        reuse_port = bool(dict(self._options)["grpc.so_reuseport"])  # checked as it will bind
         try:
             check_bindable(self._host, self._port, reuse_port=reuse_port)
         except OSError as err:

@@ -300,7 +300,8 @@ async def serve_until_signal(service: Service, *, name: str) -> None:
 
 
 async def _serve(service: Service, *, name: str, stop: asyncio.Event) -> None:
-    # A signal during a slow start (a broker that is down) cancels the start.
+    # A signal during the start cancels it: one that hangs (an address slow to resolve, say)
+    # must not hold the stop.
     starting = asyncio.create_task(service.start())
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -25,9 +25,7 @@ async def to_the_end(work: Awaitable[Any]) -> None:
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
-            if task.done() and task.cancelled():
-                break  # itself cancelled, not by us
-            interrupted = True
+            interrupted = True  # or `work` itself was: its result() raises that then
     if interrupted:
         raise asyncio.CancelledError
     task.result()
