@@ -103,8 +103,8 @@ class Tally:
 
 
 def check_gateway_url(url: str, *, allow_remote: bool) -> str:
-    """The base URL without a trailing slash; refuses one with a path (see `base_url`), and
-    non-loopback hosts unless allowed."""
+    """The base URL without a trailing slash; refuses one ending with /v1/track (see
+    `base_url`), and non-loopback hosts unless allowed."""
     base = base_url(url)
     host = urlsplit(base).hostname or ""
     if not allow_remote and not _loopback(host):
