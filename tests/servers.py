@@ -111,6 +111,13 @@ class NatsProcess:
         """The client URL."""
         return f"nats://127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int:
+        """The running server's process id."""
+        if self._proc is None:
+            raise RuntimeError("nats-server is not running")
+        return self._proc.pid
+
     def start(self) -> None:
         """Starts the server and waits until JetStream answers."""
         if self._proc is not None:

@@ -150,18 +150,21 @@ async def count(client: AsyncOpenSearch, prefix: str) -> int:
 
 
 class Phase(NamedTuple):
-    """One load: documents per second, and OpenSearch's CPU while it ran."""
+    """One load: documents per second, OpenSearch's CPU while it ran, and the share of
+    the machine's CPUs that were busy meanwhile (anything, this process included)."""
 
     docs_per_s: float
     seconds: float
     opensearch_cpu_s: float
     prefix: str
+    busy: float
 
     def describe(self, docs: int) -> str:
         return (
             f"{self.docs_per_s:8,.0f} docs/s, "
             f"OpenSearch {self.opensearch_cpu_s / self.seconds:.2f} cores, "
-            f"{self.opensearch_cpu_s * 1e6 / docs:.0f} us/doc"
+            f"{self.opensearch_cpu_s * 1e6 / docs:.0f} us/doc, "
+            f"machine {self.busy * os.cpu_count():.2f} of {os.cpu_count()} cores busy"
         )
 
 
@@ -176,10 +179,12 @@ async def run_raw(
     await store.install_template()
     bodies = bodies_for(events, prefix, config.bulk_max_docs)
     cpu = _system.cpu_s(opensearch)
+    machine = _system.MachineCpu.now()
     seconds = await raw_bulk(client, bodies, config.bulk_concurrency)
+    busy = _system.MachineCpu.now().busy_since(machine)
     cpu = _system.cpu_s(opensearch) - cpu
     assert await count(client, prefix) == len(events)
-    return Phase(len(events) / seconds, seconds, cpu, prefix)
+    return Phase(len(events) / seconds, seconds, cpu, prefix, busy)
 
 
 async def drop(client: AsyncOpenSearch, prefix: str) -> None:
@@ -260,11 +265,12 @@ class IndexerProcess:
 
 
 async def run_indexer(
-    nats_url: str, opensearch_url: str, profile_to: Path | None, opensearch: int, docs: int
-) -> tuple[Phase, float, IndexerProcess]:
+    server: NatsProcess, opensearch_url: str, profile_to: Path | None, opensearch: int, docs: int
+) -> tuple[Phase, float, float, IndexerProcess]:
     """The indexer's phase, from its being ready until every message of the stream is
-    acked, and the CPU seconds the indexer used in it. Each run has a consumer of its own,
-    so it reads the whole stream."""
+    acked, and the CPU seconds the indexer and nats-server used in it. Each run has a
+    consumer of its own, so it reads the whole stream."""
+    nats_url = server.url
     prefix = f"bidx{uuid.uuid4().hex[:8]}-"
     consumer = prefix.rstrip("-")
     nc = await nats.connect(nats_url)
@@ -276,7 +282,9 @@ async def run_indexer(
     await process.wait_ready()
     started = time.perf_counter()
     cpu_before = process.cpu_seconds()
+    nats_before = _system.cpu_s(server.pid)
     opensearch_before = _system.cpu_s(opensearch)
+    machine = _system.MachineCpu.now()
     while True:
         try:
             info = await js.consumer_info(subjects.ENRICHED_STREAM, consumer)
@@ -286,10 +294,12 @@ async def run_indexer(
             pass
         await asyncio.sleep(0.02)
     seconds = time.perf_counter() - started
+    busy = _system.MachineCpu.now().busy_since(machine)
     cpu = process.cpu_seconds() - cpu_before
+    nats_cpu = _system.cpu_s(server.pid) - nats_before
     opensearch_cpu = _system.cpu_s(opensearch) - opensearch_before
     await nc.close()
-    return Phase(docs / seconds, seconds, opensearch_cpu, prefix), cpu, process
+    return Phase(docs / seconds, seconds, opensearch_cpu, prefix, busy), cpu, nats_cpu, process
 
 
 class _AllCreated:
@@ -499,8 +509,8 @@ async def measure(
                     indexer.stop()
                     await drop(client, prefixes.pop())
                 profile_to = Path(tmp) / "indexer" if args.profile else None
-                through, cpu, indexer = await run_indexer(
-                    server.url, opensearch_url, profile_to, opensearch, docs
+                through, cpu, nats_cpu, indexer = await run_indexer(
+                    server, opensearch_url, profile_to, opensearch, docs
                 )
                 prefixes.append(through.prefix)
                 assert await count(client, through.prefix) == docs
@@ -511,9 +521,11 @@ async def measure(
                 ratios.append(ratio)
                 print(f"round {number}:")
                 print(f"  raw _bulk before {before.describe(docs)}")
+                print(f"  indexer          {through.describe(docs)}")
                 print(
-                    f"  indexer          {through.describe(docs)}; the indexer "
-                    f"{cpu / through.seconds:.2f} cores, {cpu * 1e6 / docs:.0f} us/doc"
+                    f"    of which the indexer {cpu / through.seconds:.2f} cores, "
+                    f"{cpu * 1e6 / docs:.0f} us/doc; nats-server "
+                    f"{nats_cpu / through.seconds:.2f} cores, {nats_cpu * 1e6 / docs:.1f} us/doc"
                 )
                 print(f"  raw _bulk after  {after.describe(docs)}")
                 print(f"  ratio {ratio:.2f}")
