@@ -122,6 +122,7 @@ class Gateway:
         )
         self._health_task: asyncio.Task[None] | None = None
         self._started = False
+        self._serving = False  # the start finished: the stop drains what was served
 
     @property
     def http_port(self) -> int:
@@ -138,7 +139,7 @@ class Gateway:
         until NATS is).
 
         A server that cannot listen raises ListenError before NATS is connected to; what was
-        started is stopped first.
+        started is stopped first, without a word of a drain.
         """
         if self._started:
             return
@@ -152,6 +153,7 @@ class Gateway:
             await to_the_end(self.stop())
             raise
         self._health_task = asyncio.create_task(self._health.follow(self.ready))
+        self._serving = True
         log.info(
             "gateway listening",
             extra={"http_port": self.http_port, "grpc_port": self.grpc_port},
@@ -185,6 +187,7 @@ class Gateway:
         if not self._started:
             return
         self._started = False
+        served, self._serving = self._serving, False
         deadline = StopDeadline(self.config.graceful_stop_s)
         self.core.close()
         if self._health_task is not None:
@@ -196,7 +199,8 @@ class Gateway:
         await self._query.close()
         if self._owns_tracing:
             self.tracing.shutdown()
-        log.info("gateway drained and closed")
+        if served:  # a start that failed or was cancelled served nothing to drain
+            log.info("gateway drained and closed")
 
     async def ready(self) -> tuple[bool, str]:
         """Ready when NATS is connected and the raw stream exists.

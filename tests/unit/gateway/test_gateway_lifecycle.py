@@ -96,6 +96,30 @@ async def test_a_port_taken_is_an_error_naming_its_setting_and_leaves_nothing_ru
     assert asyncio.all_tasks() == {asyncio.current_task()}
 
 
+@pytest.mark.parametrize("taken", ["GATEWAY_HTTP_PORT", "GATEWAY_GRPC_PORT"])
+async def test_only_a_gateway_that_started_says_it_drained(
+    taken: str, taken_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failed start is said by the service's one line; a drain claimed before it read as if
+    the gateway had run and stopped cleanly."""
+    ports = {"GATEWAY_HTTP_PORT": "0", "GATEWAY_GRPC_PORT": "0"}
+    failed = Gateway(
+        unit_config(**{**ports, taken: str(taken_port)}), broker=FakeBroker(), query=FakeQuery()
+    )
+    served = Gateway(unit_config(**ports), broker=FakeBroker(), query=FakeQuery())
+
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        with pytest.raises(ListenError):
+            await failed.start()
+        await failed.stop()  # as the service's run stops it: already stopped, nothing said
+        failed_said = [r.getMessage() for r in caplog.records if r.name.startswith("gateway")]
+        await served.start()
+        await served.stop()
+
+    assert failed_said == []
+    assert "gateway drained and closed" in caplog.messages
+
+
 class LateBroker(FakeBroker):
     """Not ready until `up` is set, like NATS still starting."""
 
