@@ -36,6 +36,21 @@ def cannot_listen(
     return ListenError(f"{what} cannot listen on {address(host, port)}: {reason}; {hint}")
 
 
+def bind_shared(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to `host:port` with SO_REUSEADDR and SO_REUSEPORT, not listening
+    yet, as each of several processes sharing a port binds it; raises the bind's OSError."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def check_bindable(host: str, port: int, *, reuse_port: bool) -> None:
     """Raises the OSError of binding `host:port` when none of the host's addresses can be
     bound, as a gRPC server binds them (SO_REUSEADDR, and SO_REUSEPORT when it shares its

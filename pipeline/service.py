@@ -35,7 +35,7 @@ from starlette.types import ASGIApp
 
 from pipeline import natsconn, tracing
 from pipeline.errors import ListenError
-from pipeline.listen import address, cannot_listen
+from pipeline.listen import address, bind_shared, cannot_listen
 from pipeline.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -175,18 +175,6 @@ class HttpServer:
         self._socket: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None
 
-    def _bind_shared(self) -> socket.socket:
-        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((self._host, self._port))
-        except OSError:
-            sock.close()
-            raise
-        return sock
-
     async def _check_bindable(self) -> None:
         """Binds the address as uvicorn will, and lets it go: uvicorn, failing to, would log
         an error line of its own before ours."""
@@ -215,7 +203,7 @@ class HttpServer:
             return
         try:
             if self._reuse_port:
-                self._socket = self._bind_shared()
+                self._socket = bind_shared(self._host, self._port)
             else:
                 await self._check_bindable()
         except OSError as err:
@@ -326,6 +314,13 @@ async def _serve(service: Service, *, name: str, stop: asyncio.Event) -> None:
 EXIT_CANNOT_START = 3
 
 
+def cannot_start(name: str, err: ListenError) -> int:
+    """Logs the one line of a service `name` that cannot start where its settings say (`err`
+    names the address and the setting to change); returns its exit code, EXIT_CANNOT_START."""
+    log.error("%s cannot start: %s", name, err)
+    return EXIT_CANNOT_START
+
+
 def run(make_service: Callable[[], Service], *, name: str) -> int:
     """Runs a service in a fresh uvloop event loop until a signal stops it; returns its exit
     code: 0, or EXIT_CANNOT_START when one of its servers cannot listen, after one line
@@ -333,6 +328,5 @@ def run(make_service: Callable[[], Service], *, name: str) -> int:
     try:
         uvloop.run(serve_until_signal(make_service(), name=name))
     except ListenError as err:
-        log.error("%s cannot start: %s", name, err)
-        return EXIT_CANNOT_START
+        return cannot_start(name, err)
     return 0
