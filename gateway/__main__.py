@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     if config.workers > 1:
-        return supervise(config.workers)
+        return supervise(config)
     return service.run(lambda: Gateway(config, keys=keys), name="gateway")
 
 

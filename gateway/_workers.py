@@ -3,9 +3,11 @@
 `GATEWAY_WORKERS=N` makes `python -m gateway` a small supervisor: it starts N worker
 processes with `GATEWAY_REUSE_PORT=true`, passes SIGTERM/SIGINT on to them, and exits
 when they have all stopped (non-zero when one stopped on its own: with its exit code, 3
-when it could not listen). The kernel spreads connections over the workers. The workers
-share a metrics folder of the supervisor's (PROMETHEUS_MULTIPROC_DIR, removed when they
-stop), so /metrics on the shared port reports the whole gateway, whichever worker answers.
+when it could not listen). A port the workers could not listen on is found before any
+starts, and said once rather than by every worker. The kernel spreads connections over the
+workers. The workers share a metrics folder of the supervisor's (PROMETHEUS_MULTIPROC_DIR,
+removed when they stop), so /metrics on the shared port reports the whole gateway,
+whichever worker answers.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ import tempfile
 import time
 
 from gateway._metrics import MULTIPROC_DIR_ENV
+from gateway.config import GatewayConfig
+from pipeline import service
+from pipeline.errors import ListenError
+from pipeline.listen import bind_shared, cannot_listen, check_bindable
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +42,47 @@ def _stop_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def supervise(workers: int) -> int:
-    """Runs `workers` gateway processes sharing the ports until a signal stops them."""
+def supervise(config: GatewayConfig) -> int:
+    """Runs GATEWAY_WORKERS gateway processes sharing the ports until a signal stops them;
+    none when a port cannot be listened on (EXIT_CANNOT_START, after one line saying why)."""
+    try:
+        _check_ports(config)
+    except ListenError as err:
+        return service.cannot_start("gateway", err)
     shared_metrics = tempfile.mkdtemp(prefix="gateway-metrics-")
     try:
-        return _supervise(workers, shared_metrics)
+        return _supervise(config.workers, shared_metrics)
     finally:
         shutil.rmtree(shared_metrics, ignore_errors=True)
+
+
+def _check_ports(config: GatewayConfig) -> None:
+    """Raises the ListenError each worker would stop on, binding the HTTP and the gRPC port
+    as a worker binds them (SO_REUSEPORT), then letting them go. A port taken after this
+    check still stops each worker with a line of its own."""
+    host, http_port, grpc_port = config.host, config.http_port, config.grpc_port
+    try:
+        bind_shared(host, http_port).close()
+    except OSError as err:
+        raise cannot_listen(
+            "HTTP",
+            host,
+            http_port,
+            err,
+            host_setting="GATEWAY_HOST",
+            port_setting="GATEWAY_HTTP_PORT",
+        ) from err
+    try:
+        check_bindable(host, grpc_port, reuse_port=True)
+    except OSError as err:
+        raise cannot_listen(
+            "gRPC",
+            host,
+            grpc_port,
+            err,
+            host_setting="GATEWAY_HOST",
+            port_setting="GATEWAY_GRPC_PORT",
+        ) from err
 
 
 def _supervise(workers: int, shared_metrics: str) -> int:

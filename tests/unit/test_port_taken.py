@@ -60,16 +60,21 @@ def test_a_port_taken_exits_3_with_one_line_naming_it_and_its_setting(
         assert noise not in proc.stderr
 
 
-def test_gateway_workers_whose_port_is_taken_exit_3(taken_port: int) -> None:
+@pytest.mark.parametrize("server", ["HTTP", "GRPC"])
+def test_gateway_workers_whose_port_is_taken_exit_3_with_one_line(
+    server: str, taken_port: int
+) -> None:
+    setting = f"GATEWAY_{server}_PORT"
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'gen'}",
         "LOG_FORMAT": "text",
         "GATEWAY_WRITE_KEYS": "unit-key-0123456789:app",
         **UNREACHABLE,
-        "GATEWAY_WORKERS": "2",
-        "GATEWAY_HTTP_PORT": str(taken_port),
+        "GATEWAY_WORKERS": "3",
+        "GATEWAY_HTTP_PORT": "0",
         "GATEWAY_GRPC_PORT": "0",
+        setting: str(taken_port),
     }
     proc = subprocess.run(
         [sys.executable, "-m", "gateway"],
@@ -82,4 +87,6 @@ def test_gateway_workers_whose_port_is_taken_exit_3(taken_port: int) -> None:
     )
 
     assert proc.returncode == 3, proc.stderr  # the supervisor said 1
-    assert "set GATEWAY_HTTP_PORT to a free port" in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, proc.stderr  # not one for each worker
+    assert f"set {setting} to a free port" in errors[0]
