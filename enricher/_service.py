@@ -90,6 +90,7 @@ class Enricher:
         self._health: ReadinessHealth | None = None
         self._http: HttpServer | None = None
         self._started = False
+        self._serving = False  # the start finished: a stop then says the enricher stopped
 
     @property
     def grpc_port(self) -> int:
@@ -121,19 +122,12 @@ class Enricher:
         self._consumer_task = asyncio.create_task(self._consume_until_stopped())
         assert self._health is not None
         self._health_task = asyncio.create_task(self._health.follow(self.ready))
+        self._serving = True
 
     async def _serve(self) -> None:
         config = self._config
         self._geo = open_geo(config.geoip_db)
-        self._http = HttpServer(
-            ops_app(self, self.metrics.registry),
-            host=config.http_host,
-            port=config.http_port,
-            graceful_stop_s=config.stop_timeout_s,
-            host_setting="ENRICHER_HTTP_HOST",
-            port_setting="ENRICHER_HTTP_PORT",
-        )
-        await self._http.start()
+        # gRPC first: a port it cannot take is said before uvicorn says it runs.
         self._grpc = GrpcServer(
             EnrichServicer(
                 geo=self._geo,
@@ -146,6 +140,15 @@ class Enricher:
         )
         await self._grpc.start()  # NOT_SERVING until ready() says otherwise
         self._health = ReadinessHealth(self._grpc, name=NAME, logger=log)
+        self._http = HttpServer(
+            ops_app(self, self.metrics.registry),
+            host=config.http_host,
+            port=config.http_port,
+            graceful_stop_s=config.stop_timeout_s,
+            host_setting="ENRICHER_HTTP_HOST",
+            port_setting="ENRICHER_HTTP_PORT",
+        )
+        await self._http.start()
 
     async def _open_broker(self) -> _nats.Broker:
         """Connects (waiting for NATS), then ensures the streams and binds the consumer, each
@@ -316,6 +319,7 @@ class Enricher:
         if not self._started:
             return
         self._started = False
+        served, self._serving = self._serving, False
         deadline = StopDeadline(self._config.stop_timeout_s)
         if self._health_task is not None:
             await cancel_and_wait(self._health_task)
@@ -354,7 +358,8 @@ class Enricher:
         self._geo = None
         if self._owns_tracing:
             self.tracing.shutdown()
-        log.info("enricher stopped")
+        if served:  # a start that failed says why in a line of its own, and nothing else
+            log.info("enricher stopped")
 
     async def _refresh_lag(self) -> None:
         while True:

@@ -145,8 +145,9 @@ class Gateway:
             return
         self._started = True
         try:
-            await self._http.start()
+            # gRPC first: a port it cannot take is said before uvicorn says it runs.
             await self._grpc.start()
+            await self._http.start()
             await self._broker.start()
         except BaseException:
             # Whole, even when a stop signal cancels the start again and again meanwhile.

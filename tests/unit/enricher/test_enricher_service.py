@@ -19,11 +19,11 @@ from nats.js import api as js_api
 from nats.js.errors import BadRequestError
 from telemetry.v1 import event_pb2
 
-from enricher._grpc import GrpcServer
 from enricher._handler import Handler
 from enricher._service import Enricher
 from enricher.config import Config
 from pipeline.config import load
+from pipeline.service import HttpServer
 from pipeline.settings import NatsSettings
 from pipeline.tasks import cancel_and_wait
 from tests.unit.nats_fakes import FakeJetStream, FakeNats, FakeSubscription
@@ -340,24 +340,24 @@ async def test_a_start_cancelled_again_and_again_still_closes_what_it_opened(
     broker: Broker, enricher: Enricher, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A stop signal during the start: serve_until_signal cancels it every 50 ms until it ends.
-    grpc_start = GrpcServer.start
-    grpc_starting = asyncio.Event()
+    http_start = HttpServer.start
+    http_starting = asyncio.Event()
 
-    async def slow_start(self: GrpcServer) -> None:
-        grpc_starting.set()
+    async def slow_start(self: HttpServer) -> None:
+        http_starting.set()
         await asyncio.sleep(0.3)
-        await grpc_start(self)
+        await http_start(self)
 
-    monkeypatch.setattr(GrpcServer, "start", slow_start)
+    monkeypatch.setattr(HttpServer, "start", slow_start)
     starting = asyncio.create_task(enricher.start())
-    await asyncio.wait_for(grpc_starting.wait(), 10)
-    assert enricher._http is not None
-    http_port = enricher.http_port
+    await asyncio.wait_for(http_starting.wait(), 10)
+    assert enricher._grpc is not None
+    grpc_port = enricher.grpc_port
 
     await cancel_and_wait(starting)
 
     assert starting.cancelled()
-    assert await refuses(http_port)  # its stop ran whole, the HTTP server's too
+    assert await refuses(grpc_port)  # its stop ran whole, the gRPC server's too
 
 
 class FailingAtStop(Loop):
