@@ -50,6 +50,7 @@ class EnrichServicer(enrich_service_pb2_grpc.EnrichServiceServicer):
                 "batch.context.app_id: letters, digits, '_' or '-', at most 64",
             )
         now = time.time_ns()
+        cut: set[int] = set()  # the events whose event_message is cut
         data = enrich_batch_bytes(
             raw,
             app_id=app_id,
@@ -57,6 +58,7 @@ class EnrichServicer(enrich_service_pb2_grpc.EnrichServiceServicer):
             now_ns=now,
             geo=self._geo,
             options=self._options,
+            cut=cut,
         )
         # The response holds the enriched batch's events: at most its size.
         if len(data) > MAX_RESPONSE_BYTES:
@@ -67,6 +69,8 @@ class EnrichServicer(enrich_service_pb2_grpc.EnrichServiceServicer):
             )
         batch = event_pb2.EnrichedBatch.FromString(data)
         self._metrics.grpc_events.inc(len(batch.events))
+        if cut:  # counted as the events are answered, as the consumer counts them published
+            self._metrics.event_message_truncated.inc(len(cut))
         return enrich_service_pb2.EnrichEventsResponse(events=batch.events)
 
 

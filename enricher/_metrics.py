@@ -78,8 +78,9 @@ class Metrics:
         )
         self.event_message_truncated = Counter(
             "enricher_event_message_truncated",
-            "Events published whose event_message, the text free-text search matches, was cut "
-            "(to ENRICHER_EVENT_MESSAGE_MAX_CHARS, or shorter to fit a NATS message), once each",
+            "Events published, or answered by gRPC EnrichEvents, whose event_message, the text "
+            "free-text search matches, was cut (to ENRICHER_EVENT_MESSAGE_MAX_CHARS, or shorter "
+            "to fit a NATS message), once each",
             registry=self.registry,
         )
         self.grpc_events = Counter(

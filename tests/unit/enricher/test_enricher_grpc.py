@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
@@ -19,11 +20,9 @@ from enricher._metrics import Metrics
 MAX_EVENTS = 50
 
 
-@pytest.fixture
-async def channel() -> AsyncIterator[grpc.aio.Channel]:
-    servicer = EnrichServicer(
-        geo=OfflineGeo(), options=EnrichOptions(), max_events=MAX_EVENTS, metrics=Metrics()
-    )
+@contextlib.asynccontextmanager
+async def _serving(servicer: EnrichServicer) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to `servicer`, served on a loopback port of its own."""
     server = GrpcServer(servicer, host="127.0.0.1", port=0)
     await server.start()
     await server.set_serving(True)
@@ -32,6 +31,15 @@ async def channel() -> AsyncIterator[grpc.aio.Channel]:
             yield chan
     finally:
         await server.stop(grace_s=1)
+
+
+@pytest.fixture
+async def channel() -> AsyncIterator[grpc.aio.Channel]:
+    servicer = EnrichServicer(
+        geo=OfflineGeo(), options=EnrichOptions(), max_events=MAX_EVENTS, metrics=Metrics()
+    )
+    async with _serving(servicer) as chan:
+        yield chan
 
 
 def _request(n: int = 2) -> enrich_service_pb2.EnrichEventsRequest:
@@ -86,23 +94,50 @@ async def test_events_too_large_to_answer_are_resource_exhausted_saying_so() -> 
     servicer = EnrichServicer(
         geo=OfflineGeo(), options=EnrichOptions(), max_events=10_000, metrics=Metrics()
     )
-    server = GrpcServer(servicer, host="127.0.0.1", port=0)
-    await server.start()
-    request = _request(1000)
-    for event in request.batch.events:
-        event.metadata["blob"] = "x" * 2500
+    request = _too_large_to_answer()
     assert 2_000_000 < request.ByteSize() < MAX_RESPONSE_BYTES
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as chan:
-            stub = enrich_service_pb2_grpc.EnrichServiceStub(chan)
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await stub.EnrichEvents(request)
-            small = await stub.EnrichEvents(_request(3))
-    finally:
-        await server.stop(grace_s=1)
+    async with _serving(servicer) as chan:
+        stub = enrich_service_pb2_grpc.EnrichServiceStub(chan)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.EnrichEvents(request)
+        small = await stub.EnrichEvents(_request(3))
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "send fewer per request" in (caught.value.details() or "")
     assert len(small.events) == 3
+
+
+def _too_large_to_answer() -> enrich_service_pb2.EnrichEventsRequest:
+    """1,000 events whose metadata makes their text 2,510 characters long each."""
+    request = _request(1000)
+    for event in request.batch.events:
+        event.metadata["blob"] = "x" * 2500
+    return request
+
+
+async def test_events_whose_text_is_cut_are_counted_once_answered() -> None:
+    # As the consumer counts the events it publishes: a call refused, its 1,000 texts cut
+    # to 2,000 characters, counts none.
+    metrics = Metrics()
+    servicer = EnrichServicer(
+        geo=OfflineGeo(),
+        options=EnrichOptions(event_message_max_chars=2000),
+        max_events=10_000,
+        metrics=metrics,
+    )
+    request = _request(3)
+    for event in request.batch.events[:2]:
+        event.metadata["note"] = "word " * 500
+    async with _serving(servicer) as chan:
+        stub = enrich_service_pb2_grpc.EnrichServiceStub(chan)
+        response = await stub.EnrichEvents(request)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.EnrichEvents(_too_large_to_answer())
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert [len(e.event_message) <= 2000 for e in response.events] == [True] * 3
+    assert response.events[2].event_message == "open"
+    cut = metrics.registry.get_sample_value("enricher_event_message_truncated_total")
+    assert cut == 2
+    assert metrics.registry.get_sample_value("enricher_grpc_events_total") == 3
 
 
 async def test_bad_app_id_is_invalid_argument(channel: grpc.aio.Channel) -> None:
