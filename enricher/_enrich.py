@@ -19,7 +19,7 @@ from enricher._clock import (
 )
 from enricher._device import MAX_DEVICE_OS_CHARS, parse_device_os
 from enricher._geo import GeoLookup, geo_of
-from enricher._message import DEFAULT_MAX_CHARS, event_message, event_message_chars
+from enricher._message import DEFAULT_MAX_CHARS, cut_at_word, whole_event_message
 from enricher.errors import PoisonMessageError
 from pipeline import logs
 
@@ -147,8 +147,8 @@ def enrich_batch_bytes(
     EnrichedEvent is the event, the batch's common fields, then the event's own.
 
     The index of each event whose event_message is cut to
-    `options.event_message_max_chars` is added to `cut`, when given: free-text
-    search finds no word past the cut.
+    `options.event_message_max_chars` (at a word's end, `cut_at_word`) is added to
+    `cut`, when given: free-text search finds no word past the cut.
     """
     context = raw.context
     received = received_ns(raw, fallback_ns=fallback_received_ns)
@@ -185,14 +185,11 @@ def enrich_batch_bytes(
         else:
             clock_fields = _timestamp_field(_CORRECTED_TIMESTAMP, corrected) + status_fields
         os_fields = _os_fields(event.device_os[:MAX_DEVICE_OS_CHARS])  # a bounded cache key
-        message = event_message(event.event_name, event.metadata, max_chars=max_chars)
-        # A cut text is as long as the limit: only such a one has its whole length counted.
-        if (
-            len(message) == max_chars
-            and cut is not None
-            and event_message_chars(event.event_name, event.metadata) > max_chars
-        ):
-            cut.add(index)
+        message = whole_event_message(event.event_name, event.metadata)
+        if len(message) > max_chars:
+            message = cut_at_word(message, max_chars)
+            if cut is not None:
+                cut.add(index)
         message_field = wire.string_field(_EVENT_MESSAGE, message)
         event_bytes = event.SerializeToString()
         event_length = wire.varint(len(event_bytes))
@@ -271,9 +268,9 @@ def split_enriched(
 
 
 def _cut_to_fit(event: event_pb2.EnrichedEvent, one: int, room: int, *, index: int) -> int:
-    """Cuts the event's event_message (at a character boundary) so that its counted size `one`
-    comes within `room`; returns the size after. PoisonMessageError when even an empty text
-    would not do."""
+    """Cuts the event's event_message (at a word's end, `cut_at_word`) so that its counted size
+    `one` comes within `room`; returns the size after. PoisonMessageError when even an empty
+    text would not do."""
     over = one - room
     text = event.event_message.encode()
     if over > len(text):
@@ -283,7 +280,9 @@ def _cut_to_fit(event: event_pb2.EnrichedEvent, one: int, room: int, *, index: i
             f" message may hold ({room}) even without its event_message",
         )
     before = event.ByteSize()
-    event.event_message = text[: len(text) - over].decode(errors="ignore")
+    # The characters whose bytes fit (a character the cut splits is left out), then whole words.
+    fits = len(text[: len(text) - over].decode(errors="ignore"))
+    event.event_message = cut_at_word(event.event_message, fits)
     held_back = _CUT_LOG.admit()
     if held_back is not None:
         log.warning(

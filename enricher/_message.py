@@ -12,26 +12,36 @@ def event_message(
 ) -> str:
     """The event name followed by "key value" for each metadata entry, in key order.
 
-    Cut to `max_chars` characters, so a large metadata map cannot make a huge text
-    (`event_message_chars` says whether it was: search finds no word past the cut).
+    Cut to at most `max_chars` characters (`cut_at_word`), so a large metadata map cannot
+    make a huge text: search finds no word past the cut.
     """
+    return cut_at_word(whole_event_message(event_name, metadata), max_chars)
+
+
+def whole_event_message(event_name: str, metadata: Mapping[str, str]) -> str:
+    """`event_message` before it is cut: longer than `max_chars` means it will be."""
     if not metadata:
-        return event_name[:max_chars]
+        return event_name
     parts = [event_name] if event_name else []
     for key in sorted(metadata):
         parts.append(key)
         parts.append(metadata[key])
-    return " ".join(parts)[:max_chars]
+    return " ".join(parts)
 
 
-def event_message_chars(event_name: str, metadata: Mapping[str, str]) -> int:
-    """How many characters `event_message` has before it is cut, counted without making it.
+def cut_at_word(text: str, max_chars: int) -> str:
+    """`text` cut to at most `max_chars` characters, at a word's end.
 
-    More than `max_chars` means the text was cut. Only asked for a text as long as
-    `max_chars` (that of every cut one), so the common event pays nothing for it.
+    A word the cut falls in is left out whole, with the whitespace before it: a piece
+    of it (`E4` of `E42`) would be a word search finds where it should not. A text with
+    no whitespace before the cut is one huge word, and is cut in it all the same.
     """
-    if not metadata:
-        return len(event_name)
-    words = 2 * len(metadata) + (1 if event_name else 0)
-    chars = len(event_name) + sum(map(len, metadata)) + sum(map(len, metadata.values()))
-    return chars + words - 1  # a space between each two words
+    if len(text) <= max_chars:
+        return text
+    kept = text[:max_chars]
+    if not kept or kept[-1].isspace() or text[max_chars].isspace():
+        return kept.rstrip()
+    piece = kept.rsplit(maxsplit=1)[-1]  # the word the cut falls in, as far as it is kept
+    if len(piece) == len(kept):
+        return kept  # no whitespace to cut at
+    return kept[: len(kept) - len(piece)].rstrip()

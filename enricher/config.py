@@ -141,8 +141,10 @@ class Config(NatsSettings, TracingSettings):
         "ENRICHER_EVENT_MESSAGE_MAX_CHARS",
         DEFAULT_EVENT_MESSAGE_MAX_CHARS,
         "characters of event_message at most: the one text free-text search matches, the "
-        "event name then each metadata key and value, keys in sorted order; no word past the cut "
-        "is found (enricher_event_message_truncated_total counts the events cut)",
+        "event name then each metadata key and value, keys in sorted order; cut at a word's end "
+        "(a word the cut falls in is left out, unless no whitespace comes before it: one word "
+        "that long is cut where the limit falls); no word past the cut is found "
+        "(enricher_event_message_truncated_total counts the events cut)",
         check=_at_least_one,
     )
     lag_refresh_s: float = setting(

@@ -260,7 +260,8 @@ def _filter_params() -> list[dict[str, Any]]:
             "free text: whole words, all of which must match, in any case, in the event name and "
             "the metadata keys and values as one text, keys in sorted order, up to its first "
             "ENRICHER_EVENT_MESSAGE_MAX_CHARS characters (4,096 by default): no word past them "
-            "is found",
+            "is found; a word they split is left out whole, unless it is the text's first, "
+            "which is cut",
         )
     )
     return params

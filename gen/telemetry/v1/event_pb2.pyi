@@ -436,7 +436,10 @@ class EnrichedEvent(_message.Message):
     event_message: _builtins.str
     """event_message is a text made for free-text search: the event name and
     the metadata keys and values, cut at the enricher's
-    ENRICHER_EVENT_MESSAGE_MAX_CHARS (4,096 characters by default).
+    ENRICHER_EVENT_MESSAGE_MAX_CHARS (4,096 characters by default), or
+    shorter to fit a NATS message. The cut falls at a word's end: a word it
+    would split is left out whole, unless no whitespace comes before it (one
+    word that long is cut where the limit falls).
     """
     app_id: _builtins.str
     """app_id is the app the event was ingested for."""

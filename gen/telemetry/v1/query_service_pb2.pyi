@@ -128,7 +128,8 @@ class EventFilter(_message.Message):
     """text is a free-text search over event_message: the event name and the
     metadata keys and values as one text, keys in sorted order, up to its
     first ENRICHER_EVENT_MESSAGE_MAX_CHARS characters (4,096 by default; no
-    word past them is found, and the enricher counts the events cut in
+    word past them is found; a word they split is left out whole, unless it
+    is the text's first, which is cut; the enricher counts the events cut in
     enricher_event_message_truncated_total). Plain words, all of which must
     match, in any case. Words are whole as the standard analyser splits them:
     "item_purchased", "screen.view" and "2.3.1" are one word each, so

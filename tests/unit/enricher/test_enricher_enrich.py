@@ -396,8 +396,8 @@ def test_an_event_cut_to_fit_a_message_is_added_to_those_cut() -> None:
     raw.context.app_id = "shop"
     raw.events.add(event_id="e0", event_name="open").metadata["k"] = "x" * 200  # cut: 100
     raw.events.add(event_id="e1", event_name="open")
-    # 97 characters, not cut at 100, but of 3 bytes each: about 570 bytes enriched.
-    raw.events.add(event_id="e2", event_name="open").metadata["k"] = "語" * 90
+    # 96 characters, not cut at 100, but mostly of 3 bytes each: about 550 bytes enriched.
+    raw.events.add(event_id="e2", event_name="open").metadata["k"] = " ".join(["語" * 9] * 9)
     cut: set[int] = set()
     data = enrich_batch_bytes(
         raw,
@@ -418,8 +418,11 @@ def test_an_event_cut_to_fit_a_message_is_added_to_those_cut() -> None:
         for *_, part in split
         for e in event_pb2.EnrichedBatch.FromString(part).events
     ]
-    assert [len(text) for text in texts[:2]] == [100, len("open")]
-    assert len(texts[2]) < len("open k ") + 90
+    # Each cut at a word's end: a piece of "xxx…" or "語語…" would be a word of its own.
+    assert texts[:2] == ["open k", "open"]
+    assert texts[2].startswith("open k 語")
+    assert len(texts[2]) < len("open k ") + 89
+    assert set(texts[2].split()[2:]) == {"語" * 9}
     assert cut == {0, 2}
 
 

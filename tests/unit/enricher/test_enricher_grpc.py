@@ -110,7 +110,7 @@ def _too_large_to_answer() -> enrich_service_pb2.EnrichEventsRequest:
     """1,000 events whose metadata makes their text 2,510 characters long each."""
     request = _request(1000)
     for event in request.batch.events:
-        event.metadata["blob"] = "x" * 2500
+        event.metadata["blob"] = "x " * 1250
     return request
 
 

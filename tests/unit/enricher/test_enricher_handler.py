@@ -595,7 +595,7 @@ async def test_an_event_too_large_only_for_its_event_message_has_that_text_cut(
     raw = event_pb2.RawBatch()
     raw.context.app_id = "shop"
     big = raw.events.add(event_id="e-big", event_name="open", device_os="iOS 17.2")
-    big.metadata["text"] = "語" * 1000
+    big.metadata["text"] = "語 " * 600
     raw.events.add(event_id="e-small", event_name="open", device_os="iOS 17.2")
     sink, limit, metrics = FakeSink(), 4000, Metrics()
 
@@ -614,8 +614,9 @@ async def test_an_event_too_large_only_for_its_event_message_has_that_text_cut(
     assert [e.event.event_id for e in events] == ["e-big", "e-small"]
     text = events[0].event_message
     assert text.startswith("open text 語")
-    assert len(text) < len("open text ") + 1000
-    assert events[0].event.metadata["text"] == "語" * 1000  # the event itself is whole
+    assert len(text) < len("open text ") + 1200
+    assert set(text.split()[2:]) == {"語"}  # whole words
+    assert events[0].event.metadata["text"] == "語 " * 600  # the event itself is whole
     # A redelivery cuts alike: the same part names, dropped as duplicates.
     assert [h[subjects.MSG_ID_HEADER] for _, _, h in sink.published[len(first_ids) :]] == first_ids
     # One line, not one per delivery (the second within the throttle's 30 s).
@@ -647,7 +648,7 @@ async def test_each_event_whose_event_message_is_cut_is_counted_once() -> None:
     texts = [
         e.event_message for e in event_pb2.EnrichedBatch.FromString(sink.published[0][1]).events
     ]
-    assert [len(text) for text in texts] == [20, 100, 99, 100, 100]
+    assert [len(text) for text in texts] == [20, len("open k"), 99, 100, len("open k")]
     assert _sample(metrics, TRUNCATED) == 2  # 101 and 5000; 100 is whole
     assert _sample(metrics, "enricher_events_total") == 5
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from enricher._message import event_message, event_message_chars
+from enricher._message import event_message, whole_event_message
 
 
 def test_name_then_keys_and_values_in_key_order() -> None:
@@ -22,9 +24,29 @@ def test_empty_name_has_no_leading_space() -> None:
 
 
 def test_length_is_bounded() -> None:
-    text = event_message("e", {"k": "v" * 10_000}, max_chars=100)
-    assert len(text) == 100
-    assert text.startswith("e k vvv")
+    text = event_message("e", {"k": "v w " * 10_000}, max_chars=100)
+    assert text == ("e k " + "v w " * 24).rstrip()
+    assert len(text) == 99
+
+
+def test_a_word_the_cut_falls_in_is_left_out() -> None:
+    # "E4" of "E42" would be a word of its own: q=E4 would find this event.
+    metadata = {"order": "E42 E43", "sku": "A-1"}
+    assert event_message("buy", metadata) == "buy order E42 E43 sku A-1"
+    assert event_message("buy", metadata, max_chars=12) == "buy order"
+    assert event_message("buy", metadata, max_chars=11) == "buy order"
+
+
+def test_a_cut_at_a_words_end_keeps_the_word() -> None:
+    metadata = {"order": "E42 E43", "sku": "A-1"}
+    assert event_message("buy", metadata, max_chars=13) == "buy order E42"
+    assert event_message("buy", metadata, max_chars=14) == "buy order E42"  # at the E of E43
+
+
+def test_a_text_without_whitespace_before_the_cut_is_cut_in_its_one_word() -> None:
+    assert event_message("e" * 10_000, {}, max_chars=100) == "e" * 100
+    assert event_message("open", {"k": "v"}, max_chars=3) == "ope"
+    assert event_message("open", {"k": "v"}, max_chars=4) == "open"
 
 
 @given(
@@ -46,17 +68,26 @@ def test_every_value_is_findable_when_it_fits(
 @given(
     name=st.text(max_size=50),
     metadata=st.dictionaries(st.text(max_size=20), st.text(max_size=50), max_size=10),
+    limit=st.integers(min_value=1, max_value=500),
 )
-def test_the_length_before_the_cut_is_that_of_the_whole_text(
-    name: str, metadata: dict[str, str]
+def test_a_cut_text_holds_the_whole_words_before_the_cut_and_nothing_else(
+    name: str, metadata: dict[str, str], limit: int
 ) -> None:
-    assert event_message_chars(name, metadata) == len(
-        event_message(name, metadata, max_chars=10**9)
-    )
+    full = whole_event_message(name, metadata)
+    text = event_message(name, metadata, max_chars=limit)
+    if len(full) <= limit:
+        assert text == full
+        return
+    kept = full[:limit]
+    if not any(char.isspace() for char in kept):
+        assert text == kept  # one word longer than the limit
+        return
+    whole = [word.group() for word in re.finditer(r"\S+", full) if word.end() <= limit]
+    assert text.split() == whole
+    assert full.startswith(text)
+    assert text == "" or not text[-1].isspace()
 
 
 def test_a_text_exactly_as_long_as_the_limit_is_not_cut() -> None:
-    text = event_message("e", {"k": "v" * 96}, max_chars=100)
-    assert len(text) == 100
-    assert event_message_chars("e", {"k": "v" * 96}) == 100
-    assert event_message_chars("e", {"k": "v" * 97}) == 101
+    assert event_message("e", {"k": "v" * 96}, max_chars=100) == "e k " + "v" * 96
+    assert event_message("e", {"k": "v" * 97}, max_chars=100) == "e k"
