@@ -25,9 +25,9 @@ DEFAULT_MAX_CLOCK_SKEW_S = 365 * 24 * 3600.0  # one year
 # late) would be judged absurd; a tiny value would even round to 0 ns.
 MIN_MAX_CLOCK_SKEW_S = 60.0
 DEFAULT_EVENT_MESSAGE_MAX_CHARS = 4096
-# The text must fit a NATS message beside the event whose metadata it repeats: in UTF-8 this
-# many characters take up to 256 KiB, a quarter of NATS's default max_payload (1 MiB).
-MAX_EVENT_MESSAGE_MAX_CHARS = 65_536
+# Above the 139,648 characters the gateway's default limits let into one text (its event name
+# and metadata); a text too large for its NATS message is cut to fit all the same.
+MAX_EVENT_MESSAGE_MAX_CHARS = 262_144
 # Events per raw message: the gateway's GATEWAY_MAX_EVENTS_PER_BATCH default.
 DEFAULT_MAX_EVENTS_PER_MESSAGE = 1000
 DEFAULT_LAG_REFRESH_S = 5.0
@@ -58,8 +58,8 @@ def _at_least_a_minute(value: float) -> str | None:
 def _event_message_max_chars(value: int) -> str | None:
     if not 1 <= value <= MAX_EVENT_MESSAGE_MAX_CHARS:
         return (
-            f"must be between 1 and {MAX_EVENT_MESSAGE_MAX_CHARS} (up to 256 KiB in UTF-8, a"
-            " quarter of NATS's default max_payload: the text must fit a message beside its event)"
+            f"must be between 1 and {MAX_EVENT_MESSAGE_MAX_CHARS} (more than the gateway's default"
+            " limits let into one text)"
         )
     return None
 
@@ -157,8 +157,8 @@ class Config(NatsSettings, TracingSettings):
         "(a word the cut falls in is left out, unless no whitespace comes before it: one word "
         "that long is cut where the limit falls); no word past the cut is found "
         "(enricher_event_message_truncated_total counts the events cut). At most "
-        f"{MAX_EVENT_MESSAGE_MAX_CHARS}: up to 256 KiB in UTF-8, a quarter of NATS's default "
-        "max_payload (1 MiB), which the text shares with the event whose metadata it repeats",
+        f"{MAX_EVENT_MESSAGE_MAX_CHARS}, more than the gateway's default limits let into one text "
+        "(139,648); a text too large for its NATS message is cut to fit all the same",
         check=_event_message_max_chars,
     )
     lag_refresh_s: float = setting(

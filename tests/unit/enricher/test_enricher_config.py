@@ -80,7 +80,7 @@ def test_values_are_read() -> None:
         ("ENRICHER_MAX_CLOCK_SKEW_S", "1e-12"),
         ("ENRICHER_MAX_CLOCK_SKEW_S", "59.9"),
         ("ENRICHER_EVENT_MESSAGE_MAX_CHARS", "0"),
-        ("ENRICHER_EVENT_MESSAGE_MAX_CHARS", "65537"),
+        ("ENRICHER_EVENT_MESSAGE_MAX_CHARS", "262145"),
         ("ENRICHER_MAX_EVENTS_PER_MESSAGE", "0"),
         ("ENRICHER_LAG_REFRESH_S", "0"),
         ("ENRICHER_GRPC_PORT", "70000"),
@@ -98,13 +98,16 @@ def test_the_smallest_max_clock_skew_is_a_minute() -> None:
     assert load(Config, {"ENRICHER_MAX_CLOCK_SKEW_S": "60"}).max_clock_skew_s == 60.0
 
 
-def test_event_message_max_chars_is_at_most_65536() -> None:
+def test_event_message_max_chars_is_at_most_262144() -> None:
     # A text must fit a NATS message beside its event: a larger limit is refused at start.
-    assert cfg.MAX_EVENT_MESSAGE_MAX_CHARS == 65_536
-    config = load(Config, {"ENRICHER_EVENT_MESSAGE_MAX_CHARS": "65536"})
-    assert config.event_message_max_chars == 65_536
+    assert cfg.MAX_EVENT_MESSAGE_MAX_CHARS == 262_144
+    # what the gateway's default limits let into one text, as docs/observability.md advises
+    config = load(Config, {"ENRICHER_EVENT_MESSAGE_MAX_CHARS": "139648"})
+    assert config.event_message_max_chars == 139_648
+    config = load(Config, {"ENRICHER_EVENT_MESSAGE_MAX_CHARS": "262144"})
+    assert config.event_message_max_chars == 262_144
     with pytest.raises(
-        ConfigError, match=r"ENRICHER_EVENT_MESSAGE_MAX_CHARS=1000000: must be between 1 and 65536"
+        ConfigError, match=r"ENRICHER_EVENT_MESSAGE_MAX_CHARS=1000000: must be between 1 and 262144"
     ):
         load(Config, {"ENRICHER_EVENT_MESSAGE_MAX_CHARS": "1000000"})
 
