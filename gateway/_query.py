@@ -12,9 +12,8 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from telemetry.v1 import event_pb2, query_service_pb2, query_service_pb2_grpc
 
-from gateway import _rfc3339
 from gateway.errors import InvalidRequest, Unavailable, UpstreamError
-from pipeline import tracing
+from pipeline import rfc3339, tracing
 from pipeline.query_names import GROUP_BY, INTERVALS, PARTIAL_ANSWER_TRAILER
 
 SERVICE = "telemetry.v1.QueryService"
@@ -91,10 +90,10 @@ def _time(params: Params, name: str) -> Timestamp | None:
     text = _present(params, name)
     if not text:
         return None
-    parsed = _rfc3339.parse(text)
+    parsed = rfc3339.parse(text)
     if parsed is None:
-        if _rfc3339.out_of_range(text):
-            raise InvalidRequest(f"{name} {_rfc3339.OUT_OF_RANGE}")
+        if rfc3339.out_of_range(text):
+            raise InvalidRequest(f"{name} {rfc3339.OUT_OF_RANGE}")
         hint = (
             " (a '+' in a URL must be sent as %2B)"
             if " " in text
@@ -165,7 +164,7 @@ def aggregate_request(params: Params) -> query_service_pb2.AggregateEventsReques
 
 
 def _stamp(value: Timestamp, present: bool) -> str | None:
-    return _rfc3339.format_utc(value.seconds, value.nanos) if present else None
+    return rfc3339.format_utc(value.seconds, value.nanos) if present else None
 
 
 def event_json(item: event_pb2.EnrichedEvent) -> dict[str, Any]:

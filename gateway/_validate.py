@@ -18,9 +18,9 @@ from typing import Any, Protocol
 from google.protobuf.timestamp_pb2 import Timestamp
 from telemetry.v1 import event_pb2
 
-from gateway import _rfc3339
 from gateway.config import GatewayConfig
 from gateway.errors import SEND_SMALLER, InvalidRequest, TooLarge
+from pipeline import rfc3339
 
 R = event_pb2.RejectionReason
 _EVENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
@@ -139,10 +139,10 @@ def parse_envelope(doc: object, *, max_events: int) -> tuple[list[Any], tuple[in
             raise InvalidRequest('an object body needs "events": [...]')
         raw = doc.get("sent_at")
         if raw is not None:
-            sent_at = _rfc3339.parse(raw) if isinstance(raw, str) else None
+            sent_at = rfc3339.parse(raw) if isinstance(raw, str) else None
             if sent_at is None:
-                if isinstance(raw, str) and _rfc3339.out_of_range(raw):
-                    raise InvalidRequest(f"sent_at {_rfc3339.OUT_OF_RANGE}")
+                if isinstance(raw, str) and rfc3339.out_of_range(raw):
+                    raise InvalidRequest(f"sent_at {rfc3339.OUT_OF_RANGE}")
                 raise InvalidRequest("sent_at is not an RFC 3339 timestamp")
     else:
         raise InvalidRequest("the body must be a JSON array of events or an object with events")
@@ -318,12 +318,12 @@ def _checked_timestamp(stamp: object) -> tuple[int, int]:
         raise _Reject(R.REJECTION_REASON_MISSING_FIELD, "client_timestamp is required")
     if type(stamp) is not str:
         raise _Reject(R.REJECTION_REASON_INVALID_TYPE, "client_timestamp must be a string")
-    parsed = _rfc3339.parse(stamp)
+    parsed = rfc3339.parse(stamp)
     if parsed is None:
         raise _Reject(
             R.REJECTION_REASON_INVALID_TIMESTAMP,
-            f"client_timestamp {_rfc3339.OUT_OF_RANGE}"
-            if _rfc3339.out_of_range(stamp)
+            f"client_timestamp {rfc3339.OUT_OF_RANGE}"
+            if rfc3339.out_of_range(stamp)
             else "client_timestamp is not an RFC 3339 date-time with its offset, such as"
             " 2026-11-27T08:00:00.000Z",
         )
@@ -373,7 +373,7 @@ def _json_event(
     else:
         fields = _checked_fields(item, limits)
     stamp = get("client_timestamp")
-    parsed = _rfc3339.parse(stamp) if type(stamp) is str else None
+    parsed = rfc3339.parse(stamp) if type(stamp) is str else None
     if parsed is None:
         parsed = _checked_timestamp(stamp)
     metadata = get("metadata")
@@ -447,7 +447,7 @@ def read_json_events(
 def _in_range(stamp: Timestamp) -> bool:
     """Whether a Timestamp is one RFC 3339 can write (0001-01-01 to 9999-12-31, valid nanos)."""
     return (
-        _rfc3339.MIN_SECONDS <= stamp.seconds <= _rfc3339.MAX_SECONDS
+        rfc3339.MIN_SECONDS <= stamp.seconds <= rfc3339.MAX_SECONDS
         and 0 <= stamp.nanos <= 999_999_999
     )
 

@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from telemetry.v1 import event_pb2
 
-from gateway import _rfc3339
 from gateway._validate import (
     Limits,
     _checked_fields,
@@ -25,6 +24,7 @@ from gateway._validate import (
     read_proto_events,
 )
 from gateway.errors import InvalidRequest, TooLarge
+from pipeline import rfc3339 as _rfc3339
 from tests.unit.gateway.strategies import event_like
 
 LIMITS = Limits(
