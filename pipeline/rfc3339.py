@@ -1,9 +1,10 @@
 """RFC 3339 date-times to (seconds, nanos) since the epoch, and UTC texts back.
 
 `parse` reads an RFC 3339 date-time strictly and without datetime: the gateway reads every
-client timestamp with it (its hot path). `format_utc` writes UTC texts the way protobuf's JSON
-mapping writes them, wherever a time leaves the pipeline as text: the indexer's documents
-(several per event, so this is on its hot path too) and the gateway's JSON answers.
+client timestamp with it (its hot path), and tpipe its --since and --until, so that both take
+the same texts. `format_utc` writes UTC texts the way protobuf's JSON mapping writes them,
+wherever a time leaves the pipeline as text: the indexer's documents (several per event, so
+this is on its hot path too) and the gateway's JSON answers.
 """
 
 from __future__ import annotations

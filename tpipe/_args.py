@@ -14,7 +14,7 @@ from typing import NoReturn, TypeAlias
 from telemetry.v1 import query_service_pb2
 
 from pipeline.settings import NATS_SCHEMES
-from tpipe._timeparse import parse_time, to_timestamp
+from tpipe._timeparse import parse_time
 from tpipe.errors import EXIT_USAGE, UsageError
 
 Runner = Callable[[argparse.Namespace], Awaitable[int]]
@@ -189,9 +189,11 @@ def add_filter_options(parser: argparse.ArgumentParser) -> None:
             help=f"match {text}",
         )
     group.add_argument(
-        "--since", help="events at or after: RFC 3339 (2026-01-31T12:00:00Z) or an age (15m, 2d)"
+        "--since",
+        help="events at or after: RFC 3339 with its offset (2026-01-31T12:00:00Z), now, or an"
+        " age (15m, 2d)",
     )
-    group.add_argument("--until", help="events before: RFC 3339 or an age")
+    group.add_argument("--until", help="events before: RFC 3339 with its offset, now, or an age")
     group.add_argument("--text", help="free text: all words must match")
 
 
@@ -209,10 +211,10 @@ def build_filter(args: argparse.Namespace, *, now: datetime) -> query_service_pb
         getattr(flt, field).extend(values)
     since = parse_time(args.since, now=now) if args.since is not None else None
     until = parse_time(args.until, now=now) if args.until is not None else None
-    if since is not None and until is not None and since >= until:
+    if since is not None and until is not None and since.ToNanoseconds() >= until.ToNanoseconds():
         raise UsageError("--since must be before --until")
     if since is not None:
-        flt.start_time.CopyFrom(to_timestamp(since))
+        flt.start_time.CopyFrom(since)
     if until is not None:
-        flt.end_time.CopyFrom(to_timestamp(until))
+        flt.end_time.CopyFrom(until)
     return flt

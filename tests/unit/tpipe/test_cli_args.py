@@ -59,6 +59,15 @@ def test_since_after_until_is_refused() -> None:
         build_filter(filter_args("--since", "1h", "--until", "2h"), now=NOW)
 
 
+def test_a_range_ending_at_a_leap_second_ends_where_the_gateway_puts_it() -> None:
+    args = filter_args("--since", "2026-12-31T23:59:59.9999999Z", "--until", "2026-12-31T23:59:60Z")
+
+    flt = build_filter(args, now=NOW)
+
+    assert (flt.start_time.seconds, flt.start_time.nanos) == (1_798_761_599, 999_999_900)
+    assert (flt.end_time.seconds, flt.end_time.nanos) == (1_798_761_599, 999_999_999)
+
+
 @pytest.mark.parametrize(
     ("argv", "option"),
     [

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from tpipe._timeparse import parse_time, rfc3339, to_timestamp
 from tpipe.errors import UsageError
@@ -24,13 +25,13 @@ NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
     ],
 )
 def test_ages_count_back_from_now(text: str, age: timedelta) -> None:
-    assert parse_time(text, now=NOW) == NOW - age
+    assert parse_time(text, now=NOW) == to_timestamp(NOW - age)
 
 
 def test_rfc3339_with_offset_is_converted_to_utc() -> None:
     got = parse_time("2026-01-31T14:00:00+02:00", now=NOW)
-    assert got == datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
-    assert parse_time("2026-01-31T12:00:00.250Z", now=NOW).microsecond == 250000
+    assert got == to_timestamp(datetime(2026, 1, 31, 12, 0, tzinfo=UTC))
+    assert parse_time("2026-01-31T12:00:00.250Z", now=NOW).nanos == 250_000_000
 
 
 @pytest.mark.parametrize(
@@ -44,7 +45,39 @@ def test_rfc3339_with_offset_is_converted_to_utc() -> None:
 )
 def test_rfc3339_takes_a_lowercase_t_and_z(text: str) -> None:
     """RFC 3339 (section 5.6) allows them, and the gateway's start/end take them."""
-    assert parse_time(text, now=NOW) == datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
+    assert parse_time(text, now=NOW) == to_timestamp(datetime(2026, 1, 31, 12, 0, tzinfo=UTC))
+
+
+# 2026-12-31T23:59:59Z: the gateway keeps a leap second as the last instant of that second.
+LEAP_SECOND = Timestamp(seconds=1_798_761_599, nanos=999_999_999)
+
+
+@pytest.mark.parametrize("text", ["2026-12-31T23:59:60Z", "2026-12-31T18:59:60-05:00"])
+def test_a_leap_second_is_the_instant_the_gateway_stores_for_it(text: str) -> None:
+    assert parse_time(text, now=NOW) == LEAP_SECOND
+
+
+def test_a_fraction_is_kept_to_the_nanosecond_as_the_gateway_keeps_it() -> None:
+    got = parse_time("2026-01-31T12:00:00.1234567891Z", now=NOW)
+
+    assert got == Timestamp(seconds=1_769_860_800, nanos=123_456_789)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "20261127T183000Z",  # ISO 8601's basic format
+        "2026-11-27T18:30:00+02",  # an offset without its minutes
+        "2026-11-27T18:30+02:00",  # no seconds
+        "2026-11-27T18Z",
+        "2026-W48-5T18:30:00Z",  # a week date
+        "2026-11-27T18:30:00.Z",  # a point without digits
+        "2026-11-27T18:30:00,5Z",  # a decimal comma
+    ],
+)
+def test_iso_8601_forms_the_gateway_refuses_are_refused(text: str) -> None:
+    with pytest.raises(UsageError, match="is neither an RFC 3339 date-time nor an age"):
+        parse_time(text, now=NOW)
 
 
 @pytest.mark.parametrize(
