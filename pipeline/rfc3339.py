@@ -53,9 +53,9 @@ def _days(text: str, year: str, month: str, day: str) -> int | None:
     if days != -1:
         return days
     y, mo, d = int(year), int(month), int(day)
-    valid = (
-        1 <= mo <= 12 and y > 0 and 1 <= d <= (29 if mo == 2 and _leap(y) else _DAYS_IN_MONTH[mo])
-    )
+    # Year 0000 is a date as any other (a leap year, proleptic Gregorian): whether the instant
+    # is in Timestamp's range is judged in UTC, where an offset may bring it into 0001.
+    valid = 1 <= mo <= 12 and 1 <= d <= (29 if mo == 2 and _leap(y) else _DAYS_IN_MONTH[mo])
     days = _days_from_civil(y, mo, d) if valid else None
     if len(_DAYS_CACHE) >= _DAYS_CACHE_SIZE:
         _DAYS_CACHE.clear()

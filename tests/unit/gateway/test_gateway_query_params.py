@@ -193,3 +193,12 @@ def test_a_time_outside_the_years_1_to_9999_in_utc_says_so(query: str, name: str
         events_request(QueryParams(query))
     with pytest.raises(InvalidRequest, match=message):
         aggregate_request(QueryParams(query))
+
+
+def test_a_time_in_year_0000_is_judged_in_utc() -> None:
+    request = events_request(QueryParams("start=0000-12-31T23:30:00-01:00"))
+    assert request.filter.start_time.ToJsonString() == "0001-01-01T00:30:00Z"
+
+    message = "^end is out of range: it lies outside the years 0001-9999 in UTC$"
+    with pytest.raises(InvalidRequest, match=message):
+        events_request(QueryParams("end=0000-12-31T23:30:00%2B01:00"))

@@ -505,6 +505,8 @@ OUT_OF_RANGE = [
     "9999-12-31T23:59:59.5-00:01",
     "0001-01-01T00:00:00+00:01",
     "0001-01-01T00:00:60+00:01",  # the leap second ending 0000-12-31 UTC
+    "0000-12-31T23:30:00+01:00",  # RFC 3339 writes the year 0000, but this is 0000 in UTC too
+    "0000-06-15T12:00:00Z",
 ]
 
 
@@ -538,3 +540,20 @@ def test_the_edges_of_the_range_are_in_it() -> None:
 def test_a_sent_at_outside_the_years_1_to_9999_in_utc_says_so(text: str) -> None:
     with pytest.raises(InvalidRequest, match=r"^sent_at is out of range: it lies outside the"):
         parse_envelope({"sent_at": text, "events": [good()]}, max_events=10)
+
+
+# RFC 3339 writes the year 0000; with an offset, its last hours are in 0001 once in UTC.
+YEAR_0000_IN_RANGE = "0000-12-31T23:30:00-01:00"  # 0001-01-01T00:30:00Z
+
+
+def test_a_client_timestamp_in_year_0000_that_is_0001_in_utc_is_taken() -> None:
+    batch, rejections = judge(good(client_timestamp=YEAR_0000_IN_RANGE))
+
+    assert rejections == []
+    assert batch.events[0].client_timestamp == Timestamp(seconds=_rfc3339.MIN_SECONDS + 1800)
+
+
+def test_a_sent_at_in_year_0000_that_is_0001_in_utc_is_read() -> None:
+    _, sent_at = parse_envelope({"sent_at": YEAR_0000_IN_RANGE, "events": [good()]}, max_events=10)
+
+    assert sent_at == (_rfc3339.MIN_SECONDS + 1800, 0)

@@ -1,13 +1,15 @@
-"""pipeline.rfc3339: the UTC texts of the indexer's documents and the gateway's answers."""
+"""pipeline.rfc3339: the UTC texts of the indexer's documents and the gateway's answers, and
+the parser's year 0000 (the rest of the parser is tested with the gateway's validation)."""
 
 from __future__ import annotations
 
+import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import rfc3339
-from pipeline.rfc3339 import MAX_SECONDS, MIN_SECONDS, format_utc
+from pipeline.rfc3339 import MAX_SECONDS, MIN_SECONDS, format_utc, out_of_range, parse
 
 seconds_in_range = st.integers(min_value=MIN_SECONDS, max_value=MAX_SECONDS)
 nanos_of_each_width = st.one_of(
@@ -44,3 +46,36 @@ def test_the_minute_cache_stays_bounded_and_right_when_it_overflows() -> None:
         format_utc(start + 59, 7_000_000)
         == Timestamp(seconds=start + 59, nanos=7_000_000).ToJsonString()
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "instant"),
+    [
+        ("0000-12-31T23:30:00-01:00", (MIN_SECONDS + 1800, 0)),  # 0001-01-01T00:30:00Z
+        ("0000-12-31T23:00:00-01:00", (MIN_SECONDS, 0)),  # the first instant in range
+        ("0000-12-31T20:00:00.5-04:00", (MIN_SECONDS, 500_000_000)),
+        ("0000-12-31t23:59:59.000000001-00:01", (MIN_SECONDS + 59, 1)),
+    ],
+)
+def test_a_year_0000_date_time_that_is_0001_in_utc_is_read(
+    text: str, instant: tuple[int, int]
+) -> None:
+    assert parse(text) == instant
+    assert not out_of_range(text)
+    assert format_utc(*instant).startswith("0001-01-01T00:")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "0000-12-31T23:30:00+01:00",
+        "0000-12-31T22:59:59.999999999-01:00",  # the last instant before the range
+        "0000-12-31T23:59:59.999999999Z",
+        "0000-12-31T23:59:60Z",  # the leap second ending 0000-12-31 UTC
+        "0000-01-01T00:00:00-23:59",
+        "0000-02-29T12:00:00Z",  # year 0000 is a leap year
+    ],
+)
+def test_a_year_0000_date_time_before_0001_in_utc_is_out_of_range(text: str) -> None:
+    assert parse(text) is None
+    assert out_of_range(text)

@@ -101,6 +101,14 @@ def test_other_values_are_usage_errors(text: str) -> None:
         parse_time(text, now=NOW)
 
 
+def test_a_year_0000_date_time_is_judged_in_utc_as_the_gateway_judges_it() -> None:
+    got = parse_time("0000-12-31T23:30:00-01:00", now=NOW)
+    assert got.ToJsonString() == "0001-01-01T00:30:00Z"
+
+    with pytest.raises(UsageError, match="is outside the years 1 to 9999 in UTC"):
+        parse_time("0000-12-31T23:30:00+01:00", now=NOW)
+
+
 def test_timestamps_round_trip_as_rfc3339_utc() -> None:
     moment = datetime(2026, 1, 31, 13, 0, 0, 123000, tzinfo=timezone(timedelta(hours=1)))
     assert rfc3339(to_timestamp(moment)) == "2026-01-31T12:00:00.123Z"
