@@ -49,9 +49,10 @@ _DAYS_CACHE_SIZE = 4096
 
 def _days(text: str, year: str, month: str, day: str) -> int | None:
     key = text[:10]
-    days = _DAYS_CACHE.get(key, -1)
-    if days != -1:
-        return days
+    try:
+        return _DAYS_CACHE[key]
+    except KeyError:  # not seen lately (a miss is rare: events come in bursts of nearby days)
+        pass
     y, mo, d = int(year), int(month), int(day)
     # Year 0000 is a date as any other (a leap year, proleptic Gregorian): whether the instant
     # is in Timestamp's range is judged in UTC, where an offset may bring it into 0001.

@@ -79,3 +79,16 @@ def test_a_year_0000_date_time_that_is_0001_in_utc_is_read(
 def test_a_year_0000_date_time_before_0001_in_utc_is_out_of_range(text: str) -> None:
     assert parse(text) is None
     assert out_of_range(text)
+
+
+@pytest.mark.parametrize("date", ["1969-12-31", "2026-11-27", "2026-02-30"])
+def test_a_date_seen_lately_is_not_worked_out_again(
+    date: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 1969-12-31 is day -1 since the epoch; an impossible date is remembered as such too.
+    text = f"{date}T10:00:00+02:00"
+    first = parse(text)
+    monkeypatch.setattr(rfc3339, "_days_from_civil", lambda *_: pytest.fail("worked out again"))
+    monkeypatch.setattr(rfc3339, "_leap", lambda *_: pytest.fail("worked out again"))
+
+    assert parse(text) == first
