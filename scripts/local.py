@@ -3,7 +3,7 @@
     python scripts/local.py install          fetch/build nats-server and OpenSearch once
     python scripts/local.py up [OPTIONS]     start what is not running, wait until ready
     python scripts/local.py down [OPTIONS]   stop what `up` started (by pid)
-    python scripts/local.py status [OPTIONS] what runs, pids, ports, health
+    python scripts/local.py status [OPTIONS] what runs, pids, ports, readiness
     python scripts/local.py exec [OPTIONS] -- CMD...
                                              start what is missing, run CMD with NATS_URL and
                                              OPENSEARCH_URL set, then stop only what it started
@@ -264,7 +264,8 @@ class ManagedProcess:
 
     `prepare` checks prerequisites, creates folders and returns how to start the process; it
     runs only on start, so `down` and `status` work even when prerequisites are missing.
-    Ready means `ready_url` answers HTTP 200.
+    Ready means its readiness check, `ready_url`, answers HTTP 200: a service's /readyz,
+    NATS's /healthz with JetStream enabled, OpenSearch's cluster health at yellow or better.
     """
 
     name: str
@@ -1040,20 +1041,25 @@ def keep_previous_log(log_file: Path) -> None:
 
 
 def wait_ready(proc: ManagedProcess, pid: int) -> None:
+    """Returns once `proc`'s readiness check (`ready_url`) answers 200; fails when its group
+    exits first, or after `ready_timeout_s`, saying what the check last answered (a service's
+    /readyz gives the reason it is not ready) and the log's last lines."""
     deadline = time.monotonic() + proc.ready_timeout_s
-    while time.monotonic() < deadline:
-        if probe(proc.ready_url) is not None:
+    while True:
+        answer = probe(proc.ready_url)
+        if answer.ready:
             return
         if not group_alive(pid):
             raise InfraError(f"{proc.title} exited while starting; {log_tail(proc)}")
+        if time.monotonic() >= deadline:
+            break
         time.sleep(POLL_INTERVAL_S)
+    not_ready = f"{proc.title} did not become ready in {proc.ready_timeout_s:.0f} s"
     reason = proc.not_ready_reason()
     if reason is not None:
-        raise InfraError(
-            f"{proc.title} did not become ready in {proc.ready_timeout_s:.0f} s. {reason}"
-        )
+        raise InfraError(f"{not_ready}. {reason}")
     raise InfraError(
-        f"{proc.title} did not become healthy in {proc.ready_timeout_s:.0f} s; {log_tail(proc)}"
+        f"{not_ready}; its readiness check ({proc.ready_url}) last {answer.said}; {log_tail(proc)}"
     )
 
 
@@ -1273,20 +1279,66 @@ def listening_inodes(port: int) -> set[str]:
     return inodes
 
 
-def probe(url: str) -> str | None:
-    """The health word (`status` of a JSON body, else "ok") if `url` answers 200, else None."""
+@dataclass(frozen=True)
+class Readiness:
+    """What a readiness check answered: `ready` (HTTP 200), `word` (the `status` of the JSON
+    body when ready, else "ok"; "not ready" when not), and `said`, what it answered ("answered
+    503: <reason>", "got no answer (Connection refused)")."""
+
+    ready: bool
+    word: str
+    said: str
+
+
+# How much of a readiness check's answer a message quotes.
+READINESS_ANSWER_MAX_CHARS = 300
+
+
+def probe(url: str) -> Readiness:
+    """Asks the readiness check `url` once. Not ready: the answer's reason (a service's /readyz
+    `reason`, NATS's `error`, else its `status`, else its text), or why there was none."""
     # Loopback must never go through an HTTP proxy taken from the environment.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(url, timeout=HTTP_PROBE_TIMEOUT_S) as response:
             body = response.read()
-    except (urllib.error.URLError, OSError):
-        return None
+    except urllib.error.HTTPError as err:
+        with err:
+            try:
+                reason = answer_reason(err.read())
+            except OSError:  # the body cut short: its status is all there is
+                reason = ""
+        said = f"answered {err.code}: {reason}" if reason else f"answered {err.code}"
+        return Readiness(ready=False, word="not ready", said=said)
+    except (urllib.error.URLError, OSError) as err:
+        cause = err.reason if isinstance(err, urllib.error.URLError) else err
+        why = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
+        return Readiness(ready=False, word="not ready", said=f"got no answer ({why})")
     try:
         status = json.loads(body).get("status", "ok")
     except (ValueError, AttributeError):
-        return "ok"
-    return str(status)
+        status = "ok"
+    return Readiness(ready=True, word=str(status), said="answered 200")
+
+
+def answer_reason(body: bytes) -> str:
+    """Why a readiness check says not ready, from its body, on one line and cut short."""
+    text = body.decode(errors="replace")
+    try:
+        fields = json.loads(text)
+    except ValueError:
+        fields = None
+    if isinstance(fields, dict):
+        for key in ("reason", "error"):
+            if fields.get(key):
+                text = str(fields[key])
+                break
+        else:
+            text = f"status {fields['status']}" if "status" in fields else text
+    text = " ".join(text.split())
+    if len(text) > READINESS_ANSWER_MAX_CHARS:
+        text = text[: READINESS_ANSWER_MAX_CHARS - 1] + "…"
+    return text
 
 
 def log_tail(proc: ManagedProcess) -> str:
@@ -1627,10 +1679,15 @@ def status_line(proc: ManagedProcess) -> str:
         busy = [port for port in proc.ports if port_in_use(port)]
         notes = "".join(f"; port {port} in use by {port_owner(port)} (not ours)" for port in busy)
         return f"{proc.name:<11} stopped{notes}"
-    health = probe(proc.ready_url) or "not ready"
+    answer = probe(proc.ready_url)
     ports = ",".join(str(port) for port in proc.ports)
     where = proc.endpoints[0]
-    line = f"{proc.name:<11} running  pid {pid:<7} ports {ports:<11} health {health:<9} {where}"
+    line = (
+        f"{proc.name:<11} running  pid {pid:<7} ports {ports:<11} "
+        f"readiness {answer.word:<9} {where}"
+    )
+    if not answer.ready:
+        line += f"; readiness check {answer.said}"
     if not leader_alive(pid):
         line += f"; pid {pid} has exited, {len(group_members(pid))} of its processes run on"
     return line
@@ -1686,7 +1743,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     for name, text in [
         ("up", "start what is not running and wait until ready"),
         ("down", "stop what `up` started"),
-        ("status", "show what runs, pids, ports and health"),
+        ("status", "show what runs, pids, ports and readiness"),
         ("exec", "up, run the command after `--`, then stop only what this started"),
     ]:
         sub = commands.add_parser(name, help=text, parents=[common])
