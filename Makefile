@@ -2,7 +2,7 @@
 #
 #   make run      install what is missing, start NATS, OpenSearch and the three services (profile dev), leave them running
 #   make stop     stop what `make run` started
-#   make status   what runs, pids, ports, readiness
+#   make status   what runs, pids, ports, readiness; fails when a process is stopped or not ready
 #   make test     the whole suite against real servers (profile test, other ports than dev)
 #   make lint     ruff + mypy
 #   make gen      regenerate gen/ from protos/ (the only way gen/ changes)

@@ -3,7 +3,8 @@
     python scripts/local.py install          fetch/build nats-server and OpenSearch once
     python scripts/local.py up [OPTIONS]     start what is not running, wait until ready
     python scripts/local.py down [OPTIONS]   stop what `up` started (by pid)
-    python scripts/local.py status [OPTIONS] what runs, pids, ports, readiness
+    python scripts/local.py status [OPTIONS] what runs, pids, ports, readiness (exit 3 if
+                                             any process is stopped or not ready)
     python scripts/local.py exec [OPTIONS] -- CMD...
                                              start what is missing, run CMD with NATS_URL and
                                              OPENSEARCH_URL set, then stop only what it started
@@ -16,6 +17,11 @@ The `dev` and `test` profiles use different ports and folders, so both can run a
 checkout (a git worktree) runs beside the first with a port offset. In one checkout, one `exec`
 at a time uses a profile's servers: a second one waits, rather than have the first stop them
 under it.
+
+Exit codes: 0 done (`status`: every process runs and is ready), 1 failed (the message says why),
+2 a usage error, 3 `status` lists a process that is stopped or not ready (as `tpipe status
+--once` exits when a part is down); `exec` exits with its command's code (130 or 143 when
+interrupted).
 
 Standard library only: this runs before (and without) the project's dependencies. Linux only
 (process checks read /proc).
@@ -126,6 +132,12 @@ class InfraError(Exception):
 class UsageError(InfraError):
     """A command line or setting (PORT_OFFSET) that cannot work as given; exit code 2, as for
     argparse's own usage errors."""
+
+
+# `status`'s exit code when a process it lists is stopped or not ready: what `tpipe status
+# --once` exits with when a part is down, tpipe.errors.EXIT_UNAVAILABLE (this script imports
+# nothing of the project's; a test checks they agree).
+EXIT_NOT_READY = 3
 
 
 # --- profiles ---------------------------------------------------------------------------------
@@ -1492,12 +1504,16 @@ def cmd_down(procs: list[ManagedProcess]) -> int:
 
 
 def cmd_status(profile: Profile, procs: list[ManagedProcess]) -> int:
+    """Prints a line per process; 0 when every one runs and is ready, else EXIT_NOT_READY."""
     check_port_offset(procs)
     offset = f", PORT_OFFSET={profile.port_offset}" if profile.port_offset else ""
     print(f"profile {profile.name}{offset} ({relative(profile.root)})")
+    all_ready = True
     for proc in procs:
-        print(f"  {status_line(proc)}")
-    return 0
+        line, ready = status_line(proc)
+        print(f"  {line}")
+        all_ready = all_ready and ready
+    return 0 if all_ready else EXIT_NOT_READY
 
 
 class _OutputOrNothing(io.TextIOBase):
@@ -1673,12 +1689,13 @@ def _kill_command(child: subprocess.Popen[bytes], interrupted: int) -> int:
     return 128 + interrupted
 
 
-def status_line(proc: ManagedProcess) -> str:
+def status_line(proc: ManagedProcess) -> tuple[str, bool]:
+    """`status`'s line for `proc`, and whether it runs and its readiness check says ready."""
     pid = running_pid(proc)
     if pid is None:
         busy = [port for port in proc.ports if port_in_use(port)]
         notes = "".join(f"; port {port} in use by {port_owner(port)} (not ours)" for port in busy)
-        return f"{proc.name:<11} stopped{notes}"
+        return f"{proc.name:<11} stopped{notes}", False
     answer = probe(proc.ready_url)
     ports = ",".join(str(port) for port in proc.ports)
     where = proc.endpoints[0]
@@ -1690,7 +1707,7 @@ def status_line(proc: ManagedProcess) -> str:
         line += f"; readiness check {answer.said}"
     if not leader_alive(pid):
         line += f"; pid {pid} has exited, {len(group_members(pid))} of its processes run on"
-    return line
+    return line, answer.ready
 
 
 def print_running(procs: list[ManagedProcess]) -> None:
@@ -1743,10 +1760,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     for name, text in [
         ("up", "start what is not running and wait until ready"),
         ("down", "stop what `up` started"),
-        ("status", "show what runs, pids, ports and readiness"),
+        (
+            "status",
+            "show what runs, pids, ports and readiness; exit 0 when every process runs and is "
+            f"ready, {EXIT_NOT_READY} when one is stopped or not ready",
+        ),
         ("exec", "up, run the command after `--`, then stop only what this started"),
     ]:
-        sub = commands.add_parser(name, help=text, parents=[common])
+        sub = commands.add_parser(name, help=text, description=text, parents=[common])
         if name == "exec":
             sub.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
     return parser.parse_args(argv)

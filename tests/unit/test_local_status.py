@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from tests.script_modules import load_script
+from tpipe.errors import EXIT_UNAVAILABLE
 
 NOT_READY_REASON = "index template not installed yet: opensearch not reachable"
 
@@ -155,11 +156,36 @@ def running(local: ModuleType, service: FakeService) -> Iterator[Any]:
 def test_status_shows_readiness_and_why_a_process_is_not_ready(
     running: Any, local: ModuleType, service: FakeService
 ) -> None:
-    line = local.status_line(running)
+    line, ready = local.status_line(running)
     assert " readiness not ready " in line
     assert line.endswith(f"; readiness check answered 503: {NOT_READY_REASON}")
+    assert not ready
 
     service.readyz_answers(200, {"status": "ready", "reason": ""})
-    line = local.status_line(running)
+    line, ready = local.status_line(running)
     assert " readiness ready " in line
     assert line.endswith(f"http://127.0.0.1:{service.port}")
+    assert ready
+
+
+def test_status_exits_0_only_when_every_process_runs_and_is_ready(
+    running: Any, local: ModuleType, service: FakeService, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It printed `enricher    stopped` and exited 0: a script could not tell.
+    profile = running.profile
+    enricher = local.service_process(profile, "enricher")  # no pid file: stopped
+
+    service.readyz_answers(200, {"status": "ready", "reason": ""})
+    assert local.cmd_status(profile, [running]) == 0
+    assert local.cmd_status(profile, [running, enricher]) == 3
+    out = capsys.readouterr().out
+    assert "  enricher    stopped\n" in out
+    assert out.count(" readiness ready ") == 2  # the lines are printed all the same
+
+    service.readyz_answers(503, {"status": "not ready", "reason": NOT_READY_REASON})
+    assert local.cmd_status(profile, [running]) == 3
+    assert f"readiness check answered 503: {NOT_READY_REASON}" in capsys.readouterr().out
+
+
+def test_status_exits_as_tpipe_status_does_when_a_part_is_down(local: ModuleType) -> None:
+    assert local.EXIT_NOT_READY == EXIT_UNAVAILABLE
