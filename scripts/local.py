@@ -12,7 +12,8 @@
              --port-offset N (default $PORT_OFFSET or 0: every port of the profile plus N)
 
 Everything lives under `.local/`: downloads in `cache/`, and per profile `<profile>/run/*.pid`,
-`<profile>/logs/<name>.log` (each process's output) and `<profile>/{nats,opensearch}/` (data).
+`<profile>/logs/<name>.log` (each process's output; `<name>.log.1` to `.5`, those of the runs
+before, newest first) and `<profile>/{nats,opensearch}/` (data).
 The `dev` and `test` profiles use different ports and folders, so both can run at once; a second
 checkout (a git worktree) runs beside the first with a port offset. In one checkout, one `exec`
 at a time uses a profile's servers: a second one waits, rather than have the first stop them
@@ -119,6 +120,9 @@ EXEC_CLEANUP_TIMEOUT_S = 180.0
 POLL_INTERVAL_S = 0.5
 HTTP_PROBE_TIMEOUT_S = 2.0
 LOG_TAIL_LINES = 25
+# The logs of earlier runs kept beside each process's own: <name>.log.1 (the last run's) to
+# <name>.log.5 (the oldest), so that a crash's log outlives a few restarts after it.
+KEPT_LOGS = 5
 # Set in the environment of every process we start: how `down` knows a pid is still ours.
 OWNER_ENV = "TELEMETRY_LOCAL_PROCESS"
 # Beside it: the PORT_OFFSET it was started with, so that no command probes other ports for it.
@@ -1045,11 +1049,23 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def keep_previous_log(log_file: Path) -> None:
-    """Moves the log of the previous run (a crash's, say) to `<name>.log.1`, replacing the
-    one before it, so a restart does not wipe it."""
-    with contextlib.suppress(FileNotFoundError):
-        if log_file.stat().st_size > 0:
-            log_file.replace(log_file.with_name(log_file.name + ".1"))
+    """Moves the log of the previous run (a crash's, say) to `<name>.log.1`, those kept before
+    it one number up, and drops the one past KEPT_LOGS, so that a few restarts (a failed one,
+    then a good one) do not wipe it. An empty log is not kept: it would push out one that says
+    something."""
+    try:
+        if log_file.stat().st_size == 0:
+            return
+    except FileNotFoundError:
+        return
+
+    def kept(number: int) -> Path:
+        return log_file.with_name(f"{log_file.name}.{number}")
+
+    for number in range(KEPT_LOGS - 1, 0, -1):
+        with contextlib.suppress(FileNotFoundError):
+            kept(number).replace(kept(number + 1))
+    log_file.replace(kept(1))
 
 
 def wait_ready(proc: ManagedProcess, pid: int) -> None:

@@ -269,6 +269,34 @@ def test_a_restart_keeps_the_previous_log(tmp_path: Path) -> None:
     assert (tmp_path / "gateway.log.1").read_text() == "crashed: the reason\n"
 
 
+def test_a_crash_log_outlives_a_failed_restart_and_a_good_one(tmp_path: Path) -> None:
+    # After a kill -9, a restart that failed and one that worked, the crash's log was gone:
+    # only the last run's was kept.
+    local = load_script("local.py", "local_script")
+    log = tmp_path / "indexer.log"
+    for run in ("crashed", "failed to start", "started"):
+        local.keep_previous_log(log)  # as each start does, before it writes the new log
+        log.write_text(f"{run}\n")
+    assert (tmp_path / "indexer.log.2").read_text() == "crashed\n"
+    assert (tmp_path / "indexer.log.1").read_text() == "failed to start\n"
+    assert log.read_text() == "started\n"
+
+
+def test_the_logs_kept_are_the_last_few_runs_newest_first(tmp_path: Path) -> None:
+    local = load_script("local.py", "local_script")
+    log = tmp_path / "nats.log"
+    runs = 12
+    for run in range(1, runs + 1):
+        local.keep_previous_log(log)
+        log.write_text(f"run {run}\n")
+    kept = sorted(path.name for path in tmp_path.iterdir() if path.name != "nats.log")
+    assert 3 <= len(kept) < runs - 1  # a few, not every one
+    assert kept == sorted(f"nats.log.{number}" for number in range(1, len(kept) + 1))
+    for number in range(1, len(kept) + 1):  # .1 the run before the last, and so on
+        assert (tmp_path / f"nats.log.{number}").read_text() == f"run {runs - number}\n"
+    assert len(kept) == local.KEPT_LOGS
+
+
 def test_spawn_moves_the_last_log_aside(tmp_path: Path) -> None:
     local = load_script("local.py", "local_script")
     profile = SimpleNamespace(run_dir=tmp_path / "run", logs_dir=tmp_path / "logs", port_offset=0)
