@@ -28,7 +28,7 @@ from typing import Any, NamedTuple, Protocol
 import orjson
 
 from indexer.errors import SearchRequestError
-from indexer.metrics import Metrics
+from indexer.metrics import DLQ_EVENT_ID_COLLISION, Metrics
 from indexer.outcomes import Outcome, backoff_s, failure_outcome, item_outcome, item_reason
 from pipeline import logs, tracing
 from pipeline.tasks import cancel_and_wait
@@ -118,7 +118,7 @@ def _parsed(item: BulkItem) -> tuple[str, str, dict[str, Any]]:
 CLIENT_FIELDS = ("app_id", "user_id", "session_id", "event_name")
 # The first word of the dead-letter reason of another event under a stored event_id, and
 # its indexer_dlq_total label.
-COLLISION = "event_id_collision"
+COLLISION = DLQ_EVENT_ID_COLLISION
 
 
 _OUTCOMES = {200: Outcome.CREATED, 201: Outcome.CREATED, 409: Outcome.DUPLICATE}

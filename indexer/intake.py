@@ -23,7 +23,16 @@ from telemetry.v1 import event_pb2
 from indexer import documents
 from indexer.bulk import COLLISION, BulkItem, BulkWriter, render
 from indexer.errors import DeadLetterRefusedError, DocumentError
-from indexer.metrics import Metrics
+from indexer.metrics import (
+    DLQ_EMPTY_BATCH,
+    DLQ_MAX_DELIVERIES,
+    DLQ_REJECTED,
+    DLQ_UNDECODABLE,
+    SETTLED_ACKED,
+    SETTLED_NAKKED,
+    SETTLED_TERMED,
+    Metrics,
+)
 from indexer.outcomes import Outcome
 from pipeline import logs, subjects, tracing
 
@@ -55,7 +64,7 @@ def _dead_letter_id(delivery: Delivery) -> str:
 def _dlq_label(reason: str) -> str:
     """The indexer_dlq_total label of a rejected event: event_id_collision for another event
     under a stored id, rejected for one OpenSearch refused or that is no document."""
-    return COLLISION if reason.startswith(f"{COLLISION}:") else "rejected"
+    return COLLISION if reason.startswith(f"{COLLISION}:") else DLQ_REJECTED
 
 
 class Delivery(Protocol):
@@ -228,7 +237,7 @@ class Intake:
 
     async def _release(self, deliveries: Sequence[Delivery]) -> None:
         for delivery in deliveries:
-            await self._quietly(delivery.nak(RELEASE_DELAY_S), "nakked")
+            await self._quietly(delivery.nak(RELEASE_DELAY_S), SETTLED_NAKKED)
 
     async def touch(self) -> None:
         """Tells JetStream the unsettled messages are still being worked on."""
@@ -250,19 +259,19 @@ class Intake:
     async def _handle(self, delivery: Delivery) -> None:
         if delivery.deliveries > self._max_deliveries:
             reason = f"delivered {delivery.deliveries} times, more than {self._max_deliveries}"
-            await self._give_up(delivery, reason, "max_deliveries")
+            await self._give_up(delivery, reason, DLQ_MAX_DELIVERIES)
             return
         try:
             batch = event_pb2.EnrichedBatch.FromString(delivery.data)
         except DecodeError as err:
-            await self._give_up(delivery, f"not an EnrichedBatch: {err}", "undecodable")
+            await self._give_up(delivery, f"not an EnrichedBatch: {err}", DLQ_UNDECODABLE)
             return
         events = batch.events
         if not events:
             # The enricher never publishes one (it dead-letters a raw batch of no events):
             # these are the bytes of something else that happened to parse, or none at all.
             reason = "an EnrichedBatch of no events (the enricher publishes none)"
-            await self._give_up(delivery, reason, "empty_batch")
+            await self._give_up(delivery, reason, DLQ_EMPTY_BATCH)
             return
         message = _Message(self, delivery, events, len(events))
         link = self._tracing.incoming_link(delivery.headers)
@@ -305,11 +314,11 @@ class Intake:
             # ever, holding an ack-pending slot.
             self._log_refused("message dropped", delivery, err, reason=label)
             self._metrics.dlq_refused.inc()
-            await self._quietly(delivery.term(), "termed")
+            await self._quietly(delivery.term(), SETTLED_TERMED)
             return
         except Exception as err:
             self._dlq_failed(delivery, err)
-            await self._quietly(delivery.nak(NAK_DELAY_S), "nakked")
+            await self._quietly(delivery.nak(NAK_DELAY_S), SETTLED_NAKKED)
             return
         log.warning(
             "message dead-lettered",
@@ -323,7 +332,7 @@ class Intake:
         )
         if not again:
             self._metrics.dlq.labels(reason=label).inc()
-        await self._quietly(delivery.term(), "termed")
+        await self._quietly(delivery.term(), SETTLED_TERMED)
 
     def _log_refused(
         self,
@@ -423,7 +432,7 @@ class Intake:
         if not self._open:
             self._idle.set()
         if dlq_failed:
-            await self._quietly(delivery.nak(NAK_DELAY_S), "nakked")
+            await self._quietly(delivery.nak(NAK_DELAY_S), SETTLED_NAKKED)
             return
         for position, reason, refusal in refused:
             self._log_refused(
@@ -436,7 +445,7 @@ class Intake:
         # Written documents, and events whose dead letter was refused, are counted with the ack
         # that ends their message: a message nak'd or not acked comes back, and they are
         # counted then (the documents as duplicates), not twice.
-        if await self._quietly(delivery.ack(), "acked"):
+        if await self._quietly(delivery.ack(), SETTLED_ACKED):
             if message.created:
                 self._counted[Outcome.CREATED].inc(message.created)
             if message.duplicates:

@@ -3,6 +3,32 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from telemetry.v1 import query_service_pb2
+
+from indexer.outcomes import Outcome
+
+# indexer_dlq_total's reasons: an event OpenSearch refused or that is no document, another
+# event under a stored event_id, and the kinds of message dead-lettered whole.
+DLQ_REJECTED = "rejected"
+DLQ_EVENT_ID_COLLISION = "event_id_collision"
+DLQ_UNDECODABLE = "undecodable"
+DLQ_EMPTY_BATCH = "empty_batch"
+DLQ_MAX_DELIVERIES = "max_deliveries"
+DLQ_REASONS = (
+    DLQ_REJECTED,
+    DLQ_EVENT_ID_COLLISION,
+    DLQ_UNDECODABLE,
+    DLQ_EMPTY_BATCH,
+    DLQ_MAX_DELIVERIES,
+)
+# indexer_messages_total's outcomes: how a message was settled.
+SETTLED_ACKED = "acked"
+SETTLED_TERMED = "termed"
+SETTLED_NAKKED = "nakked"
+SETTLED = (SETTLED_ACKED, SETTLED_TERMED, SETTLED_NAKKED)
+_QUERY_METHODS = tuple(
+    method.name for method in query_service_pb2.DESCRIPTOR.services_by_name["QueryService"].methods
+)
 
 _BULK_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _QUERY_BUCKETS_S = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -94,5 +120,16 @@ class Metrics:
             "Daily indices deleted by retention.",
             registry=self.registry,
         )
-        for outcome in ("created", "duplicate", "rejected"):
-            self.documents.labels(outcome=outcome)
+        # Every series of a known label value exists from the start, at 0: a counter that
+        # first appears at 1 has no increase() in Prometheus, and an alert on it would miss
+        # the first dead letter after each start.
+        for outcome in Outcome:
+            if outcome.done:
+                self.documents.labels(outcome=outcome.value)
+        for reason in DLQ_REASONS:
+            self.dlq.labels(reason=reason)
+        for settled in SETTLED:
+            self.messages.labels(outcome=settled)
+        for method in _QUERY_METHODS:
+            for returned in ("true", "false"):
+                self.query_partial.labels(method=method, returned=returned)

@@ -336,7 +336,7 @@ async def test_shards_that_start_within_the_wait_are_searched_again(
     assert list(page.unreachable) == []
     assert len(search.bodies) == 2
     assert search.waits == [1.0]
-    assert _partial_count(metrics, "QueryEvents", "false") is None
+    assert _partial_count(metrics, "QueryEvents", "false") == 0
 
 
 async def test_shards_that_do_not_start_or_an_outage_are_not_searched_again() -> None:

@@ -365,7 +365,7 @@ async def test_a_batch_of_no_events_is_dead_lettered_and_terminated(data: bytes)
     registry = intake._metrics.registry
     assert registry.get_sample_value("indexer_dlq_total", {"reason": "empty_batch"}) == 1.0
     assert registry.get_sample_value("indexer_messages_total", {"outcome": "termed"}) == 1.0
-    assert registry.get_sample_value("indexer_messages_total", {"outcome": "acked"}) is None
+    assert registry.get_sample_value("indexer_messages_total", {"outcome": "acked"}) == 0
 
 
 async def test_touch_reaches_open_messages() -> None:
@@ -536,9 +536,9 @@ async def test_a_message_whose_dead_letter_is_refused_for_good_is_terminated_not
     assert intake.in_progress == 0
     registry = intake._metrics.registry
     assert registry.get_sample_value("indexer_dlq_refused_total") == 1.0
-    assert registry.get_sample_value("indexer_dlq_total", {"reason": label}) is None
+    assert registry.get_sample_value("indexer_dlq_total", {"reason": label}) == 0
     assert registry.get_sample_value("indexer_messages_total", {"outcome": "termed"}) == 1.0
-    assert registry.get_sample_value("indexer_messages_total", {"outcome": "nakked"}) is None
+    assert registry.get_sample_value("indexer_messages_total", {"outcome": "nakked"}) == 0
     [line] = caplog.records
     assert line.levelno == logging.ERROR
     assert line.getMessage() == (
