@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 _CUT_LOG = logs.Throttle(30.0)
 
 DEFAULT_MAX_SKEW_S = 365 * 24 * 3600
+# The dead-letter reason of an event that no message can hold, even without its event_message.
+REASON_TOO_LARGE = "too_large"
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +277,7 @@ def _cut_to_fit(event: event_pb2.EnrichedEvent, one: int, room: int, *, index: i
     text = event.event_message.encode()
     if over > len(text):
         raise PoisonMessageError(
-            "too_large",
+            REASON_TOO_LARGE,
             f"event {index} ({event.event.event_id!r}) enriched is {one} bytes, more than a"
             f" message may hold ({room}) even without its event_message",
         )

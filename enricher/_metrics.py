@@ -4,9 +4,29 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from enricher._enrich import REASON_TOO_LARGE
+from enricher._policy import REASON_MAX_DELIVERIES
+from enricher._raw import (
+    REASON_EMPTY_BATCH,
+    REASON_INVALID_APP_ID,
+    REASON_TOO_MANY_EVENTS,
+    REASON_UNDECODABLE,
+    REASON_WRONG_SCHEMA,
+)
+
 OUTCOME_ENRICHED = "enriched"
 OUTCOME_DEAD_LETTERED = "dead_lettered"
 OUTCOME_RETRIED = "retried"
+# enricher_dlq_total's reasons: every reason a raw message is dead-lettered for.
+DLQ_REASONS = (
+    REASON_UNDECODABLE,
+    REASON_WRONG_SCHEMA,
+    REASON_EMPTY_BATCH,
+    REASON_TOO_MANY_EVENTS,
+    REASON_INVALID_APP_ID,
+    REASON_TOO_LARGE,
+    REASON_MAX_DELIVERIES,
+)
 
 _BATCH_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -88,5 +108,10 @@ class Metrics:
             "Events enriched through gRPC EnrichEvents",
             registry=self.registry,
         )
+        # Every series of a known label value exists from the start, at 0: a counter that
+        # first appears at 1 has no increase() in Prometheus, and an alert on it would miss
+        # the first dead letter after each start.
         for outcome in (OUTCOME_ENRICHED, OUTCOME_DEAD_LETTERED, OUTCOME_RETRIED):
             self.messages.labels(outcome=outcome)
+        for reason in DLQ_REASONS:
+            self.dlq.labels(reason=reason)
