@@ -64,6 +64,11 @@ class Metrics:
             multiprocess_mode="livesum",  # workers' gauges add up; a stopped one's go away
         )
         self._accepted = self.events.labels(outcome="accepted", reason="")
+        # Each rejection reason is exported from the start too, at 0: a series that first
+        # appears at 1 has no increase() in Prometheus.
+        for name, number in event_pb2.RejectionReason.items():
+            if number != event_pb2.REJECTION_REASON_UNSPECIFIED:
+                self.events.labels(outcome="rejected", reason=name)
         # Both outcomes are exported from the start: a failure rate reads 0, not absent.
         self._acked = self.publish_seconds.labels(outcome="acked")
         self._failed = self.publish_seconds.labels(outcome="failed")

@@ -548,7 +548,7 @@ async def test_rejections_are_counted_once_when_the_batch_is_answered_for_good()
     broker.fail = Unavailable("no ack")
     with pytest.raises(Unavailable):
         await ingest.ingest_json(data, origin(idempotency_key="k"))
-    assert counted() == (0, None)  # answered 503: nothing judged for good
+    assert counted() == (0, 0)  # answered 503: nothing judged for good
 
     broker.fail = None
     await ingest.ingest_json(data, origin(idempotency_key="k"))
