@@ -388,34 +388,39 @@ async def test_a_start_up_ending_on_an_error_is_named_by_readiness_and_started_a
     assert calls == 2
 
 
+class Template:
+    """The store's install_template stood in for: raises `error` while it is set."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error: Exception | None = error
+        self.tries = 0
+
+    async def install(self) -> bool:
+        self.tries += 1
+        if self.error is not None:
+            raise self.error
+        return True
+
+
 async def test_a_set_up_step_failing_on_a_bug_is_named_logged_with_its_stack_and_tried_again(
     nats: Nats, indexer: Indexer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Not an outage: seen (readiness, one stack), and tried again less and less often in place.
     monkeypatch.setattr("pipeline.tasks.RESTART_MAX_S", 0.05)
-    tries = 0
-    broken = True
-
-    async def install_template() -> bool:
-        nonlocal tries
-        tries += 1
-        if broken:
-            raise TypeError("bug")
-        return True
-
-    monkeypatch.setattr(indexer._store, "install_template", install_template)
+    template = Template(TypeError("bug"))
+    monkeypatch.setattr(indexer._store, "install_template", template.install)
     await indexer.start()
 
     failure = "index template not installed yet: unexpected TypeError('bug')"
 
     async def failure_named() -> bool:
-        return await readyz(indexer) == (503, failure) and tries >= 3
+        return await readyz(indexer) == (503, failure) and template.tries >= 3
 
     await until(failure_named, "readiness naming the error, tried again")
     stacks = [r for r in caplog.records if r.getMessage().startswith(failure) and r.exc_info]
     assert len(stacks) == 1  # the same error again is one line
     assert stacks[0].levelno == logging.ERROR
-    broken = False
+    template.error = None
 
     async def ready() -> bool:
         return await readyz(indexer) == (200, "ok")

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -171,25 +172,49 @@ def answering(answers: list[Exception | None]) -> Callable[[], Awaitable[None]]:
     return step
 
 
-async def test_until_done_tries_a_step_again_after_its_errors_and_raises_others(
+LOGGER = logging.getLogger("test.until_done")
+
+
+async def waited_on(
+    step: Callable[[], Awaitable[None]],
     caplog: pytest.LogCaptureFixture,
+    *,
+    level: int = logging.WARNING,
+    what: str = "x",
+    waiting: Callable[[str], None] = lambda _: None,
+    retry_s: float = 0.0,
+    errors: tuple[type[Exception], ...] = (OSError,),
+    **options: Any,
 ) -> None:
-    step = answering([ValueError("not yet"), TimeoutError(), None])
-    waited: list[str] = []
-    logger = logging.getLogger("test.until_done")
-    with caplog.at_level(logging.WARNING, logger="test.until_done"):
+    """until_done on `step` as a service's set-up step, its lines from `level` in `caplog`."""
+    with caplog.at_level(level, logger=LOGGER.name):
         await asyncio.wait_for(
             until_done(
                 step,
-                what="streams not ensured yet",
-                logger=logger,
-                waiting=waited.append,
-                retry_s=0.001,
-                retry_max_s=0.002,
-                errors=(ValueError, TimeoutError),
+                what=what,
+                logger=LOGGER,
+                waiting=waiting,
+                retry_s=retry_s,
+                errors=errors,
+                **options,
             ),
             5,
         )
+
+
+async def test_until_done_tries_a_step_again_after_its_errors_and_raises_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    waited: list[str] = []
+    await waited_on(
+        answering([ValueError("not yet"), TimeoutError(), None]),
+        caplog,
+        what="streams not ensured yet",
+        waiting=waited.append,
+        retry_s=0.001,
+        retry_max_s=0.002,
+        errors=(ValueError, TimeoutError),
+    )
 
     # A timeout says nothing of itself: its class does.
     assert waited == ["streams not ensured yet: not yet", "streams not ensured yet: TimeoutError"]
@@ -199,9 +224,7 @@ async def test_until_done_tries_a_step_again_after_its_errors_and_raises_others(
         raise KeyError("a bug")
 
     with pytest.raises(KeyError):
-        await until_done(
-            broken, what="x", logger=logger, waiting=waited.append, retry_s=0.001, errors=(OSError,)
-        )
+        await waited_on(broken, caplog, retry_s=0.001)
 
 
 async def test_until_done_tries_again_after_an_unexpected_error_logged_with_its_stack_once(
@@ -217,22 +240,15 @@ async def test_until_done_tries_again_after_an_unexpected_error_logged_with_its_
         KeyError("other bug"),
         None,
     ]
-    step = answering(answers)
     waited: list[str] = []
-    logger = logging.getLogger("test.until_done")
-    with caplog.at_level(logging.WARNING, logger="test.until_done"):
-        await asyncio.wait_for(
-            until_done(
-                step,
-                what="not consuming yet",
-                logger=logger,
-                waiting=waited.append,
-                retry_s=0.001,
-                errors=(OSError,),
-                retry_unexpected=True,
-            ),
-            5,
-        )
+    await waited_on(
+        answering(answers),
+        caplog,
+        what="not consuming yet",
+        waiting=waited.append,
+        retry_s=0.001,
+        retry_unexpected=True,
+    )
 
     assert answers == []  # done once the step returned
     bug = "not consuming yet: unexpected TypeError('bug')"
@@ -254,19 +270,6 @@ async def test_until_done_pauses_after_an_unexpected_error_at_most_restart_max_s
     # A retry_s longer than RESTART_MAX_S does not lengthen the pause after a bug.
     monkeypatch.setattr(tasks, "RESTART_MAX_S", 0.002)
     answers: list[Exception | None] = [TypeError("bug"), None]
-    logger = logging.getLogger("test.until_done")
-    with caplog.at_level(logging.WARNING, logger="test.until_done"):
-        await asyncio.wait_for(
-            until_done(
-                answering(answers),
-                what="x",
-                logger=logger,
-                waiting=lambda _: None,
-                retry_s=0.5,
-                errors=(OSError,),
-                retry_unexpected=True,
-            ),
-            5,
-        )
+    await waited_on(answering(answers), caplog, retry_s=0.5, retry_unexpected=True)
 
     assert caplog.messages == ["x: unexpected TypeError('bug'); trying again in 0.002 s"]
