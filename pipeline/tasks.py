@@ -8,6 +8,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from pipeline import logs
+
 log = logging.getLogger(__name__)
 
 # How long a cancelled task has before it is cancelled again.
@@ -62,6 +64,9 @@ async def cancel_and_wait(*tasks: asyncio.Task[Any]) -> None:
 # RESTART_MAX_S while it keeps ending so.
 RESTART_S = 1.0
 RESTART_MAX_S = 30.0
+# A set-up step failing while what it waits for is away logs its first failure, then one line
+# this often at most, as the other outage lines: not one a try (30 a minute every 2 s).
+STEP_FAILURE_LOG_INTERVAL_S = 30.0
 
 
 async def restarting(
@@ -106,28 +111,34 @@ async def until_done(
     retry_max_s: float | None = None,
     errors: tuple[type[Exception], ...],
     retry_unexpected: bool = False,
+    failure_log: logs.Throttle | None = None,
 ) -> None:
     """Runs `step()` until it returns, trying again after each of `errors` (a server not
     there yet, a setting it refuses...): a set-up step a service waits on.
 
-    Each of `errors` is logged as one line (`<what>: <error>`) and given to `waiting` (for
-    readiness); the next try comes after `retry_s`, doubling up to `retry_max_s` when given.
+    Each of `errors` is given to `waiting` (for readiness) and logged as `failure_log` paces
+    it (default: the first, then one line per STEP_FAILURE_LOG_INTERVAL_S), as `<what>:
+    <error>`, with `held_back`, the failures left out since the previous line; the next try
+    comes after `retry_s`, doubling up to `retry_max_s` when given.
     Any other error is raised; with `retry_unexpected` it is tried again too, as the bug it
     is: logged as an error (`<what>: unexpected <error>; trying again in <n> s`), with its
     stack unless the unexpected error before it was the same, and given to `waiting`
     (`<what>: unexpected <error>`); the pause after it starts at `retry_s` (RESTART_MAX_S at
     most) and doubles each time, up to RESTART_MAX_S.
+    A step done after failures says so (`<what>: recovered after <n> failed tries`).
     """
+    failure_log = failure_log or logs.Throttle(STEP_FAILURE_LOG_INTERVAL_S)
     delay = retry_s  # after one of `errors`
     unexpected_delay = min(retry_s, RESTART_MAX_S)
     last_unexpected = ""
+    failed = 0
+    started = asyncio.get_running_loop().time()
     while True:
         try:
             await step()
-            return
         except errors as err:
             failure = f"{what}: {str(err) or type(err).__name__}"
-            logger.warning("%s", failure)
+            _log_failure(logger, failure, failure_log)
             pause = delay
             if retry_max_s is not None:
                 delay = min(delay * 2, retry_max_s)
@@ -140,5 +151,29 @@ async def until_done(
             logger.error("%s; trying again in %g s", failure, pause, exc_info=stack)
             last_unexpected = failure
             unexpected_delay = min(unexpected_delay * 2, RESTART_MAX_S)
+        else:
+            if failed:
+                waited_s = asyncio.get_running_loop().time() - started
+                logger.info(
+                    "%s: recovered after %d failed tries",
+                    what,
+                    failed,
+                    extra={"failed_tries": failed, "waited_s": round(waited_s, 1)},
+                )
+            return
+        failed += 1
         waiting(failure)
         await asyncio.sleep(pause)
+
+
+def _log_failure(logger: logging.Logger, failure: str, failure_log: logs.Throttle) -> None:
+    """One of a step's expected failures (an outage), when `failure_log` admits it."""
+    held_back = failure_log.admit()
+    if held_back is None:
+        return
+    if held_back:
+        logger.warning(
+            "%s (%d more since the last line)", failure, held_back, extra={"held_back": held_back}
+        )
+    else:  # the first of an outage, or one a try slower than the interval
+        logger.warning("%s", failure, extra={"held_back": 0})

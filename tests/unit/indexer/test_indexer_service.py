@@ -20,6 +20,7 @@ from telemetry.v1 import event_pb2
 
 from indexer import service as service_module
 from indexer.config import Config
+from indexer.errors import SearchUnavailableError
 from indexer.service import Indexer
 from pipeline.config import load
 from pipeline.settings import NatsSettings
@@ -427,6 +428,35 @@ async def test_a_set_up_step_failing_on_a_bug_is_named_logged_with_its_stack_and
 
     await until(ready, "ready once the step goes through")
     assert "start-up stopped" not in caplog.text  # tried again in place, not started over
+
+
+async def test_opensearch_away_at_start_is_logged_once_then_paced_and_its_end_too(
+    nats: Nats, indexer: Indexer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The template is tried again every STEP_RETRY_S; its failures are not a line each.
+    template = Template(SearchUnavailableError("opensearch not reachable: ConnectionError"))
+    monkeypatch.setattr(indexer._store, "install_template", template.install)
+    with caplog.at_level(logging.INFO, logger="indexer.service"):
+        await indexer.start()
+        failure = "index template not installed yet: opensearch not reachable: ConnectionError"
+
+        async def waited() -> bool:
+            return await readyz(indexer) == (503, failure) and template.tries >= 10
+
+        await until(waited, "the template tried again and again")
+        template.error = None
+
+        async def ready() -> bool:
+            return await readyz(indexer) == (200, "ok")
+
+        await until(ready, "ready once OpenSearch answers")
+
+    lines = [r for r in caplog.records if r.getMessage().startswith(failure)]
+    assert [(r.levelno, r.getMessage()) for r in lines] == [(logging.WARNING, failure)]
+    (recovered,) = [r for r in caplog.records if "recovered" in r.getMessage()]
+    assert recovered.getMessage() == (
+        f"index template not installed yet: recovered after {template.tries - 1} failed tries"
+    )
 
 
 async def first_start_up_fails(

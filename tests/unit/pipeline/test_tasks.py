@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pipeline import tasks
+from pipeline import logs, tasks
 from pipeline.tasks import cancel_and_wait, restarting, until_done
 
 
@@ -218,13 +218,72 @@ async def test_until_done_tries_a_step_again_after_its_errors_and_raises_others(
 
     # A timeout says nothing of itself: its class does.
     assert waited == ["streams not ensured yet: not yet", "streams not ensured yet: TimeoutError"]
-    assert caplog.messages == waited
+    assert caplog.messages == waited[:1]  # the next within STEP_FAILURE_LOG_INTERVAL_S: held back
 
     async def broken() -> None:
         raise KeyError("a bug")
 
     with pytest.raises(KeyError):
         await waited_on(broken, caplog, retry_s=0.001)
+
+
+class Clock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_until_done_logs_an_outage_once_per_interval_and_its_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # OpenSearch away at start, a try every 2 s: not 30 lines a minute but, as the other
+    # outage lines, the first, then one a STEP_FAILURE_LOG_INTERVAL_S with the count held back.
+    clock = Clock()
+    tries = 0
+
+    async def step() -> None:
+        nonlocal tries
+        tries += 1
+        if tries <= 40:
+            clock.now += 2.0
+            raise OSError("opensearch not reachable")
+
+    await waited_on(
+        step,
+        caplog,
+        level=logging.INFO,
+        what="index template not installed yet",
+        failure_log=logs.Throttle(tasks.STEP_FAILURE_LOG_INTERVAL_S, clock=clock),
+    )
+
+    failure = "index template not installed yet: opensearch not reachable"
+    assert [(r.levelno, r.getMessage(), getattr(r, "held_back", None)) for r in caplog.records] == [
+        (logging.WARNING, failure, 0),  # at 2 s
+        (logging.WARNING, f"{failure} (14 more since the last line)", 14),  # at 32 s
+        (logging.WARNING, f"{failure} (14 more since the last line)", 14),  # at 62 s
+        (logging.INFO, "index template not installed yet: recovered after 40 failed tries", None),
+    ]
+    assert caplog.records[-1].failed_tries == 40
+
+
+async def test_until_done_logs_one_line_for_a_step_failing_again_and_again_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The default pace: the first failure, and nothing more within STEP_FAILURE_LOG_INTERVAL_S.
+    answers: list[Exception | None] = [OSError("not yet")] * 50 + [None]
+    await waited_on(answering(answers), caplog)
+
+    assert answers == []
+    assert caplog.messages == ["x: not yet"]
+
+
+async def test_a_step_done_at_once_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    await waited_on(answering([None]), caplog, level=logging.DEBUG)
+    assert caplog.records == []
 
 
 async def test_until_done_tries_again_after_an_unexpected_error_logged_with_its_stack_once(
