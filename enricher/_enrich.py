@@ -289,13 +289,12 @@ def _cut_to_fit(event: event_pb2.EnrichedEvent, one: int, room: int, *, index: i
     if held_back is not None:
         log.warning(
             "event %r enriched was %d bytes, more than a message holds (%d): its event_message "
-            "is cut to %d characters (%d more events cut since the last line; NATS max_payload"
-            " below what the gateway accepts?)",
+            "is cut to %d characters (NATS max_payload below what the gateway accepts?)%s",
             event.event.event_id[:128],
             one,
             room,
             len(event.event_message),
-            held_back,
+            logs.since_last_line(held_back, what="more events cut"),
         )
     return one - (before - event.ByteSize())
 

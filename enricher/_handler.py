@@ -467,9 +467,9 @@ class Handler:
         held_back = self._retry_log.admit()
         if held_back is not None:
             log.warning(
-                "raw message not enriched; retrying: %s (%d more retried since the last line)",
+                "raw message not enriched; retrying: %s%s",
                 text,
-                held_back,
+                logs.since_last_line(held_back, what="more retried"),
                 extra={
                     "subject": delivery.subject,
                     "stream_sequence": delivery.stream_seq,

@@ -111,9 +111,9 @@ class JetStreamPublisher:
         held_back = self._failure_log.admit()
         if held_back is not None:
             log.warning(
-                "batch not stored, answered 503: %s (%d more since the last line)",
+                "batch not stored, answered 503: %s%s",
                 natsconn.describe(err),
-                held_back,
+                logs.since_last_line(held_back),
                 extra={"held_back": held_back},
             )
 

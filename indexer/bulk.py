@@ -406,12 +406,11 @@ class BulkWriter:
             return
         error = result.error or {}
         log.warning(
-            "bulk items not written; retrying: %s %s (%d in this request, %d more requests"
-            " with such items since the last line)",
+            "bulk items not written; retrying: %s %s (%d in this request)%s",
             result.status,
             item_reason(error) if error else "",
             count,
-            held_back,
+            logs.since_last_line(held_back, what="more requests with such items"),
             extra={
                 "status": result.status,
                 "error_type": str(error.get("type", "")),
@@ -482,9 +481,9 @@ class BulkWriter:
         if held_back is not None:
             log.warning(
                 "a document sent alone is refused with a retryable status; retrying it"
-                " without holding intake: %s (%d more refusals since the last line)",
+                " without holding intake: %s%s",
                 err,
-                held_back,
+                logs.since_last_line(held_back, what="more refusals"),
             )
 
     async def _finish(self, item: BulkItem, outcome: Outcome, reason: str) -> None:

@@ -366,10 +366,9 @@ class Intake:
         held_back = self._dlq_failure_log.admit()
         if held_back is not None:
             log.warning(
-                "dead letter not published, message left for redelivery: %s"
-                " (%d more since the last line)",
+                "dead letter not published, message left for redelivery: %s%s",
                 err,
-                held_back,
+                logs.since_last_line(held_back),
                 extra={
                     "subject": delivery.subject,
                     "message_id": delivery.msg_id,

@@ -101,7 +101,8 @@ class Throttle:
     (a retry, a dead letter not stored) while something downstream is failing: an outage of
     minutes must not write a line for every message and every redelivery.
 
-    `admit()` says whether to write this one, and how many were held back since the last.
+    `admit()` says whether to write this one, and how many were held back since the last;
+    `since_last_line` words that count for the end of the line.
     """
 
     def __init__(self, interval_s: float, *, clock: Callable[[], float] = time.monotonic) -> None:
@@ -120,6 +121,13 @@ class Throttle:
         held, self._held = self._held, 0
         self._next = now + self._interval_s
         return held
+
+
+def since_last_line(held_back: int, *, what: str = "more") -> str:
+    """The end of a line `Throttle.admit()` let through: ` (3 more since the last line)` with
+    `what` ("more", "more retried"), or nothing when none was held back (the first line, or
+    the first after a quiet interval)."""
+    return f" ({held_back} {what} since the last line)" if held_back > 0 else ""
 
 
 def configure(service: str, *, level: str = "INFO", fmt: str = "json") -> None:

@@ -98,9 +98,9 @@ async def connect(
         held_back = outage_log.admit()
         if held_back is not None:
             log.warning(
-                "nats error while connecting: %s (%d more since the last line)",
+                "nats error while connecting: %s%s",
                 describe(err),
-                held_back,
+                logs.since_last_line(held_back),
                 extra={**context, "held_back": held_back},
             )
 

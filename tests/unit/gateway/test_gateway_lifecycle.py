@@ -379,3 +379,4 @@ async def test_batches_jetstream_does_not_store_are_logged_with_its_answer_once_
     lines = [message for message in caplog.messages if message.startswith("batch not stored")]
     assert len(lines) == 1  # the other two held back
     assert "insufficient resources" in lines[0]
+    assert "since the last line" not in lines[0]  # the first line: none held back to count

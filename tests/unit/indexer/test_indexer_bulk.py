@@ -396,7 +396,7 @@ async def test_an_outage_does_not_split_requests(status: int | None) -> None:
 
 @pytest.mark.parametrize("status", [403, 500])
 async def test_a_document_refused_alone_in_its_first_request_does_not_hold_intake(
-    status: int,
+    status: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Light traffic: the timer sends a one-event message's document alone. A proxy refusing
     # it says nothing of OpenSearch; it is retried, and the fetch loop keeps fetching.
@@ -412,6 +412,8 @@ async def test_a_document_refused_alone_in_its_first_request_does_not_hold_intak
     await until(lambda: "good" in rec.outcomes, "the next document written")
     assert rec.outcomes == {"good": Outcome.CREATED}
     await bulk.close()
+    [line] = [r.getMessage() for r in caplog.records if "sent alone is refused" in r.getMessage()]
+    assert "since the last line" not in line  # the first line: none held back to count
 
 
 async def test_documents_refused_until_split_to_singles_release_intake() -> None:
@@ -475,6 +477,7 @@ async def test_items_retried_for_the_clusters_state_are_logged_and_counted_as_aw
     assert metrics.registry.get_sample_value("indexer_documents_awaiting_retry") == 0.0
     lines = [r for r in caplog.records if "bulk items not written; retrying" in r.getMessage()]
     assert len(lines) == 1  # six retries, one line: at most one per interval
+    assert lines[0].getMessage().endswith(" (1 in this request)")  # none held back before it
     assert error_type in lines[0].getMessage()
     assert f"status {status}" in lines[0].getMessage()  # OpenSearch's reason (the fake's)
     assert lines[0].__dict__["index"] == "t-x"
