@@ -394,7 +394,11 @@ def document() -> dict[str, Any]:
                                 retry=True,
                             ),
                             "503": _error(
-                                "the broker is down or slow; not accepted, retry", retry=True
+                                "the broker is down or slow; not accepted, retry with the same "
+                                "Idempotency-Key. A batch the broker did not confirm in time "
+                                "may be stored all the same (the message says so): its retry "
+                                "answers duplicate: true",
+                                retry=True,
                             ),
                         },
                     }

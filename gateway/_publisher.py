@@ -1,6 +1,7 @@
 """The JetStream adapter: connects, ensures the streams, publishes raw batches and waits for acks.
 
-The only gateway module that touches `nats`. Every broker failure becomes `Unavailable`.
+The only gateway module that touches `nats`. Every broker failure becomes `Unavailable`: a
+publish JetStream may have stored all the same (no ack in time) becomes `Unconfirmed`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from gateway.errors import Unavailable
+from gateway.errors import RETRY_TELLS, Unavailable, Unconfirmed
 from pipeline import logs, natsconn, subjects, tracing
 from pipeline.settings import NatsSettings
 from pipeline.tasks import cancel_and_wait, until_done
@@ -22,9 +23,26 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 STREAM_RETRY_S = 1.0
 STREAMS_WAITING = "streams not ensured yet"  # readiness's reason, until they are
-# Batches JetStream does not store while NATS is connected (its storage full, a timeout) are
-# answered 503 one by one: the reason is logged at most this often.
+# Batches JetStream does not store while NATS is connected (its storage full), or does not
+# confirm in time, are answered 503 one by one: the reason is logged at most this often, for
+# each of the two kinds.
 PUBLISH_FAILURE_LOG_INTERVAL_S = 30.0
+
+
+def may_be_stored(err: BaseException) -> bool:
+    """Whether a publish that raised `err` may have been stored all the same.
+
+    nats-py raises before it writes anything for a connection closed or draining, a message
+    past max_payload, a bad subject or header, and a reconnect whose buffer is full or
+    disabled (OutboundBufferLimitError); JetStream's answer refuses it (an APIError: storage
+    full, wrong stream) or nobody answers for the subject (NoStreamResponseError, no
+    responders): none of those is stored. Once written (or buffered while reconnecting, to be
+    written on reconnect), the publish waits for JetStream's ack and raises TimeoutError when
+    none comes in time: JetStream slow, paused, or its ack lost with the connection (nats-py
+    fails no pending request when the connection drops; it times out). An OSError is the
+    socket failing as the publish was written. Those two may be stored.
+    """
+    return isinstance(err, (TimeoutError, OSError))
 
 
 class JetStreamPublisher:
@@ -39,6 +57,7 @@ class JetStreamPublisher:
         self._streams_error = ""  # the last try's failure, for readiness, until they are ensured
         self._task: asyncio.Task[None] | None = None
         self._failure_log = logs.Throttle(PUBLISH_FAILURE_LOG_INTERVAL_S)
+        self._unconfirmed_log = logs.Throttle(PUBLISH_FAILURE_LOG_INTERVAL_S)
 
     async def start(self) -> None:
         """Starts connecting (and creating the streams) in the background."""
@@ -89,7 +108,10 @@ class JetStreamPublisher:
         )
 
     async def publish(self, subject: str, payload: bytes, *, msg_id: str) -> bool:
-        """Publishes a raw batch and waits for the PubAck; True when it was a duplicate."""
+        """Publishes a raw batch and waits for the PubAck; True when it was a duplicate.
+
+        Raises Unconfirmed when the batch may be stored without an ack (see `may_be_stored`),
+        Unavailable when it is not stored."""
         nc, js = self._nc, self._js
         if nc is None or js is None or not nc.is_connected or not self._streams_ready:
             raise Unavailable("the broker is not connected")
@@ -100,18 +122,35 @@ class JetStreamPublisher:
                 subject, payload, timeout=self._timeout, stream=subjects.RAW_STREAM, headers=headers
             )
         except (nats.errors.Error, TimeoutError, OSError) as err:
-            self._log_failure(err)
+            if may_be_stored(err):
+                self._log_failure(
+                    err,
+                    self._unconfirmed_log,
+                    "batch not confirmed, answered 503 (it may be stored)",
+                )
+                raise Unconfirmed(self._unconfirmed(err)) from err
+            self._log_failure(err, self._failure_log, "batch not stored, answered 503")
             # The client is told the kind of failure only, not what NATS said of itself.
             raise Unavailable(f"the broker did not store the batch: {type(err).__name__}") from err
         return bool(ack.duplicate)
 
-    def _log_failure(self, err: BaseException) -> None:
-        """Says what NATS answered to a publish that failed (one line per interval): the 503s
-        that follow say nothing of it, and readiness stays ok while the stream exists."""
-        held_back = self._failure_log.admit()
+    def _unconfirmed(self, err: BaseException) -> str:
+        """What the client is told of a publish that may be stored: what was not confirmed,
+        and how a retry tells."""
+        if isinstance(err, TimeoutError):
+            return f"the broker did not confirm the batch within {self._timeout:g} s; {RETRY_TELLS}"
+        return f"the connection to the broker was lost before it confirmed the batch; {RETRY_TELLS}"
+
+    @staticmethod
+    def _log_failure(err: BaseException, throttle: logs.Throttle, what: str) -> None:
+        """Says what NATS answered to a publish that failed (one line per interval of
+        `throttle`, one per kind): the 503s that follow say nothing of it, and readiness stays
+        ok while the stream exists."""
+        held_back = throttle.admit()
         if held_back is not None:
             log.warning(
-                "batch not stored, answered 503: %s%s",
+                "%s: %s%s",
+                what,
                 natsconn.describe(err),
                 logs.since_last_line(held_back),
                 extra={"held_back": held_back},

@@ -189,7 +189,8 @@ class GatewayConfig(NatsSettings, TracingSettings):
     publish_timeout_s: float = setting(
         "GATEWAY_PUBLISH_TIMEOUT_S",
         DEFAULT_PUBLISH_TIMEOUT_S,
-        "seconds to wait for JetStream's ack before answering 503",
+        "seconds to wait for JetStream's ack before answering 503 (a batch whose ack comes "
+        "later is stored all the same: its retry answers duplicate)",
         check=positive,
     )
     max_in_flight: int = setting(

@@ -75,10 +75,24 @@ class Overloaded(GatewayError):
 
 
 class Unavailable(GatewayError):
-    """The broker (or the query service) is down, slow or did not ack; the batch is not accepted."""
+    """The broker (or the query service) is down, slow or refused the batch; the batch is not
+    accepted (see Unconfirmed for one that may be stored all the same)."""
 
     code = grpc.StatusCode.UNAVAILABLE
     retryable = True
+
+
+# What an Unconfirmed batch's message tells the client to do: the retry says what happened.
+RETRY_TELLS = (
+    "it may be stored: retry it with the same Idempotency-Key (or the same events), and a"
+    " stored batch answers duplicate: true"
+)
+
+
+class Unconfirmed(Unavailable):
+    """The broker got the batch, or may have, but did not confirm storing it: no ack in time,
+    or the connection lost after the publish was written. Answered as Unavailable (the client
+    retries), with a message that says it may be stored: its retry answers duplicate if so."""
 
 
 class UpstreamError(GatewayError):

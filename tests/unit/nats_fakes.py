@@ -24,7 +24,8 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 class FakeJetStream:
     """Streams by name, durable consumers by (stream, name); `answering` False: JetStream
-    does not answer (disabled, no leader), each request failing as nats-py's times out."""
+    does not answer (disabled, no leader), each request failing as nats-py's times out;
+    `publish_error`: what every publish raises."""
 
     def __init__(self) -> None:
         self.streams: dict[str, js_api.StreamConfig] = {}
@@ -32,6 +33,7 @@ class FakeJetStream:
         self.answering = True
         self.streams_added = 0  # add_stream calls answered
         self.published: list[tuple[str, bytes]] = []
+        self.publish_error: Exception | None = None
 
     def _answer(self) -> None:
         if not self.answering:
@@ -87,6 +89,8 @@ class FakeJetStream:
         return FakeSubscription(self, stream, durable)
 
     async def publish(self, subject: str, payload: bytes = b"", **_: Any) -> js_api.PubAck:
+        if self.publish_error is not None:
+            raise self.publish_error
         self._answer()
         self.published.append((subject, payload))
         return js_api.PubAck(stream="", seq=len(self.published))

@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 import httpx
+import nats.errors
 import nats.js.errors
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -15,12 +16,18 @@ from nats.js import api as js_api
 
 from gateway import Gateway
 from gateway._publisher import JetStreamPublisher
-from gateway.errors import Unavailable
+from gateway.errors import RETRY_TELLS, Unavailable, Unconfirmed
 from pipeline import subjects
 from pipeline.errors import ListenError
 from pipeline.settings import NatsSettings
 from pipeline.tasks import cancel_and_wait
-from tests.unit.gateway.conftest import WRITE_KEY, FakeBroker, FakeQuery, unit_config
+from tests.unit.gateway.conftest import (
+    WRITE_KEY,
+    FakeBroker,
+    FakeQuery,
+    asgi_client,
+    unit_config,
+)
 from tests.unit.nats_fakes import FakeJetStream, FakeNats
 from tests.unit.polling import until
 
@@ -380,3 +387,118 @@ async def test_batches_jetstream_does_not_store_are_logged_with_its_answer_once_
     assert len(lines) == 1  # the other two held back
     assert "insufficient resources" in lines[0]
     assert "since the last line" not in lines[0]  # the first line: none held back to count
+
+
+class LateAckJetStream(FakeJetStream):
+    """Keeps message ids as JetStream's duplicate window does; while `late`, it stores each
+    publish but its ack does not come within the timeout (NATS paused a few seconds)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.late = True
+        self.ids: set[str] = set()
+
+    async def publish(
+        self, subject: str, payload: bytes = b"", *, headers: dict[str, str], **_: Any
+    ) -> js_api.PubAck:
+        msg_id = headers[subjects.MSG_ID_HEADER]
+        duplicate = msg_id in self.ids
+        if not duplicate:
+            self.ids.add(msg_id)
+            self.published.append((subject, payload))
+        if self.late:
+            raise nats.errors.TimeoutError
+        return js_api.PubAck(
+            stream=subjects.RAW_STREAM, seq=len(self.published), duplicate=duplicate
+        )
+
+
+TWO = (
+    b'[{"event_id":"e-1","session_id":"s","user_id":"u","event_name":"n",'
+    b'"client_timestamp":"2024-01-01T00:00:00Z"},'
+    b'{"event_id":"e-2","session_id":"s","user_id":"u","event_name":"n",'
+    b'"client_timestamp":"2024-01-01T00:00:00Z"}]'
+)
+
+
+async def test_a_batch_whose_ack_came_late_is_answered_as_maybe_stored(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # JetStream stores the batch, but its ack comes after GATEWAY_PUBLISH_TIMEOUT_S: the 503
+    # must not say it is not stored, since the retry answers duplicate: true.
+    js = LateAckJetStream()
+    broker = await ready_publisher(FakeNats(js=js), monkeypatch)
+    gateway = Gateway(unit_config(), broker=broker, query=FakeQuery())
+    headers = {"X-Api-Key": WRITE_KEY, "Idempotency-Key": "k-1"}
+    try:
+        async with asgi_client(gateway) as http:
+            first = await http.post("/v1/track", content=TWO, headers=headers)
+            js.late = False
+            again = await http.post("/v1/track", content=TWO, headers=headers)
+    finally:
+        await broker.stop(timeout_s=1.0)
+
+    assert first.status_code == 503
+    assert first.headers["retry-after"] == "1"
+    assert first.json() == {
+        "code": "unavailable",
+        "message": "the broker did not confirm the batch within 5 s; it may be stored: retry it"
+        " with the same Idempotency-Key (or the same events), and a stored batch answers"
+        " duplicate: true",
+    }
+    assert again.status_code == 202
+    assert (again.json()["accepted"], again.json()["duplicate"]) == (2, True)
+    assert len(js.published) == 1
+    assert "batch not confirmed, answered 503 (it may be stored): nats: timeout" in caplog.messages
+    assert not [m for m in caplog.messages if m.startswith("batch not stored")]
+
+
+NOT_STORED = "the broker did not store the batch: "
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        # No ack in time, or the socket failing as the publish was written: it may be stored.
+        (
+            nats.errors.TimeoutError(),
+            f"the broker did not confirm the batch within 5 s; {RETRY_TELLS}",
+        ),
+        (
+            ConnectionResetError(104, "Connection reset by peer"),
+            f"the connection to the broker was lost before it confirmed the batch; {RETRY_TELLS}",
+        ),
+        # Refused by JetStream, nobody answering for the subject, or nothing written.
+        (
+            nats.js.errors.ServiceUnavailableError(code=503, err_code=10023, description="full"),
+            NOT_STORED + "ServiceUnavailableError",
+        ),
+        (
+            nats.js.errors.APIError(code=400, err_code=10060, description="stream"),
+            NOT_STORED + "APIError",
+        ),
+        (nats.js.errors.NoStreamResponseError(), NOT_STORED + "NoStreamResponseError"),
+        (nats.errors.OutboundBufferLimitError(), NOT_STORED + "OutboundBufferLimitError"),
+        (nats.errors.ConnectionClosedError(), NOT_STORED + "ConnectionClosedError"),
+        (nats.errors.ConnectionDrainingError(), NOT_STORED + "ConnectionDrainingError"),
+        (nats.errors.MaxPayloadError(), NOT_STORED + "MaxPayloadError"),
+    ],
+    ids=lambda value: (
+        type(value).__name__
+        if isinstance(value, Exception)
+        else ("unconfirmed" if value.endswith(RETRY_TELLS) else "not-stored")
+    ),
+)
+async def test_a_publish_that_may_be_stored_is_unconfirmed_one_known_not_stored_says_so(
+    error: Exception, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    js = FakeJetStream()
+    js.publish_error = error
+    broker = await ready_publisher(FakeNats(js=js), monkeypatch)
+    try:
+        with pytest.raises(Unavailable) as caught:
+            await broker.publish("telemetry.raw.v1.app", b"batch", msg_id="b")
+    finally:
+        await broker.stop(timeout_s=1.0)
+    assert str(caught.value) == message
+    assert isinstance(caught.value, Unconfirmed) == message.endswith(RETRY_TELLS)
