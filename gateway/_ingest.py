@@ -24,7 +24,14 @@ from gateway._validate import (
     read_json_events,
     read_proto_events,
 )
-from gateway.errors import SEND_SMALLER, InvalidRequest, Overloaded, TooLarge, Unavailable
+from gateway.errors import (
+    SEND_SMALLER,
+    InvalidRequest,
+    Overloaded,
+    TooLarge,
+    Unavailable,
+    Unconfirmed,
+)
 from pipeline import tracing
 from pipeline.subjects import RAW_STREAM, raw_subject
 
@@ -44,7 +51,8 @@ class Publisher(Protocol):
     async def publish(self, subject: str, payload: bytes, *, msg_id: str) -> bool:
         """Publishes and waits for the ack; True when the broker already had `msg_id`.
 
-        Raises Unavailable when the message may not be stored.
+        Raises Unavailable when the message is not stored, Unconfirmed (an Unavailable) when
+        it may be stored without an ack.
         """
         ...
 
@@ -492,7 +500,13 @@ class IngestCore:
         context.request_id = origin.request_id
         context.batch_id = bid
         context.protocol = origin.protocol  # type: ignore[assignment]
-        duplicate = await self._publish(batch, raw_subject(origin.app_id), bid)
+        try:
+            duplicate = await self._publish(batch, raw_subject(origin.app_id), bid)
+        except Unconfirmed:
+            # Answered 503, yet JetStream may hold it (its retry then answers duplicate and
+            # counts nothing): counted apart, so what the enricher counts stays explained.
+            self._metrics.unconfirmed(accepted)
+            raise
         # Counted once the batch's fate is final: not for an attempt answered 503, and not
         # again for a retry of a stored batch (its events were counted when first stored).
         if duplicate:

@@ -40,7 +40,8 @@ class Metrics:
         )
         self.events = Counter(
             "gateway_events_total",
-            "events judged: accepted (durable) or rejected, by rejection reason",
+            "events judged: accepted (durable), unconfirmed (answered 503 but may be stored:"
+            " no ack in time) or rejected, by rejection reason",
             ["outcome", "reason"],
             registry=self.registry,
         )
@@ -52,7 +53,8 @@ class Metrics:
         self.publish_seconds = Histogram(
             "gateway_publish_seconds",
             "time from publishing a batch to JetStream's answer, seconds, by outcome:"
-            " acked, or failed (not stored: refused, timed out, not connected, an error)",
+            " acked, or failed (not acked: refused, not connected, an error, or timed out,"
+            " when it may be stored)",
             ["outcome"],
             buckets=_PUBLISH_BUCKETS,
             registry=self.registry,
@@ -64,6 +66,7 @@ class Metrics:
             multiprocess_mode="livesum",  # workers' gauges add up; a stopped one's go away
         )
         self._accepted = self.events.labels(outcome="accepted", reason="")
+        self._unconfirmed = self.events.labels(outcome="unconfirmed", reason="")
         # Each rejection reason is exported from the start too, at 0: a series that first
         # appears at 1 has no increase() in Prometheus.
         for name, number in event_pb2.RejectionReason.items():
@@ -77,6 +80,10 @@ class Metrics:
     def accepted(self, count: int) -> None:
         """Counts events made durable."""
         self._accepted.inc(count)
+
+    def unconfirmed(self, count: int) -> None:
+        """Counts events of a batch answered 503 that JetStream may have stored all the same."""
+        self._unconfirmed.inc(count)
 
     @contextmanager
     def publishing(self) -> Iterator[None]:

@@ -14,7 +14,7 @@ from telemetry.v1 import event_pb2, ingest_service_pb2
 from gateway._ingest import IngestCore, Origin, batch_id, load_json
 from gateway._metrics import Metrics
 from gateway._validate import Limits
-from gateway.errors import InvalidRequest, Overloaded, Unavailable
+from gateway.errors import InvalidRequest, Overloaded, Unavailable, Unconfirmed
 from tests.unit.gateway.conftest import FakeBroker
 from tests.unit.polling import until
 
@@ -560,6 +560,28 @@ async def test_rejections_are_counted_once_when_the_batch_is_answered_for_good()
 
     await ingest.ingest_json(b'[{"event_id": "x"}]', origin())
     assert counted() == (2, 2)  # nothing to publish: final at once
+
+
+async def test_events_of_a_batch_that_may_be_stored_are_counted_unconfirmed() -> None:
+    # Unlike a batch known not to be stored, one that may be (no ack in time) is counted: its
+    # retry answers duplicate and counts nothing, while the enricher counts its events.
+    broker = FakeBroker()
+    metrics = Metrics()
+    ingest = IngestCore(publisher=broker, limits=LIMITS, metrics=metrics, max_in_flight=10)
+
+    def unconfirmed() -> float | None:
+        labels = {"outcome": "unconfirmed", "reason": ""}
+        return metrics.registry.get_sample_value("gateway_events_total", labels)
+
+    assert unconfirmed() == 0  # exported from the start
+    broker.fail = Unavailable("the broker did not store the batch: APIError")
+    with pytest.raises(Unavailable):
+        await ingest.ingest_json(body(2), origin(idempotency_key="k"))
+    assert unconfirmed() == 0
+    broker.fail = Unconfirmed("the broker did not confirm the batch within 5 s")
+    with pytest.raises(Unconfirmed):
+        await ingest.ingest_json(body(2), origin(idempotency_key="k"))
+    assert unconfirmed() == 2
 
 
 async def test_unknown_protobuf_fields_are_not_stored() -> None:

@@ -421,7 +421,7 @@ TWO = (
 )
 
 
-async def test_a_batch_whose_ack_came_late_is_answered_as_maybe_stored(
+async def test_a_batch_whose_ack_came_late_is_answered_as_maybe_stored_and_counted_apart(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # JetStream stores the batch, but its ack comes after GATEWAY_PUBLISH_TIMEOUT_S: the 503
@@ -449,6 +449,11 @@ async def test_a_batch_whose_ack_came_late_is_answered_as_maybe_stored(
     assert again.status_code == 202
     assert (again.json()["accepted"], again.json()["duplicate"]) == (2, True)
     assert len(js.published) == 1
+    # Its events are counted apart, once: the retry, a duplicate, counts nothing again.
+    sample = gateway.metrics.registry.get_sample_value
+    assert sample("gateway_events_total", {"outcome": "unconfirmed", "reason": ""}) == 2
+    assert sample("gateway_events_total", {"outcome": "accepted", "reason": ""}) == 0
+    assert sample("gateway_duplicate_batches_total") == 1
     assert "batch not confirmed, answered 503 (it may be stored): nats: timeout" in caplog.messages
     assert not [m for m in caplog.messages if m.startswith("batch not stored")]
 
