@@ -293,6 +293,16 @@ def split(
     return parts
 
 
+def partly_stored(stored: int, events: int) -> str:
+    """What the client is told of a split batch whose first `stored` events JetStream stored
+    before it failed to store the rest."""
+    return (
+        f"the broker stored {stored} of the batch's {events} events but not the rest: retry it"
+        " with the same Idempotency-Key (or the same events), and the rest is stored (the"
+        f" {stored} are not stored again)"
+    )
+
+
 def event_room(max_payload: int) -> int:
     """The most bytes one event (serialised, with its framing) may take for a broker whose
     largest message is `max_payload`: larger, no split of its batch could store it."""
@@ -546,7 +556,15 @@ class IngestCore:
                 parts = len(pieces)
                 for first, end, part in pieces:
                     msg_id = f"{bid}:{first}-{end}"
-                    one = await self._publisher.publish(subject, part, msg_id=msg_id)
+                    try:
+                        one = await self._publisher.publish(subject, part, msg_id=msg_id)
+                    except Unconfirmed:
+                        raise
+                    except Unavailable as err:
+                        if first == 0:
+                            raise
+                        # The parts before it are stored: the batch is, in part.
+                        raise Unconfirmed(partly_stored(first, len(batch.events))) from err
                     duplicate = duplicate and one
             span.set_attribute("pipeline.messages", parts)
             span.set_attribute("pipeline.duplicate", duplicate)

@@ -40,8 +40,8 @@ class Metrics:
         )
         self.events = Counter(
             "gateway_events_total",
-            "events judged: accepted (durable), unconfirmed (answered 503 but may be stored:"
-            " no ack in time) or rejected, by rejection reason",
+            "events judged: accepted (durable), unconfirmed (answered 503 but may be stored,"
+            " in whole or in part: no ack in time) or rejected, by rejection reason",
             ["outcome", "reason"],
             registry=self.registry,
         )
@@ -82,7 +82,8 @@ class Metrics:
         self._accepted.inc(count)
 
     def unconfirmed(self, count: int) -> None:
-        """Counts events of a batch answered 503 that JetStream may have stored all the same."""
+        """Counts events of a batch answered 503 that JetStream may have stored all the same
+        (in whole or, for a split batch, in part)."""
         self._unconfirmed.inc(count)
 
     @contextmanager

@@ -91,8 +91,9 @@ RETRY_TELLS = (
 
 class Unconfirmed(Unavailable):
     """The broker got the batch, or may have, but did not confirm storing it: no ack in time,
-    or the connection lost after the publish was written. Answered as Unavailable (the client
-    retries), with a message that says it may be stored: its retry answers duplicate if so."""
+    or the connection lost after the publish was written; or it stored some parts of a split
+    batch, not the rest. Answered as Unavailable (the client retries), with a message that
+    says it may be stored: its retry answers duplicate if so (or stores only the rest)."""
 
 
 class UpstreamError(GatewayError):

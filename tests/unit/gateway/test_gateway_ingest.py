@@ -138,6 +138,38 @@ def stored_ids(broker: FakeBroker) -> list[str]:
     return sorted(e.event_id for b in broker.batches() for e in b.events)
 
 
+async def test_a_split_batch_stored_in_part_is_answered_so_and_counted_unconfirmed() -> None:
+    # Its first part is stored, the second refused: the 503 must not say the batch is not
+    # stored, and its events count as unconfirmed, as those of a batch whose ack came late.
+    broker = BrokerFailingAfter(max_payload=4096 + 20_000, good=1)
+    metrics = Metrics()
+    ingest = IngestCore(publisher=broker, limits=LIMITS, metrics=metrics, max_in_flight=10)
+    with pytest.raises(Unconfirmed) as caught:
+        await ingest.ingest_json(body(60, blob="v" * 1000), origin(idempotency_key="k"))
+
+    [stored] = broker.batches()
+    assert 0 < len(stored.events) < 60
+    assert str(caught.value) == (
+        f"the broker stored {len(stored.events)} of the batch's 60 events but not the rest:"
+        " retry it with the same Idempotency-Key (or the same events), and the rest is stored"
+        f" (the {len(stored.events)} are not stored again)"
+    )
+    labels = {"outcome": "unconfirmed", "reason": ""}
+    assert metrics.registry.get_sample_value("gateway_events_total", labels) == 60
+
+    # Its first part refused, nothing of it is stored: a plain 503, and nothing counted.
+    ingest = IngestCore(
+        publisher=BrokerFailingAfter(max_payload=4096 + 20_000, good=0),
+        limits=LIMITS,
+        metrics=metrics,
+        max_in_flight=10,
+    )
+    with pytest.raises(Unavailable) as caught:
+        await ingest.ingest_json(body(60, blob="v" * 1000), origin(idempotency_key="k"))
+    assert not isinstance(caught.value, Unconfirmed)
+    assert metrics.registry.get_sample_value("gateway_events_total", labels) == 60
+
+
 async def test_a_retry_from_another_address_splits_alike_and_stores_every_event() -> None:
     # The context (address, user agent, receipt time) differs between attempts, here by
     # more than two events' worth; where the batch is cut must not.
