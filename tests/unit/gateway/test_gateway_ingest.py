@@ -79,6 +79,9 @@ def test_batch_ids_are_per_app_and_per_key_or_events() -> None:
     assert keyed == batch_id("app-1", idempotency_key="k", events=other)
     assert keyed != batch_id("app-2", idempotency_key="k", events=ids)
     assert keyed != batch_id("app-1", idempotency_key="k", events=ids[:1])
+    # Order counts (the README says so): the same events reordered are another batch.
+    assert keyed != batch_id("app-1", idempotency_key="k", events=ids[::-1])
+    assert a != batch_id("app-1", idempotency_key="", events=ids[::-1])
 
 
 async def test_batch_past_max_payload_is_split_with_derived_ids() -> None:
