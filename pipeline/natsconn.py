@@ -308,11 +308,20 @@ class StreamRepair:
         self._task = asyncio.create_task(self._ensure(), name="ensure-streams")
 
     async def _ensure(self) -> None:
+        # A try every STREAM_RETRY_S while JetStream is away: a line per outage interval.
+        failures = logs.Throttle(OUTAGE_ERROR_LOG_INTERVAL_S, clock=self._clock)
         while True:
             try:
                 await ensure_streams(self._js, self._settings)
             except Exception as err:  # whatever it is: log, retry, stay not ready
-                log.warning("cannot ensure streams yet: %s", describe(err))
+                held_back = failures.admit()
+                if held_back is not None:
+                    log.warning(
+                        "cannot ensure streams yet: %s%s",
+                        describe(err),
+                        logs.since_last_line(held_back),
+                        extra={"held_back": held_back},
+                    )
                 await asyncio.sleep(STREAM_RETRY_S)
                 continue
             log.info("streams ensured")

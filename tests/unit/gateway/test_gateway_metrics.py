@@ -62,6 +62,7 @@ def test_gateway_workers_export_the_series_at_0_summed(tmp_path: Path) -> None:
     }
     assert values == {
         ("accepted", ""): 0.0,
+        ("unconfirmed", ""): 0.0,
         **{("rejected", reason): 0.0 for reason in REJECTION_REASONS},
         ("rejected", "REJECTION_REASON_MISSING_FIELD"): 3.0,
     }

@@ -18,6 +18,7 @@ from pipeline.config import load
 from pipeline.logs import Throttle
 from pipeline.settings import NatsSettings
 from tests.unit.nats_fakes import FakeJetStream, FakeNats
+from tests.unit.polling import until
 
 
 @pytest.mark.parametrize(
@@ -250,6 +251,42 @@ async def test_a_missing_stream_is_ensured_again_once_at_a_time_and_paced(
     repair.check(missing)  # a readiness probe during a stop
     await asyncio.sleep(0.03)
     assert js.streams_added == 6
+
+
+async def test_a_repair_that_keeps_failing_writes_a_line_per_outage_interval(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(natsconn, "STREAM_RETRY_S", 0.001)
+    tries = [0]
+
+    async def not_answering(*_: object) -> None:
+        tries[0] += 1
+        raise TimeoutError("nats: timeout")
+
+    monkeypatch.setattr(natsconn, "ensure_streams", not_answering)
+    now = [0.0]
+    repair = natsconn.StreamRepair(FakeJetStream(), load(NatsSettings, {}), clock=lambda: now[0])
+
+    def lines() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage().startswith("cannot ensure streams")]
+
+    async def tried(count: int) -> bool:
+        return tries[0] >= count
+
+    async def logged(count: int) -> bool:
+        return len(lines()) >= count
+
+    with caplog.at_level(logging.WARNING, logger=natsconn.log.name):
+        repair.check(natsconn.StreamProblem("stream TELEMETRY_DLQ missing", missing=True))
+        await until(lambda: tried(20), "tried 20 times")
+        assert len(lines()) == 1
+        assert "more since the last line" not in lines()[0].getMessage()
+        now[0] += natsconn.OUTAGE_ERROR_LOG_INTERVAL_S
+        await until(lambda: logged(2), "logged again")
+        await repair.close()
+
+    assert lines()[1].held_back >= 19
+    assert lines()[1].getMessage().endswith(f"({lines()[1].held_back} more since the last line)")
 
 
 async def test_a_drain_that_finishes_in_time_closes_the_connection_itself() -> None:
