@@ -33,8 +33,9 @@ def cut_at_word(text: str, max_chars: int) -> str:
     """`text` cut to at most `max_chars` characters, at a word's end.
 
     A word the cut falls in is left out whole, with the whitespace before it: a piece
-    of it (`E4` of `E42`) would be a word search finds where it should not. A text with
-    no whitespace before the cut is one huge word, and is cut in it all the same.
+    of it (`E4` of `E42`) would be a word search finds where it should not. The text's
+    first word is the exception (nothing would be left): one that long is cut where the
+    limit falls.
     """
     if len(text) <= max_chars:
         return text
@@ -42,6 +43,5 @@ def cut_at_word(text: str, max_chars: int) -> str:
     if not kept or kept[-1].isspace() or text[max_chars].isspace():
         return kept.rstrip()
     piece = kept.rsplit(maxsplit=1)[-1]  # the word the cut falls in, as far as it is kept
-    if len(piece) == len(kept):
-        return kept  # no whitespace to cut at
-    return kept[: len(kept) - len(piece)].rstrip()
+    before = kept[: len(kept) - len(piece)].rstrip()
+    return before or kept  # no word before it (whitespace alone, at most): cut in it

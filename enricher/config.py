@@ -154,8 +154,8 @@ class Config(NatsSettings, TracingSettings):
         DEFAULT_EVENT_MESSAGE_MAX_CHARS,
         "characters of event_message at most: the one text free-text search matches, the "
         "event name then each metadata key and value, keys in sorted order; cut at a word's end "
-        "(a word the cut falls in is left out, unless no whitespace comes before it: one word "
-        "that long is cut where the limit falls); no word past the cut is found "
+        "(a word the cut falls in is left out, unless it is the first word: one word that long "
+        "is cut where the limit falls); no word past the cut is found "
         "(enricher_event_message_truncated_total counts the events cut). At most "
         f"{MAX_EVENT_MESSAGE_MAX_CHARS}, more than the gateway's default limits let into one text "
         "(139,648); a text too large for its NATS message is cut to fit all the same",

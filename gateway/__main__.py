@@ -35,6 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"gateway: {err}", file=sys.stderr)
         return 2
+    if config.http_port and config.http_port == config.grpc_port:
+        # Each would take the other's connections: under GATEWAY_WORKERS both binds share it.
+        print(
+            f"gateway: GATEWAY_HTTP_PORT and GATEWAY_GRPC_PORT are both {config.http_port}:"
+            " give each server a port of its own",
+            file=sys.stderr,
+        )
+        return 2
     logs.configure("gateway", level=config.log_level, fmt=config.log_format)
     if not len(keys):
         print(

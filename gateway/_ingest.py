@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import math
@@ -512,9 +513,10 @@ class IngestCore:
         context.protocol = origin.protocol  # type: ignore[assignment]
         try:
             duplicate = await self._publish(batch, raw_subject(origin.app_id), bid)
-        except Unconfirmed:
+        except (Unconfirmed, asyncio.CancelledError):
             # Answered 503, yet JetStream may hold it (its retry then answers duplicate and
-            # counts nothing): counted apart, so what the enricher counts stays explained.
+            # counts nothing): counted apart, so what the enricher counts stays explained. So
+            # is a request cut off while it waited (a gRPC deadline, a stop's grace run out).
             self._metrics.unconfirmed(accepted)
             raise
         # Counted once the batch's fate is final: not for an attempt answered 503, and not

@@ -396,8 +396,9 @@ def document() -> dict[str, Any]:
                             "503": _error(
                                 "the broker is down or slow; not accepted, retry with the same "
                                 "Idempotency-Key. A batch the broker did not confirm in time "
-                                "may be stored all the same (the message says so): its retry "
-                                "answers duplicate: true",
+                                "may be stored all the same, and a large one split into "
+                                "several messages may be stored in part (the message says "
+                                "which): its retry answers duplicate: true, or stores the rest",
                                 retry=True,
                             ),
                         },

@@ -171,9 +171,5 @@ def _log_failure(logger: logging.Logger, failure: str, failure_log: logs.Throttl
     held_back = failure_log.admit()
     if held_back is None:
         return
-    if held_back:
-        logger.warning(
-            "%s (%d more since the last line)", failure, held_back, extra={"held_back": held_back}
-        )
-    else:  # the first of an outage, or one a try slower than the interval
-        logger.warning("%s", failure, extra={"held_back": 0})
+    # No count on the first line of an outage, nor on one a try slower than the interval.
+    logger.warning("%s%s", failure, logs.since_last_line(held_back), extra={"held_back": held_back})

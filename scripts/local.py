@@ -36,6 +36,7 @@ import dataclasses
 import errno
 import fcntl
 import fnmatch
+import http.client
 import io
 import json
 import math
@@ -1334,7 +1335,7 @@ def probe(url: str) -> Readiness:
         with err:
             try:
                 reason = answer_reason(err.read())
-            except OSError:  # the body cut short: its status is all there is
+            except (OSError, http.client.HTTPException):  # the body cut short: its status is all
                 reason = ""
         said = f"answered {err.code}: {reason}" if reason else f"answered {err.code}"
         return Readiness(ready=False, word="not ready", said=said)

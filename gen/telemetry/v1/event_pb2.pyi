@@ -438,7 +438,7 @@ class EnrichedEvent(_message.Message):
     the metadata keys and values, cut at the enricher's
     ENRICHER_EVENT_MESSAGE_MAX_CHARS (4,096 characters by default), or
     shorter to fit a NATS message. The cut falls at a word's end: a word it
-    would split is left out whole, unless no whitespace comes before it (one
+    would split is left out whole, unless it is the text's first word (one
     word that long is cut where the limit falls).
     """
     app_id: _builtins.str

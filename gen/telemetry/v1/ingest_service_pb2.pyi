@@ -72,8 +72,9 @@ class IngestEventsResponse(_message.Message):
     accepted: _builtins.int
     """accepted is the number of events made durable."""
     duplicate: _builtins.bool
-    """duplicate is true when the batch had already been accepted before (a
-    retry); the events are stored once.
+    """duplicate is true when the batch had already been stored before (a
+    retry, including one of an attempt that failed unconfirmed); the events
+    are stored once.
     """
     batch_id: _builtins.str
     """batch_id is the id the batch is stored under; empty when no event was

@@ -51,7 +51,11 @@ class IngestServiceServicer:
     def IngestEvents(self, request, context):
         """IngestEvents validates a batch, publishes the valid events and answers
         once they are durable. Invalid events are listed in the response; the
-        call fails only when nothing of the batch could be judged or stored.
+        call fails when the batch could not be judged or was not confirmed
+        stored. UNAVAILABLE: retry with the same idempotency key; a batch the
+        broker did not confirm in time, or stored only in part, may be stored all
+        the same (the message says so), and its retry answers duplicate: true or
+        stores the rest.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -38,7 +38,11 @@ class IngestServiceStub:
     IngestEvents: _grpc.UnaryUnaryMultiCallable[_ingest_service_pb2.IngestEventsRequest, _ingest_service_pb2.IngestEventsResponse]
     """IngestEvents validates a batch, publishes the valid events and answers
     once they are durable. Invalid events are listed in the response; the
-    call fails only when nothing of the batch could be judged or stored.
+    call fails when the batch could not be judged or was not confirmed
+    stored. UNAVAILABLE: retry with the same idempotency key; a batch the
+    broker did not confirm in time, or stored only in part, may be stored all
+    the same (the message says so), and its retry answers duplicate: true or
+    stores the rest.
     """
 
 @_typing.type_check_only
@@ -51,7 +55,11 @@ class IngestServiceAsyncStub(IngestServiceStub):
     IngestEvents: _aio.UnaryUnaryMultiCallable[_ingest_service_pb2.IngestEventsRequest, _ingest_service_pb2.IngestEventsResponse]  # type: ignore[assignment]
     """IngestEvents validates a batch, publishes the valid events and answers
     once they are durable. Invalid events are listed in the response; the
-    call fails only when nothing of the batch could be judged or stored.
+    call fails when the batch could not be judged or was not confirmed
+    stored. UNAVAILABLE: retry with the same idempotency key; a batch the
+    broker did not confirm in time, or stored only in part, may be stored all
+    the same (the message says so), and its retry answers duplicate: true or
+    stores the rest.
     """
 
 class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -67,7 +75,11 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_ingest_service_pb2.IngestEventsResponse, _abc.Awaitable[_ingest_service_pb2.IngestEventsResponse]]:
         """IngestEvents validates a batch, publishes the valid events and answers
         once they are durable. Invalid events are listed in the response; the
-        call fails only when nothing of the batch could be judged or stored.
+        call fails when the batch could not be judged or was not confirmed
+        stored. UNAVAILABLE: retry with the same idempotency key; a batch the
+        broker did not confirm in time, or stored only in part, may be stored all
+        the same (the message says so), and its retry answers duplicate: true or
+        stores the rest.
         """
 
 def add_IngestServiceServicer_to_server(servicer: IngestServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

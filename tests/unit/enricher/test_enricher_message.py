@@ -78,14 +78,21 @@ def test_a_cut_text_holds_the_whole_words_before_the_cut_and_nothing_else(
     if len(full) <= limit:
         assert text == full
         return
+    assert len(text) <= limit
     kept = full[:limit]
-    if not any(char.isspace() for char in kept):
-        assert text == kept  # one word longer than the limit
-        return
     whole = [word.group() for word in re.finditer(r"\S+", full) if word.end() <= limit]
+    if not whole:  # the first word is longer than the limit: cut in it
+        assert text.strip() == kept.strip()
+        return
     assert text.split() == whole
     assert full.startswith(text)
     assert text == "" or not text[-1].isspace()
+
+
+def test_a_first_word_after_whitespace_is_cut_in_not_left_out() -> None:
+    # An event name may start with a space: its first word is still the first word.
+    assert event_message(" " + "x" * 20, {}, max_chars=10) == " " + "x" * 9
+    assert event_message("", {" k": "v" * 20}, max_chars=10) == " k"
 
 
 def test_a_text_exactly_as_long_as_the_limit_is_not_cut() -> None:

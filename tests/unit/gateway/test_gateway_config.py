@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+import gateway.__main__
 from gateway import config as cfg
 from gateway.__main__ import main
 from gateway.config import GatewayConfig
@@ -111,6 +112,27 @@ def test_bad_setting_exits_2_with_one_line(
     err = capsys.readouterr().err
     assert "GATEWAY_HTTP_PORT" in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("workers", ["1", "3"])
+def test_one_port_for_both_servers_exits_2_naming_both(
+    workers: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Under GATEWAY_WORKERS both binds would share the port, each taking the other's calls.
+    monkeypatch.setenv("GATEWAY_WRITE_KEYS", "unit-key-0123456789:app")
+    monkeypatch.setenv("GATEWAY_WORKERS", workers)
+    monkeypatch.setenv("GATEWAY_HTTP_PORT", "18999")
+    monkeypatch.setenv("GATEWAY_GRPC_PORT", "18999")
+    monkeypatch.setattr(gateway.__main__, "supervise", lambda _: 0)  # nothing starts
+    monkeypatch.setattr(gateway.__main__.service, "run", lambda *_, **__: 0)
+
+    assert main([]) == 2
+
+    err = capsys.readouterr().err
+    assert err == (
+        "gateway: GATEWAY_HTTP_PORT and GATEWAY_GRPC_PORT are both 18999: give each server a"
+        " port of its own\n"
+    )
 
 
 def test_no_keys_exits_2(

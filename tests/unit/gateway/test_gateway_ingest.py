@@ -619,6 +619,30 @@ async def test_events_of_a_batch_that_may_be_stored_are_counted_unconfirmed() ->
     assert unconfirmed() == 2
 
 
+async def test_events_of_a_request_cut_off_while_publishing_are_counted_unconfirmed() -> None:
+    # A gRPC deadline or a stop's grace run out cancels the request while JetStream may be
+    # storing its batch: as unknown as an ack that did not come.
+    publishing = asyncio.Event()
+
+    class Hanging(FakeBroker):
+        async def publish(self, subject: str, payload: bytes, *, msg_id: str) -> bool:
+            publishing.set()
+            await asyncio.Event().wait()
+            return False
+
+    metrics = Metrics()
+    ingest = IngestCore(publisher=Hanging(), limits=LIMITS, metrics=metrics, max_in_flight=10)
+    request = asyncio.create_task(ingest.ingest_json(body(3), origin(idempotency_key="k")))
+    await asyncio.wait_for(publishing.wait(), 5)
+
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+
+    labels = {"outcome": "unconfirmed", "reason": ""}
+    assert metrics.registry.get_sample_value("gateway_events_total", labels) == 3
+
+
 async def test_unknown_protobuf_fields_are_not_stored() -> None:
     broker = FakeBroker()
     junk = b"smuggled" * 1000
