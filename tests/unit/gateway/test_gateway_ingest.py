@@ -126,14 +126,15 @@ async def test_a_retry_after_a_partial_failure_stores_only_the_missing_parts(los
 class BrokerFailingAfter(FakeBroker):
     """Stores the first `good` publishes, then fails every one after them."""
 
-    def __init__(self, *, max_payload: int, good: int) -> None:
+    def __init__(self, *, max_payload: int, good: int, error: Unavailable | None = None) -> None:
         super().__init__(max_payload=max_payload)
         self.good = good
+        self.error = error or Unavailable("no ack")
 
     async def publish(self, subject: str, payload: bytes, *, msg_id: str) -> bool:
         if self.calls >= self.good:
             self.calls += 1
-            raise Unavailable("no ack")
+            raise self.error
         return await super().publish(subject, payload, msg_id=msg_id)
 
 
@@ -171,6 +172,27 @@ async def test_a_split_batch_stored_in_part_is_answered_so_and_counted_unconfirm
         await ingest.ingest_json(body(60, blob="v" * 1000), origin(idempotency_key="k"))
     assert not isinstance(caught.value, Unconfirmed)
     assert metrics.registry.get_sample_value("gateway_events_total", labels) == 60
+
+
+async def test_a_split_batch_whose_later_part_is_not_confirmed_says_it_may_be_stored() -> None:
+    # Its first part stored, the second not acked in time: the publisher's own message (it
+    # may be stored, the retry tells) stands, and every event counts as unconfirmed.
+    late = Unconfirmed("the broker did not confirm the batch within 5 s; it may be stored")
+    broker = BrokerFailingAfter(max_payload=4096 + 20_000, good=1, error=late)
+    metrics = Metrics()
+    ingest = IngestCore(publisher=broker, limits=LIMITS, metrics=metrics, max_in_flight=10)
+
+    with pytest.raises(Unconfirmed) as caught:
+        await ingest.ingest_json(body(60, blob="v" * 1000), origin(idempotency_key="k"))
+
+    assert caught.value is late
+    assert len(broker.stored) == 1
+    labels = {"outcome": "unconfirmed", "reason": ""}
+    assert metrics.registry.get_sample_value("gateway_events_total", labels) == 60
+    assert (
+        metrics.registry.get_sample_value("gateway_events_total", {**labels, "outcome": "accepted"})
+        == 0
+    )
 
 
 async def test_a_retry_from_another_address_splits_alike_and_stores_every_event() -> None:
