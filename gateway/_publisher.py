@@ -40,9 +40,11 @@ def may_be_stored(err: BaseException) -> bool:
     written on reconnect), the publish waits for JetStream's ack and raises TimeoutError when
     none comes in time: JetStream slow, paused, or its ack lost with the connection (nats-py
     fails no pending request when the connection drops; it times out). An OSError is the
-    socket failing as the publish was written. Those two may be stored.
+    socket failing as the publish was written. Those two may be stored, as may a batch whose
+    answer nats-py could not read as a PubAck (not JSON, or JSON without a stream and a
+    sequence: a ValueError or TypeError), which something answered after it was written.
     """
-    return isinstance(err, (TimeoutError, OSError))
+    return isinstance(err, (TimeoutError, OSError, ValueError, TypeError))
 
 
 class JetStreamPublisher:
@@ -121,7 +123,7 @@ class JetStreamPublisher:
             ack = await js.publish(
                 subject, payload, timeout=self._timeout, stream=subjects.RAW_STREAM, headers=headers
             )
-        except (nats.errors.Error, TimeoutError, OSError) as err:
+        except (nats.errors.Error, TimeoutError, OSError, ValueError, TypeError) as err:
             if may_be_stored(err):
                 self._log_failure(
                     err,
@@ -139,6 +141,8 @@ class JetStreamPublisher:
         and how a retry tells."""
         if isinstance(err, TimeoutError):
             return f"the broker did not confirm the batch within {self._timeout:g} s; {RETRY_TELLS}"
+        if isinstance(err, (ValueError, TypeError)):
+            return f"the broker's answer to the batch was not a confirmation; {RETRY_TELLS}"
         return f"the connection to the broker was lost before it confirmed the batch; {RETRY_TELLS}"
 
     @staticmethod

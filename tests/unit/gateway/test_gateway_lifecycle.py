@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
@@ -472,6 +473,16 @@ NOT_STORED = "the broker did not store the batch: "
         (
             ConnectionResetError(104, "Connection reset by peer"),
             f"the connection to the broker was lost before it confirmed the batch; {RETRY_TELLS}",
+        ),
+        # Written, then answered with something that is not a PubAck (not JSON; JSON without
+        # a stream and a sequence).
+        (
+            json.JSONDecodeError("Expecting value", "+OK", 0),
+            f"the broker's answer to the batch was not a confirmation; {RETRY_TELLS}",
+        ),
+        (
+            TypeError("PubAck.__init__() missing 1 required positional argument: 'seq'"),
+            f"the broker's answer to the batch was not a confirmation; {RETRY_TELLS}",
         ),
         # Refused by JetStream, nobody answering for the subject, or nothing written.
         (
