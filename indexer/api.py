@@ -127,11 +127,18 @@ class QueryServicer(qs_grpc.QueryServiceServicer):
             try:
                 body, size = queries.search_body(request)
                 with self._slot():
-                    answer = await self._search_whole(body, queries.EVENTS_FILTER_PATH)
-                    unreachable = await self._unreachable(
-                        "QueryEvents", answer, span, partial_ok=request.return_partial_success
-                    )
-                    response = queries.events_response(answer, size=size, flt=request.filter)
+                    page = queries.Page(body, size=size, flt=request.filter)
+                    unreachable: list[str] = []
+                    fetch: dict[str, Any] | None = body
+                    while fetch is not None:
+                        answer = await self._search_whole(fetch, queries.EVENTS_FILTER_PATH)
+                        for name in await self._unreachable(
+                            "QueryEvents", answer, span, partial_ok=request.return_partial_success
+                        ):
+                            if name not in unreachable:
+                                unreachable.append(name)
+                        fetch = page.add(answer)
+                    response = page.reply
                     if not response.events and not request.page_token:
                         await self._check_words(request.filter.text)
                 response.unreachable.extend(unreachable)

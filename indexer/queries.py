@@ -42,6 +42,12 @@ NO_WORDS = "has no words to search for"
 # otherwise (the gateway's and tpipe's channels among them). A page of large events
 # (metadata near its limits) is cut short of it and goes on with a next_page_token.
 MAX_REPLY_BYTES = 4 * 1024 * 1024 - 64 * 1024
+# A page is fetched in parts, so that OpenSearch never sends (nor the indexer holds) much more
+# than the reply can carry: first at most FIRST_FETCH events (the default page, in one
+# request), then as many more as the reply's room holds at the largest event seen so far.
+# Fetched whole, a page of 1,000 events near the gateway's limits (140 KB to 560 KB each)
+# would be hundreds of MB, of which 4 MiB are sent.
+FIRST_FETCH = paging.DEFAULT_PAGE_SIZE
 
 _TERMS = (
     ("user_ids", "user_id"),
@@ -159,12 +165,13 @@ def filter_query(flt: qs.EventFilter) -> dict[str, Any]:
 
 
 def search_body(request: qs.QueryEventsRequest) -> tuple[dict[str, Any], int]:
-    """The `_search` body for one page, and the page size; fetches one extra hit."""
+    """The `_search` body of a page's first fetch, and the page size; it fetches one extra
+    hit, to know whether more follow. `Page` makes the bodies of the next fetches."""
     size = paging.page_size(request.page_size)
     body: dict[str, Any] = {
         "query": filter_query(request.filter),
         "sort": SORT,
-        "size": size + 1,
+        "size": min(size, FIRST_FETCH) + 1,
         "track_total_hits": True,
     }
     if request.page_token:
@@ -172,35 +179,96 @@ def search_body(request: qs.QueryEventsRequest) -> tuple[dict[str, Any], int]:
     return body, size
 
 
+class Page:
+    """A QueryEvents page, built from the answers to `first` (from `search_body`) and to the
+    bodies `add` returns, each fetching after the last event of the one before."""
+
+    def __init__(self, first: Mapping[str, Any], *, size: int, flt: qs.EventFilter) -> None:
+        self._first = first
+        self._size = size
+        self._flt = flt
+        self._asked = int(first["size"]) - 1  # events the last fetch asked for, the extra aside
+        self._room = MAX_REPLY_BYTES
+        self._last_sort: list[Any] | None = None  # of the last event in the reply
+        self.reply = qs.QueryEventsResponse()
+        self._fetches = 0
+
+    def add(self, response: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Adds the events of the answer to the last body; returns the next body to fetch,
+        or None once `reply` is the whole page (with a next_page_token when more follow)."""
+        hits = response.get("hits", {})
+        found = hits.get("hits", [])
+        part = found[: self._asked]
+        # Dicts, which protobuf builds into messages in place (the stubs only name messages).
+        chunk = qs.QueryEventsResponse(
+            events=[documents.event_fields(hit["_source"]) for hit in part]  # type: ignore[misc]
+        )
+        self._fetches += 1
+        if self._fetches == 1:
+            self.reply.total_size = int(hits.get("total", {}).get("value", 0))
+        used = chunk.ByteSize()
+        if used > self._room:
+            kept = _fitting(chunk.events, self._room, at_least=1 if self._fetches == 1 else 0)
+            del chunk.events[kept:]
+            self._take(chunk, part[:kept])
+            self._end_with_token()
+            return None
+        self._take(chunk, part)
+        self._room -= used
+        if len(found) <= self._asked or not part:
+            return None  # nothing after these
+        wanted = self._size - len(self.reply.events)
+        if wanted > 0:
+            largest = max(event.ByteSize() for event in chunk.events) + _EVENT_OVERHEAD
+            wanted = min(wanted, self._room // largest)
+        if wanted <= 0:
+            self._end_with_token()
+            return None
+        self._asked = wanted
+        return {
+            **self._first,
+            "size": wanted + 1,
+            "search_after": self._last_sort,
+            "track_total_hits": False,  # the first fetch counted them
+        }
+
+    def _take(self, chunk: qs.QueryEventsResponse, hits: Sequence[Mapping[str, Any]]) -> None:
+        if not hits:
+            return
+        if self.reply.events:
+            self.reply.events.extend(chunk.events)
+        else:
+            total = self.reply.total_size
+            self.reply = chunk
+            self.reply.total_size = total
+        self._last_sort = list(hits[-1]["sort"])
+
+    def _end_with_token(self) -> None:
+        if self._last_sort is not None:
+            self.reply.next_page_token = paging.encode_token(self._last_sort, self._flt)
+
+
 def events_response(
     response: Mapping[str, Any], *, size: int, flt: qs.EventFilter
 ) -> qs.QueryEventsResponse:
-    """The page of events in a `_search` response made from `search_body`."""
-    hits = response.get("hits", {})
-    found = list(hits.get("hits", []))
-    page = found[:size]
-    reply = qs.QueryEventsResponse(
-        total_size=int(hits.get("total", {}).get("value", 0)),
-        # Dicts, which protobuf builds into messages in place (the stubs only name messages).
-        events=[documents.event_fields(hit["_source"]) for hit in page],  # type: ignore[misc]
-    )
-    if reply.ByteSize() > MAX_REPLY_BYTES:
-        kept = _fitting(reply.events)
-        del reply.events[kept:]
-        reply.next_page_token = paging.encode_token(list(page[kept - 1]["sort"]), flt)
-    elif len(found) > size and page:
-        reply.next_page_token = paging.encode_token(list(page[-1]["sort"]), flt)
-    return reply
+    """The page of events in one `_search` answer that fetched the whole page (`size` + 1
+    hits at most), as `Page` makes it."""
+    page = Page({"size": size + 1}, size=size, flt=flt)
+    page.add(response)
+    return page.reply
 
 
-def _fitting(events: Sequence[Any]) -> int:
-    """How many of the first `events` fit in MAX_REPLY_BYTES (one at least: an event the
-    gateway accepted is far smaller)."""
+_EVENT_OVERHEAD = 6  # an event's field key and length in the reply
+
+
+def _fitting(events: Sequence[Any], room: int, *, at_least: int) -> int:
+    """How many of the first `events` fit in `room` bytes of the reply (`at_least`, even if
+    they do not: an event the gateway accepted is far smaller than a reply)."""
     total = 0
     for count, event in enumerate(events):
-        total += event.ByteSize() + 6  # with the field's key and length
-        if total > MAX_REPLY_BYTES:
-            return max(count, 1)
+        total += event.ByteSize() + _EVENT_OVERHEAD
+        if total > room:
+            return max(count, at_least)
     return len(events)
 
 

@@ -433,3 +433,60 @@ async def test_calls_past_the_bound_are_resource_exhausted_and_the_others_answer
         search.release.set()
         await channel.close()
         await server.stop(grace_s=1)
+
+
+class StoredSearch(FakeSearch):
+    """Answers each search from `stored` (newest first) as OpenSearch would: `size` hits
+    after `search_after`; with `partial`, each call's first fetch (no `search_after`) misses
+    a shard of a red index."""
+
+    def __init__(self, stored: list[dict[str, Any]], *, partial: bool = False) -> None:
+        super().__init__()
+        self.stored = stored
+        self.partial = partial
+        self.red = ["telemetry-2026-11-20"]
+
+    async def search(self, body: dict[str, Any], *, filter_path: str = "") -> dict[str, Any]:
+        await super().search(body, filter_path=filter_path)
+        after = body.get("search_after")
+        start = 0
+        if after is not None:
+            start = next(n + 1 for n, hit in enumerate(self.stored) if hit["sort"] == after)
+        answer: dict[str, Any] = {
+            "hits": {
+                "total": {"value": len(self.stored)},
+                "hits": self.stored[start : start + body["size"]],
+            }
+        }
+        if self.partial and after is None:
+            answer["_shards"] = RED
+        return answer
+
+
+def _stored(count: int) -> list[dict[str, Any]]:
+    return [
+        {"_source": {"event_id": f"e-{n:04d}"}, "sort": [10_000 - n, f"e-{n:04d}"]}
+        for n in range(count)
+    ]
+
+
+async def test_a_large_page_is_fetched_in_parts_and_answered_whole() -> None:
+    search = StoredSearch(_stored(1500), partial=True)
+    server, channel = await _serve(search, Metrics())
+    try:
+        stub = qs_grpc.QueryServiceStub(channel)
+        page = await stub.QueryEvents(
+            qs.QueryEventsRequest(page_size=1000, return_partial_success=True)
+        )
+        code, _ = await _code(stub.QueryEvents(qs.QueryEventsRequest(page_size=1000)))
+    finally:
+        await channel.close()
+        await server.stop(grace_s=1)
+    assert [e.event.event_id for e in page.events] == [f"e-{n:04d}" for n in range(1000)]
+    assert page.total_size == 1500
+    assert paging.decode_token(page.next_page_token, qs.EventFilter()) == [9001, "e-0999"]
+    # The first fetch's missing shard is named once, though the second answered whole.
+    assert list(page.unreachable) == ["telemetry-2026-11-20"]
+    assert [body["size"] for body in search.bodies[:2]] == [51, 951]
+    # Without return_partial_success, the partial first fetch refuses the call.
+    assert code == grpc.StatusCode.UNAVAILABLE

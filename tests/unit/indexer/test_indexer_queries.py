@@ -20,11 +20,15 @@ def _filter(**fields: Any) -> qs.EventFilter:
     return qs.EventFilter(**fields)
 
 
-@pytest.mark.parametrize(("requested", "used"), [(0, 50), (1, 1), (1000, 1000), (5000, 1000)])
-def test_page_size(requested: int, used: int) -> None:
+@pytest.mark.parametrize(
+    ("requested", "used", "first_fetch"),
+    [(0, 50, 50), (1, 1, 1), (51, 51, 50), (1000, 1000, 50), (5000, 1000, 50)],
+)
+def test_page_size(requested: int, used: int, first_fetch: int) -> None:
     body, size = queries.search_body(qs.QueryEventsRequest(page_size=requested))
     assert size == used
-    assert body["size"] == used + 1  # one more, to know whether a next page exists
+    # The first fetch: at most the default page, and one more, to know whether more follow.
+    assert body["size"] == first_fetch + 1
 
 
 def test_negative_page_size_names_the_field() -> None:
@@ -411,3 +415,94 @@ def test_the_counts_say_how_far_off_they_may_be() -> None:
     )
     answer["aggregations"]["by_field"]["doc_count_error_upper_bound"] = 0
     assert queries.aggregate_response(answer).count_error_upper_bound == 0
+
+
+def _hits(first: int, count: int, *, metadata: dict[str, str] | None = None) -> list[Any]:
+    """`count` hits, newest first, event ids e-<first>... with sort values counting down."""
+    hits = []
+    for n in range(first, first + count):
+        hit = _hit(f"e-{n:04d}", 10_000 - n)
+        if metadata is not None:
+            hit["_source"] = {**hit["_source"], "metadata": metadata}
+        hits.append(hit)
+    return hits
+
+
+def _fetch_page(
+    page_size: int, stored: list[Any], *, token: str = ""
+) -> tuple[qs.QueryEventsResponse, list[dict[str, Any]]]:
+    """A page built as QueryEvents builds it, from a store holding `stored` (newest first);
+    also the bodies it fetched with."""
+    flt = _filter()
+    body, size = queries.search_body(qs.QueryEventsRequest(page_size=page_size, page_token=token))
+    page = queries.Page(body, size=size, flt=flt)
+    bodies: list[dict[str, Any]] = []
+    fetch: dict[str, Any] | None = body
+    while fetch is not None:
+        bodies.append(fetch)
+        after = fetch.get("search_after")
+        start = (
+            0
+            if after is None
+            else next(n + 1 for n, hit in enumerate(stored) if hit["sort"] == after)
+        )
+        found = stored[start : start + fetch["size"]]
+        fetch = page.add({"hits": {"total": {"value": len(stored)}, "hits": found}})
+    return page.reply, bodies
+
+
+def test_a_large_page_of_small_events_is_fetched_in_two_parts_and_whole() -> None:
+    stored = _hits(0, 1500)
+
+    reply, bodies = _fetch_page(1000, stored)
+
+    assert [body["size"] for body in bodies] == [51, 951]
+    assert bodies[1]["search_after"] == stored[49]["sort"]
+    assert bodies[1]["track_total_hits"] is False
+    assert bodies[1]["query"] == bodies[0]["query"]
+    assert [e.event.event_id for e in reply.events] == [f"e-{n:04d}" for n in range(1000)]
+    assert reply.total_size == 1500
+    assert paging.decode_token(reply.next_page_token, _filter()) == stored[999]["sort"]
+    # The next page, from that token, goes on where this one ended.
+    following, _ = _fetch_page(1000, stored, token=reply.next_page_token)
+    assert [e.event.event_id for e in following.events] == [f"e-{n:04d}" for n in range(1000, 1500)]
+    assert following.next_page_token == ""
+
+
+def test_a_large_page_of_large_events_fetches_little_more_than_the_reply_carries() -> None:
+    # Events at the gateway's limits (64 metadata values of 2,048 characters): ~140 KB each,
+    # about 28 to a reply. Fetched whole, a page of 1,000 would be 1,001 of them (~140 MB).
+    metadata = {f"key-{n:02d}": "v" * 2048 for n in range(64)}
+    stored = _hits(0, 1500, metadata=metadata)
+
+    reply, bodies = _fetch_page(1000, stored)
+
+    kept = len(reply.events)
+    assert 20 < kept < 50
+    assert reply.ByteSize() <= queries.MAX_REPLY_BYTES
+    assert sum(body["size"] for body in bodies) <= 51  # the first fetch only: the rest is full
+    assert paging.decode_token(reply.next_page_token, _filter()) == stored[kept - 1]["sort"]
+
+
+def test_a_page_whose_later_events_grow_stops_at_the_reply_limit_and_goes_on_after() -> None:
+    # 60 small events, then large ones: the second fetch asks for what fits at the size of
+    # the largest seen so far, and is cut where the reply is full.
+    metadata = {f"key-{n:02d}": "v" * 2048 for n in range(64)}
+    stored = _hits(0, 60) + _hits(60, 200, metadata=metadata)
+
+    reply, _ = _fetch_page(1000, stored)
+
+    ids = [e.event.event_id for e in reply.events]
+    assert ids == [f"e-{n:04d}" for n in range(len(ids))]
+    assert 60 < len(ids) < 100
+    assert reply.ByteSize() <= queries.MAX_REPLY_BYTES
+    assert paging.decode_token(reply.next_page_token, _filter()) == stored[len(ids) - 1]["sort"]
+    following, _ = _fetch_page(1000, stored, token=reply.next_page_token)
+    assert following.events[0].event.event_id == f"e-{len(ids):04d}"
+
+
+def test_a_page_that_ends_exactly_with_what_is_stored_has_no_token() -> None:
+    reply, bodies = _fetch_page(100, _hits(0, 100))
+    assert len(reply.events) == 100
+    assert [body["size"] for body in bodies] == [51, 51]
+    assert reply.next_page_token == ""
