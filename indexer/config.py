@@ -239,8 +239,9 @@ class Config(NatsSettings, OpenSearchSettings, TracingSettings):
     query_max_in_flight: int = setting(
         "INDEXER_QUERY_MAX_IN_FLIGHT",
         DEFAULT_QUERY_MAX_IN_FLIGHT,
-        "QueryService calls served at once; more are answered"
-        " RESOURCE_EXHAUSTED, a 429 at the gateway",
+        "QueryService calls served at once, each with a connection to OpenSearch of its own"
+        " (apart from the bulk requests'); more are answered RESOURCE_EXHAUSTED, a 429 at the"
+        " gateway",
         check=positive,
     )
     http_host: str = setting(

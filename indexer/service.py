@@ -60,6 +60,7 @@ STEP_RETRY_S = 2.0
 _STEP_ERRORS = (IndexerError, *natsconn.ERRORS)
 # Queries in flight at a stop get at most this long (of what is left of the stop).
 QUERY_STOP_GRACE_S = 5.0
+WRITE_SIDE_REQUESTS = 4  # requests of the writing side beside its bulk requests
 _STREAMS = (subjects.ENRICHED_STREAM, subjects.DLQ_STREAM)
 
 
@@ -77,13 +78,26 @@ class Indexer:
         self.metrics = metrics or Metrics()
         self._owns_tracing = tracer is None
         self.tracing = tracer or tracing.setup("indexer", config)
-        self._store = OpenSearchStore(
-            store_client(config),
-            prefix=config.index_prefix,
-            shards=config.index_shards,
-            replicas=config.index_replicas,
-            priority=config.template_priority,
-            refresh_interval=config.refresh_interval,
+        # Writes and queries each have a client, so their connections are their own: slow
+        # queries (a page of large events, an aggregation over years) never hold a bulk
+        # request waiting for a connection until it times out and intake stops as for an
+        # outage, nor do bulk requests hold queries up.
+        self._store, self._reads = (
+            OpenSearchStore(
+                store_client(config, connections=connections),
+                prefix=config.index_prefix,
+                shards=config.index_shards,
+                replicas=config.index_replicas,
+                priority=config.template_priority,
+                refresh_interval=config.refresh_interval,
+            )
+            for connections in (
+                # The bulk requests in flight, and a settling `_mget`, the retention task,
+                # the template and the readiness ping beside them.
+                max(10, config.bulk_concurrency + WRITE_SIDE_REQUESTS),
+                # A query makes one request at a time.
+                config.query_max_in_flight,
+            )
         )
         self._writer = BulkWriter(
             self._store,
@@ -97,7 +111,7 @@ class Indexer:
             tracer=self.tracing,
         )
         self._query = QueryServer(
-            self._store,
+            self._reads,
             host=config.grpc_host,
             port=config.grpc_port,
             max_in_flight=config.query_max_in_flight,
@@ -314,7 +328,7 @@ class Indexer:
         if self._nc is not None:
             await natsconn.drain(self._nc, timeout_s=deadline.left(at_least=STOP_STEP_MIN_S))
             self._nc = None
-        await self._store.close()
+        await asyncio.gather(self._store.close(), self._reads.close())
         if self._owns_tracing:
             self.tracing.shutdown()
 

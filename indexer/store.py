@@ -68,9 +68,15 @@ class OrjsonSerializer(JSONSerializer):
             raise os_errors.SerializationError(data, err) from err
 
 
-def client(settings: OpenSearchSettings) -> AsyncOpenSearch:
-    """An async client with the shared connection options and the orjson serializer."""
-    return AsyncOpenSearch(**shared_search.client_options(settings), serializer=OrjsonSerializer())
+def client(settings: OpenSearchSettings, *, connections: int = 10) -> AsyncOpenSearch:
+    """An async client with the shared connection options and the orjson serializer, keeping
+    at most `connections` open to each node (a request past them waits for one, and that
+    wait counts towards its timeout)."""
+    return AsyncOpenSearch(
+        **shared_search.client_options(settings),
+        serializer=OrjsonSerializer(),
+        maxsize=connections,
+    )
 
 
 # Whole-request answers that say the request itself is wrong. Any other 4xx (401, 403,

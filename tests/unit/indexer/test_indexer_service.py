@@ -17,6 +17,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nats.aio.msg import Msg
 from telemetry.v1 import event_pb2
+from telemetry.v1 import query_service_pb2 as qs
+from telemetry.v1 import query_service_pb2_grpc as qs_grpc
 
 from indexer import service as service_module
 from indexer.config import Config
@@ -630,3 +632,63 @@ async def test_a_stop_whose_every_step_hangs_ends_within_its_time_and_acks_nothi
     settled = [payload for subject, payload in nats.client.sent if subject == REPLY]
     assert settled == [b"-NAK"]  # given back for redelivery at once, never acked
     assert nats.client.is_closed
+
+
+async def test_queries_waiting_on_opensearch_never_hold_up_a_bulk_request() -> None:
+    # OpenSearch stood in for on a real socket: every search hangs until released, and a
+    # bulk request is answered at once. 16 queries in flight (more than a client's default
+    # 10 connections) must leave the bulk writer a connection of its own.
+    from aiohttp import web
+
+    released = asyncio.Event()
+    searches = 0
+
+    async def search(request: web.Request) -> web.Response:
+        nonlocal searches
+        searches += 1
+        await released.wait()
+        return web.json_response({"hits": {"total": {"value": 0}, "hits": []}})
+
+    async def bulk(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"errors": False, "items": [{"create": {"status": 201}}]})
+
+    app = web.Application()
+    app.router.add_post("/{indices}/_search", search)
+    app.router.add_post("/_bulk", bulk)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    service = Indexer(
+        load(
+            Config,
+            {
+                "OPENSEARCH_URL": f"http://127.0.0.1:{port}",
+                "INDEXER_GRPC_PORT": "0",
+                "INDEXER_HTTP_PORT": "0",
+                "INDEXER_QUERY_MAX_IN_FLIGHT": "16",
+            },
+        )
+    )
+    await service._query.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.grpc_port}")
+    stub = qs_grpc.QueryServiceStub(channel)
+    calls = [asyncio.ensure_future(stub.QueryEvents(qs.QueryEventsRequest())) for _ in range(16)]
+    try:
+
+        async def all_searching() -> bool:
+            return searches == 16
+
+        await until(all_searching, "were all 16 queries searching")
+        answered = await asyncio.wait_for(service._store.bulk(b'{"create":{}}\n{}\n'), 2.0)
+        assert [result.status for result in answered] == [201]
+    finally:
+        released.set()
+        await asyncio.gather(*calls, return_exceptions=True)
+        await channel.close()
+        await service._query.stop(grace_s=1)
+        await asyncio.gather(service._store.close(), service._reads.close())
+        await runner.cleanup()
+    assert all(call.result().total_size == 0 for call in calls)
