@@ -99,9 +99,14 @@ def _check_time(name: str, stamp: Timestamp) -> None:
         )
 
 
+# Every event has an id: a document without one is not ours, in an index whose name is like
+# a daily index's (`<prefix>2024-archive`, say), and is neither answered nor counted.
+_EVENTS_ONLY = {"exists": {"field": "event_id"}}
+
+
 def filter_query(flt: qs.EventFilter) -> dict[str, Any]:
-    """The bool query selecting what `flt` selects (everything when it is empty)."""
-    clauses: list[dict[str, Any]] = []
+    """The bool query selecting the events `flt` selects (all of them when it is empty)."""
+    clauses: list[dict[str, Any]] = [_EVENTS_ONLY]
     for name, field in (*_TERMS, ("device_os", "device_os")):
         values = list(getattr(flt, name))
         if len(values) > MAX_FILTER_VALUES:

@@ -188,7 +188,9 @@ class OpenSearchStore:
     @property
     def searched(self) -> str:
         """The indices queries read: the daily ones (dated 2000 to 2099) and the undated one,
-        never another `<prefix>*` index, whose mapping could fail every search."""
+        not another `<prefix>*` index, whose mapping could fail every search (one whose name
+        begins like a daily index's, `<prefix>2024-archive`, is read: the queries' filter
+        leaves out its documents, which have no event id)."""
         return f"{self._prefix}20*,{self._prefix}{UNDATED}"
 
     @property
