@@ -274,9 +274,17 @@ class QueryServicer(qs_grpc.QueryServiceServicer):
 def _status(err: Exception, *, paged: bool) -> tuple[grpc.StatusCode, str]:
     if isinstance(err, InvalidArgumentError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(err)
-    if isinstance(err, SearchLimitError):  # only a histogram can make too many buckets
+    if isinstance(err, SearchLimitError):
+        most = "" if err.most is None else f" ({err.most:,})"
+        if err.limit == SearchLimitError.CLAUSES:  # only free text makes a clause per word
+            return grpc.StatusCode.INVALID_ARGUMENT, (
+                f"filter.text: has more words than the event store searches at once{most}; "
+                "search for fewer"
+            )
+        # Only a histogram makes buckets: one per interval from the first event found to the
+        # last (or over the filter's range).
         return grpc.StatusCode.INVALID_ARGUMENT, (
-            f"interval: makes more buckets than the event store allows ({err}); "
+            f"interval: makes more buckets than the event store allows{most}; "
             "ask for a narrower time range or a coarser interval"
         )
     if isinstance(err, PartialAnswerError):

@@ -27,8 +27,18 @@ class SearchUnavailableError(IndexerError):
 
 
 class SearchLimitError(IndexerError):
-    """OpenSearch refused a search for exceeding one of its limits (too many buckets):
-    the same request will be refused again."""
+    """OpenSearch refused a search for exceeding one of its limits: the same request will be
+    refused again. `limit` says which: BUCKETS (a histogram's, `search.max_buckets`) or
+    CLAUSES (a query's, `indices.query.bool.max_clause_count`: only free text makes a clause
+    per word); `most` is the limit when OpenSearch named it."""
+
+    BUCKETS = "buckets"
+    CLAUSES = "clauses"
+
+    def __init__(self, reason: str, *, limit: str, most: int | None = None) -> None:
+        super().__init__(reason)
+        self.limit = limit
+        self.most = most
 
 
 class SearchRequestError(IndexerError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Any, TypeVar
@@ -95,15 +96,32 @@ def _causes(info: object) -> list[tuple[str, str]]:
     return out
 
 
+# The limit in OpenSearch's words: "Trying to create too many buckets. Must be less than or
+# equal to: [65535] but was [65536]. ...", "maxClauseCount is set to 1024".
+_MOST_BUCKETS = re.compile(r"less than or equal to: \[(\d+)\]")
+_MOST_CLAUSES = re.compile(r"maxClauseCount is set to (\d+)")
+
+
+def _number(pattern: re.Pattern[str], reason: str) -> int | None:
+    found = pattern.search(reason)
+    return int(found.group(1)) if found else None
+
+
 def _translate(err: Exception) -> Exception:
     if isinstance(err, os_errors.ConnectionError):  # includes timeouts
         return SearchUnavailableError(f"opensearch not reachable: {err}")
     if isinstance(err, os_errors.TransportError):
         causes = _causes(err.info)
         for kind, reason in causes:
-            # Answered 503 by OpenSearch, but asking again cannot help.
+            # Answered 503 and 400 by OpenSearch; asking again cannot help either way.
             if kind == "too_many_buckets_exception":
-                return SearchLimitError(reason)
+                return SearchLimitError(
+                    reason, limit=SearchLimitError.BUCKETS, most=_number(_MOST_BUCKETS, reason)
+                )
+            if kind in ("too_many_clauses", "too_many_nested_clauses"):
+                return SearchLimitError(
+                    reason, limit=SearchLimitError.CLAUSES, most=_number(_MOST_CLAUSES, reason)
+                )
         # The outer type alone rarely says what went wrong: the whole chain, when there is one.
         text = "; ".join(f"{k}: {r}" for k, r in causes) if len(causes) > 1 else str(err)
         status = err.status_code

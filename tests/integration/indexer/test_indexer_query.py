@@ -23,6 +23,7 @@ from opensearchpy import AsyncOpenSearch
 from telemetry.v1 import event_pb2
 from telemetry.v1 import query_service_pb2 as qs
 
+from indexer import paging
 from indexer.store import OpenSearchStore
 from tests.servers import NatsProcess
 
@@ -294,13 +295,50 @@ async def test_a_histogram_past_the_bucket_limit_is_invalid_argument_not_unavail
     details = await _invalid(
         stub.AggregateEvents(qs.AggregateEventsRequest(interval=qs.HISTOGRAM_INTERVAL_MINUTE))
     )
-    assert details.startswith("interval: ")
-    assert "narrower time range or a coarser interval" in details
+    # The limit, not the setting's name: a caller cannot change it.
+    assert details == (
+        "interval: makes more buckets than the event store allows (65,535); "
+        "ask for a narrower time range or a coarser interval"
+    )
     hourly = await stub.AggregateEvents(
         qs.AggregateEventsRequest(interval=qs.HISTOGRAM_INTERVAL_HOUR)
     )
     assert sum(b.count for b in hourly.histogram) == 2
     await channel.close()
+
+
+async def test_free_text_of_more_words_than_opensearch_searches_is_invalid_argument(
+    start_indexer: IndexerFactory, nc: Client, os_client: AsyncOpenSearch, prefix: str
+) -> None:
+    # A clause per word: past indices.query.bool.max_clause_count (lowered here, 1,024 by
+    # default) OpenSearch refuses the search with a 400, which is the caller's to change,
+    # not a page token's fault nor an internal error.
+    indexer = await start_indexer()
+    await publish_many(nc, [enriched("kept", when=BASE)], per_batch=1)
+    await wait_count(os_client, prefix, 1)
+    channel, stub = query_stub(indexer)
+    clauses = {"indices.query.bool.max_clause_count": 5}
+    await os_client.cluster.put_settings(body={"transient": clauses})
+    try:
+        words = qs.EventFilter(text="a b c d e f g h")
+        for call in (
+            stub.QueryEvents(qs.QueryEventsRequest(filter=words)),
+            stub.QueryEvents(
+                qs.QueryEventsRequest(
+                    filter=words, page_token=paging.encode_token([1, "kept"], words)
+                )
+            ),
+            stub.AggregateEvents(qs.AggregateEventsRequest(filter=words)),
+        ):
+            details = await _invalid(call)
+            assert details == (
+                "filter.text: has more words than the event store searches at once (5); "
+                "search for fewer"
+            )
+    finally:
+        reset = {"indices.query.bool.max_clause_count": None}
+        await os_client.cluster.put_settings(body={"transient": reset})
+        await channel.close()
 
 
 async def test_a_red_daily_index_is_refused_unless_partial_success_then_named(

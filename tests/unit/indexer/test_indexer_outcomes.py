@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from opensearchpy import exceptions as os_errors
 
@@ -106,24 +108,53 @@ def test_a_whole_request_refused_is_rejected_only_when_the_request_is_wrong(
     assert failure_outcome(_translate(refused)) is outcome
 
 
-def test_too_many_buckets_is_a_limit_and_causes_reach_the_message() -> None:
-    # OpenSearch 2.19's answer to a histogram past search.max_buckets (a 503).
+def _search_failed(status: int, cause: dict[str, Any]) -> os_errors.TransportError:
+    """OpenSearch 2.19's answer to a search that failed on every shard for `cause`."""
     info = {
-        "error": {
-            "type": "search_phase_execution_exception",
-            "reason": "",
-            "caused_by": {"type": "too_many_buckets_exception", "reason": "Trying to create"},
-        },
-        "status": 503,
+        "error": {"type": "search_phase_execution_exception", "reason": "", "caused_by": cause},
+        "status": status,
     }
-    limit = _translate(os_errors.TransportError(503, "search_phase_execution_exception", info))
-    assert isinstance(limit, SearchLimitError)
-    assert str(limit) == "Trying to create"
+    return os_errors.TransportError(status, "search_phase_execution_exception", info)
 
-    info["error"]["caused_by"] = {"type": "node_closed_exception", "reason": "node closed"}  # type: ignore[index]
-    down = _translate(os_errors.TransportError(503, "search_phase_execution_exception", info))
+
+def test_too_many_buckets_is_a_limit_and_causes_reach_the_message() -> None:
+    # A histogram past search.max_buckets (a 503).
+    limit = _translate(
+        _search_failed(
+            503,
+            {
+                "type": "too_many_buckets_exception",
+                "reason": "Trying to create too many buckets. Must be less than or equal to: "
+                "[65535] but was [65536]. This limit can be set by changing the "
+                "[search.max_buckets] cluster level setting.",
+            },
+        )
+    )
+    assert isinstance(limit, SearchLimitError)
+    assert (limit.limit, limit.most) == (SearchLimitError.BUCKETS, 65535)
+    assert str(limit).startswith("Trying to create too many buckets")
+
+    down = _translate(
+        _search_failed(503, {"type": "node_closed_exception", "reason": "node closed"})
+    )
     assert isinstance(down, SearchUnavailableError)
     assert "node_closed_exception: node closed" in str(down)
+
+
+def test_too_many_clauses_is_a_limit_not_a_malformed_request() -> None:
+    # Free text of more words than max_clause_count (a 400).
+    limit = _translate(
+        _search_failed(
+            400,
+            {
+                "type": "query_shard_exception",
+                "reason": "failed to create query: maxClauseCount is set to 5",
+                "caused_by": {"type": "too_many_clauses", "reason": "maxClauseCount is set to 5"},
+            },
+        )
+    )
+    assert isinstance(limit, SearchLimitError)
+    assert (limit.limit, limit.most) == (SearchLimitError.CLAUSES, 5)
 
 
 def test_a_retryable_answer_keeps_its_status_and_no_answer_has_none() -> None:
