@@ -278,8 +278,10 @@ def _query_errors() -> dict[str, Any]:
         ),
         "500": _error("the query service failed (INTERNAL, UNKNOWN or DATA_LOSS)"),
         "503": _error(
-            "the query service is unavailable, or part of the event store did not answer "
-            "(the message names it; return_partial_success=true accepts what the rest holds)",
+            "the query service is unavailable (`the query service is unavailable`: the gateway"
+            " cannot reach it), or the event store behind it is (the query service's message),"
+            " or part of the event store did not answer (the message names it;"
+            " return_partial_success=true accepts what the rest holds)",
             retry=True,
         ),
         "504": _error("the query service missed its deadline"),

@@ -14,7 +14,12 @@ from telemetry.v1 import event_pb2, query_service_pb2, query_service_pb2_grpc
 
 from gateway.errors import InvalidRequest, Unavailable, UpstreamError
 from pipeline import rfc3339, tracing
-from pipeline.query_names import GROUP_BY, INTERVALS, PARTIAL_ANSWER_TRAILER
+from pipeline.query_names import (
+    GROUP_BY,
+    INTERVALS,
+    PARTIAL_ANSWER_TRAILER,
+    STORE_UNAVAILABLE_TRAILER,
+)
 
 SERVICE = "telemetry.v1.QueryService"
 
@@ -287,9 +292,13 @@ def _trace_metadata() -> tuple[tuple[str, str], ...] | None:
 def _translate(err: grpc.aio.AioRpcError) -> Exception:
     code = err.code()
     if code == grpc.StatusCode.UNAVAILABLE:
-        if (PARTIAL_ANSWER_TRAILER, "refused") in tuple(err.trailing_metadata() or ()):
+        trailers, details = tuple(err.trailing_metadata() or ()), err.details() or ""
+        if (PARTIAL_ANSWER_TRAILER, "refused") in trailers:
             # Its details name the indices that did not answer and what the caller can do.
-            return Unavailable(_partial_details(err.details() or ""))
+            return Unavailable(_partial_details(details))
+        if (STORE_UNAVAILABLE_TRAILER, "unavailable") in trailers and details:
+            return Unavailable(details)  # the QueryService's own words: try again later
+        # No QueryService answered: the channel's details describe this gateway's network.
         return Unavailable("the query service is unavailable")
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return UpstreamError(code, http_names(err.details() or ""))

@@ -27,7 +27,7 @@ from indexer.errors import (
 )
 from indexer.metrics import Metrics
 from pipeline import grpcserver, tracing
-from pipeline.query_names import PARTIAL_ANSWER_TRAILER
+from pipeline.query_names import PARTIAL_ANSWER_TRAILER, STORE_UNAVAILABLE_TRAILER
 
 log = logging.getLogger(__name__)
 
@@ -306,9 +306,12 @@ def _status(err: Exception, *, paged: bool) -> tuple[grpc.StatusCode, str]:
 
 
 def _trailers(err: Exception) -> tuple[tuple[str, str], ...]:
-    """Marks a refused partial answer, so the gateway may pass its details on."""
+    """Marks a refused partial answer and an unanswering event store, so the gateway may
+    pass their details on (a channel failure's it keeps to itself)."""
     if isinstance(err, PartialAnswerError):
         return ((PARTIAL_ANSWER_TRAILER, "refused"),)
+    if isinstance(err, SearchUnavailableError):
+        return ((STORE_UNAVAILABLE_TRAILER, "unavailable"),)
     return ()
 
 

@@ -29,3 +29,8 @@ INTERVALS: dict[str, query_service_pb2.HistogramInterval.ValueType] = {
 # did not answer and the caller did not set return_partial_success: its details are meant for
 # the caller (which indices, what to do), unlike those of a transport failure.
 PARTIAL_ANSWER_TRAILER = "telemetry-partial-answer"
+
+# Trailing metadata on the UNAVAILABLE a QueryService answers when the event store did not
+# answer at all: its details too are meant for the caller (try again later), unlike those of a
+# channel that reached no QueryService ("failed to connect to all addresses; ...").
+STORE_UNAVAILABLE_TRAILER = "telemetry-event-store"

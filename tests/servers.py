@@ -4,10 +4,13 @@ OpenSearch is shared (the test profile's, see `make test`); tests isolate themse
 there with unique index prefixes. NATS starts in milliseconds, so a test that needs
 JetStream to itself gets its own server on a free port, with its store on disk so a
 restart keeps the data.
+
+A fake QueryService runs in-process, on a loopback port of its own (`serving_query`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,8 +18,12 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+
+import grpc
+from telemetry.v1 import query_service_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 15.0
@@ -51,6 +58,21 @@ def free_port() -> int:
         if port not in _HANDED_OUT:
             _HANDED_OUT.add(port)
             return port
+
+
+@contextlib.asynccontextmanager
+async def serving_query(
+    servicer: query_service_pb2_grpc.QueryServiceServicer,
+) -> AsyncIterator[int]:
+    """`servicer` answering QueryService calls on a free loopback port, which it yields."""
+    server = grpc.aio.server()
+    query_service_pb2_grpc.add_QueryServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield port
+    finally:
+        await server.stop(None)
 
 
 class NatsProcess:

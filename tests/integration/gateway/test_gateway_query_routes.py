@@ -16,7 +16,7 @@ from gateway import Gateway
 from pipeline.query_names import PARTIAL_ANSWER_TRAILER
 from tests.integration.gateway.conftest import READ_KEY, WRITE_KEY, gateway_config, wait_ready
 from tests.integration.gateway.samples import SAMPLE_EVENTS
-from tests.servers import NatsProcess, free_port
+from tests.servers import NatsProcess, free_port, serving_query
 
 pytestmark = pytest.mark.integration
 
@@ -88,12 +88,8 @@ class FakeQueryService(query_service_pb2_grpc.QueryServiceServicer):
 @pytest.fixture
 async def fake_query() -> AsyncIterator[tuple[FakeQueryService, int]]:
     servicer = FakeQueryService()
-    server = grpc.aio.server()
-    query_service_pb2_grpc.add_QueryServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    yield servicer, port
-    await server.stop(None)
+    async with serving_query(servicer) as port:
+        yield servicer, port
 
 
 @pytest.fixture

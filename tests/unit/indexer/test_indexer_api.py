@@ -17,6 +17,7 @@ from indexer import paging
 from indexer.api import QueryServer
 from indexer.errors import SearchRequestError, SearchUnavailableError
 from indexer.metrics import Metrics
+from pipeline.query_names import STORE_UNAVAILABLE_TRAILER
 
 
 class FakeSearch:
@@ -82,6 +83,23 @@ async def test_unavailable_store_is_unavailable(
     assert code == grpc.StatusCode.UNAVAILABLE
     code, _ = await _code(stub.AggregateEvents(qs.AggregateEventsRequest()))
     assert code == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_an_unavailable_store_is_marked_so_its_details_may_reach_callers(
+    served: tuple[FakeSearch, qs_grpc.QueryServiceAsyncStub],
+) -> None:
+    # The gateway passes the details of a marked UNAVAILABLE on; the store's cause stays here.
+    search, stub = served
+    search.error = SearchUnavailableError("connection refused to 10.0.0.7:9200")
+    for call in (
+        stub.QueryEvents(qs.QueryEventsRequest()),
+        stub.AggregateEvents(qs.AggregateEventsRequest()),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.details() == "the event store is unavailable; try again later"
+        trailers = dict(caught.value.trailing_metadata() or ())
+        assert trailers.get(STORE_UNAVAILABLE_TRAILER) == "unavailable"
 
 
 async def test_invalid_arguments_never_reach_the_store(
