@@ -59,16 +59,18 @@ AGGREGATE_PARAMS = (
     *("start", "end", "q", "group_by", "interval", "limit", _PARTIAL),
 )
 MAX_PARAM_CHARS = 1024
+# The QueryService's bound on filter.text (query_service.proto), said in its words.
+MAX_TEXT_CHARS = 1000
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
-def _one(params: Params, name: str) -> str:
+def _one(params: Params, name: str, *, max_chars: int = MAX_PARAM_CHARS) -> str:
     values = params.getlist(name)
     if len(values) > 1:
-        raise InvalidRequest(f"{name} may be given once")
+        raise InvalidRequest(f"{name}: may be given once")
     value = values[0] if values else ""
-    if len(value) > MAX_PARAM_CHARS:
-        raise InvalidRequest(f"{name} is longer than {MAX_PARAM_CHARS} characters")
+    if len(value) > max_chars:
+        raise InvalidRequest(f"{name}: is longer than {max_chars} characters")
     return value
 
 
@@ -77,17 +79,17 @@ def _int(params: Params, name: str) -> int:
     if not text:
         return 0
     if _INTEGER.fullmatch(text) is None:  # int() would also take "1_0" and non-ASCII digits
-        raise InvalidRequest(f"{name} must be an integer")
+        raise InvalidRequest(f"{name}: must be an integer")
     # Past int32 is clamped like any value past the maximum (the sign still decides).
     return max(-(2**31), min(int(text), 2**31 - 1))
 
 
-def _present(params: Params, name: str) -> str:
+def _present(params: Params, name: str, *, max_chars: int = MAX_PARAM_CHARS) -> str:
     """`name`'s value; "" when it is not given. Given empty, it is refused: dropped, it would
     widen the query (a client with an unset variable reading every event)."""
-    text = _one(params, name)
+    text = _one(params, name, max_chars=max_chars)
     if not text and params.getlist(name):
-        raise InvalidRequest(f"{name} is empty: leave it out to match any event")
+        raise InvalidRequest(f"{name}: is empty: leave it out to match any event")
     return text
 
 
@@ -98,13 +100,13 @@ def _time(params: Params, name: str) -> Timestamp | None:
     parsed = rfc3339.parse(text)
     if parsed is None:
         if rfc3339.out_of_range(text):
-            raise InvalidRequest(f"{name} {rfc3339.OUT_OF_RANGE}")
+            raise InvalidRequest(f"{name}: {rfc3339.OUT_OF_RANGE}")
         hint = (
             " (a '+' in a URL must be sent as %2B)"
             if " " in text
             else " with its offset, such as 2026-11-27T08:00:00Z (no ages such as 1h here)"
         )
-        raise InvalidRequest(f"{name} is not an RFC 3339 date-time{hint}")
+        raise InvalidRequest(f"{name}: is not an RFC 3339 date-time{hint}")
     return Timestamp(seconds=parsed[0], nanos=parsed[1])
 
 
@@ -115,9 +117,9 @@ def _filter(params: Params) -> query_service_pb2.EventFilter:
         if not all(values):
             # Dropped, it would match every event: a client with an unset variable would
             # read everyone's.
-            raise InvalidRequest(f"{param} is empty: leave it out to match any value")
+            raise InvalidRequest(f"{param}: is empty: leave it out to match any value")
         if any(len(v) > MAX_PARAM_CHARS for v in values):
-            raise InvalidRequest(f"{param} is longer than {MAX_PARAM_CHARS} characters")
+            raise InvalidRequest(f"{param}: is longer than {MAX_PARAM_CHARS} characters")
         if values:
             fields[field] = values
     start, end = _time(params, "start"), _time(params, "end")
@@ -125,7 +127,7 @@ def _filter(params: Params) -> query_service_pb2.EventFilter:
         fields["start_time"] = start
     if end is not None:
         fields["end_time"] = end
-    text = _present(params, "q")
+    text = _present(params, "q", max_chars=MAX_TEXT_CHARS)
     if text:
         fields["text"] = text
     return query_service_pb2.EventFilter(**fields)
@@ -134,7 +136,7 @@ def _filter(params: Params) -> query_service_pb2.EventFilter:
 def _flag(params: Params, name: str) -> bool:
     text = _one(params, name)
     if text not in ("", "true", "false"):
-        raise InvalidRequest(f"{name} must be true or false")
+        raise InvalidRequest(f"{name}: must be true or false")
     return text == "true"
 
 
@@ -143,7 +145,7 @@ def _choice(params: Params, name: str, choices: dict[str, Any]) -> Any:
     if not text:
         return 0
     if text not in choices:
-        raise InvalidRequest(f"{name} must be one of {', '.join(choices)}")
+        raise InvalidRequest(f"{name}: must be one of {', '.join(choices)}")
     return choices[text]
 
 

@@ -24,9 +24,9 @@ def test_page_size_is_an_ascii_integer_clamped_to_int32(text: str, size: int) ->
 
 @pytest.mark.parametrize("text", ["ten", "1_0", "\u0661\u0660", "1.5", " 10", "0x10", "1e3"])
 def test_anything_but_ascii_digits_is_not_an_integer(text: str) -> None:
-    with pytest.raises(InvalidRequest, match="page_size must be an integer"):
+    with pytest.raises(InvalidRequest, match=r"^page_size: must be an integer$"):
         events_request(QueryParams({"page_size": text}))
-    with pytest.raises(InvalidRequest, match="limit must be an integer"):
+    with pytest.raises(InvalidRequest, match=r"^limit: must be an integer$"):
         aggregate_request(QueryParams({"group_by": "event_name", "limit": text}))
 
 
@@ -44,6 +44,47 @@ def test_an_unencoded_plus_in_a_time_gets_a_hint() -> None:
 def test_a_time_without_offset_or_an_age_says_what_is_wanted(text: str) -> None:
     with pytest.raises(InvalidRequest, match=r"with its offset, such as \S+ \(no ages"):
         events_request(QueryParams({"end": text}))
+
+
+@pytest.mark.parametrize("length", [1001, 1024, 1025, 5000])
+def test_a_q_longer_than_the_query_services_1000_characters_says_1000(length: int) -> None:
+    # The other parameters' cap is 1,024; q's is the QueryService's, whatever the length.
+    for request in (events_request, aggregate_request):
+        with pytest.raises(InvalidRequest, match=r"^q: is longer than 1000 characters$"):
+            request(QueryParams({"q": "a" * length}))
+    assert events_request(QueryParams({"q": "a" * 1000})).filter.text == "a" * 1000
+    with pytest.raises(InvalidRequest, match=r"^user_id: is longer than 1024 characters$"):
+        events_request(QueryParams({"user_id": "u" * 1025}))
+    assert list(events_request(QueryParams({"user_id": "u" * 1024})).filter.user_ids)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "page_size=ten",
+        "page_size=1&page_size=2",
+        "start=yesterday",
+        "end=9999-12-31T23:59:59-01:00",
+        "user_id=",
+        "q=",
+        "return_partial_success=yes",
+        "page_token=" + "t" * 1025,
+    ],
+)
+def test_the_gateways_own_parameter_errors_begin_with_the_parameters_name(query: str) -> None:
+    # As the QueryService's do (`page_size: must not be negative`).
+    name = query.split("=", 1)[0]
+    with pytest.raises(InvalidRequest, match=f"^{name}: "):
+        events_request(QueryParams(query))
+
+
+@pytest.mark.parametrize("query", ["group_by=colour", "interval=week", "limit=1.5"])
+def test_the_aggregate_routes_own_parameter_errors_begin_with_the_parameters_name(
+    query: str,
+) -> None:
+    name = query.split("=", 1)[0]
+    with pytest.raises(InvalidRequest, match=f"^{name}: "):
+        aggregate_request(QueryParams(query))
 
 
 @pytest.mark.parametrize("query", ["user_id=%FF", "user_id=caf%C3", "%FF=1"])
@@ -129,7 +170,7 @@ async def test_an_empty_filter_value_is_refused_not_taken_as_any(
     answer = await client.get(f"/v1/events?{query}", headers={"X-Api-Key": READ_KEY})
 
     assert answer.status_code == 400
-    assert "is empty: leave it out to match any value" in answer.json()["message"]
+    assert ": is empty: leave it out to match any value" in answer.json()["message"]
 
 
 @pytest.mark.parametrize("query", ["start=", "end=", "start=2026-01-01T00:00:00Z&end=", "q="])
@@ -141,7 +182,7 @@ async def test_an_empty_time_or_text_is_refused_not_taken_as_unbounded(
         answer = await client.get(f"{route}?{query}", headers={"X-Api-Key": READ_KEY})
 
         assert answer.status_code == 400, route
-        assert "is empty: leave it out to match any event" in answer.json()["message"]
+        assert ": is empty: leave it out to match any event" in answer.json()["message"]
 
 
 def test_a_clock_status_this_gateway_does_not_know_is_its_number() -> None:
@@ -188,7 +229,7 @@ def test_query_service_field_names_become_the_query_parameters(details: str, sho
     [("start=9999-12-31T23:59:59-01:00", "start"), ("end=0001-01-01T00:00:00%2B00:01", "end")],
 )
 def test_a_time_outside_the_years_1_to_9999_in_utc_says_so(query: str, name: str) -> None:
-    message = f"^{name} is out of range: it lies outside the years 0001-9999 in UTC$"
+    message = f"^{name}: is out of range: it lies outside the years 0001-9999 in UTC$"
     with pytest.raises(InvalidRequest, match=message):
         events_request(QueryParams(query))
     with pytest.raises(InvalidRequest, match=message):
@@ -199,6 +240,6 @@ def test_a_time_in_year_0000_is_judged_in_utc() -> None:
     request = events_request(QueryParams("start=0000-12-31T23:30:00-01:00"))
     assert request.filter.start_time.ToJsonString() == "0001-01-01T00:30:00Z"
 
-    message = "^end is out of range: it lies outside the years 0001-9999 in UTC$"
+    message = "^end: is out of range: it lies outside the years 0001-9999 in UTC$"
     with pytest.raises(InvalidRequest, match=message):
         events_request(QueryParams("end=0000-12-31T23:30:00%2B01:00"))
