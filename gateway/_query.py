@@ -62,6 +62,9 @@ MAX_PARAM_CHARS = 1024
 # The QueryService's bound on filter.text (query_service.proto), said in its words.
 MAX_TEXT_CHARS = 1000
 _INTEGER = re.compile(r"[+-]?[0-9]+")
+# A time whose offset's '+' arrived as a space ("...T10:00:00 02:00"): sent unencoded, a '+'
+# in a query string means a space.
+_PLUS_AS_SPACE = re.compile(r".*[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)? [0-9]{2}:[0-9]{2}")
 
 
 def _one(params: Params, name: str, *, max_chars: int = MAX_PARAM_CHARS) -> str:
@@ -103,7 +106,7 @@ def _time(params: Params, name: str) -> Timestamp | None:
             raise InvalidRequest(f"{name}: {rfc3339.OUT_OF_RANGE}")
         hint = (
             " (a '+' in a URL must be sent as %2B)"
-            if " " in text
+            if _PLUS_AS_SPACE.fullmatch(text)
             else " with its offset, such as 2026-11-27T08:00:00Z (no ages such as 1h here)"
         )
         raise InvalidRequest(f"{name}: is not an RFC 3339 date-time{hint}")

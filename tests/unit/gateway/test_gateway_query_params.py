@@ -40,6 +40,34 @@ def test_an_unencoded_plus_in_a_time_gets_a_hint() -> None:
     assert encoded.filter.start_time.seconds == 1704060000
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        "start=2024-01-01T00:00:00.250+02:00",
+        "start=2024-01-01 00:00:00+02:00",  # a space for the T too: the '+' is still wanted
+    ],
+)
+def test_any_time_whose_offset_begins_with_a_space_gets_the_hint(query: str) -> None:
+    with pytest.raises(InvalidRequest, match=r"must be sent as %2B"):
+        events_request(QueryParams(query))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-11-27 00:00:00Z",
+        " 2026-11-27T00:00:00Z",
+        "2026-11-27T00:00:00Z ",
+        "2026-11-27T00:00:00 Z",
+        "2026-11-27T00:00:00 -02:00",
+    ],
+)
+def test_a_time_with_a_space_where_no_plus_was_gets_no_plus_hint(text: str) -> None:
+    with pytest.raises(InvalidRequest, match=r"with its offset, such as \S+ \(no ages") as caught:
+        events_request(QueryParams({"start": text}))
+    assert "%2B" not in str(caught.value)
+
+
 @pytest.mark.parametrize("text", ["2024-01-01T00:00:00", "1h", "yesterday"])
 def test_a_time_without_offset_or_an_age_says_what_is_wanted(text: str) -> None:
     with pytest.raises(InvalidRequest, match=r"with its offset, such as \S+ \(no ages"):
