@@ -343,5 +343,8 @@ def build_app(
         ],
         exception_handlers={HTTPException: no_route},
     )
+    # `/v1/events/` is a path that does not exist (a 404 in the usual shape), not a redirect:
+    # one would come before the key check and name http:// behind a TLS proxy.
+    app.router.redirect_slashes = False
     paths = frozenset(route.path for route in app.routes if isinstance(route, Route))
     return _RequestIds(app, metrics=metrics, routes=paths)

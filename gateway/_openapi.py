@@ -316,7 +316,8 @@ _REQUEST_ID_HEADER = {
 _DESCRIPTION = (
     "Every answer, error or not, carries `X-Request-Id`. Errors are JSON "
     '`{"code", "message"}` with a Connect/gRPC code name, also for a path that does not exist '
-    "(404, `not_found`) and a method a path does not take (405, `unimplemented`, with `Allow`)."
+    "(404, `not_found`; a trailing slash, `/v1/events/`, makes another path, never a redirect)"
+    " and a method a path does not take (405, `unimplemented`, with `Allow`)."
 )
 
 

@@ -161,6 +161,21 @@ async def test_unknown_paths_are_404_and_counted_as_other(client: httpx.AsyncCli
     assert 'gateway_http_requests_total{route="other",status="404"} 1.0' in metrics
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/v1/events/"), ("GET", "/v1/events/aggregate/"), ("POST", "/v1/track/")],
+)
+async def test_a_trailing_slash_is_a_404_in_the_error_shape_not_a_redirect(
+    client: httpx.AsyncClient, method: str, path: str
+) -> None:
+    # A redirect would come before the key check and name http:// behind a TLS proxy.
+    response = await client.request(method, path, content=ONE, headers=AUTH)
+
+    assert response.status_code == 404
+    assert "location" not in response.headers
+    assert response.json() == {"code": "not_found", "message": f"no such route: {path}"}
+
+
 async def test_a_wrong_method_is_405_naming_the_allowed_one(client: httpx.AsyncClient) -> None:
     response = await client.get("/v1/track")
 
