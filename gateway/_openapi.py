@@ -292,7 +292,8 @@ _PARTIAL_PARAM = _param(
     "return_partial_success",
     {"type": "boolean", "default": False},
     "true: when part of the event store does not answer, answer from the rest and name the "
-    "missing daily indices in `unreachable`; false: answer 503 instead",
+    "missing daily indices in `unreachable`; false (or absent; empty is a 400): answer 503 "
+    "instead",
 )
 
 
@@ -438,15 +439,15 @@ def document() -> dict[str, Any]:
                                 "page_size",
                                 {"type": "integer"},
                                 "the most events in the page: absent or 0 means 50, more than "
-                                "1000 is taken as 1000, a negative number is a 400; a page too "
-                                "large for one 4 MiB gRPC message holds fewer",
+                                "1000 is taken as 1000, a negative number or an empty value is a "
+                                "400; a page too large for one 4 MiB gRPC message holds fewer",
                             ),
                             _param(
                                 "page_token",
                                 {"type": "string"},
                                 "the next_page_token of the page before, for the next one; "
-                                "absent for the first page; a token that is not one, or that "
-                                "was made for other filter parameters, is a 400",
+                                "absent for the first page (empty is a 400); a token that is not "
+                                "one, or that was made for other filter parameters, is a 400",
                             ),
                             _PARTIAL_PARAM,
                         ],
@@ -469,7 +470,7 @@ def document() -> dict[str, Any]:
                                 "group_by",
                                 {"type": "string", "enum": list(GROUP_BY)},
                                 "the field to count events by, in `counts`; absent for no "
-                                "counts by field",
+                                "counts by field (empty is a 400)",
                             ),
                             _param(
                                 "interval",
@@ -477,14 +478,14 @@ def document() -> dict[str, Any]:
                                 "the width of the `histogram` buckets over the corrected "
                                 "timestamp: UTC minutes, hours or days, whatever the offset of "
                                 "start and end (a day starts at 00:00 UTC); absent for no "
-                                "histogram",
+                                "histogram (empty is a 400)",
                             ),
                             _param(
                                 "limit",
                                 {"type": "integer"},
                                 "how many of the most frequent values of group_by `counts` lists: "
                                 "absent or 0 means 10, more than 1000 is taken as 1000, a "
-                                "negative number is a 400",
+                                "negative number or an empty value is a 400",
                             ),
                             _PARTIAL_PARAM,
                         ],

@@ -67,14 +67,34 @@ _INTEGER = re.compile(r"[+-]?[0-9]+")
 _PLUS_AS_SPACE = re.compile(r".*[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)? [0-9]{2}:[0-9]{2}")
 
 
+# What leaving each parameter that comes once out means, said when it is given empty.
+_LEFT_OUT = {
+    "start": "to match any event",
+    "end": "to match any event",
+    "q": "to match any event",
+    "page_size": "for the default page size",
+    "page_token": "for the first page",
+    "group_by": "for no counts by field",
+    "interval": "for no histogram",
+    "limit": "for the default number of values",
+    _PARTIAL: "for false",
+}
+
+
 def _one(params: Params, name: str, *, max_chars: int = MAX_PARAM_CHARS) -> str:
+    """`name`'s value; "" when it is not given. Given empty, it is refused, as a filter value
+    is: `page_size=$SIZE` with SIZE unset is a client's mistake, and taken as absent it would
+    go unseen (with start, end or q, it would widen the query to every event)."""
     values = params.getlist(name)
     if len(values) > 1:
         raise InvalidRequest(f"{name}: may be given once")
-    value = values[0] if values else ""
-    if len(value) > max_chars:
+    if not values:
+        return ""
+    if not values[0]:
+        raise InvalidRequest(f"{name}: is empty: leave it out {_LEFT_OUT[name]}")
+    if len(values[0]) > max_chars:
         raise InvalidRequest(f"{name}: is longer than {max_chars} characters")
-    return value
+    return values[0]
 
 
 def _int(params: Params, name: str) -> int:
@@ -87,17 +107,8 @@ def _int(params: Params, name: str) -> int:
     return max(-(2**31), min(int(text), 2**31 - 1))
 
 
-def _present(params: Params, name: str, *, max_chars: int = MAX_PARAM_CHARS) -> str:
-    """`name`'s value; "" when it is not given. Given empty, it is refused: dropped, it would
-    widen the query (a client with an unset variable reading every event)."""
-    text = _one(params, name, max_chars=max_chars)
-    if not text and params.getlist(name):
-        raise InvalidRequest(f"{name}: is empty: leave it out to match any event")
-    return text
-
-
 def _time(params: Params, name: str) -> Timestamp | None:
-    text = _present(params, name)
+    text = _one(params, name)
     if not text:
         return None
     parsed = rfc3339.parse(text)
@@ -130,7 +141,7 @@ def _filter(params: Params) -> query_service_pb2.EventFilter:
         fields["start_time"] = start
     if end is not None:
         fields["end_time"] = end
-    text = _present(params, "q", max_chars=MAX_TEXT_CHARS)
+    text = _one(params, "q", max_chars=MAX_TEXT_CHARS)
     if text:
         fields["text"] = text
     return query_service_pb2.EventFilter(**fields)
@@ -138,7 +149,7 @@ def _filter(params: Params) -> query_service_pb2.EventFilter:
 
 def _flag(params: Params, name: str) -> bool:
     text = _one(params, name)
-    if text not in ("", "true", "false"):
+    if text not in ("", "true", "false"):  # "": not given
         raise InvalidRequest(f"{name}: must be true or false")
     return text == "true"
 

@@ -213,6 +213,29 @@ async def test_an_empty_time_or_text_is_refused_not_taken_as_unbounded(
         assert ": is empty: leave it out to match any event" in answer.json()["message"]
 
 
+@pytest.mark.parametrize(
+    ("route", "query", "left_out"),
+    [
+        ("/v1/events", "page_size=", "for the default page size"),
+        ("/v1/events", "page_token", "for the first page"),
+        ("/v1/events", "return_partial_success=", "for false"),
+        ("/v1/events/aggregate", "limit=", "for the default number of values"),
+        ("/v1/events/aggregate", "group_by=", "for no counts by field"),
+        ("/v1/events/aggregate", "interval=", "for no histogram"),
+        ("/v1/events/aggregate", "return_partial_success=", "for false"),
+    ],
+)
+async def test_an_empty_paging_or_aggregation_parameter_is_refused_not_taken_as_absent(
+    client: httpx.AsyncClient, route: str, query: str, left_out: str
+) -> None:
+    # `page_size=$SIZE` with SIZE unset: taken as absent, the mistake would go unseen.
+    answer = await client.get(f"{route}?{query}", headers={"X-Api-Key": READ_KEY})
+
+    assert answer.status_code == 400
+    name = query.split("=", 1)[0]
+    assert answer.json()["message"] == f"{name}: is empty: leave it out {left_out}"
+
+
 def test_a_clock_status_this_gateway_does_not_know_is_its_number() -> None:
     # An enricher newer than the gateway; the page must not fail for it.
     known = event_pb2.EnrichedEvent(clock_status=event_pb2.CLOCK_STATUS_CORRECTED)
