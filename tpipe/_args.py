@@ -211,8 +211,9 @@ def build_filter(args: argparse.Namespace, *, now: datetime) -> query_service_pb
         getattr(flt, field).extend(values)
     since = parse_time(args.since, now=now) if args.since is not None else None
     until = parse_time(args.until, now=now) if args.until is not None else None
-    if since is not None and until is not None and since.ToNanoseconds() >= until.ToNanoseconds():
-        raise UsageError("--since must be before --until")
+    # Equal bounds are an empty range, [since, until), answered with no events as the API does.
+    if since is not None and until is not None and since.ToNanoseconds() > until.ToNanoseconds():
+        raise UsageError("--since must not be after --until")
     if since is not None:
         flt.start_time.CopyFrom(since)
     if until is not None:

@@ -55,8 +55,17 @@ def test_no_options_is_an_empty_filter() -> None:
 
 
 def test_since_after_until_is_refused() -> None:
-    with pytest.raises(UsageError, match="--since must be before --until"):
+    with pytest.raises(UsageError, match=r"^--since must not be after --until$"):
         build_filter(filter_args("--since", "1h", "--until", "2h"), now=NOW)
+
+
+def test_since_equal_to_until_is_the_empty_range_the_api_takes() -> None:
+    at = "2026-11-27T00:00:00Z"
+
+    flt = build_filter(filter_args("--since", at, "--until", at), now=NOW)
+
+    assert flt.start_time == flt.end_time
+    assert flt.start_time.ToJsonString() == at
 
 
 def test_a_range_ending_at_a_leap_second_ends_where_the_gateway_puts_it() -> None:
