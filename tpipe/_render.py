@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -80,15 +81,43 @@ def _cell(event: event_pb2.EnrichedEvent, key: str) -> str:
     return value
 
 
+def _char_width(char: str) -> int:
+    """Columns a terminal gives `char`: 2 for East Asian wide and fullwidth characters, 0 for
+    a combining mark (it sits on the character before), else 1."""
+    if unicodedata.combining(char):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+
+
+def display_width(text: str) -> int:
+    """Columns `text` takes in a terminal, which `len` miscounts for `ユーザー` (8, not 4)."""
+    return sum(_char_width(char) for char in text)
+
+
+def _pad(text: str, width: int) -> str:
+    """`text` with spaces after it to fill `width` columns (ljust counts characters)."""
+    return text + " " * (width - display_width(text))
+
+
 def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+    """`text` in at most `width` columns: cut with … when it takes more."""
+    if display_width(text) <= width:
+        return text
+    kept, used = [], 1  # the … takes one column
+    for char in text:
+        used += _char_width(char)
+        if used > width:
+            break
+        kept.append(char)
+    return "".join(kept) + "…"
 
 
 def table(events: Sequence[event_pb2.EnrichedEvent]) -> list[str]:
     """Events as an aligned text table: a header line, then one line per event.
 
     Long cells are clipped (with …) except the event id, which stays whole so it can be
-    copied; columns empty in every row are left out.
+    copied; columns empty in every row are left out. Widths are terminal columns, so wide
+    characters (`ユーザー`) keep the columns aligned.
     """
     rows = [[_cell(event, key) for _, key in _COLUMNS] for event in events]
     keep = [
@@ -101,9 +130,9 @@ def table(events: Sequence[event_pb2.EnrichedEvent]) -> list[str]:
         [row[i] if _COLUMNS[i][1] == "event_id" else _clip(row[i], MAX_CELL) for i in keep]
         for row in rows
     ]
-    widths = [max(len(line[j]) for line in [header, *body]) for j in range(len(keep))]
+    widths = [max(display_width(line[j]) for line in [header, *body]) for j in range(len(keep))]
     return [
-        "  ".join(cell.ljust(widths[j]) for j, cell in enumerate(line)).rstrip()
+        "  ".join(_pad(cell, widths[j]) for j, cell in enumerate(line)).rstrip()
         for line in [header, *body]
     ]
 
@@ -114,14 +143,14 @@ def bars(items: Iterable[tuple[str, int]], *, width: int = BAR_WIDTH) -> list[st
     if not pairs:
         return []
     top = max(count for _, count in pairs) or 1
-    label_w = max(len(label) for label, _ in pairs)
+    label_w = max(display_width(label) for label, _ in pairs)
     count_w = max(len(str(count)) for _, count in pairs)
     lines = []
     for label, count in pairs:
         size = round(count / top * width)
         if count and not size:
             size = 1
-        lines.append(f"{label.ljust(label_w)}  {str(count).rjust(count_w)}  {BAR * size}".rstrip())
+        lines.append(f"{_pad(label, label_w)}  {str(count).rjust(count_w)}  {BAR * size}".rstrip())
     return lines
 
 

@@ -42,6 +42,38 @@ def test_long_cells_are_clipped_but_event_ids_never() -> None:
     assert "n" * 32 not in lines[1]
 
 
+def test_wide_characters_take_two_columns_and_combining_marks_none() -> None:
+    lines = _render.table(
+        [
+            enriched("e-1", user="ユーザー"),  # 4 characters, 8 columns
+            enriched("e-2", user="\uff35\uff53\uff45\uff52"),  # "User" in fullwidth Latin
+            enriched("e-3", user="cafe\u0301"),  # é as e and a combining acute: 4 columns
+            enriched("e-4", user="plain-user-ten"),
+        ]
+    )
+
+    # A column starts at the same terminal column in every line.
+    starts = {_render.display_width(line[: line.index("s1")]) for line in lines[1:]}
+    ends = {_render.display_width(line[: line.index("shop")]) for line in lines[1:]}
+    assert len(starts) == 1
+    assert len(ends) == 1
+    assert _render.display_width(lines[0][: lines[0].index("SESSION")]) == starts.pop()
+
+
+def test_a_wide_cell_is_clipped_to_the_columns_it_may_take() -> None:
+    line = _render.table([enriched("e-1", name="イベント" * 10)])[1]
+
+    shown = line.split("  ")[1]
+    assert shown == "イベント" * 3 + "イベン…"  # 31 columns: one more character makes 33
+    assert _render.display_width(shown) <= _render.MAX_CELL
+
+
+def test_bars_align_wide_labels() -> None:
+    lines = _render.bars([("ユーザー", 2), ("user", 1)], width=4)
+
+    assert [_render.display_width(line[: line.index("█")]) for line in lines] == [13, 13]
+
+
 def test_event_json_is_one_object_with_proto_field_names() -> None:
     data = orjson.loads(_render.event_json(enriched("e-1")))
     assert data["event"]["event_id"] == "e-1"
