@@ -261,7 +261,10 @@ def _filter_params() -> list[dict[str, Any]]:
             "the metadata keys and values as one text, keys in sorted order, up to its first "
             "ENRICHER_EVENT_MESSAGE_MAX_CHARS characters (4,096 by default): no word past them "
             "is found; a word they split is left out whole, unless it is the text's first, "
-            "which is cut",
+            f"which is cut. At most {_query.MAX_TEXT_CHARS:,} characters (a longer one is a 400); "
+            "text with no word to search for, punctuation or symbols alone (#!? or →), is a 400, "
+            "not a search that matches nothing; an emoji is a word (q=🎉 finds the events whose "
+            "text holds it)",
         )
     )
     return params

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from enricher.config import DEFAULT_EVENT_MESSAGE_MAX_CHARS
+from gateway import _query
 from gateway._openapi import document
 from indexer import paging, queries
 from scripts import settings_table
@@ -55,6 +56,8 @@ def test_the_openapi_document_gives_the_indexers_paging_and_limits() -> None:
     assert f"more than {queries.MAX_LIMIT} is taken as {queries.MAX_LIMIT}" in limit
     for path in ("/v1/events", "/v1/events/aggregate"):
         assert f"at most {queries.MAX_FILTER_VALUES:,} values" in described[(path, "user_id")]
+        assert f"At most {queries.MAX_TEXT_CHARS:,} characters" in described[(path, "q")]
+    assert _query.MAX_TEXT_CHARS == queries.MAX_TEXT_CHARS  # the gateway refuses a longer q
 
 
 def test_readme_names_the_two_commands() -> None:

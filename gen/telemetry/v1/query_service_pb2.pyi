@@ -136,7 +136,9 @@ class EventFilter(_message.Message):
     "purchased" does not find "item_purchased".
     It is not a query language. At most 1,000 characters; text with no word
     in it (punctuation or symbols alone, such as "#!?" or "→") is
-    INVALID_ARGUMENT rather than a search that matches nothing.
+    INVALID_ARGUMENT rather than a search that matches nothing. An emoji is
+    a word to the analyser: "🎉" alone is a search, finding the events
+    whose text holds it.
     """
     @_builtins.property
     def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
