@@ -166,6 +166,7 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Events": {
         "type": "object",
+        "required": ["events", "next_page_token", "total_size"],
         "properties": {
             "events": {"type": "array", "items": _ref("EnrichedEvent")},
             "next_page_token": {"type": "string"},
@@ -175,6 +176,7 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Aggregate": {
         "type": "object",
+        "required": ["total_count", "counts", "count_error_upper_bound", "histogram"],
         "properties": {
             "total_count": {"type": "integer"},
             "counts": {

@@ -14,7 +14,7 @@ from telemetry.v1 import event_pb2, query_service_pb2
 
 from gateway import Gateway
 from gateway._openapi import REQUEST_ID_PATTERN, document
-from gateway._query import aggregate_json, event_json
+from gateway._query import aggregate_json, event_json, events_json
 from gateway.errors import Unavailable
 from tests.unit.gateway.conftest import (
     WRITE_KEY,
@@ -256,6 +256,23 @@ def test_every_parameter_in_the_openapi_document_has_a_description() -> None:
     assert {"start", "end", "user_id", "country", "group_by", "interval", "limit"} <= names
     for path, param in params:
         assert param.get("description", "").strip(), (path, param["name"])
+
+
+@pytest.mark.parametrize(
+    ("name", "answer"),
+    [
+        ("Events", events_json(query_service_pb2.QueryEventsResponse())),
+        ("Aggregate", aggregate_json(query_service_pb2.AggregateEventsResponse())),
+    ],
+)
+def test_the_query_answers_schemas_require_what_every_answer_holds(
+    name: str, answer: dict[str, object]
+) -> None:
+    # An empty answer holds every field but unreachable, which only a partial answer has.
+    schema = document()["components"]["schemas"][name]
+
+    assert set(answer) == set(schema["required"])
+    assert set(schema["properties"]) - set(schema["required"]) == {"unreachable"}
 
 
 def test_the_openapi_document_lists_every_rejection_reason() -> None:
