@@ -509,7 +509,8 @@ def print_usage(profile: Profile) -> None:
     print(f"  curl -sS '{query}' -H 'Authorization: Bearer {read_key}'")
     print(f"OpenAPI: {gateway}/openapi.json   gRPC QueryService: {HOST}:{profile.indexer_ports[1]}")
     tpipe = relative(Path(sys.executable).parent / "tpipe")  # the venv make run uses
-    print("\nThe command line (docs/cli.md), not on PATH:")
+    print("\nThe command line (docs/cli.md), not on PATH. send and loadgen need the write key;")
+    print("query, aggregate and the others need none (the QueryService on loopback takes none):")
     print(f"  export TPIPE_WRITE_KEY={write_key}")
     if profile == PROFILES["dev"]:  # the ports tpipe uses by default
         print(f"  {tpipe} query --user user-123      {tpipe} status --once")

@@ -105,3 +105,5 @@ def test_the_printed_commands_reach_the_ports_of_this_run(
         assert f"send, loadgen: --gateway {gateway}" in out
         assert f"tail, dlq: --nats {profile.nats_url}" in out
     assert re.search(r"export TPIPE_WRITE_KEY=wk_\S+\n", out)
+    # Only the commands that post to the gateway use it: query and aggregate take no key.
+    assert "send and loadgen need the write key;\nquery, aggregate and the others need none" in out
