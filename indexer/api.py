@@ -166,7 +166,7 @@ class QueryServicer(qs_grpc.QueryServiceServicer):
                     unreachable = await self._unreachable(
                         "AggregateEvents", answer, span, partial_ok=request.return_partial_success
                     )
-                    counts = queries.aggregate_response(answer)
+                    counts = queries.aggregate_response(answer, body)
                     if not counts.total_count:
                         await self._check_words(request.filter.text)
                 counts.unreachable.extend(unreachable)

@@ -321,8 +321,10 @@ def aggregate_body(request: qs.AggregateEventsRequest) -> dict[str, Any]:
     return body
 
 
-def aggregate_response(response: Mapping[str, Any]) -> qs.AggregateEventsResponse:
-    """The counts in a `_search` response made from `aggregate_body`."""
+def aggregate_response(
+    response: Mapping[str, Any], body: Mapping[str, Any] | None = None
+) -> qs.AggregateEventsResponse:
+    """The counts in a `_search` response to `body`, made by `aggregate_body`."""
     reply = qs.AggregateEventsResponse(
         total_count=int(response.get("hits", {}).get("total", {}).get("value", 0))
     )
@@ -331,10 +333,28 @@ def aggregate_response(response: Mapping[str, Any]) -> qs.AggregateEventsRespons
     reply.count_error_upper_bound = max(0, int(by_field.get("doc_count_error_upper_bound", 0)))
     for bucket in by_field.get("buckets", []):
         reply.counts.add(value=str(bucket["key"]), count=int(bucket["doc_count"]))
-    for bucket in aggs.get("over_time", {}).get("buckets", []):
+    buckets = aggs.get("over_time", {}).get("buckets")
+    if buckets is None and body is not None:
+        # No index searched (none made yet, or all deleted): OpenSearch answers without the
+        # aggregation, and the range's buckets of 0 are made here.
+        buckets = _empty_buckets(body.get("aggs", {}).get("over_time", {}))
+    for bucket in buckets or ():
         item = reply.histogram.add(count=int(bucket["doc_count"]))
         item.start_time.FromMilliseconds(int(bucket["key"]))
     return reply
+
+
+def _empty_buckets(over_time: Mapping[str, Any]) -> list[dict[str, int]]:
+    """The buckets of 0 that `over_time` (a date_histogram of `aggregate_body`) asks for over
+    its `extended_bounds`; none without them. Minutes, hours and days in UTC have fixed
+    lengths, so the buckets start at multiples of the interval since the epoch."""
+    histogram = over_time.get("date_histogram", {})
+    bounds = histogram.get("extended_bounds")
+    if bounds is None:
+        return []
+    step = _INTERVAL_MILLIS[histogram["calendar_interval"]]
+    first = bounds["min"] - bounds["min"] % step
+    return [{"key": key, "doc_count": 0} for key in range(first, bounds["max"] + 1, step)]
 
 
 def unanswered_shards(response: Mapping[str, Any]) -> int:

@@ -216,7 +216,7 @@ async def test_filters_text_and_aggregations_count_exactly(
 
 
 async def test_no_indices_yet_is_an_empty_answer_and_health_serves(
-    start_indexer: IndexerFactory, prefix: str
+    start_indexer: IndexerFactory, nc: Client, os_client: AsyncOpenSearch, prefix: str
 ) -> None:
     indexer = await start_indexer()
     channel, stub = query_stub(indexer)
@@ -234,6 +234,25 @@ async def test_no_indices_yet_is_an_empty_answer_and_health_serves(
     health = health_pb2_grpc.HealthStub(channel)
     answer = await health.Check(health_pb2.HealthCheckRequest(service="telemetry.v1.QueryService"))
     assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    # A histogram over a range has a bucket of 0 for each of its hours, with no index as
+    # with one that holds no event of the range.
+    hours = qs.AggregateEventsRequest(
+        filter=qs.EventFilter(
+            start_time=stamp(BASE + timedelta(minutes=30)),
+            end_time=stamp(BASE + timedelta(hours=3)),
+        ),
+        interval=qs.HISTOGRAM_INTERVAL_HOUR,
+    )
+
+    def buckets(reply: qs.AggregateEventsResponse) -> list[tuple[datetime, int]]:
+        return [(b.start_time.ToDatetime(tzinfo=UTC), b.count) for b in reply.histogram]
+
+    no_index = buckets(await stub.AggregateEvents(hours))
+    hour = BASE.replace(minute=0, second=0, microsecond=0)
+    assert no_index == [(hour + timedelta(hours=n), 0) for n in range(3)]
+    await publish_many(nc, [enriched("elsewhere", when=BASE + timedelta(days=3))], per_batch=1)
+    await wait_count(os_client, prefix, 1)
+    assert buckets(await stub.AggregateEvents(hours)) == no_index
     await channel.close()
 
 

@@ -508,3 +508,28 @@ def test_a_page_that_ends_exactly_with_what_is_stored_has_no_token() -> None:
     assert len(reply.events) == 100
     assert [body["size"] for body in bodies] == [51, 51]
     assert reply.next_page_token == ""
+
+
+def test_a_histogram_over_a_range_with_no_index_searched_has_its_buckets_of_0() -> None:
+    # OpenSearch answers a search of no index without the aggregation; the buckets the range
+    # asks for are made as OpenSearch makes them: from the hour the range starts in.
+    flt = _filter(start_time=Timestamp(seconds=1800), end_time=Timestamp(seconds=3 * 3600))
+    body = queries.aggregate_body(
+        qs.AggregateEventsRequest(filter=flt, interval=qs.HISTOGRAM_INTERVAL_HOUR)
+    )
+    empty = {"hits": {"total": {"value": 0}}}
+
+    reply = queries.aggregate_response(empty, body)
+
+    assert [(b.start_time.seconds, b.count) for b in reply.histogram] == [
+        (0, 0),
+        (3600, 0),
+        (7200, 0),
+    ]
+    # Without a range there is nothing to fill; an answer with buckets is taken as it is.
+    unbounded = queries.aggregate_body(
+        qs.AggregateEventsRequest(interval=qs.HISTOGRAM_INTERVAL_DAY)
+    )
+    assert not queries.aggregate_response(empty, unbounded).histogram
+    answered = {**empty, "aggregations": {"over_time": {"buckets": []}}}
+    assert not queries.aggregate_response(answered, body).histogram
