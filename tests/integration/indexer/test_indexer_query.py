@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import grpc
 import pytest
@@ -491,3 +491,75 @@ async def test_the_wait_for_a_new_index_lasts_until_its_shard_answers_searches(
         assert await store.wait_for_shards(30) is True
         answer = await store.search({"query": {"match_all": {}}, "size": 0})
         assert answer["_shards"]["successful"] == answer["_shards"]["total"] == day, name
+
+
+async def test_range_edges_to_the_millisecond_pages_over_days_and_utc_day_buckets(
+    start_indexer: IndexerFactory, nc: Client, os_client: AsyncOpenSearch, prefix: str
+) -> None:
+    # Three days, each in its own daily index: events on midnight to the millisecond, the
+    # millisecond before it, and ties on the time broken by the event id.
+    midnight = datetime(2026, 5, 21, tzinfo=UTC)
+    one_ms = timedelta(milliseconds=1)
+    times = {
+        "a-day1-late": midnight - timedelta(hours=1),
+        "b-day1-last": midnight - one_ms,
+        "c-day2-first": midnight,
+        "d-day2-tie": midnight + timedelta(hours=5),
+        "e-day2-tie": midnight + timedelta(hours=5),
+        "f-day2-last": midnight + timedelta(days=1) - one_ms,
+        "g-day3-first": midnight + timedelta(days=1),
+        "h-day3": midnight + timedelta(days=1, hours=2),
+    }
+    events = [enriched(event_id, when=when) for event_id, when in times.items()]
+    indexer = await start_indexer()
+    await publish_many(nc, events, per_batch=3)
+    await wait_count(os_client, prefix, len(events))
+    indices = await os_client.cat.indices(index=f"{prefix}20*", format="json")
+    assert len(indices) == 3
+    channel, stub = query_stub(indexer)
+
+    async def ids(flt: qs.EventFilter, page_size: int = 100) -> list[str]:
+        """Every event `flt` selects, page by page."""
+        found: list[str] = []
+        token = ""
+        while True:
+            page = await stub.QueryEvents(
+                qs.QueryEventsRequest(filter=flt, page_size=page_size, page_token=token)
+            )
+            found += [e.event.event_id for e in page.events]
+            token = page.next_page_token
+            if not token:
+                return found
+
+    newest_first = sorted(times, key=lambda event_id: (times[event_id], event_id), reverse=True)
+    # Pages of 3 cross the indices and the tie: each event once, newest first.
+    assert await ids(qs.EventFilter(), page_size=3) == newest_first
+    # [start, end): day 2 to the millisecond.
+    day2 = qs.EventFilter(start_time=stamp(midnight), end_time=stamp(midnight + timedelta(days=1)))
+    assert await ids(day2, page_size=2) == [
+        "f-day2-last",
+        "e-day2-tie",
+        "d-day2-tie",
+        "c-day2-first",
+    ]
+    last_ms = qs.EventFilter(start_time=stamp(midnight - one_ms), end_time=stamp(midnight))
+    assert await ids(last_ms) == ["b-day1-last"]
+
+    # Day buckets are UTC days whatever the range's offset: from 00:00+02:00 on 21 May
+    # (22:00 UTC on the 20th) to the same time on the 22nd.
+    plus_two = timezone(timedelta(hours=2))
+    counts = await stub.AggregateEvents(
+        qs.AggregateEventsRequest(
+            filter=qs.EventFilter(
+                start_time=stamp(datetime(2026, 5, 21, tzinfo=plus_two)),
+                end_time=stamp(datetime(2026, 5, 22, tzinfo=plus_two)),
+            ),
+            interval=qs.HISTOGRAM_INTERVAL_DAY,
+        )
+    )
+    assert counts.total_count == 5  # the two of day 1, and the three of day 2 before 22:00 UTC
+    assert [(b.start_time.ToDatetime(tzinfo=UTC), b.count) for b in counts.histogram] == [
+        (midnight - timedelta(days=1), 2),
+        (midnight, 3),
+    ]
+    await channel.close()

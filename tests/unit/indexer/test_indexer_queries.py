@@ -148,6 +148,31 @@ def test_an_empty_filter_value_is_invalid_not_a_filter_that_matches_nothing(name
     assert caught.value.description == "is empty: leave it out to match any value"
 
 
+def test_free_text_and_filter_values_are_bounded_and_the_bound_itself_is_taken() -> None:
+    # 1,000 characters of text (after trimming) and 1,000 values of a filter are taken...
+    words = " ".join(["words"] * 200)[:1000]
+    assert len(words) == 1000
+    text = queries.filter_query(_filter(text=f"  {words}  "))["bool"]["must"]
+    assert text == [{"match": {"event_message": {"query": words, "operator": "and"}}}]
+    users = [f"u{n}" for n in range(1000)]
+    assert {"terms": {"user_id": users}} in queries.filter_query(_filter(user_ids=users))["bool"][
+        "filter"
+    ]
+    # ...one more is refused, naming the field.
+    with pytest.raises(InvalidArgumentError) as caught:
+        queries.filter_query(_filter(text=words + "s"))
+    assert (caught.value.field, str(caught.value)) == (
+        "filter.text",
+        "filter.text: is longer than 1000 characters",
+    )
+    with pytest.raises(InvalidArgumentError) as caught:
+        queries.filter_query(_filter(device_os=[*users, "u1000"]))
+    assert (caught.value.field, str(caught.value)) == (
+        "filter.device_os",
+        "filter.device_os: has 1001 values, more than 1000",
+    )
+
+
 def test_end_before_start_is_invalid() -> None:
     with pytest.raises(InvalidArgumentError, match="end_time"):
         queries.filter_query(
