@@ -230,12 +230,10 @@ class Page:
             self._end_with_token()
             return None
         self._asked = wanted
-        return {
-            **self._first,
-            "size": wanted + 1,
-            "search_after": self._last_sort,
-            "track_total_hits": False,  # the first fetch counted them
-        }
+        # Counted again (the first fetch's total is the one answered): with track_total_hits
+        # false, OpenSearch may skip shards and segments by their time range when it searches
+        # after a sort value, a shortcut that has lost hits (OpenSearch issues 8212, 14824).
+        return {**self._first, "size": wanted + 1, "search_after": self._last_sort}
 
     def _take(self, chunk: qs.QueryEventsResponse, hits: Sequence[Mapping[str, Any]]) -> None:
         if not hits:
