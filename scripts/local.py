@@ -435,14 +435,27 @@ def prepare_service(profile: Profile, name: str) -> Launch:
 def inherited_settings(profile: Profile) -> list[str]:
     """The services' settings they take from our environment as they are (`NAME=value`, a
     secret's value left out), those local.py sets aside."""
+    return [shown_setting(key) for key in inherited_setting_names(profile)]
+
+
+def inherited_setting_names(profile: Profile) -> list[str]:
+    """The names of the settings the services take from our environment as they are."""
     pinned = {key for name in SERVICES for key in service_env(profile, name)}
-    names = sorted(key for key in os.environ if is_pipeline_setting(key) and key not in pinned)
-    return [
-        f"{key}=(set)"
-        if any(word in key for word in SECRET_SETTING_WORDS)
-        else f"{key}={shlex.quote(shown_value(os.environ[key]))}"
-        for key in names
-    ]
+    return sorted(key for key in os.environ if is_pipeline_setting(key) and key not in pinned)
+
+
+def shown_setting(key: str) -> str:
+    """`NAME=value` of our environment's setting `key` as printed, a secret's value left out."""
+    if any(word in key for word in SECRET_SETTING_WORDS):
+        return f"{key}=(set)"
+    return f"{key}={shlex.quote(shown_value(os.environ[key]))}"
+
+
+def setting_applies(key: str, service: str) -> bool:
+    """Whether `service` reads the setting `key`: its own (INDEXER_... for the indexer), or one
+    no service's prefix claims (LOG_FORMAT, STREAM_REPLICAS), which every service reads."""
+    owner = next((name for name in SERVICES if key.startswith(f"{name.upper()}_")), None)
+    return owner in (None, service)
 
 
 def shown_value(value: str) -> str:
@@ -968,13 +981,51 @@ def start_all(procs: list[ManagedProcess], started: list[ManagedProcess]) -> Non
     for proc in waiting:
         check_ports_free(proc)
     launches = {proc.name: proc.prepare() for proc in waiting}
-    services = [proc for proc in waiting if proc.name in SERVICES]
-    inherited = inherited_settings(services[0].profile) if services else []
-    if inherited:  # a surprise (STREAM_REPLICAS=3 never gets ready on one server) shows here
-        print(f"the services take these settings from the environment: {' '.join(inherited)}")
+    report_inherited_settings(procs, {proc.name for proc in waiting})
     for proc in procs:
         if start(proc, launches.get(proc.name)):
             started.append(proc)
+
+
+def report_inherited_settings(procs: list[ManagedProcess], starting: set[str]) -> None:
+    """Names the settings from our environment that the services about to start (`starting`)
+    take, and warns, for each service of `procs` that runs already, of those it was not started
+    with: it keeps its own until it is stopped, so `INDEXER_RETENTION_DAYS=7 make run` with the
+    indexer running would otherwise seem to apply and not.
+
+    A surprise (STREAM_REPLICAS=3 never gets ready on one server) shows here, before the
+    services start.
+    """
+    services = [proc for proc in procs if proc.name in SERVICES]
+    if not services:
+        return
+    profile = services[0].profile
+    names = inherited_setting_names(profile)
+    started = [proc.name for proc in services if proc.name in starting]
+    taken = [key for key in names if any(setting_applies(key, name) for name in started)]
+    if taken:
+        if len(started) == len(SERVICES):
+            who = "the services take"
+        else:
+            who = f"{', '.join(started)} take{'s' if len(started) == 1 else ''}"
+        shown = " ".join(shown_setting(key) for key in taken)
+        print(f"{who} these settings from the environment: {shown}")
+    for proc in services:
+        pid = running_pid(proc) if proc.name not in starting else None
+        if pid is None:
+            continue
+        missed = [
+            key
+            for key in names
+            if setting_applies(key, proc.name) and started_value(proc, pid, key) != os.environ[key]
+        ]
+        if missed:
+            shown = " ".join(shown_setting(key) for key in missed)
+            print(
+                f"warning: {proc.name} runs already (pid {pid}) and does not get {shown}: it "
+                f"keeps the settings it was started with; `make stop{make_variables(profile)}` "
+                "first to start it with these"
+            )
 
 
 def start(proc: ManagedProcess, launch: Launch | None = None) -> bool:

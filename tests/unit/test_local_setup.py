@@ -14,6 +14,7 @@ import stat
 import threading
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -281,6 +282,29 @@ def test_every_address_a_service_listens_on_is_loopback_whatever_the_shell_says(
                 assert env[name] == "127.0.0.1", (service, name)
 
 
+def _local_with_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: dict[str, str]
+) -> ModuleType:
+    """local.py under `tmp_path`, with `settings` the only pipeline settings in the environment."""
+    local = _load_local()
+    monkeypatch.setattr(local, "LOCAL", tmp_path)
+    for name in list(os.environ):
+        if local.is_pipeline_setting(name):
+            monkeypatch.delenv(name)
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    return local
+
+
+def _prepared_for_nothing(local: ModuleType) -> list[Any]:
+    """The dev profile's processes, each prepared to run `true` (nothing is installed)."""
+    launch = local.Launch(argv=("true",))
+    return [
+        dataclasses.replace(proc, prepare=lambda: launch)
+        for proc in local.managed_processes(local.PROFILES["dev"])
+    ]
+
+
 def test_the_settings_taken_from_the_shell_are_printed_once_before_the_services_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -301,11 +325,7 @@ def test_the_settings_taken_from_the_shell_are_printed_once_before_the_services_
         "OPENSEARCH_JAVA_HOME": "/opt/java",  # OpenSearch's, not the services'
     }.items():
         monkeypatch.setenv(name, value)
-    launch = local.Launch(argv=("true",))
-    procs = [
-        dataclasses.replace(proc, prepare=lambda: launch)
-        for proc in local.managed_processes(local.PROFILES["dev"])
-    ]
+    procs = _prepared_for_nothing(local)
     monkeypatch.setattr(local, "running_pid", lambda proc: None)
     monkeypatch.setattr(local, "check_ports_free", lambda proc: None)
     monkeypatch.setattr(
@@ -327,18 +347,53 @@ def test_the_settings_taken_from_the_shell_are_printed_once_before_the_services_
     assert [name for name in _declared_settings() if not local.is_pipeline_setting(name)] == []
 
 
+def test_a_setting_a_running_service_was_not_started_with_is_warned_of_not_announced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # INDEXER_RETENTION_DAYS=7 make run, the indexer running: "the services take these
+    # settings" named it though it never reached the indexer; with every service running,
+    # nothing was said at all.
+    settings = {"INDEXER_RETENTION_DAYS": "7", "LOG_FORMAT": "text", "GATEWAY_WORKERS": "4"}
+    local = _local_with_settings(tmp_path, monkeypatch, settings)
+    procs = _prepared_for_nothing(local)
+    running = {"nats": 11, "opensearch": 12, "indexer": 13, "enricher": 14}
+    started_with = {("enricher", "LOG_FORMAT"): "text"}  # the enricher has it already
+    monkeypatch.setattr(local, "running_pid", lambda proc: running.get(proc.name))
+    monkeypatch.setattr(
+        local, "started_value", lambda proc, pid, name: started_with.get((proc.name, name))
+    )
+    monkeypatch.setattr(local, "check_ports_free", lambda proc: None)
+    monkeypatch.setattr(local, "start", lambda proc, launch=None: proc.name not in running)
+
+    local.start_all(procs, [])
+
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "gateway takes these settings from the environment: GATEWAY_WORKERS=4 LOG_FORMAT=text",
+        "warning: indexer runs already (pid 13) and does not get INDEXER_RETENTION_DAYS=7 "
+        "LOG_FORMAT=text: it keeps the settings it was started with; `make stop` first to "
+        "start it with these",
+    ]
+
+    running["gateway"] = 15  # every service runs: the warning stays, nothing is announced
+    local.start_all(procs, [])
+
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("warning: indexer runs already (pid 13)")
+    assert lines[1] == (
+        "warning: gateway runs already (pid 15) and does not get GATEWAY_WORKERS=4 "
+        "LOG_FORMAT=text: it keeps the settings it was started with; `make stop` first to "
+        "start it with these"
+    )
+    assert len(lines) == 2
+
+
 def test_a_url_taken_from_the_shell_is_printed_without_its_credentials(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    local = _load_local()
-    monkeypatch.setattr(local, "LOCAL", tmp_path)
-    for name in list(os.environ):
-        if local.is_pipeline_setting(name):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv(
-        "OTEL_EXPORTER_OTLP_ENDPOINT", "https://tracer:s3cret@collector:4317/?token=s3cret#s3cret"
-    )
-    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    endpoint = "https://tracer:s3cret@collector:4317/?token=s3cret#s3cret"
+    settings = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_TRACES_EXPORTER": "otlp"}
+    local = _local_with_settings(tmp_path, monkeypatch, settings)
 
     shown = local.inherited_settings(local.PROFILES["dev"])
 
