@@ -231,7 +231,8 @@ class FetchLoop:
             if failing:
                 log.info("fetch recovered")
                 failing = False
-            await self._handler.handle([natsconn.JetStreamDelivery(msg) for msg in msgs])
+            if msgs:  # an empty answer is an idle stream, as a timeout is: nothing to handle
+                await self._handler.handle([natsconn.JetStreamDelivery(msg) for msg in msgs])
 
     async def _restore(self) -> None:
         """Creates the consumer again if it is missing (a fetch from a deleted consumer

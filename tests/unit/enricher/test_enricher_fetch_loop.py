@@ -59,17 +59,20 @@ async def test_a_loop_stopped_between_fetches_has_no_pull_waiting() -> None:
 
 class Idle:
     """A pull subscription with nothing to deliver: each fetch times out, as nats-py's does
-    with its own TimeoutError or with asyncio's."""
+    with its own TimeoutError or with asyncio's (or, `answers_empty`, returns no message)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, answers_empty: bool = False) -> None:
         self.fetches = 0
         self.sixth = asyncio.Event()
+        self._answers_empty = answers_empty
 
     async def fetch(self, batch: int, *, timeout: float) -> list[Any]:  # noqa: ASYNC109
         self.fetches += 1
         if self.fetches == 6:
             self.sixth.set()
         await asyncio.sleep(0.001)
+        if self._answers_empty:
+            return []
         raise (asyncio.TimeoutError if self.fetches % 2 else nats.errors.TimeoutError)()
 
     async def consumer_info(self) -> Any:
@@ -113,3 +116,14 @@ async def test_fetches_failing_are_logged_with_what_jetstream_answered(
         "fetch failing: nats: NotFoundError: code=404 err_code=10059"
         " description='stream not found'; retrying"
     )  # not `NotFoundError()`
+
+
+async def test_a_fetch_answered_with_no_message_hands_nothing_to_the_handler() -> None:
+    # An idle enricher observed enricher_batch_seconds ~15 times a second: each empty fetch
+    # was handled as a batch.
+    sub = Idle(answers_empty=True)
+    loop = FetchLoop(sub, Handler(), settings=SETTINGS)  # type: ignore[arg-type]
+    running = asyncio.create_task(loop.run())
+    await asyncio.wait_for(sub.sixth.wait(), 1.0)
+    loop.stop()
+    await asyncio.wait_for(running, 1.0)  # Handler raises if it is handed anything

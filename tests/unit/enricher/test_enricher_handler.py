@@ -162,6 +162,14 @@ async def test_good_message_is_published_then_acked() -> None:
     assert _sample(metrics, "enricher_batch_seconds_count") == 1
 
 
+async def test_no_deliveries_are_no_batch_and_not_timed() -> None:
+    # enricher_batch_seconds is fetch to ack of a fetched batch: an idle pipeline's count rose
+    # while enricher_messages_total stayed 0.
+    metrics = Metrics()
+    await _handler(FakeSink(), metrics).handle([])
+    assert _sample(metrics, "enricher_batch_seconds_count") == 0
+
+
 async def test_a_replayed_message_passes_on_the_dlq_entry_it_came_from() -> None:
     # So that `tpipe dlq replay --wait` recognises it when the indexer rejects it.
     sink = FakeSink()
