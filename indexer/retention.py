@@ -17,6 +17,10 @@ asks): a clock set ahead on one side (a bad RTC, a VM restored with a wrong time
 otherwise make every daily index look expired and delete them all in one run. A clock set
 behind only delays deletion. When OpenSearch's time cannot be read for want of permission
 (`cluster:monitor/nodes/stats`), this host's day alone decides, and each run says so.
+
+So that retention leaves evidence without a line an hour: the indexer says at start whether it
+is on; a run that deletes nothing says so at INFO on the first such run of each day (DEBUG on
+the others); and an index kept only for having been created recently is named once.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Protocol
 
@@ -71,6 +76,47 @@ def expired(
     return sorted(out)
 
 
+def kept_for_creation(
+    created: Mapping[str, date | None], *, prefix: str, today: date, keep_days: int
+) -> dict[str, date]:
+    """The daily indices of `created` that `expired` keeps only for the day they were created
+    (their own day is past the retention's days), each with the day it is deleted on."""
+    if keep_days <= 0:
+        return {}
+    oldest_kept = today - timedelta(days=keep_days)
+    out = {}
+    for name, created_on in sorted(created.items()):
+        day = index_day(name, prefix=prefix)
+        if day is None or day >= oldest_kept or created_on is None or created_on < oldest_kept:
+            continue  # kept by its name's day, or expired
+        out[name] = created_on + timedelta(days=keep_days + 1)
+    return out
+
+
+def announce(*, prefix: str, keep_days: int, interval_s: float) -> None:
+    """Logs, at start, whether retention runs and how: otherwise nothing would show it does
+    until it first deletes an index, days later."""
+    if keep_days <= 0:
+        log.info("retention off: daily indices are kept for ever", extra={"keep_days": 0})
+        return
+    log.info(
+        "retention on: daily indices %s* kept %d full days, checked every %g s",
+        prefix,
+        keep_days,
+        interval_s,
+        extra={"keep_days": keep_days, "interval_s": interval_s},
+    )
+
+
+@dataclass
+class RunNotes:
+    """What runs have said already, so that the next one says only what is new: the day one
+    last said it deleted nothing, and the indices named as kept for their creation day."""
+
+    quiet_day: date | None = None
+    kept_named: set[str] = field(default_factory=set)
+
+
 class IndexAdmin(Protocol):
     """What retention needs from OpenSearch."""
 
@@ -98,16 +144,21 @@ async def run_once(
     keep_days: int,
     today: date,
     metrics: Metrics | None = None,
+    notes: RunNotes | None = None,
 ) -> list[str]:
     """Deletes the expired daily indices, and the events of `<prefix>undated` that arrived
     before the retention's days (kept as long as they would be in their arrival day's index);
     returns the names of the indices it deleted.
 
     An index gone meanwhile (another replica's retention deleted it) is skipped, not an error.
+    A run that deletes nothing says so at INFO once a day, at DEBUG otherwise; an index kept
+    only for its creation day is named once. `notes` carries what was said from run to run.
     """
     if keep_days <= 0:
         return []
+    notes = notes if notes is not None else RunNotes()
     created = await admin.index_creation_days()
+    _name_kept_for_creation(created, prefix=prefix, today=today, keep_days=keep_days, notes=notes)
     names = expired(created, prefix=prefix, today=today, keep_days=keep_days)
     deleted = []
     for name in names:
@@ -122,11 +173,13 @@ async def run_once(
     # disk past OpenSearch's flood stage, a role allowed one and not the other), and whole
     # indices are what frees the disk.
     undated = prefix + UNDATED
+    events: int | None = 0
     if undated in created:
         before = today - timedelta(days=keep_days)
         try:
             events = await admin.delete_arrived_before(undated, before)
         except IndexerError as err:
+            events = None  # not known: the warning says what happened
             log.warning("retention: events of %s not deleted: %s", undated, err)
         else:
             if events:
@@ -136,7 +189,43 @@ async def run_once(
                     before,
                     extra={"index": undated, "events": events, "keep_days": keep_days},
                 )
+    if not deleted and events == 0:
+        daily = sum(index_day(name, prefix=prefix) is not None for name in created)
+        level = logging.DEBUG if notes.quiet_day == today else logging.INFO
+        notes.quiet_day = today
+        log.log(
+            level,
+            "retention ran and deleted nothing: %d daily indices, none expired",
+            daily,
+            extra={"daily_indices": daily, "keep_days": keep_days},
+        )
     return deleted
+
+
+def _name_kept_for_creation(
+    created: Mapping[str, date | None],
+    *,
+    prefix: str,
+    today: date,
+    keep_days: int,
+    notes: RunNotes,
+) -> None:
+    """Logs each index kept only for its creation day, once (an index deleted meanwhile, and
+    created again, is named again)."""
+    kept = kept_for_creation(created, prefix=prefix, today=today, keep_days=keep_days)
+    notes.kept_named.intersection_update(kept)
+    for name, deleted_on in kept.items():
+        if name in notes.kept_named:
+            continue
+        notes.kept_named.add(name)
+        log.info(
+            "retention keeps %s, past %d days by its name: created on %s, it is deleted on %s",
+            name,
+            keep_days,
+            created[name],
+            deleted_on,
+            extra={"index": name, "keep_days": keep_days, "deleted_on": deleted_on.isoformat()},
+        )
 
 
 def _utc_today() -> date:
@@ -194,11 +283,14 @@ async def run_forever(
     failing, up to the interval (a lasting failure is then logged once an interval).
     """
     retry_s = tasks.RESTART_S
+    notes = RunNotes()
     while True:
         pause_s = interval_s
         try:
             day = await retention_day(admin, today())
-            await run_once(admin, prefix=prefix, keep_days=keep_days, today=day, metrics=metrics)
+            await run_once(
+                admin, prefix=prefix, keep_days=keep_days, today=day, metrics=metrics, notes=notes
+            )
         except IndexerError as err:  # OpenSearch away or refusing: try again next round
             log.warning("retention run failed: %s", err)
         except Exception as err:

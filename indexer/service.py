@@ -192,6 +192,11 @@ class Indexer:
                 self._query_health.follow(self._answers_queries), name="indexer-query-health"
             )
         )
+        retention.announce(
+            prefix=config.index_prefix,
+            keep_days=config.retention_days,
+            interval_s=config.retention_interval_s,
+        )
         if config.retention_days > 0:
             self._tasks.append(
                 asyncio.create_task(

@@ -337,3 +337,54 @@ async def test_quick_retries_after_unexpected_errors_grow_to_the_interval_and_st
         if r.name == "indexer.retention"
     ]
     assert pauses == ["0.01 s", "0.02 s", "0.03 s", "0.03 s", "0.01 s"]
+
+
+def test_start_says_whether_retention_is_on_and_how(caplog: pytest.LogCaptureFixture) -> None:
+    # With INDEXER_RETENTION_DAYS set, nothing showed retention ran until it deleted an index.
+    caplog.set_level(logging.INFO, logger="indexer.retention")
+    retention.announce(prefix="t-", keep_days=7, interval_s=3600.0)
+    retention.announce(prefix="t-", keep_days=0, interval_s=3600.0)
+    assert caplog.messages == [
+        "retention on: daily indices t-* kept 7 full days, checked every 3600 s",
+        "retention off: daily indices are kept for ever",
+    ]
+    assert caplog.records[0].levelno == logging.INFO
+
+
+async def test_a_run_that_deletes_nothing_says_so_once_a_day_at_info(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Not once an hour for ever: the first such run of a day at INFO, the others at DEBUG.
+    caplog.set_level(logging.DEBUG, logger="indexer.retention")
+    admin = FakeAdmin(NAMES)
+    notes = retention.RunNotes()
+    for today in (date(2026, 1, 31), date(2026, 1, 31), date(2026, 2, 1)):
+        await retention.run_once(admin, prefix="t-", keep_days=31, today=today, notes=notes)
+    said = [(r.levelno, r.getMessage()) for r in caplog.records]
+    line = "retention ran and deleted nothing: 4 daily indices, none expired"
+    assert said == [(logging.INFO, line), (logging.DEBUG, line), (logging.INFO, line)]
+    assert caplog.records[0].daily_indices == 4
+
+    caplog.clear()
+    await retention.run_once(admin, prefix="t-", keep_days=1, today=date(2026, 2, 2), notes=notes)
+    assert "deleted nothing" not in caplog.text  # it deleted indices: their lines say so
+
+
+async def test_an_index_kept_for_its_creation_day_alone_is_named_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Its name's day is past the retention: without a word, it looked like retention missed it.
+    caplog.set_level(logging.INFO, logger="indexer.retention")
+    admin = FakeAdmin({"t-2026-01-01": date(2026, 2, 1), "t-2026-02-02": date(2026, 2, 2)})
+    notes = retention.RunNotes()
+    for today in (date(2026, 2, 2), date(2026, 2, 2), date(2026, 2, 3)):
+        await retention.run_once(admin, prefix="t-", keep_days=2, today=today, notes=notes)
+    kept = [r for r in caplog.records if "retention keeps" in r.getMessage()]
+    assert [r.getMessage() for r in kept] == [
+        "retention keeps t-2026-01-01, past 2 days by its name: created on 2026-02-01, it is"
+        " deleted on 2026-02-04"
+    ]
+    assert kept[0].index == "t-2026-01-01"
+
+    await retention.run_once(admin, prefix="t-", keep_days=2, today=date(2026, 2, 4), notes=notes)
+    assert admin.deleted == ["t-2026-01-01"]  # on the day the line said

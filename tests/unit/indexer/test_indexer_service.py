@@ -101,6 +101,14 @@ async def test_health_is_served_while_nats_is_away_and_readiness_says_so(
     await until(ready, "ready once NATS is there")
 
 
+async def test_start_says_retention_is_off(
+    indexer: Indexer, nats: Nats, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="indexer.retention"):
+        await indexer.start()
+    assert "retention off: daily indices are kept for ever" in caplog.messages
+
+
 async def test_a_jetstream_that_does_not_answer_is_waited_for_not_a_failed_start(
     nats: Nats, indexer: Indexer
 ) -> None:
