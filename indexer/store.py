@@ -109,7 +109,7 @@ def _number(pattern: re.Pattern[str], reason: str) -> int | None:
 
 def _translate(err: Exception) -> Exception:
     if isinstance(err, os_errors.ConnectionError):  # includes timeouts
-        return SearchUnavailableError(f"opensearch not reachable: {err}")
+        return SearchUnavailableError(f"opensearch not reachable: {_connection_problem(err)}")
     if isinstance(err, os_errors.TransportError):
         causes = _causes(err.info)
         for kind, reason in causes:
@@ -136,6 +136,22 @@ def _translate(err: Exception) -> Exception:
     if isinstance(err, os_errors.SerializationError):  # a proxy's HTML page, say
         return SearchUnavailableError(f"opensearch's answer is not JSON: {str(err)[:200]}")
     return err
+
+
+def _connection_problem(err: os_errors.ConnectionError) -> str:
+    """What went wrong on the way to OpenSearch, said once: opensearch-py's own text repeats
+    the cause's message after its own (`ConnectionError(Cannot connect to host ...) caused
+    by: ClientConnectorError(Cannot connect to host ...)`), so the cause alone, by its type,
+    when the outer message is the cause's or empty."""
+    args = err.args  # (status, message, cause), as opensearch-py raises it
+    outer = args[1] if len(args) > 1 else ""
+    cause = args[2] if len(args) > 2 else None
+    if not isinstance(cause, BaseException):
+        return str(err)
+    said = str(cause)
+    if outer not in ("", said):  # the outer message says something of its own
+        return f"{outer} ({type(cause).__name__}: {said})" if said else str(err)
+    return f"{type(cause).__name__}: {said}" if said else type(cause).__name__
 
 
 # Index names per request that lists them in its path: OpenSearch refuses a request line

@@ -177,3 +177,18 @@ async def test_an_answer_that_is_not_json_is_opensearch_unavailable() -> None:
         await store_call(request)
 
     assert failure_outcome(raised.value) is Outcome.RETRY
+
+
+def test_opensearch_not_reachable_says_the_cause_once() -> None:
+    # opensearch-py's text repeats it: "ConnectionError(Cannot connect to host ...) caused by:
+    # ClientConnectorError(Cannot connect to host ...)", in `holding intake` and retention lines.
+    said = "Cannot connect to host 127.0.0.1:12200 ssl:default [Connect call failed]"
+    refused = os_errors.ConnectionError("N/A", said, OSError(said))
+    assert str(_translate(refused)) == f"opensearch not reachable: OSError: {said}"
+
+    slow = os_errors.ConnectionTimeout("TIMEOUT", "", TimeoutError())
+    assert str(_translate(slow)) == "opensearch not reachable: TimeoutError"
+
+    # An outer message of its own is kept, the cause after it.
+    other = os_errors.ConnectionError("N/A", "pool closed", OSError("socket gone"))
+    assert str(_translate(other)) == "opensearch not reachable: pool closed (OSError: socket gone)"
