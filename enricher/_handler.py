@@ -117,6 +117,9 @@ def _among(indices: set[int], first: int, end: int) -> int:
 
 # While publishing fails, every message and redelivery is retried: one warning this often.
 RETRY_LOG_INTERVAL_S = 30.0
+# Dead letters come in runs (a poison producer, a replay failing again): one warning this
+# often. Each is in the DLQ stream itself, with its reason; the line only points there.
+DEAD_LETTER_LOG_INTERVAL_S = 30.0
 # A message held for a failing publish is touched this often by default (below ack_wait).
 DEFAULT_TOUCH_EVERY_S = 10.0
 # Messages given back on stop: redelivered at once, to another process or the next start.
@@ -147,13 +150,15 @@ class Handler:
         max_message_bytes: int | Callable[[], int] = 0,
         max_events: int = 0,
         retry_log: logs.Throttle | None = None,
+        dead_letter_log: logs.Throttle | None = None,
         touch_every_s: float = DEFAULT_TOUCH_EVERY_S,
     ) -> None:
         """`max_message_bytes` (0: no limit; a function: read for each message, the server's
         limit being able to change on a reconnect) is the most an enriched message may hold;
         a larger enriched batch is published as several; a raw message of more than
         `max_events` events (0: no limit) goes to the DLQ. `retry_log` paces the warnings
-        about retried messages (default: one per RETRY_LOG_INTERVAL_S). A message waiting
+        about retried messages (default: one per RETRY_LOG_INTERVAL_S), `dead_letter_log`
+        those about dead-lettered ones (one per DEAD_LETTER_LOG_INTERVAL_S). A message waiting
         for NATS to take its publish is touched (in progress) every `touch_every_s`, which
         must be shorter than the consumer's ack_wait."""
         self._tracing = tracer or tracing.Tracing.disabled()
@@ -168,6 +173,7 @@ class Handler:
         )
         self._max_events = max_events
         self._retry_log = retry_log or logs.Throttle(RETRY_LOG_INTERVAL_S)
+        self._dead_letter_log = dead_letter_log or logs.Throttle(DEAD_LETTER_LOG_INTERVAL_S)
         self._touch_every_s = touch_every_s
         self._stopping = asyncio.Event()
         # Handed to handle(), not yet acked, nak'ed or terminated (by identity): those whose
@@ -390,16 +396,7 @@ class Handler:
             else:
                 tracing.failed(span, letter.reason)
                 span.set_attribute("pipeline.outcome", OUTCOME_DEAD_LETTERED)
-                log.warning(
-                    "raw message dead-lettered",
-                    extra={
-                        "reason": letter.reason,
-                        "subject": delivery.subject,
-                        "stream_sequence": delivery.stream_seq,
-                        "deliveries": delivery.deliveries,
-                        **tracing.trace_id_of(delivery.headers),
-                    },
-                )
+                self._log_dead_letter(delivery, letter.reason)
                 self._metrics.messages.labels(outcome=OUTCOME_DEAD_LETTERED).inc()
                 if not again:  # counted once, not again for a redelivery
                     self._metrics.dlq.labels(reason=letter.reason).inc()
@@ -480,6 +477,23 @@ class Handler:
                     "held_back": held_back,
                 },
             )
+
+    def _log_dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Logs a message dead-lettered (one line per interval, with this one's details and
+        how many were left out: each is in the DLQ with its reason, and counted)."""
+        logs.warn_paced(
+            log,
+            self._dead_letter_log,
+            "raw message dead-lettered",
+            what="more dead-lettered",
+            extra={
+                "reason": reason,
+                "subject": delivery.subject,
+                "stream_sequence": delivery.stream_seq,
+                "deliveries": delivery.deliveries,
+                **tracing.trace_id_of(delivery.headers),
+            },
+        )
 
     async def _finish(self, delivery: Delivery, settling: Awaitable[None]) -> None:
         """Acks, naks or terminates `delivery` (`settling`): from then on it is not unsettled,

@@ -44,6 +44,9 @@ EVENT_SCHEMA = "telemetry.v1.EnrichedEvent"  # payload of a dead letter for one 
 # While the DLQ cannot be published to, every message and redelivery that needs a dead letter
 # fails again: one warning this often.
 DLQ_FAILURE_LOG_INTERVAL_S = 30.0
+# Dead letters come in runs (a poison producer, a replay failing again): one warning this
+# often. Each is in the DLQ stream itself, with its reason; the line only points there.
+DEAD_LETTER_LOG_INTERVAL_S = 30.0
 
 
 def _dead_letter_id(delivery: Delivery) -> str:
@@ -166,9 +169,11 @@ class Intake:
         metrics: Metrics | None = None,
         tracer: tracing.Tracing | None = None,
         dlq_failure_log: logs.Throttle | None = None,
+        dead_letter_log: logs.Throttle | None = None,
     ) -> None:
         """`dlq_failure_log` paces the warnings about dead letters not published (default:
-        one per DLQ_FAILURE_LOG_INTERVAL_S)."""
+        one per DLQ_FAILURE_LOG_INTERVAL_S), `dead_letter_log` those about messages
+        dead-lettered (one per DEAD_LETTER_LOG_INTERVAL_S)."""
         self._tracing = tracer or tracing.Tracing.disabled()
         self._writer = writer
         self._dead_letters = dead_letters
@@ -182,6 +187,7 @@ class Intake:
             if outcome.done
         }
         self._dlq_failure_log = dlq_failure_log or logs.Throttle(DLQ_FAILURE_LOG_INTERVAL_S)
+        self._dead_letter_log = dead_letter_log or logs.Throttle(DEAD_LETTER_LOG_INTERVAL_S)
         self._open: set[_Message] = set()
         # Fetched together, not handed to handle() yet (it waits while every bulk slot is
         # busy): touched too, by identity, or JetStream would redeliver them meanwhile.
@@ -320,16 +326,7 @@ class Intake:
             self._dlq_failed(delivery, err)
             await self._quietly(delivery.nak(NAK_DELAY_S), SETTLED_NAKKED)
             return
-        log.warning(
-            "message dead-lettered",
-            extra={
-                "reason": label,
-                "subject": delivery.subject,
-                "message_id": delivery.msg_id,
-                "deliveries": delivery.deliveries,
-                **tracing.trace_id_of(delivery.headers),
-            },
-        )
+        self._log_dead_letter(delivery, label)
         if not again:
             self._metrics.dlq.labels(reason=label).inc()
         await self._quietly(delivery.term(), SETTLED_TERMED)
@@ -357,6 +354,23 @@ class Intake:
                 "message_id": delivery.msg_id,
                 "deliveries": delivery.deliveries,
                 **at,
+                **tracing.trace_id_of(delivery.headers),
+            },
+        )
+
+    def _log_dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Logs a message dead-lettered (one line per interval, with this one's details and
+        how many were left out: each is in the DLQ with its reason, and counted)."""
+        about = {"reason": reason, "subject": delivery.subject, "message_id": delivery.msg_id}
+        logs.warn_paced(
+            log,
+            self._dead_letter_log,
+            "message dead-lettered",
+            what="more dead-lettered",
+            extra={
+                **about,
+                "stream_sequence": delivery.stream_seq,
+                "deliveries": delivery.deliveries,
                 **tracing.trace_id_of(delivery.headers),
             },
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -128,6 +128,28 @@ def since_last_line(held_back: int, *, what: str = "more") -> str:
     `what` ("more", "more retried"), or nothing when none was held back (the first line, or
     the first after a quiet interval)."""
     return f" ({held_back} {what} since the last line)" if held_back > 0 else ""
+
+
+def warn_paced(
+    logger: logging.Logger,
+    throttle: Throttle,
+    message: str,
+    *,
+    what: str = "more",
+    extra: Mapping[str, Any],
+) -> None:
+    """Writes the warning `message` when `throttle` lets it through, ended by how many were
+    held back since the last (`since_last_line` with `what`) and with that count in
+    `held_back` beside `extra`'s fields: those of the one written, standing for the rest."""
+    held_back = throttle.admit()
+    if held_back is not None:
+        logger.warning(
+            "%s%s",
+            message,
+            since_last_line(held_back, what=what),
+            extra={**extra, "held_back": held_back},
+            stacklevel=2,
+        )
 
 
 def configure(service: str, *, level: str = "INFO", fmt: str = "json") -> None:

@@ -4,6 +4,7 @@ does not take tried again in place, nak for other trouble."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -104,6 +105,7 @@ def _handler(
     geo: GeoLookup | None = None,
     clock_ns: Callable[[], int] = lambda: 1_700_000_001 * S,
     retry_log: logs.Throttle | None = None,
+    dead_letter_log: logs.Throttle | None = None,
     retry: RetryPolicy = RETRY,
     touch_every_s: float = 10.0,
     options: EnrichOptions | None = None,
@@ -118,6 +120,7 @@ def _handler(
         max_message_bytes=max_message_bytes,
         max_events=max_events,
         retry_log=retry_log,
+        dead_letter_log=dead_letter_log,
         touch_every_s=touch_every_s,
     )
 
@@ -441,6 +444,51 @@ async def test_a_dead_letter_refused_for_good_is_logged_and_the_message_terminat
     assert _sample(metrics, "enricher_messages_held") == 0
     [record] = [r for r in caplog.records if r.levelname == "ERROR"]
     assert "its dead letter was refused: too large" in record.getMessage()
+
+
+async def test_dead_letters_log_one_line_per_interval_with_its_first_ones_details(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # 250 poison messages wrote 250 warnings, and a replay failing again as many: each is in
+    # the DLQ with its reason, and counted.
+    now = [100.0]
+    sink = FakeSink()
+    handler = _handler(sink, dead_letter_log=logs.Throttle(30.0, clock=lambda: now[0]))
+
+    def lines() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "dead-lettered" in r.getMessage()]
+
+    poison = [FakeDelivery(b"\xff poison %d" % n, stream_seq=n) for n in range(1, 251)]
+    await handler.handle(poison)
+    assert len(sink.dead) == 250
+    [first] = lines()
+    assert first.getMessage() == "raw message dead-lettered"
+    assert (first.reason, first.subject, first.stream_sequence, first.held_back) == (
+        "undecodable",
+        "telemetry.raw.v1.shop",
+        1,
+        0,
+    )
+
+    now[0] += 30.0
+    await handler.handle([FakeDelivery(b"\xff poison 300", stream_seq=300)])
+    assert lines()[1].getMessage() == (
+        "raw message dead-lettered (249 more dead-lettered since the last line)"
+    )
+    assert (lines()[1].stream_sequence, lines()[1].held_back) == (300, 249)
+
+
+async def test_every_dead_letter_refused_for_good_is_logged_each_message_its_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A message lost: each must be identifiable, however many there are.
+    sink = FakeSink(dlq_error=DeadLetterRefusedError("too large"))
+    handler = _handler(sink, dead_letter_log=logs.Throttle(30.0, clock=lambda: 100.0))
+
+    await handler.handle([FakeDelivery(b"\xff garbage", stream_seq=n) for n in range(1, 4)])
+
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.stream_sequence for r in errors] == [1, 2, 3]
 
 
 @pytest.mark.parametrize("failing", ["ack", "nak", "term"])

@@ -346,6 +346,45 @@ async def test_the_next_warning_about_the_dlq_says_how_many_were_left_out(
     assert lines[1].getMessage().endswith(" (29 more since the last line)")
 
 
+async def test_dead_letters_log_one_line_per_interval_with_its_first_ones_details(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A line per message dead-lettered, again for each replay failing again: each is in the
+    # DLQ with its reason, and counted.
+    now = [0.0]
+    _, dead, writer, _ = _setup()
+    paced = Throttle(30.0, clock=lambda: now[0])
+    intake = Intake(writer, dead, index_prefix="t-", max_deliveries=3, dead_letter_log=paced)
+    with caplog.at_level(logging.WARNING, logger="indexer.intake"):
+        for seq in range(1, 251):
+            await intake.handle(FakeDelivery(b"\xff garbage", stream_seq=seq))
+        now[0] += 30.0
+        await intake.handle(FakeDelivery(b"\xff garbage", stream_seq=300))
+
+    assert len(dead.letters) == 251
+    lines = [r for r in caplog.records if "dead-lettered" in r.getMessage()]
+    assert [r.getMessage() for r in lines] == [
+        "message dead-lettered",
+        "message dead-lettered (249 more dead-lettered since the last line)",
+    ]
+    assert [(r.reason, r.subject, r.stream_sequence, r.held_back) for r in lines] == [
+        ("undecodable", "telemetry.enriched.v1.shop", 1, 0),
+        ("undecodable", "telemetry.enriched.v1.shop", 300, 249),
+    ]
+
+
+async def test_every_message_whose_dead_letter_is_refused_for_good_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A message lost: each must be identifiable, however many there are.
+    _, dead, _, intake = _setup()
+    dead.refuse = lambda msg_id: True
+    with caplog.at_level(logging.ERROR, logger="indexer.intake"):
+        for seq in range(1, 4):
+            await intake.handle(FakeDelivery(b"\xff garbage", stream_seq=seq))
+    assert [r.message_id for r in caplog.records] == [f"TELEMETRY_ENRICHED:{n}" for n in (1, 2, 3)]
+
+
 @pytest.mark.parametrize(
     "data",
     [b"", event_pb2.EnrichedBatch(batch_id="b-1", app_id="shop").SerializeToString()],
