@@ -1,8 +1,9 @@
 """`tpipe tail`: enriched events live from JetStream, filtered on the client side.
 
-It reads TELEMETRY_ENRICHED through an ephemeral ordered consumer that starts at new
-messages: nothing durable is created on the server, and the pipeline's own consumers are
-not disturbed. It stops on Ctrl-C, SIGTERM, or after --count events.
+It reads TELEMETRY_ENRICHED through an ephemeral ordered consumer that starts after the
+stream's last message when tail starts: nothing durable is created on the server, and the
+pipeline's own consumers are not disturbed. It stops on Ctrl-C, SIGTERM, or after --count
+events.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import nats.errors
 import nats.js.errors
 from google.protobuf.message import DecodeError
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js import api as js_api
 from telemetry.v1 import event_pb2
 
@@ -107,6 +110,10 @@ def line(item: event_pb2.EnrichedEvent) -> str:
     )
 
 
+def _say(text: str) -> None:
+    print(f"tpipe tail: {text}", file=sys.stderr, flush=True)
+
+
 async def _connect(url: str) -> Client:
     async def quiet(_: Exception) -> None:
         return None
@@ -122,6 +129,49 @@ async def _connect(url: str) -> Client:
         )
     except (OSError, nats.errors.Error) as err:
         raise Unavailable(f"NATS is not reachable at {url}: {describe(err)}") from None
+
+
+async def stream_end(js: JetStreamContext, url: str) -> int:
+    """The last sequence of TELEMETRY_ENRICHED now: tail shows the messages after it."""
+    try:
+        info = await js.stream_info(subjects.ENRICHED_STREAM)
+    except nats.js.errors.NotFoundError:
+        raise _no_stream(url) from None
+    except (TimeoutError, nats.errors.Error) as err:
+        raise Unavailable(f"reading {subjects.ENRICHED_STREAM} at {url}: {describe(err)}") from None
+    return int(info.state.last_seq)
+
+
+def _no_stream(url: str) -> Unavailable:
+    return Unavailable(f"stream {subjects.ENRICHED_STREAM} not found at {url}: is the pipeline up?")
+
+
+def start_config(after_seq: int) -> js_api.ConsumerConfig:
+    """The ordered consumer's start: the message after `after_seq`, not NEW, which the
+    server would resolve again, later, for a consumer created anew."""
+    return js_api.ConsumerConfig(
+        deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after_seq + 1
+    )
+
+
+def resume_after(sub: JetStreamContext.PushSubscription, after_seq: int) -> None:
+    """Makes nats-py re-create the ordered consumer (after a reconnect, a gap, missed
+    heartbeats) after `after_seq` even before anything was delivered: it resumes after the
+    last stream sequence delivered, which is 0 until one is, and so would start over from
+    the stream's first message. `shown_after` still drops any such message should this
+    private state change in a later nats-py."""
+    jsi = getattr(sub._sub, "_jsi", None)
+    seen = getattr(jsi, "_sseq", None)
+    if isinstance(seen, int) and seen < after_seq:
+        jsi._sseq = after_seq  # type: ignore[union-attr]
+
+
+def shown_after(msg: Msg, after_seq: int) -> bool:
+    """False for a message stored before tail started (stream sequence <= `after_seq`)."""
+    try:
+        return msg.metadata.sequence.stream > after_seq
+    except nats.errors.NotJSMessageError:
+        return True
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -146,22 +196,18 @@ async def run(args: argparse.Namespace) -> int:
     try:
         nc = await _connect(args.nats)
         js = nc.jetstream()
+        after_seq = await stream_end(js, args.nats)
         try:
             sub = await js.subscribe(
                 subjects.ENRICHED_SUBJECTS,
                 stream=subjects.ENRICHED_STREAM,
                 ordered_consumer=True,
-                deliver_policy=js_api.DeliverPolicy.NEW,
+                config=start_config(after_seq),
             )
-        except nats.js.errors.NotFoundError:
-            raise Unavailable(
-                f"stream {subjects.ENRICHED_STREAM} not found at {args.nats}: is the pipeline up?"
-            ) from None
-        print(
-            f"tpipe tail: following {subjects.ENRICHED_SUBJECTS} on {args.nats} (Ctrl-C to stop)",
-            file=sys.stderr,
-            flush=True,
-        )
+        except nats.js.errors.NotFoundError:  # deleted since
+            raise _no_stream(args.nats) from None
+        resume_after(sub, after_seq)
+        _say(f"following {subjects.ENRICHED_SUBJECTS} on {args.nats} (Ctrl-C to stop)")
         following = True
         shown = 0
         while not stop.is_set() and (args.count is None or shown < args.count):
@@ -171,6 +217,8 @@ async def run(args: argparse.Namespace) -> int:
                 continue
             except nats.errors.Error as err:
                 raise Unavailable(f"lost NATS at {args.nats}: {describe(err)}") from None
+            if not shown_after(msg, after_seq):
+                continue
             try:
                 batch = event_pb2.EnrichedBatch.FromString(msg.data)
             except DecodeError:

@@ -138,6 +138,7 @@ class FakeNats:
     close_hangs: bool = False
     drained: bool = False
     sent: list[tuple[str, bytes]] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)  # nats-py's, as connect set them
 
     def jetstream(self, **_: Any) -> FakeJetStream:
         return self.js
