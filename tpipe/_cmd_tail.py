@@ -2,8 +2,8 @@
 
 It reads TELEMETRY_ENRICHED through an ephemeral ordered consumer that starts after the
 stream's last message when tail starts: nothing durable is created on the server, and the
-pipeline's own consumers are not disturbed. It stops on Ctrl-C, SIGTERM, or after --count
-events.
+pipeline's own consumers are not disturbed. Once connected it waits out a NATS outage of
+any length, saying so on stderr. It stops on Ctrl-C, SIGTERM, or after --count events.
 """
 
 from __future__ import annotations
@@ -40,9 +40,10 @@ from tpipe.errors import EXIT_OK, Unavailable, UsageError, describe
 NATS_URL_ENV = "NATS_URL"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 CONNECT_TIMEOUT_S = 2.0
-# Tries per connect and per reconnect, POLL_S apart: rides out a broker restart of a few
-# seconds, and reports an unreachable broker within about as long.
+# Tries of the first connect, POLL_S apart: reports an unreachable broker within a few
+# seconds. Once connected, tail reconnects for as long as it runs (nats-py's -1: no limit).
 CONNECT_ATTEMPTS = 10
+RECONNECT_FOREVER = -1
 POLL_S = 0.5
 
 EXAMPLES = """
@@ -114,21 +115,53 @@ def _say(text: str) -> None:
     print(f"tpipe tail: {text}", file=sys.stderr, flush=True)
 
 
-async def _connect(url: str) -> Client:
+class Outage:
+    """nats-py's disconnect and reconnect callbacks: tail says once when it loses NATS and
+    once when NATS is back, rather than going quiet (or quitting) while it waits."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self.lost = False
+        self.closing = False  # tail's own close calls the disconnect callback too
+
+    async def disconnected(self) -> None:
+        if self.closing or self.lost:
+            return
+        self.lost = True
+        _say(f"lost NATS: waiting for NATS at {self._url} (Ctrl-C to stop)")
+
+    async def reconnected(self) -> None:
+        if not self.lost:
+            return
+        self.lost = False
+        _say(f"NATS is back at {self._url}: following again")
+
+
+async def _connect(url: str, outage: Outage) -> Client:
+    """A connection whose first connect gives up after CONNECT_ATTEMPTS tries (an outage
+    to report at once), and which then reconnects without limit: a follower outlives a
+    broker restart of any length."""
+
     async def quiet(_: Exception) -> None:
         return None
 
+    servers = url_list(url)
     try:
-        return await nats.connect(
-            servers=url_list(url),
+        nc = await nats.connect(
+            servers=servers,
             name="tpipe-tail",
             connect_timeout=CONNECT_TIMEOUT_S,
             max_reconnect_attempts=CONNECT_ATTEMPTS,
             reconnect_time_wait=POLL_S,
             error_cb=quiet,
+            disconnected_cb=outage.disconnected,
+            reconnected_cb=outage.reconnected,
         )
     except (OSError, nats.errors.Error) as err:
         raise Unavailable(f"NATS is not reachable at {url}: {describe(err)}") from None
+    # nats-py reads the limit at each reconnect attempt; the first connect's is spent.
+    nc.options["max_reconnect_attempts"] = RECONNECT_FOREVER
+    return nc
 
 
 async def stream_end(js: JetStreamContext, url: str) -> int:
@@ -192,9 +225,10 @@ async def run(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
+    outage = Outage(args.nats)
     nc: Client | None = None
     try:
-        nc = await _connect(args.nats)
+        nc = await _connect(args.nats, outage)
         js = nc.jetstream()
         after_seq = await stream_end(js, args.nats)
         try:
@@ -237,5 +271,6 @@ async def run(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         if nc is not None:
+            outage.closing = True
             await nc.close()
     return EXIT_OK

@@ -40,6 +40,6 @@ async def test_a_nats_connect_that_times_out_names_the_timeout(
 ) -> None:
     monkeypatch.setattr(_cmd_tail.nats, "connect", _time_out)
     with pytest.raises(errors.Unavailable, match=r"127\.0\.0\.1:4222: TimeoutError$"):
-        await _cmd_tail._connect("nats://127.0.0.1:4222")
+        await _cmd_tail._connect("nats://127.0.0.1:4222", _cmd_tail.Outage("nats://127.0.0.1:4222"))
     with pytest.raises(_cmd_dlq.DlqError, match=r"127\.0\.0\.1:4222: TimeoutError$"):
         await _cmd_dlq._connect("nats://127.0.0.1:4222")

@@ -1,4 +1,5 @@
-"""`tpipe tail` over a stand-in NATS: where it starts in the stream."""
+"""`tpipe tail` over a stand-in NATS: where it starts in the stream, and how it rides out
+NATS going away and coming back."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from telemetry.v1 import event_pb2
 
 from pipeline import subjects
 from tests.unit.nats_fakes import FakeJetStream, FakeNats
-from tpipe import _cmd_tail
+from tpipe import _cmd_tail, errors
 
 # What the subscription hands over next: a message, or something that happens meanwhile.
 Step = Msg | Callable[[], Awaitable[None]]
@@ -127,3 +128,39 @@ async def test_tail_never_shows_events_stored_before_it_started(
     assert config.opt_start_seq == 101
     # nats-py re-creates the consumer after the last sequence it saw: the stream's end then.
     assert js.subscription._sub._jsi._sseq == 100
+
+
+async def test_tail_waits_for_nats_as_long_as_it_takes_and_says_so_once(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def outage() -> None:
+        for _ in range(3):  # a callback per failed reconnect would say it once still
+            await nc.options["disconnected_cb"]()
+        await nc.options["reconnected_cb"]()
+
+    js = Enriched(last_seq=0, steps=[message(1, 1), outage, message(2, 2)])
+    nc = connected(monkeypatch, js)
+
+    assert await _cmd_tail.run(tail_args(count=2)) == 0
+
+    out, err = capsys.readouterr()
+    assert shown_ids(out) == ["e1", "e2"]
+    # The first connect gives up as before; after it, nats-py reconnects without limit.
+    assert nc.options["max_reconnect_attempts"] == -1
+    # Said once each, and not again when tail closes its connection.
+    assert err.count("waiting for NATS at nats://nats:4222") == 1, err
+    assert err.count("NATS is back at nats://nats:4222") == 1, err
+
+
+async def test_the_first_connect_still_gives_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    given: dict[str, Any] = {}
+
+    async def refused(**options: Any) -> None:
+        given.update(options)
+        raise nats.errors.NoServersError
+
+    monkeypatch.setattr(_cmd_tail.nats, "connect", refused)
+
+    with pytest.raises(errors.Unavailable, match="NATS is not reachable at nats://nats:4222"):
+        await _cmd_tail.run(tail_args(count=1))
+    assert given["max_reconnect_attempts"] == _cmd_tail.CONNECT_ATTEMPTS
