@@ -161,8 +161,12 @@ def base_url(url: str) -> str:
 
 def url_list(text: str) -> list[str]:
     """The NATS URLs of a comma-separated list (as NATS_URL holds them), blanks dropped;
-    UsageError for one that is not a NATS URL (another scheme, a port that is no number)."""
+    UsageError for one that is not a NATS URL (another scheme, a port that is no number),
+    and for a list of none (`--nats ''`): nats-py would try its own default instead, and
+    the mistake would read as NATS being down."""
     urls = [part.strip() for part in text.split(",") if part.strip()]
+    if not urls:
+        raise UsageError(f"--nats (or NATS_URL) {text!r} names no NATS URL (nats://host:port)")
     for url in urls:
         parts = urllib.parse.urlsplit(url if "://" in url else f"nats://{url}")
         try:

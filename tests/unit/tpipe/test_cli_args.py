@@ -519,3 +519,31 @@ def test_dlq_with_a_wrong_nats_url_is_a_usage_error(capsys: pytest.CaptureFixtur
 
     assert _cmd_dlq.run(args) == errors.EXIT_USAGE
     assert "'http://h:4222' is not a NATS URL" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["tail", "--nats", ""],
+        ["tail", "--nats", " , "],
+        ["dlq", "list", "--nats", ""],
+        ["dlq", "replay", "--nats", " , "],
+        ["status", "--once", "--nats", ""],
+    ],
+)
+def test_a_nats_option_naming_no_url_is_a_usage_error_not_an_outage(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(argv) == errors.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "names no NATS URL" in err
+    assert err.count("\n") == 1
+
+
+def test_a_nats_url_variable_naming_no_url_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("NATS_URL", " , ")
+
+    assert cli.main(["dlq", "list"]) == errors.EXIT_USAGE
+    assert "--nats (or NATS_URL) ',' names no NATS URL" in capsys.readouterr().err
