@@ -1,4 +1,5 @@
-"""`tpipe dlq list|replay`: the dead letters, and sending them back after a fix.
+"""`tpipe dlq list|replay|delete`: the dead letters, sending them back after a fix, and
+removing those no fix can help.
 
 A stage that gives up on a message stores its original bytes in TELEMETRY_DLQ on
 `telemetry.dlq.v1.<stage>`, with the stage, the reason, the subject it came from and
@@ -6,7 +7,9 @@ how often it was delivered in headers. A message too large to be stored with tho
 is stored without its bytes, with their size and its sequence in its source stream, and is
 skipped by `replay`. `list` shows them; `replay` publishes each one's
 original bytes to its source subject again (original headers without the DLQ ones,
-and a new Nats-Msg-Id), then deletes it from the DLQ.
+and a new Nats-Msg-Id), then deletes it from the DLQ. `delete` removes the entries it is
+given by sequence: one whose source subject is no pipeline subject (an invalid app id) is
+never replayed, and would otherwise stay until the DLQ's age limit.
 
 Replay is idempotent: the new message id is derived from the DLQ entry's sequence and
 time, so an entry published again after an interruption (published, not yet deleted) is
@@ -89,6 +92,7 @@ EXAMPLES = """
   tpipe dlq list --format jsonl | jq .reason
   tpipe dlq replay --stage indexer --dry-run
   tpipe dlq replay --stage indexer
+  tpipe dlq delete 6 7
 """
 
 
@@ -156,9 +160,9 @@ def add_parser(subparsers: Any) -> None:
     """Adds `dlq` with its `list` and `replay` subcommands to `tpipe`'s subparsers."""
     parser = subparsers.add_parser(
         "dlq",
-        help="list and replay dead letters",
-        description="Lists the messages a stage gave up on, with their reasons, and replays "
-        "them to their source subjects after a fix.",
+        help="list, replay and delete dead letters",
+        description="Lists the messages a stage gave up on, with their reasons, replays "
+        "them to their source subjects after a fix, and deletes those no fix can help.",
         epilog="examples:\n" + EXAMPLES.strip("\n"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -168,7 +172,7 @@ def add_parser(subparsers: Any) -> None:
         default=os.environ.get(NATS_URL_ENV, "").strip() or DEFAULT_NATS_URL,
         help=nats_help,
     )
-    commands = parser.add_subparsers(dest="dlq_command", metavar="{list,replay}")
+    commands = parser.add_subparsers(dest="dlq_command", metavar="{list,replay,delete}")
     commands.required = True
     listing = commands.add_parser("list", help="show dead letters, oldest first")
     listing.add_argument("--stage", help="only this stage's (enricher, indexer)")
@@ -195,11 +199,18 @@ def add_parser(subparsers: Any) -> None:
         f"(default {DEFAULT_WAIT_S:g}; 0 to not wait)",
     )
     replay.add_argument("--nats", default=argparse.SUPPRESS, help=nats_help)
+    delete = commands.add_parser(
+        "delete", help="delete dead letters by sequence (the SEQ column of list)"
+    )
+    delete.add_argument(
+        "seqs", metavar="SEQ", type=_positive_int, nargs="+", help="a dead letter's sequence"
+    )
+    delete.add_argument("--nats", default=argparse.SUPPRESS, help=nats_help)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Runs `dlq list` or `dlq replay`; returns the exit code. Its errors are said as
-    `tpipe dlq list: ...` or `tpipe dlq replay: ...`, as other commands name themselves."""
+    """Runs `dlq list`, `dlq replay` or `dlq delete`; returns the exit code. Its errors are
+    said as `tpipe dlq list: ...` and so on, as other commands name themselves."""
     said = f"tpipe dlq {args.dlq_command}:"
     stage = getattr(args, "stage", None)
     if stage is not None and stage not in STAGES:
@@ -213,6 +224,8 @@ def run(args: argparse.Namespace) -> int:
             return asyncio.run(
                 _list(args.nats, stage, args.limit, args.format, sys.stdout, sys.stderr)
             )
+        if args.dlq_command == "delete":
+            return asyncio.run(_delete(args.nats, args.seqs, sys.stdout, sys.stderr))
         return asyncio.run(_replay(args.nats, stage, args.dry_run, args.wait, sys.stderr))
     except DlqError as err:
         print(f"{said} {err}", file=sys.stderr)
@@ -221,8 +234,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{said} {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        unfinished = args.dlq_command == "replay" and not args.dry_run
-        hint = " (run replay again to finish)" if unfinished else ""
+        unfinished = args.dlq_command == "delete" or (
+            args.dlq_command == "replay" and not args.dry_run
+        )
+        hint = f" (run {args.dlq_command} again to finish)" if unfinished else ""
         print(f"{said} interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
 
@@ -537,3 +552,43 @@ async def _watch_again(
         if time.monotonic() >= deadline or again == replayed:
             return len(again)
         await asyncio.sleep(0.5)
+
+
+async def _delete(url: str, seqs: Sequence[int], out: TextIO, err: TextIO) -> int:
+    """Deletes the dead letters at `seqs`, saying each one deleted on `out` and each one not
+    there on `err`; 0 when all were there, 1 otherwise."""
+    nc = await _connect(url)
+    deleted = missing = 0
+    try:
+        js = nc.jetstream()
+        await survey(js, None)  # no DLQ stream is said as such, not as each entry missing
+        for seq in dict.fromkeys(seqs):
+            found = [entry async for entry in scan(js, None, first_seq=seq, last_seq=seq)]
+            if found and await _delete_one(js, seq):
+                entry = found[0]
+                deleted += 1
+                out.write(
+                    f"deleted seq {seq}: {entry.stage}, {entry.source_subject or '-'}, "
+                    f"{entry.reason[:100]}\n"
+                )
+            else:
+                missing += 1
+                err.write(f"seq {seq}: no such dead letter in {subjects.DLQ_STREAM}\n")
+    except DlqError:
+        err.write(f"deleted {deleted}, not found {missing} before stopping\n")
+        raise
+    finally:
+        await nc.close()
+    err.write(f"deleted {deleted}, not found {missing}\n")
+    return EXIT_OK if missing == 0 else EXIT_FAILURE
+
+
+async def _delete_one(js: JetStreamContext, seq: int) -> bool:
+    """Deletes one DLQ entry; False when it is gone already (deleted meanwhile)."""
+    try:
+        await js.delete_msg(subjects.DLQ_STREAM, seq)
+    except nats.js.errors.NotFoundError:
+        return False
+    except (TimeoutError, nats.errors.Error) as error:
+        raise DlqError(f"deleting seq {seq} from {subjects.DLQ_STREAM}: {error!r}") from error
+    return True

@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tail": ("tpipe._cmd_tail", "follow enriched events live from NATS"),
     "send": ("tpipe._cmd_send", "post events from a JSON/NDJSON file through the gateway"),
     "loadgen": ("tpipe._cmd_loadgen", "simulated devices batching like the Swift client"),
-    "dlq": ("tpipe._cmd_dlq", "list dead letters, replay them after a fix"),
+    "dlq": ("tpipe._cmd_dlq", "list dead letters, replay them after a fix, delete them"),
     "status": ("tpipe._cmd_status", "live one-screen pipeline status: rates, lag, DLQ, health"),
 }
 

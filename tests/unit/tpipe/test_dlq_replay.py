@@ -1,5 +1,5 @@
-"""`tpipe dlq replay` over a DLQ read one entry at a time (a stand-in JetStream that logs
-every call, so the order of reads and writes can be checked)."""
+"""`tpipe dlq replay` and `delete` over a DLQ read one entry at a time (a stand-in JetStream
+that logs every call, so the order of reads and writes can be checked)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from nats.js.api import RawStreamMsg, StreamConfig, StreamInfo, StreamState
 from nats.js.errors import NotFoundError
 
 from pipeline import subjects
-from tpipe import _cmd_dlq
+from tpipe import _cmd_dlq, cli
 
 SOURCE = "telemetry.enriched.v1.shop"
 
@@ -68,6 +68,8 @@ class Dlq:
 
     async def delete_msg(self, stream: str, seq: int) -> None:
         self.log.append(("delete", seq))
+        if seq not in self.messages:
+            raise NotFoundError
         del self.messages[seq]
 
 
@@ -206,3 +208,45 @@ def test_a_stage_without_a_dlq_is_a_usage_error(
 
     assert _cmd_dlq.run(args) == _cmd_dlq.EXIT_USAGE
     assert "is not a stage with a DLQ (enricher, indexer)" in capsys.readouterr().err
+
+
+async def delete(dlq: Dlq, *seqs: int) -> tuple[int, str, str]:
+    out, err = Pipe(), Pipe()
+    with connected(dlq):
+        code = await _cmd_dlq._delete("nats://dlq", seqs, out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+async def test_an_entry_replay_always_skips_can_be_deleted() -> None:
+    dlq = Dlq(3)
+    bad_app = {subjects.DLQ_SUBJECT_HEADER: "telemetry.raw.v1.bad!app"}
+    dlq.messages[2] = dlq._letter(2, **bad_app, **{subjects.DLQ_REASON_HEADER: "invalid_app_id"})
+
+    code, out, err = await delete(dlq, 2)
+
+    assert code == 0
+    assert out == "deleted seq 2: indexer, telemetry.raw.v1.bad!app, invalid_app_id\n"
+    assert err == "deleted 1, not found 0\n"
+    assert list(dlq.messages) == [1, 3]
+    _, err = await replay(dlq)
+    assert "skip seq" not in err
+
+
+async def test_deleting_a_sequence_not_in_the_dlq_says_so_and_exits_1() -> None:
+    dlq = Dlq(3)
+
+    code, out, err = await delete(dlq, 3, 9, 3)
+
+    assert code == 1
+    assert out.splitlines() == [f"deleted seq 3: indexer, {SOURCE}, mapper_parsing_exception"]
+    assert err.splitlines() == [
+        "seq 9: no such dead letter in TELEMETRY_DLQ",
+        "deleted 1, not found 1",
+    ]
+    assert list(dlq.messages) == [1, 2]
+
+
+def test_delete_takes_one_sequence_or_more(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["dlq", "delete"]) == _cmd_dlq.EXIT_USAGE
+    assert cli.main(["dlq", "delete", "0"]) == _cmd_dlq.EXIT_USAGE
+    assert "must be greater than 0" in capsys.readouterr().err
