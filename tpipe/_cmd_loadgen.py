@@ -3,7 +3,8 @@
 Each device records events at a random (Poisson) pace into its own buffer and flushes it
 like the Swift client: when it holds --batch-size events or --flush-interval seconds after
 the last flush, gzip, with retries that honour Retry-After. It stops by itself after
---duration seconds or --events events (whichever first), flushing what is buffered.
+--duration seconds or --events events (whichever first), flushing what is buffered; the
+rate line goes on once a second until the summary, saying how many batches are left.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,6 +167,13 @@ class Device:
         }
         self._metadata = {"loadgen_run": run_id, "device": str(index)}
         self._buffer: list[dict[str, Any]] = []
+        self._posting = False
+
+    @property
+    def batches_left(self) -> int:
+        """The batches this device still has to send once stopped: the one it is posting
+        (retries included), and what it holds."""
+        return int(self._posting) + int(bool(self._buffer))
 
     def _event(self) -> dict[str, Any]:
         return {
@@ -181,6 +190,7 @@ class Device:
         batch, self._buffer = self._buffer, []
         stats = self._stats
         stats.batches += 1
+        self._posting = True
         try:
             receipt = await self._poster.post(batch, sent_at=rfc3339_now)
         except (Unauthenticated, PermissionDenied) as err:
@@ -191,6 +201,8 @@ class Device:
             stats.failed += len(batch)
             stats.unavailable += isinstance(err, Unavailable)
             return
+        finally:
+            self._posting = False
         stats.accepted += receipt.accepted
         stats.rejected += len(receipt.rejected)
         stats.duplicates += int(receipt.duplicate)
@@ -246,14 +258,32 @@ def summary_line(stats: LoadStats, *, devices: int, elapsed_s: float) -> str:
     )
 
 
-async def _report(stats: LoadStats, started: float, stop: asyncio.Event) -> None:
+def batches_left(devices: Sequence[Device]) -> int:
+    """The batches the devices still have to send."""
+    return sum(device.batches_left for device in devices)
+
+
+async def _report(
+    stats: LoadStats,
+    started: float,
+    stop: asyncio.Event,
+    done: asyncio.Event,
+    left: Callable[[], int],
+) -> None:
+    """A rate line on stderr once a second and when the devices stop, then once a second
+    while they flush (retries may take a while with the gateway down), until `done`."""
     last = LoadStats(**{name: getattr(stats, name) for name in LoadStats.__slots__})
     last_at = started
-    while not stop.is_set():
+    while not done.is_set():
+        flushing = stop.is_set()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=REPORT_EVERY_S)
+            await asyncio.wait_for((done if flushing else stop).wait(), timeout=REPORT_EVERY_S)
+        if done.is_set():
+            return
         now = time.monotonic()
         line = rate_line(stats, elapsed_s=now - started, since=last, window_s=now - last_at)
+        if flushing:
+            line += f", flushing: {counted(left(), 'batch', 'batches')} left"
         print(line, file=sys.stderr, flush=True)
         last = LoadStats(**{name: getattr(stats, name) for name in LoadStats.__slots__})
         last_at = now
@@ -315,9 +345,13 @@ async def run(args: argparse.Namespace) -> int:
                 )
                 for i in range(args.devices)
             ]
-            reporter = asyncio.create_task(_report(stats, started, stop))
+            done = asyncio.Event()
+            reporter = asyncio.create_task(
+                _report(stats, started, stop, done, lambda: batches_left(devices))
+            )
             results = await asyncio.gather(*(d.run() for d in devices), return_exceptions=True)
             stop.set()
+            done.set()
             await reporter
     except asyncio.CancelledError:  # the second Ctrl-C: what got through so far
         elapsed = time.monotonic() - started

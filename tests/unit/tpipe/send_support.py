@@ -1,5 +1,5 @@
-"""What the `tpipe send` tests share: a fake gateway's server, the parsed arguments of a
-send and an input file."""
+"""What the `tpipe send` and `loadgen` tests share: a fake gateway's server, the parsed
+arguments of a send or a loadgen, and an input file."""
 
 from __future__ import annotations
 
@@ -48,6 +48,26 @@ def send_args(url: str, file: Path, **options: Any) -> argparse.Namespace:
         "timeout": 30.0,
         "progress": False,
         "allow_remote": False,
+        **options,
+    }
+    return argparse.Namespace(**values)
+
+
+def loadgen_args(url: str, **options: Any) -> argparse.Namespace:
+    """`tpipe loadgen --gateway <url> --key wk` with 2 devices recording 100 events a second
+    for 60 s into batches of up to 1,000, flushed every 60 s, with `options` changed."""
+    values: dict[str, Any] = {
+        "gateway": url,
+        "key": "wk",
+        "retries": 5,
+        "timeout": 30.0,
+        "allow_remote": False,
+        "devices": 2,
+        "rate": 100.0,
+        "duration": 60.0,
+        "events": None,
+        "batch_size": 1000,
+        "flush_interval": 60.0,
         **options,
     }
     return argparse.Namespace(**values)

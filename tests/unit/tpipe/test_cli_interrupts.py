@@ -8,12 +8,11 @@ import os
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiohttp import web
 
-from tests.unit.tpipe.send_support import ndjson_file, send_args, track_server
+from tests.unit.tpipe.send_support import loadgen_args, ndjson_file, send_args, track_server
 from tpipe import _cmd_loadgen, _cmd_send, _cmd_tail, errors
 
 RECEIPT = {"accepted": 100, "rejected": [], "duplicate": False, "batch_id": "b"}
@@ -59,24 +58,6 @@ async def test_an_interrupted_send_prints_what_went_and_what_did_not(
     assert "sent 100 events in 1 batch" in out
     assert "accepted: 100" in out
     assert "tpipe send: not sent: 150 events, from event #100 on" in err
-
-
-def loadgen_args(url: str, **options: Any) -> argparse.Namespace:
-    values: dict[str, Any] = {
-        "gateway": url,
-        "key": "wk",
-        "retries": 5,
-        "timeout": 30.0,
-        "allow_remote": False,
-        "devices": 2,
-        "rate": 100.0,
-        "duration": 60.0,
-        "events": None,
-        "batch_size": 1000,
-        "flush_interval": 60.0,
-        **options,
-    }
-    return argparse.Namespace(**values)
 
 
 async def test_loadgen_flushes_once_without_retries_after_ctrl_c(
