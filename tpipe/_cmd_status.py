@@ -2,8 +2,9 @@
 
 Per stage it shows the event rate and total (from each service's `/metrics`, scraped
 twice), the consumer lag and the work in flight, the dead-letter rate and readiness;
-then the size of the DLQ stream (from NATS) and OpenSearch's cluster health. It reads
-only: nothing is created on any server.
+then the size of the DLQ stream (from NATS) and OpenSearch's cluster health. A consumer
+stage whose /metrics does not answer has its lag read from its durable consumer in NATS
+instead, marked as such. It reads only: nothing is created on any server.
 
 `--once` prints one snapshot and exits: 0 when every part answers and is ready (and
 OpenSearch is not red, and the indexer's intake is not held), 2 when OpenSearch refuses the
@@ -62,6 +63,8 @@ DEFAULT_INTERVAL_S = 2.0
 DEFAULT_SAMPLE_S = 1.0  # --once: seconds between the two scrapes a rate is made of
 REQUEST_TIMEOUT_S = 3.0
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
+# A lag read from NATS, not from the stage's /metrics, is marked with this in the table.
+FROM_NATS = "*"
 
 EXAMPLES = """
   tpipe status
@@ -111,6 +114,27 @@ STAGES: dict[str, StageMetrics] = {
 }
 
 
+@dataclass(frozen=True)
+class Consumer:
+    """A stage's durable consumer, named as the stage's own setting names it."""
+
+    stream: str
+    env: str
+    default: str
+
+    @property
+    def name(self) -> str:
+        """The consumer's name: the stage's variable when set, as the service reads it."""
+        return env_default(self.env, self.default)
+
+
+# Where a stage whose /metrics does not answer has its lag read from.
+CONSUMERS: dict[str, Consumer] = {
+    "enricher": Consumer(subjects.RAW_STREAM, "ENRICHER_CONSUMER_NAME", "enricher"),
+    "indexer": Consumer(subjects.ENRICHED_STREAM, "INDEXER_CONSUMER_NAME", "indexer"),
+}
+
+
 @dataclass
 class Scrape:
     """One service's readiness and /metrics samples at one moment."""
@@ -149,6 +173,7 @@ class StageRow:
     dead_lettered_per_s: float | None = None
     lag: float | None = None
     in_flight: float | None = None
+    lag_from_nats: bool = False  # the service did not say: its consumer's, read from NATS
 
 
 @dataclass
@@ -251,8 +276,19 @@ async def scrape(client: aiohttp.ClientSession, base_url: str) -> Scrape:
     return Scrape(at, ready=ready_status == 200, reason=reason, samples=samples)
 
 
-async def dlq_info(nats_urls: Sequence[str]) -> dict[str, object]:
-    """Messages and bytes in the DLQ stream, or the error."""
+@dataclass
+class NatsView:
+    """What status reads from NATS: the DLQ stream's size (or the error), and the messages
+    each stage's durable consumer has yet to settle (those it could be read for)."""
+
+    dlq: dict[str, object]
+    pending: dict[str, int] = field(default_factory=dict)
+
+
+async def nats_view(nats_urls: Sequence[str], consumers: Mapping[str, Consumer]) -> NatsView:
+    """The DLQ stream's messages and bytes, and per stage of `consumers` its consumer's
+    messages not yet delivered plus those delivered and not yet acked: all that waits for
+    the stage, read when the stage itself does not answer."""
 
     async def quiet(_: Exception) -> None:
         return None  # the failure is shown once, in the snapshot
@@ -270,19 +306,34 @@ async def dlq_info(nats_urls: Sequence[str]) -> dict[str, object]:
             timeout=REQUEST_TIMEOUT_S * (len(nats_urls) + 1),
         )
     except Exception as err:  # any connect failure is shown, not raised
-        return {"error": f"nats unreachable ({type(err).__name__})"}
+        return NatsView({"error": f"nats unreachable ({type(err).__name__})"})
     try:
-        info = await nc.jetstream(timeout=REQUEST_TIMEOUT_S).stream_info(subjects.DLQ_STREAM)
-    except Exception as err:  # a missing stream or a timeout is shown, not raised
-        return {"error": f"{subjects.DLQ_STREAM}: {type(err).__name__}"}
+        js = nc.jetstream(timeout=REQUEST_TIMEOUT_S)
+        pending: dict[str, int] = {}
+        for stage, consumer in consumers.items():
+            with contextlib.suppress(Exception):  # no consumer yet, a timeout: no lag shown
+                info = await js.consumer_info(consumer.stream, consumer.name)
+                pending[stage] = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+        try:
+            stream = await js.stream_info(subjects.DLQ_STREAM)
+        except Exception as err:  # a missing stream or a timeout is shown, not raised
+            return NatsView({"error": f"{subjects.DLQ_STREAM}: {type(err).__name__}"}, pending)
     finally:
         with contextlib.suppress(Exception):
             await nc.close()
-    return {
+    dlq: dict[str, object] = {
         "stream": subjects.DLQ_STREAM,
-        "messages": int(info.state.messages),
-        "bytes": int(info.state.bytes),
+        "messages": int(stream.state.messages),
+        "bytes": int(stream.state.bytes),
     }
+    return NatsView(dlq, pending)
+
+
+def with_nats_lag(row: StageRow, pending: Mapping[str, int]) -> StageRow:
+    """`row`, its lag read from NATS when the stage's /metrics gave none."""
+    if row.lag is not None or row.stage not in pending:
+        return row
+    return dataclasses.replace(row, lag=float(pending[row.stage]), lag_from_nats=True)
 
 
 class ClusterHealth:
@@ -426,20 +477,23 @@ class Monitor:
 
     async def snapshot(self) -> Snapshot:
         """Scrapes again and makes the snapshot (rates since the previous scrape)."""
-        current, dlq, health = await asyncio.gather(
+        current, from_nats, health = await asyncio.gather(
             self._scrape_all(),
-            dlq_info(self._targets.nats),
+            nats_view(self._targets.nats, CONSUMERS),
             self._opensearch.get(),
         )
         before = self._last or current
-        rows = [stage_row(name, before[name], current[name]) for name in current]
+        rows = [
+            with_nats_lag(stage_row(name, before[name], current[name]), from_nats.pending)
+            for name in current
+        ]
         windows = [current[n].at - before[n].at for n in current if current[n].at > before[n].at]
         self._last = current
         return Snapshot(
             at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             window_s=round(max(windows, default=0.0), 3),
             stages=rows,
-            dlq=dlq,
+            dlq=from_nats.dlq,
             opensearch=health,
         )
 
@@ -461,7 +515,7 @@ def render(snapshot: Snapshot) -> list[str]:
             _number(row.events_total),
             _number(row.rejected_per_s, rate=True),
             _number(row.dead_lettered_per_s, rate=True),
-            _number(row.lag),
+            _number(row.lag) + (FROM_NATS if row.lag_from_nats else ""),
             _number(row.in_flight),
         )
         for row in snapshot.stages
@@ -475,6 +529,11 @@ def render(snapshot: Snapshot) -> list[str]:
         cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
         cells += [cell.rjust(width) for cell, width in zip(row[2:], widths[2:], strict=True)]
         lines.append("  ".join(cells).rstrip())
+    if any(row.lag_from_nats for row in snapshot.stages):
+        lines.append(
+            f"{FROM_NATS} LAG read from NATS (the stage's /metrics did not answer): its "
+            "consumer's messages not yet delivered or not yet acked"
+        )
     lines.append("")
     dlq = snapshot.dlq
     if "error" in dlq:
@@ -542,12 +601,13 @@ def register(sub: Subparsers, name: str) -> None:
         name,
         summary="live one-screen status: rates per stage, lag, DLQ size, OpenSearch health",
         description="Shows, per stage, events per second and in total, rejections and dead "
-        "letters per second, consumer lag and work in flight (from each service's /metrics), "
-        "the DLQ stream's size and OpenSearch's health. Refreshes until Ctrl-C; --once prints "
-        "one snapshot and exits 0 when all is ready and flowing, 2 when OpenSearch refuses the "
-        "credentials, 3 otherwise; Ctrl-C exits 0. OpenSearch's TLS and credentials are the "
-        "indexer's settings: OPENSEARCH_CA_CERTS, OPENSEARCH_VERIFY_CERTS, "
-        "OPENSEARCH_USERNAME, OPENSEARCH_PASSWORD.",
+        "letters per second, consumer lag and work in flight (from each service's /metrics; "
+        "the lag of a stage that does not answer from its consumer in NATS, marked *), "
+        "the DLQ stream's size and OpenSearch's health. Refreshes until Ctrl-C (exit 0); "
+        "--once prints one snapshot and exits 0 when all is ready and flowing, 2 "
+        "when OpenSearch refuses the credentials, 3 otherwise. OpenSearch's TLS and "
+        "credentials are the indexer's settings: OPENSEARCH_CA_CERTS, "
+        "OPENSEARCH_VERIFY_CERTS, OPENSEARCH_USERNAME, OPENSEARCH_PASSWORD.",
         examples=EXAMPLES,
         run=status,
     )

@@ -1,4 +1,5 @@
-"""`tpipe status`: a stage's state from its readiness and its /metrics."""
+"""`tpipe status`: a stage's state from its readiness and its /metrics, and from NATS the
+lag of a stage that does not answer."""
 
 from __future__ import annotations
 
@@ -7,14 +8,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
+from nats.js import api as js_api
 
+from enricher import config as enricher_config
+from indexer import config as indexer_config
 from tests.servers import free_port
-from tpipe import _commands
-from tpipe._cmd_status import Scrape, Snapshot, StageRow, Targets, scrape, stage_row
+from tests.unit.nats_fakes import FakeJetStream, FakeNats
+from tpipe import _cmd_status, _commands
+from tpipe._cmd_status import Scrape, Snapshot, StageRow, Targets, render, scrape, stage_row
 
 _HEALTH = {"status": "green", "number_of_nodes": 1, "active_shards": 1, "unassigned_shards": 0}
 _DLQ = {"stream": "TELEMETRY_DLQ", "messages": 0, "bytes": 0}
@@ -187,3 +193,70 @@ def test_an_opensearch_url_may_have_a_path() -> None:
     targets = Targets.from_args(args)
 
     assert targets.opensearch == ("http://127.0.0.1:9/search", "http://127.0.0.1:9/other")
+
+
+class Consumers(FakeJetStream):
+    """JetStream with the pipeline's durable consumers: (undelivered, unacked) of each."""
+
+    def __init__(self, pending: dict[tuple[str, str], tuple[int, int]]) -> None:
+        super().__init__()
+        self.streams = {name: js_api.StreamConfig(name=name) for name, _ in pending}
+        self.streams["TELEMETRY_DLQ"] = js_api.StreamConfig(name="TELEMETRY_DLQ")
+        self.pending = pending
+
+    async def consumer_info(self, stream: str, name: str, **_: Any) -> js_api.ConsumerInfo:
+        info = await super().consumer_info(stream, name)
+        info.num_pending, info.num_ack_pending = self.pending[(stream, name)]
+        return info
+
+
+class NoOpenSearch:
+    async def get(self) -> dict[str, object]:
+        return {"error": "opensearch unreachable (ClientConnectorError)"}
+
+
+async def test_the_lag_of_a_stage_that_does_not_answer_is_read_from_nats(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    js = Consumers(
+        {("TELEMETRY_RAW", "enricher"): (7, 3), ("TELEMETRY_ENRICHED", "indexer"): (40, 2)}
+    )
+    for stream, name in js.pending:
+        js.consumers[(stream, name)] = js_api.ConsumerConfig(durable_name=name)
+
+    async def connect(**_: Any) -> FakeNats:
+        return FakeNats(js=js)
+
+    monkeypatch.setattr(_cmd_status.nats, "connect", connect)
+    closed = "http://127.0.0.1:9"  # discard port: nothing answers
+    services = {"gateway": closed, "enricher": closed, "indexer": closed}
+    targets = Targets(services=services, nats=("nats://nats:4222",), opensearch=(closed,))
+
+    async with aiohttp.ClientSession() as client:
+        monitor = _cmd_status.Monitor(targets, client, NoOpenSearch())  # type: ignore[arg-type]
+        snapshot = await monitor.snapshot()
+
+    lags = {row.stage: (row.lag, row.lag_from_nats) for row in snapshot.stages}
+    # All that waits for the stage: not yet delivered, and delivered but not acked.
+    assert lags == {"gateway": (None, False), "enricher": (10.0, True), "indexer": (42.0, True)}
+    lines = render(snapshot)
+    assert [line.split()[-2] for line in lines[4:6]] == ["10*", "42*"]
+    assert any(line.startswith("* LAG read from NATS") for line in lines)
+
+
+def test_a_lag_the_stage_reports_is_not_replaced() -> None:
+    row = StageRow("indexer", "ready", lag=4.0)
+    assert _cmd_status.with_nats_lag(row, {"indexer": 100}) == row
+    assert "* LAG read from NATS" not in "\n".join(
+        render(Snapshot(at="", window_s=2.0, stages=[row], dlq=_DLQ, opensearch=_HEALTH))
+    )
+
+
+def test_the_consumers_are_the_ones_the_stages_read_with(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ENRICHER_CONSUMER_NAME", raising=False)
+    monkeypatch.delenv("INDEXER_CONSUMER_NAME", raising=False)
+    assert _cmd_status.CONSUMERS["enricher"].name == enricher_config.DEFAULT_CONSUMER_NAME
+    assert _cmd_status.CONSUMERS["indexer"].name == indexer_config.DEFAULT_CONSUMER_NAME
+
+    monkeypatch.setenv("INDEXER_CONSUMER_NAME", "indexer-blue")
+    assert _cmd_status.CONSUMERS["indexer"].name == "indexer-blue"

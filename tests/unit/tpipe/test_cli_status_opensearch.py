@@ -99,10 +99,10 @@ def _environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENSEARCH_USERNAME", USER)
     monkeypatch.setenv("OPENSEARCH_PASSWORD", PASSWORD)
 
-    async def dlq(_: object) -> dict[str, object]:
-        return {"stream": "TELEMETRY_DLQ", "messages": 0, "bytes": 0}
+    async def from_nats(*_: object) -> _cmd_status.NatsView:
+        return _cmd_status.NatsView({"stream": "TELEMETRY_DLQ", "messages": 0, "bytes": 0})
 
-    monkeypatch.setattr(_cmd_status, "dlq_info", dlq)
+    monkeypatch.setattr(_cmd_status, "nats_view", from_nats)
 
 
 def _status_once(
