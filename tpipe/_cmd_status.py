@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -584,12 +585,18 @@ async def status(args: argparse.Namespace) -> int:
                 _print(snapshot, args.format, clear=False)
                 return snapshot.exit_code
             clear = args.format == "table" and sys.stdout.isatty()
+            loop = asyncio.get_running_loop()
+            main = asyncio.current_task()
+            if main is not None:  # SIGTERM ends it as Ctrl-C does (asyncio.run's cancel)
+                loop.add_signal_handler(signal.SIGTERM, main.cancel)
             try:
                 while True:
                     await asyncio.sleep(args.interval)
                     _print(await monitor.snapshot(), args.format, clear=clear)
-            except asyncio.CancelledError:  # Ctrl-C: the way out of the live view
+            except asyncio.CancelledError:  # Ctrl-C or SIGTERM: the way out of the live view
                 return EXIT_OK
+            finally:
+                loop.remove_signal_handler(signal.SIGTERM)
     finally:
         await opensearch.close()
 
@@ -603,8 +610,8 @@ def register(sub: Subparsers, name: str) -> None:
         description="Shows, per stage, events per second and in total, rejections and dead "
         "letters per second, consumer lag and work in flight (from each service's /metrics; "
         "the lag of a stage that does not answer from its consumer in NATS, marked *), "
-        "the DLQ stream's size and OpenSearch's health. Refreshes until Ctrl-C (exit 0); "
-        "--once prints one snapshot and exits 0 when all is ready and flowing, 2 "
+        "the DLQ stream's size and OpenSearch's health. Refreshes until Ctrl-C or SIGTERM "
+        "(exit 0); --once prints one snapshot and exits 0 when all is ready and flowing, 2 "
         "when OpenSearch refuses the credentials, 3 otherwise. OpenSearch's TLS and "
         "credentials are the indexer's settings: OPENSEARCH_CA_CERTS, "
         "OPENSEARCH_VERIFY_CERTS, OPENSEARCH_USERNAME, OPENSEARCH_PASSWORD.",

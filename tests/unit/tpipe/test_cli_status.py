@@ -94,7 +94,8 @@ async def test_metrics_that_are_not_prometheus_text_make_the_stage_unreachable()
     assert _healthy(row) is False  # --once exits 3
 
 
-def test_ctrl_c_ends_the_live_view_with_success() -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_ends_the_live_view_with_success(sig: signal.Signals) -> None:
     closed = "http://127.0.0.1:9"  # discard port: nothing answers
     command = [sys.executable, "-m", "tpipe", "status", "--interval", "0.2"]
     for flag in ("--gateway", "--enricher", "--indexer", "--opensearch"):
@@ -111,7 +112,7 @@ def test_ctrl_c_ends_the_live_view_with_success() -> None:
         # Its first view printed: past its imports, its SIGINT handling in place.
         first = proc.stdout.readline()
         time.sleep(1.0)  # refreshing, or waiting to
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:  # a failed test leaves no live view running
