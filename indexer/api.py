@@ -132,11 +132,18 @@ class QueryServicer(qs_grpc.QueryServiceServicer):
                     fetch: dict[str, Any] | None = body
                     while fetch is not None:
                         answer = await self._search_whole(fetch, queries.EVENTS_FILTER_PATH)
-                        for name in await self._unreachable(
-                            "QueryEvents", answer, span, partial_ok=request.return_partial_success
-                        ):
-                            if name not in unreachable:
-                                unreachable.append(name)
+                        if not unreachable:
+                            # Said, counted (and refused) once per call, not per fetch.
+                            unreachable = await self._unreachable(
+                                "QueryEvents",
+                                answer,
+                                span,
+                                partial_ok=request.return_partial_success,
+                            )
+                        elif queries.unanswered_shards(answer):
+                            unreachable += sorted(
+                                queries.failed_indices(answer).difference(unreachable)
+                            )
                         fetch = page.add(answer)
                     response = page.reply
                     if not response.events and not request.page_token:

@@ -42,12 +42,14 @@ NO_WORDS = "has no words to search for"
 # otherwise (the gateway's and tpipe's channels among them). A page of large events
 # (metadata near its limits) is cut short of it and goes on with a next_page_token.
 MAX_REPLY_BYTES = 4 * 1024 * 1024 - 64 * 1024
-# A page is fetched in parts, so that OpenSearch never sends (nor the indexer holds) much more
-# than the reply can carry: first at most FIRST_FETCH events (the default page, in one
-# request), then as many more as the reply's room holds at the largest event seen so far.
-# Fetched whole, a page of 1,000 events near the gateway's limits (140 KB to 560 KB each)
-# would be hundreds of MB, of which 4 MiB are sent.
+# A page is fetched in parts, so that OpenSearch sends (and the indexer holds) little more than
+# the reply can carry: first at most FIRST_FETCH events (the default page, in one request),
+# then each time as many more as the reply's room holds at the largest event seen so far, and
+# at most FETCH_GROWTH times as many as the fetch before (events seen small may be followed
+# by large ones). Fetched whole, a page of 1,000 events near the gateway's limits (140 KB to
+# 560 KB each) would be hundreds of MB, of which 4 MiB are sent.
 FIRST_FETCH = paging.DEFAULT_PAGE_SIZE
+FETCH_GROWTH = 4
 
 _TERMS = (
     ("user_ids", "user_id"),
@@ -194,6 +196,7 @@ class Page:
         self._flt = flt
         self._asked = int(first["size"]) - 1  # events the last fetch asked for, the extra aside
         self._room = MAX_REPLY_BYTES
+        self._largest = 0  # the largest event seen, with its key and length in the reply
         self._last_sort: list[Any] | None = None  # of the last event in the reply
         self.reply = qs.QueryEventsResponse()
         self._fetches = 0
@@ -225,7 +228,8 @@ class Page:
         wanted = self._size - len(self.reply.events)
         if wanted > 0:
             largest = max(event.ByteSize() for event in chunk.events) + _EVENT_OVERHEAD
-            wanted = min(wanted, self._room // largest)
+            self._largest = max(self._largest, largest)
+            wanted = min(wanted, self._room // self._largest, self._asked * FETCH_GROWTH)
         if wanted <= 0:
             self._end_with_token()
             return None

@@ -22,6 +22,7 @@ from nats.aio.client import Client
 from opensearchpy import AsyncOpenSearch
 from telemetry.v1 import event_pb2
 from telemetry.v1 import query_service_pb2 as qs
+from telemetry.v1 import query_service_pb2_grpc as qs_grpc
 
 from indexer import paging
 from indexer.store import OpenSearchStore
@@ -493,6 +494,48 @@ async def test_the_wait_for_a_new_index_lasts_until_its_shard_answers_searches(
         assert answer["_shards"]["successful"] == answer["_shards"]["total"] == day, name
 
 
+async def _every_id(
+    stub: qs_grpc.QueryServiceAsyncStub, flt: qs.EventFilter, page_size: int
+) -> list[str]:
+    """The ids of every event `flt` selects, page by page."""
+    found: list[str] = []
+    token = ""
+    while True:
+        page = await stub.QueryEvents(
+            qs.QueryEventsRequest(filter=flt, page_size=page_size, page_token=token)
+        )
+        found += [e.event.event_id for e in page.events]
+        token = page.next_page_token
+        if not token:
+            return found
+
+
+async def test_pages_fetched_in_parts_hold_each_event_once_in_order_over_days(
+    start_indexer: IndexerFactory, nc: Client, os_client: AsyncOpenSearch, prefix: str
+) -> None:
+    # A page past 50 events is fetched in parts (50, then up to four times as many...), each
+    # after the last sort value of the one before: over five daily indices, with events
+    # sharing a time, pages of 100 and of 1,000 hold what pages of 7 (one fetch each) hold.
+    events = [enriched(f"e-{n:03d}", when=BASE + timedelta(hours=(n // 3) * 2)) for n in range(130)]
+    indexer = await start_indexer()
+    await publish_many(nc, events, per_batch=20)
+    await wait_count(os_client, prefix, len(events))
+    indices = await os_client.cat.indices(index=f"{prefix}20*", format="json")
+    assert len(indices) == 5  # 88 hours from noon
+    channel, stub = query_stub(indexer)
+
+    newest_first = sorted(
+        (e.event.event_id for e in events),
+        key=lambda event_id: (int(event_id[2:]) // 3, event_id),
+        reverse=True,
+    )
+    for page_size in (7, 100, 1000):
+        assert await _every_id(stub, qs.EventFilter(), page_size) == newest_first, page_size
+    page = await stub.QueryEvents(qs.QueryEventsRequest(page_size=100))
+    assert (len(page.events), page.total_size) == (100, 130)
+    await channel.close()
+
+
 async def test_range_edges_to_the_millisecond_pages_over_days_and_utc_day_buckets(
     start_indexer: IndexerFactory, nc: Client, os_client: AsyncOpenSearch, prefix: str
 ) -> None:
@@ -519,17 +562,7 @@ async def test_range_edges_to_the_millisecond_pages_over_days_and_utc_day_bucket
     channel, stub = query_stub(indexer)
 
     async def ids(flt: qs.EventFilter, page_size: int = 100) -> list[str]:
-        """Every event `flt` selects, page by page."""
-        found: list[str] = []
-        token = ""
-        while True:
-            page = await stub.QueryEvents(
-                qs.QueryEventsRequest(filter=flt, page_size=page_size, page_token=token)
-            )
-            found += [e.event.event_id for e in page.events]
-            token = page.next_page_token
-            if not token:
-                return found
+        return await _every_id(stub, flt, page_size)
 
     newest_first = sorted(times, key=lambda event_id: (times[event_id], event_id), reverse=True)
     # Pages of 3 cross the indices and the tie: each event once, newest first.

@@ -455,8 +455,7 @@ async def test_calls_past_the_bound_are_resource_exhausted_and_the_others_answer
 
 class StoredSearch(FakeSearch):
     """Answers each search from `stored` (newest first) as OpenSearch would: `size` hits
-    after `search_after`; with `partial`, each call's first fetch (no `search_after`) misses
-    a shard of a red index."""
+    after `search_after`; with `partial`, each answer misses a shard of a red index."""
 
     def __init__(self, stored: list[dict[str, Any]], *, partial: bool = False) -> None:
         super().__init__()
@@ -476,7 +475,7 @@ class StoredSearch(FakeSearch):
                 "hits": self.stored[start : start + body["size"]],
             }
         }
-        if self.partial and after is None:
+        if self.partial:
             answer["_shards"] = RED
         return answer
 
@@ -490,7 +489,8 @@ def _stored(count: int) -> list[dict[str, Any]]:
 
 async def test_a_large_page_is_fetched_in_parts_and_answered_whole() -> None:
     search = StoredSearch(_stored(1500), partial=True)
-    server, channel = await _serve(search, Metrics())
+    metrics = Metrics()
+    server, channel = await _serve(search, metrics)
     try:
         stub = qs_grpc.QueryServiceStub(channel)
         page = await stub.QueryEvents(
@@ -503,8 +503,12 @@ async def test_a_large_page_is_fetched_in_parts_and_answered_whole() -> None:
     assert [e.event.event_id for e in page.events] == [f"e-{n:04d}" for n in range(1000)]
     assert page.total_size == 1500
     assert paging.decode_token(page.next_page_token, qs.EventFilter()) == [9001, "e-0999"]
-    # The first fetch's missing shard is named once, though the second answered whole.
+    # Each fetch missed the red index's shard: it is named once, and the call is counted,
+    # logged and looked into (which indices are red) once, not once per fetch.
     assert list(page.unreachable) == ["telemetry-2026-11-20"]
-    assert [body["size"] for body in search.bodies[:2]] == [51, 951]
+    assert [body["size"] for body in search.bodies[:3]] == [51, 201, 751]
+    assert _partial_count(metrics, "QueryEvents", "true") == 1
     # Without return_partial_success, the partial first fetch refuses the call.
     assert code == grpc.StatusCode.UNAVAILABLE
+    assert _partial_count(metrics, "QueryEvents", "false") == 1
+    assert search.red_asked == 2

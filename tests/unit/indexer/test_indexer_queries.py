@@ -483,7 +483,8 @@ def test_a_large_page_of_small_events_is_fetched_in_two_parts_and_whole() -> Non
 
     reply, bodies = _fetch_page(1000, stored)
 
-    assert [body["size"] for body in bodies] == [51, 951]
+    # 50, then four times as many, then the rest.
+    assert [body["size"] for body in bodies] == [51, 201, 751]
     assert bodies[1]["search_after"] == stored[49]["sort"]
     # Counted, as every search is: without it OpenSearch may skip shards by their range.
     assert bodies[1]["track_total_hits"] is True
@@ -513,12 +514,14 @@ def test_a_large_page_of_large_events_fetches_little_more_than_the_reply_carries
 
 
 def test_a_page_whose_later_events_grow_stops_at_the_reply_limit_and_goes_on_after() -> None:
-    # 60 small events, then large ones: the second fetch asks for what fits at the size of
-    # the largest seen so far, and is cut where the reply is full.
+    # 60 small events, then large ones: the second fetch asks for four times the first (what
+    # fits at the size of the small ones is more), and is cut where the reply is full.
     metadata = {f"key-{n:02d}": "v" * 2048 for n in range(64)}
     stored = _hits(0, 60) + _hits(60, 200, metadata=metadata)
 
-    reply, _ = _fetch_page(1000, stored)
+    reply, bodies = _fetch_page(1000, stored)
+
+    assert [body["size"] for body in bodies] == [51, 201]
 
     ids = [e.event.event_id for e in reply.events]
     assert ids == [f"e-{n:04d}" for n in range(len(ids))]
@@ -527,6 +530,25 @@ def test_a_page_whose_later_events_grow_stops_at_the_reply_limit_and_goes_on_aft
     assert paging.decode_token(reply.next_page_token, _filter()) == stored[len(ids) - 1]["sort"]
     following, _ = _fetch_page(1000, stored, token=reply.next_page_token)
     assert following.events[0].event.event_id == f"e-{len(ids):04d}"
+
+
+def test_the_largest_event_seen_in_any_fetch_sizes_the_next() -> None:
+    # 50 events of ~17 KB, 200 small ones, then ~17 KB again: the third fetch is sized by the
+    # first fetch's events, not by the small ones of the second (which would ask for 750).
+    metadata = {f"key-{n:02d}": "v" * 2048 for n in range(8)}
+    stored = _hits(0, 50, metadata=metadata) + _hits(50, 200) + _hits(250, 800, metadata=metadata)
+
+    reply, bodies = _fetch_page(1000, stored)
+
+    largest = reply.events[0].ByteSize()
+    sizes = [body["size"] for body in bodies]
+    assert sizes[:2] == [51, 200]  # the second: what the room holds at ~17 KB
+    # The third: at most what the room left by the first 50 holds at ~17 KB.
+    assert sizes[2] - 1 <= (queries.MAX_REPLY_BYTES - 50 * largest) // largest < 750
+    assert reply.ByteSize() <= queries.MAX_REPLY_BYTES
+    ids = [e.event.event_id for e in reply.events]
+    assert ids == [f"e-{n:04d}" for n in range(len(ids))]
+    assert paging.decode_token(reply.next_page_token, _filter()) == stored[len(ids) - 1]["sort"]
 
 
 def test_a_page_that_ends_exactly_with_what_is_stored_has_no_token() -> None:
