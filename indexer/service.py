@@ -302,6 +302,15 @@ class Indexer:
         if not self._started:
             return
         self._started = False
+        try:
+            await self._stop_steps()
+        finally:
+            # Whatever step failed: the OpenSearch clients' connections are closed.
+            await asyncio.gather(self._store.close(), self._reads.close())
+            if self._owns_tracing:
+                self.tracing.shutdown()
+
+    async def _stop_steps(self) -> None:
         deadline = StopDeadline(self._config.graceful_stop_s)
         await cancel_and_wait(*self._tasks)  # the health polls among them
         self._tasks = []
@@ -333,9 +342,6 @@ class Indexer:
         if self._nc is not None:
             await natsconn.drain(self._nc, timeout_s=deadline.left(at_least=STOP_STEP_MIN_S))
             self._nc = None
-        await asyncio.gather(self._store.close(), self._reads.close())
-        if self._owns_tracing:
-            self.tracing.shutdown()
 
     async def _drain(self, timeout_s: float) -> None:
         if self._intake is None:

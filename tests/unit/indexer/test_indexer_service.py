@@ -700,3 +700,24 @@ async def test_queries_waiting_on_opensearch_never_hold_up_a_bulk_request() -> N
         await asyncio.gather(service._store.close(), service._reads.close())
         await runner.cleanup()
     assert all(call.result().total_size == 0 for call in calls)
+
+
+async def test_both_opensearch_clients_are_closed_even_when_a_stop_step_fails(
+    nats: Nats, indexer: Indexer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closed: list[str] = []
+    for name, store in (("writes", indexer._store), ("queries", indexer._reads)):
+
+        async def close(name: str = name) -> None:
+            closed.append(name)
+
+        monkeypatch.setattr(store, "close", close)
+
+    async def broken(*, grace_s: float) -> None:
+        raise RuntimeError("the HTTP server did not stop")
+
+    await indexer.start()
+    monkeypatch.setattr(indexer._http, "stop", broken)
+    with pytest.raises(RuntimeError):
+        await indexer.stop()
+    assert sorted(closed) == ["queries", "writes"]
