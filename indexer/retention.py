@@ -189,7 +189,7 @@ async def run_once(
                     before,
                     extra={"index": undated, "events": events, "keep_days": keep_days},
                 )
-    if not deleted and events == 0:
+    if not names and events == 0:  # none expired (not: expired, and gone meanwhile)
         daily = sum(index_day(name, prefix=prefix) is not None for name in created)
         level = logging.DEBUG if notes.quiet_day == today else logging.INFO
         notes.quiet_day = today

@@ -168,6 +168,22 @@ async def test_an_index_gone_meanwhile_is_skipped_and_not_counted() -> None:
     assert metrics.registry.get_sample_value("indexer_retention_deleted_indices_total") == 1.0
 
 
+async def test_expired_indices_all_gone_meanwhile_are_not_said_to_be_none_expired(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Raced(FakeAdmin):
+        async def delete_index(self, name: str) -> bool:
+            del self.names[name]  # another replica deleted each first
+            return False
+
+    caplog.set_level(logging.DEBUG, logger="indexer.retention")
+    deleted = await retention.run_once(
+        Raced(NAMES), prefix="t-", keep_days=2, today=date(2026, 2, 2)
+    )
+    assert deleted == []
+    assert "none expired" not in caplog.text
+
+
 def test_a_name_with_other_digits_than_ascii_is_not_a_day() -> None:
     # int() reads Arabic-Indic digits as numbers; such a name is no daily index of ours.
     assert retention.index_day("t-٢٠٢٦-01-01", prefix="t-") is None
