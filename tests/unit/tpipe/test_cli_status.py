@@ -3,6 +3,7 @@ lag of a stage that does not answer."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -204,11 +205,22 @@ class Consumers(FakeJetStream):
         self.streams = {name: js_api.StreamConfig(name=name) for name, _ in pending}
         self.streams["TELEMETRY_DLQ"] = js_api.StreamConfig(name="TELEMETRY_DLQ")
         self.pending = pending
+        for stream, name in pending:
+            self.consumers[(stream, name)] = js_api.ConsumerConfig(durable_name=name)
 
     async def consumer_info(self, stream: str, name: str, **_: Any) -> js_api.ConsumerInfo:
         info = await super().consumer_info(stream, name)
         info.num_pending, info.num_ack_pending = self.pending[(stream, name)]
         return info
+
+
+def _connect_to(js: FakeJetStream, monkeypatch: pytest.MonkeyPatch) -> None:
+    """status's NATS connection is to `js`."""
+
+    async def connect(**_: Any) -> FakeNats:
+        return FakeNats(js=js)
+
+    monkeypatch.setattr(_cmd_status.nats, "connect", connect)
 
 
 class NoOpenSearch:
@@ -222,13 +234,7 @@ async def test_the_lag_of_a_stage_that_does_not_answer_is_read_from_nats(
     js = Consumers(
         {("TELEMETRY_RAW", "enricher"): (7, 3), ("TELEMETRY_ENRICHED", "indexer"): (40, 2)}
     )
-    for stream, name in js.pending:
-        js.consumers[(stream, name)] = js_api.ConsumerConfig(durable_name=name)
-
-    async def connect(**_: Any) -> FakeNats:
-        return FakeNats(js=js)
-
-    monkeypatch.setattr(_cmd_status.nats, "connect", connect)
+    _connect_to(js, monkeypatch)
     closed = "http://127.0.0.1:9"  # discard port: nothing answers
     services = {"gateway": closed, "enricher": closed, "indexer": closed}
     targets = Targets(services=services, nats=("nats://nats:4222",), opensearch=(closed,))
@@ -243,6 +249,46 @@ async def test_the_lag_of_a_stage_that_does_not_answer_is_read_from_nats(
     lines = render(snapshot)
     assert [line.split()[-2] for line in lines[4:6]] == ["10*", "42*"]
     assert any(line.startswith("* LAG read from NATS") for line in lines)
+
+
+class AllAtOnce(Consumers):
+    """Answers no request until all three of a snapshot (two consumers, the DLQ stream)
+    have been asked: read one after another, the first would never be answered."""
+
+    def __init__(self, pending: dict[tuple[str, str], tuple[int, int]]) -> None:
+        super().__init__(pending)
+        self.asked = 0
+        self.all_asked = asyncio.Event()
+
+    async def _wait_for_all(self) -> None:
+        self.asked += 1
+        if self.asked == 3:
+            self.all_asked.set()
+        await asyncio.wait_for(self.all_asked.wait(), timeout=5)
+
+    async def consumer_info(self, stream: str, name: str, **_: Any) -> js_api.ConsumerInfo:
+        await self._wait_for_all()
+        return await super().consumer_info(stream, name)
+
+    async def stream_info(self, name: str) -> js_api.StreamInfo:
+        await self._wait_for_all()
+        return await super().stream_info(name)
+
+
+async def test_the_consumers_and_the_dlq_are_read_from_nats_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a slow JetStream each request may take its whole timeout: a snapshot waits for
+    one such wait, not three in a row."""
+    js = AllAtOnce(
+        {("TELEMETRY_RAW", "enricher"): (1, 0), ("TELEMETRY_ENRICHED", "indexer"): (2, 0)}
+    )
+    _connect_to(js, monkeypatch)
+
+    view = await _cmd_status.nats_view(["nats://nats:4222"], _cmd_status.CONSUMERS)
+
+    assert view.pending == {"enricher": 1, "indexer": 2}
+    assert view.dlq == _DLQ
 
 
 def test_a_lag_the_stage_reports_is_not_replaced() -> None:
