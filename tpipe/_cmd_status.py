@@ -590,8 +590,8 @@ async def status(args: argparse.Namespace) -> int:
     try:
         async with aiohttp.ClientSession(timeout=timeout) as client:
             monitor = Monitor(targets, client, opensearch)
-            await monitor.prime()
             if args.once:
+                await monitor.prime()
                 await asyncio.sleep(args.sample)
                 snapshot = await monitor.snapshot()
                 _print(snapshot, args.format, clear=False)
@@ -599,9 +599,12 @@ async def status(args: argparse.Namespace) -> int:
             clear = args.format == "table" and sys.stdout.isatty()
             loop = asyncio.get_running_loop()
             main = asyncio.current_task()
-            if main is not None:  # SIGTERM ends it as Ctrl-C does (asyncio.run's cancel)
+            # SIGTERM ends it as Ctrl-C does (asyncio.run's cancel), from the first scrape
+            # on: that one alone may take REQUEST_TIMEOUT_S with the services away.
+            if main is not None:
                 loop.add_signal_handler(signal.SIGTERM, main.cancel)
             try:
+                await monitor.prime()
                 while True:
                     await asyncio.sleep(args.interval)
                     _print(await monitor.snapshot(), args.format, clear=clear)

@@ -4,6 +4,7 @@ lag of a stage that does not answer."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -95,6 +96,24 @@ async def test_metrics_that_are_not_prometheus_text_make_the_stage_unreachable()
     assert _healthy(row) is False  # --once exits 3
 
 
+def _signalled(
+    proc: subprocess.Popen[str], sig: signal.Signals, *, after_s: float = 0.0
+) -> tuple[str, str]:
+    """The first line `proc` writes on stdout, and its stderr once `sig`, sent `after_s`
+    after that line, has ended it; a failed test leaves no live view running."""
+    assert proc.stdout is not None
+    try:
+        first = proc.stdout.readline()
+        time.sleep(after_s)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return first, err
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_or_sigterm_ends_the_live_view_with_success(sig: signal.Signals) -> None:
     closed = "http://127.0.0.1:9"  # discard port: nothing answers
@@ -108,20 +127,47 @@ def test_ctrl_c_or_sigterm_ends_the_live_view_with_success(sig: signal.Signals) 
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert proc.stdout is not None
-    try:
-        # Its first view printed: past its imports, its SIGINT handling in place.
-        first = proc.stdout.readline()
-        time.sleep(1.0)  # refreshing, or waiting to
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:  # a failed test leaves no live view running
-            proc.kill()
-            proc.wait()
+    # Its first view printed: past its imports, its SIGINT handling in place; then
+    # refreshing, or waiting to.
+    first, err = _signalled(proc, sig, after_s=1.0)
     assert "telemetry pipeline status" in first, (first, err)
     assert proc.returncode == 0, err
     assert "interrupted" not in err, err
+    assert "Traceback" not in err, err
+
+
+# `tpipe status` whose first scrape never ends (as one to services that are away takes
+# REQUEST_TIMEOUT_S), after saying on stdout that it began.
+_PRIME_HANGS = """
+import asyncio, sys
+from tpipe import _cmd_status, _commands
+
+async def prime(self):
+    print("priming", flush=True)
+    await asyncio.Event().wait()
+
+_cmd_status.Monitor.prime = prime
+sys.exit(_commands.run(sys.argv[1:]))
+"""
+
+
+def test_sigterm_during_the_first_scrape_ends_the_live_view_with_success() -> None:
+    closed = "http://127.0.0.1:9"  # discard port: nothing answers
+    command = [sys.executable, "-c", _PRIME_HANGS, "status", "--nats", "nats://127.0.0.1:9"]
+    for flag in ("--gateway", "--enricher", "--indexer", "--opensearch"):
+        command += [flag, closed]
+    root = Path(__file__).resolve().parents[3]
+    proc = subprocess.Popen(
+        command,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{root / 'gen'}"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    began, err = _signalled(proc, signal.SIGTERM)
+    assert began == "priming\n", err
+    assert proc.returncode == 0, err
     assert "Traceback" not in err, err
 
 
