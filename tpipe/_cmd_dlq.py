@@ -57,6 +57,9 @@ DEFAULT_LIMIT = 100
 DEFAULT_WAIT_S = 5.0
 PROGRESS_EVERY = 100  # entries between progress lines when stderr is not a terminal
 REPLAY_OF_HEADER = subjects.DLQ_REPLAY_OF_HEADER
+# JetStream's answer to deleting a sequence the stream does not hold (deleted meanwhile:
+# "no message found"; past its end: "stream store EOF"): "message delete failed", a 500.
+MSG_DELETE_FAILED = 10057
 # The stages that dead-letter messages.
 STAGES = ("enricher", "indexer")
 # The payload of an indexer dead letter holding one rejected event (not a batch).
@@ -527,9 +530,9 @@ async def _replay_one(js: JetStreamContext, entry: Entry, err: TextIO) -> bool:
         return False
     try:
         await js.delete_msg(subjects.DLQ_STREAM, entry.seq)
-    except nats.js.errors.NotFoundError:
-        pass  # already gone: a concurrent replay deleted it
     except (TimeoutError, nats.errors.Error) as error:
+        if _not_held(error):
+            return True  # gone already: a concurrent replay deleted it
         # Published but still listed: a later replay republishes it under the same id,
         # which JetStream drops as a duplicate.
         err.write(f"\nseq {entry.seq}: replayed, but not deleted from the DLQ: {error!r}\n")
@@ -587,8 +590,13 @@ async def _delete_one(js: JetStreamContext, seq: int) -> bool:
     """Deletes one DLQ entry; False when it is gone already (deleted meanwhile)."""
     try:
         await js.delete_msg(subjects.DLQ_STREAM, seq)
-    except nats.js.errors.NotFoundError:
-        return False
     except (TimeoutError, nats.errors.Error) as error:
+        if _not_held(error):
+            return False
         raise DlqError(f"deleting seq {seq} from {subjects.DLQ_STREAM}: {error!r}") from error
     return True
+
+
+def _not_held(error: Exception) -> bool:
+    """True when JetStream refused a delete because the DLQ does not hold the sequence."""
+    return isinstance(error, nats.js.errors.APIError) and error.err_code == MSG_DELETE_FAILED

@@ -7,6 +7,7 @@ sees nor touches anybody else's indices, and removes its own at the end.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -17,8 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import nats
 import pytest
 
+from pipeline.config import load
+from pipeline.natsconn import ensure_streams
+from pipeline.settings import NatsSettings
 from tests.procs import WRITE_KEY, Pipeline, delete_indices
 from tests.servers import NatsProcess
 
@@ -70,6 +75,26 @@ def running(opensearch_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
         pipeline.stop()
         nats.stop()
         delete_indices(opensearch_url, pipeline.index_prefix)
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsProcess]:
+    """A NATS of its own, with the pipeline's streams, restartable on its port and store."""
+    server = NatsProcess(tmp_path / "nats")
+    server.start()
+    try:
+        asyncio.run(_with_streams(server.url))
+        yield server
+    finally:
+        server.stop()
+
+
+async def _with_streams(url: str) -> None:
+    nc = await nats.connect(url)
+    try:
+        await ensure_streams(nc.jetstream(), load(NatsSettings, {"NATS_URL": url}))
+    finally:
+        await nc.close()
 
 
 def tpipe_env(extra: dict[str, str]) -> dict[str, str]:

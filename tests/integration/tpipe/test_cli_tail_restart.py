@@ -8,8 +8,6 @@ import asyncio
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import nats
 import orjson
@@ -17,9 +15,6 @@ import pytest
 from telemetry.v1 import event_pb2
 
 from pipeline import subjects
-from pipeline.config import load
-from pipeline.natsconn import ensure_streams
-from pipeline.settings import NatsSettings
 from tests.integration.tpipe.conftest import ROOT, tpipe_env
 from tests.servers import NatsProcess
 from tpipe import _cmd_tail
@@ -28,26 +23,6 @@ pytestmark = pytest.mark.integration
 
 APP_ID = "tail-app"
 LINE_TIMEOUT_S = 60.0
-
-
-@pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsProcess]:
-    """A NATS of its own, with the pipeline's streams, restartable on its port and store."""
-    server = NatsProcess(tmp_path / "nats")
-    server.start()
-    try:
-        asyncio.run(_with_streams(server.url))
-        yield server
-    finally:
-        server.stop()
-
-
-async def _with_streams(url: str) -> None:
-    nc = await nats.connect(url)
-    try:
-        await ensure_streams(nc.jetstream(), load(NatsSettings, {"NATS_URL": url}))
-    finally:
-        await nc.close()
 
 
 def _publish(url: str, event_ids: list[str]) -> None:

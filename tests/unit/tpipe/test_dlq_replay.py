@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from nats.js.api import RawStreamMsg, StreamConfig, StreamInfo, StreamState
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServerError
 
 from pipeline import subjects
 from tpipe import _cmd_dlq, cli
@@ -68,9 +68,21 @@ class Dlq:
 
     async def delete_msg(self, stream: str, seq: int) -> None:
         self.log.append(("delete", seq))
-        if seq not in self.messages:
-            raise NotFoundError
+        if seq not in self.messages:  # as nats-server answers it
+            raise ServerError(
+                code=500, err_code=_cmd_dlq.MSG_DELETE_FAILED, description="no message found"
+            )
         del self.messages[seq]
+
+
+class DeletedMeanwhile(Dlq):
+    """A DLQ whose entries another `tpipe dlq` deletes right after they are read."""
+
+    async def get_msg(self, stream: str, *, seq: int, subject: str, next: bool) -> RawStreamMsg:
+        msg = await super().get_msg(stream, seq=seq, subject=subject, next=next)
+        assert msg.seq is not None
+        del self.messages[msg.seq]
+        return msg
 
 
 class Pipe(io.StringIO):
@@ -244,6 +256,24 @@ async def test_deleting_a_sequence_not_in_the_dlq_says_so_and_exits_1() -> None:
         "deleted 1, not found 1",
     ]
     assert list(dlq.messages) == [1, 2]
+
+
+async def test_deleting_an_entry_deleted_meanwhile_says_it_was_not_found() -> None:
+    code, out, err = await delete(DeletedMeanwhile(3), 2)
+
+    assert code == 1
+    assert out == ""
+    assert err.splitlines() == [
+        "seq 2: no such dead letter in TELEMETRY_DLQ",
+        "deleted 0, not found 1",
+    ]
+
+
+async def test_an_entry_deleted_meanwhile_is_replayed_without_a_delete_error() -> None:
+    code, err = await replay(DeletedMeanwhile(2))
+
+    assert code == 0
+    assert err.splitlines() == ["replayed 2, skipped 0, failed to publish 0, failed again 0"]
 
 
 def test_delete_takes_one_sequence_or_more(capsys: pytest.CaptureFixture[str]) -> None:
