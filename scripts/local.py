@@ -390,9 +390,7 @@ PIPELINE_SETTING_PREFIXES = (
     "OTEL_",
     "LOG_",
 )
-PIPELINE_SETTING_NAMES = (
-    "NATS_URL",
-    "NATS_CONNECT_TIMEOUT_S",
+OPENSEARCH_SETTINGS = (
     "OPENSEARCH_URL",
     "OPENSEARCH_USERNAME",
     "OPENSEARCH_PASSWORD",
@@ -400,6 +398,12 @@ PIPELINE_SETTING_NAMES = (
     "OPENSEARCH_VERIFY_CERTS",
     "OPENSEARCH_TIMEOUT_S",
 )
+PIPELINE_SETTING_NAMES = ("NATS_URL", "NATS_CONNECT_TIMEOUT_S", *OPENSEARCH_SETTINGS)
+# The settings without a service's prefix that only some services read, and which ones
+# (the indexer alone talks to OpenSearch); every other one (LOG_..., STREAM_..., NATS_...,
+# OTEL_...) every service reads. local.py runs without the venv, so it cannot ask the
+# services' Config classes: tests/unit/test_local_setup.py checks this against them.
+SETTING_READERS: dict[str, tuple[str, ...]] = dict.fromkeys(OPENSEARCH_SETTINGS, ("indexer",))
 # Settings whose values are not printed.
 SECRET_SETTING_WORDS = ("KEY", "PASSWORD", "SECRET", "TOKEN", "HEADERS", "CREDENTIAL")
 
@@ -452,10 +456,13 @@ def shown_setting(key: str) -> str:
 
 
 def setting_applies(key: str, service: str) -> bool:
-    """Whether `service` reads the setting `key`: its own (INDEXER_... for the indexer), or one
-    no service's prefix claims (LOG_FORMAT, STREAM_REPLICAS), which every service reads."""
+    """Whether `service` reads the setting `key`: its own (INDEXER_... for the indexer), one
+    SETTING_READERS gives it (OPENSEARCH_... for the indexer), or one no service's prefix
+    claims and SETTING_READERS does not list (LOG_FORMAT, STREAM_REPLICAS): every service's."""
     owner = next((name for name in SERVICES if key.startswith(f"{name.upper()}_")), None)
-    return owner in (None, service)
+    if owner is not None:
+        return owner == service
+    return service in SETTING_READERS.get(key, SERVICES)
 
 
 def shown_value(value: str) -> str:

@@ -251,15 +251,35 @@ def test_without_a_java_in_range_the_javas_found_are_listed(
     assert no_java.java_home() == tmp_path / "jvm" / "jdk-21"
 
 
-def _declared_settings() -> set[str]:
-    """Every variable the services read, as their configs declare them."""
+def _settings_by_service() -> dict[str, set[str]]:
+    """The variables each service reads, as its config declares them."""
     from enricher.config import Config as EnricherConfig
     from gateway.config import GatewayConfig
     from indexer.config import Config as IndexerConfig
     from pipeline.config import describe
 
-    configs = (GatewayConfig, EnricherConfig, IndexerConfig)
-    return {name for config in configs for name, _, _ in describe(config)}
+    configs = {"gateway": GatewayConfig, "enricher": EnricherConfig, "indexer": IndexerConfig}
+    return {service: {name for name, _, _ in describe(c)} for service, c in configs.items()}
+
+
+def _declared_settings() -> set[str]:
+    """Every variable the services read, as their configs declare them."""
+    return set().union(*_settings_by_service().values())
+
+
+def test_a_setting_applies_to_the_services_whose_config_reads_it() -> None:
+    # OPENSEARCH_TIMEOUT_S=5 make run, the gateway running: it was warned of as a setting
+    # the gateway "does not get", though only the indexer reads it.
+    local = _load_local()
+    by_service = _settings_by_service()
+    assert set(by_service) == set(local.SERVICES)
+
+    for name in sorted(_declared_settings()):
+        readers = {service for service, names in by_service.items() if name in names}
+        applies = {service for service in local.SERVICES if local.setting_applies(name, service)}
+        assert applies == readers, name
+    assert set(local.SETTING_READERS) <= _declared_settings()
+    assert local.setting_applies("OPENSEARCH_TIMEOUT_S", "gateway") is False
 
 
 def test_every_address_a_service_listens_on_is_loopback_whatever_the_shell_says(
