@@ -29,6 +29,13 @@ STREAMS_WAITING = "streams not ensured yet"  # readiness's reason, until they ar
 PUBLISH_FAILURE_LOG_INTERVAL_S = 30.0
 
 
+# Where nats-py reads JetStream's answer to a publish (JetStreamContext.publish): json's
+# loads of its bytes, then APIError.from_error for an error, else PubAck.from_response.
+ANSWER_READERS = frozenset(
+    {("json", "loads"), ("nats.js.errors", "from_error"), ("nats.js.api", "from_response")}
+)
+
+
 def may_be_stored(err: BaseException) -> bool:
     """Whether a publish that raised `err` may have been stored all the same.
 
@@ -41,10 +48,31 @@ def may_be_stored(err: BaseException) -> bool:
     none comes in time: JetStream slow, paused, or its ack lost with the connection (nats-py
     fails no pending request when the connection drops; it times out). An OSError is the
     socket failing as the publish was written. Those two may be stored, as may a batch whose
-    answer nats-py could not read as a PubAck (not JSON, or JSON without a stream and a
-    sequence: a ValueError or TypeError), which something answered after it was written.
+    answer nats-py could not read as a PubAck (`garbled_answer`), which something answered
+    after it was written. Any other ValueError or TypeError is a bug, not the broker's.
     """
-    return isinstance(err, (TimeoutError, OSError, ValueError, TypeError))
+    return isinstance(err, (TimeoutError, OSError)) or garbled_answer(err)
+
+
+def garbled_answer(err: BaseException) -> bool:
+    """Whether `err` (a ValueError or TypeError) was raised while nats-py read the answer to
+    a publish: not JSON, JSON that is not an object, or an object without a stream and a
+    sequence (or with an error it cannot read). Told by the functions its traceback went
+    through (ANSWER_READERS), or by its being raised in JetStreamContext.publish itself once
+    that held the decoded answer (`resp`); the same errors raised before anything was
+    written (an argument of the wrong type, a header that cannot be encoded) are not."""
+    if not isinstance(err, (ValueError, TypeError)):
+        return False
+    tb = err.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        where = (frame.f_globals.get("__name__"), frame.f_code.co_name)
+        if where in ANSWER_READERS:
+            return True
+        if tb.tb_next is None and where == ("nats.js.client", "publish"):
+            return "resp" in frame.f_locals
+        tb = tb.tb_next
+    return False
 
 
 class JetStreamPublisher:
@@ -124,6 +152,8 @@ class JetStreamPublisher:
                 subject, payload, timeout=self._timeout, stream=subjects.RAW_STREAM, headers=headers
             )
         except (nats.errors.Error, TimeoutError, OSError, ValueError, TypeError) as err:
+            if isinstance(err, (ValueError, TypeError)) and not garbled_answer(err):
+                raise  # a bug of ours, not the broker's answer: a 500 that shows it
             if may_be_stored(err):
                 self._log_failure(
                     err,
@@ -141,7 +171,7 @@ class JetStreamPublisher:
         and how a retry tells."""
         if isinstance(err, TimeoutError):
             return f"the broker did not confirm the batch within {self._timeout:g} s; {RETRY_TELLS}"
-        if isinstance(err, (ValueError, TypeError)):
+        if garbled_answer(err):
             return f"the broker's answer to the batch was not a confirmation; {RETRY_TELLS}"
         return f"the connection to the broker was lost before it confirmed the batch; {RETRY_TELLS}"
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -13,6 +15,7 @@ import nats.errors
 import nats.js.errors
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from nats.js import JetStreamContext
 from nats.js import api as js_api
 
 from gateway import Gateway
@@ -462,6 +465,15 @@ async def test_a_batch_whose_ack_came_late_is_answered_as_maybe_stored_and_count
 NOT_STORED = "the broker did not store the batch: "
 
 
+def _raised(call: Callable[[], object]) -> Exception:
+    """What `call` raises, with its traceback (where it was raised tells what it means)."""
+    try:
+        call()
+    except Exception as err:
+        return err
+    raise AssertionError("it raised nothing")
+
+
 @pytest.mark.parametrize(
     ("error", "message"),
     [
@@ -477,11 +489,11 @@ NOT_STORED = "the broker did not store the batch: "
         # Written, then answered with something that is not a PubAck (not JSON; JSON without
         # a stream and a sequence).
         (
-            json.JSONDecodeError("Expecting value", "+OK", 0),
+            _raised(lambda: json.loads(b"+OK")),
             f"the broker's answer to the batch was not a confirmation; {RETRY_TELLS}",
         ),
         (
-            TypeError("PubAck.__init__() missing 1 required positional argument: 'seq'"),
+            _raised(lambda: js_api.PubAck.from_response({})),
             f"the broker's answer to the batch was not a confirmation; {RETRY_TELLS}",
         ),
         # Refused by JetStream, nobody answering for the subject, or nothing written.
@@ -518,3 +530,57 @@ async def test_a_publish_that_may_be_stored_is_unconfirmed_one_known_not_stored_
         await broker.stop(timeout_s=1.0)
     assert str(caught.value) == message
     assert isinstance(caught.value, Unconfirmed) == message.endswith(RETRY_TELLS)
+
+
+class Answered(FakeJetStream):
+    """JetStream whose publish is nats-py's own, the broker answering it `reply`."""
+
+    def __init__(self, reply: bytes) -> None:
+        super().__init__()
+        self.reply = reply
+
+    async def publish(self, subject: str, payload: bytes = b"", **kwargs: Any) -> js_api.PubAck:
+        async def request(*_: Any, **__: Any) -> SimpleNamespace:
+            return SimpleNamespace(data=self.reply)
+
+        connection: Any = SimpleNamespace(request=request)
+        return await JetStreamContext(connection).publish(subject, payload, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [b"+OK", b"\xff\xfe\xfd", b"5", b"{}", b'{"stream": "TELEMETRY_RAW"}', b'{"error": "full"}'],
+)
+async def test_an_answer_nats_py_cannot_read_as_a_puback_leaves_the_batch_unconfirmed(
+    reply: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not JSON, not an object, no stream and sequence, an error that is no error object:
+    something answered once the batch was written, so it may be stored."""
+    broker = await ready_publisher(FakeNats(js=Answered(reply)), monkeypatch)
+    try:
+        with pytest.raises(Unconfirmed) as caught:
+            await broker.publish("telemetry.raw.v1.app", b"batch", msg_id="b")
+    finally:
+        await broker.stop(timeout_s=1.0)
+    assert str(caught.value).startswith("the broker's answer to the batch was not a confirmation")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [TypeError("publish() got an unexpected keyword argument"), ValueError("bad header")],
+    ids=["TypeError", "ValueError"],
+)
+async def test_a_type_or_value_error_not_from_the_answer_is_raised_as_the_bug_it_is(
+    error: Exception, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Raised before anything is written (a wrong argument, a header nats-py cannot
+    encode): nothing may be stored, and a 503 saying it may be would hide the bug (500)."""
+    js = FakeJetStream()
+    js.publish_error = error
+    broker = await ready_publisher(FakeNats(js=js), monkeypatch)
+    try:
+        with pytest.raises(type(error)) as caught:
+            await broker.publish("telemetry.raw.v1.app", b"batch", msg_id="b")
+    finally:
+        await broker.stop(timeout_s=1.0)
+    assert caught.value is error
